@@ -1,0 +1,1 @@
+"""spoolsweep's core: read a queue snapshot, parse, group campaigns, decide, write a manifest."""

@@ -1,0 +1,194 @@
+"""Stream the members of a snapshot (tar, tar.gz, tar.zst or a directory) without extracting it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from pipeline.errors import ArchiveLimitExceeded, SnapshotError
+from pipeline.policy import Limits
+
+_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class Member:
+    """One regular file of the snapshot; data is None when it was too big to hold."""
+
+    path: str
+    data: bytes | None
+    size: int
+    mtime: float = 0.0
+    sha256: str | None = None
+    defects: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ArchiveReport:
+    """What the walk saw besides messages: defects of the archive itself and skipped entries."""
+
+    defects: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    members: int = 0
+    bytes: int = 0
+    sha256: str | None = None
+
+
+def unsafe_name(name: str) -> str | None:
+    p = PurePosixPath(name)
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in p.parts:
+        return "path escapes the archive ('..')"
+    if "\x00" in name:
+        return "NUL in name"
+    return None
+
+
+class _HashingReader(io.RawIOBase):
+    """Wraps the raw archive stream to compute the whole archive's sha256 as it is read."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.h = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b):  # noqa: ANN001 - io.RawIOBase's signature
+        data = self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.h.update(data)
+        return n
+
+
+def _open_stream(path: Path) -> tuple[IO[bytes], _HashingReader, list[IO[bytes]]]:
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned list
+    head = fh.read(4)
+    fh.seek(0)
+    hashed = _HashingReader(fh)
+    buffered = io.BufferedReader(hashed, buffer_size=_CHUNK)
+    if head == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        dec = zstandard.ZstdDecompressor().stream_reader(buffered, read_size=_CHUNK)
+        return dec, hashed, [dec, buffered, fh]
+    return buffered, hashed, [buffered, fh]
+
+
+def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> Iterator[Member]:
+    """Yield every regular file in sorted (directory) or stored (archive) order, enforcing limits."""
+    src = Path(source)
+    if src.is_dir():
+        yield from _iter_dir(src, limits, report)
+        return
+    if not src.exists():
+        raise SnapshotError(f"{src}: no such file or directory")
+    stream, hashed, closers = _open_stream(src)
+    try:
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise SnapshotError(f"{src}: not a tar archive ({e})") from None
+        yield from _iter_tar(tf, limits, report)
+        # drain so the archive digest covers every byte
+        while stream.read(_CHUNK):
+            pass
+        report.sha256 = hashed.h.hexdigest()
+    finally:
+        for c in closers:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001, S110 - closing a broken stream must not mask the real error
+                pass
+
+
+def _check_totals(limits: Limits, report: ArchiveReport, size: int) -> None:
+    report.members += 1
+    report.bytes += size
+    if report.members > limits.max_members:
+        raise ArchiveLimitExceeded(f"more than {limits.max_members} members (limits.max_members)")
+    if report.bytes > limits.max_total_bytes:
+        raise ArchiveLimitExceeded(f"more than {limits.max_total_bytes} bytes (limits.max_total_bytes)")
+
+
+def _read_limited(fh: IO[bytes], size: int, limits: Limits) -> tuple[bytes | None, str, list[str]]:
+    if size <= limits.max_member_bytes:
+        data = fh.read(size)
+        defects = [] if len(data) == size else [f"member truncated: {len(data)} of {size} bytes"]
+        return data, hashlib.sha256(data).hexdigest(), defects
+    h = hashlib.sha256()
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+    return None, h.hexdigest(), [f"message of {size} bytes exceeds limits.max_member_bytes; not parsed"]
+
+
+def _iter_tar(tf: tarfile.TarFile, limits: Limits, report: ArchiveReport) -> Iterator[Member]:
+    seen: set[str] = set()
+    while True:
+        try:
+            ti = tf.next()
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            report.defects.append(f"archive damaged after {report.members} members: {e}")
+            return
+        if ti is None:
+            return
+        name = ti.name
+        if ti.isdir():
+            continue
+        if not ti.isfile():
+            kind = "link" if (ti.issym() or ti.islnk()) else "device or special file"
+            target = f" -> {ti.linkname}" if ti.linkname else ""
+            report.defects.append(f"{name}: {kind}{target} not followed")
+            continue
+        _check_totals(limits, report, ti.size)
+        defects: list[str] = []
+        if bad := unsafe_name(name):
+            defects.append(f"unsafe member name: {bad}")
+        if name in seen:
+            defects.append("duplicate member name in archive")
+        seen.add(name)
+        fh = tf.extractfile(ti)
+        if fh is None:
+            report.defects.append(f"{name}: cannot be read")
+            continue
+        try:
+            data, digest, more = _read_limited(fh, ti.size, limits)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            report.defects.append(f"archive damaged inside {name}: {e}")
+            yield Member(name, b"", ti.size, float(ti.mtime), None, [*defects, f"member unreadable: {e}"])
+            return
+        yield Member(name, data, ti.size, float(ti.mtime), digest, defects + more)
+
+
+def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Member]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            full = Path(dirpath) / fn
+            rel = full.relative_to(root).as_posix()
+            try:
+                st = full.lstat()
+            except OSError as e:
+                report.defects.append(f"{rel}: cannot stat: {e}")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                kind = "link" if stat.S_ISLNK(st.st_mode) else "device or special file"
+                report.defects.append(f"{rel}: {kind} not followed")
+                continue
+            _check_totals(limits, report, st.st_size)
+            try:
+                with open(full, "rb") as fh:
+                    data, digest, defects = _read_limited(fh, st.st_size, limits)
+            except OSError as e:
+                yield Member(rel, b"", st.st_size, st.st_mtime, None, [f"cannot read: {e}"])
+                continue
+            yield Member(rel, data, st.st_size, st.st_mtime, digest, defects)

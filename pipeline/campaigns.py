@@ -1,0 +1,105 @@
+"""Group near-identical messages into campaigns: TF-IDF vectors and a deterministic leader clustering."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer, TfidfTransformer
+from sklearn.pipeline import Pipeline
+
+_PLACEHOLDERS = {"zurlz", "zemailz", "znumz", "ztokz"}
+
+
+class CampaignClusterer(ClusterMixin, BaseEstimator):
+    """Leader clustering over TF-IDF: a text joins the first earlier leader it is `threshold`-similar to.
+
+    Exact duplicates are folded before vectorising, so a run of 10,000 identical copies costs one
+    row. Hashed features keep memory flat however large the vocabulary of a queue grows; leaders
+    are never moved, so the result depends only on the input order, which makes it reproducible.
+    """
+
+    def __init__(self, threshold: float = 0.6, n_features: int = 2**20, batch_size: int = 1024,
+                 ngram_range: tuple[int, int] = (1, 2)) -> None:
+        self.threshold = threshold
+        self.n_features = n_features
+        self.batch_size = batch_size
+        self.ngram_range = ngram_range
+
+    def _make_pipeline(self) -> Pipeline:
+        return Pipeline([
+            ("hash", HashingVectorizer(n_features=self.n_features, alternate_sign=False, norm=None,
+                                       ngram_range=self.ngram_range, stop_words="english",
+                                       dtype=np.float32)),
+            ("tfidf", TfidfTransformer(sublinear_tf=True)),
+        ])
+
+    def fit(self, X: Sequence[str], y: object = None) -> CampaignClusterer:
+        texts = list(X)
+        unique: dict[str, int] = {}
+        inverse = np.empty(len(texts), dtype=np.int64)
+        for i, t in enumerate(texts):
+            inverse[i] = unique.setdefault(t, len(unique))
+        utexts = list(unique)
+        self.pipeline_ = self._make_pipeline()
+        if not utexts:
+            self.labels_ = np.empty(0, dtype=np.int64)
+            self.leaders_ = sp.csr_matrix((0, self.n_features), dtype=np.float32)
+            return self
+        V = self.pipeline_.fit_transform(utexts).astype(np.float32).tocsr()
+        ulabels = np.full(V.shape[0], -1, dtype=np.int64)
+        leader_rows: list[int] = []
+        leaders = sp.csr_matrix((0, V.shape[1]), dtype=np.float32)
+        for start in range(0, V.shape[0], self.batch_size):
+            B = V[start:start + self.batch_size]
+            if leaders.shape[0]:
+                S = (B @ leaders.T).toarray()
+                best = S.argmax(axis=1)
+                ok = S[np.arange(S.shape[0]), best] >= self.threshold
+                ulabels[start:start + B.shape[0]][ok] = best[ok]
+            todo = np.flatnonzero(ulabels[start:start + B.shape[0]] < 0)
+            if todo.size:
+                Bn = B[todo]
+                Sb = (Bn @ Bn.T).toarray()
+                new_leaders: list[int] = []
+                for k, i in enumerate(todo.tolist()):
+                    hit = next((j for j in new_leaders if Sb[k, j] >= self.threshold), None)
+                    if hit is None:
+                        ulabels[start + i] = len(leader_rows)
+                        leader_rows.append(start + i)
+                        new_leaders.append(k)
+                    else:
+                        ulabels[start + i] = ulabels[start + int(todo[hit])]
+                leaders = sp.vstack([leaders, Bn[new_leaders]]).tocsr()
+        self.leaders_ = leaders
+        self.labels_ = ulabels[inverse]
+        return self
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        """The leader each text is `threshold`-similar to, or -1."""
+        texts = list(X)
+        if not texts or self.leaders_.shape[0] == 0:
+            return np.full(len(texts), -1, dtype=np.int64)
+        V = self.pipeline_.transform(texts).astype(np.float32)
+        S = (V @ self.leaders_.T).toarray()
+        best = S.argmax(axis=1)
+        ok = S[np.arange(S.shape[0]), best] >= self.threshold
+        return np.where(ok, best, -1)
+
+
+def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
+    """Plain-function twin of CampaignClusterer: the cluster label of each text."""
+    return CampaignClusterer(threshold=threshold).fit(texts).labels_
+
+
+def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
+    """Words that most members of a group share, commonest first."""
+    df: Counter[str] = Counter()
+    sample = list(texts)[:200]
+    for t in sample:
+        df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
+                   and w not in _PLACEHOLDERS and not w.isdigit()})
+    return [w for w, _ in df.most_common(k)]

@@ -1,0 +1,36 @@
+"""One base error for spoolsweep, with named subclasses whose docstrings are their messages."""
+
+from __future__ import annotations
+
+
+class SpoolsweepError(Exception):
+    """spoolsweep failed."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        doc = (type(self).__doc__ or "").strip()
+        super().__init__(f"{doc} {detail}".strip())
+
+
+class PolicyError(SpoolsweepError):
+    """The site policy is not valid:"""
+
+
+class SnapshotError(SpoolsweepError):
+    """The snapshot cannot be read:"""
+
+
+class ArchiveLimitExceeded(SnapshotError):
+    """The snapshot exceeds a safety limit (possible decompression bomb):"""
+
+
+class UnknownFormat(SnapshotError):
+    """The queue format could not be recognised; name it with --format:"""
+
+
+class StoreError(SpoolsweepError):
+    """The store refused the operation:"""
+
+
+class InstructionRefused(SpoolsweepError):
+    """The instruction was refused:"""

@@ -1,0 +1,407 @@
+"""Generate realistic labelled incidents from real mail (the SpamAssassin corpus) for tests, demo and benchmarks.
+
+An incident is what an open relay plus a stolen password leave in a queue: relayed spam campaigns
+(per-copy variation, botnet client IPs, forged senders, some copies to local users), a campaign
+through a stolen account, backscatter (our bounces to forged senders quoting campaign spam) and
+the organisation's real mail: inbound, outbound, a newsletter and bounces to local users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+from pipeline.models import Envelope, IndexEntry
+
+LOCAL_DOMAINS = ("example.org", "example.net")
+SERVER_NAME = "mx1.example.org"
+SERVER_IP = "192.0.2.25"
+TRUSTED_IP = "192.0.2.10"
+USERS = ("alice", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+         "peggy", "trent", "victor", "walter", "bob")
+EXTERNAL_DOMAINS = ("gmail.com", "yahoo.com", "hotmail.com", "aol.com", "web.de", "mail.ru", "orange.fr",
+                    "comcast.net", "qq.com", "libero.it", "t-online.de", "yandex.ru", "outlook.com",
+                    "btinternet.com", "gmx.net", "free.fr", "naver.com", "rediffmail.com", "uol.com.br")
+FIRST = ("john", "mary", "li", "ana", "peter", "olga", "ahmed", "sara", "tom", "kim", "raj", "eva", "paul",
+         "lucy", "mike", "nina", "omar", "jane", "ken", "zoe")
+
+POLICY_TOML = f"""# Site policy for generated incidents (spoolsweep generate)
+local_domains = {list(LOCAL_DOMAINS)!r}
+trusted_networks = ["10.0.0.0/8", "192.0.2.0/24", "127.0.0.0/8"]
+server_ips = ["{SERVER_IP}"]
+server_names = ["{SERVER_NAME}"]
+""".replace("'", '"')
+
+
+@dataclass
+class GenMessage:
+    data: bytes
+    envelope: Envelope
+    label: str  # valid | spam
+    kind: str
+
+
+@dataclass
+class Incident:
+    messages: list[GenMessage] = field(default_factory=list)
+
+
+def load_corpus(corpus: Path) -> tuple[list[bytes], list[bytes]]:
+    """(ham, spam) raw messages from an unpacked corpus folder or the shipped tarball."""
+    ham: list[bytes] = []
+    spam: list[bytes] = []
+    if corpus.is_file():
+        with tarfile.open(corpus, "r:*") as tf:
+            for ti in tf:
+                if not ti.isfile() or not ti.name.endswith(".eml"):
+                    continue
+                fh = tf.extractfile(ti)
+                if fh is None:
+                    continue
+                (spam if "/spam" in ti.name else ham).append(fh.read())
+    else:
+        for p in sorted(corpus.rglob("*.eml")):
+            (spam if "spam" in p.parent.name else ham).append(p.read_bytes())
+    if not ham or not spam:
+        raise FileNotFoundError(f"{corpus}: no easy_ham_1/ and spam_1/ messages found")
+    return ham, spam
+
+
+def find_corpus() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "tests" / "data" / "corpus-sample.tar.gz", here.parent / "shared" / "corpus" /
+                 "spamassassin-dev.tar.gz", Path("../shared/corpus/spamassassin-dev.tar.gz")):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError("no corpus: pass --corpus (../shared/corpus/spamassassin-dev.tar.gz)")
+
+
+def _split(raw: bytes) -> tuple[list[bytes], bytes]:
+    raw = raw.replace(b"\r\n", b"\n")
+    head, sep, body = raw.partition(b"\n\n")
+    lines: list[bytes] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and lines:
+            lines[-1] += b"\n" + line
+        elif line.startswith(b"From ") and not lines:
+            continue
+        else:
+            lines.append(line)
+    return lines, body
+
+
+_DROP = re.compile(rb"(?i)^(received|to|cc|date|message-id|return-path|delivered-to|x-spam[\w-]*|x-loop|"
+                   rb"list-unsubscribe|precedence|x-original-to|envelope-to)\s*:")
+
+
+def _rebuild(raw: bytes, headers: dict[str, str], subject_suffix: str = "", body_prefix: str = "",
+             body_suffix: str = "", from_header: str | None = None) -> bytes:
+    lines, body = _split(raw)
+    kept: list[bytes] = []
+    for line in lines:
+        if _DROP.match(line):
+            continue
+        if from_header is not None and line[:5].lower() == b"from:":
+            continue
+        if subject_suffix and line[:8].lower() == b"subject:":
+            line = line.rstrip() + b" " + subject_suffix.encode()
+        kept.append(line)
+    if from_header is not None:
+        kept.insert(0, f"From: {from_header}".encode())
+    if not any(line[:8].lower() == b"subject:" for line in kept):
+        kept.append(b"Subject: " + subject_suffix.encode())
+    top = [f"{k}: {v}".encode() for k, v in headers.items()]
+    enc = next((line for line in lines if line[:26].lower() == b"content-transfer-encoding:"), b"")
+    plain = b"base64" not in enc.lower()
+    if plain and body_prefix:
+        body = body_prefix.encode() + b"\n\n" + body
+    if plain and body_suffix:
+        body = body.rstrip(b"\n") + b"\n" + body_suffix.encode() + b"\n"
+    return b"\n".join(top + kept) + b"\n\n" + body
+
+
+def _received(helo: str, ip: str, qid: str, rcpt: str, when: datetime, user: str | None = None) -> str:
+    auth = f"\n\t(Authenticated sender: {user})" if user else ""
+    proto = "ESMTPSA" if user else "ESMTP"
+    return (f"from {helo} ({helo} [{ip}]){auth}\n\tby {SERVER_NAME} (Postfix) with {proto} id {qid}\n\t"
+            f"for <{rcpt}>; {format_datetime(when)}")
+
+
+class _Gen:
+    def __init__(self, ham: list[bytes], spam: list[bytes], seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.ham = ham
+        self.spam = spam
+        self.t0 = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
+        self.n = 0
+
+    def when(self) -> datetime:
+        return self.t0 + timedelta(seconds=self.rng.randint(0, 6 * 3600))
+
+    def qid(self) -> str:
+        self.n += 1
+        return hashlib.md5(f"{self.n}".encode(), usedforsecurity=False).hexdigest()[:10].upper()
+
+    def ext_addr(self) -> str:
+        r = self.rng
+        return f"{r.choice(FIRST)}{r.choice(['', '.', '_'])}{r.choice(FIRST)}{r.randint(1, 9999)}@" \
+               f"{r.choice(EXTERNAL_DOMAINS)}"
+
+    def local_addr(self, user: str | None = None) -> str:
+        return f"{user or self.rng.choice(USERS)}@{self.rng.choice(LOCAL_DOMAINS)}"
+
+    def ip(self, net: int | None = None) -> str:
+        r = self.rng
+        a = net if net is not None else r.choice([24, 41, 58, 77, 89, 103, 117, 146, 177, 186, 190, 201, 211])
+        return f"{a}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+
+    def token(self, k: int = 8) -> str:
+        return "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(k))
+
+    def envelope(self, mail_from: str, rcpts: list[str], ip: str | None, when: datetime, qid: str,
+                 user: str | None = None, helo: str | None = None) -> Envelope:
+        return Envelope(mail_from=mail_from, rcpt_to=rcpts, client_address=ip,
+                        client_name=None if ip is None else (helo or "unknown"), helo=helo,
+                        protocol=None if ip is None else ("ESMTPSA" if user else "ESMTP"),
+                        sasl_method="PLAIN" if user else None, sasl_username=user, arrival_time=when,
+                        queue_name="deferred", queue_id=qid)
+
+    def spam_copy(self, template: bytes, mail_from: str, rcpts: list[str], ip: str, user: str | None,
+                  kind: str, from_header: str | None = None) -> GenMessage:
+        r = self.rng
+        when, qid = self.when(), self.qid()
+        helo = f"{self.token(6)}.{r.choice(EXTERNAL_DOMAINS)}"
+        greeting = f"Dear {rcpts[0].split('@')[0].split('.')[0].title()},"
+        hdrs = {"Received": _received(helo, ip, qid, rcpts[0], when, user), "To": ", ".join(rcpts),
+                "Date": format_datetime(when), "Message-ID": f"<{self.token(16)}@{helo}>"}
+        data = _rebuild(template, hdrs, subject_suffix=self.token(r.randint(5, 9)), body_prefix=greeting,
+                        body_suffix=f"ref {self.token(12)} http://{self.token(6)}.example.com/u?id={self.token(10)}",
+                        from_header=from_header)
+        return GenMessage(data, self.envelope(mail_from, rcpts, ip, when, qid, user, helo), "spam", kind)
+
+    def relayed_campaign(self, size: int, forge_local: bool) -> tuple[list[GenMessage], bytes]:
+        r = self.rng
+        tmpl = r.choice(self.spam)
+        botnet = [self.ip() for _ in range(r.randint(3, 40))]
+        out = []
+        for _ in range(size):
+            rcpts = [self.ext_addr() for _ in range(r.choice([1, 1, 1, 2, 3]))]
+            if r.random() < 0.08:
+                rcpts.append(self.local_addr())
+            sender = self.local_addr(self.token(5)) if forge_local else self.ext_addr()
+            out.append(self.spam_copy(tmpl, sender, rcpts, r.choice(botnet), None, "relayed_spam",
+                                      from_header=f"<{sender}>"))
+        return out, tmpl
+
+    def stolen_campaign(self, size: int, account: str) -> list[GenMessage]:
+        r = self.rng
+        tmpl = r.choice(self.spam)
+        ips = [self.ip() for _ in range(r.randint(8, 40))]
+        out = []
+        for _ in range(size):
+            sender = f"{account}@{LOCAL_DOMAINS[0]}" if r.random() < 0.5 else self.ext_addr()
+            rcpts = [self.ext_addr() for _ in range(r.choice([1, 2, 5]))]
+            out.append(self.spam_copy(tmpl, sender, rcpts, r.choice(ips), account, "stolen_account_spam",
+                                      from_header=f"<{sender}>"))
+        return out
+
+    def bounce(self, original: bytes, to: str, kind: str, label: str) -> GenMessage:
+        when, qid = self.when(), self.qid()
+        boundary = f"{qid}.{self.token(6)}/{SERVER_NAME}"
+        orig = original.replace(b"\r\n", b"\n").decode("latin-1")
+        text = (f"From: MAILER-DAEMON@{SERVER_NAME} (Mail Delivery System)\nSubject: Undelivered Mail Returned "
+                f"to Sender\nTo: {to}\nDate: {format_datetime(when)}\nMessage-Id: <{qid}@{SERVER_NAME}>\n"
+                f"Auto-Submitted: auto-replied\nMIME-Version: 1.0\n"
+                f"Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\n\n"
+                f"--{boundary}\nContent-Type: text/plain; charset=us-ascii\n\n"
+                f"This is the mail system at host {SERVER_NAME}.\n\nI'm sorry to have to inform you that your "
+                f"message could not\nbe delivered to one or more recipients.\n\n"
+                f"<{self.ext_addr()}>: host mx.{self.rng.choice(EXTERNAL_DOMAINS)} said: 550 5.1.1 user unknown\n\n"
+                f"--{boundary}\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; {SERVER_NAME}\n\n"
+                f"--{boundary}\nContent-Type: message/rfc822\n\n{orig}\n--{boundary}--\n")
+        env = self.envelope("", [to], None, when, qid)
+        return GenMessage(text.encode("latin-1"), env, label, kind)
+
+    def ham_message(self, mail_from: str, rcpts: list[str], ip: str | None, user: str | None, kind: str,
+                    from_header: str | None = None, extra: dict[str, str] | None = None,
+                    template: bytes | None = None, body_prefix: str = "") -> GenMessage:
+        when, qid = self.when(), self.qid()
+        helo = "client.example.org" if user or (ip or "").startswith("192.0.2.") else f"mail.{self.token(5)}.com"
+        hdrs = {"To": ", ".join(rcpts), "Date": format_datetime(when), "Message-ID": f"<{self.token(16)}@{helo}>"}
+        if ip is not None:
+            hdrs = {"Received": _received(helo, ip, qid, rcpts[0], when, user), **hdrs}
+        hdrs.update(extra or {})
+        data = _rebuild(template or self.rng.choice(self.ham), hdrs, from_header=from_header,
+                        body_prefix=body_prefix)
+        return GenMessage(data, self.envelope(mail_from, rcpts, ip, when, qid, user, helo if ip else None),
+                          "valid", kind)
+
+
+def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Incident:
+    """A labelled incident of about n messages; the same seed gives the same bytes."""
+    g = _Gen(ham, spam, seed)
+    r = g.rng
+    inc = Incident()
+    n_valid = max(12, int(n * 0.16))
+    n_backscatter = int(n * 0.07)
+    n_stolen = int(n * 0.08)
+    n_relayed = n - n_valid - n_backscatter - n_stolen
+
+    # relayed campaigns, Zipf-like sizes
+    sizes: list[int] = []
+    left = n_relayed
+    k = 0
+    while left > 0:
+        s = min(left, max(5, int(n_relayed * 0.45 / (k + 1) ** 1.1)))
+        sizes.append(s)
+        left -= s
+        k += 1
+    templates: list[bytes] = []
+    for i, s in enumerate(sizes):
+        msgs, tmpl = g.relayed_campaign(s, forge_local=(i % 4 == 1))
+        inc.messages.extend(msgs)
+        templates.append(tmpl)
+    inc.messages.extend(g.stolen_campaign(n_stolen, "bob"))
+    spam_msgs = [m for m in inc.messages if m.label == "spam"]
+    for _ in range(n_backscatter):
+        src = r.choice(spam_msgs[: max(1, len(spam_msgs) // 2)])
+        forged = g.ext_addr()
+        inc.messages.append(g.bounce(src.data, forged, "backscatter", "spam"))
+
+    # the organisation's own mail
+    n_news = max(5, int(n_valid * 0.3))
+    news_tmpl = r.choice(g.ham)
+    for _ in range(n_news):
+        rc = g.ext_addr()
+        inc.messages.append(g.ham_message(
+            "news@example.org", [rc], TRUSTED_IP, "news", "newsletter", from_header="Example News <news@example.org>",
+            extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
+            template=news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},"))
+    rest = n_valid - n_news
+    outbound_ips = {u: g.ip() for u in USERS}
+    for i in range(rest):
+        kind = ("inbound", "outbound", "outbound_trusted", "local_bounce")[i % 4] if i % 10 else "inbound"
+        if kind == "inbound":
+            sender = g.ext_addr()
+            inc.messages.append(g.ham_message(sender, [g.local_addr()], g.ip(), None, kind,
+                                              from_header=f"<{sender}>"))
+        elif kind == "outbound":
+            u = r.choice(USERS[:-1])
+            sender = g.local_addr(u)
+            ip = outbound_ips[u] if r.random() < 0.7 else g.ip()
+            inc.messages.append(g.ham_message(sender, [g.ext_addr() for _ in range(r.choice([1, 1, 2]))], ip, u,
+                                              kind, from_header=f"{u.title()} <{sender}>"))
+        elif kind == "outbound_trusted":
+            u = r.choice(USERS[:-1])
+            sender = g.local_addr(u)
+            inc.messages.append(g.ham_message(sender, [g.ext_addr()], f"192.0.2.{r.randint(30, 200)}", None, kind,
+                                              from_header=f"{u.title()} <{sender}>"))
+        else:
+            u = r.choice(USERS[:-1])
+            orig = g.ham_message(g.local_addr(u), [g.ext_addr()], TRUSTED_IP, None, "x").data
+            inc.messages.append(g.bounce(orig, g.local_addr(u), "local_bounce", "valid"))
+    r.shuffle(inc.messages)
+    return inc
+
+
+def _index_entries(inc: Incident, prefix: str) -> Iterator[tuple[str, GenMessage]]:
+    for i, m in enumerate(inc.messages, 1):
+        yield f"{prefix}{i:07d}.eml", m
+
+
+def write_canonical(inc: Incident, out: Path, host: str = SERVER_NAME) -> Path:
+    """A canonical snapshot tarball (.tar.gz or .tar.zst by suffix) and its ground truth beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    entries = list(_index_entries(inc, "messages/"))
+    index = "".join(IndexEntry(path=p, sha256=hashlib.sha256(m.data).hexdigest(), size=len(m.data),
+                               envelope=m.envelope).model_dump_json(exclude_none=True) + "\n" for p, m in entries)
+    meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": "generated",
+                       "messages": len(entries)})
+    mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+    raw = open(out, "wb")  # noqa: SIM115
+    zw = None
+    fileobj: io.RawIOBase | object = raw
+    if out.name.endswith(".zst"):
+        import zstandard
+
+        zw = zstandard.ZstdCompressor(level=3).stream_writer(raw)
+        fileobj = zw
+        mode = "w|"
+    with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # type: ignore[call-overload]
+        _add(tf, "spoolsweep-snapshot.json", meta.encode())
+        _add(tf, "index.jsonl", index.encode())
+        for p, m in entries:
+            _add(tf, p, m.data)
+    if zw is not None:
+        zw.close()
+    raw.close()
+    _write_truth(inc, out.with_name(out.name.split(".")[0] + ".truth.jsonl"), [p for p, _ in entries])
+    return out
+
+
+def write_eml_folder(inc: Incident, out: Path, iis_envelope: bool = True) -> Path:
+    """An IIS-style Queue folder: one .eml per message with x-sender/x-receiver lines on top."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, m in enumerate(inc.messages, 1):
+        name = f"NTFS_{i:08X}.EML"
+        head = b""
+        if iis_envelope:
+            head = f"x-sender: {m.envelope.mail_from or ''}\r\n".encode() + b"".join(
+                f"x-receiver: {r}\r\n".encode() for r in m.envelope.rcpt_to)
+        (out / name).write_bytes(head + m.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        paths.append(name)
+    _write_truth(inc, out.parent / (out.name + ".truth.jsonl"), paths)
+    return out
+
+
+def _write_truth(inc: Incident, path: Path, paths: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for p, m in zip(paths, inc.messages, strict=True):
+            fh.write(json.dumps({"path": p, "label": m.label, "kind": m.kind}) + "\n")
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = 1764000000
+    ti.mode = 0o600
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def score(manifest_messages: list, truth_path: Path) -> dict[str, float]:
+    """Compare a manifest with ground truth: the figures the issue asks for."""
+    truth = {}
+    with open(truth_path, encoding="utf-8") as fh:
+        for line in fh:
+            t = json.loads(line)
+            truth[t["path"]] = t
+    valid_as_spam = spam_as_valid = review = 0
+    n_spam = sum(1 for t in truth.values() if t["label"] == "spam")
+    by_kind: dict[str, dict[str, int]] = {}
+    for m in manifest_messages:
+        t = truth.get(m.path)
+        if t is None:
+            continue
+        v = m.verdict.value
+        by_kind.setdefault(t["kind"], {}).setdefault(v, 0)
+        by_kind[t["kind"]][v] += 1
+        if v == "review":
+            review += 1
+        elif t["label"] == "valid" and v == "spam":
+            valid_as_spam += 1
+        elif t["label"] == "spam" and v == "valid":
+            spam_as_valid += 1
+    n = len(manifest_messages)
+    return {"messages": n, "valid_as_spam": valid_as_spam, "spam_as_valid": spam_as_valid,
+            "spam_as_valid_share": spam_as_valid / max(1, n_spam), "review": review,
+            "review_share": review / max(1, n), "by_kind": by_kind}  # type: ignore[dict-item]

@@ -1,0 +1,174 @@
+"""Approvals, signed requeue instructions and receipts: what crosses from the review to the mail host."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import InstructionRefused
+from pipeline.models import Envelope, Manifest, Verdict
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApprovedMessage(Strict):
+    """A message named by both identities: where it is and what its bytes are."""
+
+    id: str
+    path: str
+    sha256: str
+    queue_id: str | None = None
+    envelope: Envelope | None = None
+
+
+class Approval(Strict):
+    """Who approved what: immutable once written to approvals/<incident>/<id>.json."""
+
+    approval_id: str
+    incident: str
+    host: str
+    manifest_sha256: str
+    approved_by: str
+    approved_at: datetime
+    replay: list[ApprovedMessage]
+    purge: list[ApprovedMessage]
+    hold: list[ApprovedMessage] = Field(default_factory=list, description="left frozen for a human (review)")
+    changes: list[dict] = Field(default_factory=list, description="verdict changes made during review")
+
+
+class Action(StrEnum):
+    replay = "replay"
+    purge = "purge"
+
+
+class Instruction(Strict):
+    """What the agent will do; valid only with a good signature, for this host, before expiry, once."""
+
+    instruction_id: str
+    incident: str
+    host: str
+    approval_id: str
+    issued_at: datetime
+    expires_at: datetime
+    replay: list[ApprovedMessage]
+    purge: list[ApprovedMessage]
+    quarantine: bool = True
+
+
+class SignedInstruction(Strict):
+    payload: str = Field(description="the Instruction as canonical JSON")
+    signature: str = Field(description="base64 Ed25519 signature over payload's UTF-8 bytes")
+    key_id: str
+
+
+class Outcome(StrEnum):
+    replayed = "replayed"
+    purged = "purged"
+    missing = "missing"
+    failed = "failed"
+    refused = "refused"
+
+
+class ReceiptItem(Strict):
+    id: str
+    sha256: str
+    outcome: Outcome
+    detail: str = ""
+
+
+class Receipt(Strict):
+    instruction_id: str
+    incident: str
+    host: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    refused: str | None = None
+    items: list[ReceiptItem] = Field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {o.value: 0 for o in Outcome}
+        for it in self.items:
+            out[it.outcome.value] += 1
+        return out
+
+
+def canonical_json(model: BaseModel) -> str:
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, approved_by: str,
+                           approved_at: datetime, approval_id: str, changes: list[dict] | None = None,
+                           overrides: dict[str, Verdict] | None = None) -> Approval:
+    """Turn a reviewed manifest into an approval; `review` messages stay held, never replayed or purged."""
+    overrides = overrides or {}
+    replay: list[ApprovedMessage] = []
+    purge: list[ApprovedMessage] = []
+    hold: list[ApprovedMessage] = []
+    for m in manifest.messages:
+        v = overrides.get(m.id, m.verdict)
+        am = ApprovedMessage(id=m.id, path=m.path, sha256=m.sha256, queue_id=m.queue_id, envelope=m.envelope)
+        (replay if v is Verdict.valid else purge if v is Verdict.spam else hold).append(am)
+    return Approval(approval_id=approval_id, incident=manifest.incident, host=host, manifest_sha256=manifest_sha256,
+                    approved_by=approved_by, approved_at=approved_at, replay=replay, purge=purge, hold=hold,
+                    changes=changes or [])
+
+
+def instruction_from_approval(a: Approval, issued_at: datetime, ttl: timedelta = timedelta(days=2)) -> Instruction:
+    iid = hashlib.sha256(f"{a.incident}\n{a.host}\n{a.approval_id}".encode()).hexdigest()[:32]
+    return Instruction(instruction_id=iid, incident=a.incident, host=a.host, approval_id=a.approval_id,
+                       issued_at=issued_at, expires_at=issued_at + ttl, replay=a.replay, purge=a.purge)
+
+
+def sign(instruction: Instruction, private_key_pem: bytes, key_id: str) -> SignedInstruction:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InstructionRefused("signing key is not Ed25519")
+    payload = canonical_json(instruction)
+    sig = key.sign(payload.encode())
+    return SignedInstruction(payload=payload, signature=base64.b64encode(sig).decode(), key_id=key_id)
+
+
+def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: datetime) -> Instruction:
+    """The instruction, if its signature is good, it names this host and it has not expired."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(public_key_pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise InstructionRefused("verification key is not Ed25519")
+    try:
+        key.verify(base64.b64decode(signed.signature, validate=True), signed.payload.encode())
+    except (InvalidSignature, ValueError):
+        raise InstructionRefused("bad signature") from None
+    try:
+        ins = Instruction.model_validate_json(signed.payload)
+    except ValueError as e:
+        raise InstructionRefused(f"malformed payload: {str(e).splitlines()[0]}") from None
+    if ins.host != host:
+        raise InstructionRefused(f"it is for host {ins.host!r}, this is {host!r}")
+    if now >= ins.expires_at:
+        raise InstructionRefused(f"expired at {ins.expires_at.isoformat()}")
+    return ins
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """(private PEM, public PEM) of a new Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    k = Ed25519PrivateKey.generate()
+    priv = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+    pub = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return priv, pub

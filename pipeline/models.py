@@ -1,0 +1,205 @@
+"""The models that cross a boundary: envelopes, parsed records, verdicts, campaigns, the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Verdict(StrEnum):
+    valid = "valid"
+    spam = "spam"
+    review = "review"
+
+
+class Envelope(Model):
+    """What the MTA knew about a message, named after the SMTP words."""
+
+    mail_from: str | None = Field(None, description="MAIL FROM; '' is the null sender <>; None if unknown")
+    rcpt_to: list[str] = Field(default_factory=list, description="recipients still to deliver")
+    done_rcpt_to: list[str] = Field(default_factory=list, description="recipients already delivered")
+    orig_rcpt_to: list[str] = Field(default_factory=list, description="original recipients before aliasing")
+    client_address: str | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    protocol: str | None = None
+    sasl_method: str | None = None
+    sasl_username: str | None = None
+    arrival_time: datetime | None = None
+    queue_name: str | None = None
+    queue_id: str | None = None
+    deferred_reason: str | None = None
+
+
+class RawMessage(Model):
+    """One message as a reader found it: the RFC 822 bytes are carried beside, not in, the model."""
+
+    path: str
+    envelope: Envelope = Field(default_factory=Envelope)
+    defects: list[str] = Field(default_factory=list)
+    format: str = "eml"
+
+
+class ReceivedHop(Model):
+    from_name: str | None = None
+    from_ip: str | None = None
+    by: str | None = None
+    protocol: str | None = None
+    authenticated: bool = False
+    auth_user: str | None = None
+
+
+class ParsedRecord(Model):
+    """One message after parsing: everything triage needs, nothing that must be re-read."""
+
+    path: str
+    sha256: str
+    size: int
+    format: str
+    envelope: Envelope
+    message_id: str | None = None
+    subject: str = ""
+    from_header: str = ""
+    to_header: str = ""
+    date: datetime | None = None
+    content_type: str = ""
+    text: str = Field("", description="normalised subject + body used for campaign grouping")
+    attachments: list[str] = Field(default_factory=list)
+    received: list[ReceivedHop] = Field(default_factory=list)
+    our_hop: ReceivedHop | None = None
+    list_unsubscribe: bool = False
+    precedence_bulk: bool = False
+    auto_submitted: bool = False
+    bounce: bool = False
+    bounced_original_text: str = ""
+    bounced_original_sender: str | None = None
+    defects: list[str] = Field(default_factory=list)
+    envelope_inferred: list[str] = Field(default_factory=list, description="envelope fields read from headers")
+    id: str = ""
+
+
+def message_id(path: str, sha256: str) -> str:
+    """A short stable id for a message: where it was and what it was."""
+    return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:24]
+
+
+class Reason(Model):
+    code: str = Field(description="machine-readable reason, e.g. 'relayed', 'backscatter'")
+    text: str = Field(description="the reason in words an admin reads")
+    weight: Literal["spam", "valid", "review", "info"] = "info"
+
+
+class ManifestMessage(Model):
+    id: str
+    path: str
+    sha256: str
+    size: int
+    format: str
+    queue_id: str | None = None
+    queue_name: str | None = None
+    envelope: Envelope
+    subject: str
+    from_header: str = ""
+    message_id: str | None = None
+    campaign: int | None = None
+    verdict: Verdict
+    confidence: float = Field(ge=0.0, le=1.0)
+    reasons: list[Reason]
+    defects: list[str] = Field(default_factory=list)
+    envelope_inferred: list[str] = Field(default_factory=list)
+    attachments: list[str] = Field(default_factory=list)
+
+
+class Spread(Model):
+    """How many distinct values, and the commonest ones with counts."""
+
+    distinct: int
+    top: list[tuple[str, int]]
+
+
+class Campaign(Model):
+    id: int
+    size: int
+    label: str = Field(description="top terms of the campaign's text")
+    sample_subjects: list[str]
+    sender_domains: Spread
+    recipient_domains: Spread
+    client_ips: Spread
+    accounts: Spread
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    verdict: Verdict
+    confidence: float
+    reasons: list[Reason]
+
+
+class AccountReport(Model):
+    """Who fed the queue: an authenticated account or an unauthenticated client."""
+
+    account: str
+    messages: int
+    external_recipients: int
+    client_ips: int
+    top_client_ips: list[tuple[str, int]]
+    campaigns: list[int]
+    spam: int
+    compromised: bool
+    summary: str
+
+
+class SourceReport(Model):
+    client_ip: str
+    messages: int
+    spam: int
+    accounts: list[str]
+
+
+class Totals(Model):
+    messages: int
+    valid: int
+    spam: int
+    review: int
+    bytes: int
+    campaigns: int
+
+
+class SnapshotInfo(Model):
+    source: str
+    format: str
+    sha256: str | None = None
+    host: str | None = None
+    members_read: int = 0
+    skipped: list[str] = Field(default_factory=list, description="files that are not messages (logs, pid files)")
+
+
+class Manifest(Model):
+    schema_version: str = SCHEMA_VERSION
+    incident: str
+    snapshot: SnapshotInfo
+    policy_sha256: str
+    totals: Totals
+    campaigns: list[Campaign]
+    accounts: list[AccountReport]
+    sources: list[SourceReport]
+    messages: list[ManifestMessage]
+    archive_defects: list[str] = Field(default_factory=list)
+
+
+class IndexEntry(Model):
+    """One line of a canonical snapshot's index.jsonl."""
+
+    id: str | None = None
+    path: str
+    sha256: str
+    size: int
+    envelope: Envelope = Field(default_factory=Envelope)

@@ -1,0 +1,253 @@
+"""Parse one message into a ParsedRecord: a fast standard-library path, mail-parser where defects show."""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import re
+from email import policy as email_policy
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses, parsedate_to_datetime
+
+from pipeline.models import Envelope, ParsedRecord, ReceivedHop
+from pipeline.normalise import html_to_text, normalise
+from pipeline.policy import SitePolicy
+from pipeline.readers.base import Found
+
+_RCVD_FROM = re.compile(r"(?is)^\s*from\s+(\S+)(?:\s+\(([^)]*)\))?")
+_RCVD_BY = re.compile(r"(?is)\bby\s+([\w.-]+)")
+_RCVD_WITH = re.compile(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)")
+_RCVD_IP = re.compile(r"\[(?:IPv6:)?([0-9a-fA-F:.]+)\]")
+_RCVD_AUTH = re.compile(r"(?i)\(Authenticated sender:\s*([^)\s]+)\)|\bauth(?:enticated)?[ =](?:as\s+)?([\w.@+-]+)")
+_BOUNCE_SUBJECT = re.compile(
+    r"(?i)undeliver|returned mail|delivery (status )?notification|delivery failure|mail delivery fail"
+    r"|failure notice|non[- ]?delivery|could not be delivered"
+)
+_BOUNCE_SENDER = re.compile(r"(?i)^(mailer-daemon|postmaster|mail delivery (sub)?system)\b|<?mailer-daemon@")
+_ORIG_MARK = re.compile(r"(?im)^[-\s]*(original message|the original message|below this line is a copy|"
+                        r"this is a copy of the message)")
+_MAX_PARTS = 200
+
+
+def _header(msg: Message, name: str) -> str:
+    v = msg.get(name)
+    if v is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(v)))).replace("\r", " ").replace("\n", " ").strip()
+    except (email.errors.HeaderParseError, LookupError, ValueError, UnicodeError, TypeError):
+        return str(v).replace("\n", " ").strip()
+
+
+def _decode(part: Message) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except (ValueError, TypeError, AssertionError):
+        return ""
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "latin-1"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("latin-1", "replace")
+
+
+def parse_received(value: str) -> ReceivedHop:
+    value = " ".join(value.split())
+    hop = ReceivedHop()
+    if m := _RCVD_FROM.match(value):
+        hop.from_name = m.group(1)
+        if m.group(2) and (ip := _RCVD_IP.search(m.group(2))):
+            hop.from_ip = ip.group(1)
+    if hop.from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
+        hop.from_ip = ip.group(1)
+    if m := _RCVD_BY.search(value):
+        hop.by = m.group(1).lower()
+    if m := _RCVD_WITH.search(value):
+        hop.protocol = m.group(1).upper()
+    if m := _RCVD_AUTH.search(value):
+        hop.authenticated = True
+        hop.auth_user = m.group(1) or m.group(2)
+    elif hop.protocol and hop.protocol.endswith("A"):
+        hop.authenticated = True
+    return hop
+
+
+def _walk(msg: Message) -> list[Message]:
+    parts: list[Message] = []
+    stack = [msg]
+    while stack and len(parts) < _MAX_PARTS:
+        p = stack.pop()
+        parts.append(p)
+        if p.is_multipart():
+            payload = p.get_payload()
+            if isinstance(payload, list):
+                stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+    return parts
+
+
+def _mailparser_defects(data: bytes) -> list[str]:
+    """mail-parser's view of a message the fast path found defective: categories and headers."""
+    try:
+        import mailparser
+    except ImportError:
+        return []
+    try:
+        mp = mailparser.parse_from_bytes(data)
+        return sorted({str(c) for c in (mp.defects_categories or [])})
+    except Exception as e:  # noqa: BLE001 - a parser crash is itself the defect to report
+        return [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
+
+
+def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
+    raw = found.raw
+    env = raw.envelope
+    defects = list(raw.defects)
+    rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
+                       envelope=env, defects=defects)
+    if found.data is None:
+        return rec
+    try:
+        msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
+    except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
+        rec.defects.append(f"unparseable: {type(e).__name__}: {e}"[:300])
+        rec.text = normalise("", found.data[:4000].decode("latin-1"))
+        return rec
+    try:
+        _fill(rec, msg, policy, found.data)
+    except Exception as e:  # noqa: BLE001
+        rec.defects.append(f"parse error: {type(e).__name__}: {e}"[:300])
+    return rec
+
+
+def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> None:
+    rec.subject = _header(msg, "Subject")[:2000]
+    rec.from_header = _header(msg, "From")[:500]
+    rec.to_header = _header(msg, "To")[:500]
+    rec.message_id = (msg.get("Message-ID") or "").strip()[:500] or None
+    if d := msg.get("Date"):
+        try:
+            rec.date = parsedate_to_datetime(str(d))
+        except (TypeError, ValueError, IndexError):
+            pass
+    rec.content_type = msg.get_content_type()
+    rec.list_unsubscribe = "List-Unsubscribe" in msg
+    prec = (msg.get("Precedence") or "").lower()
+    rec.precedence_bulk = prec in ("bulk", "list", "junk")
+    auto = (msg.get("Auto-Submitted") or "no").lower()
+    rec.auto_submitted = auto.strip() != "no"
+
+    hops = [parse_received(str(v)) for v in (msg.get_all("Received") or [])[:30]]
+    rec.received = hops
+    for hop in hops:
+        if policy.is_our_host(hop.by):
+            rec.our_hop = hop
+            break
+
+    parts = _walk(msg)
+    plain, htmltext = "", ""
+    defects: set[str] = set()
+    original: Message | None = None
+    for p in parts:
+        for d in getattr(p, "defects", []) or []:
+            defects.add(type(d).__name__)
+        ctype = p.get_content_type()
+        fn = p.get_filename()
+        disp = (p.get("Content-Disposition") or "").lower()
+        if fn or disp.startswith("attachment"):
+            rec.attachments.append(f"{_clean(fn or '(unnamed)')} ({ctype})")
+            continue
+        if ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers") and original is None:
+            original = _original_from(p)
+            continue
+        if ctype == "text/plain" and not plain:
+            plain = _decode(p)
+        elif ctype == "text/html" and not htmltext:
+            htmltext = html_to_text(_decode(p))
+    body = plain or htmltext
+    if defects:
+        rec.defects.extend(f"mime: {d}" for d in sorted(defects))
+        rec.defects.extend(f"mime: mail-parser {c}" for c in _mailparser_defects(data) if c not in defects)
+
+    env = rec.envelope
+    sender = (env.mail_from if env.mail_from is not None else "") or ""
+    rec.bounce = (
+        (env.mail_from == "" or bool(_BOUNCE_SENDER.search(rec.from_header)) or bool(_BOUNCE_SENDER.search(sender)))
+        and (rec.content_type == "multipart/report" or bool(_BOUNCE_SUBJECT.search(rec.subject)))
+    )
+    if rec.bounce:
+        if original is not None:
+            osub = _header(original, "Subject")
+            ofrom = getaddresses([str(original.get("From") or "")])
+            rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+            obody = ""
+            if not original.is_multipart() or original.get_content_type().startswith("text/"):
+                obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(
+                    _decode(original))
+            else:
+                for op in _walk(original):
+                    if op.get_content_type() == "text/plain":
+                        obody = _decode(op)
+                        break
+                    if op.get_content_type() == "text/html":
+                        obody = html_to_text(_decode(op))
+                        break
+            rec.bounced_original_text = normalise(osub, obody)
+        elif m := _ORIG_MARK.search(body):
+            rec.bounced_original_text = normalise("", body[m.end():])
+    # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
+    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    _infer_envelope(rec, msg)
+
+
+def _infer_envelope(rec: ParsedRecord, msg: Message) -> None:
+    """Fill what the MTA did not tell us from the headers and our own Received hop, and say so."""
+    env = rec.envelope
+    inferred: list[str] = []
+    if env.mail_from is None:
+        rp = getaddresses([str(msg.get("Return-Path") or "")])
+        if rp and (rp[0][1] or str(msg.get("Return-Path") or "").strip() == "<>"):
+            env.mail_from = rp[0][1].lower()
+            inferred.append("mail_from")
+    if not env.rcpt_to and not env.done_rcpt_to:
+        heads = [str(v) for h in ("To", "Cc") for v in (msg.get_all(h) or [])]
+        env.rcpt_to = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
+        if env.rcpt_to:
+            inferred.append("rcpt_to")
+    if env.client_address is None and rec.our_hop and rec.our_hop.from_ip:
+        env.client_address = rec.our_hop.from_ip
+        env.client_name = env.client_name or rec.our_hop.from_name
+        inferred.append("client_address")
+    if env.sasl_username is None and rec.our_hop and rec.our_hop.authenticated:
+        env.sasl_username = rec.our_hop.auth_user or "(authenticated)"
+        inferred.append("sasl_username")
+    rec.envelope_inferred = inferred
+
+
+def _original_from(p: Message) -> Message | None:
+    payload = p.get_payload()
+    if isinstance(payload, list) and payload:
+        first = payload[0]
+        return first if isinstance(first, Message) else None
+    if isinstance(payload, str):
+        try:
+            return email.message_from_string(payload, policy=email_policy.compat32)
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def _clean(s: str) -> str:
+    return "".join(ch for ch in s if ch.isprintable())[:200]
+
+
+def addr_domain(addr: str | None) -> str:
+    if not addr or "@" not in addr:
+        return ""
+    return addr.rsplit("@", 1)[1].lower().strip(">").rstrip(".")
+
+
+def envelope_summary(env: Envelope) -> str:
+    return f"from <{env.mail_from or ''}> to {len(env.rcpt_to)} recipient(s)"

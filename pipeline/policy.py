@@ -1,0 +1,129 @@
+"""The site policy (TOML): what is local, what is trusted, which lists to check."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import tomllib
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PolicyError
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_members: int = Field(2_000_000, gt=0, description="members an archive may hold")
+    max_member_bytes: int = Field(64 * 2**20, gt=0, description="largest single message")
+    max_total_bytes: int = Field(64 * 2**30, gt=0, description="uncompressed bytes in all")
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    campaign_similarity: float = Field(0.6, gt=0, le=1)
+    campaign_min_size: int = Field(5, ge=2)
+    compromised_min_client_ips: int = Field(3, ge=2)
+
+
+class SitePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    local_domains: list[str] = Field(default_factory=list)
+    trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    server_ips: list[str] = Field(default_factory=list)
+    server_names: list[str] = Field(default_factory=list)
+    relay_domains: list[str] = Field(default_factory=list, description="domains we legitimately relay for")
+    blocklist_zones: list[str] | None = Field(None, description="zones to check; None = the catalogue")
+    limits: Limits = Field(default_factory=Limits)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("local_domains", "server_names", "relay_domains")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [d.strip().lower().rstrip(".") for d in v]
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{n!r} is not a network: {e}") from None
+        return v
+
+    @field_validator("server_ips")
+    @classmethod
+    def _ips(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_address(n)
+            except ValueError:
+                raise ValueError(f"{n!r} is not an IP address") from None
+        return v
+
+    @cached_property
+    def _nets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
+
+    def is_trusted(self, ip: str | None) -> bool:
+        if not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in n for n in self._nets) or str(addr) in self.server_ips
+
+    def is_local_domain(self, domain: str) -> bool:
+        d = domain.lower().rstrip(".")
+        return any(d == ld or d.endswith("." + ld) for ld in self.local_domains)
+
+    def is_local_address(self, address: str | None) -> bool:
+        if not address or "@" not in address:
+            return False
+        return self.is_local_domain(address.rsplit("@", 1)[1])
+
+    def is_relay_domain(self, address: str) -> bool:
+        if "@" not in address:
+            return False
+        d = address.rsplit("@", 1)[1].lower()
+        return any(d == rd or d.endswith("." + rd) for rd in self.relay_domains)
+
+    def is_our_host(self, name: str | None) -> bool:
+        if not name:
+            return False
+        n = name.lower().rstrip(".")
+        return n in self.server_names or n in self.server_ips
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def load_policy(path: str | Path | None) -> SitePolicy:
+    if path is None:
+        return SitePolicy()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{p}: not TOML: {e}") from None
+    return policy_from_dict(data, source=str(p))
+
+
+def policy_from_dict(data: dict, source: str = "policy") -> SitePolicy:
+    try:
+        return SitePolicy.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}: key '{key}': {msg}")
+        raise PolicyError("\n".join(lines)) from None

@@ -1,0 +1,288 @@
+"""Triage a snapshot: read, parse, group campaigns, decide, and assemble the manifest."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from pipeline.archive import ArchiveReport
+from pipeline.campaigns import CampaignClusterer, top_terms
+from pipeline.models import (
+    AccountReport,
+    Campaign,
+    Manifest,
+    ManifestMessage,
+    ParsedRecord,
+    SnapshotInfo,
+    SourceReport,
+    Spread,
+    Totals,
+    Verdict,
+    message_id,
+)
+from pipeline.parse import addr_domain, parse_found
+from pipeline.policy import SitePolicy
+from pipeline.readers import read_snapshot
+from pipeline.readers.base import Found
+from pipeline.verdicts import (
+    AccountProfile,
+    Context,
+    Decision,
+    R,
+    campaign_decision,
+    context,
+    message_decision,
+)
+
+Progress = Callable[[str, int, int | None], None]
+_PARALLEL_MIN = 2000
+_CHUNK = 256
+
+
+def _noop(stage: str, done: int, total: int | None) -> None:
+    pass
+
+
+def _parse_chunk(args: tuple[list[Found], SitePolicy]) -> list[ParsedRecord]:
+    chunk, policy = args
+    return [parse_found(f, policy) for f in chunk]
+
+
+def _chunks(it: Iterable[Found], n: int) -> Iterator[list[Found]]:
+    buf: list[Found] = []
+    for f in it:
+        buf.append(f)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def parse_all(found: Iterable[Found], policy: SitePolicy, progress: Progress = _noop,
+              workers: int | None = None) -> list[ParsedRecord]:
+    """Parse every message, on every core when the queue is big enough to pay for it."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    out: list[ParsedRecord] = []
+    chunks = _chunks(found, _CHUNK)
+    first = next(chunks, [])
+    out.extend(_parse_chunk((first, policy)))
+    progress("parse", len(out), None)
+    if len(first) < _CHUNK:
+        return out
+    if workers <= 1:
+        for ch in chunks:
+            out.extend(_parse_chunk((ch, policy)))
+            progress("parse", len(out), None)
+        return out
+    # a bounded window of chunks in flight keeps memory flat however large the queue is
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        window: deque[Future[list[ParsedRecord]]] = deque()
+        for ch in chunks:
+            window.append(ex.submit(_parse_chunk, (ch, policy)))
+            if len(window) >= 4 * workers:
+                out.extend(window.popleft().result())
+                progress("parse", len(out), None)
+        while window:
+            out.extend(window.popleft().result())
+            progress("parse", len(out), None)
+    return out
+
+
+def assign_ids(records: Sequence[ParsedRecord]) -> None:
+    """Give every record a unique id, even two identical members stored under one name."""
+    seen: Counter[str] = Counter()
+    for r in records:
+        base = message_id(r.path, r.sha256)
+        seen[base] += 1
+        r.id = base if seen[base] == 1 else message_id(f"{r.path}#{seen[base]}", r.sha256)
+
+
+def _spread(values: Iterable[str], k: int = 5) -> Spread:
+    c = Counter(v for v in values if v)
+    return Spread(distinct=len(c), top=c.most_common(k))
+
+
+def _when(r: ParsedRecord) -> datetime | None:
+    return r.envelope.arrival_time or r.date
+
+
+def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
+           archive_defects: Sequence[str] = (), progress: Progress = _noop) -> Manifest:
+    """Group and decide: the pure heart of triage, records and policy in, manifest out."""
+    n = len(records)
+    th = policy.thresholds
+    progress("campaigns", 0, n)
+    clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit([r.text for r in records])
+    labels = clusterer.labels_
+    progress("campaigns", n, n)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        groups[int(lab)].append(i)
+    big = sorted((g for g in groups.values() if len(g) >= th.campaign_min_size), key=lambda g: (-len(g), g[0]))
+    campaign_of: dict[int, int] = {}
+    for cid, members in enumerate(big, 1):
+        for i in members:
+            campaign_of[i] = cid
+
+    ctxs: list[Context] = [context(r, policy) for r in records]
+    profiles = _profiles(ctxs, campaign_of)
+
+    decisions: dict[int, Decision] = {}
+    for cid, members in enumerate(big, 1):
+        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles)
+    _mark_compromised(big, decisions, records, ctxs, profiles)
+    # a second pass, now that compromised accounts are known, lets their campaigns see it
+    for cid, members in enumerate(big, 1):
+        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles)
+
+    spam_leaders = {int(labels[big[cid - 1][0]]) for cid, d in decisions.items() if d.verdict is Verdict.spam}
+    bounce_idx = [i for i, r in enumerate(records) if r.bounce and r.bounced_original_text]
+    hits: set[int] = set()
+    if bounce_idx and spam_leaders:
+        pred = clusterer.predict([records[i].bounced_original_text for i in bounce_idx])
+        hits = {i for i, p in zip(bounce_idx, pred, strict=True) if int(p) in spam_leaders}
+
+    messages: list[ManifestMessage] = []
+    for i, r in enumerate(records):
+        camp = campaign_of.get(i)
+        d = message_decision(i, records, ctxs, decisions.get(camp) if camp else None, i in hits, profiles)
+        if r.defects and d.verdict is not Verdict.review:
+            d.reasons.append(R("mime_defects", "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
+        if r.envelope_inferred:
+            d.reasons.append(R("envelope_inferred", "envelope fields read from headers: "
+                               + ", ".join(r.envelope_inferred), "info"))
+        messages.append(ManifestMessage(
+            id=r.id, path=r.path, sha256=r.sha256, size=r.size, format=r.format, queue_id=r.envelope.queue_id,
+            queue_name=r.envelope.queue_name, envelope=r.envelope, subject=r.subject, from_header=r.from_header,
+            message_id=r.message_id, campaign=camp, verdict=d.verdict, confidence=round(d.confidence, 3),
+            reasons=d.reasons, defects=r.defects, envelope_inferred=r.envelope_inferred,
+            attachments=r.attachments))
+    progress("verdicts", n, n)
+
+    campaigns = [_campaign(cid, members, records, decisions[cid], messages) for cid, members in enumerate(big, 1)]
+    counts = Counter(m.verdict for m in messages)
+    return Manifest(
+        incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
+        totals=Totals(messages=n, valid=counts[Verdict.valid], spam=counts[Verdict.spam],
+                      review=counts[Verdict.review], bytes=sum(r.size for r in records), campaigns=len(campaigns)),
+        campaigns=campaigns,
+        accounts=_account_reports(profiles, records, ctxs, messages),
+        sources=_source_reports(records, ctxs, messages),
+        messages=messages,
+        archive_defects=list(archive_defects),
+    )
+
+
+def _profiles(ctxs: Sequence[Context], campaign_of: dict[int, int]) -> dict[str, AccountProfile]:
+    profiles: dict[str, AccountProfile] = {}
+    for i, c in enumerate(ctxs):
+        if not c.account:
+            continue
+        p = profiles.setdefault(c.account, AccountProfile(c.account))
+        p.messages += 1
+        p.external.update(c.external_rcpts)
+        if c.client_ip:
+            p.ips[c.client_ip] += 1
+            if not c.trusted:
+                p.untrusted_ips.add(c.client_ip)
+            if i not in campaign_of:
+                p.normal_ips.add(c.client_ip)
+        if i in campaign_of:
+            p.campaigns.add(campaign_of[i])
+    return profiles
+
+
+def _mark_compromised(big: Sequence[Sequence[int]], decisions: dict[int, Decision],
+                      records: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                      profiles: dict[str, AccountProfile]) -> None:
+    for cid, members in enumerate(big, 1):
+        d = decisions[cid]
+        if d.verdict is not Verdict.spam:
+            continue
+        for i in members:
+            c = ctxs[i]
+            if c.account and c.account in profiles:
+                p = profiles[c.account]
+                p.compromised = True
+                if c.client_ip:
+                    p.attacker_ips.add(c.client_ip)
+                p.why = d.reasons[0].text if d.reasons else ""
+
+
+def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord], d: Decision,
+              messages: Sequence[ManifestMessage]) -> Campaign:
+    recs = [records[i] for i in members]
+    times = [t for t in (_when(r) for r in recs) if t is not None]
+    try:
+        first, last = (min(times), max(times)) if times else (None, None)
+    except TypeError:  # naive and aware datetimes mixed
+        first = last = None
+    subjects = list(dict.fromkeys(r.subject for r in recs if r.subject))[:5]
+    counts = Counter(messages[i].verdict for i in members)
+    verdict = d.verdict
+    if counts and len(counts) > 1:
+        d.reasons.append(R("mixed", "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
+                                                                     counts.most_common()), "info"))
+    return Campaign(
+        id=cid, size=len(members), label=" ".join(top_terms([r.text for r in recs])),
+        sample_subjects=[s[:200] for s in subjects],
+        sender_domains=_spread(addr_domain(r.envelope.mail_from) or "<>" for r in recs),
+        recipient_domains=_spread(addr_domain(a) for r in recs for a in (r.envelope.rcpt_to or
+                                                                         r.envelope.done_rcpt_to)),
+        client_ips=_spread(r.envelope.client_address or "" for r in recs),
+        accounts=_spread(r.envelope.sasl_username or "" for r in recs),
+        first_seen=first, last_seen=last, verdict=verdict, confidence=round(d.confidence, 3), reasons=d.reasons)
+
+
+def _account_reports(profiles: dict[str, AccountProfile], records: Sequence[ParsedRecord],
+                     ctxs: Sequence[Context], messages: Sequence[ManifestMessage]) -> list[AccountReport]:
+    spam: Counter[str] = Counter()
+    for c, m in zip(ctxs, messages, strict=True):
+        if c.account and m.verdict is Verdict.spam:
+            spam[c.account] += 1
+    out = []
+    for p in sorted(profiles.values(), key=lambda p: (-p.messages, p.account)):
+        summary = (f"account {p.account}: {p.messages:,} messages to {len(p.external):,} external recipients "
+                   f"from {len(p.ips):,} client IPs")
+        if p.compromised:
+            summary += " — looks stolen: lock it and reset its password"
+        out.append(AccountReport(account=p.account, messages=p.messages, external_recipients=len(p.external),
+                                 client_ips=len(p.ips), top_client_ips=p.ips.most_common(10),
+                                 campaigns=sorted(p.campaigns), spam=spam[p.account], compromised=p.compromised,
+                                 summary=summary))
+    return out
+
+
+def _source_reports(records: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                    messages: Sequence[ManifestMessage]) -> list[SourceReport]:
+    total: Counter[str] = Counter()
+    spam: Counter[str] = Counter()
+    accounts: dict[str, set[str]] = defaultdict(set)
+    for c, m in zip(ctxs, messages, strict=True):
+        if not c.client_ip or c.trusted:
+            continue
+        total[c.client_ip] += 1
+        if m.verdict is Verdict.spam:
+            spam[c.client_ip] += 1
+        if c.account:
+            accounts[c.client_ip].add(c.account)
+    ranked = sorted(total, key=lambda ip: (-spam[ip], -total[ip], ip))[:200]
+    return [SourceReport(client_ip=ip, messages=total[ip], spam=spam[ip], accounts=sorted(accounts[ip]))
+            for ip in ranked if spam[ip]]
+
+
+def triage(source: str | Path, policy: SitePolicy, fmt: str | None = None, incident: str | None = None,
+           progress: Progress = _noop, workers: int | None = None) -> Manifest:
+    """Read a snapshot and return its manifest."""
+    report = ArchiveReport()
+    name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
+    records = parse_all(found, policy, progress=progress, workers=workers)
+    assign_ids(records)
+    info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
+                        skipped=report.skipped)
+    return decide(records, policy, incident or Path(source).name, info, report.defects, progress=progress)

@@ -1,0 +1,229 @@
+"""Decide valid / spam / review per campaign and per message from what the MTA knew and the campaigns.
+
+The rules, strongest first. Anything they cannot settle is `review`; nothing becomes `spam` on size
+or content alone, because a newsletter is a big near-identical cluster too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pipeline.models import ParsedRecord, Reason, Verdict
+from pipeline.parse import addr_domain
+from pipeline.policy import SitePolicy
+
+
+# Defects from the archive or the reader rather than the MIME structure (those start "mime:"): the
+# bytes themselves are in doubt, so a human must look whatever else we know.
+def integrity_defects(rec: ParsedRecord) -> list[str]:
+    return [d for d in rec.defects if not d.startswith("mime:")]
+
+
+@dataclass(slots=True)
+class Context:
+    """What the envelope and our own Received hop say about one message."""
+
+    client_ip: str | None
+    trusted: bool
+    local_origin: bool
+    authenticated: bool
+    auth_known: bool
+    account: str | None
+    sender_local: bool
+    null_sender: bool
+    local_rcpts: list[str]
+    external_rcpts: list[str]
+    forwarded: bool
+
+    @property
+    def relayed(self) -> bool:
+        return (not self.authenticated and not self.local_origin and self.client_ip is not None
+                and bool(self.external_rcpts) and not self.local_rcpts and not self.forwarded)
+
+    @property
+    def forged_local(self) -> bool:
+        return self.sender_local and not self.authenticated and not self.local_origin and self.client_ip is not None
+
+    @property
+    def inbound(self) -> bool:
+        return bool(self.local_rcpts) and not self.local_origin and not self.authenticated
+
+
+def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
+    env = rec.envelope
+    ip = env.client_address
+    if ip in ("", "unknown"):
+        ip = None
+    trusted = policy.is_trusted(ip)
+    local_queue = (env.queue_name in ("maildrop",) or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
+                   or (ip is None and rec.our_hop is None and rec.format in ("postfix", "exim", "sendmail")))
+    rcpts = env.rcpt_to or env.done_rcpt_to
+    local = [r for r in rcpts if policy.is_local_address(r)]
+    external = [r for r in rcpts if not policy.is_local_address(r) and not policy.is_relay_domain(r)]
+    forwarded = any(policy.is_local_address(r) for r in env.orig_rcpt_to) or any(
+        policy.is_relay_domain(r) for r in rcpts)
+    return Context(
+        client_ip=ip,
+        trusted=trusted,
+        local_origin=trusted or local_queue,
+        authenticated=bool(env.sasl_username),
+        auth_known=rec.format in ("canonical", "postfix", "exim") and "sasl_username" not in rec.envelope_inferred,
+        account=env.sasl_username or None,
+        sender_local=policy.is_local_address(env.mail_from),
+        null_sender=env.mail_from == "",
+        local_rcpts=local,
+        external_rcpts=external,
+        forwarded=forwarded,
+    )
+
+
+@dataclass(slots=True)
+class Decision:
+    verdict: Verdict
+    confidence: float
+    reasons: list[Reason] = field(default_factory=list)
+
+
+def R(code: str, text: str, weight: str = "info") -> Reason:  # noqa: N802 - reads like a constructor
+    return Reason.model_validate({"code": code, "text": text, "weight": weight})
+
+
+@dataclass(slots=True)
+class AccountProfile:
+    account: str
+    messages: int = 0
+    external: set[str] = field(default_factory=set)
+    ips: Counter[str] = field(default_factory=Counter)
+    untrusted_ips: set[str] = field(default_factory=set)
+    normal_ips: set[str] = field(default_factory=set)
+    campaigns: set[int] = field(default_factory=set)
+    compromised: bool = False
+    attacker_ips: set[str] = field(default_factory=set)
+    why: str = ""
+
+
+def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                      policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
+    """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages)."""
+    n = len(members)
+    th = policy.thresholds
+    relayed = sum(1 for i in members if ctxs[i].relayed)
+    forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
+    bounces_out = sum(1 for i in members if recs[i].bounce and ctxs[i].external_rcpts and not ctxs[i].local_rcpts)
+    authed = [i for i in members if ctxs[i].authenticated]
+    trusted_plain = [i for i in members if ctxs[i].local_origin and not ctxs[i].authenticated and not recs[i].bounce]
+    inbound = sum(1 for i in members if ctxs[i].inbound)
+    ips = {ctxs[i].client_ip for i in members if ctxs[i].client_ip and not ctxs[i].trusted}
+
+    abusive = relayed + forged
+    if abusive >= max(2, 0.1 * n):
+        return Decision(Verdict.spam, min(0.99, 0.8 + 0.19 * abusive / n), [
+            R("relayed_campaign", f"{relayed} of {n} copies relayed (unauthenticated client outside trusted "
+              f"networks, no local recipient); {forged} forged a local sender from outside; "
+              f"{len(ips)} client IPs", "spam")])
+    if bounces_out >= max(2, 0.5 * n):
+        return Decision(Verdict.spam, 0.95, [
+            R("backscatter_campaign", f"{bounces_out} of {n} are our bounces to external addresses quoting "
+              "the same message: backscatter to forged senders", "spam")])
+    if authed and len(authed) >= 0.5 * n:
+        accounts = Counter(ctxs[i].account for i in authed)
+        account, _ = accounts.most_common(1)[0]
+        prof = profiles.get(account or "")
+        a_ips = {ctxs[i].client_ip for i in authed if ctxs[i].client_ip and not ctxs[i].trusted}
+        senders = Counter(addr_domain(recs[i].envelope.mail_from) for i in authed)
+        nonlocal_senders = sum(c for d, c in senders.items() if not policy.is_local_domain(d))
+        if len(a_ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(authed) or len(accounts) > 3:
+            return Decision(Verdict.spam, 0.9, [
+                R("stolen_account", f"authenticated bulk through account {account!r} from {len(a_ips)} client IPs"
+                  f" outside trusted networks, {nonlocal_senders} with a non-local sender: unlike a newsletter,"
+                  " like a stolen password", "spam")])
+        bulk_marks = sum(1 for i in authed if recs[i].list_unsubscribe or recs[i].precedence_bulk)
+        known_ip = prof is not None and (not a_ips or bool(a_ips & prof.normal_ips))
+        if bulk_marks >= 0.5 * len(authed) or known_ip or len(a_ips) <= 1:
+            return Decision(Verdict.valid, 0.9 if bulk_marks else 0.8, [
+                R("authenticated_bulk", f"bulk from authenticated local account {account!r} through "
+                  f"{max(1, len(a_ips))} client IP(s), local sender"
+                  + (", with List-Unsubscribe/Precedence: a newsletter" if bulk_marks else ""), "valid")])
+        return Decision(Verdict.review, 0.5, [
+            R("authenticated_bulk_unclear", f"bulk through account {account!r} from {len(a_ips)} client IPs; "
+              "cannot tell a newsletter from a stolen password", "review")])
+    if len(trusted_plain) >= 0.5 * n:
+        return Decision(Verdict.valid, 0.85, [
+            R("trusted_bulk", f"{len(trusted_plain)} of {n} submitted from trusted networks or locally", "valid")])
+    if inbound >= 0.5 * n:
+        return Decision(Verdict.valid, 0.8, [
+            R("inbound_bulk", f"{inbound} of {n} are inbound to local recipients and none relayed: "
+              "mail for our own users (a list or newsletter they receive)", "valid")])
+    return Decision(Verdict.review, 0.4, [R("campaign_unclear", "a campaign with no clear origin", "review")])
+
+
+def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign: Decision | None,
+                     backscatter_hit: bool, profiles: dict[str, AccountProfile]) -> Decision:
+    rec, c = recs[i], ctxs[i]
+    reasons: list[Reason] = []
+    if integ := integrity_defects(rec):
+        return Decision(Verdict.review, 0.3, [R("defect", f"cannot vouch for this message: {'; '.join(integ)}",
+                                                "review")])
+    if not (rec.envelope.rcpt_to or rec.envelope.done_rcpt_to):
+        return Decision(Verdict.review, 0.3, [R("no_recipients", "no recipient known", "review")])
+    if rec.bounce and c.local_rcpts and not c.external_rcpts:
+        return Decision(Verdict.valid, 0.85, [R("bounce_to_local", "a bounce to a local user about their own "
+                                                "mail", "valid")])
+    if rec.bounce and c.external_rcpts and not c.local_rcpts and (c.local_origin or c.client_ip is None):
+        if backscatter_hit:
+            return Decision(Verdict.spam, 0.95, [R("backscatter", "our bounce to an external address quoting a "
+                                                   "message of a spam campaign: backscatter", "spam")])
+        if campaign and campaign.verdict is Verdict.spam:
+            return Decision(Verdict.spam, campaign.confidence, [*campaign.reasons])
+        return Decision(Verdict.review, 0.5, [R("bounce_external", "our bounce to an external address; the "
+                                                "bounced message is not recognised as spam", "review")])
+    if campaign is not None:
+        if campaign.verdict is Verdict.spam and c.authenticated and c.account in profiles and not (
+                profiles[c.account].compromised) and not c.relayed:
+            return Decision(Verdict.review, 0.4, [*campaign.reasons, R(
+                "contradiction", f"in a spam campaign but sent by account {c.account!r}, not seen abused", "review")])
+        if campaign.verdict is Verdict.spam and c.local_origin and not c.authenticated and not rec.bounce and (
+                c.sender_local):
+            return Decision(Verdict.review, 0.4, [*campaign.reasons, R(
+                "contradiction", "in a spam campaign but submitted locally by a local sender", "review")])
+        if campaign.verdict is not Verdict.review:
+            return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
+        reasons.extend(campaign.reasons)
+    if c.relayed:
+        extra = "" if c.auth_known else " (authentication not recorded by this queue format)"
+        return Decision(Verdict.spam, 0.9 if c.auth_known else 0.8, [*reasons, R(
+            "relayed", f"relayed: sender and all recipients non-local, client {c.client_ip} not trusted, "
+            f"not authenticated{extra}", "spam")])
+    if c.authenticated and c.account:
+        prof = profiles.get(c.account)
+        if prof and prof.compromised and c.client_ip in prof.attacker_ips:
+            return Decision(Verdict.spam, 0.85, [*reasons, R(
+                "stolen_account_source", f"sent through compromised account {c.account!r} from {c.client_ip}, "
+                "a client IP that fed its spam campaigns", "spam")])
+        if prof and prof.compromised:
+            return Decision(Verdict.review, 0.5, [*reasons, R(
+                "compromised_account", f"account {c.account!r} is compromised; this message came from "
+                f"{c.client_ip}, not one of the attacker's IPs", "review")])
+        return Decision(Verdict.valid, 0.9, [*reasons, R(
+            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if
+                                                                   "sasl_username" in rec.envelope_inferred else ""),
+            "valid")])
+    if c.forged_local:
+        return Decision(Verdict.review, 0.5, [*reasons, R(
+            "forged_local_sender", f"local sender <{rec.envelope.mail_from}> from outside ({c.client_ip}), "
+            "not authenticated: forged, or a network missing from trusted_networks", "review")])
+    if c.local_origin:
+        return Decision(Verdict.valid, 0.85, [*reasons, R("trusted_origin", "submitted from a trusted network "
+                                                          "or locally" + (f" ({c.client_ip})" if c.client_ip else ""),
+                                                          "valid")])
+    if c.local_rcpts and not c.external_rcpts:
+        return Decision(Verdict.valid, 0.85, [*reasons, R("inbound", f"inbound to {len(c.local_rcpts)} local "
+                                                          "recipient(s), not relayed", "valid")])
+    if c.local_rcpts and c.external_rcpts:
+        return Decision(Verdict.review, 0.5, [*reasons, R(
+            "mixed_recipients", f"unauthenticated from {c.client_ip or 'an unknown client'} to local and "
+            f"{len(c.external_rcpts)} external recipient(s)", "review")])
+    return Decision(Verdict.review, 0.4, [*reasons, R("origin_unknown", "the queue does not say where this "
+                                                      "message came from", "review")])

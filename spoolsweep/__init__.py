@@ -1,0 +1,1 @@
+"""spoolsweep: the command line that ties the pipeline, the functions and the agent together."""

@@ -1,0 +1,32 @@
+"""The `spoolsweep` command: one sub-command per job, each in its own module under spoolsweep/commands."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Incident response for abused mail servers: triage the queue, replay the real mail, "
+                       "purge the spam.")
+
+# Each module defines `register(app)`; a module whose extra is not installed is left out.
+COMMANDS = ["triage", "generate", "blocklist", "relay", "local", "console", "bench", "agent"]
+
+
+def _register() -> None:
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"spoolsweep.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("spoolsweep.commands"):
+                continue
+            raise
+        mod.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,37 @@
+"""`spoolsweep generate`: a labelled incident built from real public mail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+
+
+def generate(
+    out: Annotated[Path, typer.Argument(help="NAME.tar.gz / NAME.tar.zst, or a folder with --format eml")],
+    messages: Annotated[int, typer.Option("--messages", "-n", help="about how many messages")] = 2000,
+    seed: Annotated[int, typer.Option(help="same seed, same incident")] = 1,
+    corpus: Annotated[Path | None, typer.Option(help="SpamAssassin corpus tarball or folder")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="canonical | eml")] = "canonical",
+) -> None:
+    """Generate an incident (relayed campaigns, stolen account, backscatter, real mail) with its ground truth."""
+    from pipeline.generator import POLICY_TOML, find_corpus, load_corpus, write_canonical, write_eml_folder
+    from pipeline.generator import generate as gen
+
+    ham, spam = load_corpus(corpus or find_corpus())
+    inc = gen(ham, spam, n=messages, seed=seed)
+    if fmt == "eml":
+        path = write_eml_folder(inc, out)
+    elif fmt == "canonical":
+        path = write_canonical(inc, out)
+    else:
+        raise typer.BadParameter(f"unknown format {fmt!r}")
+    policy = path.parent / "site.toml"
+    if not policy.exists():
+        policy.write_text(POLICY_TOML)
+    typer.echo(f"{len(inc.messages):,} messages -> {path} (policy {policy})")

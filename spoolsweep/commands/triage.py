@@ -1,0 +1,44 @@
+"""`spoolsweep triage`: a snapshot in, a manifest out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spoolsweep.console_out import fail, progress_bar, summary_table
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(triage)
+
+
+def triage(
+    snapshot: Annotated[Path, typer.Argument(help="a .tar, .tar.gz, .tgz, .tar.zst or a directory")],
+    policy: Annotated[Path | None, typer.Option(help="site policy (TOML)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for manifest.json")] = Path("triage-out"),
+    fmt: Annotated[str | None, typer.Option("--format", help="queue format; detected when omitted")] = None,
+    incident: Annotated[str | None, typer.Option(help="incident name (default: the snapshot's name)")] = None,
+    workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, no summary")] = False,
+) -> None:
+    """Decide for every message of SNAPSHOT whether it is valid, spam or to review; write DIR/manifest.json."""
+    from pipeline.errors import SpoolsweepError
+    from pipeline.manifest_io import write_manifest
+    from pipeline.policy import load_policy
+    from pipeline.triage import triage as run
+
+    try:
+        pol = load_policy(policy)
+        with progress_bar(not quiet) as cb:
+            manifest = run(snapshot, pol, fmt=fmt, incident=incident, progress=cb, workers=workers)
+        path = write_manifest(manifest, out)
+    except SpoolsweepError as e:
+        fail(str(e))
+        return
+    if not quiet:
+        summary_table(manifest)
+        typer.echo(f"manifest: {path}")
+    if manifest.archive_defects:
+        raise typer.Exit(2)
