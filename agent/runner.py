@@ -128,6 +128,7 @@ class Agent:
                 self.on_action(row)
         if self.deliverer is not None:
             self.deliverer.close()
+        self.queue.flush()
         self.journal.finish(ins.instruction_id)
         return self._receipt(ins.instruction_id, ins.incident)
 

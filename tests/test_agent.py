@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import sqlite3
 import subprocess
@@ -20,13 +21,16 @@ from agent.runner import Agent
 from agent.take import take
 from agent.upload import parse_destination
 from pipeline.instructions import ApprovedMessage, Receipt, SignedInstruction, canonical_json
+from pipeline.policy import Limits
 from pipeline.queues import receipt_key
 from pipeline.readers import read_snapshot
 from pipeline.readers.eml import split_iis_envelope
-from pipeline.policy import Limits
 from pipeline.store import LocalChannel, LocalStore
-from tests.support.agent import (approved, forged_body, instruction, keys, mail_corpus, real_messages,  # noqa: F401
-                                 signed_body, sink, write_pickup)
+from tests.support import agent as support
+from tests.support.agent import approved, forged_body, instruction, real_messages, signed_body, write_pickup
+
+# the shared fixtures, bound here so pytest finds them
+keys, mail_corpus, sink = support.keys, support.mail_corpus, support.sink
 
 ROOT = Path(__file__).resolve().parent.parent
 INC, HOST = "inc-2026-11-28", "mx1"
@@ -146,12 +150,14 @@ def _hostile(kind: str, qms, keys, q) -> str:
     if kind == "malformed body":
         return '{"payload": 3, "signature": "'
     if kind == "malformed payload":
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
         import base64
+
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         payload = '{"instruction_id": "x", "replay": "everything"}'
         sig = load_pem_private_key(keys.private, None).sign(payload.encode())
-        return SignedInstruction(payload=payload, signature=base64.b64encode(sig).decode(), key_id="k").model_dump_json()
+        signed = SignedInstruction(payload=payload, signature=base64.b64encode(sig).decode(), key_id="k")
+        return signed.model_dump_json()
     if kind == "tampered payload":
         body = SignedInstruction.model_validate_json(signed_body(instruction(INC, HOST, *good), keys.private))
         ins = instruction(INC, HOST, approved(qms[:5]), [])  # turns the purge into a replay
@@ -238,7 +244,8 @@ from spoolsweep.cli import main
 main()
 """
     (tmp_path / "Out").mkdir()
-    cp = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cp = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        env={**os.environ, "COLUMNS": "400"})
     assert cp.returncode == 0, cp.stderr
     assert "dry run" in cp.stdout and "0 messages" in cp.stdout
 
@@ -267,3 +274,22 @@ def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
     assert "finished" in (tmp_path / "st" / "agent.log").read_text()
     db = sqlite3.connect(tmp_path / "st" / "journal.sqlite")
     assert db.execute("SELECT count(*) FROM actions WHERE phase='done'").fetchone()[0] == 6
+
+
+def test_exim_spool_pair_is_read_as_rfc822():
+    """No Exim binary here (Debian's exim4 would replace postfix): the spool parser is checked on its own."""
+    from agent.mta.exim import parse_spool
+
+    hdrs = [(" ", b"Received: from client.example.net ([203.0.113.9])\n\tby mx1 with esmtp\n"),
+            ("*", b"X-Deleted: by a filter\n"), ("F", b"From: Alice <alice@example.net>\n"),
+            (" ", b"Subject: hi\n")]
+    h = (b"1tAbCd-000123-Ab-H\nDebian-exim 101 103\n<alice@example.net>\n1764000000 0\n"
+         b"-helo_name client.example.net\n-host_address 203.0.113.9.41234\n-received_protocol esmtp\n"
+         b"-auth_id bob\n-frozen 1764000100\nXX\n2\nbob@example.org\ncarol@example.com 1,2#1\n\n"
+         + b"".join(f"{len(t):03d}{flag} ".encode() + t for flag, t in hdrs))
+    d = b"1tAbCd-000123-Ab-D\nline one\nline two\n"
+    data, env = parse_spool(h, d)
+    assert data == (b"Received: from client.example.net ([203.0.113.9])\n\tby mx1 with esmtp\n"
+                    b"From: Alice <alice@example.net>\nSubject: hi\n\nline one\nline two\n")
+    assert env.mail_from == "alice@example.net" and env.rcpt_to == ["bob@example.org", "carol@example.com"]
+    assert env.client_address == "203.0.113.9" and env.helo == "client.example.net" and env.sasl_username == "bob"

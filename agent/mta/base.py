@@ -96,6 +96,10 @@ class Queue(ABC):
             (folder / f"{qm.sha256}.envelope.json").write_text(qm.envelope.model_dump_json(exclude_none=True))
         return dest
 
+    def flush(self) -> None:
+        """Ask the MTA to deliver what was released (Postfix: postqueue -f)."""
+        return None
+
     def after_reinjection(self, qm: QueuedMessage) -> None:
         """A message re-injected over SMTP leaves the frozen queue."""
         self.remove(qm)

@@ -108,6 +108,7 @@ def run(
     quarantine: Annotated[Path | None, typer.Option(help="copy purged mail here first")] = None,
     rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
     wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
+    visibility: Annotated[float, typer.Option(help="local channel: seconds a received instruction stays hidden")] = 60,
     once: Annotated[bool, typer.Option("--once", help="stop when the channel is empty")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -120,7 +121,7 @@ def run(
     try:
         h = _host(host)
         _logging(state_dir, verbose)
-        st, ch = _store(store), _channel(channel or str(Path(store) / "channel"))
+        st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
         agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
                       deliverer=make_deliverer(deliver), quarantine=quarantine, rate=RateLimit(rate))
@@ -150,7 +151,7 @@ def _store(spec: str):  # type: ignore[no-untyped-def]
     return LocalStore(spec)
 
 
-def _channel(spec: str):  # type: ignore[no-untyped-def]
+def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
     if spec == "sqs" or spec.startswith("sqs://"):
         from functions.adapters import SqsChannel
 
@@ -158,4 +159,4 @@ def _channel(spec: str):  # type: ignore[no-untyped-def]
         return SqsChannel(prefix=prefix) if prefix else SqsChannel()
     from pipeline.store import LocalChannel
 
-    return LocalChannel(spec)
+    return LocalChannel(spec, visibility_timeout=visibility)
