@@ -99,7 +99,7 @@ class Agent:
                 elif qm.sha256 != m.sha256:
                     phase, detail = "refused", (f"digest mismatch: reviewed {m.sha256[:16]}…, "
                                                 f"on disk {qm.sha256[:16]}…; left untouched")
-                elif action == "replay" and not (m.envelope or qm.envelope).rcpt_to:
+                elif action == "replay" and not (m.envelope or self.queue.full_envelope(qm)).rcpt_to:
                     phase, detail = "refused", "no recipients in the envelope"
                 if phase != "pending":
                     log.warning("%s %s: %s", action, m.id, detail)
@@ -163,7 +163,7 @@ class Agent:
             if qm is None:
                 self.journal.set_phase(row.instruction_id, row.seq, "missing", "gone from the queue before replay")
                 return
-            env = envelope if envelope is not None and envelope.rcpt_to else qm.envelope
+            env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
             answer = self.deliverer.send(self.queue.content(qm), env, commit)
             self.queue.after_reinjection(qm)
             detail = f"re-injected: {answer.strip()[:120]}"

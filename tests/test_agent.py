@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import sqlite3
 import subprocess
 import sys

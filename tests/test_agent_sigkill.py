@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 INC, HOST = "inc-kill", "mx1"
 
 
-def kill_until_done(cmd: list[str], store: LocalStore, key: str, sink, seed: int, max_runs: int = 60) -> list[int]:
+def kill_until_done(cmd: list[str], store: LocalStore, key: str, progress: Callable[[], int], seed: int,
+                    max_runs: int = 60) -> list[int]:
     """Start the agent, SIGKILL it after a random delay, again and again, until it finishes on its own.
 
-    Returns how many messages the sink had at each kill (to show the kills landed mid-replay).
+    Returns `progress()` at each kill (to show the kills landed mid-replay).
     """
     rng = random.Random(seed)
     at_kill: list[int] = []
@@ -45,7 +47,7 @@ def kill_until_done(cmd: list[str], store: LocalStore, key: str, sink, seed: int
         except subprocess.TimeoutExpired:
             os.kill(p.pid, signal.SIGKILL)
             p.communicate()
-            at_kill.append(len(sink.received))
+            at_kill.append(progress())
             continue
         assert p.returncode == 0, err.decode()
         if store.exists(key):
@@ -72,7 +74,7 @@ def test_sigkill_smtp_replay_exactly_once(tmp_path, mail_corpus, keys, sink):
            "--store", str(tmp_path / "store"), "--deliver", f"smtp://127.0.0.1:{sink.port}", "--once",
            "--visibility", "1"]
     store = LocalStore(tmp_path / "store")
-    at_kill = kill_until_done(cmd, store, receipt_key(INC, HOST, "killme"), sink, seed=5)
+    at_kill = kill_until_done(cmd, store, receipt_key(INC, HOST, "killme"), lambda: len(sink.received), seed=5)
     mid = [c for c in at_kill if 0 < c < n_replay]
     assert len(mid) >= 3, f"too few kills landed during the replay: {at_kill}"
     got = sink.message_ids()

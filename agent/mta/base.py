@@ -96,6 +96,10 @@ class Queue(ABC):
             (folder / f"{qm.sha256}.envelope.json").write_text(qm.envelope.model_dump_json(exclude_none=True))
         return dest
 
+    def full_envelope(self, qm: QueuedMessage) -> Envelope:
+        """The message's envelope, for adapters whose `locate` leaves it out to stay fast."""
+        return qm.envelope
+
     def flush(self) -> None:
         """Ask the MTA to deliver what was released (Postfix: postqueue -f)."""
         return None

@@ -36,7 +36,7 @@ class PostfixQueue(Queue):
     name = "postfix"
     releases_natively = True
 
-    def __init__(self, config_dir: str | Path | None = None, sbin: Path = SBIN, flush_every: int = 200) -> None:
+    def __init__(self, config_dir: str | Path | None = None, sbin: Path = SBIN, flush_every: int = 50) -> None:
         self.config_dir = Path(config_dir) if config_dir else None
         self.sbin = sbin
         self.flush_every = flush_every
@@ -100,7 +100,7 @@ class PostfixQueue(Queue):
             return p
         return None
 
-    def _read(self, path: Path) -> tuple[bytes, Envelope]:
+    def _read(self, path: Path, envelope: bool = True) -> tuple[bytes, Envelope]:
         qid = path.name
         if self._parse is not None:
             qf = self._parse(path.read_bytes(), "hold")
@@ -108,7 +108,13 @@ class PostfixQueue(Queue):
             env.queue_name, env.queue_id = "hold", qid
             return qf.content, env
         data = self._run("postcat", "-bh", "-q", qid)
-        return data, Envelope(queue_name="hold", queue_id=qid, **self._envelope(qid))
+        fields = self._envelope(qid) if envelope else {}
+        return data, Envelope(queue_name="hold", queue_id=qid, **fields)
+
+    def full_envelope(self, qm: QueuedMessage) -> Envelope:
+        if qm.envelope.rcpt_to or qm.queue_id is None:
+            return qm.envelope
+        return Envelope(queue_name="hold", queue_id=qm.queue_id, **self._envelope(qm.queue_id))
 
     def _envelope(self, qid: str) -> dict:
         env: dict = {"rcpt_to": []}
@@ -127,8 +133,8 @@ class PostfixQueue(Queue):
                     env[field] = v
         return env
 
-    def _message(self, path: Path) -> QueuedMessage:
-        data, env = self._read(path)
+    def _message(self, path: Path, envelope: bool = True) -> QueuedMessage:
+        data, env = self._read(path, envelope)
         return QueuedMessage(path.name, path.name, env, sha256_hex(data), len(data), source=path)
 
     def list(self) -> Iterator[QueuedMessage]:
@@ -143,13 +149,13 @@ class PostfixQueue(Queue):
         if path is None:
             return None
         try:
-            return self._message(path)
+            return self._message(path, envelope=False)
         except (FileNotFoundError, MtaError):
             return None
 
     def content(self, qm: QueuedMessage) -> bytes:
         assert qm.source is not None
-        return self._read(qm.source)[0]
+        return self._read(qm.source, envelope=False)[0]
 
     def remove(self, qm: QueuedMessage) -> None:
         if qm.queue_id and self._path(qm.queue_id) is not None:
