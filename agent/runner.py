@@ -50,7 +50,24 @@ class Agent:
     rate: RateLimit = field(default_factory=RateLimit)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     known_incident: Callable[[str], bool] | None = None
-    on_action: Callable[[ActionRow], None] | None = None
+    # `done` marks wait here and ride along with the next write: one fsync per message, not three
+    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+    def _set(self, row: ActionRow, phase: str, detail: str = "", defer: bool = False) -> None:
+        """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk
+        (`intent` or `commit`) leads the resumed run to the same end."""
+        if defer:
+            self._deferred.append((row.instruction_id, row.seq, phase, detail))
+            return
+        with self.journal.batch():
+            self._flush()
+            self.journal.set_phase(row.instruction_id, row.seq, phase, detail)
+
+    def _flush(self) -> None:
+        with self.journal.batch():
+            for d in self._deferred:
+                self.journal.set_phase(*d)
+            self._deferred.clear()
 
     def _known(self, incident: str) -> bool:
         if self.known_incident is not None:
@@ -120,16 +137,16 @@ class Agent:
                     self._purge(row, ins.quarantine)
             except SpoolsweepError as e:
                 log.error("%s %s failed: %s", row.action, row.msg_id, e)
-                self.journal.set_phase(row.instruction_id, row.seq, "failed", str(e))
+                self._set(row, "failed", str(e))
             except OSError as e:
                 log.error("%s %s failed: %s", row.action, row.msg_id, e)
-                self.journal.set_phase(row.instruction_id, row.seq, "failed", f"{type(e).__name__}: {e}")
-            if self.on_action is not None:
-                self.on_action(row)
+                self._set(row, "failed", f"{type(e).__name__}: {e}")
         if self.deliverer is not None:
             self.deliverer.close()
         self.queue.flush()
-        self.journal.finish(ins.instruction_id)
+        with self.journal.batch():
+            self._flush()
+            self.journal.finish(ins.instruction_id)
         return self._receipt(ins.instruction_id, ins.incident)
 
     def _current(self, row: ActionRow) -> QueuedMessage | None:
@@ -142,48 +159,54 @@ class Agent:
         qm = self._current(row)
         if row.phase == "pending":
             if qm is None:
-                self.journal.set_phase(row.instruction_id, row.seq, "missing", "gone from the queue before replay")
+                self._set(row, "missing", "gone from the queue before replay")
                 return
             self.rate.wait()
-            self.journal.set_phase(row.instruction_id, row.seq, "intent")
+            if self.deliverer is None:
+                # a native release leaves no trace in the queue to tell "released by us" from "gone": say so first
+                self._set(row, "intent")
         resumed = None if row.phase == "pending" else row.phase
 
         def commit() -> None:
-            self.journal.set_phase(row.instruction_id, row.seq, "commit")
+            self._set(row, "commit")
 
         if self.deliverer is None:
             stub = qm or QueuedMessage(row.path, row.queue_id, Envelope(), row.sha256, 0)
             self.queue.release(stub, commit, resumed)
             detail = "released to the MTA"
-        elif resumed == "commit":
-            detail = "handed to the MTA before a restart; not sent again"
+        else:
+            key = f"{row.instruction_id}/{row.seq}"
+            status, detail = ("unsent", "") if resumed != "commit" else self.deliverer.resolve(key)
+            if status == "unsent":
+                if qm is None:
+                    self._set(row, "missing", "gone from the queue before replay")
+                    return
+                env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
+                answer = self.deliverer.send(self.queue.content(qm), env, commit, key)
+                detail = f"re-injected: {answer.strip()[:120]}"
+            elif status != "delivered":
+                log.error("replay %s %s: %s", row.msg_id, status, detail)
+                self._set(row, "failed", f"{status}: {detail}")
+                return
             if qm is not None:
                 self.queue.after_reinjection(qm)
-        else:
-            if qm is None:
-                self.journal.set_phase(row.instruction_id, row.seq, "missing", "gone from the queue before replay")
-                return
-            env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
-            answer = self.deliverer.send(self.queue.content(qm), env, commit)
-            self.queue.after_reinjection(qm)
-            detail = f"re-injected: {answer.strip()[:120]}"
-        self.journal.set_phase(row.instruction_id, row.seq, "done", detail)
+        self._set(row, "done", detail, defer=True)
         log.info("replayed %s (%s)", row.msg_id, detail)
 
     def _purge(self, row: ActionRow, quarantine: bool) -> None:
         qm = self._current(row)
         if row.phase == "pending":
             if qm is None:
-                self.journal.set_phase(row.instruction_id, row.seq, "missing", "gone from the queue before purge")
+                self._set(row, "missing", "gone from the queue before purge")
                 return
-            self.journal.set_phase(row.instruction_id, row.seq, "intent")
+            self._set(row, "intent")
         detail = "purged"
         if qm is not None:
             if quarantine and self.quarantine is not None:
                 dest = self.queue.quarantine(qm, self.quarantine)
                 detail = f"purged (quarantined as {dest.name})"
             self.queue.remove(qm)
-        self.journal.set_phase(row.instruction_id, row.seq, "done", detail)
+        self._set(row, "done", detail, defer=True)
         log.info("purged %s", row.msg_id)
 
     # receipts -----------------------------------------------------------------------------

@@ -129,13 +129,13 @@ def test_sigkill_postfix_release_exactly_once(pf, tmp_path, mail_corpus, keys, s
         HOST, signed_body(instruction(INC, HOST, approved(rep), approved(pur), iid="pfkill"), keys.private), "pfkill")
     cmd = [sys.executable, "-m", "spoolsweep", "agent", "run", "--mta", "postfix", "--postfix-config", str(pf.etc),
            "--host", HOST, "--state-dir", str(tmp_path / "state"), "--public-key", str(keys.public_file),
-           "--store", str(tmp_path / "store"), "--once", "--visibility", "1", "--rate", "60"]
+           "--store", str(tmp_path / "store"), "--once", "--visibility", "1"]
     def done() -> int:  # messages no longer on hold: released or purged
         return n - sum(1 for m in pf.postqueue_json() if m["queue_name"] == "hold")
 
     at_kill = kill_until_done(cmd, store, receipt_key(INC, HOST, "pfkill"), done, seed=11)
     mid = [c for c in at_kill if 0 < c < n]
-    assert len(mid) >= 3, f"too few kills landed during the replay: {at_kill}"
+    assert len(mid) >= 5, f"too few kills landed during the replay: {at_kill}"
     wait_for(sink, n_replay, pf)
     got = sink.message_ids()
     dupes = {k: v for k, v in got.items() if v > 1}

@@ -35,14 +35,14 @@ def make_queue(mta: str, path: Path | None = None, aside: Path | None = None, pi
     raise AgentError(f"unknown --mta {mta!r}; one of {', '.join(MTAS)}")
 
 
-def make_deliverer(deliver: str) -> Deliverer | None:
-    """`native` (the MTA releases its own frozen mail) or `smtp://HOST:PORT` (re-injection)."""
+def make_deliverer(deliver: str, state_dir: Path) -> Deliverer | None:
+    """`native` (the MTA releases its own frozen mail) or `smtp://HOST:PORT` (re-injection through the courier)."""
     if deliver == "native":
         return None
     if deliver.startswith("smtp://"):
-        from agent.mta.smtp import SmtpDeliverer
+        from agent.mta.courier import CourierDeliverer
 
         hostport = deliver.removeprefix("smtp://").rstrip("/")
         host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "25")
-        return SmtpDeliverer(host or "127.0.0.1", int(port or 25))
+        return CourierDeliverer(host or "127.0.0.1", int(port or 25), state_dir)
     raise AgentError(f"unknown --deliver {deliver!r}: native or smtp://HOST:PORT")

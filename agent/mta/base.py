@@ -113,8 +113,13 @@ class Deliverer(ABC):
     """Sends one message onward; calls `commit()` just before its point of no return."""
 
     @abstractmethod
-    def send(self, data: bytes, envelope: Envelope, commit: Commit) -> str:
-        """Deliver; return the MTA's answer. Raises on failure before commit."""
+    def send(self, data: bytes, envelope: Envelope, commit: Commit, key: str = "") -> str:
+        """Deliver; return the MTA's answer. Raises MtaError if it was not accepted."""
+
+    def resolve(self, key: str) -> tuple[str, str]:
+        """After a crash past `commit`: unsent | delivered | failed | uncertain, and why."""
+        return "uncertain", ("the agent stopped after handing over the final dot; the MTA may or may not have "
+                             "kept it; left frozen and not sent again")
 
     def close(self) -> None:
         return None

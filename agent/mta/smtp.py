@@ -8,6 +8,7 @@ was sent) and one in `commit` is not (it was handed over; sending again would de
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 
 from agent.errors import MtaError
@@ -26,6 +27,9 @@ class SmtpDeliverer(Deliverer):
     def _connect(self) -> smtplib.SMTP:
         if self._conn is None:
             c = smtplib.SMTP(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+            if c.sock is not None:
+                # the final dot goes out alone: without this, Nagle holds it for the peer's delayed ACK (~40 ms)
+                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.ehlo_or_helo_if_needed()
             if self.starttls:
                 c.starttls()
@@ -46,7 +50,7 @@ class SmtpDeliverer(Deliverer):
             self._conn.close()
             self._conn = None
 
-    def send(self, data: bytes, envelope: Envelope, commit: Commit) -> str:
+    def send(self, data: bytes, envelope: Envelope, commit: Commit, key: str = "") -> str:
         if not envelope.rcpt_to:
             raise MtaError("no recipients in the envelope")
         committed = False

@@ -124,7 +124,7 @@ def run(
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
         agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
-                      deliverer=make_deliverer(deliver), quarantine=quarantine, rate=RateLimit(rate))
+                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate))
         receipts = agent.run(ch, wait_seconds=wait, once=once)
     except (SpoolsweepError, OSError) as e:
         fail(str(e))
