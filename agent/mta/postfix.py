@@ -169,6 +169,14 @@ class PostfixQueue(Queue):
             if self._released % self.flush_every == 0:
                 self.flush()
 
+    def release_many(self, qms: list[QueuedMessage]) -> None:
+        """One `postsuper -H -` for many ids (read from standard input); ids no longer on hold are skipped."""
+        ids = [qm.queue_id for qm in qms if qm.queue_id and _QID.match(qm.queue_id)]
+        if ids:
+            self._run("postsuper", "-H", "-", input=("\n".join(ids) + "\n").encode())
+            self._released += len(ids)
+            self.flush()
+
     def flush(self) -> None:
         """Released mail waits in deferred/ for the next queue run; ask for it now."""
         if self._released:

@@ -107,6 +107,7 @@ def run(
     state_dir: StateDir = Path("/var/lib/spoolsweep-agent"),
     quarantine: Annotated[Path | None, typer.Option(help="copy purged mail here first")] = None,
     rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
+    batch: Annotated[int, typer.Option(help="native releases per MTA command (postsuper -H -)")] = 100,
     wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
     visibility: Annotated[float, typer.Option(help="local channel: seconds a received instruction stays hidden")] = 60,
     once: Annotated[bool, typer.Option("--once", help="stop when the channel is empty")] = False,
@@ -124,7 +125,8 @@ def run(
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
         agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
-                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate))
+                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
+                      batch=max(1, batch))
         receipts = agent.run(ch, wait_seconds=wait, once=once)
     except (SpoolsweepError, OSError) as e:
         fail(str(e))
