@@ -82,7 +82,7 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
             with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as zw:
                 with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
                     _add(tf, "spoolsweep-snapshot.json", io.BytesIO(meta), len(meta))
-                    _add(tf, "index.jsonl", index, index_size)  # type: ignore[arg-type]
+                    _add(tf, "index.jsonl", index, index_size)
                     for n, qm in enumerate(keep, 1):
                         data = queue.content(qm)
                         if hashlib.sha256(data).hexdigest() != qm.sha256:

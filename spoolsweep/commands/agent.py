@@ -105,7 +105,9 @@ def run(
     channel: Annotated[str, typer.Option(help="channel folder (default STORE/channel) or sqs[://prefix]")] = "",
     host: Host = None,
     state_dir: StateDir = Path("/var/lib/spoolsweep-agent"),
-    quarantine: Annotated[Path | None, typer.Option(help="copy purged mail here first")] = None,
+    quarantine: Annotated[Path | None, typer.Option(
+        help="copy purged mail here first (default STATE_DIR/quarantine)")] = None,
+    no_quarantine: Annotated[bool, typer.Option("--no-quarantine", help="purge without keeping a copy")] = False,
     rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
     batch: Annotated[int, typer.Option(help="native releases per MTA command (postsuper -H -)")] = 100,
     wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
@@ -122,6 +124,7 @@ def run(
     try:
         h = _host(host)
         _logging(state_dir, verbose)
+        quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
         agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
