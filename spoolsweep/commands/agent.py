@@ -18,6 +18,8 @@ agent_app = typer.Typer(no_args_is_help=True, help="On the mail host: freeze and
 StateDir = Annotated[Path, typer.Option(help="journal, local snapshot copies and agent.log")]
 Host = Annotated[str | None, typer.Option(help="this host's name in the pipeline (default: the short hostname)")]
 Mta = Annotated[str, typer.Option(help="postfix | exim | sendmail | pickup-dir (with --dir, or pickup-dir:PATH)")]
+Exim = Annotated[str, typer.Option(help="the Exim binary (exim, exim4)")]
+EximConfig = Annotated[Path | None, typer.Option(help="Exim's configuration file (-C)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +50,8 @@ def snapshot(
     dir: Annotated[Path | None, typer.Option("--dir", help="the pickup/queue folder for --mta pickup-dir")] = None,
     aside: Annotated[Path | None, typer.Option(help="where pickup-dir moves the queue (default DIR.old)")] = None,
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    exim: Exim = "exim",
+    exim_config: EximConfig = None,
     upload: Annotated[str | None, typer.Option(help="s3://bucket/incoming/<incident>/<host>/")] = None,
     to: Annotated[Path | None, typer.Option(help="a local store root (the embedded default)")] = None,
     incident: Annotated[str | None, typer.Option(help="incident name")] = None,
@@ -67,7 +71,7 @@ def snapshot(
     try:
         h = _host(host)
         dest = parse_destination(upload, to, incident, h)
-        queue = make_queue(mta, dir, aside, postfix_config=postfix_config)
+        queue = make_queue(mta, dir, aside, postfix_config=postfix_config, exim=exim, exim_config=exim_config)
         _logging(state_dir, verbose=False)
         journal = Journal(state_dir / "journal.sqlite")
         with progress_bar(not quiet) as cb:
@@ -100,6 +104,8 @@ def run(
     aside: Annotated[Path | None, typer.Option(help="where pickup-dir's frozen queue is (default DIR.old)")] = None,
     pickup: Annotated[Path | None, typer.Option(help="the folder replayed mail goes to (default DIR)")] = None,
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    exim: Exim = "exim",
+    exim_config: EximConfig = None,
     deliver: Annotated[str, typer.Option(help="native (the MTA releases it) or smtp://HOST:PORT")] = "native",
     store: Annotated[str, typer.Option(help="store root folder, or s3://bucket")] = "./spoolsweep-store",
     channel: Annotated[str, typer.Option(help="channel folder (default STORE/channel) or sqs[://prefix]")] = "",
@@ -126,7 +132,7 @@ def run(
         _logging(state_dir, verbose)
         quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
-        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
+        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
                       deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
                       batch=max(1, batch))
