@@ -65,7 +65,7 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
         journal.set_snapshot(inc, host, state="frozen", messages=fr.messages, bytes=fr.bytes)
         summary.froze = fr.what
         summary.notes += fr.notes
-        say(f"froze {fr.messages:,} messages ({fr.bytes / 2**20:,.1f} MiB): {fr.what}")
+        say(f"froze {fr.messages:,} messages: {fr.what}")
     else:
         summary.froze = f"already frozen ({mta})"
     row = journal.snapshot(inc, host)

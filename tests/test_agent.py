@@ -247,7 +247,7 @@ main()
     cp = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                         env={**os.environ, "COLUMNS": "400"})
     assert cp.returncode == 0, cp.stderr
-    assert "dry run" in cp.stdout and "0 messages" in cp.stdout
+    assert "dry run" in cp.stdout and "0 messages (0 bytes)" in cp.stdout
 
 
 def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
@@ -258,7 +258,7 @@ def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
     cp = subprocess.run([*cmd, "snapshot", *args, "--to", str(tmp_path / "store"), "--incident", INC],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
-    assert "froze 6 messages" in cp.stdout and "checksum confirmed" in cp.stdout
+    assert "6 messages" in cp.stdout and "moved" in cp.stdout and "checksum confirmed" in cp.stdout
     cp = subprocess.run([*cmd, "snapshot", *args, "--to", str(tmp_path / "store"), "--incident", INC],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and "already has this host's snapshot" in cp.stderr

@@ -26,6 +26,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agent_app, name="agent")
 
 
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return ""
+
+
 def _host(host: str | None) -> str:
     return host or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "localhost"
 
@@ -81,13 +89,13 @@ def snapshot(
         fail(str(e))
         return
     if s.dry_run:
-        out.print(f"[bold]dry run[/]: {s.froze}: {s.messages:,} messages ({s.bytes / 2**20:,.1f} MiB) "
-                  f"would be frozen and uploaded to {s.destination}", highlight=False)
+        out.print(f"[bold]dry run[/]: {s.froze}; {s.messages:,} messages ({_size(s.bytes)}) would be snapshotted "
+                  f"and uploaded to {s.destination}", highlight=False)
         return
     if s.resumed_from:
         out.print(f"resumed an interrupted snapshot (it had reached: {s.resumed_from})", highlight=False)
-    out.print(f"[bold]{s.incident}[/] on {s.host}: froze {s.messages:,} messages "
-              f"({s.bytes / 2**20:,.1f} MiB), {s.froze}", highlight=False)
+    out.print(f"[bold]{s.incident}[/] on {s.host}: {s.messages:,} messages ({_size(s.bytes)}); {s.froze}",
+              highlight=False)
     out.print(f"  snapshot sha256 {s.archive_sha256}", highlight=False)
     out.print(f"  uploaded to {s.destination} (checksum confirmed)", highlight=False)
     if s.archive:
