@@ -12,9 +12,9 @@ from pathlib import Path
 
 from agent.journal import FINAL, ActionRow, Journal
 from agent.mta.base import Deliverer, Queue, QueuedMessage
-from agent.verify import body_digest, check, peek
+from agent.verify import Item, Lean, body_digest, check, parse_payload, peek
 from pipeline.errors import InstructionRefused, SpoolsweepError
-from pipeline.instructions import Instruction, Outcome, Receipt, ReceiptItem
+from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction
 from pipeline.models import Envelope
 from pipeline.queues import receipt_key
 from pipeline.store import Channel, Store
@@ -102,7 +102,7 @@ class Agent:
         self.store.put_if_absent(key, receipt.model_dump_json(indent=1).encode())
         return receipt
 
-    def _plan(self, ins: Instruction, body: str) -> None:
+    def _plan(self, ins: Lean, body: str) -> None:
         """Check every message against the frozen queue before touching any; record the plan in one go."""
         plan: list[tuple[str, str, str, str | None, str, str, str]] = []
         for action, items in (("replay", ins.replay), ("purge", ins.purge)):
@@ -117,7 +117,8 @@ class Agent:
                 elif qm.sha256 != m.sha256:
                     phase, detail = "refused", (f"digest mismatch: reviewed {m.sha256[:16]}…, "
                                                 f"on disk {qm.sha256[:16]}…; left untouched")
-                elif action == "replay" and not (m.envelope or self.queue.full_envelope(qm)).rcpt_to:
+                elif action == "replay" and not (m.rcpt_to if m.rcpt_to is not None
+                                                 else self.queue.full_envelope(qm).rcpt_to):
                     phase, detail = "refused", "no recipients in the envelope"
                 if phase != "pending":
                     log.warning("%s %s: %s", action, m.id, detail)
@@ -126,8 +127,8 @@ class Agent:
         log.info("instruction %s verified: %d to replay, %d to purge, %d refused or missing", ins.instruction_id,
                  len(ins.replay), len(ins.purge), sum(1 for p in plan if p[5] != "pending"))
 
-    def _execute(self, ins: Instruction) -> Receipt:
-        envelopes = {m.id: m.envelope for m in ins.replay}
+    def _execute(self, ins: Lean) -> Receipt:
+        envelopes = {m.id: m for m in ins.replay}
         batch: list[ActionRow] = []
         rows = [r for r in self.journal.actions(ins.instruction_id) if r.phase not in FINAL]
         for i, row in enumerate(rows):
@@ -196,7 +197,7 @@ class Agent:
             return None  # the name now holds another message (queue ids are reused): ours is gone
         return qm
 
-    def _replay(self, row: ActionRow, envelope: Envelope | None) -> None:
+    def _replay(self, row: ActionRow, item: Item | None) -> None:
         qm = self._current(row)
         if row.phase == "pending":
             if qm is None:
@@ -222,7 +223,10 @@ class Agent:
                 if qm is None:
                     self._set(row, "missing", "gone from the queue before replay")
                     return
-                env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
+                if item is not None and item.rcpt_to:
+                    env = Envelope(mail_from=item.mail_from, rcpt_to=list(item.rcpt_to))
+                else:
+                    env = self.queue.full_envelope(qm)
                 answer = self.deliverer.send(self.queue.content(qm), env, commit, key)
                 detail = f"re-injected: {answer.strip()[:120]}"
             elif status != "delivered":
@@ -273,9 +277,7 @@ class Agent:
         out = []
         for iid, body in self.journal.unfinished():
             log.info("resuming instruction %s", iid)
-            from pipeline.instructions import SignedInstruction
-
-            ins = Instruction.model_validate_json(SignedInstruction.model_validate_json(body).payload)
+            ins = parse_payload(SignedInstruction.model_validate_json(body).payload)
             out.append(self._execute(ins))
         return out
 

@@ -342,3 +342,11 @@ def test_restart_after_a_crash_past_commit_asks_the_courier(courier_said, frozen
     assert qms[0].source.exists() == (courier_said == "dot"), "an uncertain message stays frozen"
     if courier_said == "dot":
         assert "uncertain" in first.detail
+
+
+def test_lean_parse_follows_the_instruction_model():
+    """The agent validates payloads item by item; its head model must list exactly the Instruction's fields."""
+    from agent.verify import _Head
+    from pipeline.instructions import Instruction
+
+    assert set(_Head.model_fields) == set(Instruction.model_fields)
