@@ -52,7 +52,7 @@ class Agent:
     known_incident: Callable[[str], bool] | None = None
     batch: int = 100  # native releases per MTA command
     # `done` marks wait here and ride along with the next write: one fsync per message, not three
-    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list)
+    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list, init=False, repr=False)
 
     def _set(self, row: ActionRow, phase: str, detail: str = "", defer: bool = False) -> None:
         """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk
