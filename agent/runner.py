@@ -182,10 +182,14 @@ class Agent:
         try:
             self.queue.release_many([qm for _, qm in ready])  # type: ignore[attr-defined]
         except (SpoolsweepError, OSError) as e:
-            # each stays in `intent`; released one by one (idempotently) on the next run
-            log.error("releasing %d messages failed: %s", len(ready), e)
-            for row, _ in ready:
-                self._set(row, "failed", f"release failed: {e}")
+            # some may have been released: go one by one (release is idempotent) to say which
+            log.error("releasing %d messages at once failed (%s); one by one", len(ready), e)
+            for row, qm in ready:
+                try:
+                    self.queue.release(qm, lambda: None, "intent")
+                    self._set(row, "done", "released to the MTA", defer=True)
+                except (SpoolsweepError, OSError) as e1:
+                    self._set(row, "failed", f"release failed: {e1}")
             return
         for row, _ in ready:
             self._set(row, "done", "released to the MTA", defer=True)
