@@ -83,6 +83,13 @@ def invoke(step: str, records: list[dict], handler: Handler | None = None) -> Ou
     return out
 
 
+def _key_of(record: dict) -> str:
+    try:
+        return str(json.loads(record["body"])["Records"][0]["s3"]["object"]["key"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"message {record.get('messageId')}"
+
+
 class LocalRunner:
     """Watches a store directory and drives new objects through the handlers, durably."""
 
@@ -152,8 +159,7 @@ class LocalRunner:
                 atomic_write(self.state / "dlq" / step / f"{mid}.json",
                              json.dumps({"step": step, "reason": why, "record": by_id[mid]}, indent=1).encode())
         for r in records:
-            key = json.loads(r["body"])["Records"][0]["s3"]["object"]["key"]
-            self.on_result(step, key, "ok" if r["messageId"] in out.done else out.failed[r["messageId"]])
+            self.on_result(step, _key_of(r), "ok" if r["messageId"] in out.done else out.failed[r["messageId"]])
         return out
 
     def run_once(self) -> int:

@@ -1,0 +1,262 @@
+"""The handlers fed AWS-shaped events on the embedded default: duplicates, reordering, poison, fan-in, restarts."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from functions import embedded, names
+from functions.errors import PoisonEvent, SettingsError
+from functions.events import objects_in, s3_notification, sqs_record
+from functions.runner import LocalRunner, invoke
+from functions.settings import DispatchSettings, load
+from functions.shards import missing, parse_shard, shard_of
+from pipeline import queues
+from pipeline.instructions import SignedInstruction, verify
+from pipeline.models import Manifest
+from pipeline.store import LocalChannel, LocalStore
+
+EVENTS = Path(__file__).parent / "events"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, policy_file):
+    """A fresh embedded default: store dir, keys, policy, handlers configured for it."""
+    for k in ("SPOOLSWEEP_STORE", "SPOOLSWEEP_CHANNEL", "SPOOLSWEEP_ENDPOINT_URL", "SPOOLSWEEP_SIGNING_KEY_SECRET"):
+        monkeypatch.delenv(k, raising=False)
+    root = tmp_path / "home"
+    embedded.keys_init(root)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    embedded.configure(root, workers=1)
+    embedded.put_policy(LocalStore(root), policy_file.read_bytes())
+    yield root
+    for k in ("SPOOLSWEEP_STORE", "SPOOLSWEEP_CHANNEL", "SPOOLSWEEP_SIGNING_KEY_FILE", "SPOOLSWEEP_WORKERS"):
+        monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture(scope="module")
+def small_incident(corpus, tmp_path_factory):
+    from pipeline.generator import generate, write_canonical
+
+    ham, spam = corpus
+    out = tmp_path_factory.mktemp("small") / "small.tar.gz"
+    write_canonical(generate(ham, spam, n=600, seed=11), out)
+    return out
+
+
+# --- event shapes -------------------------------------------------------------------------------
+
+def test_aws_and_moto_shapes_name_the_same_key():
+    aws = objects_in(SQSRecord(_event("aws_sqs_s3_put.json")["Records"][0]))
+    moto = objects_in(SQSRecord(_event("moto_sqs_s3_put.json")["Records"][0]))
+    assert [o.key for o in aws] == [o.key for o in moto] == [
+        "incoming/INC-2026-11/mx1.example.org/snapshot.part-0001-of-0002.tar.zst"]
+    assert aws[0].size == 1024 and moto[0].etag == "c4ca4238a0b923820dcc509a6f75849b"
+
+
+def test_test_event_is_skipped_and_junk_is_poison():
+    assert objects_in(SQSRecord(_event("aws_sqs_s3_test_event.json")["Records"][0])) == []
+    with pytest.raises(PoisonEvent, match="not JSON"):
+        objects_in(SQSRecord(sqs_record("{nope", "q")))
+    with pytest.raises(PoisonEvent, match="no Records"):
+        objects_in(SQSRecord(sqs_record('{"hello": 1}', "q")))
+
+
+def test_keys_are_decoded_with_unquote_plus():
+    body = s3_notification("b", "incoming/a b/c+d/e f.tar", 1, "x")
+    assert body["Records"][0]["s3"]["object"]["key"] == "incoming/a+b/c%2Bd/e+f.tar"
+    assert objects_in(SQSRecord(sqs_record(json.dumps(body), "q")))[0].key == "incoming/a b/c+d/e f.tar"
+
+
+def test_shard_names_and_fan_in_arithmetic():
+    assert shard_of("mx1", "snap.part-0002-of-0003.tar.zst") == parse_shard("mx1.snap.part-0002-of-0003")
+    assert parse_shard("mx1.snap.part-0002-of-0003").parts == 3
+    assert parse_shard("mx1.whole").parts == 1
+    assert missing(["mx1.whole"]) == []
+    assert missing(["h.s.part-0003-of-0003", "h.s.part-0001-of-0003"]) == ["h.s.part-0002-of-0003"]
+
+
+def test_settings_are_validated(monkeypatch):
+    monkeypatch.delenv("SPOOLSWEEP_STORE", raising=False)
+    with pytest.raises(SettingsError, match="SPOOLSWEEP_STORE"):
+        load(DispatchSettings)
+    monkeypatch.setenv("SPOOLSWEEP_STORE", "/tmp/x")
+    monkeypatch.setenv("SPOOLSWEEP_TTL_HOURS", "-1")
+    with pytest.raises(SettingsError, match="TTL_HOURS"):
+        load(DispatchSettings)
+
+
+# --- the handlers on the embedded default ---------------------------------------------------------
+
+def _rec(root: Path, key: str, mid: str | None = None) -> dict:
+    p = root / key
+    body = json.dumps(s3_notification("spoolsweep-local", key, p.stat().st_size, "e"))
+    return sqs_record(body, "q", message_id=mid)
+
+
+def test_captured_aws_event_drives_the_parse_handler(home, small_incident):
+    store = LocalStore(home)
+    key = "incoming/INC-2026-11/mx1.example.org/snapshot.part-0001-of-0002.tar.zst"
+    store.put(key, small_incident.read_bytes())
+    event = _event("aws_sqs_s3_put.json")
+    out = invoke("parse", event["Records"])
+    assert out.done == [event["Records"][0]["messageId"]], out.failed
+    parsed = queues.parsed_key("INC-2026-11", "mx1.example.org.snapshot.part-0001-of-0002")
+    first = (home / parsed).read_bytes()
+    # the same event again (at-least-once) leaves the same bytes, and moto's shape is accepted too
+    assert invoke("parse", _event("moto_sqs_s3_put.json")["Records"]).done
+    assert (home / parsed).read_bytes() == first
+    # one of two parts: triage waits
+    assert invoke("triage", [_rec(home, parsed)]).done
+    assert not store.exists(queues.manifest_key("INC-2026-11"))
+
+
+def test_poison_is_reported_per_record_and_dead_lettered(home, small_incident):
+    store = LocalStore(home)
+    good = queues.incoming_key("inc", "mx1", "small.tar.gz")
+    store.put(good, small_incident.read_bytes())
+    bad = sqs_record('{"Records": "oops"}', "q", message_id="bad-1")
+    out = invoke("parse", [bad, _rec(home, good, "good-1")])
+    assert out.done == ["good-1"] and "bad-1" in out.failed and "Records" in out.failed["bad-1"]
+    runner = LocalRunner(home, settle=0)
+    for _ in range(names.MAX_RECEIVES):
+        runner.deliver("parse", [bad])
+    [dead] = runner.dead()
+    assert dead["step"] == "parse" and "PoisonEvent" in dead["reason"] and dead["record"]["messageId"] == "bad-1"
+
+
+def test_unreadable_snapshot_is_kept_and_named(home):
+    store = LocalStore(home)
+    key = queues.incoming_key("broken", "mx1", "snap.tar.gz")
+    store.put(key, b"this is not a tarball")
+    runner = LocalRunner(home, settle=0)
+    runner.run_until_idle()
+    m = Manifest.model_validate_json(store.get(queues.manifest_key("broken")))
+    assert m.totals.messages == 0 and any("snap.tar.gz" in d for d in m.archive_defects)
+    assert store.exists(key) and store.exists("corrupt/broken/mx1.snap.json")
+
+
+def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(home, small_incident, policy):
+    from pipeline.triage import triage
+
+    store = LocalStore(home)
+    keys = embedded.upload(store, small_incident, "inc7", "mx1", shard_size=150, policy=policy)
+    assert len(keys) == 4
+    random.seed(3)
+    for k in random.sample(keys, len(keys)) + keys[:2]:  # reordered and duplicated
+        assert invoke("parse", [_rec(home, k)]).done
+    parsed = sorted(str(p.relative_to(home)) for p in (home / "parsed/inc7").iterdir())
+    events = [_rec(home, k, f"m{i}") for i, k in enumerate(parsed * 3)]
+    random.shuffle(events)
+    results: list = []
+    threads = [threading.Thread(target=lambda e=e: results.append(invoke("triage", [e]))) for e in events]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.done for r in results)
+    assert (home / "state/inc7/triage.claim").exists()
+    m = Manifest.model_validate_json(store.get(queues.manifest_key("inc7")))
+    whole = triage(small_incident, policy, workers=1)
+    assert m.totals == whole.totals
+    assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
+
+
+def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, policy):
+    from functions.triage_incident import claim_key, triage_incident
+
+    store = LocalStore(home)
+    embedded.upload(store, small_incident, "inc8", "mx1", shard_size=0)
+    LocalRunner(home, settle=0).run_until_idle()
+    store_manifest = home / queues.manifest_key("inc8")
+    # simulate: the claimant died after claiming, before writing the manifest
+    claimant = (home / claim_key("inc8")).read_text()
+    store_manifest.unlink()
+    assert triage_incident(store, "inc8", policy, "someone-else").startswith("skipped")
+    assert not store_manifest.exists()
+    assert "messages" in triage_incident(store, "inc8", policy, claimant)
+    assert store_manifest.exists()
+
+
+def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
+    store = LocalStore(home)
+    embedded.upload(store, small_incident, "inc9", "mx1", shard_size=200, policy=policy)
+    runner = LocalRunner(home, settle=0)
+    runner.run_until_idle()
+    assert store.exists(queues.blocklist_key("inc9"))
+    key, approval, new = embedded.approve(store, "inc9", by="alice")
+    assert new and not embedded.approve(store, "inc9", by="alice")[2]  # immutable, same id
+    runner.run_until_idle()
+    dup = sqs_record(json.dumps(s3_notification("b", key, 1, "e")), "q")
+    assert invoke("dispatch", [dup, dup | {"messageId": "again"}]).done  # duplicates re-send the same copy
+    channel = LocalChannel(home / "channel")
+    msgs = channel.receive("mx1", max_messages=10)
+    assert len(msgs) == 1
+    signed = SignedInstruction.model_validate_json(msgs[0].body)
+    ins = verify(signed, (home / "keys/signing.pub.pem").read_bytes(), "mx1", datetime.now(UTC))
+    assert {m.id for m in ins.replay} == {m.id for m in approval.replay} and ins.purge and ins.replay
+    assert not {m.id for m in ins.replay} & {m.id for m in approval.hold}
+    assert store.get(queues.instruction_key("mx1", ins.instruction_id)) == msgs[0].body.encode()
+
+
+def test_dispatch_refuses_an_approval_of_another_manifest(home, small_incident):
+    store = LocalStore(home)
+    embedded.upload(store, small_incident, "inc10", "mx1", shard_size=0)
+    runner = LocalRunner(home, settle=0)
+    runner.run_until_idle()
+    key, _, _ = embedded.approve(store, "inc10", by="bob")
+    mkey = queues.manifest_key("inc10")
+    store.put(mkey, store.get(mkey) + b" ")  # the manifest changed after review
+    runner.max_receives = 1
+    runner.run_until_idle()
+    [dead] = runner.dead()
+    assert dead["step"] == "dispatch" and "other than" in dead["reason"]
+    assert LocalChannel(home / "channel").receive("mx1") == []
+
+
+def test_runner_resumes_after_restart(home, small_incident):
+    store = LocalStore(home)
+    embedded.upload(store, small_incident, "inc11", "mx1", shard_size=300)
+    first = LocalRunner(home, settle=0)
+    mine = [first.record(s, k, n, e) for s, k, n, e in first.pending() if s == "parse"]
+    first.deliver("parse", mine[:1])  # then the process dies
+    second = LocalRunner(home, settle=0)
+    assert [k for s, k, _, _ in second.pending() if s == "parse"] == [json.loads(r["body"])["Records"][0]["s3"][
+        "object"]["key"] for r in mine[1:]]
+    second.run_until_idle()
+    assert store.exists(queues.manifest_key("inc11"))
+    assert LocalRunner(home, settle=0).pending() == []
+
+
+def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    store = str(tmp_path / "data")
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "spoolsweep", *args, "--store", store], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "part-0002-of-0002" in cli("upload", str(small_incident), "--incident", "cli1", "--host", "mx1",
+                                      "--shard-size", "300")
+    out = cli("up", "--once", "--policy", str(policy_file))
+    assert "manifests/cli1/manifest.json  ok" in out
+    out = cli("approve", "cli1", "--by", "carol")
+    assert out.startswith("approved: approvals/cli1/") and "by carol" in out
+    assert "dispatch" in cli("up", "--once")
+    assert len(list((tmp_path / "data/channel/mx1").glob("*.msg"))) == 1
