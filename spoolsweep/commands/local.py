@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -49,9 +50,10 @@ def up(
     from pipeline.errors import SpoolsweepError
 
     root = Path(store)
-    if store.startswith("s3://"):
-        fail("`up` runs the embedded default on a directory; in AWS the functions run in Lambda")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    if store.startswith("s3://"):
+        _up_on_queues(store, once, interval)
+        return
     try:
         root.mkdir(parents=True, exist_ok=True)
         if policy is not None:
@@ -79,6 +81,29 @@ def up(
             pass
     for d in runner.dead():
         err.print(f"[red]dead letter[/] {d['step']}: {d['reason']}")
+
+
+def _up_on_queues(store: str, once: bool, interval: float) -> None:
+    """The same handlers fed from the stack's SQS queues (LocalStack, or AWS without Lambda)."""
+    from functions.adapters import client
+    from functions.runner import SqsRunner, reset_handlers
+    from functions.settings import Common
+
+    os.environ.update({"SPOOLSWEEP_STORE": store, "SPOOLSWEEP_CHANNEL": "sqs://"})
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    reset_handlers()
+    s = Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL"))
+    runner = SqsRunner(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix, region=s.region)
+    err.print(f"polling the {s.name_prefix}-*-events queues for {store} (Ctrl-C to stop)")
+    try:
+        while True:
+            n = runner.run_once()
+            if once and not n:
+                return
+            if not n:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
 
 
 def upload(
