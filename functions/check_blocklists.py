@@ -27,7 +27,7 @@ pt = Powertools("blocklist")
 
 def _checker() -> Any:
     try:
-        from pipeline.blocklist import check_policy  # type: ignore[attr-defined]
+        from pipeline.blocklist import check_policy
     except ImportError:
         return None
     return check_policy

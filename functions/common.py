@@ -70,8 +70,8 @@ class Powertools:
         @metrics.log_metrics
         @tracer.capture_lambda_handler(capture_response=False)
         def handler(event: dict, context: Any) -> dict:
-            return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                            context=context)
+            return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                                 context=context))
 
         handler.processor = processor  # type: ignore[attr-defined]  # runners read why records failed
         return handler

@@ -43,7 +43,7 @@ class LocalContext:
 
 
 def handler_for(step: str) -> Handler:
-    return importlib.import_module(names.STEPS[step][1]).handler  # type: ignore[no-any-return]
+    return importlib.import_module(names.STEPS[step][1]).handler
 
 
 def reset_handlers() -> None:

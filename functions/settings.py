@@ -49,7 +49,7 @@ class DispatchSettings(Common):
 def load(model: type[T]) -> T:
     """The settings from the environment, or one clear error naming every bad variable."""
     try:
-        return model()  # type: ignore[call-arg]
+        return model()
     except ValidationError as e:
         bad = ", ".join(f"SPOOLSWEEP_{'_'.join(str(x) for x in err['loc']).upper()}: {err['msg']}"
                         for err in e.errors())
