@@ -23,7 +23,9 @@ def build_channel(s: Common) -> Channel:
     if s.channel.startswith("sqs://"):
         from functions.adapters import SqsChannel, client
 
-        return SqsChannel(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix)
+        # sqs://<name-prefix> names the stack, as `spoolsweep agent run --channel` reads it
+        prefix = s.channel.removeprefix("sqs://").strip("/") or s.name_prefix
+        return SqsChannel(client("sqs", s.endpoint_url, s.region), prefix=prefix)
     return LocalChannel(Path(s.channel or Path(s.store) / "channel"))
 
 

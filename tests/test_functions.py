@@ -214,12 +214,36 @@ def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
     assert invoke("dispatch", [dup, dup | {"messageId": "again"}]).done  # duplicates re-send the same copy
     channel = LocalChannel(home / "channel")
     msgs = channel.receive("mx1", max_messages=10)
-    assert len(msgs) == 1
-    signed = SignedInstruction.model_validate_json(msgs[0].body)
-    ins = verify(signed, (home / "keys/signing.pub.pem").read_bytes(), "mx1", datetime.now(UTC))
-    assert {m.id for m in ins.replay} == {m.id for m in approval.replay} and ins.purge and ins.replay
-    assert not {m.id for m in ins.replay} & {m.id for m in approval.hold}
-    assert store.get(queues.instruction_key("mx1", ins.instruction_id)) == msgs[0].body.encode()
+    copies = sorted(store.list("instructions/mx1/"))
+    assert len(msgs) == len(copies) == 2  # 600 messages: over one SQS message's 256 KiB
+    pub = (home / "keys/signing.pub.pem").read_bytes()
+    parts = [verify(SignedInstruction.model_validate_json(m.body), pub, "mx1", datetime.now(UTC)) for m in msgs]
+    replay = {m.id for p in parts for m in p.replay}
+    assert replay == {m.id for m in approval.replay} and {m.id for p in parts for m in p.purge}
+    assert not replay & {m.id for m in approval.hold}
+    assert sorted(store.get(k) for k in copies) == sorted(m.body.encode() for m in msgs)
+
+
+def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_incident):
+    from functions.dispatch_approval import dispatch
+
+    store = LocalStore(home)
+    embedded.upload(store, small_incident, "inc12", "mx1", shard_size=0)
+    LocalRunner(home, settle=0).run_until_idle()
+    key, approval, _ = embedded.approve(store, "inc12", by="dave")
+    channel = LocalChannel(home / "channel")
+    pem = (home / "keys/signing.pem").read_bytes()
+    results = {dispatch(store, channel, key, pem, "k1", budget=40_000) for _ in range(2)}  # 2nd: a duplicate
+    [result] = results
+    n = int(result.split(" in ")[1].split(" part")[0])
+    msgs = channel.receive("mx1", max_messages=100)
+    assert n >= 5 and len(msgs) == n
+    assert all(30_000 < len(m.body) <= 40_000 for m in msgs[:-1]), [len(m.body) for m in msgs]
+    pub = (home / "keys/signing.pub.pem").read_bytes()
+    parts = [verify(SignedInstruction.model_validate_json(m.body), pub, "mx1", datetime.now(UTC)) for m in msgs]
+    assert len({p.instruction_id for p in parts}) == len(parts)
+    assert sorted(m.id for p in parts for m in p.replay) == sorted(m.id for m in approval.replay)
+    assert sorted(m.id for p in parts for m in p.purge) == sorted(m.id for m in approval.purge)
 
 
 def test_dispatch_refuses_an_approval_of_another_manifest(home, small_incident):
@@ -268,4 +292,5 @@ def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
     out = cli("approve", "cli1", "--by", "carol")
     assert out.startswith("approved: approvals/cli1/") and "by carol" in out
     assert "dispatch" in cli("up", "--once")
-    assert len(list((tmp_path / "data/channel/mx1").glob("*.msg"))) == 1
+    assert len(list((tmp_path / "data/channel/mx1").glob("*.msg"))) == len(
+        list((tmp_path / "data/instructions/mx1").glob("*.json"))) >= 1

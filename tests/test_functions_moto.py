@@ -202,10 +202,15 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
     runner.run_until_idle(quiet_rounds=2)
 
     msgs = _drain(sqs, stack["urls"][f"host:{HOST}"])
-    assert len(msgs) == 1, "the duplicate dispatch must not queue a second instruction"
-    signed = SignedInstruction.model_validate_json(msgs[0]["Body"])
-    ins = verify(signed, (stack["keys"] / "signing.pub.pem").read_bytes(), HOST, datetime.now(UTC))
-    assert ins.incident == "e2e" and ins.approval_id == approval.approval_id
-    assert len(ins.replay) == len(approval.replay) > 0 and len(ins.purge) == len(approval.purge) > 0
+    copies = list(store.list(f"{queues.INSTRUCTIONS}/{HOST}/"))
+    assert len(msgs) == len(copies) >= 2, "one SQS message per part; the duplicate dispatch added none"
+    pub = (stack["keys"] / "signing.pub.pem").read_bytes()
+    parts = [verify(SignedInstruction.model_validate_json(m["Body"]), pub, HOST, datetime.now(UTC)) for m in msgs]
+    assert all(len(m["Body"]) < 256 * 1024 for m in msgs)
+    assert {p.incident for p in parts} == {"e2e"} and {p.approval_id for p in parts} == {approval.approval_id}
+    replay = [m.id for p in parts for m in p.replay]
+    purge = [m.id for p in parts for m in p.purge]
+    assert sorted(replay) == sorted(m.id for m in approval.replay) and len(set(replay)) == len(replay)
+    assert sorted(purge) == sorted(m.id for m in approval.purge) and len(set(purge)) == len(purge)
     dlqs = [sqs.get_queue_url(QueueName=names.dead_letter_queue(s, prefix))["QueueUrl"] for s in names.STEPS]
     assert all(_drain(sqs, u) == [] for u in dlqs)

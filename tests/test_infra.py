@@ -138,7 +138,7 @@ def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file
         assert r.returncode == 0, r.stderr
         sqs = boto3.client("sqs", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
                            aws_secret_access_key="test")
-        have = {u.rsplit("/", 1)[1] for u in sqs.list_queues()["QueueUrls"]}
+        have = {u.rsplit("/", 1)[1] for u in sqs.list_queues(QueueNamePrefix=f"{names.PREFIX}-")["QueueUrls"]}
         want = {f(s) for s in names.STEPS for f in (names.event_queue, names.dead_letter_queue)}
         want |= {f(h) for h in ("mx1", "mx2") for f in (names.instruction_queue, names.instruction_dlq)}
         assert have == want

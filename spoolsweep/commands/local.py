@@ -14,7 +14,7 @@ from spoolsweep.console_out import err, fail, out
 
 StoreOpt = Annotated[str, typer.Option("--store", envvar="SPOOLSWEEP_HOME",
                                        help="the store: a directory (embedded default) or s3://bucket")]
-_DEFAULT = "spoolsweep-data"
+_DEFAULT = "spoolsweep-store"  # the agent (`spoolsweep agent run`) defaults to the same
 
 keys_app = typer.Typer(no_args_is_help=True, help="The Ed25519 key instructions are signed with.")
 
