@@ -294,3 +294,20 @@ def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
     assert "dispatch" in cli("up", "--once")
     assert len(list((tmp_path / "data/channel/mx1").glob("*.msg"))) == len(
         list((tmp_path / "data/instructions/mx1").glob("*.json"))) >= 1
+
+
+def test_logs_and_metrics_are_powertools_json(tmp_path):
+    """Run a handler as Lambda would (a fresh process) and read what it prints: JSON logs and EMF metrics."""
+    code = ("from functions.runner import invoke; from functions.events import sqs_record; "
+            "print('OUTCOME', invoke('parse', [sqs_record('not json', 'q', message_id='p-1')]).failed)")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SPOOLSWEEP_STORE": str(tmp_path),
+           "POWERTOOLS_METRICS_DISABLED": "false", "POWERTOOLS_TRACE_DISABLED": "true"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    log = next(x for x in lines if x.get("message", "").startswith("poison event"))
+    assert log["service"] == "spoolsweep-parse" and log["message_id"] == "p-1" and "not JSON" in log["reason"]
+    assert log["function_name"] == names.function_name("parse") and log["level"] == "ERROR"
+    emf = next(x for x in lines if "_aws" in x)
+    assert emf["PoisonEvents"] == [1.0] and emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "spoolsweep"
+    assert "OUTCOME {'p-1': 'PoisonEvent:" in r.stdout

@@ -214,3 +214,32 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
     assert sorted(purge) == sorted(m.id for m in approval.purge) and len(set(purge)) == len(purge)
     dlqs = [sqs.get_queue_url(QueueName=names.dead_letter_queue(s, prefix))["QueueUrl"] for s in names.STEPS]
     assert all(_drain(sqs, u) == [] for u in dlqs)
+
+
+def test_cli_drives_the_stack_queues_like_localstack(stack, tmp_path, policy_file):
+    """`spoolsweep upload/up/approve --store s3://...`: the LocalStack path, here against moto over HTTP."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.generator import find_corpus, generate, load_corpus, write_canonical
+
+    root = Path(__file__).resolve().parent.parent
+    snap = tmp_path / "snap.tar.gz"
+    write_canonical(generate(*load_corpus(find_corpus()), n=300, seed=2), snap)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    store = f"s3://{stack['bucket']}"
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "spoolsweep", *args, "--store", store], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    cli("upload", str(snap), "--incident", "cli2", "--host", HOST, "--shard-size", "100")
+    out = cli("up", "--once")
+    assert stack["store"].exists(queues.manifest_key("cli2")), out
+    assert "approved" in cli("approve", "cli2", "--by", "erin")
+    cli("up", "--once")
+    msgs = _drain(stack["sqs"], stack["urls"][f"host:{HOST}"])
+    assert msgs and all(SignedInstruction.model_validate_json(m["Body"]) for m in msgs)

@@ -68,7 +68,7 @@ def up(
     def show(step: str, key: str, result: str) -> None:
         out.print(f"{step:<9} {key}  [{'green' if result == 'ok' else 'red'}]{result}[/]", highlight=False)
 
-    runner = LocalRunner(root, settle=0.0 if once else 0.5, on_result=show)
+    runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show)
     if once:
         runner.run_until_idle()
     else:
