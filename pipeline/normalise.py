@@ -11,7 +11,7 @@ _HTML_DROP = re.compile(r"(?is)<(script|style|head)\b.*?</\1\s*>|<!--.*?-->")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
 _NUM = re.compile(r"\b\d[\d,.:/-]*\b")
 # hash-busters: tokens mixing letters and digits, or long consonant runs
-_MIXED = re.compile(r"\b(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{5,}\b")
+_MIXED = re.compile(r"\b(?=\w*\d)(?=\w*[a-z])\w{5,}\b")
 _NOISE = re.compile(r"\b[bcdfghjklmnpqrstvwxz]{6,}\b")
 _WS = re.compile(r"\s+")
 _NONWORD = re.compile(r"[^\w\s]+")
