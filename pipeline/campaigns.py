@@ -123,10 +123,10 @@ def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
 
 
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
-    """Words that most members of a group share, commonest first."""
+    """Words that at least half the members of a group share, commonest first."""
     df: Counter[str] = Counter()
     sample = list(texts)[:200]
     for t in sample:
         df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
                    and w not in _PLACEHOLDERS and not w.isdigit()})
-    return [w for w, _ in df.most_common(k)]
+    return [w for w, c in df.most_common(k) if c * 2 >= len(sample)]

@@ -30,14 +30,29 @@ _ORIG_MARK = re.compile(r"(?im)^[-\s]*(original message|the original message|bel
 _MAX_PARTS = 200
 
 
+def _unescape_8bit(s: str) -> str:
+    """Raw 8-bit header bytes (surrogate-escaped by the parser) read as UTF-8, else Windows-1252."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in s):
+        return s
+    raw = s.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
 def _header(msg: Message, name: str) -> str:
-    v = msg.get(name)
+    lname = name.lower()
+    # raw_items keeps 8-bit bytes (surrogate-escaped); get() would have replaced them already
+    v = next((val for key, val in msg.raw_items() if key.lower() == lname), None)
     if v is None:
         return ""
+    s = _unescape_8bit(str(v))
     try:
-        return str(make_header(decode_header(str(v)))).replace("\r", " ").replace("\n", " ").strip()
+        s = str(make_header(decode_header(s)))
     except (email.errors.HeaderParseError, LookupError, ValueError, UnicodeError, TypeError):
-        return str(v).replace("\n", " ").strip()
+        pass
+    return s.replace("\r", " ").replace("\n", " ").strip()
 
 
 def _decode(part: Message) -> str:
