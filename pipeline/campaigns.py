@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer, TfidfTransformer
 from sklearn.pipeline import Pipeline
 
-_PLACEHOLDERS = {"zurlz", "zemailz", "znumz", "ztokz"}
+_PLACEHOLDERS = {"zurlz", "ztokz"}
 
 
 class SharedTerms(TransformerMixin, BaseEstimator):

@@ -32,7 +32,7 @@ _MAX_PARTS = 200
 
 def _unescape_8bit(s: str) -> str:
     """Raw 8-bit header bytes (surrogate-escaped by the parser) read as UTF-8, else Windows-1252."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in s):
+    if s.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in s):
         return s
     raw = s.encode("utf-8", "surrogateescape")
     try:
