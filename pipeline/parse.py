@@ -231,13 +231,18 @@ def _infer_envelope(rec: ParsedRecord, msg: Message) -> None:
         env.rcpt_to = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
         if env.rcpt_to:
             inferred.append("rcpt_to")
-    if env.client_address is None and rec.our_hop and rec.our_hop.from_ip:
-        env.client_address = rec.our_hop.from_ip
-        env.client_name = env.client_name or rec.our_hop.from_name
-        inferred.append("client_address")
-    if env.sasl_username is None and rec.our_hop and rec.our_hop.authenticated:
-        env.sasl_username = rec.our_hop.auth_user or "(authenticated)"
-        inferred.append("sasl_username")
+    hop, how = rec.our_hop, ""
+    if hop is None and rec.received and rec.format == "eml":
+        # a message in our queue folder was received by us: when server_names does not name the
+        # hop (IIS often writes a NetBIOS name), the topmost Received is the best guess, and we say so
+        hop, how = rec.received[0], " (topmost Received; add its 'by' name to server_names)"
+    if env.client_address is None and hop and hop.from_ip:
+        env.client_address = hop.from_ip
+        env.client_name = env.client_name or hop.from_name
+        inferred.append("client_address" + how)
+    if env.sasl_username is None and hop and hop.authenticated:
+        env.sasl_username = hop.auth_user or "(authenticated)"
+        inferred.append("sasl_username" + how)
     rec.envelope_inferred = inferred
 
 

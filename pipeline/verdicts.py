@@ -68,7 +68,8 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         trusted=trusted,
         local_origin=trusted or local_queue,
         authenticated=bool(env.sasl_username),
-        auth_known=rec.format in ("canonical", "postfix", "exim") and "sasl_username" not in rec.envelope_inferred,
+        auth_known=rec.format in ("canonical", "postfix", "exim") and not any(
+            f.startswith("sasl_username") for f in rec.envelope_inferred),
         account=env.sasl_username or None,
         sender_local=policy.is_local_address(env.mail_from),
         null_sender=env.mail_from == "",
@@ -224,9 +225,9 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
             return Decision(Verdict.review, 0.5, [*reasons, R(
                 "compromised_account", f"account {c.account!r} is compromised; this message came from "
                 f"{c.client_ip}, not one of the attacker's IPs", "review")])
+        from_header = any(f.startswith("sasl_username") for f in rec.envelope_inferred)
         return Decision(Verdict.valid, 0.9, [*reasons, R(
-            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if
-                                                                   "sasl_username" in rec.envelope_inferred else ""),
+            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if from_header else ""),
             "valid")])
     if c.forged_local:
         return Decision(Verdict.review, 0.5, [*reasons, R(

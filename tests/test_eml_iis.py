@@ -42,3 +42,18 @@ def test_folder_triage_uses_envelope(tmp_path: Path) -> None:
     raw = next(x for x in m.messages if x.path == "raw")
     assert "rcpt_to" in raw.envelope_inferred and raw.envelope.rcpt_to == ["bob@example.org"]
     assert m.snapshot.skipped == ["NTFS_0002.BDR"]
+
+
+def test_iis_hop_not_in_server_names_falls_back_to_topmost_received(tmp_path: Path) -> None:
+    q = tmp_path / "Queue"
+    q.mkdir()
+    msg = (b"x-sender: spammer@far.example\r\nx-receiver: victim@else.example\r\n"
+           b"Received: from bot ([203.0.113.9]) by MX1 with Microsoft SMTPSVC(6.0.3790.4675);"
+           b" Fri, 27 Nov 2026 19:30:35 +0000\r\nFrom: <spammer@far.example>\r\nTo: <victim@else.example>\r\n"
+           b"Subject: pills\r\n\r\nbuy\r\n")
+    (q / "a.eml").write_bytes(msg)
+    m = triage(q, SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"]))
+    x = m.messages[0]
+    assert x.envelope.client_address == "203.0.113.9"
+    assert any("topmost Received" in f for f in x.envelope_inferred)
+    assert x.verdict.value == "spam" and x.reasons[0].code == "relayed"
