@@ -5,7 +5,9 @@ from __future__ import annotations
 import html
 import re
 
-_URL_OR_EMAIL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"')\]]+|[\w.+-]{1,64}@[\w-]+(?:\.[\w-]+)+")
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"')\]]+")
+# the look-behind lets only the start of a word try to be an address, which keeps this linear
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _HTML_DROP = re.compile(r"(?is)<(script|style|head)\b.*?</\1\s*>|<!--.*?-->")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
 # numbers, tokens mixing letters and digits (hash-busters), long consonant runs
@@ -25,7 +27,10 @@ def html_to_text(s: str) -> str:
 def normalise(subject: str, body: str) -> str:
     """Lower-case subject + body with URLs, addresses, numbers and hash-buster tokens replaced."""
     s = f"{subject}\n{body[:MAX_TEXT]}".lower()
-    s = _URL_OR_EMAIL.sub(" zurlz ", s)
+    if "http" in s or "www." in s:
+        s = _URL.sub(" zurlz ", s)
+    if "@" in s:
+        s = _EMAIL.sub(" zurlz ", s)
     s = s.translate(_PUNCT)
     s = _VARIABLE.sub("ztokz", s)
     return " ".join(s.split())[:MAX_TEXT]

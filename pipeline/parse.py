@@ -5,10 +5,12 @@ from __future__ import annotations
 import email
 import email.errors
 import re
+from collections.abc import Callable
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
 
 from pipeline.models import Envelope, ParsedRecord, ReceivedHop
 from pipeline.normalise import html_to_text, normalise
@@ -117,6 +119,7 @@ def _mailparser_defects(data: bytes) -> list[str]:
 
 
 def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
+    """The fast parser for clean messages; the standard library and mail-parser where it matters."""
     raw = found.raw
     env = raw.envelope
     defects = list(raw.defects)
@@ -124,6 +127,15 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
                        envelope=env, defects=defects)
     if found.data is None:
         return rec
+    if _fast is not None:
+        saved = env.model_copy()
+        try:
+            _fill_fast(rec, _fast(found.data), policy)
+            return rec
+        except Exception:  # noqa: BLE001, S110 - whatever the fast parser refuses, the careful path reads
+            pass
+        rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
+                           envelope=saved, defects=list(raw.defects))
     try:
         msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
     except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
@@ -135,6 +147,88 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
     except Exception as e:  # noqa: BLE001
         rec.defects.append(f"parse error: {type(e).__name__}: {e}"[:300])
     return rec
+
+
+def _load_fast() -> Callable[[bytes], Any] | None:
+    try:
+        from fast_mail_parser import parse_email
+    except ImportError:
+        return None
+    return parse_email
+
+
+_fast = _load_fast()
+_ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers", "message/delivery-status")
+
+
+def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy) -> None:
+    """Fill from fast-mail-parser; what it raises on goes down the careful path instead."""
+    heads: dict[str, list[str]] = {}
+    for k, vals in mail.headers.items():
+        heads.setdefault(k.lower(), []).extend(vals)
+
+    def first(name: str) -> str:
+        v = heads.get(name)
+        return v[0] if v else ""
+
+    ctype = (first("content-type").split(";", 1)[0].strip().lower() or "text/plain")
+    subject = (mail.subject or "").replace("\r", " ").replace("\n", " ").strip()
+    from_header = first("from").replace("\n", " ").strip()
+    env = rec.envelope
+    sender = env.mail_from or ""
+    rec.bounce = bool((env.mail_from == "" or _BOUNCE_SENDER.search(from_header) or _BOUNCE_SENDER.search(sender))
+                      and (ctype == "multipart/report" or _BOUNCE_SUBJECT.search(subject)))
+    rec.subject = subject[:2000]
+    rec.from_header = from_header[:500]
+    rec.to_header = first("to").replace("\n", " ").strip()[:500]
+    rec.message_id = first("message-id").strip()[:500] or None
+    if d := first("date"):
+        try:
+            rec.date = parsedate_to_datetime(d)
+        except (TypeError, ValueError, IndexError):
+            pass
+    rec.content_type = ctype
+    rec.list_unsubscribe = "list-unsubscribe" in heads
+    rec.precedence_bulk = first("precedence").strip().lower() in ("bulk", "list", "junk")
+    rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
+    _fill_received(rec, heads.get("received", []), policy)
+    rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in mail.attachments][:200]
+    if mail.text_plain:
+        body = mail.text_plain[0]
+    elif mail.text_html:
+        body = html_to_text(mail.text_html[0])
+    else:
+        body = ""
+    if rec.bounce:
+        _fast_bounced_original(rec, mail, body)
+    # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
+    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    if mail.warnings:
+        # the parser repaired something (its warnings name the stdlib's defects): say what
+        rec.defects.extend(f"mime: {k}" for k in sorted({str(getattr(w, "kind", "warning")) for w in mail.warnings}))
+    _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
+
+
+def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
+    orig = next((a for a in mail.attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
+    if orig is None:
+        if m := _ORIG_MARK.search(body):
+            rec.bounced_original_text = normalise("", body[m.end():])
+        return
+    assert _fast is not None
+    inner = _fast(bytes(orig.content))
+    ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
+    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    obody = inner.text_plain[0] if inner.text_plain else html_to_text(inner.text_html[0]) if inner.text_html else ""
+    rec.bounced_original_text = normalise(inner.subject or "", obody)
+
+
+def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
+    rec.received = [parse_received(str(v)) for v in values[:30]]
+    for hop in rec.received:
+        if policy.is_our_host(hop.by):
+            rec.our_hop = hop
+            break
 
 
 def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> None:
@@ -154,12 +248,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     auto = (msg.get("Auto-Submitted") or "no").lower()
     rec.auto_submitted = auto.strip() != "no"
 
-    hops = [parse_received(str(v)) for v in (msg.get_all("Received") or [])[:30]]
-    rec.received = hops
-    for hop in hops:
-        if policy.is_our_host(hop.by):
-            rec.our_hop = hop
-            break
+    _fill_received(rec, msg.get_all("Received") or [], policy)
 
     parts = _walk(msg)
     plain, htmltext = "", ""
@@ -214,20 +303,21 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
             rec.bounced_original_text = normalise("", body[m.end():])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text or normalise(rec.subject, body)
-    _infer_envelope(rec, msg)
+    _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 
 
-def _infer_envelope(rec: ParsedRecord, msg: Message) -> None:
+def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> None:
     """Fill what the MTA did not tell us from the headers and our own Received hop, and say so."""
     env = rec.envelope
     inferred: list[str] = []
     if env.mail_from is None:
-        rp = getaddresses([str(msg.get("Return-Path") or "")])
-        if rp and (rp[0][1] or str(msg.get("Return-Path") or "").strip() == "<>"):
+        rpath = (get_all("Return-Path") or [""])[0]
+        rp = getaddresses([rpath])
+        if rp and (rp[0][1] or rpath.strip() == "<>"):
             env.mail_from = rp[0][1].lower()
             inferred.append("mail_from")
     if not env.rcpt_to and not env.done_rcpt_to:
-        heads = [str(v) for h in ("To", "Cc") for v in (msg.get_all(h) or [])]
+        heads = [v for h in ("To", "Cc") for v in get_all(h)]
         env.rcpt_to = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
         if env.rcpt_to:
             inferred.append("rcpt_to")
