@@ -73,23 +73,25 @@ def _decode(part: Message) -> str:
 
 def parse_received(value: str) -> ReceivedHop:
     value = " ".join(value.split())
-    hop = ReceivedHop()
+    from_name = from_ip = by = protocol = auth_user = None
+    authenticated = False
     if m := _RCVD_FROM.match(value):
-        hop.from_name = m.group(1)
+        from_name = m.group(1)
         if m.group(2) and (ip := _RCVD_IP.search(m.group(2))):
-            hop.from_ip = ip.group(1)
-    if hop.from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
-        hop.from_ip = ip.group(1)
+            from_ip = ip.group(1)
+    if from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
+        from_ip = ip.group(1)
     if m := _RCVD_BY.search(value):
-        hop.by = m.group(1).lower()
+        by = m.group(1).lower()
     if m := _RCVD_WITH.search(value):
-        hop.protocol = m.group(1).upper()
+        protocol = m.group(1).upper()
     if m := _RCVD_AUTH.search(value):
-        hop.authenticated = True
-        hop.auth_user = m.group(1) or m.group(2)
-    elif hop.protocol and hop.protocol.endswith("A"):
-        hop.authenticated = True
-    return hop
+        authenticated = True
+        auth_user = m.group(1) or m.group(2)
+    elif protocol and protocol.endswith("A"):
+        authenticated = True
+    return ReceivedHop(from_name=from_name, from_ip=from_ip, by=by, protocol=protocol, authenticated=authenticated,
+                       auth_user=auth_user)
 
 
 def _walk(msg: Message) -> list[Message]:
