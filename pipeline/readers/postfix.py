@@ -264,9 +264,10 @@ class PostfixReader(Reader):
                 if m.data and (reason := parse_defer_log(m.data)):
                     reasons.setdefault(qid, reason)
                 report.skipped.append(m.path)
-                if (found := held.pop(qid, None)) is not None:
-                    found.raw.envelope.deferred_reason = reasons.get(qid)
-                    yield found
+                if qid in held:
+                    waiting = held.pop(qid)
+                    waiting.raw.envelope.deferred_reason = reasons.get(qid)
+                    yield waiting
                 continue
             report.skipped.append(m.path)
         yield from held.values()
