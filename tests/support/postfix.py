@@ -88,7 +88,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def main_cf(root: Path, port: int, relay_port: int, auth_socket: Path | None, open_relay: bool = True) -> str:
+def main_cf(root: Path, port: int, relay_port: int, auth_socket: Path | None, open_relay: bool = True,
+            extra: dict[str, str] | None = None) -> str:
     # open_relay: the misconfiguration spam incidents start from; XCLIENT clients from anywhere may relay
     relay = "check_client_access static:OK," if open_relay else ""
     lines = [
@@ -136,6 +137,7 @@ def main_cf(root: Path, port: int, relay_port: int, auth_socket: Path | None, op
             "smtpd_tls_auth_only = no",
             "broken_sasl_auth_clients = no",
         ]
+    lines += [f"{k} = {v}" for k, v in (extra or {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -219,8 +221,12 @@ class DovecotAuth:
 class PostfixInstance:
     """One private Postfix: `root/etc` (config), `root/spool` (queue), `root/maillog`."""
 
-    def __init__(self, root: Path, users: dict[str, str] | None = None, open_relay: bool = True) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None, open_relay: bool = True,
+                 extra: dict[str, str] | None = None) -> None:
         self.open_relay = open_relay
+        # extra main.cf settings, e.g. {"enable_long_queue_ids": "yes",
+        #   "transport_maps": "inline:{ok.example=smtp:[127.0.0.1]:2525}"} to deliver some mail for real
+        self.extra = extra
         self.root = root
         self.etc = root / "etc"
         self.spool = root / "spool"
@@ -243,7 +249,8 @@ class PostfixInstance:
             auth_socket = self.root / "auth.sock"
             self.auth = DovecotAuth(auth_socket, self.users)
             self.auth.start()
-        (self.etc / "main.cf").write_text(main_cf(self.root, self.port, self.relay_port, auth_socket, self.open_relay))
+        cf = main_cf(self.root, self.port, self.relay_port, auth_socket, self.open_relay, self.extra)
+        (self.etc / "main.cf").write_text(cf)
         (self.etc / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
         self.maillog.touch()
 
@@ -265,9 +272,9 @@ class PostfixInstance:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, root: Path, users: dict[str, str] | None = None,
-                open_relay: bool = True) -> Iterator[PostfixInstance]:
-        pf = cls(root, users, open_relay)
+    def running(cls, root: Path, users: dict[str, str] | None = None, open_relay: bool = True,
+                extra: dict[str, str] | None = None) -> Iterator[PostfixInstance]:
+        pf = cls(root, users, open_relay, extra)
         try:
             pf.start()
             yield pf
@@ -319,6 +326,10 @@ class PostfixInstance:
 
     def postcat_bytes(self, queue_id: str, *flags: str) -> bytes:
         return self.run("/usr/sbin/postcat", "-c", str(self.etc), *flags, "-q", queue_id).stdout
+
+    def postsuper(self, *args: str) -> None:
+        """e.g. postsuper("-h", qid) puts a message on hold."""
+        self.run("/usr/sbin/postsuper", "-c", str(self.etc), *args)
 
     def queue_files(self) -> list[Path]:
         return sorted(p for q in QUEUES for p in (self.spool / q).rglob("*") if p.is_file())
@@ -386,14 +397,15 @@ class PostfixInstance:
 
 
 @contextlib.contextmanager
-def private_postfix(users: dict[str, str] | None = None, open_relay: bool = True) -> Iterator[PostfixInstance]:
+def private_postfix(users: dict[str, str] | None = None, open_relay: bool = True,
+                    extra: dict[str, str] | None = None) -> Iterator[PostfixInstance]:
     """A running instance in a fresh /tmp dir, removed afterwards.
 
     Not under pytest's tmp_path: that sits below a 0700 directory the `postfix` user cannot enter.
     """
     root = Path(tempfile.mkdtemp(prefix="spoolsweep-postfix-"))
     try:
-        with PostfixInstance.running(root, users, open_relay) as pf:
+        with PostfixInstance.running(root, users, open_relay, extra) as pf:
             yield pf
     finally:
         shutil.rmtree(root, ignore_errors=True)
