@@ -30,6 +30,7 @@ _OTHER_DIRS = re.compile(r"(?:^|/)(pid|private|public|trace|flush|saved|etc|lib|
 ENVELOPE_TYPES = frozenset(b"CTcFILSDROWAf>PV<ionm@Kwp")
 CONTENT_TYPES = frozenset(b"NLwp")
 EXTRACTED_TYPES = frozenset(b"ROADre@PV<ionwp>")
+KNOWN_TYPES = ENVELOPE_TYPES | CONTENT_TYPES | EXTRACTED_TYPES | frozenset(b"MXE")
 MAX_JUMPS = 10_000
 MAX_RECORDS = 5_000_000
 
@@ -62,6 +63,9 @@ def _records(data: bytes, defects: list[str]) -> Iterator[tuple[int, bytes, int]
             defects.append(f"more than {MAX_RECORDS} records; stopped reading")
             return
         rtype = data[pos]
+        if rtype not in KNOWN_TYPES:
+            defects.append(f"garbage: unknown record type 0x{rtype:02x} at offset {start}")
+            return
         pos += 1
         length = shift = 0
         while True:
