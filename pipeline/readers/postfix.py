@@ -51,12 +51,30 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
-def _records(data: bytes, defects: list[str]) -> Iterator[tuple[int, bytes, int]]:
-    """Yield (type, payload, offset) in reading order, following pointer records safely."""
+def _records(data: bytes, defects: list[str], sink: list[list[bytes] | None]) -> Iterator[tuple[int, bytes, int]]:
+    """Yield (type, payload, offset) in reading order, following pointer records safely.
+
+    While sink[0] is a list (the caller is in the content segment), content records go straight
+    into it instead of being yielded: they are most of a file, and this loop is the reader's cost.
+    """
     pos, n = 0, len(data)
     visited: set[int] = set()
     count = 0
     while pos < n:
+        lines = sink[0]
+        if lines is not None:
+            # fast path: N/L records with a one-byte length (lines under 128 bytes)
+            while pos + 1 < n:
+                t, ln = data[pos], data[pos + 1]
+                if (t != 78 and t != 76) or ln & 0x80 or pos + 2 + ln > n:  # 'N', 'L'
+                    break
+                lines.append(data[pos + 2:pos + 2 + ln])
+                if t == 78:
+                    lines.append(b"\n")
+                pos += 2 + ln
+                count += 1
+            if pos >= n:
+                break
         start = pos
         count += 1
         if count > MAX_RECORDS:
@@ -101,6 +119,11 @@ def _records(data: bytes, defects: list[str]) -> Iterator[tuple[int, bytes, int]
             visited.add(target)
             pos = target
             continue
+        if lines is not None and (rtype == 78 or rtype == 76):
+            lines.append(payload)
+            if rtype == 78:
+                lines.append(b"\n")
+            continue
         yield rtype, payload, start
 
 
@@ -136,7 +159,8 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
     segment = "envelope"
     seen_sender = seen_time = False
     first = True
-    for rtype, payload, offset in _records(data, defects):
+    sink: list[list[bytes] | None] = [None]
+    for rtype, payload, offset in _records(data, defects, sink):
         t = chr(rtype)
         if first and queue_name != "maildrop" and t != "C":
             defects.append(f"first record is {t!r}, not the size record 'C'")
@@ -146,9 +170,11 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
         allowed = {"envelope": ENVELOPE_TYPES, "content": CONTENT_TYPES, "extracted": EXTRACTED_TYPES}[segment]
         if t == "M" and segment == "envelope":
             segment = "content"
+            sink[0] = lines
             continue
         if t == "X" and segment == "content":
             segment = "extracted"
+            sink[0] = None
             continue
         if t == "E" and segment in ("extracted", "envelope"):
             if segment == "envelope":
