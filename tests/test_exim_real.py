@@ -18,6 +18,7 @@ from pipeline.readers import read_snapshot
 from tests.support.exim import available, private_exim
 from tests.support.postfix import free_port
 
+pytestmark = pytest.mark.exim
 ROOT = Path(__file__).resolve().parent.parent
 _BP_HEAD = re.compile(r"^\s*\S+\s+\S+\s+(\S+-\S+-\S+)\s+<(.*)>")
 _BP_RCPT = re.compile(r"^\s+(D\s+)?(\S+)\s*$")
