@@ -388,6 +388,12 @@ class PostfixInstance:
         # "2.0.0 Ok: queued as 4Xyz..."
         return msg.decode().rsplit(" ", 1)[-1]
 
+    def submit_local(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, full_name: str | None = None) -> None:
+        """Local submission with Postfix's sendmail command (postdrop -> maildrop/). While the
+        instance is stopped the file stays in maildrop/, as on a server whose pickup is down."""
+        argv = ["/usr/sbin/sendmail", "-f", mail_from, *(["-F", full_name] if full_name else []), "--", *rcpt_to]
+        self.run(*argv, input=data)
+
     # -- taking the queue out ---------------------------------------------------------------------
     def tar_spool(self, dest: Path, arcname: str = "var/spool/postfix") -> Path:
         """Tar the whole queue directory as an admin would (`tar czf q.tgz /var/spool/postfix`)."""
