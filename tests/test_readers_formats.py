@@ -169,3 +169,19 @@ def test_forced_format_on_wrong_input_loses_nothing(tmp_path: Path, fmt: str) ->
     _, found, report = read_all(tar_of(tmp_path, files), fmt=fmt)
     accounted = {f.raw.path.split("#")[0] for f in found} | set(report.skipped)
     assert set(files) <= accounted
+
+
+def test_postfix_spool_whose_first_members_are_defer_logs(tmp_path: Path) -> None:
+    """A big /var/spool/postfix tar: hundreds of defer/ logs before any queue file ('defer' < 'deferred')."""
+    from tests.test_hostile_queues import GOOD, queue_file
+
+    n = 300
+    files = {f"var/spool/postfix/defer/A/A{i:05d}BCDEF": b"recipient=b@victim.example\nstatus=4.4.1\n"
+             b"reason=connect to mx.victim.example: Connection refused\n\n" for i in range(n)}
+    files |= {f"var/spool/postfix/deferred/A/A{i:05d}BCDEF": queue_file(*GOOD) for i in range(n)}
+    files["var/spool/postfix/pid/master.pid"] = b"  1234\n"
+    fmt, found, report = read_all(tar_of(tmp_path, files))
+    assert fmt == "postfix"
+    assert len(found) == n and all(f.raw.defects == [] for f in found)
+    assert all("4.4.1 connect to mx.victim.example" in (f.raw.envelope.deferred_reason or "") for f in found)
+    assert len(report.skipped) == n + 1

@@ -261,16 +261,21 @@ class PostfixReader(Reader):
 
     def score(self, paths: Sequence[str], samples: Sequence[Member]) -> int:
         by_path = {s.path: s for s in samples}
-        hits = binary = 0
+        hits = binary = layout = 0
         for p in paths:
             if queue_location(p):
                 hits += 1
                 s = by_path.get(p)
                 if s is not None and s.data and s.data[:1] in (b"C", b"T", b"A", b"S"):
                     binary += 1
-        if not hits:
-            return 0
-        return 95 if binary else 60
+            elif _LOG_RE.search(p) or p.endswith(("pid/master.pid", "/public/pickup", "/private/defer")):
+                # a whole /var/spool/postfix whose first members are defer/ logs or pid files
+                layout += 1
+        if binary:
+            return 95
+        if hits:
+            return 60
+        return 80 if layout else 0
 
     def read(self, members: Iterator[Member], report: ArchiveReport) -> Iterator[Found]:
         reasons: dict[str, str] = {}
