@@ -97,7 +97,11 @@ def real_queue(tmp_path_factory: pytest.TempPathFactory):
                     body = body.split(b"\r\n", 1)[1]
                 send(f"corpus-{i}", f"sender{i}@corpus.example", [f"rcpt{i}@victim.example"], body,
                      xclient={"ADDR": f"192.0.2.{100 + i}"}, mail_options=["BODY=8BITMIME"])
-            pf.wait_queued(len(sent))
+            pf.submit_local("gina@example.org", [], b"To: t1@partner.example, t2@partner.example\n"
+                            b"Subject: sendmail -t\n\nlocal\n", extract=True)
+            pf.wait_queued(len(sent) + 1)
+            local = next(m["queue_id"] for m in pf.postqueue_json() if m["queue_id"] not in sent)
+            sent[local] = {"name": "sendmail-t", "mail_from": "gina@example.org", "rcpts": []}
             held = next(q for q, s in sent.items() if s["name"] == "sasl")
             pf.postsuper("-h", held)
             queue = {m["queue_id"]: m for m in pf.wait_queued(len(sent))}
@@ -129,10 +133,9 @@ def test_reader_recovers_what_postfix_reports(real_queue) -> None:
         assert env.orig_rcpt_to == pc.get("original_recipient", [])
         assert env.done_rcpt_to == pc.get("done_recipient", [])
         assert env.arrival_time is not None and int(env.arrival_time.timestamp()) == pq["arrival_time"]
-        assert env.client_address == pc["attr:client_address"][0]
-        assert env.client_name == pc["attr:client_name"][0]
-        assert env.helo == pc["attr:helo_name"][0]
-        assert env.protocol == pc["attr:protocol_name"][0]
+        for ours, theirs in ((env.client_address, "client_address"), (env.client_name, "client_name"),
+                             (env.helo, "helo_name"), (env.protocol, "protocol_name")):
+            assert ours == (pc.get(f"attr:{theirs}") or [None])[0], (sent["name"], theirs)
         assert env.sasl_method == (pc.get("attr:sasl_method") or [None])[0]
         assert env.sasl_username == (pc.get("attr:sasl_username") or [None])[0]
         assert f.data == t["content"], sent["name"]
@@ -161,6 +164,9 @@ def test_known_envelopes_come_back(real_queue) -> None:
     eight = by_name["8bit"].data or b""
     assert "ünïcödé ✓".encode() in eight and b"latin1 \xe9\xe8" in eight
     assert b"0123456789" * 1500 in (by_name["long-line"].data or b"")
+    extracted = by_name["sendmail-t"].raw.envelope
+    assert sorted(extracted.rcpt_to) == ["t1@partner.example", "t2@partner.example"]
+    assert extracted.client_address is None and extracted.mail_from == "gina@example.org"
     assert relayed.deferred_reason and "Connection refused" in relayed.deferred_reason
 
 

@@ -335,8 +335,8 @@ class PostfixInstance:
         return sorted(p for q in QUEUES for p in (self.spool / q).rglob("*") if p.is_file())
 
     def wait_queued(self, n: int, timeout: float = 30,
-                    queues: Sequence[str] = ("deferred", "active", "hold")) -> list[dict]:
-        """Wait until postqueue -j lists n messages, all in one of `queues` (delivery already tried)."""
+                    queues: Sequence[str] = ("deferred", "hold")) -> list[dict]:
+        """Wait until postqueue -j lists n messages, all in one of `queues` (deferred: delivery tried)."""
         end = time.monotonic() + timeout
         got: list[dict] = []
         while time.monotonic() < end:
@@ -388,10 +388,13 @@ class PostfixInstance:
         # "2.0.0 Ok: queued as 4Xyz..."
         return msg.decode().rsplit(" ", 1)[-1]
 
-    def submit_local(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, full_name: str | None = None) -> None:
+    def submit_local(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, full_name: str | None = None,
+                     extract: bool = False) -> None:
         """Local submission with Postfix's sendmail command (postdrop -> maildrop/). While the
-        instance is stopped the file stays in maildrop/, as on a server whose pickup is down."""
-        argv = ["/usr/sbin/sendmail", "-f", mail_from, *(["-F", full_name] if full_name else []), "--", *rcpt_to]
+        instance is stopped the file stays in maildrop/, as on a server whose pickup is down.
+        extract: `sendmail -t`, recipients from the headers (they land in the extracted segment)."""
+        argv = ["/usr/sbin/sendmail", "-f", mail_from, *(["-F", full_name] if full_name else []),
+                *(["-t"] if extract else []), "--", *rcpt_to]
         self.run(*argv, input=data)
 
     # -- taking the queue out ---------------------------------------------------------------------
