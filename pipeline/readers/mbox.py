@@ -7,6 +7,7 @@ differs only on lines that began `>From ` before escaping, which mboxo had alrea
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,13 +17,13 @@ from pipeline.models import Envelope
 from pipeline.readers.base import Found, Reader, found_from_member
 
 _FROM_LINE = re.compile(rb"^From (\S*)[ \t]+(.*?)\r?$")
-_SPLIT = re.compile(rb"(?:^|\n)(?=From )")
 _ESCAPED = re.compile(rb"^>(>*From )", re.M)
 _NAMES = re.compile(r"(?i)(^|/)([^/]*\.mbox|mbox|inbox|[^/]*\.mbx)$")
 _HEADER = re.compile(rb"(?im)^(delivered-to|x-original-to|envelope-to|return-path):[ \t]*(.*?)\r?$")
 _DATE_FORMATS = ("%a %b %d %H:%M:%S %Y", "%a %b %d %H:%M %Y", "%a %b %d %H:%M:%S %z %Y")
 
 
+@functools.lru_cache(maxsize=4096)
 def _from_date(text: str) -> datetime | None:
     text = " ".join(text.split())
     for fmt in _DATE_FORMATS:
@@ -44,14 +45,16 @@ def is_mbox(data: bytes | None) -> bool:
 
 def split_mbox(data: bytes) -> Iterator[tuple[bytes | None, bytes]]:
     """Yield (From_ line or None for junk before the first one, message bytes unescaped)."""
-    for part in _SPLIT.split(data):
-        if not part:
-            continue
-        if not part.startswith(b"From "):
-            yield None, part
+    parts = data.split(b"\nFrom ")
+    for i, part in enumerate(parts):
+        if i:
+            part = b"From " + part
+        elif not part.startswith(b"From "):
+            if part.strip():
+                yield None, part
             continue
         line, _, rest = part.partition(b"\n")
-        yield line, _ESCAPED.sub(rb"\1", rest)
+        yield line, (_ESCAPED.sub(rb"\1", rest) if b">From " in rest or b">>" in rest else rest)
 
 
 def envelope_from(line: bytes, msg: bytes) -> Envelope:
@@ -60,7 +63,8 @@ def envelope_from(line: bytes, msg: bytes) -> Envelope:
         sender = m.group(1).decode("utf-8", "replace")
         env.mail_from = "" if sender in ("MAILER-DAEMON", "<>") else sender
         env.arrival_time = _from_date(m.group(2).decode("latin-1"))
-    head = msg.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    end = msg.find(b"\n\n")
+    head = msg[: end if end >= 0 else 8192]
     for h in _HEADER.finditer(head):
         name, value = h.group(1).lower(), h.group(2).decode("utf-8", "replace").strip()
         if name == b"return-path" and env.mail_from is None:
