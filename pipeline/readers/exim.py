@@ -98,6 +98,8 @@ def parse_h(data: bytes, msg_id: str) -> tuple[Envelope, bytes, int | None, list
             env.sasl_username = value
         elif name == "host_auth":
             env.sasl_method = value
+        elif name == "frozen":
+            env.deferred_reason = f"frozen since {value}" if value else "frozen"
         elif name == "body_linecount":
             try:
                 linecount = int(value)

@@ -51,28 +51,49 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
-def _records(data: bytes, defects: list[str], sink: list[list[bytes] | None]) -> Iterator[tuple[int, bytes, int]]:
+class _Content:
+    """Content lines as read: every `N` line gets a newline at the end except those listed in `partial` (`L`)."""
+
+    __slots__ = ("lines", "partial")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.partial: list[int] = []
+
+    def add(self, rtype: int, payload: bytes) -> None:
+        if rtype == 76:  # 'L': a piece of a long line, no newline after it
+            self.partial.append(len(self.lines))
+        self.lines.append(payload)
+
+    def join(self) -> bytes:
+        if not self.lines:
+            return b""
+        if not self.partial:
+            return b"\n".join(self.lines) + b"\n"
+        cut = set(self.partial)
+        return b"".join(x if i in cut else x + b"\n" for i, x in enumerate(self.lines))
+
+
+def _records(data: bytes, defects: list[str], sink: list[_Content | None]) -> Iterator[tuple[int, bytes, int]]:
     """Yield (type, payload, offset) in reading order, following pointer records safely.
 
-    While sink[0] is a list (the caller is in the content segment), content records go straight
+    While sink[0] is set (the caller is in the content segment), content records go straight
     into it instead of being yielded: they are most of a file, and this loop is the reader's cost.
     """
     pos, n = 0, len(data)
     visited: set[int] = set()
     count = 0
     while pos < n:
-        lines = sink[0]
-        if lines is not None:
-            # fast path: N/L records with a one-byte length (lines under 128 bytes)
+        content = sink[0]
+        if content is not None:
+            # fast path: N records with a one-byte length (lines under 128 bytes)
+            out = content.lines
             while pos + 1 < n:
-                t, ln = data[pos], data[pos + 1]
-                if (t != 78 and t != 76) or ln & 0x80 or pos + 2 + ln > n:  # 'N', 'L'
+                ln = data[pos + 1]
+                if data[pos] != 78 or ln & 0x80 or pos + 2 + ln > n:  # 'N'
                     break
-                lines.append(data[pos + 2:pos + 2 + ln])
-                if t == 78:
-                    lines.append(b"\n")
+                out.append(data[pos + 2:pos + 2 + ln])
                 pos += 2 + ln
-                count += 1
             if pos >= n:
                 break
         start = pos
@@ -119,10 +140,8 @@ def _records(data: bytes, defects: list[str], sink: list[list[bytes] | None]) ->
             visited.add(target)
             pos = target
             continue
-        if lines is not None and (rtype == 78 or rtype == 76):
-            lines.append(payload)
-            if rtype == 78:
-                lines.append(b"\n")
+        if content is not None and (rtype == 78 or rtype == 76):
+            content.add(rtype, payload)
             continue
         yield rtype, payload, start
 
@@ -155,11 +174,11 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
     """Read every record of one queue file into an Envelope, the message bytes, and defects."""
     qf = QueueFile()
     env, defects = qf.envelope, qf.defects
-    lines: list[bytes] = []
+    content = _Content()
     segment = "envelope"
     seen_sender = seen_time = False
     first = True
-    sink: list[list[bytes] | None] = [None]
+    sink: list[_Content | None] = [None]
     for rtype, payload, offset in _records(data, defects, sink):
         t = chr(rtype)
         if first and queue_name != "maildrop" and t != "C":
@@ -170,7 +189,7 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
         allowed = {"envelope": ENVELOPE_TYPES, "content": CONTENT_TYPES, "extracted": EXTRACTED_TYPES}[segment]
         if t == "M" and segment == "envelope":
             segment = "content"
-            sink[0] = lines
+            sink[0] = content
             continue
         if t == "X" and segment == "content":
             segment = "extracted"
@@ -189,11 +208,8 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
             defects.append(f"garbage: unknown record type 0x{rtype:02x} at offset {offset}")
             break
         if segment == "content":
-            if t == "N":
-                lines.append(payload)
-                lines.append(b"\n")
-            elif t == "L":
-                lines.append(payload)
+            if t in ("N", "L"):
+                content.add(rtype, payload)
             continue
         if t == "C":
             try:
@@ -220,7 +236,7 @@ def parse_queue_file(data: bytes, queue_name: str | None = None) -> QueueFile:
                 defects.append(f"bad named attribute at offset {offset}: {payload[:40]!r}")
             else:
                 _set_attr(env, qf.attrs, name, value)
-    qf.content = b"".join(lines)
+    qf.content = content.join()
     if qf.size_fields and 0 <= qf.size_fields[0] < len(qf.content):
         defects.append(f"size record says {qf.size_fields[0]} content bytes, found {len(qf.content)}")
     if not qf.complete:
