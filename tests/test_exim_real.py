@@ -75,8 +75,11 @@ def exim_queue(tmp_path_factory: pytest.TempPathFactory):
             qid = ex.send_bs("", ["someone@victim.example"], b"Subject: bounce\r\n\r\nreturned\r\n",
                              client_address="192.0.2.77")
             sent[qid] = {"name": "null-sender"}
+            ex.run("-Mf", qid)  # freeze the bounce, as an admin does with backscatter
             bp = parse_bp(ex.bp())
-            truth = {q: {**s, "bp": bp[q], "mvh": ex.mvh(q), "mvb": ex.mvb(q)} for q, s in sent.items()}
+            msglogs = {p.name: p.read_text() for p in (ex.spool / "msglog").rglob("*") if p.is_file()}
+            truth = {q: {**s, "bp": bp[q], "mvh": ex.mvh(q), "mvb": ex.mvb(q), "msglog": msglogs.get(q, "")}
+                     for q, s in sent.items()}
             tar = ex.tar_spool(tmp_path_factory.mktemp("exim") / "exim-spool.tar.gz")
     finally:
         sink.stop()
@@ -124,6 +127,11 @@ def test_known_envelopes_come_back(exim_queue) -> None:
     assert partial.rcpt_to == ["stuck@partner.example"]
     assert partial.sasl_username == "carol"
     assert by_name["null-sender"].raw.envelope.mail_from == ""
+    assert (by_name["null-sender"].raw.envelope.deferred_reason or "").startswith("frozen")
+    # msglog/ sorts after input/: the reader waited for it
+    reason = partial.deferred_reason or ""
+    assert "stuck@partner.example" in reason and "defer" in reason, reason
+    assert "ok@delivered.example" not in reason
 
 
 def _rewrite(tar: Path, dest: Path, edit) -> Path:  # noqa: ANN001 - edit(name, data) -> bytes | None
@@ -183,3 +191,22 @@ def test_unsplit_spool(tmp_path: Path) -> None:
     assert fmt == "exim" and f.raw.path.endswith(f"input/{qid}-H")
     assert (f.raw.envelope.queue_id, f.raw.envelope.mail_from, f.raw.envelope.client_address) == (
         qid, "s@example.org", "192.0.2.5")
+
+
+def test_journal_marks_recipients_delivered(exim_queue, tmp_path: Path) -> None:
+    """A -J journal (delivery interrupted before -H was rewritten) moves its addresses to done."""
+    tar, truth = exim_queue
+    qid = next(q for q, t in truth.items() if t["name"] == "partial")
+    dest = tmp_path / "journal.tar.gz"
+    with tarfile.open(tar) as src, tarfile.open(dest, "w:gz") as out:
+        for ti in src:
+            out.addfile(ti, src.extractfile(ti) if ti.isfile() else None)
+            if ti.name.endswith(f"{qid}-H"):
+                data = b"stuck@partner.example\n"
+                jt = tarfile.TarInfo(ti.name[:-1] + "J")
+                jt.size = len(data)
+                out.addfile(jt, io.BytesIO(data))
+    _, found, report = read_snapshot(dest, Limits())
+    env = next(f.raw.envelope for f in found if f.raw.envelope.queue_id == qid)
+    assert env.rcpt_to == [] and env.done_rcpt_to == ["ok@delivered.example", "stuck@partner.example"]
+    assert not report.defects

@@ -9,7 +9,8 @@ already delivered (`XX` when empty, else `YN address` lines); the recipient coun
 a blank line; then headers as `NNNc text` where NNN is the byte length of the header including
 its newline(s) and c is a flag (`*` means deleted). -D is its own name then the body.
 A -H without its -D, or a -D without its -H, is a message with a defect (review), never dropped.
-msglog/ files, when they come before the message in the archive, give the deferral reasons.
+msglog/ files give the deferral reasons and -J journals the recipients an interrupted delivery
+reached; both sort after input/, so finished messages wait for them (up to hold_count/hold_bytes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _ANY = re.compile(r"(?:^|/)(" + _ID + r")-([HDJ])$")
 _TREE = re.compile(rb"^[YN][YN] (.*)$")
 _RCPT_TAIL = re.compile(r"^(.*?) (?:\S+ )?\d+,-?\d+#\d+(?: .*)?$")
 _MSGLOG = re.compile(r"(?:^|/)msglog/(?:[0-9A-Za-z]/)?(" + _ID + r")$")
-_DEFER_LINE = re.compile(rb"^\S+ \S+ (?:\S+ )?(.*?(?:defer|==).*)$", re.M)
+_DEFER_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \S+ (.*?(?:defer|==).*)$", re.M)
 _HEADER = re.compile(rb"(\d{3,})(.) ")
 _VAR_LEN = re.compile(rb"^-+acl[cm]?\S* (\d+)$")
 MAX_HEADER = 1 << 24
@@ -167,33 +168,74 @@ class EximReader(Reader):
             return 95
         return 50 if any(_ANY.search(p) for p in paths) else 0
 
+    hold_count = 20_000
+    hold_bytes = 256 << 20
+
     def read(self, members: Iterator[Member], report: ArchiveReport) -> Iterator[Found]:
         heads: dict[str, Member] = {}
         bodies: dict[str, Member] = {}
         reasons: dict[str, str] = {}
+        # msglog/ (and -J journals) sort after input/: hold finished messages for them, within limits
+        held: dict[str, Found] = {}
+        held_size = 0
+        msglog_seen = False
         for m in members:
-            if (log := _MSGLOG.search(m.path)) and m.data:
-                lines = [_text(x.group(1)) for x in _DEFER_LINE.finditer(m.data)]
+            if log := _MSGLOG.search(m.path):
+                msglog_seen = True
+                report.skipped.append(m.path)
+                lines = [_text(x.group(1)) for x in _DEFER_LINE.finditer(m.data or b"")]
                 if lines:
                     reasons[log.group(1)] = "; ".join(dict.fromkeys(lines))[:4000]
+                if (waiting := held.pop(log.group(1), None)) is not None:
+                    waiting.raw.envelope.deferred_reason = (waiting.raw.envelope.deferred_reason
+                                                            or reasons.get(log.group(1)))
+                    yield waiting
+                continue
             hit = _ANY.search(m.path)
-            if hit is None or hit.group(2) == "J":
+            if hit is None:
                 report.skipped.append(m.path)
                 continue
             msg_id, kind = hit.groups()
+            found: Found | None = None
+            if kind == "J":
+                report.skipped.append(m.path)
+                self._journal(msg_id, m, held, report)
+                continue
             if kind == "H":
                 if msg_id in bodies:
-                    yield self._pair(msg_id, m, bodies.pop(msg_id), reasons)
+                    found = self._pair(msg_id, m, bodies.pop(msg_id), reasons)
                 else:
                     heads[msg_id] = m
             elif msg_id in heads:
-                yield self._pair(msg_id, heads.pop(msg_id), m, reasons)
+                found = self._pair(msg_id, heads.pop(msg_id), m, reasons)
             else:
                 bodies[msg_id] = m
+            if found is None:
+                continue
+            if not msglog_seen and len(held) < self.hold_count and held_size + found.size < self.hold_bytes:
+                held[msg_id] = found
+                held_size += found.size
+            else:
+                yield found
+        yield from held.values()
         for msg_id, h in heads.items():
             yield self._pair(msg_id, h, None, reasons)
         for msg_id, d in bodies.items():
             yield self._pair(msg_id, None, d, reasons)
+
+    @staticmethod
+    def _journal(msg_id: str, m: Member, held: dict[str, Found], report: ArchiveReport) -> None:
+        """A -J journal lists recipients delivered in an attempt that crashed before -H was updated."""
+        done = [_text(line.split()[0]) for line in (m.data or b"").splitlines() if line.strip()]
+        found = held.get(msg_id)
+        if found is None:
+            if done:
+                report.defects.append(f"{m.path}: journal of delivered recipients came after its message; "
+                                      f"{', '.join(done[:5])} may be listed as still to deliver")
+            return
+        env = found.raw.envelope
+        env.done_rcpt_to += [a for a in done if a not in env.done_rcpt_to]
+        env.rcpt_to = [a for a in env.rcpt_to if a not in set(done)]
 
     def _pair(self, msg_id: str, h: Member | None, d: Member | None, reasons: dict[str, str]) -> Found:
         defects: list[str] = []
