@@ -274,6 +274,7 @@ class PostfixReader(Reader):
     name = "postfix"
     description = "Postfix queue (/var/spool/postfix: maildrop, incoming, active, deferred, hold, corrupt)"
     hold_limit = 20_000
+    hold_bytes = 256 << 20
 
     def score(self, paths: Sequence[str], samples: Sequence[Member]) -> int:
         by_path = {s.path: s for s in samples}
@@ -297,15 +298,18 @@ class PostfixReader(Reader):
         reasons: dict[str, str] = {}
         logs_seen = False
         held: dict[str, Found] = {}
+        held_size = 0
         for m in members:
             if loc := queue_location(m.path):
                 found = self._one(m, *loc)
                 qid = loc[1]
                 if qid in reasons:
                     found.raw.envelope.deferred_reason = reasons[qid]
-                elif loc[0] == "deferred" and not logs_seen and qid not in held and len(held) < self.hold_limit:
+                elif (loc[0] == "deferred" and not logs_seen and qid not in held and len(held) < self.hold_limit
+                      and held_size + found.size < self.hold_bytes):
                     # defer/ logs may come after deferred/ in an unsorted tar: wait for them, within reason
                     held[qid] = found
+                    held_size += found.size
                     continue
                 yield found
                 continue
