@@ -24,7 +24,8 @@ from pathlib import Path
 from tests.support.postfix import free_port
 
 CACHE = Path(os.environ.get("SPOOLSWEEP_EXIM_CACHE", "/tmp/spoolsweep-exim-deb"))
-PACKAGES = ("exim4-daemon-light", "exim4-base", "libidn12")
+# exim4-daemon-light's libraries that a minimal Debian may lack (dpkg -x'd beside it, via LD_LIBRARY_PATH)
+PACKAGES = ("exim4-daemon-light", "exim4-base", "libidn12", "libnsl2")
 EXIM_UID = 64990
 
 
@@ -37,6 +38,10 @@ def unpacked() -> Path | None:
         return None
     CACHE.mkdir(parents=True, exist_ok=True)
     cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300, check=False)
+    if cp.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
+        cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300,
+                            check=False)
     debs = sorted(CACHE.glob("*.deb"))
     if cp.returncode != 0 and len(debs) < len(PACKAGES):
         return None
