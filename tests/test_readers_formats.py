@@ -185,3 +185,17 @@ def test_postfix_spool_whose_first_members_are_defer_logs(tmp_path: Path) -> Non
     assert len(found) == n and all(f.raw.defects == [] for f in found)
     assert all("4.4.1 connect to mx.victim.example" in (f.raw.envelope.deferred_reason or "") for f in found)
     assert len(report.skipped) == n + 1
+
+
+def test_postfix_after_content_filter_keeps_the_origin() -> None:
+    """Re-injected from amavis with XFORWARD: client_* is 127.0.0.1, log_* the real client; the origin wins."""
+    from pipeline.readers.postfix import parse_queue_file
+    from tests.test_hostile_queues import GOOD, queue_file, rec
+
+    attrs = [rec("A", b"log_client_address=203.0.113.9"), rec("A", b"log_client_name=spam.example.com"),
+             rec("A", b"log_helo_name=spammer"), rec("A", b"client_address=127.0.0.1"),
+             rec("A", b"client_name=localhost"), rec("A", b"helo_name=amavis.example.org")]
+    qf = parse_queue_file(queue_file(*GOOD[:3], *attrs, *GOOD[4:]), "deferred")
+    assert qf.defects == []
+    env = qf.envelope
+    assert (env.client_address, env.client_name, env.helo) == ("203.0.113.9", "spam.example.com", "spammer")

@@ -23,10 +23,6 @@ from pipeline.readers.base import Found, Reader, found_from_member
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
 _QUEUE_RE = re.compile(r"(?:^|/)(" + "|".join(QUEUES) + r")/(?:[0-9A-Za-z]/)*([0-9A-Za-z]{5,40})$")
 _LOG_RE = re.compile(r"(?:^|/)(defer|bounce)/(?:[0-9A-Za-z]/)*([0-9A-Za-z]{5,40})$")
-# what else lives under /var/spool/postfix; skipped without a word of complaint
-_OTHER_DIRS = re.compile(r"(?:^|/)(pid|private|public|trace|flush|saved|etc|lib|usr|dev|bin|maildrop\.tmp|"
-                         r"bounce|defer|data)/")
-
 ENVELOPE_TYPES = frozenset(b"CTcFILSDROWAf>PV<ionm@Kwp")
 CONTENT_TYPES = frozenset(b"NLwp")
 EXTRACTED_TYPES = frozenset(b"ROADre@PV<ionwp>")
@@ -146,20 +142,24 @@ def _records(data: bytes, defects: list[str], sink: list[_Content | None]) -> It
         yield rtype, payload, start
 
 
+# Where mail came back from a content filter (amavis) with XFORWARD, client_* is the filter on
+# 127.0.0.1 and log_* the real origin, which is what a verdict needs; otherwise they are equal.
+_ORIGIN = {"log_client_address": "client_address", "log_client_name": "client_name",
+           "log_helo_name": "helo", "log_protocol_name": "protocol",
+           "client_address": "client_address", "client_name": "client_name", "reverse_client_name": "client_name",
+           "helo_name": "helo", "protocol_name": "protocol", "sasl_method": "sasl_method",
+           "sasl_username": "sasl_username"}
+
+
 def _set_attr(env: Envelope, attrs: dict[str, str], name: str, value: str) -> None:
     attrs[name] = value
-    if name == "client_address" or (name == "log_client_address" and env.client_address is None):
-        env.client_address = value
-    elif name == "client_name" or (name in ("reverse_client_name", "log_client_name") and env.client_name is None):
-        env.client_name = value
-    elif name == "helo_name" or (name == "log_helo_name" and env.helo is None):
-        env.helo = value
-    elif name == "protocol_name" or (name == "log_protocol_name" and env.protocol is None):
-        env.protocol = value
-    elif name == "sasl_method":
-        env.sasl_method = value
-    elif name == "sasl_username":
-        env.sasl_username = value
+    field_name = _ORIGIN.get(name)
+    if field_name is None:
+        return
+    if name.startswith("log_") or name.startswith("sasl_") or getattr(env, field_name) is None:
+        setattr(env, field_name, value)
+    elif name != "reverse_client_name" and f"log_{name}" not in attrs:
+        setattr(env, field_name, value)
 
 
 def _time(payload: bytes) -> datetime | None:
