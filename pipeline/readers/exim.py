@@ -11,6 +11,8 @@ its newline(s) and c is a flag (`*` means deleted). -D is its own name then the 
 A -H without its -D, or a -D without its -H, is a message with a defect (review), never dropped.
 msglog/ files give the deferral reasons and -J journals the recipients an interrupted delivery
 reached; both sort after input/, so finished messages wait for them (up to hold_count/hold_bytes).
+The message bytes (and their sha256) are the headers not marked deleted, a blank line, and the
+-D file after its first line: what `exim -Mvh` lists, then `exim -Mvb` minus its id line.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ and `L` partial lines) and extracted (recipients and attributes taken from heade
 `p` records point elsewhere in the file (where cleanup appended headers or recipients later) and
 are followed, as postcat does. Nothing here trusts a length, an offset or an order: each lie
 becomes a defect on the message, so triage says `review` and the run goes on.
+The message bytes (and so the sha256 that names the message) are the content exactly as
+`postcat -bh -q ID` prints it: N records end in LF, L records continue the line.
 """
 
 from __future__ import annotations

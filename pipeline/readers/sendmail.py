@@ -7,6 +7,7 @@ with `flags:` before the address, H header with optional `?flags?`, M why it is 
 used), continuation lines start with white space, `.` ends it.
 Qf is a control file sendmail gave up on, tf one it was still writing; both are read, flagged.
 A qf without its df or a df without its qf is a message with a defect (review), never dropped.
+The message bytes are the H lines (without their `?flags?`), a blank line, then the df file.
 """
 
 from __future__ import annotations
