@@ -7,11 +7,35 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer, TfidfTransformer
 from sklearn.pipeline import Pipeline
 
-_PLACEHOLDERS = {"zurlz", "zemailz", "znumz", "ztokz"}
+_PLACEHOLDERS = {"zurlz", "ztokz"}
+
+
+class SharedTerms(TransformerMixin, BaseEstimator):
+    """Drop terms seen in fewer than `min_df` texts: a per-copy hash-buster is rare by design, and
+    left in, TF-IDF would weigh it most of all and pull copies of one run apart."""
+
+    def __init__(self, min_df: int = 2) -> None:
+        self.min_df = min_df
+
+    def fit(self, X: sp.spmatrix, y: object = None, weights: np.ndarray | None = None) -> SharedTerms:
+        present = sp.csr_matrix(X) > 0
+        if weights is not None:  # rows stand for `weights` identical copies each
+            present = sp.diags(np.asarray(weights, dtype=np.float64)) @ present
+        df = np.asarray(present.sum(axis=0)).ravel()
+        self.keep_ = np.flatnonzero(df >= self.min_df)
+        return self
+
+    def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
+        X = sp.csr_matrix(X)
+        mask = np.zeros(X.shape[1], dtype=bool)
+        mask[self.keep_] = True
+        out = sp.csr_matrix(X.multiply(mask[np.newaxis, :]))
+        out.eliminate_zeros()  # TF-IDF's sublinear log must not see explicit zeros
+        return out
 
 
 class CampaignClusterer(ClusterMixin, BaseEstimator):
@@ -23,8 +47,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, threshold: float = 0.6, n_features: int = 2**20, batch_size: int = 1024,
-                 ngram_range: tuple[int, int] = (1, 2)) -> None:
+                 ngram_range: tuple[int, int] = (1, 2), min_df: int = 2) -> None:
         self.threshold = threshold
+        self.min_df = min_df
         self.n_features = n_features
         self.batch_size = batch_size
         self.ngram_range = ngram_range
@@ -34,6 +59,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             ("hash", HashingVectorizer(n_features=self.n_features, alternate_sign=False, norm=None,
                                        ngram_range=self.ngram_range, stop_words="english",
                                        dtype=np.float32)),
+            ("shared", SharedTerms(min_df=self.min_df)),
             ("tfidf", TfidfTransformer(sublinear_tf=True)),
         ])
 
@@ -49,7 +75,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             self.labels_ = np.empty(0, dtype=np.int64)
             self.leaders_ = sp.csr_matrix((0, self.n_features), dtype=np.float32)
             return self
-        V = self.pipeline_.fit_transform(utexts).astype(np.float32).tocsr()
+        copies = np.bincount(inverse, minlength=len(utexts))
+        V = self.pipeline_.fit_transform(utexts, shared__weights=copies).astype(np.float32).tocsr()
         ulabels = np.full(V.shape[0], -1, dtype=np.int64)
         leader_rows: list[int] = []
         leaders = sp.csr_matrix((0, V.shape[1]), dtype=np.float32)
@@ -96,10 +123,10 @@ def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
 
 
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
-    """Words that most members of a group share, commonest first."""
+    """Words that at least half the members of a group share, commonest first."""
     df: Counter[str] = Counter()
     sample = list(texts)[:200]
     for t in sample:
         df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
                    and w not in _PLACEHOLDERS and not w.isdigit()})
-    return [w for w, _ in df.most_common(k)]
+    return [w for w, c in df.most_common(k) if c * 2 >= len(sample)]

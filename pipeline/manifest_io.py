@@ -11,7 +11,7 @@ from pipeline.models import Manifest
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
-    return manifest.model_dump_json(indent=1).encode()
+    return manifest.model_dump_json().encode()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

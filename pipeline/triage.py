@@ -206,7 +206,7 @@ def _mark_compromised(big: Sequence[Sequence[int]], decisions: dict[int, Decisio
             continue
         for i in members:
             c = ctxs[i]
-            if c.account and c.account in profiles:
+            if c.account and c.account in d.accounts and c.account in profiles:
                 p = profiles[c.account]
                 p.compromised = True
                 if c.client_ip:

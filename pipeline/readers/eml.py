@@ -11,7 +11,7 @@ from pipeline.readers.base import Found, Reader, found_from_member
 
 # Files next to messages that are not messages: Badmail reason files, IIS logs, our own index.
 _NOT_MESSAGES = re.compile(r"(?i)\.(bdr|bdp|log|txt|xml|ini|pid|lock|db|json|jsonl|tmp|ds_store)$|(^|/)thumbs\.db$")
-_ENVELOPE_LINE = re.compile(rb"(?i)^x-(sender|receiver):[ \t]*(.*?)\r?\n")
+_ENVELOPE_LINE = re.compile(rb"(?im)^x-(sender|receiver):[ \t]*(.*?)\r?\n")
 _HEADER_START = re.compile(rb"^[!-9;-~]+:")
 
 

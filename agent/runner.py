@@ -1,0 +1,256 @@
+"""Carry out verified instructions: plan, journal, replay and purge, write the receipt; resume after a crash."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.journal import FINAL, ActionRow, Journal
+from agent.mta.base import Deliverer, Queue, QueuedMessage
+from agent.verify import body_digest, check, peek
+from pipeline.errors import InstructionRefused, SpoolsweepError
+from pipeline.instructions import Instruction, Outcome, Receipt, ReceiptItem
+from pipeline.models import Envelope
+from pipeline.queues import receipt_key
+from pipeline.store import Channel, Store
+
+log = logging.getLogger("spoolsweep.agent")
+
+
+class RateLimit:
+    """At most `per_second` actions a second (0 = unlimited), so a replay does not flood the MTA."""
+
+    def __init__(self, per_second: float = 0) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.next = time.monotonic()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if now < self.next:
+            time.sleep(self.next - now)
+        self.next = max(now, self.next) + self.interval
+
+
+@dataclass
+class Agent:
+    host: str
+    queue: Queue
+    journal: Journal
+    store: Store
+    public_key_pem: bytes
+    deliverer: Deliverer | None = None
+    quarantine: Path | None = None
+    rate: RateLimit = field(default_factory=RateLimit)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    known_incident: Callable[[str], bool] | None = None
+    # `done` marks wait here and ride along with the next write: one fsync per message, not three
+    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+    def _set(self, row: ActionRow, phase: str, detail: str = "", defer: bool = False) -> None:
+        """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk
+        (`intent` or `commit`) leads the resumed run to the same end."""
+        if defer:
+            self._deferred.append((row.instruction_id, row.seq, phase, detail))
+            return
+        with self.journal.batch():
+            self._flush()
+            self.journal.set_phase(row.instruction_id, row.seq, phase, detail)
+
+    def _flush(self) -> None:
+        with self.journal.batch():
+            for d in self._deferred:
+                self.journal.set_phase(*d)
+            self._deferred.clear()
+
+    def _known(self, incident: str) -> bool:
+        if self.known_incident is not None:
+            return self.known_incident(incident)
+        if self.journal.known_incident(incident):
+            return True
+        return next(iter(self.store.list(f"incoming/{incident}/{self.host}/")), None) is not None
+
+    # one instruction ----------------------------------------------------------------------
+    def handle(self, body: str) -> Receipt:
+        """Verify and carry out one instruction body (as it came off the channel); always returns a receipt."""
+        started = self.clock()
+        try:
+            ins, state = check(body, self.public_key_pem, self.host, started, self.journal, self._known)
+        except InstructionRefused as e:
+            return self._refuse(body, started, e.detail)
+        if state is None:
+            self._plan(ins, body)
+        return self._execute(ins)
+
+    def _refuse(self, body: str, started: datetime, reason: str) -> Receipt:
+        incident, iid = peek(body)
+        digest = body_digest(body)
+        log.warning("instruction refused: %s (instruction %s, incident %s, body sha256 %s)",
+                    reason, iid, incident, digest[:16])
+        self.journal.record_refusal(digest, None if iid == "unknown" else iid, reason)
+        receipt = Receipt(instruction_id=iid, incident=incident, host=self.host, started_at=started,
+                          finished_at=self.clock(), refused=reason)
+        # a refusal never overwrites the receipt of an instruction that was carried out
+        key = receipt_key(incident, self.host, f"{iid}.refused-{digest[:12]}")
+        self.store.put_if_absent(key, receipt.model_dump_json(indent=1).encode())
+        return receipt
+
+    def _plan(self, ins: Instruction, body: str) -> None:
+        """Check every message against the frozen queue before touching any; record the plan in one go."""
+        plan: list[tuple[str, str, str, str | None, str, str, str]] = []
+        for action, items in (("replay", ins.replay), ("purge", ins.purge)):
+            for m in items:
+                phase, detail = "pending", ""
+                other = self.journal.done_elsewhere(m.path, m.sha256, action, ins.instruction_id)
+                qm = self.queue.locate(m.path, m.queue_id)
+                if other is not None:
+                    phase, detail = "refused", f"already {action}ed by instruction {other}"
+                elif qm is None:
+                    phase, detail = "missing", f"not in the frozen queue ({m.queue_id or m.path})"
+                elif qm.sha256 != m.sha256:
+                    phase, detail = "refused", (f"digest mismatch: reviewed {m.sha256[:16]}…, "
+                                                f"on disk {qm.sha256[:16]}…; left untouched")
+                elif action == "replay" and not (m.envelope or self.queue.full_envelope(qm)).rcpt_to:
+                    phase, detail = "refused", "no recipients in the envelope"
+                if phase != "pending":
+                    log.warning("%s %s: %s", action, m.id, detail)
+                plan.append((m.id, action, m.path, m.queue_id, m.sha256, phase, detail))
+        self.journal.begin(ins.instruction_id, ins.incident, body, plan)
+        log.info("instruction %s verified: %d to replay, %d to purge, %d refused or missing", ins.instruction_id,
+                 len(ins.replay), len(ins.purge), sum(1 for p in plan if p[5] != "pending"))
+
+    def _execute(self, ins: Instruction) -> Receipt:
+        envelopes = {m.id: m.envelope for m in ins.replay}
+        for row in self.journal.actions(ins.instruction_id):
+            if row.phase in FINAL:
+                continue
+            try:
+                if row.action == "replay":
+                    self._replay(row, envelopes.get(row.msg_id))
+                else:
+                    self._purge(row, ins.quarantine)
+            except SpoolsweepError as e:
+                log.error("%s %s failed: %s", row.action, row.msg_id, e)
+                self._set(row, "failed", str(e))
+            except OSError as e:
+                log.error("%s %s failed: %s", row.action, row.msg_id, e)
+                self._set(row, "failed", f"{type(e).__name__}: {e}")
+        if self.deliverer is not None:
+            self.deliverer.close()
+        self.queue.flush()
+        with self.journal.batch():
+            self._flush()
+            self.journal.finish(ins.instruction_id)
+        return self._receipt(ins.instruction_id, ins.incident)
+
+    def _current(self, row: ActionRow) -> QueuedMessage | None:
+        qm = self.queue.locate(row.path, row.queue_id)
+        if qm is not None and qm.sha256 != row.sha256:
+            return None  # the name now holds another message (queue ids are reused): ours is gone
+        return qm
+
+    def _replay(self, row: ActionRow, envelope: Envelope | None) -> None:
+        qm = self._current(row)
+        if row.phase == "pending":
+            if qm is None:
+                self._set(row, "missing", "gone from the queue before replay")
+                return
+            self.rate.wait()
+            if self.deliverer is None:
+                # a native release leaves no trace in the queue to tell "released by us" from "gone": say so first
+                self._set(row, "intent")
+        resumed = None if row.phase == "pending" else row.phase
+
+        def commit() -> None:
+            self._set(row, "commit")
+
+        if self.deliverer is None:
+            stub = qm or QueuedMessage(row.path, row.queue_id, Envelope(), row.sha256, 0)
+            self.queue.release(stub, commit, resumed)
+            detail = "released to the MTA"
+        else:
+            key = f"{row.instruction_id}/{row.seq}"
+            status, detail = ("unsent", "") if resumed != "commit" else self.deliverer.resolve(key)
+            if status == "unsent":
+                if qm is None:
+                    self._set(row, "missing", "gone from the queue before replay")
+                    return
+                env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
+                answer = self.deliverer.send(self.queue.content(qm), env, commit, key)
+                detail = f"re-injected: {answer.strip()[:120]}"
+            elif status != "delivered":
+                log.error("replay %s %s: %s", row.msg_id, status, detail)
+                self._set(row, "failed", f"{status}: {detail}")
+                return
+            if qm is not None:
+                self.queue.after_reinjection(qm)
+        self._set(row, "done", detail, defer=True)
+        log.info("replayed %s (%s)", row.msg_id, detail)
+
+    def _purge(self, row: ActionRow, quarantine: bool) -> None:
+        qm = self._current(row)
+        if row.phase == "pending":
+            if qm is None:
+                self._set(row, "missing", "gone from the queue before purge")
+                return
+            self._set(row, "intent")
+        detail = "purged"
+        if qm is not None:
+            if quarantine and self.quarantine is not None:
+                dest = self.queue.quarantine(qm, self.quarantine)
+                detail = f"purged (quarantined as {dest.name})"
+            self.queue.remove(qm)
+        self._set(row, "done", detail, defer=True)
+        log.info("purged %s", row.msg_id)
+
+    # receipts -----------------------------------------------------------------------------
+    def _receipt(self, instruction_id: str, incident: str) -> Receipt:
+        started, finished = self.journal.times(instruction_id)
+        items = []
+        for a in self.journal.actions(instruction_id):
+            outcome = {"done": Outcome.replayed if a.action == "replay" else Outcome.purged,
+                       "missing": Outcome.missing, "refused": Outcome.refused}.get(a.phase, Outcome.failed)
+            items.append(ReceiptItem(id=a.msg_id, sha256=a.sha256, outcome=outcome, detail=a.detail))
+        receipt = Receipt(instruction_id=instruction_id, incident=incident, host=self.host,
+                          started_at=datetime.fromisoformat(started),
+                          finished_at=datetime.fromisoformat(finished) if finished else None, items=items)
+        self.store.put(receipt_key(incident, self.host, instruction_id), receipt.model_dump_json(indent=1).encode())
+        self.journal.receipt_written(instruction_id)
+        c = receipt.counts()
+        log.info("instruction %s finished: %s", instruction_id, ", ".join(f"{k} {v}" for k, v in c.items() if v))
+        return receipt
+
+    # the daemon ---------------------------------------------------------------------------
+    def resume(self) -> list[Receipt]:
+        """Finish what a crash interrupted, before reading anything new."""
+        out = []
+        for iid, body in self.journal.unfinished():
+            log.info("resuming instruction %s", iid)
+            from pipeline.instructions import SignedInstruction
+
+            ins = Instruction.model_validate_json(SignedInstruction.model_validate_json(body).payload)
+            out.append(self._execute(ins))
+        return out
+
+    def run(self, channel: Channel, wait_seconds: float = 20, once: bool = False,
+            stop: threading.Event | None = None) -> list[Receipt]:
+        """Long-poll the channel; with `once`, stop when it is empty."""
+        receipts = self.resume()
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            msgs = channel.receive(self.host, max_messages=1, wait_seconds=0 if once else wait_seconds)
+            if not msgs:
+                if once:
+                    break
+                continue
+            for m in msgs:
+                receipts.append(self.handle(m.body))
+                # deleted only once its receipt is written: a crash before this means it comes back
+                channel.delete(self.host, m.receipt)
+        return receipts

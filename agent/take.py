@@ -1,0 +1,96 @@
+"""`agent snapshot` as steps journalled one by one: freeze, pack, upload, confirm; resumable, never twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import SnapshotExists
+from agent.journal import Journal
+from agent.mta.base import FreezeReport, Queue
+from agent.snapshot import Progress, file_sha256, pack
+from agent.upload import Destination, existing, to_dir, to_s3
+
+NAME = "snapshot.tar.zst"
+ORDER = ("freezing", "frozen", "packed", "uploaded")
+
+
+@dataclass
+class Summary:
+    incident: str
+    host: str
+    mta: str
+    froze: str
+    messages: int = 0
+    bytes: int = 0
+    archive: str | None = None
+    archive_sha256: str | None = None
+    destination: str | None = None
+    resumed_from: str | None = None
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _reached(row: dict | None, state: str) -> bool:
+    return row is not None and ORDER.index(row["state"]) >= ORDER.index(state)
+
+
+def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir: Path, dry_run: bool = False,
+         keep_local: bool = False, progress: Progress | None = None,
+         say: Callable[[str], None] = lambda s: None, s3_client: object | None = None) -> Summary:
+    inc, host = dest.incident, dest.host
+    row = journal.snapshot(inc, host)
+    if row is not None and row["state"] == "uploaded":
+        raise SnapshotExists(f"incident {inc} already has this host's snapshot ({row['destination']}, "
+                             f"sha256 {row['archive_sha256']}, taken {row['updated_at']})")
+    if row is None:
+        there = existing(dest, s3_client)
+        if there:
+            raise SnapshotExists(f"{dest} already holds {', '.join(there[:3])}")
+    summary = Summary(inc, host, mta, froze="", resumed_from=row["state"] if row else None, dry_run=dry_run)
+
+    if dry_run:
+        fr = queue.freeze(dry_run=True)
+        summary.froze, summary.messages, summary.bytes = fr.what, fr.messages, fr.bytes
+        summary.destination = str(dest)
+        return summary
+
+    # 1. freeze (only once: freezing again later would also stop mail that arrived since)
+    if not _reached(row, "frozen"):
+        journal.set_snapshot(inc, host, state="freezing", mta=mta, destination=str(dest))
+        fr: FreezeReport = queue.freeze()
+        journal.set_snapshot(inc, host, state="frozen", messages=fr.messages, bytes=fr.bytes)
+        summary.froze = fr.what
+        summary.notes += fr.notes
+        say(f"froze {fr.messages:,} messages ({fr.bytes / 2**20:,.1f} MiB): {fr.what}")
+    else:
+        summary.froze = f"already frozen ({mta})"
+    row = journal.snapshot(inc, host)
+
+    # 2. pack (the local copy is kept until the upload's checksum is confirmed)
+    archive = state_dir / "snapshots" / inc / f"{host}-{NAME}"
+    if _reached(row, "packed") and archive.exists() and file_sha256(archive) == row["archive_sha256"]:
+        sha, n, size = row["archive_sha256"], row["messages"], row["bytes"]
+    else:
+        packed = pack(queue, archive, host, inc, mta, progress)
+        sha, n, size = packed.sha256, packed.messages, packed.bytes
+        journal.set_snapshot(inc, host, state="packed", archive=str(archive), archive_sha256=sha,
+                             messages=n, bytes=size)
+        say(f"packed {n:,} messages into {archive} (sha256 {sha})")
+    summary.messages, summary.bytes, summary.archive, summary.archive_sha256 = n, size, str(archive), sha
+
+    # 3. upload and confirm
+    if dest.kind == "dir":
+        where = to_dir(archive, dest, NAME, sha)
+    else:
+        state = json.loads((journal.snapshot(inc, host) or {}).get("upload_state") or "{}")
+        where = to_s3(archive, dest, NAME, sha, state,
+                      lambda st: journal.set_snapshot(inc, host, upload_state=json.dumps(st)), progress, s3_client)
+    journal.set_snapshot(inc, host, state="uploaded", destination=where)
+    summary.destination = where
+    if not keep_local:
+        archive.unlink(missing_ok=True)
+        summary.archive = None
+    return summary

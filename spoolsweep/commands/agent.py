@@ -1,0 +1,162 @@
+"""`spoolsweep agent`: the on-host agent (snapshot the frozen queue, run the replay daemon)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spoolsweep.console_out import err, fail, out, progress_bar
+
+agent_app = typer.Typer(no_args_is_help=True, help="On the mail host: freeze and snapshot the queue, replay what "
+                                                    "was approved.")
+
+StateDir = Annotated[Path, typer.Option(help="journal, local snapshot copies and agent.log")]
+Host = Annotated[str | None, typer.Option(help="this host's name in the pipeline (default: the short hostname)")]
+Mta = Annotated[str, typer.Option(help="postfix | exim | sendmail | pickup-dir (with --dir, or pickup-dir:PATH)")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agent_app, name="agent")
+
+
+def _host(host: str | None) -> str:
+    return host or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]) or "localhost"
+
+
+def _logging(state_dir: Path, verbose: bool) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fh = logging.FileHandler(state_dir / "agent.log")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler()
+    sh.setFormatter(fmt)
+    sh.setLevel(logging.INFO if verbose else logging.WARNING)
+    root = logging.getLogger("spoolsweep")
+    root.setLevel(logging.INFO)
+    root.addHandler(fh)
+    root.addHandler(sh)
+
+
+@agent_app.command()
+def snapshot(
+    mta: Mta,
+    dir: Annotated[Path | None, typer.Option("--dir", help="the pickup/queue folder for --mta pickup-dir")] = None,
+    aside: Annotated[Path | None, typer.Option(help="where pickup-dir moves the queue (default DIR.old)")] = None,
+    postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    upload: Annotated[str | None, typer.Option(help="s3://bucket/incoming/<incident>/<host>/")] = None,
+    to: Annotated[Path | None, typer.Option(help="a local store root (the embedded default)")] = None,
+    incident: Annotated[str | None, typer.Option(help="incident name")] = None,
+    host: Host = None,
+    state_dir: StateDir = Path("/var/lib/spoolsweep-agent"),
+    keep_local: Annotated[bool, typer.Option(help="keep the local copy after the upload is confirmed")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be frozen and where it would go")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Freeze the queue (new mail keeps flowing), pack it with a sha256 per message, upload it, confirm it."""
+    from agent.journal import Journal
+    from agent.mta import make_queue
+    from agent.take import take
+    from agent.upload import parse_destination
+    from pipeline.errors import SpoolsweepError
+
+    try:
+        h = _host(host)
+        dest = parse_destination(upload, to, incident, h)
+        queue = make_queue(mta, dir, aside, postfix_config=postfix_config)
+        _logging(state_dir, verbose=False)
+        journal = Journal(state_dir / "journal.sqlite")
+        with progress_bar(not quiet) as cb:
+            s = take(queue, mta, dest, journal, state_dir, dry_run=dry_run, keep_local=keep_local, progress=cb,
+                     say=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
+    except (SpoolsweepError, ValueError) as e:
+        fail(str(e))
+        return
+    if s.dry_run:
+        out.print(f"[bold]dry run[/]: {s.froze}: {s.messages:,} messages ({s.bytes / 2**20:,.1f} MiB) "
+                  f"would be frozen and uploaded to {s.destination}", highlight=False)
+        return
+    if s.resumed_from:
+        out.print(f"resumed an interrupted snapshot (it had reached: {s.resumed_from})", highlight=False)
+    out.print(f"[bold]{s.incident}[/] on {s.host}: froze {s.messages:,} messages "
+              f"({s.bytes / 2**20:,.1f} MiB), {s.froze}", highlight=False)
+    out.print(f"  snapshot sha256 {s.archive_sha256}", highlight=False)
+    out.print(f"  uploaded to {s.destination} (checksum confirmed)", highlight=False)
+    if s.archive:
+        out.print(f"  local copy kept: {s.archive}", highlight=False)
+    for n in s.notes:
+        out.print(f"  [yellow]note:[/] {n}", highlight=False)
+
+
+@agent_app.command()
+def run(
+    mta: Mta,
+    public_key: Annotated[Path, typer.Option(help="the Ed25519 public key (PEM) instructions are signed with")],
+    dir: Annotated[Path | None, typer.Option("--dir", help="the pickup/queue folder for --mta pickup-dir")] = None,
+    aside: Annotated[Path | None, typer.Option(help="where pickup-dir's frozen queue is (default DIR.old)")] = None,
+    pickup: Annotated[Path | None, typer.Option(help="the folder replayed mail goes to (default DIR)")] = None,
+    postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    deliver: Annotated[str, typer.Option(help="native (the MTA releases it) or smtp://HOST:PORT")] = "native",
+    store: Annotated[str, typer.Option(help="store root folder, or s3://bucket")] = "./spoolsweep-store",
+    channel: Annotated[str, typer.Option(help="channel folder (default STORE/channel) or sqs[://prefix]")] = "",
+    host: Host = None,
+    state_dir: StateDir = Path("/var/lib/spoolsweep-agent"),
+    quarantine: Annotated[Path | None, typer.Option(help="copy purged mail here first")] = None,
+    rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
+    wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
+    visibility: Annotated[float, typer.Option(help="local channel: seconds a received instruction stays hidden")] = 60,
+    once: Annotated[bool, typer.Option("--once", help="stop when the channel is empty")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Long-poll this host's instruction channel; verify each instruction, replay and purge, write receipts."""
+    from agent.journal import Journal
+    from agent.mta import make_deliverer, make_queue
+    from agent.runner import Agent, RateLimit
+    from pipeline.errors import SpoolsweepError
+
+    try:
+        h = _host(host)
+        _logging(state_dir, verbose)
+        st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
+        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
+                      journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
+                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate))
+        receipts = agent.run(ch, wait_seconds=wait, once=once)
+    except (SpoolsweepError, OSError) as e:
+        fail(str(e))
+        return
+    except KeyboardInterrupt:
+        err.print("stopped")
+        raise typer.Exit(130) from None
+    for r in receipts:
+        counts = ", ".join(f"{k} {v}" for k, v in r.counts().items() if v)
+        if r.refused:
+            out.print(f"[red]refused[/] {r.instruction_id} ({r.incident}): {r.refused}", highlight=False)
+        else:
+            out.print(f"[green]done[/] {r.instruction_id} ({r.incident}): {counts or 'nothing to do'}",
+                      highlight=False)
+
+
+def _store(spec: str):  # type: ignore[no-untyped-def]
+    if spec.startswith("s3://"):
+        from functions.adapters import S3Store  # boto3 only when asked for
+
+        return S3Store(spec.removeprefix("s3://").strip("/"))
+    from pipeline.store import LocalStore
+
+    return LocalStore(spec)
+
+
+def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
+    if spec == "sqs" or spec.startswith("sqs://"):
+        from functions.adapters import SqsChannel
+
+        prefix = spec.removeprefix("sqs://").removeprefix("sqs").strip("/")
+        return SqsChannel(prefix=prefix) if prefix else SqsChannel()
+    from pipeline.store import LocalChannel
+
+    return LocalChannel(spec, visibility_timeout=visibility)
