@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import tarfile
@@ -77,9 +78,14 @@ def load_corpus(corpus: Path) -> tuple[list[bytes], list[bytes]]:
 
 
 def find_corpus() -> Path:
+    """The corpus: $SPOOLSWEEP_CORPUS, else ../shared/corpus beside the project or the working folder."""
     here = Path(__file__).resolve().parent.parent
-    for cand in (here / "tests" / "data" / "corpus-sample.tar.gz", here.parent / "shared" / "corpus" /
-                 "spamassassin-dev.tar.gz", Path("../shared/corpus/spamassassin-dev.tar.gz")):
+    env = os.environ.get("SPOOLSWEEP_CORPUS")
+    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
+    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
+    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
+    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
+    for cand in (*([Path(env)] if env else []), shipped, shared, Path("../shared/corpus/spamassassin-dev.tar.gz")):
         if cand.exists():
             return cand
     raise FileNotFoundError("no corpus: pass --corpus (../shared/corpus/spamassassin-dev.tar.gz)")
