@@ -70,7 +70,7 @@ def main() -> None:
     if a.child:
         _child(a.child[0], a.child[1], a.child[2], a.workers)
         return
-    from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical
+    from pipeline.generator import POLICY_TOML, find_corpus, iter_incident, load_corpus, write_canonical
 
     a.dir.mkdir(parents=True, exist_ok=True)
     policy = a.dir / "site.toml"
@@ -83,7 +83,7 @@ def main() -> None:
             if ham is None:
                 ham, spam = load_corpus(find_corpus())
             print(f"generating {n:,} messages -> {snap}", file=sys.stderr)
-            write_canonical(generate(ham, spam or [], n=n, seed=n), snap)
+            write_canonical(iter_incident(ham, spam or [], n=n, seed=n), snap)
         res = {}
         for kind in ("floor", "triage"):
             p = subprocess.run([sys.executable, __file__, "--workers", str(a.workers), "--child", kind, str(snap),
