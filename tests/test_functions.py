@@ -185,6 +185,31 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
 
 
+def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, policy, monkeypatch):
+    from functions.runner import reset_handlers
+    from pipeline.triage import triage
+
+    monkeypatch.setenv("SPOOLSWEEP_SPLIT_BYTES", "1000")
+    monkeypatch.setenv("SPOOLSWEEP_SHARD_SIZE", "200")
+    reset_handlers()
+    store = LocalStore(home)
+    [whole] = embedded.upload(store, small_incident, "big", "mx1", shard_size=0)  # as the agent uploads it
+    runner = LocalRunner(home, settle=0)
+    runner.run_until_idle()
+    assert not runner.dead()
+    incoming = sorted(store.list("incoming/big/mx1/"))
+    assert whole in incoming and len(incoming) == 4  # the evidence, and its three parts
+    assert sorted(store.list("parsed/big/")) == [
+        f"parsed/big/mx1.small.part-000{i}-of-0003.jsonl.zst" for i in (1, 2, 3)]
+    m = Manifest.model_validate_json(store.get(queues.manifest_key("big")))
+    assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in triage(small_incident, policy,
+                                                                                      workers=1).messages}
+    # a duplicate of the whole snapshot's event writes no new part and parses nothing twice
+    rec = _rec(home, whole, "again")
+    assert not invoke("parse", [rec]).failed
+    assert sorted(store.list("incoming/big/mx1/")) == incoming
+
+
 def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, policy):
     from functions.triage_incident import claim_key, triage_incident
 
