@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -276,9 +278,28 @@ def _source_reports(records: Sequence[ParsedRecord], ctxs: Sequence[Context],
             for ip in ranked if spam[ip]]
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Triage allocates millions of small acyclic objects; the cyclic collector would walk them all
+    again and again for nothing (a fifth of the run). It runs once, at the end, instead."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def triage(source: str | Path, policy: SitePolicy, fmt: str | None = None, incident: str | None = None,
            progress: Progress = _noop, workers: int | None = None) -> Manifest:
     """Read a snapshot and return its manifest."""
+    with paused_gc():
+        return _triage(source, policy, fmt, incident, progress, workers)
+
+
+def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
+            progress: Progress, workers: int | None) -> Manifest:
     report = ArchiveReport()
     name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
     records = parse_all(found, policy, progress=progress, workers=workers)
