@@ -126,6 +126,13 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     for i, lab in enumerate(labels):
         groups[int(lab)].append(i)
     big = sorted((g for g in groups.values() if len(g) >= th.campaign_min_size), key=lambda g: (-len(g), g[0]))
+    # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
+    # Releasing the rest bounds memory at a million messages (records are this step's own).
+    keep = {i for g in big for i in g[:200]}
+    for i, r in enumerate(records):
+        if i not in keep:
+            r.text = ""
+        r.received = []
     campaign_of: dict[int, int] = {}
     for cid, members in enumerate(big, 1):
         for i in members:
