@@ -165,7 +165,8 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         if r.envelope_inferred:
             d.reasons.append(R("envelope_inferred", "envelope fields read from headers: "
                                + ", ".join(r.envelope_inferred), "info"))
-        messages.append(ManifestMessage(
+        # every value here comes from validated models: construct without validating them again
+        messages.append(ManifestMessage.model_construct(
             id=r.id, path=r.path, sha256=r.sha256, size=r.size, format=r.format, queue_id=r.envelope.queue_id,
             queue_name=r.envelope.queue_name, envelope=r.envelope, subject=r.subject, from_header=r.from_header,
             message_id=r.message_id, campaign=camp, verdict=d.verdict, confidence=round(d.confidence, 3),
