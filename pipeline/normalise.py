@@ -15,7 +15,7 @@ _VARIABLE = re.compile(r"\b(?:\d\w*|(?=[a-z_]*\d)\w{5,}|[bcdfghjklmnpqrstvwxz]{6
 _PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^`{|}~\u00a0\u200b"})
 
 # The first few KB of text decide which run a message belongs to; reading further only costs time.
-MAX_TEXT = 3000
+MAX_TEXT = 1500
 
 
 def html_to_text(s: str) -> str:
