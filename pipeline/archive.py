@@ -9,7 +9,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from pipeline.errors import ArchiveLimitExceeded, SnapshotError
@@ -42,10 +42,9 @@ class ArchiveReport:
 
 
 def unsafe_name(name: str) -> str | None:
-    p = PurePosixPath(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
-    if ".." in p.parts:
+    if ".." in name.split("/"):
         return "path escapes the archive ('..')"
     if "\x00" in name:
         return "NUL in name"

@@ -7,11 +7,35 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer, TfidfTransformer
 from sklearn.pipeline import Pipeline
 
-_PLACEHOLDERS = {"zurlz", "zemailz", "znumz", "ztokz"}
+_PLACEHOLDERS = {"zurlz", "ztokz"}
+
+
+class SharedTerms(TransformerMixin, BaseEstimator):
+    """Drop terms seen in fewer than `min_df` texts: a per-copy hash-buster is rare by design, and
+    left in, TF-IDF would weigh it most of all and pull copies of one run apart."""
+
+    def __init__(self, min_df: int = 2) -> None:
+        self.min_df = min_df
+
+    def fit(self, X: sp.spmatrix, y: object = None, weights: np.ndarray | None = None) -> SharedTerms:
+        present = sp.csr_matrix(X) > 0
+        if weights is not None:  # rows stand for `weights` identical copies each
+            present = sp.diags(np.asarray(weights, dtype=np.float64)) @ present
+        df = np.asarray(present.sum(axis=0)).ravel()
+        self.keep_ = np.flatnonzero(df >= self.min_df)
+        return self
+
+    def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
+        X = sp.csr_matrix(X)
+        mask = np.zeros(X.shape[1], dtype=bool)
+        mask[self.keep_] = True
+        out = sp.csr_matrix(X.multiply(mask[np.newaxis, :]))
+        out.eliminate_zeros()  # TF-IDF's sublinear log must not see explicit zeros
+        return out
 
 
 class CampaignClusterer(ClusterMixin, BaseEstimator):
@@ -23,8 +47,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, threshold: float = 0.6, n_features: int = 2**20, batch_size: int = 1024,
-                 ngram_range: tuple[int, int] = (1, 2)) -> None:
+                 ngram_range: tuple[int, int] = (1, 2), min_df: int = 2) -> None:
         self.threshold = threshold
+        self.min_df = min_df
         self.n_features = n_features
         self.batch_size = batch_size
         self.ngram_range = ngram_range
@@ -34,8 +59,12 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             ("hash", HashingVectorizer(n_features=self.n_features, alternate_sign=False, norm=None,
                                        ngram_range=self.ngram_range, stop_words="english",
                                        dtype=np.float32)),
+            ("shared", SharedTerms(min_df=self.min_df)),
             ("tfidf", TfidfTransformer(sublinear_tf=True)),
         ])
+
+    def _batches(self, n: int) -> range:
+        return range(0, n, self.batch_size)
 
     def fit(self, X: Sequence[str], y: object = None) -> CampaignClusterer:
         texts = list(X)
@@ -44,21 +73,34 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         for i, t in enumerate(texts):
             inverse[i] = unique.setdefault(t, len(unique))
         utexts = list(unique)
-        self.pipeline_ = self._make_pipeline()
+        del unique
+        self.pipeline_ = pipe = self._make_pipeline()
         if not utexts:
             self.labels_ = np.empty(0, dtype=np.int64)
             self.leaders_ = sp.csr_matrix((0, self.n_features), dtype=np.float32)
             return self
-        V = self.pipeline_.fit_transform(utexts).astype(np.float32).tocsr()
-        ulabels = np.full(V.shape[0], -1, dtype=np.int64)
+        copies = np.bincount(inverse, minlength=len(utexts)).astype(np.float64)
+        # Pass 1: document frequencies, batch by batch, weighted by copies (the hashing step is
+        # stateless, so the whole matrix never has to exist at once: memory stays flat at 1M).
+        hasher = pipe.named_steps["hash"]
+        df = np.zeros(self.n_features, dtype=np.float64)
+        for start in self._batches(len(utexts)):
+            present = (hasher.transform(utexts[start:start + self.batch_size]) > 0).astype(np.float64)
+            df += present.T @ copies[start:start + self.batch_size]
+        shared = pipe.named_steps["shared"]
+        shared.keep_ = np.flatnonzero(df >= self.min_df)
+        total = copies.sum()
+        tfidf = pipe.named_steps["tfidf"]
+        tfidf.idf_ = (np.log((1 + total) / (1 + df)) + 1).astype(np.float32)
+        # Pass 2: vectorise a batch, join it to an earlier leader or make new ones.
+        ulabels = np.full(len(utexts), -1, dtype=np.int64)
         leader_rows: list[int] = []
-        leaders = sp.csr_matrix((0, V.shape[1]), dtype=np.float32)
-        for start in range(0, V.shape[0], self.batch_size):
-            B = V[start:start + self.batch_size]
+        blocks: list[sp.csr_matrix] = []
+        leaders = sp.csr_matrix((0, self.n_features), dtype=np.float32)
+        for start in self._batches(len(utexts)):
+            B = pipe.transform(utexts[start:start + self.batch_size]).astype(np.float32).tocsr()
             if leaders.shape[0]:
-                S = (B @ leaders.T).toarray()
-                best = S.argmax(axis=1)
-                ok = S[np.arange(S.shape[0]), best] >= self.threshold
+                best, ok = self._nearest(B, leaders)
                 ulabels[start:start + B.shape[0]][ok] = best[ok]
             todo = np.flatnonzero(ulabels[start:start + B.shape[0]] < 0)
             if todo.size:
@@ -73,21 +115,29 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
                         new_leaders.append(k)
                     else:
                         ulabels[start + i] = ulabels[start + int(todo[hit])]
-                leaders = sp.vstack([leaders, Bn[new_leaders]]).tocsr()
+                blocks.append(Bn[new_leaders])
+                leaders = sp.vstack(blocks).tocsr() if len(blocks) > 1 else blocks[0]
         self.leaders_ = leaders
         self.labels_ = ulabels[inverse]
         return self
 
+    def _nearest(self, B: sp.csr_matrix, leaders: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        S = (B @ leaders.T).tocsr()
+        best = np.asarray(S.argmax(axis=1)).ravel()
+        top = np.asarray(S.max(axis=1).todense()).ravel()
+        return best, top >= self.threshold
+
     def predict(self, X: Sequence[str]) -> np.ndarray:
         """The leader each text is `threshold`-similar to, or -1."""
         texts = list(X)
+        out = np.full(len(texts), -1, dtype=np.int64)
         if not texts or self.leaders_.shape[0] == 0:
-            return np.full(len(texts), -1, dtype=np.int64)
-        V = self.pipeline_.transform(texts).astype(np.float32)
-        S = (V @ self.leaders_.T).toarray()
-        best = S.argmax(axis=1)
-        ok = S[np.arange(S.shape[0]), best] >= self.threshold
-        return np.where(ok, best, -1)
+            return out
+        for start in self._batches(len(texts)):
+            V = self.pipeline_.transform(texts[start:start + self.batch_size]).astype(np.float32).tocsr()
+            best, ok = self._nearest(V, self.leaders_)
+            out[start:start + V.shape[0]] = np.where(ok, best, -1)
+        return out
 
 
 def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
@@ -96,10 +146,10 @@ def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
 
 
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
-    """Words that most members of a group share, commonest first."""
+    """Words that at least half the members of a group share, commonest first."""
     df: Counter[str] = Counter()
     sample = list(texts)[:200]
     for t in sample:
         df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
                    and w not in _PLACEHOLDERS and not w.isdigit()})
-    return [w for w, _ in df.most_common(k)]
+    return [w for w, c in df.most_common(k) if c * 2 >= len(sample)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import email
 import email.errors
 import re
+from collections.abc import Callable
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
 
 from pipeline.models import Envelope, ParsedRecord, ReceivedHop
 from pipeline.normalise import html_to_text, normalise
@@ -30,14 +32,29 @@ _ORIG_MARK = re.compile(r"(?im)^[-\s]*(original message|the original message|bel
 _MAX_PARTS = 200
 
 
+def _unescape_8bit(s: str) -> str:
+    """Raw 8-bit header bytes (surrogate-escaped by the parser) read as UTF-8, else Windows-1252."""
+    if s.isascii() or not any("\udc80" <= ch <= "\udcff" for ch in s):
+        return s
+    raw = s.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
 def _header(msg: Message, name: str) -> str:
-    v = msg.get(name)
+    lname = name.lower()
+    # raw_items keeps 8-bit bytes (surrogate-escaped); get() would have replaced them already
+    v = next((val for key, val in msg.raw_items() if key.lower() == lname), None)
     if v is None:
         return ""
+    s = _unescape_8bit(str(v))
     try:
-        return str(make_header(decode_header(str(v)))).replace("\r", " ").replace("\n", " ").strip()
+        s = str(make_header(decode_header(s)))
     except (email.errors.HeaderParseError, LookupError, ValueError, UnicodeError, TypeError):
-        return str(v).replace("\n", " ").strip()
+        pass
+    return s.replace("\r", " ").replace("\n", " ").strip()
 
 
 def _decode(part: Message) -> str:
@@ -56,23 +73,25 @@ def _decode(part: Message) -> str:
 
 def parse_received(value: str) -> ReceivedHop:
     value = " ".join(value.split())
-    hop = ReceivedHop()
+    from_name = from_ip = by = protocol = auth_user = None
+    authenticated = False
     if m := _RCVD_FROM.match(value):
-        hop.from_name = m.group(1)
+        from_name = m.group(1)
         if m.group(2) and (ip := _RCVD_IP.search(m.group(2))):
-            hop.from_ip = ip.group(1)
-    if hop.from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
-        hop.from_ip = ip.group(1)
+            from_ip = ip.group(1)
+    if from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
+        from_ip = ip.group(1)
     if m := _RCVD_BY.search(value):
-        hop.by = m.group(1).lower()
+        by = m.group(1).lower()
     if m := _RCVD_WITH.search(value):
-        hop.protocol = m.group(1).upper()
+        protocol = m.group(1).upper()
     if m := _RCVD_AUTH.search(value):
-        hop.authenticated = True
-        hop.auth_user = m.group(1) or m.group(2)
-    elif hop.protocol and hop.protocol.endswith("A"):
-        hop.authenticated = True
-    return hop
+        authenticated = True
+        auth_user = m.group(1) or m.group(2)
+    elif protocol and protocol.endswith("A"):
+        authenticated = True
+    return ReceivedHop(from_name=from_name, from_ip=from_ip, by=by, protocol=protocol, authenticated=authenticated,
+                       auth_user=auth_user)
 
 
 def _walk(msg: Message) -> list[Message]:
@@ -88,20 +107,26 @@ def _walk(msg: Message) -> list[Message]:
     return parts
 
 
-def _mailparser_defects(data: bytes) -> list[str]:
-    """mail-parser's view of a message the fast path found defective: categories and headers."""
+def _mailparser_rescue(data: bytes) -> tuple[str, list[str]]:
+    """mail-parser's reading of a message both faster parsers left without text: (text, defects).
+
+    Its defect categories are the standard library's, so it is worth its cost only here, where a
+    message would otherwise go to campaign grouping with no text at all.
+    """
     try:
         import mailparser
     except ImportError:
-        return []
+        return "", []
     try:
         mp = mailparser.parse_from_bytes(data)
-        return sorted({str(c) for c in (mp.defects_categories or [])})
     except Exception as e:  # noqa: BLE001 - a parser crash is itself the defect to report
-        return [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
+        return "", [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
+    text = "\n".join(mp.text_plain or []) or html_to_text("\n".join(mp.text_html or []))
+    return text, sorted({str(c) for c in (mp.defects_categories or [])})
 
 
 def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
+    """The fast parser for clean messages; the standard library and mail-parser where it matters."""
     raw = found.raw
     env = raw.envelope
     defects = list(raw.defects)
@@ -109,6 +134,15 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
                        envelope=env, defects=defects)
     if found.data is None:
         return rec
+    if _fast is not None:
+        saved = env.model_copy()
+        try:
+            _fill_fast(rec, _fast(found.data), policy)
+            return rec
+        except Exception:  # noqa: BLE001, S110 - whatever the fast parser refuses, the careful path reads
+            pass
+        rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
+                           envelope=saved, defects=list(raw.defects))
     try:
         msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
     except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
@@ -120,6 +154,93 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
     except Exception as e:  # noqa: BLE001
         rec.defects.append(f"parse error: {type(e).__name__}: {e}"[:300])
     return rec
+
+
+def _load_fast() -> Callable[[bytes], Any] | None:
+    try:
+        from fast_mail_parser import parse_email
+    except ImportError:
+        return None
+    return parse_email
+
+
+_fast = _load_fast()
+_ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers", "message/delivery-status")
+
+
+def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy) -> None:
+    """Fill from fast-mail-parser; what it raises on goes down the careful path instead."""
+    heads: dict[str, list[str]] = {}
+    for k, vals in mail.headers.items():
+        heads.setdefault(k.lower(), []).extend(vals)
+
+    def first(name: str) -> str:
+        v = heads.get(name)
+        return v[0] if v else ""
+
+    ctype = (first("content-type").split(";", 1)[0].strip().lower() or "text/plain")
+    subject = (mail.subject or "").replace("\r", " ").replace("\n", " ").strip()
+    from_header = first("from").replace("\n", " ").strip()
+    env = rec.envelope
+    sender = env.mail_from or ""
+    rec.bounce = bool((env.mail_from == "" or _BOUNCE_SENDER.search(from_header) or _BOUNCE_SENDER.search(sender))
+                      and (ctype == "multipart/report" or _BOUNCE_SUBJECT.search(subject)))
+    rec.subject = subject[:2000]
+    rec.from_header = from_header[:500]
+    rec.to_header = first("to").replace("\n", " ").strip()[:500]
+    rec.message_id = first("message-id").strip()[:500] or None
+    if d := first("date"):
+        try:
+            rec.date = parsedate_to_datetime(d)
+        except (TypeError, ValueError, IndexError):
+            pass
+    rec.content_type = ctype
+    rec.list_unsubscribe = "list-unsubscribe" in heads
+    rec.precedence_bulk = first("precedence").strip().lower() in ("bulk", "list", "junk")
+    rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
+    _fill_received(rec, heads.get("received", []), policy)
+    rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in mail.attachments][:200]
+    if mail.text_plain:
+        body = mail.text_plain[0]
+    elif mail.text_html:
+        body = html_to_text(mail.text_html[0])
+    else:
+        body = ""
+    if rec.bounce:
+        _fast_bounced_original(rec, mail, body)
+    # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
+    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    if mail.warnings:
+        # the parser repaired something (its warnings name the stdlib's defects): say what
+        rec.defects.extend(f"mime: {k}" for k in sorted({str(getattr(w, "kind", "warning")) for w in mail.warnings}))
+    _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
+
+
+def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
+    orig = next((a for a in mail.attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
+    if orig is None:
+        if m := _ORIG_MARK.search(body):
+            rec.bounced_original_text = normalise("", body[m.end():])
+        return
+    assert _fast is not None
+    raw = bytes(orig.content)
+    try:
+        inner = _fast(raw)
+    except Exception:  # noqa: BLE001 - the quoted spam is often broken; the standard library reads it
+        _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
+        return
+    ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
+    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    obody = inner.text_plain[0] if inner.text_plain else html_to_text(inner.text_html[0]) if inner.text_html else ""
+    rec.bounced_original_text = normalise(inner.subject or "", obody)
+
+
+def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
+    rec.received = [parse_received(str(v)) for v in values[:30]]
+    for hop in rec.received:
+        if policy.is_our_host(hop.by):
+            rec.our_hop = hop
+            break
 
 
 def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> None:
@@ -139,12 +260,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     auto = (msg.get("Auto-Submitted") or "no").lower()
     rec.auto_submitted = auto.strip() != "no"
 
-    hops = [parse_received(str(v)) for v in (msg.get_all("Received") or [])[:30]]
-    rec.received = hops
-    for hop in hops:
-        if policy.is_our_host(hop.by):
-            rec.our_hop = hop
-            break
+    _fill_received(rec, msg.get_all("Received") or [], policy)
 
     parts = _walk(msg)
     plain, htmltext = "", ""
@@ -169,7 +285,9 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     body = plain or htmltext
     if defects:
         rec.defects.extend(f"mime: {d}" for d in sorted(defects))
-        rec.defects.extend(f"mime: mail-parser {c}" for c in _mailparser_defects(data) if c not in defects)
+        if not body.strip():
+            body, more = _mailparser_rescue(data)
+            rec.defects.extend(f"mime: mail-parser {c}" for c in more if c not in defects)
 
     env = rec.envelope
     sender = (env.mail_from if env.mail_from is not None else "") or ""
@@ -179,51 +297,61 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     )
     if rec.bounce:
         if original is not None:
-            osub = _header(original, "Subject")
-            ofrom = getaddresses([str(original.get("From") or "")])
-            rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
-            obody = ""
-            if not original.is_multipart() or original.get_content_type().startswith("text/"):
-                obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(
-                    _decode(original))
-            else:
-                for op in _walk(original):
-                    if op.get_content_type() == "text/plain":
-                        obody = _decode(op)
-                        break
-                    if op.get_content_type() == "text/html":
-                        obody = html_to_text(_decode(op))
-                        break
-            rec.bounced_original_text = normalise(osub, obody)
+            _bounced_from_message(rec, original)
         elif m := _ORIG_MARK.search(body):
             rec.bounced_original_text = normalise("", body[m.end():])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text or normalise(rec.subject, body)
-    _infer_envelope(rec, msg)
+    _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 
 
-def _infer_envelope(rec: ParsedRecord, msg: Message) -> None:
+def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> None:
     """Fill what the MTA did not tell us from the headers and our own Received hop, and say so."""
     env = rec.envelope
     inferred: list[str] = []
     if env.mail_from is None:
-        rp = getaddresses([str(msg.get("Return-Path") or "")])
-        if rp and (rp[0][1] or str(msg.get("Return-Path") or "").strip() == "<>"):
+        rpath = (get_all("Return-Path") or [""])[0]
+        rp = getaddresses([rpath])
+        if rp and (rp[0][1] or rpath.strip() == "<>"):
             env.mail_from = rp[0][1].lower()
             inferred.append("mail_from")
     if not env.rcpt_to and not env.done_rcpt_to:
-        heads = [str(v) for h in ("To", "Cc") for v in (msg.get_all(h) or [])]
+        heads = [v for h in ("To", "Cc") for v in get_all(h)]
         env.rcpt_to = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
         if env.rcpt_to:
             inferred.append("rcpt_to")
-    if env.client_address is None and rec.our_hop and rec.our_hop.from_ip:
-        env.client_address = rec.our_hop.from_ip
-        env.client_name = env.client_name or rec.our_hop.from_name
-        inferred.append("client_address")
-    if env.sasl_username is None and rec.our_hop and rec.our_hop.authenticated:
-        env.sasl_username = rec.our_hop.auth_user or "(authenticated)"
-        inferred.append("sasl_username")
+    hop, how = rec.our_hop, ""
+    if hop is None and rec.received and rec.format == "eml":
+        # a message in our queue folder was received by us: when server_names does not name the
+        # hop (IIS often writes a NetBIOS name), the topmost Received is the best guess, and we say so
+        hop, how = rec.received[0], " (topmost Received; add its 'by' name to server_names)"
+    if env.client_address is None and hop and hop.from_ip:
+        env.client_address = hop.from_ip
+        env.client_name = env.client_name or hop.from_name
+        inferred.append("client_address" + how)
+    if env.sasl_username is None and hop and hop.authenticated:
+        env.sasl_username = hop.auth_user or "(authenticated)"
+        inferred.append("sasl_username" + how)
     rec.envelope_inferred = inferred
+
+
+def _bounced_from_message(rec: ParsedRecord, original: Message) -> None:
+    """Subject, sender and text of the message a bounce quotes, read with the standard library."""
+    osub = _header(original, "Subject")
+    ofrom = getaddresses([str(original.get("From") or "")])
+    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    obody = ""
+    if not original.is_multipart() or original.get_content_type().startswith("text/"):
+        obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(_decode(original))
+    else:
+        for op in _walk(original):
+            if op.get_content_type() == "text/plain":
+                obody = _decode(op)
+                break
+            if op.get_content_type() == "text/html":
+                obody = html_to_text(_decode(op))
+                break
+    rec.bounced_original_text = normalise(osub, obody)
 
 
 def _original_from(p: Message) -> Message | None:

@@ -68,9 +68,21 @@ class SitePolicy(BaseModel):
     def _nets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
 
+    @cached_property
+    def _trust_cache(self) -> dict[str, bool]:
+        return {}
+
     def is_trusted(self, ip: str | None) -> bool:
+        """In trusted_networks or one of server_ips; remembered, since a botnet of a few hundred
+        addresses fills a queue of thousands."""
         if not ip:
             return False
+        hit = self._trust_cache.get(ip)
+        if hit is None:
+            hit = self._trust_cache[ip] = self._is_trusted(ip)
+        return hit
+
+    def _is_trusted(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
         except ValueError:

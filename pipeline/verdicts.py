@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.models import ParsedRecord, Reason, Verdict
-from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
 
@@ -57,8 +56,11 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
     if ip in ("", "unknown"):
         ip = None
     trusted = policy.is_trusted(ip)
+    # Mail submitted on the host itself (Postfix pickup, `exim -bm`, sendmail's command line) has no
+    # client address in the queue file and, at most, a Received hop of ours with no "from" part.
     local_queue = (env.queue_name in ("maildrop",) or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
-                   or (ip is None and rec.our_hop is None and rec.format in ("postfix", "exim", "sendmail")))
+                   or (ip is None and (rec.our_hop is None or rec.our_hop.from_ip is None)
+                       and rec.format in ("postfix", "exim", "sendmail", "canonical")))
     rcpts = env.rcpt_to or env.done_rcpt_to
     local = [r for r in rcpts if policy.is_local_address(r)]
     external = [r for r in rcpts if not policy.is_local_address(r) and not policy.is_relay_domain(r)]
@@ -69,7 +71,8 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         trusted=trusted,
         local_origin=trusted or local_queue,
         authenticated=bool(env.sasl_username),
-        auth_known=rec.format in ("canonical", "postfix", "exim") and "sasl_username" not in rec.envelope_inferred,
+        auth_known=rec.format in ("canonical", "postfix", "exim") and not any(
+            f.startswith("sasl_username") for f in rec.envelope_inferred),
         account=env.sasl_username or None,
         sender_local=policy.is_local_address(env.mail_from),
         null_sender=env.mail_from == "",
@@ -84,6 +87,7 @@ class Decision:
     verdict: Verdict
     confidence: float
     reasons: list[Reason] = field(default_factory=list)
+    accounts: set[str] = field(default_factory=set)  # accounts this decision implicates
 
 
 def R(code: str, text: str, weight: str = "info") -> Reason:  # noqa: N802 - reads like a constructor
@@ -108,7 +112,6 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
                       policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
     """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages)."""
     n = len(members)
-    th = policy.thresholds
     relayed = sum(1 for i in members if ctxs[i].relayed)
     forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
     bounces_out = sum(1 for i in members if recs[i].bounce and ctxs[i].external_rcpts and not ctxs[i].local_rcpts)
@@ -128,27 +131,7 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
             R("backscatter_campaign", f"{bounces_out} of {n} are our bounces to external addresses quoting "
               "the same message: backscatter to forged senders", "spam")])
     if authed and len(authed) >= 0.5 * n:
-        accounts = Counter(ctxs[i].account for i in authed)
-        account, _ = accounts.most_common(1)[0]
-        prof = profiles.get(account or "")
-        a_ips = {ctxs[i].client_ip for i in authed if ctxs[i].client_ip and not ctxs[i].trusted}
-        senders = Counter(addr_domain(recs[i].envelope.mail_from) for i in authed)
-        nonlocal_senders = sum(c for d, c in senders.items() if not policy.is_local_domain(d))
-        if len(a_ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(authed) or len(accounts) > 3:
-            return Decision(Verdict.spam, 0.9, [
-                R("stolen_account", f"authenticated bulk through account {account!r} from {len(a_ips)} client IPs"
-                  f" outside trusted networks, {nonlocal_senders} with a non-local sender: unlike a newsletter,"
-                  " like a stolen password", "spam")])
-        bulk_marks = sum(1 for i in authed if recs[i].list_unsubscribe or recs[i].precedence_bulk)
-        known_ip = prof is not None and (not a_ips or bool(a_ips & prof.normal_ips))
-        if bulk_marks >= 0.5 * len(authed) or known_ip or len(a_ips) <= 1:
-            return Decision(Verdict.valid, 0.9 if bulk_marks else 0.8, [
-                R("authenticated_bulk", f"bulk from authenticated local account {account!r} through "
-                  f"{max(1, len(a_ips))} client IP(s), local sender"
-                  + (", with List-Unsubscribe/Precedence: a newsletter" if bulk_marks else ""), "valid")])
-        return Decision(Verdict.review, 0.5, [
-            R("authenticated_bulk_unclear", f"bulk through account {account!r} from {len(a_ips)} client IPs; "
-              "cannot tell a newsletter from a stolen password", "review")])
+        return _authenticated_bulk(authed, recs, ctxs, policy, profiles)
     if len(trusted_plain) >= 0.5 * n:
         return Decision(Verdict.valid, 0.85, [
             R("trusted_bulk", f"{len(trusted_plain)} of {n} submitted from trusted networks or locally", "valid")])
@@ -157,6 +140,45 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
             R("inbound_bulk", f"{inbound} of {n} are inbound to local recipients and none relayed: "
               "mail for our own users (a list or newsletter they receive)", "valid")])
     return Decision(Verdict.review, 0.4, [R("campaign_unclear", "a campaign with no clear origin", "review")])
+
+
+def _authenticated_bulk(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                        policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
+    """A newsletter and a stolen password look alike in size; they differ in where they come from.
+
+    An account is implicated when its own copies in this campaign (at least campaign_min_size) come
+    from many client IPs outside trusted networks, or mostly carry a non-local envelope sender.
+    """
+    th = policy.thresholds
+    by_account: dict[str, list[int]] = {}
+    for i in authed:
+        by_account.setdefault(ctxs[i].account or "", []).append(i)
+    bad: dict[str, str] = {}
+    for account, idx in by_account.items():
+        if len(idx) < th.campaign_min_size:
+            continue
+        ips = {ctxs[i].client_ip for i in idx if ctxs[i].client_ip and not ctxs[i].trusted}
+        nonlocal_senders = sum(1 for i in idx if not policy.is_local_address(recs[i].envelope.mail_from))
+        if len(ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(idx):
+            bad[account] = (f"account {account!r}: {len(idx)} copies from {len(ips)} client IPs outside trusted "
+                            f"networks, {nonlocal_senders} with a non-local sender")
+    if bad:
+        return Decision(Verdict.spam, 0.9, [R("stolen_account", "authenticated bulk unlike a newsletter, like a "
+                                              "stolen password: " + "; ".join(bad.values()), "spam")],
+                        accounts=set(bad))
+    account, idx = max(by_account.items(), key=lambda kv: len(kv[1]))
+    prof = profiles.get(account)
+    a_ips = {ctxs[i].client_ip for i in idx if ctxs[i].client_ip and not ctxs[i].trusted}
+    bulk_marks = sum(1 for i in authed if recs[i].list_unsubscribe or recs[i].precedence_bulk)
+    known_ip = prof is not None and (not a_ips or bool(a_ips & prof.normal_ips))
+    if bulk_marks >= 0.5 * len(authed) or known_ip or len(a_ips) <= 2 or len(by_account) > 1:
+        return Decision(Verdict.valid, 0.9 if bulk_marks else 0.8, [
+            R("authenticated_bulk", f"near-identical mail from {len(by_account)} authenticated local account(s), "
+              f"mostly {account!r} through {max(1, len(a_ips))} client IP(s), local sender"
+              + (", with List-Unsubscribe/Precedence: a newsletter" if bulk_marks else ""), "valid")])
+    return Decision(Verdict.review, 0.5, [
+        R("authenticated_bulk_unclear", f"bulk through account {account!r} from {len(a_ips)} client IPs; "
+          "cannot tell a newsletter from a stolen password", "review")])
 
 
 def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign: Decision | None,
@@ -191,7 +213,9 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
         if campaign.verdict is not Verdict.review:
             return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
         reasons.extend(campaign.reasons)
-    if c.relayed:
+    # A local sender from outside without AUTH may be spoofed, or one of our own users whose client
+    # never authenticated because the server never asked: outside a spam campaign, a human decides.
+    if c.relayed and not c.sender_local:
         extra = "" if c.auth_known else " (authentication not recorded by this queue format)"
         return Decision(Verdict.spam, 0.9 if c.auth_known else 0.8, [*reasons, R(
             "relayed", f"relayed: sender and all recipients non-local, client {c.client_ip} not trusted, "
@@ -206,9 +230,9 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
             return Decision(Verdict.review, 0.5, [*reasons, R(
                 "compromised_account", f"account {c.account!r} is compromised; this message came from "
                 f"{c.client_ip}, not one of the attacker's IPs", "review")])
+        from_header = any(f.startswith("sasl_username") for f in rec.envelope_inferred)
         return Decision(Verdict.valid, 0.9, [*reasons, R(
-            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if
-                                                                   "sasl_username" in rec.envelope_inferred else ""),
+            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if from_header else ""),
             "valid")])
     if c.forged_local:
         return Decision(Verdict.review, 0.5, [*reasons, R(

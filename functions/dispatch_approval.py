@@ -1,0 +1,105 @@
+"""dispatch_approval: approvals/<incident>/<id>.json -> signed instructions on the host's channel.
+
+An SQS message holds at most 256 KiB, so a big approval becomes several instructions, each signed,
+each a disjoint part of the replay and purge lists, ids <instruction-id>-0001, -0002, ...
+Each is first written once to instructions/<host>/<id>.json; a duplicate or retried event
+re-sends that same copy (same bytes, same dedup id), never a newly signed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from functools import cache
+
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
+
+from functions.common import Powertools, key_parts
+from functions.errors import NotReady, PoisonEvent
+from functions.events import ObjectRef
+from functions.root import build_channel, build_store, signing_key
+from functions.settings import DispatchSettings, load
+from pipeline import queues
+from pipeline.instructions import (
+    Approval,
+    ApprovedMessage,
+    Instruction,
+    SignedInstruction,
+    instruction_from_approval,
+    sign,
+)
+from pipeline.store import Channel, Store
+
+pt = Powertools("dispatch")
+MAX_BODY = 250_000  # SQS's limit is 262,144 bytes; leave room for the envelope
+
+
+def split(ins: Instruction, budget: int = MAX_BODY) -> list[Instruction]:
+    """Cut an instruction into parts whose signed JSON fits one SQS message (replays first)."""
+    items = [("replay", m) for m in ins.replay] + [("purge", m) for m in ins.purge]
+    parts: list[list[tuple[str, ApprovedMessage]]] = [[]]
+    size = 0
+    for kind, m in items:
+        # the size it takes inside the signed body, where the payload is a JSON string escaped again
+        n = len(json.dumps(m.model_dump_json(), ensure_ascii=False)) + 1
+        if parts[-1] and size + n > budget - 2_000:
+            parts.append([])
+            size = 0
+        parts[-1].append((kind, m))
+        size += n
+    if len(parts) == 1:
+        return [ins]
+    return [ins.model_copy(update={"instruction_id": f"{ins.instruction_id}-{i:04d}",
+                                   "replay": [m for k, m in part if k == "replay"],
+                                   "purge": [m for k, m in part if k == "purge"]})
+            for i, part in enumerate(parts, 1)]
+
+
+def dispatch(store: Store, channel: Channel, key: str, private_pem: bytes, key_id: str,
+             ttl: timedelta = timedelta(hours=48), now: datetime | None = None, budget: int = MAX_BODY) -> str:
+    incident, name = key.split("/")[1:]
+    try:
+        approval = Approval.model_validate_json(store.get(key))
+    except ValidationError as e:
+        raise PoisonEvent(f"{key}: not an approval: {str(e).splitlines()[0]}") from None
+    if approval.incident != incident or f"{approval.approval_id}.json" != name:
+        raise PoisonEvent(f"{key}: names incident {approval.incident!r}, approval {approval.approval_id!r}")
+    mkey = queues.manifest_key(incident)
+    if not store.exists(mkey):
+        raise NotReady(f"{mkey} (approval {approval.approval_id})")
+    if hashlib.sha256(store.get(mkey)).hexdigest() != approval.manifest_sha256:
+        raise PoisonEvent(f"{key}: approves a manifest other than {mkey}'s current one; review again")
+    whole = instruction_from_approval(approval, issued_at=now or datetime.now(UTC), ttl=ttl)
+    parts = split(whole, budget)
+    for ins in parts:
+        ikey = queues.instruction_key(approval.host, ins.instruction_id)
+        body = sign(ins, private_pem, key_id).model_dump_json()
+        if len(body) > budget:
+            raise PoisonEvent(f"{key}: instruction {ins.instruction_id} is {len(body)} bytes, over {budget}")
+        if not store.put_if_absent(ikey, body.encode()):
+            body = SignedInstruction.model_validate_json(store.get(ikey)).model_dump_json()
+        channel.send(approval.host, body, dedup_id=ins.instruction_id)
+    pt.metrics.add_metric(name="InstructionsSent", unit="Count", value=len(parts))
+    return (f"instruction {whole.instruction_id} in {len(parts)} part(s) ({len(whole.replay)} replay, "
+            f"{len(whole.purge)} purge) -> {approval.host}")
+
+
+@cache
+def deps() -> tuple[DispatchSettings, Store, Channel, bytes, str]:
+    s = load(DispatchSettings)
+    pem, kid = signing_key(s)
+    return s, build_store(s), build_channel(s), pem, kid
+
+
+def on_object(ref: ObjectRef, record: SQSRecord) -> str:
+    s, store, channel, pem, kid = deps()
+    key_parts(ref, queues.APPROVALS, 2)
+    return dispatch(store, channel, ref.key, pem, kid, timedelta(hours=s.ttl_hours))
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    deps()  # cold start: fail fast on bad settings
+handler = pt.handler(on_object)

@@ -1,0 +1,171 @@
+"""`spoolsweep up | upload | approve | keys init`: the whole pipeline on one machine, no cloud account."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spoolsweep.console_out import err, fail, out
+
+StoreOpt = Annotated[str, typer.Option("--store", envvar="SPOOLSWEEP_HOME",
+                                       help="the store: a directory (embedded default) or s3://bucket")]
+_DEFAULT = "spoolsweep-store"  # the agent (`spoolsweep agent run`) defaults to the same
+
+keys_app = typer.Typer(no_args_is_help=True, help="The Ed25519 key instructions are signed with.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(upload)
+    app.command()(approve)
+    app.add_typer(keys_app, name="keys")
+
+
+def _store(store: str):  # type: ignore[no-untyped-def]
+    from functions.root import build_store
+    from functions.settings import Common
+
+    return build_store(Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL")))
+
+
+def up(
+    store: StoreOpt = _DEFAULT,
+    policy: Annotated[Path | None, typer.Option(help="site policy (TOML), copied into the store")] = None,
+    once: Annotated[bool, typer.Option("--once", help="handle what is pending, then exit")] = False,
+    workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
+    interval: Annotated[float, typer.Option(help="seconds between looks at the store")] = 0.5,
+    step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
+                                                        "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
+) -> None:
+    """Run the pipeline on this machine: watch STORE/incoming/ and drive every snapshot to a manifest.
+
+    Each new object gets the event S3 and SQS would send, handed to the same Lambda handlers;
+    what is done is journaled in STORE/.runner/, so a restart resumes where it stopped.
+    """
+    from functions.embedded import configure, key_paths, keys_init, put_policy
+    from functions.runner import LocalRunner
+    from pipeline.errors import SpoolsweepError
+
+    root = Path(store)
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    if store.startswith("s3://"):
+        _up_on_queues(store, once, interval, step or [])
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if policy is not None:
+            put_policy(_store(store), policy.read_bytes())
+        if not key_paths(root)[0].exists():
+            pub, kid = keys_init(root)
+            err.print(f"new signing key {kid}; agents verify with {pub}")
+        configure(root, workers)
+    except (SpoolsweepError, OSError) as e:
+        fail(str(e))
+
+    def show(step: str, key: str, result: str) -> None:
+        out.print(f"{step:<9} {key}  [{'green' if result == 'ok' else 'red'}]{result}[/]", highlight=False)
+
+    runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show)
+    if once:
+        runner.run_until_idle()
+    else:
+        stopping: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+        err.print(f"watching {root / 'incoming'} (Ctrl-C to stop)")
+        try:
+            runner.serve(lambda: bool(stopping), interval)
+        except KeyboardInterrupt:
+            pass
+    for d in runner.dead():
+        err.print(f"[red]dead letter[/] {d['step']}: {d['reason']}")
+
+
+def _up_on_queues(store: str, once: bool, interval: float, steps: list[str]) -> None:
+    """The same handlers fed from the stack's SQS queues (LocalStack, or AWS without Lambda)."""
+    from functions import names
+    from functions.adapters import client
+    from functions.runner import SqsRunner, reset_handlers
+    from functions.settings import Common
+
+    os.environ.update({"SPOOLSWEEP_STORE": store, "SPOOLSWEEP_CHANNEL": "sqs://"})
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    reset_handlers()
+    s = Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL"))
+    unknown = set(steps) - set(names.STEPS)
+    if unknown:
+        fail(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(names.STEPS)}")
+    runner = SqsRunner(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix, region=s.region, steps=steps)
+    err.print(f"polling {', '.join(names.event_queue(x, s.name_prefix) for x in runner.steps)} for {store} "
+              "(Ctrl-C to stop)")
+    try:
+        while True:
+            n = runner.run_once()
+            if once and not n:
+                return
+            if not n:
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def upload(
+    file: Annotated[Path, typer.Argument(help="a snapshot: .tar, .tar.gz, .tar.zst or a folder")],
+    incident: Annotated[str, typer.Option(help="incident name")],
+    host: Annotated[str, typer.Option(help="the mail host the snapshot is from")],
+    store: StoreOpt = _DEFAULT,
+    shard_size: Annotated[int, typer.Option(help="messages per shard; 0 uploads the file as it is")] = 20000,
+) -> None:
+    """Put a snapshot into the store's incoming/ (cut into shards that parse in parallel)."""
+    from functions.embedded import upload as put
+    from pipeline.errors import SpoolsweepError
+
+    try:
+        keys = put(_store(store), file, incident, host, shard_size)
+    except (SpoolsweepError, ValueError, OSError) as e:
+        fail(str(e))
+        return
+    for k in keys:
+        out.print(k, highlight=False)
+    err.print(f"{len(keys)} shard(s) uploaded")
+
+
+def approve(
+    incident: Annotated[str, typer.Argument(help="the incident whose manifest you reviewed")],
+    by: Annotated[str, typer.Option(help="who approves")] = os.environ.get("USER", "admin"),
+    host: Annotated[str | None, typer.Option(help="the host, if the manifest names several")] = None,
+    store: StoreOpt = _DEFAULT,
+) -> None:
+    """Approve the manifest: valid mail is replayed, spam purged, review held; written once, never changed."""
+    from functions.embedded import approve as write
+    from pipeline.errors import SpoolsweepError
+
+    try:
+        key, a, new = write(_store(store), incident, by, host)
+    except (SpoolsweepError, ValueError) as e:
+        fail(str(e))
+        return
+    out.print(f"{'approved' if new else 'already approved'}: {key}", highlight=False)
+    out.print(f"replay {len(a.replay):,}  purge {len(a.purge):,}  hold {len(a.hold):,}  host {a.host}  "
+              f"by {a.approved_by}", highlight=False)
+
+
+@keys_app.command("init")
+def keys_init(
+    store: StoreOpt = _DEFAULT,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing key")] = False,
+) -> None:
+    """Create STORE/keys/signing.pem (0600) and signing.pub.pem, the key agents verify instructions with."""
+    from functions.embedded import keys_init as make
+    from pipeline.errors import SpoolsweepError
+
+    try:
+        pub, kid = make(Path(store), force=force)
+    except SpoolsweepError as e:
+        fail(str(e))
+        return
+    out.print(f"key {kid}\npublic key: {pub}", highlight=False)

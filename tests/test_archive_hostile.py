@@ -1,0 +1,121 @@
+"""Hostile and broken archives: clear errors or review entries, no crash, nothing written, nothing dropped."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ArchiveLimitExceeded, SnapshotError
+from pipeline.models import Verdict
+from pipeline.policy import Limits, SitePolicy
+from pipeline.triage import triage
+
+MSG = b"From: a@example.com\nTo: b@example.org\nSubject: hello\n\nbody\n"
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tf:
+        for ti, data in members:
+            if data is not None:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+            else:
+                tf.addfile(ti)
+    return path
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def _special(name: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.linkname = link
+    return ti
+
+
+def test_traversal_links_devices_duplicates(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    snap = _tar(tmp_path / "evil.tar", [
+        (_file("../escape.eml"), MSG),
+        (_file("/abs/path.eml"), MSG),
+        (_file("ok.eml"), MSG),
+        (_file("ok.eml"), MSG + b"again\n"),
+        (_special("link.eml", tarfile.SYMTYPE, "/etc/passwd"), None),
+        (_special("hard.eml", tarfile.LNKTYPE, "ok.eml"), None),
+        (_special("dev.eml", tarfile.CHRTYPE), None),
+        (_special("fifo.eml", tarfile.FIFOTYPE), None),
+    ])
+    m = triage(snap, SitePolicy(local_domains=["example.org"]))
+    by_path: dict[str, list] = {}
+    for msg in m.messages:
+        by_path.setdefault(msg.path, []).append(msg)
+    # every regular member is in the manifest, by its stored name
+    assert set(by_path) == {"../escape.eml", "/abs/path.eml", "ok.eml"}
+    assert len(by_path["ok.eml"]) == 2
+    assert len({x.id for x in m.messages}) == len(m.messages) == 4
+    for bad in ("../escape.eml", "/abs/path.eml"):
+        assert by_path[bad][0].verdict is Verdict.review
+        assert any("unsafe member name" in d for d in by_path[bad][0].defects)
+    assert by_path["ok.eml"][1].verdict is Verdict.review
+    assert any("duplicate" in d for d in by_path["ok.eml"][1].defects)
+    # links and devices are named, not followed
+    text = "\n".join(m.archive_defects)
+    for name in ("link.eml", "hard.eml", "dev.eml", "fifo.eml"):
+        assert name in text
+    assert not (tmp_path / "escape.eml").exists() and not out.exists()
+
+
+def test_truncated_archive_keeps_what_was_read(tmp_path: Path) -> None:
+    full = _tar(tmp_path / "full.tar.gz", [(_file(f"m{i}.eml"), MSG * 200) for i in range(20)], mode="w:gz")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    m = triage(cut, SitePolicy())
+    assert m.archive_defects and "damaged" in m.archive_defects[0]
+    assert 0 < m.totals.messages < 20
+
+
+def test_garbage_is_a_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"\x1f\x8b" + b"not really gzip" * 100)
+    with pytest.raises(SnapshotError):
+        triage(junk, SitePolicy())
+
+
+def test_bomb_limits(tmp_path: Path) -> None:
+    many = _tar(tmp_path / "many.tar", [(_file(f"m{i}.eml"), MSG) for i in range(50)])
+    with pytest.raises(ArchiveLimitExceeded, match="max_members"):
+        triage(many, SitePolicy(limits=Limits(max_members=10)))
+    with pytest.raises(ArchiveLimitExceeded, match="max_total_bytes"):
+        triage(many, SitePolicy(limits=Limits(max_total_bytes=1000)))
+
+
+def test_oversized_member_is_review_with_digest(tmp_path: Path) -> None:
+    big = _tar(tmp_path / "big.tar", [(_file("big.eml"), MSG + b"x" * 5000), (_file("small.eml"), MSG)])
+    m = triage(big, SitePolicy(local_domains=["example.org"], limits=Limits(max_member_bytes=1000)))
+    msg = next(x for x in m.messages if x.path == "big.eml")
+    assert msg.verdict is Verdict.review and len(msg.sha256) == 64
+    assert any("max_member_bytes" in d for d in msg.defects)
+
+
+def test_directory_with_symlink(tmp_path: Path) -> None:
+    d = tmp_path / "Queue"
+    d.mkdir()
+    (d / "a.eml").write_bytes(MSG)
+    (d / "link.eml").symlink_to("/etc/passwd")
+    m = triage(d, SitePolicy(local_domains=["example.org"]))
+    assert [x.path for x in m.messages] == ["a.eml"]
+    assert any("link.eml" in x for x in m.archive_defects)
+
+
+def test_unparseable_bytes_are_review_not_dropped(tmp_path: Path) -> None:
+    d = tmp_path / "Queue"
+    d.mkdir()
+    (d / "bin.eml").write_bytes(bytes(range(256)) * 20)
+    m = triage(d, SitePolicy())
+    assert m.totals.messages == 1 and m.messages[0].verdict is Verdict.review

@@ -1,0 +1,51 @@
+"""The command line as a user runs it: exit codes, manifest on disk, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spoolsweep", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_triage_writes_manifest_and_summary(incident_tar: Path, policy_file: Path, tmp_path: Path) -> None:
+    r = run("triage", str(incident_tar), "--policy", str(policy_file), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "valid" in r.stdout and "spam" in r.stdout and "campaigns" in r.stdout
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["totals"]["messages"] == 1500
+
+
+def test_bad_policy_names_key(incident_tar: Path, tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('local_domains = "example.org"\n')
+    r = run("triage", str(incident_tar), "--policy", str(p), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1
+    assert "local_domains" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_snapshot(tmp_path: Path) -> None:
+    r = run("triage", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_damaged_archive_exit_2(incident_tar: Path, policy_file: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.tar.gz"
+    data = incident_tar.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    r = run("triage", str(cut), "--policy", str(policy_file), "--out", str(tmp_path / "o"), "-q")
+    assert r.returncode == 2, r.stderr
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["archive_defects"]
+    # the index names every message, so those cut off are still listed, as review
+    assert m["totals"]["messages"] == 1500
+    missing = [x for x in m["messages"] if any("missing" in d for d in x["defects"])]
+    assert missing and all(x["verdict"] == "review" for x in missing)

@@ -1,0 +1,67 @@
+"""Parsing: the fast path and the careful path agree, and what the fast parser refuses is still read."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import parse
+from pipeline.models import Envelope, RawMessage
+from pipeline.policy import SitePolicy
+from pipeline.readers.base import Found
+
+POLICY = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"])
+
+
+def _found(data: bytes, mail_from: str | None = None) -> Found:
+    return Found(RawMessage(path="m.eml", envelope=Envelope(mail_from=mail_from)), data, "0" * 64, len(data))
+
+
+@pytest.fixture
+def careful(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parse, "_fast", None)
+
+
+def test_paths_agree_on_real_mail(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    ham, spam = corpus
+    sample = ham[:150] + spam[:150]
+    fast = [parse.parse_found(_found(d), POLICY) for d in sample]
+    monkeypatch.setattr(parse, "_fast", None)
+    slow = [parse.parse_found(_found(d), POLICY) for d in sample]
+    same_subject = sum(a.subject == b.subject for a, b in zip(fast, slow, strict=True))
+    same_text = sum(a.text == b.text for a, b in zip(fast, slow, strict=True))
+    assert same_subject >= 0.95 * len(sample)
+    assert same_text >= 0.9 * len(sample)
+    assert [a.message_id for a in fast] == [b.message_id for b in slow]
+
+
+BOUNCE = (b"From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\nSubject: Undelivered Mail Returned to "
+          b"Sender\nTo: victim@far.example\nMIME-Version: 1.0\nContent-Type: multipart/report; "
+          b"report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nsorry\n--B\n"
+          b"Content-Type: message/rfc822\n\nFrom: forged@far.example\nSubject: Cheap pills\n\nBuy cheap pills "
+          b"now at our pharmacy\n--B--\n")
+
+
+@pytest.mark.parametrize("path", ["fast", "careful"])
+def test_bounce_quotes_original(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "careful":
+        monkeypatch.setattr(parse, "_fast", None)
+    r = parse.parse_found(_found(BOUNCE, mail_from=""), POLICY)
+    assert r.bounce
+    assert r.bounced_original_sender == "forged@far.example"
+    assert "cheap pills" in r.bounced_original_text and r.text == r.bounced_original_text
+
+
+def test_fast_parser_refusal_falls_back() -> None:
+    data = b"Subject: broken\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n@@@not base64!!\n"
+    r = parse.parse_found(_found(data), POLICY)
+    assert r.subject == "broken" and not any(d.startswith("unparseable") for d in r.defects)
+
+
+def test_received_chain_and_auth(careful: None) -> None:
+    data = (b"Received: from laptop (host.isp.example [198.51.100.7])\n\t(Authenticated sender: alice)\n\tby "
+            b"mx1.example.org (Postfix) with ESMTPSA id ABC\nReceived: from x by y with SMTP\n"
+            b"From: alice@example.org\nTo: bob@far.example\nSubject: hi\n\nbody\n")
+    r = parse.parse_found(_found(data), POLICY)
+    assert r.our_hop is not None and r.our_hop.from_ip == "198.51.100.7" and r.our_hop.authenticated
+    assert r.envelope.sasl_username == "alice" and r.envelope.client_address == "198.51.100.7"
+    assert r.envelope.rcpt_to == ["bob@far.example"]
