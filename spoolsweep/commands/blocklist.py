@@ -1,0 +1,92 @@
+"""`spoolsweep blocklist`: check addresses and domains against the DNS blocklist catalogue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spoolsweep.console_out import err, fail, out
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(blocklist)
+
+
+def blocklist(
+    targets: Annotated[list[str] | None, typer.Argument(help="IPv4/IPv6 addresses or domains")] = None,
+    policy: Annotated[Path | None, typer.Option(help="site policy: server_ips, server_names, local_domains")] = None,
+    nameserver: Annotated[str | None, typer.Option(help="HOST[:PORT] to ask instead of the system resolver")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    watch: Annotated[float | None, typer.Option(help="re-check every SECONDS and print what changed")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per query (one retry)")] = 2.0,
+    catalogue: Annotated[Path | None, typer.Option(help="a zone catalogue TOML instead of the built-in one")] = None,
+) -> None:
+    """Is this server on a blocklist? Listed first, with what it means and how to get off.
+
+    Exit status: 0 nothing listed, 1 listed somewhere, 3 nothing listed but some checks unknown.
+    Spamhaus refuses queries through big public resolvers (8.8.8.8, 1.1.1.1): use your own.
+    """
+    import tomllib
+
+    from pipeline.blocklist import check_targets
+    from pipeline.blocklist.catalogue import Zone, load_catalogue
+    from pipeline.errors import SpoolsweepError
+    from pipeline.policy import load_policy
+
+    try:
+        pol = load_policy(policy) if policy else None
+    except SpoolsweepError as e:
+        fail(str(e), 2)
+        return
+    names = list(targets or [])
+    if not names and pol is not None:
+        names = [*pol.server_ips, *pol.server_names, *pol.local_domains]
+    if not names:
+        fail("name a TARGET or give --policy with server_ips / server_names / local_domains", 2)
+    zones = (tuple(Zone.model_validate(z) for z in tomllib.loads(catalogue.read_text())["zone"]) if catalogue
+             else load_catalogue())
+    if pol is not None and pol.blocklist_zones is not None:
+        zones = tuple(z for z in zones if z.zone in set(pol.blocklist_zones))
+    previous: dict[tuple[str, str], str] = {}
+    while True:
+        report = check_targets(names, nameserver, zones, timeout=timeout)
+        if json_out:
+            typer.echo(report.model_dump_json(indent=1))
+        elif watch and previous:
+            for r in report.results:
+                before = previous.get((r.target, r.zone))
+                if before is not None and before != r.status.value:
+                    out.print(f"{time.strftime('%H:%M:%S')} {r.target} on {r.zone}: {before} -> {r.status.value}")
+        else:
+            _table(report)
+        previous = {(r.target, r.zone): r.status.value for r in report.results}
+        if not watch:
+            break
+        time.sleep(watch)
+    if report.listed():
+        raise typer.Exit(1)
+    if any(r.status.value == "unknown" for r in report.results):
+        raise typer.Exit(3)
+
+
+def _table(report) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    tab = Table(title=f"DNS blocklists ({len(report.results)} checks)")
+    for col in ("target", "zone", "status", "meaning / why", "delist"):
+        tab.add_column(col, overflow="fold")
+    for r in report.results:
+        if r.status.value == "not_listed":
+            continue
+        style = "bold red" if r.status.value == "listed" else "yellow"
+        tab.add_row(r.target, r.zone, f"[{style}]{r.status.value}[/]", "; ".join(r.meanings) or r.why,
+                    r.delist_url or "")
+    out.print(tab)
+    clean = sum(1 for r in report.results if r.status.value == "not_listed")
+    out.print(f"{len(report.listed())} listed, {clean} not listed, "
+              f"{len(report.results) - clean - len(report.listed())} unknown")
+    for h in report.zones:
+        err.print(f"[dim]zone {h.zone} not used: {h.why}[/]", highlight=False)
