@@ -179,3 +179,27 @@ def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
     from pipeline.store import LocalChannel
 
     return LocalChannel(spec, visibility_timeout=visibility)
+
+
+@agent_app.command()
+def audit(
+    mta: Annotated[str, typer.Option(help="postfix")] = "postfix",
+    config_dir: Annotated[Path | None, typer.Option(help="Postfix config_directory (default: postconf's)")] = None,
+    postconf_file: Annotated[Path | None, typer.Option(help="saved `postconf -n` output instead of running it")] = None,
+) -> None:
+    """Read the MTA's effective configuration and flag what makes it an open relay, with the lines to change.
+
+    Exit status: 0 nothing found, 1 the configuration relays for strangers, 3 risks only.
+    """
+    from agent.audit import audit_postfix, parse_postconf, postconf_n
+
+    if mta != "postfix":
+        raise typer.BadParameter("only --mta postfix is audited so far")
+    text = postconf_file.read_text() if postconf_file else postconf_n(config_dir)
+    findings = audit_postfix(parse_postconf(text))
+    if not findings:
+        typer.echo("no open-relay settings found in `postconf -n`")
+        return
+    for f in findings:
+        typer.echo(f"[{f.severity}] {f.setting} = {f.current}\n    {f.problem}\n    change to: {f.change_to}")
+    raise typer.Exit(1 if any(f.severity == "open-relay" for f in findings) else 3)
