@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.blocklist import load_catalogue  # noqa: E402
 from pipeline.blocklist import check as check_mod  # noqa: E402
+from pipeline.blocklist import load_catalogue  # noqa: E402
 from pipeline.blocklist.check import check_targets, query_name  # noqa: E402
 from tests.support.dns_server import LocalDNS, ZoneResolver  # noqa: E402
 

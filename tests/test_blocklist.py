@@ -130,3 +130,47 @@ def test_cli_json_and_exit_status(dns_server, tmp_path):
     # the real catalogue's zones do not exist on the test server: all unknown (not trusted), none listed
     assert all(row["status"] == "unknown" for row in rep["results"])
     assert r.returncode == 3
+
+
+def test_watch_posts_changes_to_a_webhook(tmp_path):
+    import http.server
+    import threading
+
+    got: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    cat = tmp_path / "cat.toml"
+    cat.write_text('[[zone]]\nzone = "flip.test"\nname = "flip"\nlists = ["ipv4"]\ndelist = "https://flip.test"\n'
+                   '[zone.codes]\n"127.0.0.2" = "spam"\n')
+    resolver = ZoneResolver({"2.0.0.127.flip.test": (["127.0.0.2"], [])}, set(), set(), set(), ttl=0)
+    with LocalDNS(resolver) as server:
+        p = subprocess.Popen([sys.executable, "-m", "spoolsweep", "blocklist", "192.0.2.50", "--nameserver",
+                              server.nameserver, "--catalogue", str(cat), "--watch", "0.3", "--webhook",
+                              f"http://127.0.0.1:{hook.server_port}/hook"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            import time
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "50.2.0.192.flip.test A" not in resolver.queries:
+                time.sleep(0.1)
+            resolver.records["50.2.0.192.flip.test"] = (["127.0.0.2"], ["now listed"])
+            while time.monotonic() < deadline and not got:
+                time.sleep(0.1)
+        finally:
+            p.kill()
+            p.communicate()
+            hook.shutdown()
+    assert got, "no change was posted"
+    change = got[0]["blocklist_changes"][0]
+    assert (change["zone"], change["before"], change["now"]) == ("flip.test", "not_listed", "listed")

@@ -23,6 +23,7 @@ def blocklist(
     watch: Annotated[float | None, typer.Option(help="re-check every SECONDS and print what changed")] = None,
     timeout: Annotated[float, typer.Option(help="seconds per query (one retry)")] = 2.0,
     catalogue: Annotated[Path | None, typer.Option(help="a zone catalogue TOML instead of the built-in one")] = None,
+    webhook: Annotated[str | None, typer.Option(help="with --watch: POST each change as JSON to this URL")] = None,
 ) -> None:
     """Is this server on a blocklist? Listed first, with what it means and how to get off.
 
@@ -56,10 +57,13 @@ def blocklist(
         if json_out:
             typer.echo(report.model_dump_json(indent=1))
         elif watch and previous:
-            for r in report.results:
-                before = previous.get((r.target, r.zone))
-                if before is not None and before != r.status.value:
-                    out.print(f"{time.strftime('%H:%M:%S')} {r.target} on {r.zone}: {before} -> {r.status.value}")
+            changes = [{"target": r.target, "zone": r.zone, "before": previous[(r.target, r.zone)],
+                        "now": r.status.value, "meanings": r.meanings, "delist_url": r.delist_url}
+                       for r in report.results if previous.get((r.target, r.zone), r.status.value) != r.status.value]
+            for c in changes:
+                out.print(f"{time.strftime('%H:%M:%S')} {c['target']} on {c['zone']}: {c['before']} -> {c['now']}")
+            if changes and webhook:
+                _post(webhook, changes)
         else:
             _table(report)
         previous = {(r.target, r.zone): r.status.value for r in report.results}
@@ -70,6 +74,21 @@ def blocklist(
         raise typer.Exit(1)
     if any(r.status.value == "unknown" for r in report.results):
         raise typer.Exit(3)
+
+
+def _post(url: str, changes: list[dict]) -> None:
+    """Tell a webhook (chat, ticketing) what changed; a failed post is reported, the watch goes on."""
+    import json
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter("--webhook must be an http(s) URL")
+    req = urllib.request.Request(url, data=json.dumps({"blocklist_changes": changes}).encode(),  # noqa: S310
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - http(s) only, checked above
+    except OSError as e:
+        err.print(f"[yellow]webhook failed: {e}[/]")
 
 
 def _table(report) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -39,7 +39,11 @@ class ZoneResolver(BaseResolver):
         if not a and any(qname.endswith("." + z) for z in self.wildcard):
             a, txt = ["127.0.0.2"], ["everything is listed"]
         if not a:
+            # like a real list: the SOA in the authority section sets how long "not listed" may be cached
             reply.header.rcode = RCODE.NXDOMAIN
+            zone = ".".join(qname.split(".")[-2:])
+            reply.add_auth(RR(zone, QTYPE.SOA, ttl=self.ttl, rdata=SOA(f"ns.{zone}", f"hostmaster.{zone}",
+                                                                       (1, 3600, 600, 86400, self.ttl))))
             return reply
         if qtype == "A":
             for ip in a:
