@@ -51,22 +51,22 @@ def blocklist(
              else load_catalogue())
     if pol is not None and pol.blocklist_zones is not None:
         zones = tuple(z for z in zones if z.zone in set(pol.blocklist_zones))
-    previous: dict[tuple[str, str], str] = {}
+    from pipeline.blocklist.watch import changes as diff
+
+    previous = None
     while True:
         report = check_targets(names, nameserver, zones, timeout=timeout)
         if json_out:
             typer.echo(report.model_dump_json(indent=1))
-        elif watch and previous:
-            changes = [{"target": r.target, "zone": r.zone, "before": previous[(r.target, r.zone)],
-                        "now": r.status.value, "meanings": r.meanings, "delist_url": r.delist_url}
-                       for r in report.results if previous.get((r.target, r.zone), r.status.value) != r.status.value]
+        elif watch and previous is not None:
+            changes = diff(previous, report)
             for c in changes:
                 out.print(f"{time.strftime('%H:%M:%S')} {c['target']} on {c['zone']}: {c['before']} -> {c['now']}")
             if changes and webhook:
                 _post(webhook, changes)
         else:
             _table(report)
-        previous = {(r.target, r.zone): r.status.value for r in report.results}
+        previous = report
         if not watch:
             break
         time.sleep(watch)
