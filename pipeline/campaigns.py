@@ -84,8 +84,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         # stateless, so the whole matrix never has to exist at once: memory stays flat at 1M).
         hasher = pipe.named_steps["hash"]
         df = np.zeros(self.n_features, dtype=np.float64)
+        counts: list[sp.csr_matrix] = []  # hashed once: a batch of counts is far smaller than its texts
         for start in self._batches(len(utexts)):
-            present = (hasher.transform(utexts[start:start + self.batch_size]) > 0).astype(np.float64)
+            counts.append(hasher.transform(utexts[start:start + self.batch_size]).tocsr())
+            present = (counts[-1] > 0).astype(np.float64)
             df += present.T @ copies[start:start + self.batch_size]
         shared = pipe.named_steps["shared"]
         shared.keep_ = np.flatnonzero(df >= self.min_df)
@@ -97,8 +99,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         leader_rows: list[int] = []
         blocks: list[sp.csr_matrix] = []
         leaders = sp.csr_matrix((0, self.n_features), dtype=np.float32)
-        for start in self._batches(len(utexts)):
-            B = pipe.transform(utexts[start:start + self.batch_size]).astype(np.float32).tocsr()
+        rest = Pipeline(pipe.steps[1:])
+        for b, start in enumerate(self._batches(len(utexts))):
+            B = rest.transform(counts[b]).astype(np.float32).tocsr()
+            counts[b] = sp.csr_matrix((0, 0))  # let the batch go
             if leaders.shape[0]:
                 best, ok = self._nearest(B, leaders)
                 ulabels[start:start + B.shape[0]][ok] = best[ok]
