@@ -262,7 +262,8 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     n_valid = max(12, int(n * 0.16))
     n_backscatter = int(n * 0.07)
     n_stolen = int(n * 0.08)
-    n_relayed = n - n_valid - n_backscatter - n_stolen
+    n_backscatter_local = int(n * 0.01)
+    n_relayed = n - n_valid - n_backscatter - n_stolen - n_backscatter_local
 
     # relayed campaigns with Zipf-like sizes, each from its own spam template and botnet
     campaigns: list[_Campaign] = []
@@ -276,6 +277,7 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
         k += 1
     stolen = _Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(8, 40))], account="bob")
     schedule.extend([("stolen", 0)] * n_stolen)
+    schedule.extend([("backscatter_local", 0)] * n_backscatter_local)
     schedule.extend([("backscatter", 0)] * n_backscatter)
     n_news = max(5, int(n_valid * 0.3))
     schedule.extend([("newsletter", 0)] * n_news)
@@ -292,6 +294,11 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
             yield g.relayed_copy(campaigns[arg])
         elif kind == "stolen":
             yield g.stolen_copy(stolen)
+        elif kind == "backscatter_local":
+            # relayed spam that forged a made-up local sender bounced; our bounce goes to that local address
+            forged = [c for c in campaigns if c.forge_local] or campaigns
+            original = g.relayed_copy(r.choice(forged)).data
+            yield g.bounce(original, g.local_addr(g.token(5)), "backscatter_local", "spam")
         elif kind == "backscatter":
             # spam to a made-up local user with a forged sender: we accepted it, then bounced it
             original = g.relayed_copy(r.choice(bounced)).data

@@ -136,6 +136,8 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
         return Decision(Verdict.valid, 0.85, [
             R("trusted_bulk", f"{len(trusted_plain)} of {n} submitted from trusted networks or locally", "valid")])
     if inbound >= 0.5 * n:
+        # Not judged on content: delivering it to our own users does not touch the server's reputation,
+        # and the same shape is a list or newsletter they subscribed to.
         return Decision(Verdict.valid, 0.8, [
             R("inbound_bulk", f"{inbound} of {n} are inbound to local recipients and none relayed: "
               "mail for our own users (a list or newsletter they receive)", "valid")])
@@ -191,6 +193,9 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
     if not (rec.envelope.rcpt_to or rec.envelope.done_rcpt_to):
         return Decision(Verdict.review, 0.3, [R("no_recipients", "no recipient known", "review")])
     if rec.bounce and c.local_rcpts and not c.external_rcpts:
+        if backscatter_hit or (campaign is not None and campaign.verdict is Verdict.spam):
+            return Decision(Verdict.spam, 0.9, [R("backscatter_local", "a bounce to a local address quoting "
+                                                  "campaign spam that forged our domain as its sender", "spam")])
         return Decision(Verdict.valid, 0.85, [R("bounce_to_local", "a bounce to a local user about their own "
                                                 "mail", "valid")])
     if rec.bounce and c.external_rcpts and not c.local_rcpts and (c.local_origin or c.client_ip is None):

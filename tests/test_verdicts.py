@@ -60,3 +60,12 @@ def test_defect_forces_review_even_when_relayed() -> None:
 def test_mixed_recipients_are_review() -> None:
     r = rec(mail_from="a@far.example", rcpt_to=["alice@example.org", "b@else.example"], client_address="203.0.113.9")
     assert decide(r) == (Verdict.review, "mixed_recipients")
+
+
+def test_bounce_to_local_address_quoting_campaign_spam_is_spam() -> None:
+    r = rec(mail_from="", rcpt_to=["x7kq@example.org"])
+    r.bounce = True
+    ctx = [context(r, POLICY)]
+    assert message_decision(0, [r], ctx, None, True, {}).verdict is Verdict.spam
+    # the same bounce quoting nothing we know is a user's own failed mail: valid
+    assert message_decision(0, [r], ctx, None, False, {}).verdict is Verdict.valid
