@@ -148,16 +148,26 @@ class Incidents:
 
         d = self.decisions(incident)
         ov = self.effective(loaded, d)
+        host = self.host(incident, loaded)
         if not self.folder:
-            key, _, new = write(self.store, incident, by, overrides=ov, changes=d.get("log", []))
+            key, _, new = write(self.store, incident, by, host=host, overrides=ov, changes=d.get("log", []))
             return key, new
         # a plain triage folder: the same approval object, written once next to the manifest
-        host = (loaded.manifest.snapshot.host or "local").split(",")[0].strip() or "local"
         aid = hashlib.sha256(f"{loaded.sha256}\n{host}\n{by}".encode()).hexdigest()[:24]
         a = approval_from_manifest(loaded.manifest, loaded.sha256, host, by, datetime.now(UTC), aid,
                                    changes=d.get("log", []), overrides=ov)
         key = queues.approval_key(incident, aid)
         return key, self.store.put_if_absent(key, a.model_dump_json(indent=1).encode())
+
+    def host(self, incident: str, loaded: Loaded) -> str:
+        """The manifest's host; else the one host that uploaded the snapshot; else 'local'."""
+        hosts = [h.strip() for h in (loaded.manifest.snapshot.host or "").split(",") if h.strip()]
+        if not hosts and not self.folder:
+            d = self.root / queues.INCOMING / incident
+            hosts = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        if len(hosts) > 1:
+            raise ValueError(f"incident {incident} names hosts {hosts}; approve it with spoolsweep approve --host")
+        return hosts[0] if hosts else "local"
 
     def approvals(self, incident: str) -> list[str]:
         return list(self.store.list(f"{queues.APPROVALS}/{incident}"))
