@@ -235,8 +235,12 @@ def create_app(data: str | Path, token: str) -> Starlette:
             return PlainTextResponse("open the address spoolsweep console printed (it carries the token)", 401)
         return FileResponse(STATIC / "index.html")
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/api/session", api(session)),
         Route("/api/incidents", api(incidents)),
         Route("/api/incidents/{iid}", api(detail)),
