@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -84,6 +85,12 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def open_hash(page, server: str, hash_: str) -> None:
+    """Go to a console page and wait until it has rendered (a hash change alone leaves the old page up a while)."""
+    page.goto(f"{server}/{hash_}")
+    page.wait_for_function("h => document.getElementById('main').dataset.route === h", arg=hash_)
+
+
 def no_xss(page) -> None:
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.evaluate("document.querySelectorAll('main script, main img').length") == 0
@@ -123,7 +130,7 @@ def test_review_flip_approve(page, server, store_root):
     shot(page, "04-message")
 
     # flip the campaign to review with the keyboard
-    page.goto(f"{server}/#/i/{INCIDENT}")
+    open_hash(page, server, f"#/i/{INCIDENT}")
     card = page.locator(f"section.card[data-campaign='{cid}']")
     card.locator("button[data-verdict='review']").focus()
     page.keyboard.press("Enter")
@@ -153,15 +160,13 @@ def test_review_flip_approve(page, server, store_root):
 
 
 def test_hostile_subjects_stay_text(page, server):
-    page.goto(f"{server}/#/i/{INCIDENT}/messages?q=__xss")
-    page.wait_for_selector("tbody tr")
+    open_hash(page, server, f"#/i/{INCIDENT}/messages?q=__xss")
     texts = page.locator("tbody tr a.subject").all_inner_texts()
     assert sorted(texts) == sorted(XSS_SUBJECTS[:2])
     no_xss(page)
     shot(page, "08-hostile-list")
     for subject in XSS_SUBJECTS:
-        page.goto(f"{server}/#/i/{INCIDENT}/messages?q={subject[:12].replace('#', '')}")
-        page.wait_for_selector("tbody tr a.subject")
+        open_hash(page, server, f"#/i/{INCIDENT}/messages?q={quote(subject[:12])}")
         page.locator("tbody tr a.subject").first.click()
         page.wait_for_selector("h2:text('Body (as text, never rendered)')")
         # triage keeps the first 2,000 characters of a subject
@@ -169,8 +174,7 @@ def test_hostile_subjects_stay_text(page, server):
         no_xss(page)
     shot(page, "09-hostile-message")
     page.set_viewport_size({"width": 380, "height": 800})
-    page.goto(f"{server}/#/i/{INCIDENT}")
-    page.wait_for_selector("section.card")
+    open_hash(page, server, f"#/i/{INCIDENT}")
     no_xss(page)
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     shot(page, "10-narrow-incident")

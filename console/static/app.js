@@ -42,7 +42,7 @@
 
   function show(...nodes) {
     const main = document.getElementById("main");
-    main.replaceChildren(...nodes);
+    main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
   }
 
   function table(head, rows) {
@@ -278,11 +278,13 @@
       else if (p[0] === "i" && p[2] === "blocklists") await blocklists(p[1]);
       else show(el("p", { text: "Unknown page." }));
       document.title = "spoolsweep · " + (p[1] || "incidents");
+      document.getElementById("main").dataset.route = location.hash;  // lets tests wait for a finished page
     } catch (err) {
       show(el("p", { class: "error", role: "alert", text: "Error: " + err.message }), el("a", { href: "#/", text: "Incidents" }));
     }
   }
 
-  window.addEventListener("hashchange", route);
+  // after navigating, keyboard focus starts at the new page's content
+  window.addEventListener("hashchange", () => route().then(() => document.getElementById("main").focus({ preventScroll: true })));
   route();
 })();
