@@ -80,9 +80,9 @@ def page(browser, server):
     ctx.close()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 def open_hash(page, server: str, hash_: str) -> None:
@@ -178,4 +178,5 @@ def test_hostile_subjects_stay_text(page, server):
     no_xss(page)
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     shot(page, "10-narrow-incident")
+    shot(page, "11-narrow-incident-top", full_page=False)
     assert not [p for p in page.problems if "Content Security Policy" in p or "Uncaught" in p], page.problems

@@ -48,7 +48,7 @@
   function table(head, rows) {
     return el("div", { class: "wrap" }, el("table", {},
       el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col", text: h })))),
-      el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c)))))));
+      el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c, i) => el("td", { "data-label": head[i] }, c)))))));
   }
 
   function spread(s) {
@@ -143,13 +143,14 @@
     const parts = [nav(id, ""), el("h1", { text: "Incident " + d.id }),
       el("p", { class: "muted", text: "host " + (d.host || "—") + " · status " + d.status + " · " + d.snapshot.format }), stats];
     if (d.review_first.length) {
-      parts.push(el("h2", { text: "Needs review first (" + fmt(t.review) + ")" }), msgRows(id, d.review_first));
+      parts.push(el("h2", { text: "Needs review first (" + fmt(t.review) + ")" }), msgRows(id, d.review_first.slice(0, 15)),
+        el("p", {}, el("a", { href: "#/i/" + enc(id) + "/messages?verdict=review", text: "All " + fmt(t.review) + " review messages →" })));
     }
     parts.push(el("h2", { text: "Campaigns, largest first" }), el("div", { class: "cards" }, d.campaigns.map((c) =>
       el("section", { class: "card", "aria-label": "campaign " + c.id, "data-campaign": c.id },
         el("h3", {}, "#" + c.id + " · " + fmt(c.size) + " messages · ", badge(c.verdict)),
         el("div", { class: "muted", text: c.label }),
-        el("ul", {}, c.sample_subjects.slice(0, 4).map((s) => el("li", { text: s }))),
+        el("ul", {}, c.sample_subjects.slice(0, 4).map((s) => el("li", { class: "sample", text: s }))),
         el("dl", { class: "dl" }, el("dt", { text: "senders" }), el("dd", { text: spread(c.sender_domains) }),
           el("dt", { text: "recipients" }), el("dd", { text: spread(c.recipient_domains) }),
           el("dt", { text: "client IPs" }), el("dd", { text: spread(c.client_ips) })),
@@ -159,7 +160,7 @@
         verdictButtons(c.verdict, async (v) => { await decide(id, "campaign", c.id, v); route(); })))));
     parts.push(el("h2", { text: "Arrivals over time" }), chart(tl));
     parts.push(el("h2", { text: "Valid mail by sender → recipient domain" }),
-      table(["Sender domain", "Recipient domain", "Messages"], d.valid_groups.map((g) => [g.sender_domain, g.recipient_domain, fmt(g.messages)])));
+      table(["Sender domain", "Recipient domain", "Messages"], d.valid_groups.slice(0, 25).map((g) => [g.sender_domain, g.recipient_domain, fmt(g.messages)])));
     parts.push(el("h2", { text: "Accounts" }), d.accounts.length ? table(["Account", "Messages", "External rcpts", "Client IPs", "Compromised", "Summary"],
       d.accounts.map((a) => [a.account, fmt(a.messages), fmt(a.external_recipients), fmt(a.client_ips),
         a.compromised ? "YES — change its password" : "no", a.summary])) : el("p", { class: "muted", text: "No authenticated senders." }));
