@@ -227,3 +227,33 @@ def test_large_incident_is_fast(client, store_root, tmp_path):
         t = time.perf_counter()
         assert c.get(path, headers=AUTH).status_code == 200
         assert time.perf_counter() - t < 1.0, path
+
+
+def test_cli_prints_the_address_and_serves(store_root):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "spoolsweep", "console", "--data", str(store_root), "--port", str(port),
+                          "--token", "cli-token"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line == f"http://127.0.0.1:{port}/?token=cli-token"
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/incidents",
+                                     headers={"Authorization": "Bearer cli-token"})
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    assert json.load(r)["incidents"][0]["id"] == INCIDENT
+                break
+            except OSError:
+                assert time.monotonic() < deadline and p.poll() is None
+                time.sleep(0.2)
+    finally:
+        p.terminate()
+        p.wait(10)

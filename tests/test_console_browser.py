@@ -153,6 +153,23 @@ def test_review_flip_approve(page, server, store_root):
     a = Approval.model_validate_json(key.read_bytes())
     assert a.approved_by == "alice" and len(a.hold) >= sizes[0]
     assert a.changes[0]["target"] == cid and a.changes[0]["verdict"] == "review" and a.changes[0]["by"] == "console"
+    # the dispatch step turns the console's approval into a signed instruction on the host's channel
+    from datetime import UTC, datetime
+
+    from functions import embedded
+    from functions.dispatch_approval import dispatch
+    from pipeline.instructions import SignedInstruction, verify
+    from pipeline.store import LocalChannel, LocalStore
+
+    pub, kid = embedded.keys_init(store_root / "keys-test")
+    channel = LocalChannel(store_root / "channel")
+    pem = (store_root / "keys-test/keys/signing.pem").read_bytes()
+    dispatch(LocalStore(store_root), channel, key.relative_to(store_root).as_posix(), pem, kid)
+    msgs = channel.receive(a.host, max_messages=100)
+    parts = [verify(SignedInstruction.model_validate_json(m.body), pub.read_bytes(), a.host, datetime.now(UTC))
+             for m in msgs]
+    assert {m.id for p in parts for m in p.replay} == {m.id for m in a.replay}
+    assert not {m.id for p in parts for m in p.purge} & {m.id for m in a.hold}
     page.click("a:text('Watch the replay')")
     page.wait_for_selector("text=No receipts from the agent yet.")
     shot(page, "07-progress")
