@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,8 +119,7 @@ def create_app(data: str | Path, token: str) -> Starlette:
                                    else "not checked"}
             if loaded:
                 m = loaded.manifest
-                times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
-                row.update(host=m.snapshot.host, when=max(times).isoformat() if times else None,
+                row.update(host=m.snapshot.host, when=loaded.last_arrival,
                            size=m.totals.messages, bytes=m.totals.bytes, totals=m.totals.model_dump())
             out.append(row)
         return JSONResponse({"incidents": out})
@@ -254,7 +256,12 @@ def create_app(data: str | Path, token: str) -> Starlette:
         Route("/api/incidents/{iid}/blocklists", api(blocklists)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        threading.Thread(target=inc.warm, daemon=True).start()
+        yield
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     return app
 

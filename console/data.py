@@ -33,6 +33,7 @@ class Loaded:
     haystack: list[str]
     mtime: float
     timeline: dict[str, Any] = field(default_factory=dict)
+    last_arrival: str | None = None
 
 
 def decisions_key(incident: str) -> str:
@@ -88,6 +89,8 @@ class Incidents:
                                                 x.id)).lower() for x in m.messages],
                             mtime=mtime)
             loaded.timeline = _timeline(m)
+            times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
+            loaded.last_arrival = max(times).isoformat() if times else None
             self._cache[key] = loaded
             return loaded
 
@@ -96,6 +99,14 @@ class Incidents:
         if self.folder and incident != self._folder_incident():
             return None
         return self.load_path(self.manifest_path(incident))
+
+    def warm(self) -> None:
+        """Parse every manifest once in the background, so the first page view does not pay for it."""
+        for iid in self.ids():
+            try:
+                self.load(iid)
+            except (ValueError, OSError):
+                continue
 
     # --- decisions
     def decisions(self, incident: str) -> dict[str, Any]:

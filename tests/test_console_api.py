@@ -257,3 +257,18 @@ def test_cli_prints_the_address_and_serves(store_root):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_plain_triage_folder_is_one_incident(store_root, tmp_path):
+    (tmp_path / "manifest.json").write_bytes((store_root / manifest_key(INCIDENT)).read_bytes())
+    c = TestClient(create_app(tmp_path, TOKEN))
+    assert [i["id"] for i in c.get("/api/incidents", headers=AUTH).json()["incidents"]] == [INCIDENT]
+    assert c.get("/api/incidents/other", headers=AUTH).status_code == 404
+    mid = c.get(f"{BASE}/messages?per_page=1", headers=AUTH).json()["messages"][0]["id"]
+    assert c.get(f"{BASE}/messages/{mid}", headers=AUTH).json()["source"] == "manifest"
+    csrf = c.get("/api/session", headers=AUTH).json()["csrf"]
+    s = c.get(f"{BASE}/approval-summary", headers=AUTH).json()
+    r = c.post(f"{BASE}/approve", json={"digest": s["digest"], "by": "bob"}, headers={**AUTH, "X-CSRF-Token": csrf})
+    assert r.status_code == 201
+    a = Approval.model_validate_json((tmp_path / r.json()["key"]).read_bytes())
+    assert a.approved_by == "bob" and len(a.replay) == s["replay"] and len(a.purge) == s["purge"]
