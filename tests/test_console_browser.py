@@ -129,14 +129,16 @@ def test_review_flip_approve(page, server, store_root):
     page.wait_for_selector("h2:text('Headers')")
     shot(page, "04-message")
 
-    # flip the campaign to review with the keyboard
+    # flip the campaign to review with the keyboard, as a named reviewer
+    page.fill("#reviewer", "carol")
+    page.keyboard.press("Tab")
     open_hash(page, server, f"#/i/{INCIDENT}")
     card = page.locator(f"section.card[data-campaign='{cid}']")
     card.locator("button[data-verdict='review']").focus()
     page.keyboard.press("Enter")
     page.wait_for_selector(f"section.card[data-campaign='{cid}'] .verdict-review")
     dec = json.loads((store_root / f"state/{INCIDENT}/decisions.json").read_text())
-    assert dec["campaigns"][cid]["verdict"] == "review"
+    assert dec["campaigns"][cid]["verdict"] == "review" and dec["campaigns"][cid]["by"] == "carol"
 
     # approve through the confirmation
     page.click("a:text('Approve')")
@@ -144,6 +146,7 @@ def test_review_flip_approve(page, server, store_root):
     assert summary.startswith("replay ") and "hold" in summary
     shot(page, "05-approve")
     page.click("button:text('Approve…')")
+    assert page.input_value("input[name=by]") == "carol"
     page.fill("input[name=by]", "alice")
     shot(page, "06-confirm")
     assert not list(store_root.glob("approvals/*/*.json"))
@@ -152,7 +155,7 @@ def test_review_flip_approve(page, server, store_root):
     [key] = list(store_root.glob(f"approvals/{INCIDENT}/*.json"))
     a = Approval.model_validate_json(key.read_bytes())
     assert a.approved_by == "alice" and len(a.hold) >= sizes[0]
-    assert a.changes[0]["target"] == cid and a.changes[0]["verdict"] == "review" and a.changes[0]["by"] == "console"
+    assert a.changes[0]["target"] == cid and a.changes[0]["verdict"] == "review" and a.changes[0]["by"] == "carol"
     # the dispatch step turns the console's approval into a signed instruction on the host's channel
     from datetime import UTC, datetime
 

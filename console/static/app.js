@@ -79,8 +79,15 @@
       })));
   }
 
+  // who is reviewing: kept in this browser only, sent with every decision
+  const reviewer = el("input", { type: "text", id: "reviewer", size: 12, autocomplete: "name",
+    value: localStorage.getItem("spoolsweep.reviewer") || "" });
+  reviewer.addEventListener("change", () => localStorage.setItem("spoolsweep.reviewer", reviewer.value.trim()));
+  document.querySelector("header.top").appendChild(el("label", { class: "who" }, "reviewer ", reviewer));
+  const who = () => reviewer.value.trim() || "console";
+
   async function decide(id, kind, target, verdict) {
-    await api("/api/incidents/" + enc(id) + "/verdicts", { kind, target: String(target), verdict });
+    await api("/api/incidents/" + enc(id) + "/verdicts", { kind, target: String(target), verdict, by: who() });
   }
 
   function chart(tl) {
@@ -157,7 +164,11 @@
         el("ul", {}, c.reasons.map((r) => el("li", { text: r.text }))),
         c.decision ? el("p", { class: "muted", text: "changed from " + c.triage_verdict + " by " + c.decision.by + " at " + c.decision.at }) : null,
         el("div", { class: "buttons" }, el("a", { href: "#/i/" + enc(id) + "/messages?campaign=" + c.id, text: "Messages" })),
-        verdictButtons(c.verdict, async (v) => { await decide(id, "campaign", c.id, v); route(); })))));
+        verdictButtons(c.verdict, async (v) => {
+          // replaying a whole campaign is the costly mistake: ask first
+          if (v === "valid" && !window.confirm("Mark all " + c.size + " messages of campaign #" + c.id + " valid? They will be replayed.")) return;
+          await decide(id, "campaign", c.id, v); route();
+        })))));
     parts.push(el("h2", { text: "Arrivals over time" }), chart(tl));
     parts.push(el("h2", { text: "Valid mail by sender → recipient domain" }),
       table(["Sender domain", "Recipient domain", "Messages"], d.valid_groups.slice(0, 25).map((g) => [g.sender_domain, g.recipient_domain, fmt(g.messages)])));
@@ -210,24 +221,24 @@
   async function approve(id) {
     const s = await api("/api/incidents/" + enc(id) + "/approval-summary");
     const out = el("div", {});
-    const who = el("input", { type: "text", name: "by", required: true, autocomplete: "name", value: "" });
+    const by = el("input", { type: "text", name: "by", required: true, autocomplete: "name", value: reviewer.value.trim() });
     const step1 = el("button", { type: "button", class: "primary", onclick: () => {
       step1.disabled = true;
       const box = el("form", { class: "confirm", onsubmit: async (ev) => {
         ev.preventDefault();
-        if (!who.value.trim()) { who.focus(); return; }
+        if (!by.value.trim()) { by.focus(); return; }
         try {
-          const r = await api("/api/incidents/" + enc(id) + "/approve", { digest: s.digest, by: who.value.trim() });
+          const r = await api("/api/incidents/" + enc(id) + "/approve", { digest: s.digest, by: by.value.trim() });
           out.replaceChildren(el("p", { role: "status", text: (r.new ? "Approved: " : "Already approved: ") + r.key }),
             el("a", { href: "#/i/" + enc(id) + "/progress", text: "Watch the replay" }));
         } catch (err) { out.replaceChildren(el("p", { class: "error", role: "alert", text: err.message })); }
       } }, el("p", {}, el("strong", { text: "Confirm: " + s.text + "." })),
         el("p", { text: "This writes an approval that cannot be changed. Spam will be deleted from the queue." }),
-        el("label", {}, "approved by", who),
+        el("label", {}, "approved by", by),
         el("div", { class: "buttons" }, el("button", { type: "submit", class: "danger", text: "Confirm approval" }),
           el("button", { type: "button", onclick: () => route(), text: "Cancel" })));
       out.replaceChildren(box);
-      who.focus();
+      by.focus();
     }, text: "Approve…" });
     show(nav(id, "/approve"), el("h1", { text: "Approve incident " + id }),
       el("p", { class: "summary", text: s.text }),
