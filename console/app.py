@@ -210,10 +210,11 @@ def create_app(data: str | Path, token: str) -> Starlette:
     @need
     async def approve(request: Request, iid: str, loaded: Loaded) -> Response:
         body = ApproveBody.model_validate_json(await request.body())
-        s = inc.summary(iid, loaded)
-        if not hmac.compare_digest(body.digest, s["digest"]):
+        done = inc.approve(iid, loaded, body.by, body.digest)
+        if done is None:
             return err(409, "the decisions changed since this summary; review the new summary and confirm again")
-        key, new = inc.approve(iid, loaded, body.by)
+        key, new = done
+        s = inc.summary(iid, loaded)
         return JSONResponse({"key": key, "new": new, "summary": s}, status_code=201 if new else 200)
 
     @need

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import hmac
 import json
 import threading
 from collections import Counter, defaultdict
@@ -48,7 +49,7 @@ class Incidents:
         self.store = LocalStore(self.root)
         self.folder = (self.root / "manifest.json").is_file()
         self._cache: dict[str, Loaded] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # --- where things are
     def ids(self) -> list[str]:
@@ -138,8 +139,8 @@ class Incidents:
         return out
 
     # --- approval
-    def summary(self, incident: str, loaded: Loaded) -> dict[str, Any]:
-        d = self.decisions(incident)
+    def summary(self, incident: str, loaded: Loaded, d: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = self.decisions(incident) if d is None else d
         ov = self.effective(loaded, d)
         counts: Counter[str] = Counter()
         rcpts: set[str] = set()
@@ -154,10 +155,17 @@ class Incidents:
                 "digest": digest.hexdigest(), "manifest_sha256": loaded.sha256,
                 "text": f"replay {n:,} messages to {len(rcpts):,} recipients, purge {k:,}, hold {r:,}"}
 
-    def approve(self, incident: str, loaded: Loaded, by: str) -> tuple[str, bool]:
+    def approve(self, incident: str, loaded: Loaded, by: str, digest: str) -> tuple[str, bool] | None:
+        """Write the approval if `digest` is still the summary's (None when the decisions changed since)."""
+        with self._lock:
+            d = self.decisions(incident)
+            if not hmac.compare_digest(digest, self.summary(incident, loaded, d)["digest"]):
+                return None
+            return self._approve(incident, loaded, by, d)
+
+    def _approve(self, incident: str, loaded: Loaded, by: str, d: dict[str, Any]) -> tuple[str, bool]:
         from functions.embedded import approve as write
 
-        d = self.decisions(incident)
         ov = self.effective(loaded, d)
         host = self.host(incident, loaded)
         if not self.folder:
