@@ -272,3 +272,14 @@ def test_plain_triage_folder_is_one_incident(store_root, tmp_path):
     assert r.status_code == 201
     a = Approval.model_validate_json((tmp_path / r.json()["key"]).read_bytes())
     assert a.approved_by == "bob" and len(a.replay) == s["replay"] and len(a.purge) == s["purge"]
+
+
+def test_stale_summary_is_refused(client, csrf, store_root):
+    h = {**AUTH, "X-CSRF-Token": csrf}
+    old = client.get(f"{BASE}/approval-summary", headers=AUTH).json()
+    cid = str(manifest(store_root).campaigns[0].id)
+    assert client.post(f"{BASE}/verdicts", json={"kind": "campaign", "target": cid, "verdict": "review"},
+                       headers=h).status_code == 200
+    r = client.post(f"{BASE}/approve", json={"digest": old["digest"]}, headers=h)
+    assert r.status_code == 409 and "changed" in r.json()["error"]
+    assert not list(store_root.glob("approvals/*/*.json"))
