@@ -95,7 +95,8 @@ def upload(store: Store, source: Path, incident: str, host: str, shard_size: int
 
 
 def approve(store: Store, incident: str, by: str, host: str | None = None,
-            now: datetime | None = None) -> tuple[str, Approval, bool]:
+            now: datetime | None = None, overrides: dict | None = None,
+            changes: list[dict] | None = None) -> tuple[str, Approval, bool]:
     """Write the approval of an incident's current manifest once; (key, approval, newly written)."""
     mkey = queues.manifest_key(incident)
     data = store.get(mkey)
@@ -108,7 +109,8 @@ def approve(store: Store, incident: str, by: str, host: str | None = None,
     sha = hashlib.sha256(data).hexdigest()
     # one approval per manifest, host and person: approving twice is the same approval, not a second replay
     approval_id = hashlib.sha256(f"{sha}\n{host}\n{by}".encode()).hexdigest()[:24]
-    approval = approval_from_manifest(manifest, sha, host, by, now or datetime.now(UTC), approval_id)
+    approval = approval_from_manifest(manifest, sha, host, by, now or datetime.now(UTC), approval_id,
+                                      changes=changes, overrides=overrides)
     key = queues.approval_key(incident, approval_id)
     if store.exists(key):
         return key, Approval.model_validate_json(store.get(key)), False

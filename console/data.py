@@ -1,0 +1,298 @@
+"""Read incidents from a local store (or one triage folder), cache parsed manifests, apply decisions."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import hmac
+import json
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline import queues
+from pipeline.archive import ArchiveReport, iter_members
+from pipeline.instructions import Receipt, approval_from_manifest
+from pipeline.models import Manifest, ManifestMessage, Verdict
+from pipeline.policy import Limits
+from pipeline.store import LocalStore
+
+BODY_LIMIT = 200_000  # characters of body text sent to the page
+
+
+@dataclass
+class Loaded:
+    """A parsed manifest plus what the pages ask for again and again."""
+
+    manifest: Manifest
+    sha256: str
+    by_id: dict[str, ManifestMessage]
+    haystack: list[str]
+    mtime: float
+    timeline: dict[str, Any] = field(default_factory=dict)
+    last_arrival: str | None = None
+
+
+def decisions_key(incident: str) -> str:
+    return f"{queues.STATE}/{queues.check_name('incident', incident)}/decisions.json"
+
+
+class Incidents:
+    """DIR is a local store root or a plain triage output folder holding manifest.json."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.store = LocalStore(self.root)
+        self.folder = (self.root / "manifest.json").is_file()
+        self._cache: dict[str, Loaded] = {}
+        self._lock = threading.RLock()
+
+    # --- where things are
+    def ids(self) -> list[str]:
+        if self.folder:
+            return [self._folder_incident()]
+        names: set[str] = set()
+        for q in (queues.MANIFESTS, queues.INCOMING):
+            d = self.root / q
+            if d.is_dir():
+                names.update(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(names)
+
+    def _folder_incident(self) -> str:
+        m = self.load_path(self.root / "manifest.json")
+        return m.manifest.incident if m else self.root.name
+
+    def manifest_path(self, incident: str) -> Path:
+        if self.folder:
+            return self.root / "manifest.json"
+        return self.root / queues.manifest_key(incident)
+
+    def load_path(self, path: Path) -> Loaded | None:
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        key = str(path)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and hit.mtime == mtime:
+                return hit
+            data = path.read_bytes()
+            m = Manifest.model_validate_json(data)
+            loaded = Loaded(manifest=m, sha256=hashlib.sha256(data).hexdigest(),
+                            by_id={x.id: x for x in m.messages},
+                            haystack=[" ".join((x.subject, x.from_header, x.envelope.mail_from or "",
+                                                " ".join(x.envelope.rcpt_to), x.envelope.client_address or "",
+                                                x.id)).lower() for x in m.messages],
+                            mtime=mtime)
+            loaded.timeline = _timeline(m)
+            times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
+            loaded.last_arrival = max(times).isoformat() if times else None
+            self._cache[key] = loaded
+            return loaded
+
+    def load(self, incident: str) -> Loaded | None:
+        queues.check_name("incident", incident)
+        if self.folder and incident != self._folder_incident():
+            return None
+        return self.load_path(self.manifest_path(incident))
+
+    def warm(self) -> None:
+        """Parse every manifest once in the background, so the first page view does not pay for it."""
+        for iid in self.ids():
+            try:
+                self.load(iid)
+            except (ValueError, OSError):
+                continue
+
+    # --- decisions
+    def decisions(self, incident: str) -> dict[str, Any]:
+        key = decisions_key(incident)
+        if self.store.exists(key):
+            return json.loads(self.store.get(key))
+        return {"campaigns": {}, "messages": {}, "log": []}
+
+    def decide(self, incident: str, kind: str, target: str, verdict: Verdict, by: str, note: str) -> dict[str, Any]:
+        with self._lock:
+            d = self.decisions(incident)
+            entry = {"verdict": verdict.value, "by": by, "at": datetime.now(UTC).isoformat(), "note": note}
+            d["campaigns" if kind == "campaign" else "messages"][target] = entry
+            d["log"].append({"kind": kind, "target": target, **entry})
+            self.store.put(decisions_key(incident), json.dumps(d, indent=1).encode())
+            return d
+
+    def effective(self, loaded: Loaded, decisions: dict[str, Any]) -> dict[str, Verdict]:
+        """Overrides that differ from triage: a message's own decision beats its campaign's."""
+        camp = {int(k): Verdict(v["verdict"]) for k, v in decisions.get("campaigns", {}).items()}
+        msg = {k: Verdict(v["verdict"]) for k, v in decisions.get("messages", {}).items()}
+        out: dict[str, Verdict] = {}
+        if not camp and not msg:
+            return out
+        for m in loaded.manifest.messages:
+            v = msg.get(m.id) or (camp.get(m.campaign) if m.campaign is not None else None)
+            if v is not None and v is not m.verdict:
+                out[m.id] = v
+        return out
+
+    # --- approval
+    def summary(self, incident: str, loaded: Loaded, d: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = self.decisions(incident) if d is None else d
+        ov = self.effective(loaded, d)
+        counts: Counter[str] = Counter()
+        rcpts: set[str] = set()
+        for m in loaded.manifest.messages:
+            v = ov.get(m.id, m.verdict)
+            counts[v.value] += 1
+            if v is Verdict.valid:
+                rcpts.update(m.envelope.rcpt_to)
+        digest = hashlib.sha256((loaded.sha256 + json.dumps(sorted((k, v.value) for k, v in ov.items()))).encode())
+        n, k, r = counts["valid"], counts["spam"], counts["review"]
+        return {"replay": n, "recipients": len(rcpts), "purge": k, "hold": r, "overrides": len(ov),
+                "digest": digest.hexdigest(), "manifest_sha256": loaded.sha256,
+                "text": f"replay {n:,} messages to {len(rcpts):,} recipients, purge {k:,}, hold {r:,}"}
+
+    def approve(self, incident: str, loaded: Loaded, by: str, digest: str) -> tuple[str, bool] | None:
+        """Write the approval if `digest` is still the summary's (None when the decisions changed since)."""
+        with self._lock:
+            d = self.decisions(incident)
+            if not hmac.compare_digest(digest, self.summary(incident, loaded, d)["digest"]):
+                return None
+            return self._approve(incident, loaded, by, d)
+
+    def _approve(self, incident: str, loaded: Loaded, by: str, d: dict[str, Any]) -> tuple[str, bool]:
+        from functions.embedded import approve as write
+
+        ov = self.effective(loaded, d)
+        host = self.host(incident, loaded)
+        if not self.folder:
+            key, _, new = write(self.store, incident, by, host=host, overrides=ov, changes=d.get("log", []))
+            return key, new
+        # a plain triage folder: the same approval object, written once next to the manifest
+        aid = hashlib.sha256(f"{loaded.sha256}\n{host}\n{by}".encode()).hexdigest()[:24]
+        a = approval_from_manifest(loaded.manifest, loaded.sha256, host, by, datetime.now(UTC), aid,
+                                   changes=d.get("log", []), overrides=ov)
+        key = queues.approval_key(incident, aid)
+        return key, self.store.put_if_absent(key, a.model_dump_json(indent=1).encode())
+
+    def host(self, incident: str, loaded: Loaded) -> str:
+        """The manifest's host; else the one host that uploaded the snapshot; else 'local'."""
+        hosts = [h.strip() for h in (loaded.manifest.snapshot.host or "").split(",") if h.strip()]
+        if not hosts and not self.folder:
+            d = self.root / queues.INCOMING / incident
+            hosts = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        if len(hosts) > 1:
+            raise ValueError(f"incident {incident} names hosts {hosts}; approve it with spoolsweep approve --host")
+        return hosts[0] if hosts else "local"
+
+    def approvals(self, incident: str) -> list[str]:
+        return list(self.store.list(f"{queues.APPROVALS}/{incident}"))
+
+    # --- progress and reports
+    def receipts(self, incident: str) -> dict[str, Any]:
+        totals: Counter[str] = Counter()
+        rows = []
+        for key in self.store.list(f"{queues.RECEIPTS}/{incident}"):
+            try:
+                r = Receipt.model_validate_json(self.store.get(key))
+            except ValueError:
+                rows.append({"key": key, "error": "unreadable receipt"})
+                continue
+            c = r.counts()
+            totals.update(c)
+            rows.append({"key": key, "host": r.host, "instruction_id": r.instruction_id,
+                         "finished": r.finished_at is not None, "refused": r.refused, "counts": c})
+        return {"totals": {k: totals.get(k, 0) for k in ("replayed", "purged", "missing", "failed", "refused")},
+                "receipts": rows}
+
+    def blocklists(self, incident: str) -> dict[str, Any] | None:
+        key = queues.blocklist_key(incident)
+        if not self.store.exists(key):
+            return None
+        return json.loads(self.store.get(key))
+
+    def status(self, incident: str, loaded: Loaded | None) -> str:
+        if loaded is None:
+            return "parsing"
+        if not self.approvals(incident):
+            d = self.decisions(incident)
+            return "awaiting approval" if d.get("log") else "triaged"
+        r = self.receipts(incident)
+        if r["receipts"] and all(x.get("finished") for x in r["receipts"]):
+            return "done"
+        return "replaying"
+
+    # --- one message
+    def raw(self, incident: str, m: ManifestMessage) -> bytes | None:
+        """The message's bytes from the snapshot under incoming/, if it is there."""
+        base = self.root / queues.INCOMING / incident
+        if self.folder or not base.is_dir():
+            return None
+        for snap in sorted(base.glob("*/*")):
+            direct = snap / m.path
+            if snap.is_dir() and direct.is_file():
+                return direct.read_bytes()
+            try:
+                for member in iter_members(snap, Limits(), ArchiveReport()):
+                    if member.path == m.path or member.path.endswith("/" + m.path):
+                        return member.data
+            except Exception:  # noqa: BLE001, S112 - an unreadable snapshot falls back to manifest data
+                continue
+        return None
+
+
+def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": m.id, "subject": m.subject, "from_header": m.from_header,
+                           "envelope": m.envelope.model_dump(mode="json"), "verdict": verdict.value,
+                           "triage_verdict": m.verdict.value, "campaign": m.campaign, "confidence": m.confidence,
+                           "reasons": [r.model_dump() for r in m.reasons], "defects": m.defects,
+                           "size": m.size, "sha256": m.sha256, "headers": [], "body": None,
+                           "attachments": [{"filename": a, "content_type": "", "size": None} for a in m.attachments],
+                           "source": "manifest"}
+    if raw is None:
+        return out
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    out["source"] = "snapshot"
+    out["headers"] = [[k, str(v)[:4000]] for k, v in msg.items()][:300]
+    texts: list[str] = []
+    atts = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        fn = part.get_filename()
+        payload = part.get_payload(decode=True) or b""
+        if fn or not ctype.startswith("text/"):
+            atts.append({"filename": fn or "", "content_type": ctype, "size": len(payload)})
+            continue
+        cs = part.get_content_charset() or "utf-8"
+        try:
+            t = payload.decode(cs, errors="replace")
+        except LookupError:
+            t = payload.decode("utf-8", errors="replace")
+        texts.append(t if ctype == "text/plain" else f"[{ctype} shown as text]\n{t}")
+    out["body"] = "\n\n".join(texts)[:BODY_LIMIT]
+    out["attachments"] = atts
+    return out
+
+
+def _timeline(m: Manifest, buckets: int = 48, top: int = 8) -> dict[str, Any]:
+    times = [(x.envelope.arrival_time, x.campaign) for x in m.messages if x.envelope.arrival_time]
+    if not times:
+        return {"start": None, "bucket_seconds": 0, "series": []}
+    t0 = min(t for t, _ in times).timestamp()
+    t1 = max(t for t, _ in times).timestamp()
+    width = max(60.0, (t1 - t0) / buckets)
+    n = int((t1 - t0) // width) + 1
+    big = [c.id for c in sorted(m.campaigns, key=lambda c: -c.size)[:top]]
+    series: dict[str, list[int]] = defaultdict(lambda: [0] * n)
+    for t, c in times:
+        name = str(c) if c in big else "other"
+        series[name][int((t.timestamp() - t0) // width)] += 1
+    labels = {str(c.id): c.label for c in m.campaigns}
+    return {"start": datetime.fromtimestamp(t0, UTC).isoformat(), "bucket_seconds": width, "buckets": n,
+            "series": [{"campaign": k, "label": labels.get(k, "not in a campaign"), "counts": v}
+                       for k, v in sorted(series.items(), key=lambda kv: -sum(kv[1]))]}
