@@ -6,7 +6,6 @@ an instruction for 100,000 messages held as pydantic models would take about 4 K
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.journal import Journal
 from pipeline.errors import InstructionRefused
-from pipeline.instructions import ApprovedMessage, SignedInstruction
+from pipeline.instructions import ApprovedMessage, SignedInstruction, check_signature
 from pipeline.queues import check_name
 
 
@@ -84,23 +83,9 @@ def parse_payload(payload: str) -> Lean:
                 lists["replay"], lists["purge"])
 
 
-def _signature(signed: SignedInstruction, public_key_pem: bytes) -> None:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    key = load_pem_public_key(public_key_pem)
-    if not isinstance(key, Ed25519PublicKey):
-        raise InstructionRefused("verification key is not Ed25519")
-    try:
-        key.verify(base64.b64decode(signed.signature, validate=True), signed.payload.encode())
-    except (InvalidSignature, ValueError):
-        raise InstructionRefused("bad signature") from None
-
-
 def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: datetime) -> Lean:
     """As pipeline.instructions.verify (signature, then payload, host, expiry), returning compact records."""
-    _signature(signed, public_key_pem)
+    check_signature(signed, public_key_pem)
     ins = parse_payload(signed.payload)
     if ins.host != host:
         raise InstructionRefused(f"it is for host {ins.host!r}, this is {host!r}")

@@ -138,8 +138,8 @@ def sign(instruction: Instruction, private_key_pem: bytes, key_id: str) -> Signe
     return SignedInstruction(payload=payload, signature=base64.b64encode(sig).decode(), key_id=key_id)
 
 
-def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: datetime) -> Instruction:
-    """The instruction, if its signature is good, it names this host and it has not expired."""
+def check_signature(signed: SignedInstruction, public_key_pem: bytes) -> None:
+    """Raise InstructionRefused unless the payload carries a good Ed25519 signature of this key."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -151,6 +151,11 @@ def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: dat
         key.verify(base64.b64decode(signed.signature, validate=True), signed.payload.encode())
     except (InvalidSignature, ValueError):
         raise InstructionRefused("bad signature") from None
+
+
+def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: datetime) -> Instruction:
+    """The instruction, if its signature is good, it names this host and it has not expired."""
+    check_signature(signed, public_key_pem)
     try:
         ins = Instruction.model_validate_json(signed.payload)
     except ValueError as e:

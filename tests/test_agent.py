@@ -277,8 +277,8 @@ def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
 
 
 def test_exim_spool_pair_is_read_as_rfc822():
-    """No Exim binary here (Debian's exim4 would replace postfix): the spool parser is checked on its own."""
-    from agent.mta.exim import parse_spool
+    """The agent reads a -H/-D pair through the pipeline's Exim reader, so its digests agree with triage's."""
+    from agent.mta.exim import _read_pair
 
     hdrs = [(" ", b"Received: from client.example.net ([203.0.113.9])\n\tby mx1 with esmtp\n"),
             ("*", b"X-Deleted: by a filter\n"), ("F", b"From: Alice <alice@example.net>\n"),
@@ -288,7 +288,7 @@ def test_exim_spool_pair_is_read_as_rfc822():
          b"-auth_id bob\n-frozen 1764000100\nXX\n2\nbob@example.org\ncarol@example.com 1,2#1\n\n"
          + b"".join(f"{len(t):03d}{flag} ".encode() + t for flag, t in hdrs))
     d = b"1tAbCd-000123-Ab-D\nline one\nline two\n"
-    data, env = parse_spool(h, d)
+    data, env = _read_pair(h, d, "1tAbCd-000123-Ab")
     assert data == (b"Received: from client.example.net ([203.0.113.9])\n\tby mx1 with esmtp\n"
                     b"From: Alice <alice@example.net>\nSubject: hi\n\nline one\nline two\n")
     assert env.mail_from == "alice@example.net" and env.rcpt_to == ["bob@example.org", "carol@example.com"]

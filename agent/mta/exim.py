@@ -11,53 +11,14 @@ from pathlib import Path
 from agent.errors import MtaError
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
+from pipeline.readers.exim import parse_h
 
 _ID = re.compile(r"^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}$")
 _LIST = re.compile(r"^\s*\S+\s+\S+\s+([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s.*?(\*\*\* frozen \*\*\*)?$")
 
 
-def parse_spool(h: bytes, d: bytes) -> tuple[bytes, Envelope]:
-    """RFC 822 bytes and envelope from an Exim -H (envelope + headers) and -D (body) file pair."""
-    lines = h.split(b"\n")
-    env = Envelope(mail_from=lines[2].decode("utf-8", "replace").strip().strip("<>") if len(lines) > 2 else None)
-    i = 4
-    while i < len(lines) and lines[i].startswith(b"-"):
-        key, _, value = lines[i].decode("utf-8", "replace")[1:].partition(" ")
-        if key == "host_address":
-            env.client_address = value.rsplit(".", 1)[0] if value.count(".") == 4 else value
-        elif key == "helo_name":
-            env.helo = value
-        elif key == "received_protocol":
-            env.protocol = value
-        elif key == "auth_id":
-            env.sasl_username = value
-        i += 1
-    while i < len(lines) and not lines[i].strip().isdigit():
-        i += 1  # the non-recipients tree
-    count = int(lines[i]) if i < len(lines) else 0
-    env.rcpt_to = [ln.decode("utf-8", "replace").split(" ", 1)[0] for ln in lines[i + 1:i + 1 + count]]
-    rest = b"\n".join(lines[i + 2 + count:])
-    headers = []
-    pos = 0
-    while (m := re.match(rb"(\d{3,})(.)\s", rest[pos:])) is not None:
-        n = int(m.group(1))
-        start = pos + m.end() - 1
-        text = rest[start + 1:start + 1 + n]
-        if m.group(2) != b"*":  # '*' marks a header Exim deleted
-            headers.append(text)
-        pos = start + 1 + n
-    body = d.split(b"\n", 1)[1] if b"\n" in d else b""
-    return b"".join(headers) + b"\n" + body, env
-
-
 def _read_pair(h: bytes, d: bytes, qid: str) -> tuple[bytes, Envelope]:
-    """The pipeline's Exim reader when it is installed (so digests agree with it), else parse_spool."""
-    try:
-        from pipeline.readers.exim import parse_h
-    except ImportError:
-        data, env = parse_spool(h, d)
-        env.queue_id = qid
-        return data, env
+    """RFC 822 bytes and envelope of a -H/-D pair, read by the pipeline's Exim reader so digests agree."""
     env, head, _, _ = parse_h(h, qid)
     return head + b"\n" + (d.split(b"\n", 1)[1] if b"\n" in d else b""), env
 
