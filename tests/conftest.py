@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,25 @@ def incident_tar(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("incident") / "incident.tar.gz"
     write_canonical(generate(ham, spam, n=1500, seed=7), out)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_nameserver():
+    """Every blocklist query of the suite goes to a DNS server on 127.0.0.1, never to the real lists.
+
+    The pipeline's blocklist step (functions, `spoolsweep up` in subprocesses) reads
+    SPOOLSWEEP_NAMESERVER; this server knows no zone, so every zone is "not working" and nothing
+    leaves the machine.
+    """
+    from tests.support.dns_server import LocalDNS, ZoneResolver
+
+    with LocalDNS(ZoneResolver({}, set(), set(), set())) as server:
+        old = os.environ.get("SPOOLSWEEP_NAMESERVER")
+        os.environ["SPOOLSWEEP_NAMESERVER"] = server.nameserver
+        try:
+            yield server
+        finally:
+            if old is None:
+                os.environ.pop("SPOOLSWEEP_NAMESERVER", None)
+            else:
+                os.environ["SPOOLSWEEP_NAMESERVER"] = old

@@ -150,9 +150,11 @@ class Checker:
 
 
 async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker) -> BlocklistReport:
-    health = await asyncio.gather(*(checker.health(z) for z in zones))
-    working = {h.zone for h in health if h.working}
     jobs = [(t, z) for t in targets for z in zones if target_kind(t) in z.lists]
+    # only the zones some target needs are probed: no query that answers nothing we asked
+    needed = list({z.zone: z for _, z in jobs}.values()) + [z for z in zones if z.status == "dead"]
+    health = await asyncio.gather(*(checker.health(z) for z in {z.zone: z for z in needed}.values()))
+    working = {h.zone for h in health if h.working}
     results = await asyncio.gather(*(checker.check(t, z) for t, z in jobs if z.zone in working))
     skipped = [ZoneResult(target=t, zone=z.zone, status=Status.unknown, delist_url=z.delist,
                           why="zone not trusted: " + next(h.why for h in health if h.zone == z.zone))
