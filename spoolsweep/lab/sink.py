@@ -58,8 +58,10 @@ class Sink:
 
 
 def body_of(data: bytes) -> bytes:
-    """The message without the trace headers an MTA adds on the way in (leading Received:), LF line ends."""
+    """The message without the trace headers an MTA adds on the way in (leading Received:), LF line ends, ending
+    in a line end (SMTP's DATA always does: a message without a final one gets it on the way)."""
     lines = data.replace(b"\r\n", b"\n").split(b"\n")
     while lines and (lines[0].startswith(b"Received:") or (lines[0][:1] in (b" ", b"\t"))):
         lines.pop(0)
-    return b"\n".join(lines)
+    out = b"\n".join(lines)
+    return out if out.endswith(b"\n") else out + b"\n"
