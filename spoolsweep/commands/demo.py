@@ -25,6 +25,8 @@ def demo(
     spool: Annotated[str, typer.Option(help="auto | postfix (needs root and Debian postfix) | pickup | triage-only")]
     = "auto",
     console: Annotated[bool, typer.Option(help="open the review console on 127.0.0.1 if it is installed")] = True,
+    wait_approval: Annotated[float, typer.Option(help="without --yes: seconds to wait for an approval made in the "
+                                                      "console or with `spoolsweep approve`")] = 0,
 ) -> None:
     """A real incident: flood a private open-relay Postfix, close it, snapshot, triage, approve, replay, tally."""
     from spoolsweep.lab.postfix import available
@@ -47,7 +49,7 @@ def demo(
             spool = "postfix"
     from spoolsweep.lab.run import run_story
 
-    ok = run_story(workdir, messages, seed, corpus, yes, spool, console)
+    ok = run_story(workdir, messages, seed, corpus, yes, spool, console, wait_approval)
     if not ok:
         raise typer.Exit(1)
 

@@ -404,7 +404,18 @@ class PostfixInstance:
         """Stop the bleeding: only our networks and authenticated users may relay from now on."""
         self.open_relay = False
         self.postconf("smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated "
-                      "reject_unauth_destination", "smtpd_authorized_xclient_hosts =")
+                      "reject_unauth_destination")
+
+    def relay_probe(self, client: str = "203.0.113.9", rcpt: str = "victim@example.com") -> tuple[int, str]:
+        """What an outside client (set with XCLIENT) gets when it asks us to relay: (code, reply) to RCPT TO."""
+        with self.smtp() as s:
+            s.docmd("XCLIENT", f"ADDR={client} NAME=[UNAVAILABLE] HELO=probe.example.net")
+            s.ehlo_resp = None
+            s.ehlo("probe.example.net")
+            s.mail("probe@example.net")
+            code, msg = s.rcpt(rcpt)
+            s.rset()
+        return code, msg.decode(errors="replace")
 
     def relay_to(self, port: int) -> None:
         """Send what leaves the queue to 127.0.0.1:port (a sink) instead of the dead relay."""

@@ -30,7 +30,8 @@ def step(n: int, title: str) -> None:
     say(f"\n[bold cyan]{n}. {title}[/]")
 
 
-def run_story(workdir: Path, n: int, seed: int, corpus: Path | None, yes: bool, spool: str, console: bool) -> bool:
+def run_story(workdir: Path, n: int, seed: int, corpus: Path | None, yes: bool, spool: str, console: bool,
+              wait_approval: float = 0) -> bool:
     """The whole story; True when the tally checks out (or when it stopped, as asked, before approval)."""
     if workdir.exists():
         shutil.rmtree(workdir)  # a demo starts clean: its store, journal and queue are its own
@@ -48,9 +49,9 @@ def run_story(workdir: Path, n: int, seed: int, corpus: Path | None, yes: bool, 
             fh.write(json.dumps({"message_id": message_id(m.data), "label": m.label, "kind": m.kind}) + "\n")
     if spool == "postfix":
         with _postfix_incident(st, inc) as pf:
-            return _after_snapshot(st, inc, yes, console, pf=pf, t0=t0)
+            return _after_snapshot(st, inc, yes, console, pf, t0, wait_approval)
     _pickup_incident(st, inc)
-    return _after_snapshot(st, inc, yes, console, pf=None, t0=t0)
+    return _after_snapshot(st, inc, yes, console, None, t0, wait_approval)
 
 
 @contextlib.contextmanager
@@ -69,9 +70,14 @@ def _postfix_incident(st: Story, inc: Incident) -> Iterator[PostfixInstance]:
             f"({', '.join(f'{k} {v}' for k, v in sorted(ways.items()))}); "
             f"queue: {dict(Counter(q['queue_name'] for q in queued))}")
         step(4, "stop the bleeding: close the relay")
+        before = pf.relay_probe()
         pf.close_relay()
         say("   postconf -e 'smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated "
             "reject_unauth_destination'; postfix reload")
+        after = pf.relay_probe()
+        say(f"   relaying for 203.0.113.9 to victim@example.com: before {before[0]}, now {after[0]} {after[1]}")
+        if after[0] < 500:
+            raise RuntimeError(f"the relay is still open: {after}")
         step(5, "the agent freezes the queue and snapshots it into the embedded store")
         st.spoolsweep("agent", "snapshot", "--mta", "postfix", "--postfix-config", str(pf.etc), "--to", str(st.store),
                       "--incident", INCIDENT, "--host", HOST, "--state-dir", str(st.state))
@@ -93,7 +99,7 @@ def _pickup_incident(st: Story, inc: Incident) -> None:
 
 
 def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: PostfixInstance | None,
-                    t0: float) -> bool:
+                    t0: float, wait_approval: float) -> bool:
     step(6, "the pipeline (the same functions as on AWS, here on one machine): parse, triage, blocklists")
     st.spoolsweep("up", "--store", str(st.store), "--policy", str(st.workdir / "site.toml"), "--once")
     manifest = st.manifest()
@@ -110,7 +116,12 @@ def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: Post
     proc = _open_console(st) if console else None
     try:
         if not yes:
-            if sys.stdin.isatty() and _confirm():
+            if wait_approval > 0:
+                if not _await_approval(st, wait_approval):
+                    say(f"   [red]no approval within {wait_approval:.0f} s[/]; the queue stays frozen")
+                    return False
+                yes = True
+            elif sys.stdin.isatty() and _confirm():
                 yes = True
             else:
                 say(f"   stopping before approval. Manifest: {st.store}/manifests/{INCIDENT}/manifest.json. "
@@ -121,6 +132,21 @@ def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: Post
         if proc is not None:
             proc.terminate()
             proc.wait(10)
+
+
+def _await_approval(st: Story, seconds: float) -> bool:
+    """Wait for an approval written elsewhere: the console's Approve button, or `spoolsweep approve` by hand."""
+    folder = st.store / "approvals" / INCIDENT
+    say(f"   waiting up to {seconds:.0f} s for an approval (in the console, or `spoolsweep approve {INCIDENT} "
+        f"--store {st.store}`)")
+    (st.workdir / "awaiting-approval").write_text(str(st.store) + "\n")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if folder.is_dir() and any(p.suffix == ".json" for p in folder.iterdir()):
+            say("   approval found")
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _confirm() -> bool:
@@ -159,7 +185,9 @@ def _truth_by_path(st: Story, inc: Incident, manifest) -> Path:  # type: ignore[
 
 def _approve_and_replay(st: Story, inc: Incident, pf: PostfixInstance | None, t0: float) -> bool:
     step(8, "approve the engine's verdicts; the pipeline signs an instruction for the agent")
-    st.spoolsweep("approve", INCIDENT, "--by", "demo-admin", "--store", str(st.store))
+    folder = st.store / "approvals" / INCIDENT
+    if not (folder.is_dir() and any(folder.iterdir())):
+        st.spoolsweep("approve", INCIDENT, "--by", "demo-admin", "--store", str(st.store))
     st.spoolsweep("up", "--store", str(st.store), "--once")
     manifest = st.manifest()
     n_valid = sum(1 for m in manifest.messages if m.verdict.value == "valid")
@@ -179,6 +207,8 @@ def _approve_and_replay(st: Story, inc: Incident, pf: PostfixInstance | None, t0
         wait_sink(sink, n_valid, pf.flush if pf else None)
         save_sink(sink, st.workdir / "sink")
         left = _left(st, manifest, pf)
+        if pf is not None:  # what Postfix itself says is left, for checks that do not trust the demo's reading
+            (st.workdir / "queue-after.json").write_text(json.dumps(pf.postqueue_json()))
         purged = sum(Receipt.model_validate_json(p.read_bytes()).counts()["purged"]
                      for p in (st.store / "receipts" / INCIDENT / HOST).glob("*.json") if ".refused-" not in p.name)
         t = tally(inc, manifest, sink, left, purged)
