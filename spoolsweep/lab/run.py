@@ -114,6 +114,8 @@ def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: Post
         say(f"   blocklists: {report if report.exists() else 'no report written'}")
     step(7, "review")
     proc = _open_console(st) if console else None
+    if proc is not None and not yes and wait_approval <= 0:
+        wait_approval = 3600.0  # the console is open for the review: wait for its Approve
     try:
         if not yes:
             if wait_approval > 0:
