@@ -33,9 +33,11 @@ def step(n: int, title: str) -> None:
 def run_story(workdir: Path, n: int, seed: int, corpus: Path | None, yes: bool, spool: str, console: bool,
               wait_approval: float = 0) -> bool:
     """The whole story; True when the tally checks out (or when it stopped, as asked, before approval)."""
-    if workdir.exists():
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / "truth.jsonl").exists():
+            raise SystemExit(f"{workdir} is not empty and not an earlier demo's folder; give another --workdir")
         shutil.rmtree(workdir)  # a demo starts clean: its store, journal and queue are its own
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     st = Story(workdir, say)
     t0 = time.monotonic()
     step(1, f"generating an incident of {n:,} messages from the SpamAssassin public corpus")
