@@ -12,9 +12,9 @@ from pathlib import Path
 
 from agent.journal import FINAL, ActionRow, Journal
 from agent.mta.base import Deliverer, Queue, QueuedMessage
-from agent.verify import body_digest, check, peek
+from agent.verify import Item, Lean, body_digest, check, parse_payload, peek
 from pipeline.errors import InstructionRefused, SpoolsweepError
-from pipeline.instructions import Instruction, Outcome, Receipt, ReceiptItem
+from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction
 from pipeline.models import Envelope
 from pipeline.queues import receipt_key
 from pipeline.store import Channel, Store
@@ -50,8 +50,9 @@ class Agent:
     rate: RateLimit = field(default_factory=RateLimit)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     known_incident: Callable[[str], bool] | None = None
+    batch: int = 100  # native releases per MTA command
     # `done` marks wait here and ride along with the next write: one fsync per message, not three
-    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list)
+    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list, init=False, repr=False)
 
     def _set(self, row: ActionRow, phase: str, detail: str = "", defer: bool = False) -> None:
         """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk
@@ -101,7 +102,7 @@ class Agent:
         self.store.put_if_absent(key, receipt.model_dump_json(indent=1).encode())
         return receipt
 
-    def _plan(self, ins: Instruction, body: str) -> None:
+    def _plan(self, ins: Lean, body: str) -> None:
         """Check every message against the frozen queue before touching any; record the plan in one go."""
         plan: list[tuple[str, str, str, str | None, str, str, str]] = []
         for action, items in (("replay", ins.replay), ("purge", ins.purge)):
@@ -116,7 +117,8 @@ class Agent:
                 elif qm.sha256 != m.sha256:
                     phase, detail = "refused", (f"digest mismatch: reviewed {m.sha256[:16]}…, "
                                                 f"on disk {qm.sha256[:16]}…; left untouched")
-                elif action == "replay" and not (m.envelope or self.queue.full_envelope(qm)).rcpt_to:
+                elif action == "replay" and not (m.rcpt_to if m.rcpt_to is not None
+                                                 else self.queue.full_envelope(qm).rcpt_to):
                     phase, detail = "refused", "no recipients in the envelope"
                 if phase != "pending":
                     log.warning("%s %s: %s", action, m.id, detail)
@@ -125,10 +127,18 @@ class Agent:
         log.info("instruction %s verified: %d to replay, %d to purge, %d refused or missing", ins.instruction_id,
                  len(ins.replay), len(ins.purge), sum(1 for p in plan if p[5] != "pending"))
 
-    def _execute(self, ins: Instruction) -> Receipt:
-        envelopes = {m.id: m.envelope for m in ins.replay}
-        for row in self.journal.actions(ins.instruction_id):
-            if row.phase in FINAL:
+    def _execute(self, ins: Lean) -> Receipt:
+        envelopes = {m.id: m for m in ins.replay}
+        batch: list[ActionRow] = []
+        rows = [r for r in self.journal.actions(ins.instruction_id) if r.phase not in FINAL]
+        for i, row in enumerate(rows):
+            if self._batchable(row):
+                batch.append(row)
+                nxt = rows[i + 1] if i + 1 < len(rows) else None
+                if len(batch) < self.batch and nxt is not None and self._batchable(nxt):
+                    continue
+                self._release_batch(batch)
+                batch = []
                 continue
             try:
                 if row.action == "replay":
@@ -149,13 +159,49 @@ class Agent:
             self.journal.finish(ins.instruction_id)
         return self._receipt(ins.instruction_id, ins.incident)
 
+    def _batchable(self, row: ActionRow) -> bool:
+        return (row.action == "replay" and row.phase == "pending" and self.deliverer is None
+                and hasattr(self.queue, "release_many"))
+
+    def _release_batch(self, rows: list[ActionRow]) -> None:
+        """Many native releases with one journal write and one MTA command (postsuper -H -)."""
+        ready: list[tuple[ActionRow, QueuedMessage]] = []
+        for row in rows:
+            qm = self._current(row)
+            if qm is None:
+                self._set(row, "missing", "gone from the queue before replay")
+                continue
+            self.rate.wait()
+            ready.append((row, qm))
+        if not ready:
+            return
+        with self.journal.batch():
+            self._flush()
+            for row, _ in ready:
+                self.journal.set_phase(row.instruction_id, row.seq, "intent")
+        try:
+            self.queue.release_many([qm for _, qm in ready])  # type: ignore[attr-defined]
+        except (SpoolsweepError, OSError) as e:
+            # some may have been released: go one by one (release is idempotent) to say which
+            log.error("releasing %d messages at once failed (%s); one by one", len(ready), e)
+            for row, qm in ready:
+                try:
+                    self.queue.release(qm, lambda: None, "intent")
+                    self._set(row, "done", "released to the MTA", defer=True)
+                except (SpoolsweepError, OSError) as e1:
+                    self._set(row, "failed", f"release failed: {e1}")
+            return
+        for row, _ in ready:
+            self._set(row, "done", "released to the MTA", defer=True)
+        log.info("released %d messages", len(ready))
+
     def _current(self, row: ActionRow) -> QueuedMessage | None:
         qm = self.queue.locate(row.path, row.queue_id)
         if qm is not None and qm.sha256 != row.sha256:
             return None  # the name now holds another message (queue ids are reused): ours is gone
         return qm
 
-    def _replay(self, row: ActionRow, envelope: Envelope | None) -> None:
+    def _replay(self, row: ActionRow, item: Item | None) -> None:
         qm = self._current(row)
         if row.phase == "pending":
             if qm is None:
@@ -181,7 +227,10 @@ class Agent:
                 if qm is None:
                     self._set(row, "missing", "gone from the queue before replay")
                     return
-                env = envelope if envelope is not None and envelope.rcpt_to else self.queue.full_envelope(qm)
+                if item is not None and item.rcpt_to:
+                    env = Envelope(mail_from=item.mail_from, rcpt_to=list(item.rcpt_to))
+                else:
+                    env = self.queue.full_envelope(qm)
                 answer = self.deliverer.send(self.queue.content(qm), env, commit, key)
                 detail = f"re-injected: {answer.strip()[:120]}"
             elif status != "delivered":
@@ -232,9 +281,7 @@ class Agent:
         out = []
         for iid, body in self.journal.unfinished():
             log.info("resuming instruction %s", iid)
-            from pipeline.instructions import SignedInstruction
-
-            ins = Instruction.model_validate_json(SignedInstruction.model_validate_json(body).payload)
+            ins = parse_payload(SignedInstruction.model_validate_json(body).payload)
             out.append(self._execute(ins))
         return out
 

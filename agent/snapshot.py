@@ -24,6 +24,7 @@ from pipeline.models import Envelope, IndexEntry
 
 Progress = Callable[[str, int, int | None], None]
 _MTIME = 0
+_EMPTY = Envelope()
 
 
 @dataclass
@@ -48,6 +49,7 @@ def _add(tf: tarfile.TarFile, name: str, fileobj: io.IOBase | None, size: int, m
     ti.mtime = int(mtime)
     ti.mode = 0o600
     tf.addfile(ti, fileobj)
+    tf.members.clear()  # type: ignore[attr-defined]  # TarFile keeps every TarInfo it wrote
 
 
 def member_name(qm: QueuedMessage) -> str:
@@ -67,7 +69,7 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
             line = IndexEntry(path=member_name(qm), sha256=qm.sha256, size=qm.size, envelope=env)
             index.write(line.model_dump_json(exclude_none=True).encode() + b"\n")
             total += qm.size
-            qm.envelope = Envelope()  # the index holds it now; keep memory flat
+            qm.envelope = _EMPTY  # the index holds it now; keep memory flat
             keep.append(qm)
             progress("indexing", len(keep), None)
         index_size = index.tell()
@@ -82,7 +84,7 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
             with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as zw:
                 with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
                     _add(tf, "spoolsweep-snapshot.json", io.BytesIO(meta), len(meta))
-                    _add(tf, "index.jsonl", index, index_size)  # type: ignore[arg-type]
+                    _add(tf, "index.jsonl", index, index_size)
                     for n, qm in enumerate(keep, 1):
                         data = queue.content(qm)
                         if hashlib.sha256(data).hexdigest() != qm.sha256:

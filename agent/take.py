@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.errors import SnapshotExists
 from agent.journal import Journal
@@ -39,7 +40,7 @@ def _reached(row: dict | None, state: str) -> bool:
 
 def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir: Path, dry_run: bool = False,
          keep_local: bool = False, progress: Progress | None = None,
-         say: Callable[[str], None] = lambda s: None, s3_client: object | None = None) -> Summary:
+         say: Callable[[str], None] = lambda s: None, s3_client: Any = None) -> Summary:
     inc, host = dest.incident, dest.host
     row = journal.snapshot(inc, host)
     if row is not None and row["state"] == "uploaded":
@@ -52,8 +53,8 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
     summary = Summary(inc, host, mta, froze="", resumed_from=row["state"] if row else None, dry_run=dry_run)
 
     if dry_run:
-        fr = queue.freeze(dry_run=True)
-        summary.froze, summary.messages, summary.bytes = fr.what, fr.messages, fr.bytes
+        would = queue.freeze(dry_run=True)
+        summary.froze, summary.messages, summary.bytes = would.what, would.messages, would.bytes
         summary.destination = str(dest)
         return summary
 
@@ -64,14 +65,15 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
         journal.set_snapshot(inc, host, state="frozen", messages=fr.messages, bytes=fr.bytes)
         summary.froze = fr.what
         summary.notes += fr.notes
-        say(f"froze {fr.messages:,} messages ({fr.bytes / 2**20:,.1f} MiB): {fr.what}")
+        say(f"froze {fr.messages:,} messages: {fr.what}")
     else:
         summary.froze = f"already frozen ({mta})"
     row = journal.snapshot(inc, host)
 
     # 2. pack (the local copy is kept until the upload's checksum is confirmed)
     archive = state_dir / "snapshots" / inc / f"{host}-{NAME}"
-    if _reached(row, "packed") and archive.exists() and file_sha256(archive) == row["archive_sha256"]:
+    if row is not None and _reached(row, "packed") and archive.exists() and \
+            file_sha256(archive) == row["archive_sha256"]:
         sha, n, size = row["archive_sha256"], row["messages"], row["bytes"]
     else:
         packed = pack(queue, archive, host, inc, mta, progress)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from agent.errors import SnapshotExists, UploadError
@@ -65,13 +66,13 @@ def parse_destination(upload: str | None, to: Path | None, incident: str | None,
     return Destination("s3", u.netloc, check_name("incident", incident), check_name("host", host))
 
 
-def existing(dest: Destination, client: object | None = None) -> list[str]:
+def existing(dest: Destination, client: Any = None) -> list[str]:
     """Objects already under the destination prefix (a second snapshot into one incident is refused)."""
     if dest.kind == "dir":
         base = Path(dest.root) / dest.prefix()
         return sorted(p.name for p in base.iterdir() if not p.name.startswith(".")) if base.is_dir() else []
     s3 = client or _s3()
-    resp = s3.list_objects_v2(Bucket=dest.root, Prefix=dest.prefix(), MaxKeys=10)  # type: ignore[attr-defined]
+    resp = s3.list_objects_v2(Bucket=dest.root, Prefix=dest.prefix(), MaxKeys=10)
     return [o["Key"] for o in resp.get("Contents", [])]
 
 
@@ -99,7 +100,7 @@ def to_dir(archive: Path, dest: Destination, name: str, sha256: str) -> str:
     return str(final)
 
 
-def _s3():  # type: ignore[no-untyped-def]
+def _s3() -> Any:
     import boto3  # only here: the agent's base install has no boto3
 
     return boto3.client("s3", endpoint_url=os.environ.get("SPOOLSWEEP_S3_ENDPOINT") or None)
@@ -107,14 +108,14 @@ def _s3():  # type: ignore[no-untyped-def]
 
 def to_s3(archive: Path, dest: Destination, name: str, sha256: str, state: dict,
           save: Callable[[dict], None], progress: Callable[[str, int, int | None], None] | None = None,
-          client: object | None = None) -> str:
+          client: Any = None) -> str:
     """Multipart upload with a SHA-256 per part; `state` (saved after each part) lets it resume."""
     s3 = client or _s3()
     key = dest.key(name)
     size = archive.stat().st_size
     nparts = max(1, -(-size // PART))
     if not state.get("upload_id"):
-        resp = s3.create_multipart_upload(Bucket=dest.root, Key=key, ChecksumAlgorithm="SHA256",  # type: ignore[attr-defined]
+        resp = s3.create_multipart_upload(Bucket=dest.root, Key=key, ChecksumAlgorithm="SHA256",
                                           Metadata={"sha256": sha256})
         state = {"upload_id": resp["UploadId"], "parts": {}}
         save(state)
@@ -128,16 +129,16 @@ def to_s3(archive: Path, dest: Destination, name: str, sha256: str, state: dict,
             b64 = base64.b64encode(digest).decode()
             if str(n) in parts and parts[str(n)]["ChecksumSHA256"] == b64:
                 continue
-            r = s3.upload_part(Bucket=dest.root, Key=key, UploadId=state["upload_id"], PartNumber=n,  # type: ignore[attr-defined]
+            r = s3.upload_part(Bucket=dest.root, Key=key, UploadId=state["upload_id"], PartNumber=n,
                                Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=b64)
             parts[str(n)] = {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": b64}
             save(state)
             if progress:
                 progress("uploading", n, nparts)
-    s3.complete_multipart_upload(  # type: ignore[attr-defined]
+    s3.complete_multipart_upload(
         Bucket=dest.root, Key=key, UploadId=state["upload_id"],
         MultipartUpload={"Parts": [parts[str(n)] for n in range(1, nparts + 1)]})
-    head = s3.head_object(Bucket=dest.root, Key=key, ChecksumMode="ENABLED")  # type: ignore[attr-defined]
+    head = s3.head_object(Bucket=dest.root, Key=key, ChecksumMode="ENABLED")
     # S3 answers with the checksum of the part checksums ("...-N"); compare the digest part
     want = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
     got = head.get("ChecksumSHA256")

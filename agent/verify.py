@@ -1,18 +1,112 @@
-"""Verify an instruction before anything is touched: signature, host, incident, expiry, not already executed."""
+"""Verify an instruction before anything is touched: signature, host, incident, expiry, not already executed.
+
+The payload is checked against pipeline.instructions' models item by item and kept as compact records:
+an instruction for 100,000 messages held as pydantic models would take about 4 KB a message.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.journal import Journal
 from pipeline.errors import InstructionRefused
-from pipeline.instructions import Instruction, SignedInstruction, verify
+from pipeline.instructions import ApprovedMessage, SignedInstruction
 from pipeline.queues import check_name
+
+
+@dataclass(slots=True)
+class Item:
+    """One message of an instruction: both identities, and the envelope's sender and recipients."""
+
+    id: str
+    path: str
+    sha256: str
+    queue_id: str | None
+    mail_from: str | None
+    rcpt_to: tuple[str, ...] | None  # None when the instruction carries no envelope
+
+
+@dataclass
+class Lean:
+    instruction_id: str
+    incident: str
+    host: str
+    expires_at: datetime
+    quarantine: bool
+    replay: list[Item]
+    purge: list[Item]
+
+
+class _Head(BaseModel):
+    """pipeline.instructions.Instruction with its message lists left as dicts, validated one at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+    instruction_id: str
+    incident: str
+    host: str
+    approval_id: str
+    issued_at: datetime
+    expires_at: datetime
+    replay: list[dict[str, Any]]
+    purge: list[dict[str, Any]]
+    quarantine: bool = True
+
+
+def parse_payload(payload: str) -> Lean:
+    """The payload as compact records; raises InstructionRefused if any part of it is malformed."""
+    try:
+        head = _Head.model_validate_json(payload)
+    except (ValidationError, ValueError) as e:
+        raise InstructionRefused(f"malformed payload: {_first(e)}") from None
+    lists: dict[str, list[Item]] = {}
+    for name in ("replay", "purge"):
+        raw: list[Any] = getattr(head, name)
+        out: list[Item] = []
+        for i, d in enumerate(raw):
+            try:
+                m = ApprovedMessage.model_validate(d)
+            except ValidationError as e:
+                raise InstructionRefused(f"malformed payload: {name}[{i}]: {_first(e)}") from None
+            env = m.envelope
+            out.append(Item(m.id, m.path, m.sha256, m.queue_id, env.mail_from if env else None,
+                            tuple(env.rcpt_to) if env else None))
+            raw[i] = None  # let the dict go as soon as it is converted
+        lists[name] = out
+    return Lean(head.instruction_id, head.incident, head.host, head.expires_at, head.quarantine,
+                lists["replay"], lists["purge"])
+
+
+def _signature(signed: SignedInstruction, public_key_pem: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(public_key_pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise InstructionRefused("verification key is not Ed25519")
+    try:
+        key.verify(base64.b64decode(signed.signature, validate=True), signed.payload.encode())
+    except (InvalidSignature, ValueError):
+        raise InstructionRefused("bad signature") from None
+
+
+def verify(signed: SignedInstruction, public_key_pem: bytes, host: str, now: datetime) -> Lean:
+    """As pipeline.instructions.verify (signature, then payload, host, expiry), returning compact records."""
+    _signature(signed, public_key_pem)
+    ins = parse_payload(signed.payload)
+    if ins.host != host:
+        raise InstructionRefused(f"it is for host {ins.host!r}, this is {host!r}")
+    if now >= ins.expires_at:
+        raise InstructionRefused(f"expired at {ins.expires_at.isoformat()}")
+    return ins
 
 
 def body_digest(body: str) -> str:
@@ -20,7 +114,7 @@ def body_digest(body: str) -> str:
 
 
 def check(body: str, public_key_pem: bytes, host: str, now: datetime, journal: Journal,
-          known_incident: Callable[[str], bool]) -> tuple[Instruction, str | None]:
+          known_incident: Callable[[str], bool]) -> tuple[Lean, str | None]:
     """(instruction, state in the journal or None if new); raises InstructionRefused with the reason."""
     try:
         signed = SignedInstruction.model_validate_json(body)
@@ -62,4 +156,8 @@ def peek(body: str) -> tuple[str, str]:
 
 
 def _first(e: Exception) -> str:
+    if isinstance(e, ValidationError) and e.errors():
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        return f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", ""))
     return (str(e).splitlines() or [type(e).__name__])[0]

@@ -50,12 +50,14 @@ def run(n: int, shard_size: int, workers: int | None, corpus: tuple[list[bytes],
         times["approve+dispatch"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         assert m.totals.messages == n, m.totals
-        assert len(LocalChannel(root / "channel").receive("mx1")) == 1
+        parts = len(LocalChannel(root / "channel").receive("mx1", max_messages=100_000))
+        assert parts == len(list(store.list("instructions/mx1/"))) >= 1
         dead = runner.dead()
         assert not dead, dead
         print(f"\n{n:,} messages in {len(keys)} shard(s) of <= {shard_size:,} "
               f"(generating the snapshot took {gen:.1f} s, not counted); "
-              f"valid {m.totals.valid:,} spam {m.totals.spam:,} review {m.totals.review:,}")
+              f"valid {m.totals.valid:,} spam {m.totals.spam:,} review {m.totals.review:,}; "
+              f"{parts} signed instruction part(s)")
         for step, s in times.items():
             print(f"  {step:<18} {s:8.2f} s")
         print(f"  {'throughput':<18} {n / times['total']:8,.0f} messages/s")

@@ -62,12 +62,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--peer", choices=["spamassassin"], default=None,
+                    help="also run a content filter from Debian (apt-get install spamassassin spamd spamc)")
+    ap.add_argument("--peer-sample", type=int, default=400, help="messages the peer filter scans")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         _child(a.child[0], a.child[1], a.child[2], a.workers)
         return
-    from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical
+    from pipeline.generator import POLICY_TOML, find_corpus, iter_incident, load_corpus, write_canonical
 
     a.dir.mkdir(parents=True, exist_ok=True)
     policy = a.dir / "site.toml"
@@ -80,7 +83,7 @@ def main() -> None:
             if ham is None:
                 ham, spam = load_corpus(find_corpus())
             print(f"generating {n:,} messages -> {snap}", file=sys.stderr)
-            write_canonical(generate(ham, spam or [], n=n, seed=n), snap)
+            write_canonical(iter_incident(ham, spam or [], n=n, seed=n), snap)
         res = {}
         for kind in ("floor", "triage"):
             p = subprocess.run([sys.executable, __file__, "--workers", str(a.workers), "--child", kind, str(snap),
@@ -91,12 +94,30 @@ def main() -> None:
                "floor_msgs_per_s": f["messages"] / f["seconds"], "triage_msgs_per_s": t["messages"] / t["seconds"],
                "triage_seconds": t["seconds"], "ratio_to_floor": t["seconds"] / f["seconds"],
                "peak_rss_mb": t["peak_rss_mb"], "stages": t["stages"], **t["quality"]}
+        if a.peer:
+            from bench.peer import run_spamassassin, sample_from_snapshot
+
+            truth = {}
+            for line in snap.with_name(f"incident{n}.truth.jsonl").read_text().splitlines():
+                entry = json.loads(line)
+                truth[entry["path"]] = entry["label"]
+            peer = run_spamassassin(sample_from_snapshot(snap, truth, a.peer_sample))
+            if peer is None:
+                print("  peer: spamd/spamc not found or did not start", file=sys.stderr)
+            else:
+                row["peer"] = peer
+                row["ratio_to_peer"] = row["triage_msgs_per_s"] / peer["msgs_per_s"]
         rows.append(row)
         print(f"{n:>9,} msgs  floor {row['floor_msgs_per_s']:>8,.0f}/s  triage {row['triage_msgs_per_s']:>7,.0f}/s "
               f"({row['triage_seconds']:.1f} s, {row['ratio_to_floor']:.1f}x floor)  peak RSS {row['peak_rss_mb']:,.0f}"
               f" MB  valid->spam {row['valid_as_spam']}  spam->valid {row['spam_as_valid_share']:.3%}  "
               f"review {row['review_share']:.2%}")
         print("           stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in t["stages"].items()))
+        if "peer" in row:
+            pr = row["peer"]
+            print(f"           peer SpamAssassin (spamd --local, {pr['messages']} sampled): {pr['msgs_per_s']:.1f}/s "
+                  f"-> spoolsweep is {row['ratio_to_peer']:.0f}x faster; peer deleted "
+                  f"{pr['valid_as_spam_share']:.1%} of valid, replayed {pr['spam_as_valid_share']:.1%} of spam")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(rows, indent=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -50,6 +51,15 @@ class S3Store:
     def get(self, key: str) -> bytes:
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                raise StoreError(f"no object {key!r} in s3://{self.bucket}") from None
+            raise
+
+    def download(self, key: str, path: Path) -> None:
+        """Stream an object to a file (multipart, in parallel), never holding it all in memory."""
+        try:
+            self.s3.download_file(self.bucket, key, str(path))
         except ClientError as e:
             if _code(e) in ("NoSuchKey", "404"):
                 raise StoreError(f"no object {key!r} in s3://{self.bucket}") from None

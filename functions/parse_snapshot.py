@@ -1,4 +1,9 @@
-"""parse_snapshot: incoming/<incident>/<host>/<file> (snapshot or shard) -> parsed/<incident>/<shard>.jsonl.zst."""
+"""parse_snapshot: incoming/<incident>/<host>/<file> (snapshot or shard) -> parsed/<incident>/<shard>.jsonl.zst.
+
+A whole snapshot larger than SPOOLSWEEP_SPLIT_BYTES is not parsed here: it is cut into part files
+beside it (incoming/.../<stem>.part-0001-of-0050.tar.zst), whose own events parse them in parallel
+Lambda invocations. The whole file stays as evidence and never becomes a parsed shard itself.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from functions.errors import PoisonEvent
 from functions.events import ObjectRef
 from functions.root import build_store, load_site_policy
 from functions.settings import ParseSettings, load
-from functions.shards import shard_of
+from functions.shards import shard_of, split_snapshot
 from pipeline import queues
 from pipeline.archive import ArchiveReport
 from pipeline.errors import SnapshotError
@@ -33,8 +38,37 @@ def shard_meta_key(incident: str, shard: str) -> str:
     return f"{queues.STATE}/{queues.check_name('incident', incident)}/shards/{queues.check_name('shard', shard)}.json"
 
 
-def parse_object(store: Store, key: str, policy: SitePolicy, workers: int = 1) -> str:
-    """Parse one snapshot object into its shard of ParsedRecord lines; a second run finds it done."""
+def _local(store: Store, key: str, tmp: Path) -> Path:
+    """The object as a local file: the store's own file, a streamed download, or a copy."""
+    root = getattr(store, "root", None)
+    if isinstance(root, Path) and (root / key).is_file():
+        return root / key
+    path = tmp / key.rsplit("/", 1)[-1]
+    download = getattr(store, "download", None)
+    if download is not None:
+        download(key, path)  # S3: multipart, streamed to /tmp, never all in memory
+    else:
+        path.write_bytes(store.get(key))
+    return path
+
+
+def split_object(store: Store, key: str, policy: SitePolicy, shard_size: int) -> str:
+    """Cut a whole snapshot into part files under incoming/; re-running rewrites nothing."""
+    incident, host, filename = key.split("/")[1:]
+    with tempfile.TemporaryDirectory(prefix="spoolsweep-split-") as tmp:
+        parts = split_snapshot(_local(store, key, Path(tmp)), Path(tmp) / "parts", host, shard_size, policy.limits)
+        written = 0
+        for p in parts:
+            pkey = queues.incoming_key(incident, host, p.name)
+            if not store.exists(pkey):
+                store.put(pkey, p.read_bytes())
+                written += 1
+    return f"split into {len(parts)} part(s) ({written} new) beside {filename}"
+
+
+def parse_object(store: Store, key: str, policy: SitePolicy, workers: int = 1, split_bytes: int = 0,
+                 shard_size: int = 20000, size: int | None = None) -> str:
+    """Parse one snapshot object into its shard of ParsedRecord lines (or split it); a second run finds it done."""
     incident, host, filename = key.split("/")[1:]
     if filename.startswith("."):
         return "skipped: hidden file"
@@ -42,6 +76,8 @@ def parse_object(store: Store, key: str, policy: SitePolicy, workers: int = 1) -
         name = shard_of(host, filename)
     except ValueError as e:
         raise PoisonEvent(str(e)) from None
+    if split_bytes and name.parts == 1 and size is not None and size > split_bytes:
+        return split_object(store, key, policy, shard_size)
     out = queues.parsed_key(incident, name.shard)
     if store.exists(out):
         return f"already parsed: {out}"
@@ -50,8 +86,7 @@ def parse_object(store: Store, key: str, policy: SitePolicy, workers: int = 1) -
     report = ArchiveReport()
     lines: list[bytes] = []
     with tempfile.TemporaryDirectory(prefix="spoolsweep-parse-") as tmp:
-        path = Path(tmp) / filename
-        path.write_bytes(store.get(key))
+        path = _local(store, key, Path(tmp))
         try:
             fmt, found, report = read_snapshot(path, policy.limits, report=report)
             records = parse_all(found, policy, workers=workers)
@@ -80,7 +115,8 @@ def deps() -> tuple[ParseSettings, Store]:
 def on_object(ref: ObjectRef, record: SQSRecord) -> str:
     s, store = deps()
     key_parts(ref, queues.INCOMING, 3)
-    return parse_object(store, ref.key, load_site_policy(store, s), s.workers)
+    return parse_object(store, ref.key, load_site_policy(store, s), s.workers, s.split_bytes, s.shard_size,
+                        ref.size)
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):

@@ -188,11 +188,13 @@ class LocalRunner:
 class SqsRunner:
     """Polls each step's SQS queue and hands the messages to the handler, as Lambda's event source mapping does."""
 
-    def __init__(self, sqs: Any, prefix: str = names.PREFIX, region: str = "us-east-1") -> None:
+    def __init__(self, sqs: Any, prefix: str = names.PREFIX, region: str = "us-east-1",
+                 steps: Iterable[str] = ()) -> None:
         self.sqs = sqs
         self.prefix = prefix
         self.region = region
-        self.urls = {s: sqs.get_queue_url(QueueName=names.event_queue(s, prefix))["QueueUrl"] for s in names.STEPS}
+        self.steps = [s for s in names.STEPS if s in set(steps)] if steps else list(names.STEPS)
+        self.urls = {s: sqs.get_queue_url(QueueName=names.event_queue(s, prefix))["QueueUrl"] for s in self.steps}
 
     def _lambda_record(self, step: str, m: dict) -> dict:
         rec = sqs_record(m["Body"], names.event_queue(step, self.prefix), message_id=m["MessageId"],
@@ -220,7 +222,7 @@ class SqsRunner:
 
     def run_once(self) -> int:
         n = 0
-        for step in names.STEPS:
+        for step in self.steps:
             while batch := self.poll(step):
                 self.deliver(step, batch)
                 n += len(batch)

@@ -29,6 +29,8 @@ class Common(BaseSettings):
 
 class ParseSettings(Common):
     workers: int = Field(1, ge=1, le=64, description="parser processes; 1 in Lambda (no /dev/shm)")
+    split_bytes: int = Field(64 * 2**20, ge=0, description="split a whole snapshot bigger than this; 0 never")
+    shard_size: int = Field(20000, ge=100, description="messages per part when splitting")
 
 
 class TriageSettings(Common):

@@ -119,8 +119,9 @@ def _check_totals(limits: Limits, report: ArchiveReport, size: int) -> None:
         raise ArchiveLimitExceeded(f"more than {limits.max_total_bytes} bytes (limits.max_total_bytes)")
 
 
-def _read_limited(fh: IO[bytes], size: int, limits: Limits) -> tuple[bytes | None, str, list[str]]:
-    if size <= limits.max_member_bytes:
+def _read_limited(fh: IO[bytes], size: int, limits: Limits, name: str = "") -> tuple[bytes | None, str, list[str]]:
+    cap = limits.max_index_bytes if name.rsplit("/", 1)[-1] == "index.jsonl" else limits.max_member_bytes
+    if size <= cap:
         data = fh.read(size)
         defects = [] if len(data) == size else [f"member truncated: {len(data)} of {size} bytes"]
         return data, hashlib.sha256(data).hexdigest(), defects
@@ -160,7 +161,7 @@ def _iter_tar(tf: tarfile.TarFile, limits: Limits, report: ArchiveReport) -> Ite
             report.defects.append(f"{name}: cannot be read")
             continue
         try:
-            data, digest, more = _read_limited(fh, ti.size, limits)
+            data, digest, more = _read_limited(fh, ti.size, limits, name)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             report.defects.append(f"archive damaged inside {name}: {e}")
             yield Member(name, b"", ti.size, float(ti.mtime), None, [*defects, f"member unreadable: {e}"])
@@ -186,7 +187,7 @@ def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Mem
             _check_totals(limits, report, st.st_size)
             try:
                 with open(full, "rb") as fh:
-                    data, digest, defects = _read_limited(fh, st.st_size, limits)
+                    data, digest, defects = _read_limited(fh, st.st_size, limits, rel)
             except OSError as e:
                 yield Member(rel, b"", st.st_size, st.st_mtime, None, [f"cannot read: {e}"])
                 continue

@@ -63,6 +63,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             ("tfidf", TfidfTransformer(sublinear_tf=True)),
         ])
 
+    def _batches(self, n: int) -> range:
+        return range(0, n, self.batch_size)
+
     def fit(self, X: Sequence[str], y: object = None) -> CampaignClusterer:
         texts = list(X)
         unique: dict[str, int] = {}
@@ -70,22 +73,38 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         for i, t in enumerate(texts):
             inverse[i] = unique.setdefault(t, len(unique))
         utexts = list(unique)
-        self.pipeline_ = self._make_pipeline()
+        del unique
+        self.pipeline_ = pipe = self._make_pipeline()
         if not utexts:
             self.labels_ = np.empty(0, dtype=np.int64)
             self.leaders_ = sp.csr_matrix((0, self.n_features), dtype=np.float32)
             return self
-        copies = np.bincount(inverse, minlength=len(utexts))
-        V = self.pipeline_.fit_transform(utexts, shared__weights=copies).astype(np.float32).tocsr()
-        ulabels = np.full(V.shape[0], -1, dtype=np.int64)
+        copies = np.bincount(inverse, minlength=len(utexts)).astype(np.float64)
+        # Pass 1: document frequencies, batch by batch, weighted by copies (the hashing step is
+        # stateless, so the whole matrix never has to exist at once: memory stays flat at 1M).
+        hasher = pipe.named_steps["hash"]
+        df = np.zeros(self.n_features, dtype=np.float64)
+        counts: list[sp.csr_matrix] = []  # hashed once: a batch of counts is far smaller than its texts
+        for start in self._batches(len(utexts)):
+            counts.append(hasher.transform(utexts[start:start + self.batch_size]).tocsr())
+            present = (counts[-1] > 0).astype(np.float64)
+            df += present.T @ copies[start:start + self.batch_size]
+        shared = pipe.named_steps["shared"]
+        shared.keep_ = np.flatnonzero(df >= self.min_df)
+        total = copies.sum()
+        tfidf = pipe.named_steps["tfidf"]
+        tfidf.idf_ = (np.log((1 + total) / (1 + df)) + 1).astype(np.float32)
+        # Pass 2: vectorise a batch, join it to an earlier leader or make new ones.
+        ulabels = np.full(len(utexts), -1, dtype=np.int64)
         leader_rows: list[int] = []
-        leaders = sp.csr_matrix((0, V.shape[1]), dtype=np.float32)
-        for start in range(0, V.shape[0], self.batch_size):
-            B = V[start:start + self.batch_size]
+        blocks: list[sp.csr_matrix] = []
+        leaders = sp.csr_matrix((0, self.n_features), dtype=np.float32)
+        rest = Pipeline(pipe.steps[1:])
+        for b, start in enumerate(self._batches(len(utexts))):
+            B = rest.transform(counts[b]).astype(np.float32).tocsr()
+            counts[b] = sp.csr_matrix((0, 0))  # let the batch go
             if leaders.shape[0]:
-                S = (B @ leaders.T).toarray()
-                best = S.argmax(axis=1)
-                ok = S[np.arange(S.shape[0]), best] >= self.threshold
+                best, ok = self._nearest(B, leaders)
                 ulabels[start:start + B.shape[0]][ok] = best[ok]
             todo = np.flatnonzero(ulabels[start:start + B.shape[0]] < 0)
             if todo.size:
@@ -100,21 +119,29 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
                         new_leaders.append(k)
                     else:
                         ulabels[start + i] = ulabels[start + int(todo[hit])]
-                leaders = sp.vstack([leaders, Bn[new_leaders]]).tocsr()
+                blocks.append(Bn[new_leaders])
+                leaders = sp.vstack(blocks).tocsr() if len(blocks) > 1 else blocks[0]
         self.leaders_ = leaders
         self.labels_ = ulabels[inverse]
         return self
 
+    def _nearest(self, B: sp.csr_matrix, leaders: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        S = (B @ leaders.T).tocsr()
+        best = np.asarray(S.argmax(axis=1)).ravel()
+        top = np.asarray(S.max(axis=1).todense()).ravel()
+        return best, top >= self.threshold
+
     def predict(self, X: Sequence[str]) -> np.ndarray:
         """The leader each text is `threshold`-similar to, or -1."""
         texts = list(X)
+        out = np.full(len(texts), -1, dtype=np.int64)
         if not texts or self.leaders_.shape[0] == 0:
-            return np.full(len(texts), -1, dtype=np.int64)
-        V = self.pipeline_.transform(texts).astype(np.float32)
-        S = (V @ self.leaders_.T).toarray()
-        best = S.argmax(axis=1)
-        ok = S[np.arange(S.shape[0]), best] >= self.threshold
-        return np.where(ok, best, -1)
+            return out
+        for start in self._batches(len(texts)):
+            V = self.pipeline_.transform(texts[start:start + self.batch_size]).astype(np.float32).tocsr()
+            best, ok = self._nearest(V, self.leaders_)
+            out[start:start + V.shape[0]] = np.where(ok, best, -1)
+        return out
 
 
 def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:

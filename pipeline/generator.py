@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from pipeline.models import Envelope, IndexEntry
 
@@ -77,9 +79,14 @@ def load_corpus(corpus: Path) -> tuple[list[bytes], list[bytes]]:
 
 
 def find_corpus() -> Path:
+    """The corpus: $SPOOLSWEEP_CORPUS, else ../shared/corpus beside the project or the working folder."""
     here = Path(__file__).resolve().parent.parent
-    for cand in (here / "tests" / "data" / "corpus-sample.tar.gz", here.parent / "shared" / "corpus" /
-                 "spamassassin-dev.tar.gz", Path("../shared/corpus/spamassassin-dev.tar.gz")):
+    env = os.environ.get("SPOOLSWEEP_CORPUS")
+    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
+    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
+    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
+    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
+    for cand in (*([Path(env)] if env else []), shipped, shared, Path("../shared/corpus/spamassassin-dev.tar.gz")):
         if cand.exists():
             return cand
     raise FileNotFoundError("no corpus: pass --corpus (../shared/corpus/spamassassin-dev.tar.gz)")
@@ -188,31 +195,21 @@ class _Gen:
                         from_header=from_header)
         return GenMessage(data, self.envelope(mail_from, rcpts, ip, when, qid, user, helo), "spam", kind)
 
-    def relayed_campaign(self, size: int, forge_local: bool) -> tuple[list[GenMessage], bytes]:
+    def relayed_copy(self, c: _Campaign) -> GenMessage:
         r = self.rng
-        tmpl = r.choice(self.spam)
-        botnet = [self.ip() for _ in range(r.randint(3, 40))]
-        out = []
-        for _ in range(size):
-            rcpts = [self.ext_addr() for _ in range(r.choice([1, 1, 1, 2, 3]))]
-            if r.random() < 0.08:
-                rcpts.append(self.local_addr())
-            sender = self.local_addr(self.token(5)) if forge_local else self.ext_addr()
-            out.append(self.spam_copy(tmpl, sender, rcpts, r.choice(botnet), None, "relayed_spam",
-                                      from_header=f"<{sender}>"))
-        return out, tmpl
+        rcpts = [self.ext_addr() for _ in range(r.choice([1, 1, 1, 2, 3]))]
+        if r.random() < 0.08:
+            rcpts.append(self.local_addr())
+        sender = self.local_addr(self.token(5)) if c.forge_local else self.ext_addr()
+        return self.spam_copy(c.template, sender, rcpts, r.choice(c.ips), None, "relayed_spam",
+                              from_header=f"<{sender}>")
 
-    def stolen_campaign(self, size: int, account: str) -> list[GenMessage]:
+    def stolen_copy(self, c: _Campaign) -> GenMessage:
         r = self.rng
-        tmpl = r.choice(self.spam)
-        ips = [self.ip() for _ in range(r.randint(8, 40))]
-        out = []
-        for _ in range(size):
-            sender = f"{account}@{LOCAL_DOMAINS[0]}" if r.random() < 0.5 else self.ext_addr()
-            rcpts = [self.ext_addr() for _ in range(r.choice([1, 2, 5]))]
-            out.append(self.spam_copy(tmpl, sender, rcpts, r.choice(ips), account, "stolen_account_spam",
-                                      from_header=f"<{sender}>"))
-        return out
+        sender = f"{c.account}@{LOCAL_DOMAINS[0]}" if r.random() < 0.5 else self.ext_addr()
+        rcpts = [self.ext_addr() for _ in range(r.choice([1, 2, 5]))]
+        return self.spam_copy(c.template, sender, rcpts, r.choice(c.ips), c.account, "stolen_account_spam",
+                              from_header=f"<{sender}>")
 
     def bounce(self, original: bytes, to: str, kind: str, label: str) -> GenMessage:
         when, qid = self.when(), self.qid()
@@ -246,128 +243,153 @@ class _Gen:
                           "valid", kind)
 
 
-def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Incident:
-    """A labelled incident of about n messages; the same seed gives the same bytes."""
+@dataclass
+class _Campaign:
+    template: bytes
+    ips: list[str]
+    forge_local: bool = False
+    account: str | None = None
+
+
+def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Iterator[GenMessage]:
+    """The messages of a labelled incident of n messages, one at a time (a million fit in no memory).
+
+    A schedule of (kind, campaign) is drawn and shuffled first, so kinds interleave as in a real
+    queue; then each message is made when its turn comes. The same seed gives the same bytes.
+    """
     g = _Gen(ham, spam, seed)
     r = g.rng
-    inc = Incident()
     n_valid = max(12, int(n * 0.16))
     n_backscatter = int(n * 0.07)
     n_stolen = int(n * 0.08)
     n_relayed = n - n_valid - n_backscatter - n_stolen
 
-    # relayed campaigns, Zipf-like sizes
-    sizes: list[int] = []
-    left = n_relayed
-    k = 0
+    # relayed campaigns with Zipf-like sizes, each from its own spam template and botnet
+    campaigns: list[_Campaign] = []
+    schedule: list[tuple[str, int]] = []
+    left, k = n_relayed, 0
     while left > 0:
-        s = min(left, max(5, int(n_relayed * 0.45 / (k + 1) ** 1.1)))
-        sizes.append(s)
-        left -= s
+        size = min(left, max(5, int(n_relayed * 0.45 / (k + 1) ** 1.1)))
+        campaigns.append(_Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(3, 40))], forge_local=k % 4 == 1))
+        schedule.extend([("relayed", k)] * size)
+        left -= size
         k += 1
-    templates: list[bytes] = []
-    for i, s in enumerate(sizes):
-        msgs, tmpl = g.relayed_campaign(s, forge_local=(i % 4 == 1))
-        inc.messages.extend(msgs)
-        templates.append(tmpl)
-    inc.messages.extend(g.stolen_campaign(n_stolen, "bob"))
-    spam_msgs = [m for m in inc.messages if m.label == "spam"]
-    for _ in range(n_backscatter):
-        src = r.choice(spam_msgs[: max(1, len(spam_msgs) // 2)])
-        forged = g.ext_addr()
-        inc.messages.append(g.bounce(src.data, forged, "backscatter", "spam"))
-
-    # the organisation's own mail
+    stolen = _Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(8, 40))], account="bob")
+    schedule.extend([("stolen", 0)] * n_stolen)
+    schedule.extend([("backscatter", 0)] * n_backscatter)
     n_news = max(5, int(n_valid * 0.3))
+    schedule.extend([("newsletter", 0)] * n_news)
+    for i in range(n_valid - n_news):
+        schedule.append((("inbound", "outbound", "outbound_trusted", "local_bounce")[i % 4] if i % 10 else "inbound",
+                         0))
+    r.shuffle(schedule)
+
     news_tmpl = r.choice(g.ham)
-    for _ in range(n_news):
-        rc = g.ext_addr()
-        inc.messages.append(g.ham_message(
-            "news@example.org", [rc], TRUSTED_IP, "news", "newsletter", from_header="Example News <news@example.org>",
-            extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
-            template=news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},"))
-    rest = n_valid - n_news
     outbound_ips = {u: g.ip() for u in USERS}
-    for i in range(rest):
-        kind = ("inbound", "outbound", "outbound_trusted", "local_bounce")[i % 4] if i % 10 else "inbound"
-        if kind == "inbound":
+    bounced = campaigns[: max(1, len(campaigns) // 2)]
+    for kind, arg in schedule:
+        if kind == "relayed":
+            yield g.relayed_copy(campaigns[arg])
+        elif kind == "stolen":
+            yield g.stolen_copy(stolen)
+        elif kind == "backscatter":
+            # spam to a made-up local user with a forged sender: we accepted it, then bounced it
+            original = g.relayed_copy(r.choice(bounced)).data
+            yield g.bounce(original, g.ext_addr(), "backscatter", "spam")
+        elif kind == "newsletter":
+            rc = g.ext_addr()
+            yield g.ham_message(
+                "news@example.org", [rc], TRUSTED_IP, "news", "newsletter",
+                from_header="Example News <news@example.org>",
+                extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
+                template=news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},")
+        elif kind == "inbound":
             sender = g.ext_addr()
-            inc.messages.append(g.ham_message(sender, [g.local_addr()], g.ip(), None, kind,
-                                              from_header=f"<{sender}>"))
+            yield g.ham_message(sender, [g.local_addr()], g.ip(), None, kind, from_header=f"<{sender}>")
         elif kind == "outbound":
             u = r.choice(USERS[:-1])
             sender = g.local_addr(u)
             ip = outbound_ips[u] if r.random() < 0.7 else g.ip()
-            inc.messages.append(g.ham_message(sender, [g.ext_addr() for _ in range(r.choice([1, 1, 2]))], ip, u,
-                                              kind, from_header=f"{u.title()} <{sender}>"))
+            yield g.ham_message(sender, [g.ext_addr() for _ in range(r.choice([1, 1, 2]))], ip, u, kind,
+                                from_header=f"{u.title()} <{sender}>")
         elif kind == "outbound_trusted":
             u = r.choice(USERS[:-1])
             sender = g.local_addr(u)
-            inc.messages.append(g.ham_message(sender, [g.ext_addr()], f"192.0.2.{r.randint(30, 200)}", None, kind,
-                                              from_header=f"{u.title()} <{sender}>"))
+            yield g.ham_message(sender, [g.ext_addr()], f"192.0.2.{r.randint(30, 200)}", None, kind,
+                                from_header=f"{u.title()} <{sender}>")
         else:
             u = r.choice(USERS[:-1])
             orig = g.ham_message(g.local_addr(u), [g.ext_addr()], TRUSTED_IP, None, "x").data
-            inc.messages.append(g.bounce(orig, g.local_addr(u), "local_bounce", "valid"))
-    r.shuffle(inc.messages)
-    return inc
+            yield g.bounce(orig, g.local_addr(u), "local_bounce", "valid")
 
 
-def _index_entries(inc: Incident, prefix: str) -> Iterator[tuple[str, GenMessage]]:
-    for i, m in enumerate(inc.messages, 1):
-        yield f"{prefix}{i:07d}.eml", m
+def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Incident:
+    """A labelled incident of n messages, held in memory (see iter_incident for big ones)."""
+    return Incident(list(iter_incident(ham, spam, n, seed)))
 
 
-def write_canonical(inc: Incident, out: Path, host: str = SERVER_NAME) -> Path:
-    """A canonical snapshot tarball (.tar.gz or .tar.zst by suffix) and its ground truth beside it."""
+def write_canonical(inc: Incident | Iterable[GenMessage], out: Path, host: str = SERVER_NAME) -> Path:
+    """A canonical snapshot tarball (.tar.gz or .tar.zst by suffix) and its ground truth beside it.
+
+    Messages stream to a spill file while the index grows on disk, then the snapshot is written
+    index first, as readers want it; memory stays flat however many messages there are.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    entries = list(_index_entries(inc, "messages/"))
-    index = "".join(IndexEntry(path=p, sha256=hashlib.sha256(m.data).hexdigest(), size=len(m.data),
-                               envelope=m.envelope).model_dump_json(exclude_none=True) + "\n" for p, m in entries)
-    meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": "generated",
-                       "messages": len(entries)})
-    mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
-    raw = open(out, "wb")  # noqa: SIM115
-    zw = None
-    fileobj: io.RawIOBase | object = raw
-    if out.name.endswith(".zst"):
-        import zstandard
+    messages = inc.messages if isinstance(inc, Incident) else inc
+    spill, index_tmp = out.with_name(out.name + ".spill.tar"), out.with_name(out.name + ".index.tmp")
+    truth = out.with_name(out.name.split(".")[0] + ".truth.jsonl")
+    count = 0
+    try:
+        with tarfile.open(spill, "w") as st, open(index_tmp, "w", encoding="utf-8") as ix, \
+                open(truth, "w", encoding="utf-8") as tr:
+            for count, m in enumerate(messages, 1):
+                path = f"messages/{count:07d}.eml"
+                ix.write(IndexEntry(path=path, sha256=hashlib.sha256(m.data).hexdigest(), size=len(m.data),
+                                    envelope=m.envelope).model_dump_json(exclude_none=True) + "\n")
+                tr.write(json.dumps({"path": path, "label": m.label, "kind": m.kind}) + "\n")
+                _add(st, path, m.data)
+        meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": "generated",
+                           "messages": count})
+        with open(out, "wb") as raw:
+            zw = None
+            fileobj: Any = raw
+            mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+            if out.name.endswith(".zst"):
+                import zstandard
 
-        zw = zstandard.ZstdCompressor(level=3).stream_writer(raw)
-        fileobj = zw
-        mode = "w|"
-    with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # type: ignore[call-overload]
-        _add(tf, "spoolsweep-snapshot.json", meta.encode())
-        _add(tf, "index.jsonl", index.encode())
-        for p, m in entries:
-            _add(tf, p, m.data)
-    if zw is not None:
-        zw.close()
-    raw.close()
-    _write_truth(inc, out.with_name(out.name.split(".")[0] + ".truth.jsonl"), [p for p, _ in entries])
+                zw = zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
+                fileobj, mode = zw, "w|"
+            with tarfile.open(fileobj=fileobj, mode=mode) as tf:  # type: ignore[call-overload]
+                _add(tf, "spoolsweep-snapshot.json", meta.encode())
+                ti = tarfile.TarInfo("index.jsonl")
+                ti.size, ti.mtime, ti.mode = index_tmp.stat().st_size, 1764000000, 0o600
+                with open(index_tmp, "rb") as fh:
+                    tf.addfile(ti, fh)
+                with tarfile.open(spill, "r") as st:
+                    for member in st:
+                        tf.addfile(member, st.extractfile(member))
+            if zw is not None:
+                zw.close()
+    finally:
+        spill.unlink(missing_ok=True)
+        index_tmp.unlink(missing_ok=True)
     return out
 
 
-def write_eml_folder(inc: Incident, out: Path, iis_envelope: bool = True) -> Path:
+def write_eml_folder(inc: Incident | Iterable[GenMessage], out: Path, iis_envelope: bool = True) -> Path:
     """An IIS-style Queue folder: one .eml per message with x-sender/x-receiver lines on top."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, m in enumerate(inc.messages, 1):
-        name = f"NTFS_{i:08X}.EML"
-        head = b""
-        if iis_envelope:
-            head = f"x-sender: {m.envelope.mail_from or ''}\r\n".encode() + b"".join(
-                f"x-receiver: {r}\r\n".encode() for r in m.envelope.rcpt_to)
-        (out / name).write_bytes(head + m.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-        paths.append(name)
-    _write_truth(inc, out.parent / (out.name + ".truth.jsonl"), paths)
+    messages = inc.messages if isinstance(inc, Incident) else inc
+    with open(out.parent / (out.name + ".truth.jsonl"), "w", encoding="utf-8") as tr:
+        for i, m in enumerate(messages, 1):
+            name = f"NTFS_{i:08X}.EML"
+            head = b""
+            if iis_envelope:
+                head = f"x-sender: {m.envelope.mail_from or ''}\r\n".encode() + b"".join(
+                    f"x-receiver: {r}\r\n".encode() for r in m.envelope.rcpt_to)
+            (out / name).write_bytes(head + m.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+            tr.write(json.dumps({"path": name, "label": m.label, "kind": m.kind}) + "\n")
     return out
-
-
-def _write_truth(inc: Incident, path: Path, paths: list[str]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for p, m in zip(paths, inc.messages, strict=True):
-            fh.write(json.dumps({"path": p, "label": m.label, "kind": m.kind}) + "\n")
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:

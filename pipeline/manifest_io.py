@@ -11,7 +11,8 @@ from pipeline.models import Manifest
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
-    return manifest.model_dump_json().encode()
+    # straight to bytes: a million-message manifest is not worth holding twice
+    return Manifest.__pydantic_serializer__.to_json(manifest)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -107,17 +107,22 @@ def _walk(msg: Message) -> list[Message]:
     return parts
 
 
-def _mailparser_defects(data: bytes) -> list[str]:
-    """mail-parser's view of a message the fast path found defective: categories and headers."""
+def _mailparser_rescue(data: bytes) -> tuple[str, list[str]]:
+    """mail-parser's reading of a message both faster parsers left without text: (text, defects).
+
+    Its defect categories are the standard library's, so it is worth its cost only here, where a
+    message would otherwise go to campaign grouping with no text at all.
+    """
     try:
         import mailparser
     except ImportError:
-        return []
+        return "", []
     try:
         mp = mailparser.parse_from_bytes(data)
-        return sorted({str(c) for c in (mp.defects_categories or [])})
     except Exception as e:  # noqa: BLE001 - a parser crash is itself the defect to report
-        return [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
+        return "", [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
+    text = "\n".join(mp.text_plain or []) or html_to_text("\n".join(mp.text_html or []))
+    return text, sorted({str(c) for c in (mp.defects_categories or [])})
 
 
 def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
@@ -218,7 +223,12 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
             rec.bounced_original_text = normalise("", body[m.end():])
         return
     assert _fast is not None
-    inner = _fast(bytes(orig.content))
+    raw = bytes(orig.content)
+    try:
+        inner = _fast(raw)
+    except Exception:  # noqa: BLE001 - the quoted spam is often broken; the standard library reads it
+        _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
+        return
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
     obody = inner.text_plain[0] if inner.text_plain else html_to_text(inner.text_html[0]) if inner.text_html else ""
@@ -275,7 +285,9 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     body = plain or htmltext
     if defects:
         rec.defects.extend(f"mime: {d}" for d in sorted(defects))
-        rec.defects.extend(f"mime: mail-parser {c}" for c in _mailparser_defects(data) if c not in defects)
+        if not body.strip():
+            body, more = _mailparser_rescue(data)
+            rec.defects.extend(f"mime: mail-parser {c}" for c in more if c not in defects)
 
     env = rec.envelope
     sender = (env.mail_from if env.mail_from is not None else "") or ""
@@ -285,22 +297,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     )
     if rec.bounce:
         if original is not None:
-            osub = _header(original, "Subject")
-            ofrom = getaddresses([str(original.get("From") or "")])
-            rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
-            obody = ""
-            if not original.is_multipart() or original.get_content_type().startswith("text/"):
-                obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(
-                    _decode(original))
-            else:
-                for op in _walk(original):
-                    if op.get_content_type() == "text/plain":
-                        obody = _decode(op)
-                        break
-                    if op.get_content_type() == "text/html":
-                        obody = html_to_text(_decode(op))
-                        break
-            rec.bounced_original_text = normalise(osub, obody)
+            _bounced_from_message(rec, original)
         elif m := _ORIG_MARK.search(body):
             rec.bounced_original_text = normalise("", body[m.end():])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
@@ -336,6 +333,25 @@ def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> N
         env.sasl_username = hop.auth_user or "(authenticated)"
         inferred.append("sasl_username" + how)
     rec.envelope_inferred = inferred
+
+
+def _bounced_from_message(rec: ParsedRecord, original: Message) -> None:
+    """Subject, sender and text of the message a bounce quotes, read with the standard library."""
+    osub = _header(original, "Subject")
+    ofrom = getaddresses([str(original.get("From") or "")])
+    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    obody = ""
+    if not original.is_multipart() or original.get_content_type().startswith("text/"):
+        obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(_decode(original))
+    else:
+        for op in _walk(original):
+            if op.get_content_type() == "text/plain":
+                obody = _decode(op)
+                break
+            if op.get_content_type() == "text/html":
+                obody = html_to_text(_decode(op))
+                break
+    rec.bounced_original_text = normalise(osub, obody)
 
 
 def _original_from(p: Message) -> Message | None:

@@ -18,6 +18,7 @@ class Limits(BaseModel):
     max_members: int = Field(2_000_000, gt=0, description="members an archive may hold")
     max_member_bytes: int = Field(64 * 2**20, gt=0, description="largest single message")
     max_total_bytes: int = Field(64 * 2**30, gt=0, description="uncompressed bytes in all")
+    max_index_bytes: int = Field(4 * 2**30, gt=0, description="a snapshot's index.jsonl (about 450 bytes a message)")
 
 
 class Thresholds(BaseModel):

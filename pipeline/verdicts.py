@@ -56,8 +56,11 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
     if ip in ("", "unknown"):
         ip = None
     trusted = policy.is_trusted(ip)
+    # Mail submitted on the host itself (Postfix pickup, `exim -bm`, sendmail's command line) has no
+    # client address in the queue file and, at most, a Received hop of ours with no "from" part.
     local_queue = (env.queue_name in ("maildrop",) or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
-                   or (ip is None and rec.our_hop is None and rec.format in ("postfix", "exim", "sendmail")))
+                   or (ip is None and (rec.our_hop is None or rec.our_hop.from_ip is None)
+                       and rec.format in ("postfix", "exim", "sendmail", "canonical")))
     rcpts = env.rcpt_to or env.done_rcpt_to
     local = [r for r in rcpts if policy.is_local_address(r)]
     external = [r for r in rcpts if not policy.is_local_address(r) and not policy.is_relay_domain(r)]
@@ -210,7 +213,9 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
         if campaign.verdict is not Verdict.review:
             return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
         reasons.extend(campaign.reasons)
-    if c.relayed:
+    # A local sender from outside without AUTH may be spoofed, or one of our own users whose client
+    # never authenticated because the server never asked: outside a spam campaign, a human decides.
+    if c.relayed and not c.sender_local:
         extra = "" if c.auth_known else " (authentication not recorded by this queue format)"
         return Decision(Verdict.spam, 0.9 if c.auth_known else 0.8, [*reasons, R(
             "relayed", f"relayed: sender and all recipients non-local, client {c.client_ip} not trusted, "

@@ -247,7 +247,7 @@ main()
     cp = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                         env={**os.environ, "COLUMNS": "400"})
     assert cp.returncode == 0, cp.stderr
-    assert "dry run" in cp.stdout and "0 messages" in cp.stdout
+    assert "dry run" in cp.stdout and "0 messages (0 bytes)" in cp.stdout
 
 
 def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
@@ -258,7 +258,7 @@ def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
     cp = subprocess.run([*cmd, "snapshot", *args, "--to", str(tmp_path / "store"), "--incident", INC],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
-    assert "froze 6 messages" in cp.stdout and "checksum confirmed" in cp.stdout
+    assert "6 messages" in cp.stdout and "moved" in cp.stdout and "checksum confirmed" in cp.stdout
     cp = subprocess.run([*cmd, "snapshot", *args, "--to", str(tmp_path / "store"), "--incident", INC],
                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 1 and "already has this host's snapshot" in cp.stderr
@@ -293,3 +293,60 @@ def test_exim_spool_pair_is_read_as_rfc822():
                     b"From: Alice <alice@example.net>\nSubject: hi\n\nline one\nline two\n")
     assert env.mail_from == "alice@example.net" and env.rcpt_to == ["bob@example.org", "carol@example.com"]
     assert env.client_address == "203.0.113.9" and env.helo == "client.example.net" and env.sasl_username == "bob"
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+class CrashAfterCommit:
+    def send(self, data, envelope, commit, key=""):
+        commit()
+        raise Crash
+
+    def resolve(self, key):
+        raise AssertionError("not used")
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("courier_said", [None, "dot", "ok"])
+def test_restart_after_a_crash_past_commit_asks_the_courier(courier_said, frozen, keys, sink, tmp_path):
+    """Nothing recorded: never handed over, so send it. `ok`: delivered, do not send again. `dot` without an
+    answer (the courier itself died): uncertain, reported and left frozen, never sent twice."""
+    import json
+
+    from agent.mta.courier import CourierDeliverer
+
+    q, journal, store, _, _ = frozen
+    qms = list(q.list())[:2]
+    body = signed_body(instruction(INC, HOST, approved(qms), []), keys.private)
+    crashing = Agent(host=HOST, queue=q, journal=journal, store=store, public_key_pem=keys.public,
+                     deliverer=CrashAfterCommit())
+    with pytest.raises(Crash):
+        crashing.handle(body)
+    assert [a.phase for a in journal.actions("ins1")] == ["commit", "pending"]
+    state = tmp_path / "courier-state"
+    state.mkdir()
+    if courier_said:
+        rec = {"key": "ins1/0", "state": courier_said, "reply": "2.0.0 Ok"}
+        (state / "courier.jsonl").write_text(json.dumps(rec) + "\n")
+    agent = Agent(host=HOST, queue=q, journal=journal, store=store, public_key_pem=keys.public,
+                  deliverer=CourierDeliverer("127.0.0.1", sink.port, state))
+    (r,) = agent.resume()
+    first = r.items[0]
+    want = {None: "replayed", "ok": "replayed", "dot": "failed"}[courier_said]
+    assert first.outcome.value == want and r.items[1].outcome.value == "replayed"
+    assert len(sink.received) == (2 if courier_said is None else 1)
+    assert qms[0].source.exists() == (courier_said == "dot"), "an uncertain message stays frozen"
+    if courier_said == "dot":
+        assert "uncertain" in first.detail
+
+
+def test_lean_parse_follows_the_instruction_model():
+    """The agent validates payloads item by item; its head model must list exactly the Instruction's fields."""
+    from agent.verify import _Head
+    from pipeline.instructions import Instruction
+
+    assert set(_Head.model_fields) == set(Instruction.model_fields)

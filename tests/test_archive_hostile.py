@@ -119,3 +119,14 @@ def test_unparseable_bytes_are_review_not_dropped(tmp_path: Path) -> None:
     (d / "bin.eml").write_bytes(bytes(range(256)) * 20)
     m = triage(d, SitePolicy())
     assert m.totals.messages == 1 and m.messages[0].verdict is Verdict.review
+
+
+def test_index_may_exceed_the_message_cap(incident_tar: Path, policy) -> None:
+    """A million-message index is larger than any message may be; it has a cap of its own."""
+    small = policy.model_copy(update={"limits": Limits(max_member_bytes=200_000)})
+    m = triage(incident_tar, small)
+    assert not m.archive_defects
+    assert not any("not listed in index" in d for x in m.messages for d in x.defects)
+    tiny = policy.model_copy(update={"limits": Limits(max_member_bytes=200_000, max_index_bytes=1000)})
+    m = triage(incident_tar, tiny)
+    assert m.archive_defects and all(x.verdict is Verdict.review for x in m.messages)

@@ -185,6 +185,31 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
 
 
+def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, policy, monkeypatch):
+    from functions.runner import reset_handlers
+    from pipeline.triage import triage
+
+    monkeypatch.setenv("SPOOLSWEEP_SPLIT_BYTES", "1000")
+    monkeypatch.setenv("SPOOLSWEEP_SHARD_SIZE", "200")
+    reset_handlers()
+    store = LocalStore(home)
+    [whole] = embedded.upload(store, small_incident, "big", "mx1", shard_size=0)  # as the agent uploads it
+    runner = LocalRunner(home, settle=0)
+    runner.run_until_idle()
+    assert not runner.dead()
+    incoming = sorted(store.list("incoming/big/mx1/"))
+    assert whole in incoming and len(incoming) == 4  # the evidence, and its three parts
+    assert sorted(store.list("parsed/big/")) == [
+        f"parsed/big/mx1.small.part-000{i}-of-0003.jsonl.zst" for i in (1, 2, 3)]
+    m = Manifest.model_validate_json(store.get(queues.manifest_key("big")))
+    assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in triage(small_incident, policy,
+                                                                                      workers=1).messages}
+    # a duplicate of the whole snapshot's event writes no new part and parses nothing twice
+    rec = _rec(home, whole, "again")
+    assert not invoke("parse", [rec]).failed
+    assert sorted(store.list("incoming/big/mx1/")) == incoming
+
+
 def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, policy):
     from functions.triage_incident import claim_key, triage_incident
 
@@ -311,3 +336,50 @@ def test_logs_and_metrics_are_powertools_json(tmp_path):
     emf = next(x for x in lines if "_aws" in x)
     assert emf["PoisonEvents"] == [1.0] and emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "spoolsweep"
     assert "OUTCOME {'p-1': 'PoisonEvent:" in r.stdout
+
+
+def test_a_handler_that_dies_half_way_is_retried_and_completes(home, small_incident, monkeypatch):
+    """Crash parse after its shard metadata, and dispatch after signing but before sending: retries finish."""
+    from functions import dispatch_approval, parse_snapshot
+
+    store = LocalStore(home)
+    [key] = embedded.upload(store, small_incident, "crash", "mx1", shard_size=0)
+
+    class Dies(LocalStore):
+        armed = True
+
+        def put(self, k: str, data: bytes) -> None:
+            if self.armed and k.startswith(("parsed/", "instructions/")):
+                Dies.armed = False
+                raise OSError("killed")
+            super().put(k, data)
+
+        def put_if_absent(self, k: str, data: bytes) -> bool:
+            ok = super().put_if_absent(k, data)
+            if self.armed and k.startswith("instructions/"):
+                Dies.armed = False
+                raise OSError("killed after the write-once copy, before the send")
+            return ok
+
+    s, _ = parse_snapshot.deps()
+    monkeypatch.setattr(parse_snapshot, "deps", lambda: (s, Dies(home)))
+    rec = _rec(home, key, "p1")
+    assert "killed" in invoke("parse", [rec]).failed["p1"]
+    assert not store.exists("parsed/crash/mx1.small.jsonl.zst")
+    assert invoke("parse", [rec]).done == ["p1"]
+    LocalRunner(home, settle=0).run_until_idle()
+    akey, approval, _ = embedded.approve(store, "crash", by="fay")
+
+    d = dispatch_approval.deps()
+    Dies.armed = True
+    monkeypatch.setattr(dispatch_approval, "deps", lambda: (d[0], Dies(home), *d[2:]))
+    arec = _rec(home, akey, "d1")
+    assert "killed" in invoke("dispatch", [arec]).failed["d1"]
+    channel = LocalChannel(home / "channel")
+    assert channel.receive("mx1") == []
+    assert invoke("dispatch", [arec]).done == ["d1"]
+    msgs = channel.receive("mx1", max_messages=50)
+    copies = sorted(store.list("instructions/mx1/"))
+    assert len(msgs) == len(copies) >= 1
+    assert sorted(m.body.encode() for m in msgs) == sorted(store.get(k) for k in copies)
+    assert sum(len(SignedInstruction.model_validate_json(m.body).payload) for m in msgs) > 0

@@ -237,6 +237,8 @@ def test_cli_drives_the_stack_queues_like_localstack(stack, tmp_path, policy_fil
         return r.stdout
 
     cli("upload", str(snap), "--incident", "cli2", "--host", HOST, "--shard-size", "100")
+    cli("up", "--once", "--step", "parse")
+    assert list(stack["store"].list("parsed/cli2/")) and not stack["store"].exists(queues.manifest_key("cli2"))
     out = cli("up", "--once")
     assert stack["store"].exists(queues.manifest_key("cli2")), out
     assert "approved" in cli("approve", "cli2", "--by", "erin")

@@ -11,7 +11,7 @@ MTAS = ("postfix", "exim", "sendmail", "pickup-dir")
 
 
 def make_queue(mta: str, path: Path | None = None, aside: Path | None = None, pickup: Path | None = None,
-               postfix_config: Path | None = None, exim: str = "exim") -> Queue:
+               postfix_config: Path | None = None, exim: str = "exim", exim_config: Path | None = None) -> Queue:
     """The frozen-queue adapter for `--mta`; each module is imported only when chosen."""
     if mta.startswith("pickup-dir:"):
         mta, path = "pickup-dir", Path(mta.split(":", 1)[1])
@@ -28,7 +28,7 @@ def make_queue(mta: str, path: Path | None = None, aside: Path | None = None, pi
     if mta == "exim":
         from agent.mta.exim import EximQueue
 
-        return EximQueue(exim)
+        return EximQueue(exim, exim_config)
     if mta == "sendmail":
         raise AgentError("sendmail queues are not supported by the agent yet: snapshot /var/spool/mqueue by hand "
                          "(stop sendmail's queue runner first) and upload it")

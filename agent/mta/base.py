@@ -22,7 +22,7 @@ from pipeline.models import Envelope
 Commit = Callable[[], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class QueuedMessage:
     """One frozen message: its name in the snapshot, its queue id, envelope and RFC 822 digest."""
 

@@ -54,6 +54,8 @@ class CourierDeliverer(Deliverer):
                     time.sleep(0.05)
 
     def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # it died (its last record says how far it got); start another
         if self._proc is None:
             self._wait_for_old_courier()
             # a session of its own: a signal to the agent (or its process group) does not reach it

@@ -1,5 +1,5 @@
 """Exim: freeze with `exim -Mf`, read the spool's -H/-D files, release with `exim -Mt` + `exim -M`, purge with
-`exim -Mrm`. Untested here: Debian's exim4 replaces postfix, so the test machine has no Exim binary."""
+`exim -Mrm`."""
 
 from __future__ import annotations
 
@@ -50,19 +50,34 @@ def parse_spool(h: bytes, d: bytes) -> tuple[bytes, Envelope]:
     return b"".join(headers) + b"\n" + body, env
 
 
+def _read_pair(h: bytes, d: bytes, qid: str) -> tuple[bytes, Envelope]:
+    """The pipeline's Exim reader when it is installed (so digests agree with it), else parse_spool."""
+    try:
+        from pipeline.readers.exim import parse_h
+    except ImportError:
+        data, env = parse_spool(h, d)
+        env.queue_id = qid
+        return data, env
+    env, head, _, _ = parse_h(h, qid)
+    return head + b"\n" + (d.split(b"\n", 1)[1] if b"\n" in d else b""), env
+
+
 class EximQueue(Queue):
     name = "exim"
     releases_natively = True
 
-    def __init__(self, exim: str = "exim") -> None:
-        self.exim = exim
+    def __init__(self, exim: str = "exim", config: Path | None = None, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        # `command` replaces `exim [-C config]` (e.g. a wrapper that runs Exim in a namespace)
+        self.command = command or [exim, *(["-C", str(config)] if config else [])]
+        self.env = env
         self.spool = Path(self._run("-bP", "spool_directory").decode().split("=", 1)[-1].strip())
 
     def _run(self, *args: str) -> bytes:
         try:
-            cp = subprocess.run([self.exim, *args], capture_output=True, timeout=300, check=False)
+            cp = subprocess.run([*self.command, *args], capture_output=True, timeout=300, check=False, env=self.env)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise MtaError(f"{self.exim}: {e}") from None
+            raise MtaError(f"{self.command[0]}: {e}") from None
         if cp.returncode != 0:
             raise MtaError(f"exim {' '.join(args[:3])}: {cp.stderr.decode(errors='replace').strip()[:300]}")
         return cp.stdout
@@ -94,8 +109,7 @@ class EximQueue(Queue):
         files = self._files(qid) if _ID.match(qid) else None
         if files is None:
             return None
-        data, env = parse_spool(files[0].read_bytes(), files[1].read_bytes())
-        env.queue_id = qid
+        data, env = _read_pair(files[0].read_bytes(), files[1].read_bytes(), qid)
         return QueuedMessage(qid, qid, env, sha256_hex(data), len(data), source=files[0])
 
     def list(self) -> Iterator[QueuedMessage]:
@@ -110,7 +124,7 @@ class EximQueue(Queue):
         files = self._files(qm.name)
         if files is None:
             raise MtaError(f"{qm.name} is gone from the spool")
-        return parse_spool(files[0].read_bytes(), files[1].read_bytes())[0]
+        return _read_pair(files[0].read_bytes(), files[1].read_bytes(), qm.name)[0]
 
     def remove(self, qm: QueuedMessage) -> None:
         if self._files(qm.name) is not None:

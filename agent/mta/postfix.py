@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.errors import FreezeError, MtaError
@@ -24,7 +24,7 @@ SBIN = Path("/usr/sbin")
 _QID = re.compile(r"^[0-9A-Za-z]{5,40}$")
 
 
-def _native():  # type: ignore[no-untyped-def]
+def _native():  # the native reader's parse_queue_file, or None when it is not installed
     try:
         from pipeline.readers.postfix import parse_queue_file
     except ImportError:
@@ -168,6 +168,14 @@ class PostfixQueue(Queue):
             self._released += 1
             if self._released % self.flush_every == 0:
                 self.flush()
+
+    def release_many(self, qms: Sequence[QueuedMessage]) -> None:
+        """One `postsuper -H -` for many ids (read from standard input); ids no longer on hold are skipped."""
+        ids = [qm.queue_id for qm in qms if qm.queue_id and _QID.match(qm.queue_id)]
+        if ids:
+            self._run("postsuper", "-H", "-", input=("\n".join(ids) + "\n").encode())
+            self._released += len(ids)
+            self.flush()
 
     def flush(self) -> None:
         """Released mail waits in deferred/ for the next queue run; ask for it now."""

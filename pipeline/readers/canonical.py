@@ -10,7 +10,6 @@ the index holds them until the index arrives.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Iterator, Sequence
 
@@ -85,7 +84,7 @@ class CanonicalReader(Reader):
             if not line.strip():
                 continue
             try:
-                e = IndexEntry.model_validate(json.loads(line))
+                e = IndexEntry.model_validate_json(line)
             except (ValueError, ValidationError) as err:
                 report.defects.append(f"{m.path}:{n}: bad index entry: {str(err).splitlines()[0]}")
                 continue

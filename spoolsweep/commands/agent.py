@@ -18,10 +18,20 @@ agent_app = typer.Typer(no_args_is_help=True, help="On the mail host: freeze and
 StateDir = Annotated[Path, typer.Option(help="journal, local snapshot copies and agent.log")]
 Host = Annotated[str | None, typer.Option(help="this host's name in the pipeline (default: the short hostname)")]
 Mta = Annotated[str, typer.Option(help="postfix | exim | sendmail | pickup-dir (with --dir, or pickup-dir:PATH)")]
+Exim = Annotated[str, typer.Option(help="the Exim binary (exim, exim4)")]
+EximConfig = Annotated[Path | None, typer.Option(help="Exim's configuration file (-C)")]
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(agent_app, name="agent")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return ""
 
 
 def _host(host: str | None) -> str:
@@ -48,6 +58,8 @@ def snapshot(
     dir: Annotated[Path | None, typer.Option("--dir", help="the pickup/queue folder for --mta pickup-dir")] = None,
     aside: Annotated[Path | None, typer.Option(help="where pickup-dir moves the queue (default DIR.old)")] = None,
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    exim: Exim = "exim",
+    exim_config: EximConfig = None,
     upload: Annotated[str | None, typer.Option(help="s3://bucket/incoming/<incident>/<host>/")] = None,
     to: Annotated[Path | None, typer.Option(help="a local store root (the embedded default)")] = None,
     incident: Annotated[str | None, typer.Option(help="incident name")] = None,
@@ -67,7 +79,7 @@ def snapshot(
     try:
         h = _host(host)
         dest = parse_destination(upload, to, incident, h)
-        queue = make_queue(mta, dir, aside, postfix_config=postfix_config)
+        queue = make_queue(mta, dir, aside, postfix_config=postfix_config, exim=exim, exim_config=exim_config)
         _logging(state_dir, verbose=False)
         journal = Journal(state_dir / "journal.sqlite")
         with progress_bar(not quiet) as cb:
@@ -77,13 +89,13 @@ def snapshot(
         fail(str(e))
         return
     if s.dry_run:
-        out.print(f"[bold]dry run[/]: {s.froze}: {s.messages:,} messages ({s.bytes / 2**20:,.1f} MiB) "
-                  f"would be frozen and uploaded to {s.destination}", highlight=False)
+        out.print(f"[bold]dry run[/]: {s.froze}; {s.messages:,} messages ({_size(s.bytes)}) would be snapshotted "
+                  f"and uploaded to {s.destination}", highlight=False)
         return
     if s.resumed_from:
         out.print(f"resumed an interrupted snapshot (it had reached: {s.resumed_from})", highlight=False)
-    out.print(f"[bold]{s.incident}[/] on {s.host}: froze {s.messages:,} messages "
-              f"({s.bytes / 2**20:,.1f} MiB), {s.froze}", highlight=False)
+    out.print(f"[bold]{s.incident}[/] on {s.host}: {s.messages:,} messages ({_size(s.bytes)}); {s.froze}",
+              highlight=False)
     out.print(f"  snapshot sha256 {s.archive_sha256}", highlight=False)
     out.print(f"  uploaded to {s.destination} (checksum confirmed)", highlight=False)
     if s.archive:
@@ -100,13 +112,18 @@ def run(
     aside: Annotated[Path | None, typer.Option(help="where pickup-dir's frozen queue is (default DIR.old)")] = None,
     pickup: Annotated[Path | None, typer.Option(help="the folder replayed mail goes to (default DIR)")] = None,
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
+    exim: Exim = "exim",
+    exim_config: EximConfig = None,
     deliver: Annotated[str, typer.Option(help="native (the MTA releases it) or smtp://HOST:PORT")] = "native",
     store: Annotated[str, typer.Option(help="store root folder, or s3://bucket")] = "./spoolsweep-store",
     channel: Annotated[str, typer.Option(help="channel folder (default STORE/channel) or sqs[://prefix]")] = "",
     host: Host = None,
     state_dir: StateDir = Path("/var/lib/spoolsweep-agent"),
-    quarantine: Annotated[Path | None, typer.Option(help="copy purged mail here first")] = None,
+    quarantine: Annotated[Path | None, typer.Option(
+        help="copy purged mail here first (default STATE_DIR/quarantine)")] = None,
+    no_quarantine: Annotated[bool, typer.Option("--no-quarantine", help="purge without keeping a copy")] = False,
     rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
+    batch: Annotated[int, typer.Option(help="native releases per MTA command (postsuper -H -)")] = 100,
     wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
     visibility: Annotated[float, typer.Option(help="local channel: seconds a received instruction stays hidden")] = 60,
     once: Annotated[bool, typer.Option("--once", help="stop when the channel is empty")] = False,
@@ -121,10 +138,12 @@ def run(
     try:
         h = _host(host)
         _logging(state_dir, verbose)
+        quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
-        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config), store=st,
+        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config), store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
-                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate))
+                      deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
+                      batch=max(1, batch))
         receipts = agent.run(ch, wait_seconds=wait, once=once)
     except (SpoolsweepError, OSError) as e:
         fail(str(e))
@@ -160,3 +179,27 @@ def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
     from pipeline.store import LocalChannel
 
     return LocalChannel(spec, visibility_timeout=visibility)
+
+
+@agent_app.command()
+def audit(
+    mta: Annotated[str, typer.Option(help="postfix")] = "postfix",
+    config_dir: Annotated[Path | None, typer.Option(help="Postfix config_directory (default: postconf's)")] = None,
+    postconf_file: Annotated[Path | None, typer.Option(help="saved `postconf -n` output instead of running it")] = None,
+) -> None:
+    """Read the MTA's effective configuration and flag what makes it an open relay, with the lines to change.
+
+    Exit status: 0 nothing found, 1 the configuration relays for strangers, 3 risks only.
+    """
+    from agent.audit import audit_postfix, parse_postconf, postconf_n
+
+    if mta != "postfix":
+        raise typer.BadParameter("only --mta postfix is audited so far")
+    text = postconf_file.read_text() if postconf_file else postconf_n(config_dir)
+    findings = audit_postfix(parse_postconf(text))
+    if not findings:
+        typer.echo("no open-relay settings found in `postconf -n`")
+        return
+    for f in findings:
+        typer.echo(f"[{f.severity}] {f.setting} = {f.current}\n    {f.problem}\n    change to: {f.change_to}")
+    raise typer.Exit(1 if any(f.severity == "open-relay" for f in findings) else 3)

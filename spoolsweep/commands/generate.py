@@ -20,18 +20,24 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="canonical | eml")] = "canonical",
 ) -> None:
     """Generate an incident (relayed campaigns, stolen account, backscatter, real mail) with its ground truth."""
-    from pipeline.generator import POLICY_TOML, find_corpus, load_corpus, write_canonical, write_eml_folder
-    from pipeline.generator import generate as gen
+    from pipeline.generator import (
+        POLICY_TOML,
+        find_corpus,
+        iter_incident,
+        load_corpus,
+        write_canonical,
+        write_eml_folder,
+    )
 
+    if fmt not in ("eml", "canonical"):
+        raise typer.BadParameter(f"unknown format {fmt!r}")
     ham, spam = load_corpus(corpus or find_corpus())
-    inc = gen(ham, spam, n=messages, seed=seed)
+    inc = iter_incident(ham, spam, n=messages, seed=seed)
     if fmt == "eml":
         path = write_eml_folder(inc, out)
-    elif fmt == "canonical":
-        path = write_canonical(inc, out)
     else:
-        raise typer.BadParameter(f"unknown format {fmt!r}")
+        path = write_canonical(inc, out)
     policy = path.parent / "site.toml"
     if not policy.exists():
         policy.write_text(POLICY_TOML)
-    typer.echo(f"{len(inc.messages):,} messages -> {path} (policy {policy})")
+    typer.echo(f"{messages:,} messages -> {path} (policy {policy})")

@@ -39,6 +39,8 @@ def up(
     once: Annotated[bool, typer.Option("--once", help="handle what is pending, then exit")] = False,
     workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
     interval: Annotated[float, typer.Option(help="seconds between looks at the store")] = 0.5,
+    step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
+                                                        "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
 ) -> None:
     """Run the pipeline on this machine: watch STORE/incoming/ and drive every snapshot to a manifest.
 
@@ -52,7 +54,7 @@ def up(
     root = Path(store)
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     if store.startswith("s3://"):
-        _up_on_queues(store, once, interval)
+        _up_on_queues(store, once, interval, step or [])
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -83,8 +85,9 @@ def up(
         err.print(f"[red]dead letter[/] {d['step']}: {d['reason']}")
 
 
-def _up_on_queues(store: str, once: bool, interval: float) -> None:
+def _up_on_queues(store: str, once: bool, interval: float, steps: list[str]) -> None:
     """The same handlers fed from the stack's SQS queues (LocalStack, or AWS without Lambda)."""
+    from functions import names
     from functions.adapters import client
     from functions.runner import SqsRunner, reset_handlers
     from functions.settings import Common
@@ -93,8 +96,12 @@ def _up_on_queues(store: str, once: bool, interval: float) -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     reset_handlers()
     s = Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL"))
-    runner = SqsRunner(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix, region=s.region)
-    err.print(f"polling the {s.name_prefix}-*-events queues for {store} (Ctrl-C to stop)")
+    unknown = set(steps) - set(names.STEPS)
+    if unknown:
+        fail(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(names.STEPS)}")
+    runner = SqsRunner(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix, region=s.region, steps=steps)
+    err.print(f"polling {', '.join(names.event_queue(x, s.name_prefix) for x in runner.steps)} for {store} "
+              "(Ctrl-C to stop)")
     try:
         while True:
             n = runner.run_once()

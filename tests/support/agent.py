@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.instructions import ApprovedMessage, Instruction, SignedInstruction, generate_keypair, sign
-from pipeline.models import Envelope
+from pipeline.instructions import ApprovedMessage, Instruction, generate_keypair, sign
 from spoolsweep.lab.sink import Received, Sink  # noqa: F401 - Received is re-exported for the tests
 
 
@@ -44,7 +43,6 @@ def with_message_id(data: bytes, mid: str) -> bytes:
     head, _, body = data.partition(sep)
     eol = sep[: len(sep) // 2]
     lines = [ln for ln in head.split(eol) if not ln.lower().startswith(b"message-id:")]
-    # drop folded continuation lines that belonged to a removed Message-ID is not needed: ids are one line
     return eol.join([f"Message-ID: {mid}".encode(), *lines]) + sep + body
 
 
@@ -109,8 +107,4 @@ def forged_body(ins: Instruction) -> str:
     return sign(ins, other, "test-key").model_dump_json()
 
 
-def envelope_of(sender: str, rcpts: list[str]) -> Envelope:
-    return Envelope(mail_from=sender, rcpt_to=rcpts)
-
-
-__all__ = ["SignedInstruction", "Sink", "sink", "keys", "mail_corpus"]
+__all__ = ["Sink", "sink", "keys", "mail_corpus"]

@@ -1,0 +1,26 @@
+"""The scheduled blocklist watcher: compares with its last report and publishes what moved."""
+
+from __future__ import annotations
+
+from functions.watch_blocklists import STATE_KEY, watch
+from pipeline.blocklist import BlocklistReport
+from pipeline.policy import SitePolicy
+from pipeline.store import LocalStore
+from tests.support.dns_server import LocalDNS, ZoneResolver
+
+
+def test_watch_publishes_changes_and_keeps_state(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    policy = SitePolicy(server_ips=["192.0.2.25"], blocklist_zones=["bl.spamcop.net"])
+    sent: list[tuple[str, str]] = []
+    records = {"2.0.0.127.bl.spamcop.net": (["127.0.0.2"], [])}
+    resolver = ZoneResolver(records, set(), set(), set(), ttl=0)
+    with LocalDNS(resolver) as dns:
+        assert watch(store, policy, lambda s, m: sent.append((s, m)), dns.nameserver) == []  # first run: baseline
+        assert store.exists(STATE_KEY) and not sent
+        resolver.records["25.2.0.192.bl.spamcop.net"] = (["127.0.0.2"], ["listed"])
+        moved = watch(store, policy, lambda s, m: sent.append((s, m)), dns.nameserver)
+    assert [(c["zone"], c["before"], c["now"]) for c in moved] == [("bl.spamcop.net", "not_listed", "listed")]
+    assert sent and "1 new listing" in sent[0][0] and "bl.spamcop.net" in sent[0][1]
+    last = BlocklistReport.model_validate_json(store.get(STATE_KEY))
+    assert last.listed()[0].target == "192.0.2.25"
