@@ -74,6 +74,10 @@ def test_demo_yes_real_postfix(tmp_path, mail_corpus):
     out = cp.stdout
     assert "Relay access denied" in out, "the relay was closed before the snapshot"
     assert "froze 300 messages" in out and "PASS" in out
+    # the blocklist step ran against the DNS fixture on 127.0.0.1 and found the one listing it serves
+    report = json.loads((tmp_path / "demo" / "store" / "blocklists" / "demo" / "report.json").read_text())
+    assert [(r["target"], r["zone"]) for r in report["results"] if r["status"] == "listed"] == \
+        [("192.0.2.25", "bl.spamcop.net")]
     r = check_ground_truth(tmp_path / "demo", mail_corpus)
     queue = json.loads((tmp_path / "demo" / "queue-after.json").read_text())
     by_qid = {m.queue_id: m.message_id for m in r["manifest"].messages}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -103,17 +104,14 @@ def _pickup_incident(st: Story, inc: Incident) -> None:
 def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: PostfixInstance | None,
                     t0: float, wait_approval: float) -> bool:
     step(6, "the pipeline (the same functions as on AWS, here on one machine): parse, triage, blocklists")
-    st.spoolsweep("up", "--store", str(st.store), "--policy", str(st.workdir / "site.toml"), "--once")
+    with _blocklist_dns(st):
+        st.spoolsweep("up", "--store", str(st.store), "--policy", str(st.workdir / "site.toml"), "--once")
     manifest = st.manifest()
     summary_table(manifest)
     s = score(manifest.messages, _truth_by_path(st, inc, manifest))
     say(f"   against the ground truth: valid marked spam {s['valid_as_spam']}, spam marked valid "
         f"{s['spam_as_valid']}, review {s['review']}")
-    if importlib.util.find_spec("pipeline.blocklist") is None:
-        say("   blocklists: pipeline.blocklist is not installed here, so no DNSBL check was made")
-    else:
-        report = st.store / "blocklists" / INCIDENT / "report.json"
-        say(f"   blocklists: {report if report.exists() else 'no report written'}")
+    _say_blocklists(st)
     step(7, "review")
     proc = _open_console(st) if console else None
     if proc is not None and not yes and wait_approval <= 0:
@@ -151,6 +149,46 @@ def _await_approval(st: Story, seconds: float) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+# The blocklist fixture: our server's address is listed on one zone, as after a real spam run. Served by a DNS
+# server on 127.0.0.1 (no query leaves the machine); the policy checks only these zones.
+DEMO_ZONES = ("bl.spamcop.net", "zen.spamhaus.org")
+DEMO_LISTED = {"25.2.0.192.bl.spamcop.net": (["127.0.0.2"], ["Blocked - see https://www.spamcop.net/bl.shtml"]),
+               # every working list lists its test entry 127.0.0.2; the check distrusts a zone that does not
+               **{f"2.0.0.127.{z}": (["127.0.0.2"], ["test entry"]) for z in DEMO_ZONES}}
+
+
+@contextlib.contextmanager
+def _blocklist_dns(st: Story) -> Iterator[None]:
+    if importlib.util.find_spec("pipeline.blocklist") is None or importlib.util.find_spec("dnslib") is None:
+        yield
+        return
+    from spoolsweep.lab.dns import LocalDNS, ZoneResolver
+
+    policy = st.workdir / "site.toml"
+    policy.write_text(policy.read_text() + f"blocklist_zones = {list(DEMO_ZONES)!r}\n".replace("'", '"'))
+    with LocalDNS(ZoneResolver(dict(DEMO_LISTED), set(), set(), set())) as dns:
+        say(f"   blocklist zones {', '.join(DEMO_ZONES)} served by a DNS fixture on {dns.nameserver}")
+        os.environ["SPOOLSWEEP_NAMESERVER"] = dns.nameserver  # read by the blocklist function's settings
+        try:
+            yield
+        finally:
+            os.environ.pop("SPOOLSWEEP_NAMESERVER", None)
+
+
+def _say_blocklists(st: Story) -> None:
+    report = st.store / "blocklists" / INCIDENT / "report.json"
+    if not report.exists():
+        say("   blocklists: no report written")
+        return
+    data = json.loads(report.read_text())
+    if "why" in data and not data.get("results"):
+        say(f"   blocklists: {data['why']}")
+        return
+    listed = [r for r in data["results"] if r["status"] == "listed"]
+    say(f"   blocklists: {len(data['results'])} checks, listed on {len(listed)}: " + "; ".join(
+        f"{r['target']} on {r['zone']} (delist: {r.get('delist_url') or '-'})" for r in listed))
 
 
 def _confirm() -> bool:
