@@ -1,7 +1,8 @@
-"""`spoolsweep demo`: the README's main job on bundled data: generate an incident, triage it, check it."""
+"""`spoolsweep demo`: the README's main job: a whole spam incident on one machine, told step by step, checked."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,12 +17,45 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    workdir: Annotated[Path, typer.Option(help="where the incident and the manifest go")] = Path("demo-out"),
-    messages: Annotated[int, typer.Option("--messages", "-n", help="size of the generated incident")] = 5000,
+    workdir: Annotated[Path, typer.Option(help="where the incident, the store and the tally go")] = Path("demo-out"),
+    messages: Annotated[int, typer.Option("--messages", "-n", help="size of the generated incident")] = 2000,
     seed: Annotated[int, typer.Option(help="same seed, same incident")] = 1,
     corpus: Annotated[Path | None, typer.Option(help="SpamAssassin corpus tarball or folder")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="approve the engine's verdicts and replay/purge")] = False,
+    spool: Annotated[str, typer.Option(help="auto | postfix (needs root and Debian postfix) | pickup | triage-only")]
+    = "auto",
+    console: Annotated[bool, typer.Option(help="open the review console on 127.0.0.1 if it is installed")] = True,
+    wait_approval: Annotated[float, typer.Option(help="without --yes: seconds to wait for an approval made in the "
+                                                      "console or with `spoolsweep approve`")] = 0,
 ) -> None:
-    """Generate an open-relay + stolen-password incident from real public mail, triage it, score it."""
+    """A real incident: flood a private open-relay Postfix, close it, snapshot, triage, approve, replay, tally."""
+    from spoolsweep.lab.postfix import available
+
+    if spool not in ("auto", "postfix", "pickup", "triage-only"):
+        raise typer.BadParameter("--spool must be auto, postfix, pickup or triage-only")
+    if spool == "triage-only":
+        _triage_only(workdir, messages, seed, corpus)
+        return
+    if spool in ("auto", "postfix"):
+        why = available()
+        if why and spool == "postfix":
+            out.print(f"[red]cannot run Postfix here:[/] {why}")
+            raise typer.Exit(1)
+        if why:
+            out.print(f"[yellow]No private Postfix here ({why}): falling back to an IIS-style pickup-folder "
+                      f"spool; the story is the same, the MTA is a folder of .eml files.[/]")
+            spool = "pickup"
+        else:
+            spool = "postfix"
+    from spoolsweep.lab.run import run_story
+
+    ok = run_story(workdir, messages, seed, corpus, yes, spool, console, wait_approval)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _triage_only(workdir: Path, messages: int, seed: int, corpus: Path | None) -> None:
+    """Generate an incident, triage it in this process, score it (no MTA, no agent)."""
     from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, score, write_canonical
     from pipeline.manifest_io import write_manifest
     from pipeline.policy import load_policy
@@ -47,5 +81,8 @@ def demo(
     out.print("[bold]3. checked against the ground truth[/]")
     out.print(f"   valid marked spam: {s['valid_as_spam']}   spam marked valid: {s['spam_as_valid']} "
               f"({s['spam_as_valid_share']:.2%} of spam)   review: {s['review']} ({s['review_share']:.2%})")
+    (workdir / "tally.json").write_text(json.dumps(s, indent=1))
     if s["valid_as_spam"]:
         raise typer.Exit(1)
+
+

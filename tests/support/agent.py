@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from pipeline.instructions import ApprovedMessage, Instruction, generate_keypair, sign
-from tests.support.postfix import free_port
-
-_MSGID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)")
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-
-    @property
-    def message_id(self) -> str | None:
-        m = _MSGID.search(self.data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0])
-        return m.group(1).decode() if m else None
-
-
-class Sink:
-    """An aiosmtpd server that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.lock = threading.Lock()
-        self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
-        with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 Ok: kept"
-
-    def message_ids(self) -> Counter:
-        with self.lock:
-            return Counter(r.message_id for r in self.received)
+from spoolsweep.lab.sink import Received, Sink  # noqa: F401 - Received is re-exported for the tests
 
 
 @pytest.fixture(scope="session")
