@@ -207,11 +207,14 @@ def _open_console(st: Story) -> subprocess.Popen | None:
         say(f"   console: not installed here; review {st.store}/manifests/{INCIDENT}/manifest.json, "
             f"then `spoolsweep approve {INCIDENT} --store {st.store}`")
         return None
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "spoolsweep", "console", "--store", str(st.store),
-                             "--host", "127.0.0.1", "--port", str(port)])
-    say(f"   console: http://127.0.0.1:{port}/ (incident {INCIDENT} ready to review)")
-    (st.workdir / "console.url").write_text(f"http://127.0.0.1:{port}/\n")
+    import secrets
+
+    port, token = free_port(), secrets.token_urlsafe(24)
+    proc = subprocess.Popen([sys.executable, "-m", "spoolsweep", "console", "--data", str(st.store),
+                             "--port", str(port), "--token", token], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/?token={token}"
+    say(f"   console: {url} (incident {INCIDENT} ready to review)")
+    (st.workdir / "console.url").write_text(url + "\n")
     return proc
 
 
