@@ -156,10 +156,12 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         pred = clusterer.predict([records[i].bounced_original_text for i in bounce_idx])
         hits = {i for i, p in zip(bounce_idx, pred, strict=True) if int(p) in spam_leaders}
 
+    abusive_ips = _abusive_ips(records, ctxs, campaign_of, decisions)
     messages: list[ManifestMessage] = []
     for i, r in enumerate(records):
         camp = campaign_of.get(i)
-        d = message_decision(i, records, ctxs, decisions.get(camp) if camp else None, i in hits, profiles)
+        d = message_decision(i, records, ctxs, decisions.get(camp) if camp else None, i in hits, profiles,
+                             abusive_ips)
         if r.defects and d.verdict is not Verdict.review:
             d.reasons.append(R("mime_defects", "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
         if r.envelope_inferred:
@@ -186,6 +188,22 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         messages=messages,
         archive_defects=list(archive_defects),
     )
+
+
+def _abusive_ips(records: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign_of: dict[int, int],
+                 decisions: dict[int, Decision]) -> set[str]:
+    """Clients that fed a spam campaign, or relayed under more than two sender domains (forging them)."""
+    fed: set[str] = set()
+    domains: dict[str, set[str]] = defaultdict(set)
+    for i, c in enumerate(ctxs):
+        if not c.client_ip or c.trusted:
+            continue
+        cid = campaign_of.get(i)
+        if cid is not None and decisions[cid].verdict is Verdict.spam:
+            fed.add(c.client_ip)
+        if c.relayed:
+            domains[c.client_ip].add(addr_domain(records[i].envelope.mail_from))
+    return fed | {ip for ip, d in domains.items() if len(d) > 2}
 
 
 def _profiles(ctxs: Sequence[Context], campaign_of: dict[int, int]) -> dict[str, AccountProfile]:

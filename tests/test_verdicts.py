@@ -69,3 +69,25 @@ def test_bounce_to_local_address_quoting_campaign_spam_is_spam() -> None:
     assert message_decision(0, [r], ctx, None, True, {}).verdict is Verdict.spam
     # the same bounce quoting nothing we know is a user's own failed mail: valid
     assert message_decision(0, [r], ctx, None, False, {}).verdict is Verdict.valid
+
+
+def test_relayed_from_a_client_that_fed_no_campaign_is_review() -> None:
+    r = rec(mail_from="orders@shop.example", rcpt_to=["buyer@far.example"], client_address="198.51.100.80")
+    ctx = [context(r, POLICY)]
+    d = message_decision(0, [r], ctx, None, False, {}, abusive_ips={"203.0.113.9"})
+    assert (d.verdict, d.reasons[0].code) == (Verdict.review, "relayed_unknown_source")
+    d = message_decision(0, [r], ctx, None, False, {}, abusive_ips={"198.51.100.80"})
+    assert (d.verdict, d.reasons[0].code) == (Verdict.spam, "relayed")
+
+
+def test_a_relayed_campaign_from_one_client_and_one_sender_domain_is_review() -> None:
+    from pipeline.verdicts import campaign_decision
+
+    shop = [rec(mail_from="orders@shop.example", rcpt_to=[f"buyer{i}@far{i}.example"],
+                client_address="198.51.100.80") for i in range(8)]
+    d = campaign_decision(range(8), shop, [context(r, POLICY) for r in shop], POLICY, {})
+    assert (d.verdict, d.reasons[0].code) == (Verdict.review, "relayed_single_source")
+    botnet = [rec(mail_from=f"x{i}@far{i}.example", rcpt_to=[f"v{i}@else.example"],
+                  client_address=f"203.0.113.{i + 1}") for i in range(8)]
+    d = campaign_decision(range(8), botnet, [context(r, POLICY) for r in botnet], POLICY, {})
+    assert (d.verdict, d.reasons[0].code) == (Verdict.spam, "relayed_campaign")
