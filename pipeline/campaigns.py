@@ -156,4 +156,6 @@ def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
     for t in sample:
         df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
                    and w not in _PLACEHOLDERS and not w.isdigit()})
-    return [w for w, c in df.most_common(k) if c * 2 >= len(sample)]
+    # ties broken by the word itself: set order changes with the process's hash seed
+    ranked = sorted(df.items(), key=lambda wc: (-wc[1], wc[0]))[:k]
+    return [w for w, c in ranked if c * 2 >= len(sample)]

@@ -196,6 +196,8 @@ def test_hostile_subjects_stay_text(page, server):
     page.set_viewport_size({"width": 380, "height": 800})
     open_hash(page, server, f"#/i/{INCIDENT}")
     no_xss(page)
+    # the page re-renders after the resize; wait for it to settle, then it must fit (no horizontal scroll)
+    page.wait_for_function("() => document.documentElement.scrollWidth <= 400", timeout=10_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     shot(page, "10-narrow-incident")
     shot(page, "11-narrow-incident-top", full_page=False)

@@ -38,3 +38,23 @@ def test_deterministic(incident_tar, policy):
     a = triage(incident_tar, policy, workers=2)
     b = triage(incident_tar, policy, workers=1)
     assert manifest_bytes(a) == manifest_bytes(b)
+
+
+def test_deterministic_across_processes(incident_tar, policy_file, tmp_path):
+    """Same snapshot, same policy, two processes with different hash seeds: the same manifest bytes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        r = subprocess.run([sys.executable, "-m", "spoolsweep", "triage", str(incident_tar), "--policy",
+                            str(policy_file), "--out", str(out), "-q"], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append((out / "manifest.json").read_bytes())
+    assert outs[0] == outs[1]
