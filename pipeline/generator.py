@@ -131,7 +131,10 @@ def _rebuild(raw: bytes, headers: dict[str, str], subject_suffix: str = "", body
     plain = b"base64" not in enc.lower()
     if plain and body_prefix:
         body = body_prefix.encode() + b"\n\n" + body
-    if plain and body_suffix:
+    # Appended to a multipart body whose last part is base64 (and has no closing boundary, as many
+    # corpus messages do), the suffix would corrupt that part: spamware writes valid MIME, so the
+    # copy varies by subject and greeting only. (The corpus itself has 1 % broken base64: kept.)
+    if plain and body_suffix and b"base64" not in body[-4096:].lower():
         body = body.rstrip(b"\n") + b"\n" + body_suffix.encode() + b"\n"
     return b"\n".join(top + kept) + b"\n\n" + body
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1"
+M = TypeVar("M", bound="BaseModel")
 
 
 class Model(BaseModel):
@@ -86,6 +87,30 @@ class ParsedRecord(Model):
     defects: list[str] = Field(default_factory=list)
     envelope_inferred: list[str] = Field(default_factory=list, description="envelope fields read from headers")
     id: str = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The parser fills a record field by field, fifteen times a message, a million times a run;
+        # assignment is not validated (as in any pydantic model without validate_assignment), so
+        # pydantic's generic path is only overhead here.
+        d = self.__dict__
+        if name in d:
+            d[name] = value
+            self.__pydantic_fields_set__.add(name)
+        else:
+            super().__setattr__(name, value)
+
+
+def construct_all(cls: type[M], **values: Any) -> M:
+    """An instance from values that are already valid, naming every field (checked): what pydantic's
+    model_construct does, without its per-field default handling, which triage would pay per message."""
+    if values.keys() != cls.model_fields.keys():
+        raise TypeError(f"{cls.__name__}: construct_all needs every field; got {sorted(values)}")
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", set(values))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
 
 
 def message_id(path: str, sha256: str) -> str:

@@ -92,20 +92,34 @@ class SitePolicy(BaseModel):
             addr = addr.ipv4_mapped
         return any(addr in n for n in self._nets) or str(addr) in self.server_ips
 
+    @cached_property
+    def _domain_cache(self) -> dict[str, tuple[bool, bool]]:
+        return {}
+
+    def _domain(self, domain: str) -> tuple[bool, bool]:
+        """(local, relay) for a domain; remembered, since triage asks about every recipient."""
+        hit = self._domain_cache.get(domain)
+        if hit is None:
+            if len(self._domain_cache) > 500_000:  # a queue to a million random domains stays bounded
+                self._domain_cache.clear()
+            d = domain.lower().rstrip(".")
+            hit = self._domain_cache[domain] = (
+                any(d == ld or d.endswith("." + ld) for ld in self.local_domains),
+                any(d == rd or d.endswith("." + rd) for rd in self.relay_domains))
+        return hit
+
     def is_local_domain(self, domain: str) -> bool:
-        d = domain.lower().rstrip(".")
-        return any(d == ld or d.endswith("." + ld) for ld in self.local_domains)
+        return self._domain(domain)[0]
 
     def is_local_address(self, address: str | None) -> bool:
         if not address or "@" not in address:
             return False
-        return self.is_local_domain(address.rsplit("@", 1)[1])
+        return self._domain(address.rsplit("@", 1)[1])[0]
 
     def is_relay_domain(self, address: str) -> bool:
         if "@" not in address:
             return False
-        d = address.rsplit("@", 1)[1].lower()
-        return any(d == rd or d.endswith("." + rd) for rd in self.relay_domains)
+        return self._domain(address.rsplit("@", 1)[1])[1]
 
     def is_our_host(self, name: str | None) -> bool:
         if not name:

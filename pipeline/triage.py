@@ -8,7 +8,6 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 from pipeline.archive import ArchiveReport
@@ -24,6 +23,7 @@ from pipeline.models import (
     Spread,
     Totals,
     Verdict,
+    construct_all,
     message_id,
 )
 from pipeline.parse import addr_domain, parse_found
@@ -42,6 +42,7 @@ from pipeline.verdicts import (
 
 Progress = Callable[[str, int, int | None], None]
 _PARALLEL_MIN = 2000
+LABEL_SAMPLE = 100  # members whose words make a campaign's label
 _CHUNK = 256
 
 
@@ -109,10 +110,6 @@ def _spread(values: Iterable[str], k: int = 5) -> Spread:
     return Spread(distinct=len(c), top=c.most_common(k))
 
 
-def _when(r: ParsedRecord) -> datetime | None:
-    return r.envelope.arrival_time or r.date
-
-
 def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
            archive_defects: Sequence[str] = (), progress: Progress = _noop) -> Manifest:
     """Group and decide: the pure heart of triage, records and policy in, manifest out."""
@@ -128,7 +125,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     big = sorted((g for g in groups.values() if len(g) >= th.campaign_min_size), key=lambda g: (-len(g), g[0]))
     # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
     # Releasing the rest bounds memory at a million messages (records are this step's own).
-    keep = {i for g in big for i in g[:200]}
+    keep = {i for g in big for i in g[:LABEL_SAMPLE]}
     for i, r in enumerate(records):
         if i not in keep:
             r.text = ""
@@ -168,7 +165,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
             d.reasons.append(R("envelope_inferred", "envelope fields read from headers: "
                                + ", ".join(r.envelope_inferred), "info"))
         # every value here comes from validated models: construct without validating them again
-        messages.append(ManifestMessage.model_construct(
+        messages.append(construct_all(ManifestMessage,
             id=r.id, path=r.path, sha256=r.sha256, size=r.size, format=r.format, queue_id=r.envelope.queue_id,
             queue_name=r.envelope.queue_name, envelope=r.envelope, subject=r.subject, from_header=r.from_header,
             message_id=r.message_id, campaign=camp, verdict=d.verdict, confidence=round(d.confidence, 3),
@@ -245,25 +242,35 @@ def _mark_compromised(big: Sequence[Sequence[int]], decisions: dict[int, Decisio
 def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord], d: Decision,
               messages: Sequence[ManifestMessage]) -> Campaign:
     recs = [records[i] for i in members]
-    times = [t for t in (_when(r) for r in recs) if t is not None]
+    # one pass over the members gathers every spread (a campaign can hold most of a million-message queue)
+    senders: list[str] = []
+    rcpt_domains: list[str] = []
+    ips: list[str] = []
+    accounts: list[str] = []
+    times = []
+    for r in recs:
+        e = r.envelope
+        senders.append(addr_domain(e.mail_from) or "<>")
+        rcpt_domains.extend([addr_domain(a) for a in (e.rcpt_to or e.done_rcpt_to)])
+        ips.append(e.client_address or "")
+        accounts.append(e.sasl_username or "")
+        if (t := e.arrival_time or r.date) is not None:
+            times.append(t)
     try:
         first, last = (min(times), max(times)) if times else (None, None)
     except TypeError:  # naive and aware datetimes mixed
         first = last = None
-    subjects = list(dict.fromkeys(r.subject for r in recs if r.subject))[:5]
-    counts = Counter(messages[i].verdict for i in members)
+    subjects = list(dict.fromkeys(r.subject for r in recs[:1000] if r.subject))[:5]
+    counts = Counter([messages[i].verdict for i in members])
     verdict = d.verdict
     if counts and len(counts) > 1:
         d.reasons.append(R("mixed", "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
                                                                      counts.most_common()), "info"))
     return Campaign(
-        id=cid, size=len(members), label=" ".join(top_terms([r.text for r in recs])),
+        id=cid, size=len(members), label=" ".join(top_terms([r.text for r in recs[:LABEL_SAMPLE]])),
         sample_subjects=[s[:200] for s in subjects],
-        sender_domains=_spread(addr_domain(r.envelope.mail_from) or "<>" for r in recs),
-        recipient_domains=_spread(addr_domain(a) for r in recs for a in (r.envelope.rcpt_to or
-                                                                         r.envelope.done_rcpt_to)),
-        client_ips=_spread(r.envelope.client_address or "" for r in recs),
-        accounts=_spread(r.envelope.sasl_username or "" for r in recs),
+        sender_domains=_spread(senders), recipient_domains=_spread(rcpt_domains), client_ips=_spread(ips),
+        accounts=_spread(accounts),
         first_seen=first, last_seen=last, verdict=verdict, confidence=round(d.confidence, 3), reasons=d.reasons)
 
 

@@ -13,6 +13,18 @@ from pipeline.models import Verdict
 from pipeline.policy import Limits, SitePolicy
 from pipeline.triage import triage
 
+
+@pytest.fixture(autouse=True, params=["libarchive", "tarfile"])
+def tar_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every hostile archive goes through both tar readers: libarchive (fast path) and tarfile."""
+    from pipeline.archive import _use_libarchive
+
+    if request.param == "libarchive" and not _use_libarchive():
+        pytest.skip("libarchive-c or libarchive.so not installed")
+    monkeypatch.setenv("SPOOLSWEEP_TAR_READER", request.param)
+    return request.param
+
+
 MSG = b"From: a@example.com\nTo: b@example.org\nSubject: hello\n\nbody\n"
 
 
@@ -130,3 +142,17 @@ def test_index_may_exceed_the_message_cap(incident_tar: Path, policy) -> None:
     tiny = policy.model_copy(update={"limits": Limits(max_member_bytes=200_000, max_index_bytes=1000)})
     m = triage(incident_tar, tiny)
     assert m.archive_defects and all(x.verdict is Verdict.review for x in m.messages)
+
+
+def test_both_readers_agree_on_a_real_snapshot(incident_tar: Path, tar_reader: str, monkeypatch) -> None:
+    """Same members, bytes, digests and archive digest whichever reader walks the tarball."""
+    from pipeline.archive import ArchiveReport, iter_members
+
+    def walk(reader: str) -> tuple[list[tuple[str, str | None, int]], str | None]:
+        monkeypatch.setenv("SPOOLSWEEP_TAR_READER", reader)
+        rep = ArchiveReport()
+        rows = [(m.path, m.sha256, m.size) for m in iter_members(incident_tar, Limits(), rep)]
+        return rows, rep.sha256
+
+    a, b = walk(tar_reader), walk("tarfile")
+    assert a == b and len(a[0]) > 1000 and a[1]
