@@ -135,14 +135,14 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
     if found.data is None:
         return rec
     if _fast is not None:
-        saved = env.model_copy()
         try:
             _fill_fast(rec, _fast(found.data), policy)
             return rec
         except Exception:  # noqa: BLE001, S110 - whatever the fast parser refuses, the careful path reads
             pass
+        # (the envelope is untouched: _infer_envelope, the fast path's last step, changes it all at once)
         rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
-                           envelope=saved, defects=list(raw.defects))
+                           envelope=env, defects=list(raw.defects))
     try:
         msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
     except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
@@ -189,7 +189,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy) -> None:
     rec.from_header = from_header[:500]
     rec.to_header = first("to").replace("\n", " ").strip()[:500]
     rec.message_id = first("message-id").strip()[:500] or None
-    if d := first("date"):
+    if env.arrival_time is None and (d := first("date")):
         try:
             rec.date = parsedate_to_datetime(d)
         except (TypeError, ValueError, IndexError):
@@ -236,11 +236,15 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
 
 
 def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
-    rec.received = [parse_received(str(v)) for v in values[:30]]
-    for hop in rec.received:
+    """Hops from the top down to ours (the newest hop is first): what lies below it, the sender wrote."""
+    hops = []
+    for v in values[:30]:
+        hop = parse_received(str(v))
+        hops.append(hop)
         if policy.is_our_host(hop.by):
             rec.our_hop = hop
             break
+    rec.received = hops
 
 
 def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> None:
@@ -248,7 +252,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     rec.from_header = _header(msg, "From")[:500]
     rec.to_header = _header(msg, "To")[:500]
     rec.message_id = (msg.get("Message-ID") or "").strip()[:500] or None
-    if d := msg.get("Date"):
+    if rec.envelope.arrival_time is None and (d := msg.get("Date")):
         try:
             rec.date = parsedate_to_datetime(str(d))
         except (TypeError, ValueError, IndexError):
@@ -306,19 +310,23 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
 
 
 def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> None:
-    """Fill what the MTA did not tell us from the headers and our own Received hop, and say so."""
+    """Fill what the MTA did not tell us from the headers and our own Received hop, and say so.
+
+    The changes are gathered first and applied together at the end, so a header that makes this
+    raise leaves the envelope as the queue had it (the careful parser then starts from that)."""
     env = rec.envelope
     inferred: list[str] = []
+    change: dict[str, object] = {}
     if env.mail_from is None:
         rpath = (get_all("Return-Path") or [""])[0]
         rp = getaddresses([rpath])
         if rp and (rp[0][1] or rpath.strip() == "<>"):
-            env.mail_from = rp[0][1].lower()
+            change["mail_from"] = rp[0][1].lower()
             inferred.append("mail_from")
     if not env.rcpt_to and not env.done_rcpt_to:
         heads = [v for h in ("To", "Cc") for v in get_all(h)]
-        env.rcpt_to = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
-        if env.rcpt_to:
+        change["rcpt_to"] = rcpts = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
+        if rcpts:
             inferred.append("rcpt_to")
     hop, how = rec.our_hop, ""
     if hop is None and rec.received and rec.format == "eml":
@@ -326,12 +334,14 @@ def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> N
         # hop (IIS often writes a NetBIOS name), the topmost Received is the best guess, and we say so
         hop, how = rec.received[0], " (topmost Received; add its 'by' name to server_names)"
     if env.client_address is None and hop and hop.from_ip:
-        env.client_address = hop.from_ip
-        env.client_name = env.client_name or hop.from_name
+        change["client_address"] = hop.from_ip
+        change["client_name"] = env.client_name or hop.from_name
         inferred.append("client_address" + how)
     if env.sasl_username is None and hop and hop.authenticated:
-        env.sasl_username = hop.auth_user or "(authenticated)"
+        change["sasl_username"] = hop.auth_user or "(authenticated)"
         inferred.append("sasl_username" + how)
+    for k, v in change.items():
+        setattr(env, k, v)
     rec.envelope_inferred = inferred
 
 
