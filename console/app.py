@@ -19,8 +19,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from console.data import Incidents, Loaded, message_view
+from console.data import RAW_LIMIT, Incidents, Loaded, message_view
 from pipeline.models import Verdict
+from pipeline.store import Store
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "spoolsweep_token"
@@ -63,8 +64,9 @@ class SecurityHeaders:
         await self.app(scope, receive, wrapped)
 
 
-def create_app(data: str | Path, token: str) -> Starlette:
-    inc = Incidents(data)
+def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT, warm: bool = True) -> Starlette:
+    """DATA: a local store root, a triage output folder, or any Store (S3Store in Lambda)."""
+    inc = Incidents(data, raw_limit=raw_limit)
     csrf = hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
 
     def authed(request: Request) -> bool:
@@ -259,7 +261,8 @@ def create_app(data: str | Path, token: str) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threading.Thread(target=inc.warm, daemon=True).start()
+        if warm:
+            threading.Thread(target=inc.warm, daemon=True).start()
         yield
 
     app = Starlette(routes=routes, lifespan=lifespan)
