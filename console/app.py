@@ -25,6 +25,7 @@ from pipeline.store import Store
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "spoolsweep_token"
+TOKEN_HEADER = "x-spoolsweep-token"  # noqa: S105 - a header name, not a secret
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
@@ -71,7 +72,9 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
 
     def authed(request: Request) -> bool:
         h = request.headers.get("authorization", "")
-        given = h[7:] if h.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        # behind the SigV4 proxy the Authorization header is the signature: the token moves to X-Spoolsweep-Token
+        given = (h[7:] if h.lower().startswith("bearer ") else
+                 request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE, ""))
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def err(status: int, msg: str) -> JSONResponse:
@@ -202,7 +205,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                 return err(404, "no such campaign")
         elif body.target not in loaded.by_id:
             return err(404, "no such message")
-        d = inc.decide(iid, body.kind, body.target, body.verdict, body.by, body.note)
+        d = inc.decide(iid, body.kind, body.target, body.verdict, _who(request, body.by), body.note)
         return JSONResponse({"ok": True, "log": d["log"][-1], "summary": inc.summary(iid, loaded)})
 
     @need
@@ -212,7 +215,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
     @need
     async def approve(request: Request, iid: str, loaded: Loaded) -> Response:
         body = ApproveBody.model_validate_json(await request.body())
-        done = inc.approve(iid, loaded, body.by, body.digest)
+        done = inc.approve(iid, loaded, _who(request, body.by), body.digest)
         if done is None:
             return err(409, "the decisions changed since this summary; review the new summary and confirm again")
         key, new = done
@@ -272,6 +275,13 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def _who(request: Request, by: str) -> str:
+    """The name typed in, and behind a function URL the IAM principal that signed the request (the audit trail)."""
+    event = request.scope.get("aws.event") or {}
+    arn = (((event.get("requestContext") or {}).get("authorizer") or {}).get("iam") or {}).get("userArn")
+    return f"{by} ({arn})" if arn else by
 
 
 def _domain(addr: str | None) -> str:
