@@ -318,3 +318,34 @@ def test_region_and_canonical_url():
     assert region_of("https://abc123.lambda-url.eu-central-1.on.aws/") == "eu-central-1"
     assert region_of("http://127.0.0.1:9/", "us-west-2") == "us-west-2"
     assert canonical_target("https://h/", "/a b/%7Ex", "z=1&a=%3c+") == "https://h/a%20b/~x?a=%3C%20&z=1"
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+def test_template_console_is_iam_only_and_grants_the_permissions_table():
+    import re
+
+    from cfnlint.decode import decode
+
+    root = Path(__file__).resolve().parent.parent
+    tpl, problems = decode(str(root / "infra" / "template.yaml"))
+    assert not problems
+    fn = tpl["Resources"]["ConsoleFunction"]["Properties"]
+    assert fn["FunctionUrlConfig"]["AuthType"] == "AWS_IAM"
+    assert fn["ImageConfig"]["Command"] == ["functions.console.handler"]
+    assert fn["Environment"]["Variables"]["SPOOLSWEEP_CONSOLE_TOKEN"] == {"Ref": "ConsoleToken"}
+    assert tpl["Parameters"]["ConsoleToken"]["NoEcho"] is True
+    grants: dict[str, set[str]] = {"s3:GetObject": set(), "s3:PutObject": set()}
+    for s in fn["Policies"][0]["Statement"]:
+        assert s["Effect"] == "Allow" and "*" not in str(s["Action"]) and "Delete" not in str(s["Action"])
+        if isinstance(s["Action"], str) and s["Action"] in grants:
+            res = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+            grants[s["Action"]] |= {r["Fn::Sub"].split("}/", 1)[1] for r in res}
+    [row] = [line for line in (root / "infra" / "permissions.md").read_text().splitlines()
+             if line.startswith("| console ")]
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert grants["s3:GetObject"] == set(re.findall(r"`([^`]+)`", cells[2]))
+    assert grants["s3:PutObject"] == set(re.findall(r"`([^`]+)`", cells[3])) == {"state/*", "approvals/*"}
+    user = tpl["Resources"]["ConsoleUserPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert {s["Action"] for s in user} == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
+    assert all(s["Resource"] == {"Fn::GetAtt": ["ConsoleFunction", "Arn"]} and s["Condition"] for s in user)
