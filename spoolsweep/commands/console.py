@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +20,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_in_thread(data: Any, port: int = 0, token: str | None = None) -> tuple[str, Any]:
+    """Serve the console (DATA: a folder or a Store) on 127.0.0.1 beside other work: (token URL, uvicorn server)."""
+    import uvicorn
+
+    from console.app import create_app, new_token
+
+    tok = token or new_token()
+    if port:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                port = 0  # taken (another console?): any free port will do, the URL says which
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(data, tok), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="console", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise OSError(f"the console did not start on 127.0.0.1:{port}")
+    return f"http://127.0.0.1:{port}/?token={tok}", server
 
 
 def console(
