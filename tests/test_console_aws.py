@@ -3,6 +3,7 @@ and the SigV4-signing proxy of `spoolsweep console --aws` against a local stand-
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -349,3 +350,100 @@ def test_template_console_is_iam_only_and_grants_the_permissions_table():
     user = tpl["Resources"]["ConsoleUserPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert {s["Action"] for s in user} == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
     assert all(s["Resource"] == {"Fn::GetAtt": ["ConsoleFunction", "Arn"]} and s["Condition"] for s in user)
+
+
+def _in_own_loop(handler, event: dict) -> dict:
+    """Lambda's runtime calls the handler on a thread with no running event loop; Mangum makes its own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return handler(event, Context())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_browser_proxy_function_url_handler_chain(bucket):
+    """proxy -> a stand-in function URL that checks the signature as AWS would -> the Lambda handler over S3."""
+    from starlette.responses import Response
+
+    from functions.console import handler
+
+    target: dict[str, str] = {}
+
+    async def function_url(request: Request):
+        body = await request.body()
+        rec = {"method": request.method, "path": request.url.path, "query": request.url.query,
+               "headers": dict(request.headers), "body": body}
+        if not _verify(rec, target["url"], body):
+            return Response("signature mismatch", status_code=403)
+        h = {k: v for k, v in request.headers.items() if k != "cookie"}
+        cookies = [c.strip() for c in request.headers.get("cookie", "").split(";") if c.strip()]
+        r = await asyncio.to_thread(_in_own_loop, handler,
+                                    url_event(request.method, request.url.path, request.url.query, h, body, cookies))
+        out = Response(base64.b64decode(r["body"]) if r.get("isBase64Encoded") else (r.get("body") or "").encode(),
+                       status_code=r["statusCode"])
+        out.raw_headers += [(k.encode(), v.encode()) for k, v in r.get("headers", {}).items()
+                            if k.lower() != "content-length"]
+        out.raw_headers += [(b"set-cookie", c.encode()) for c in r.get("cookies") or []]
+        return out
+
+    fn = Served(Starlette(routes=[Route("/{p:path}", function_url, methods=["GET", "POST"])]))
+    target["url"] = fn.url
+    px = Served(create_proxy(fn.url, Signer(CREDS, "eu-west-1")))
+    try:
+        with httpx.Client(base_url=px.url, follow_redirects=True) as browser:
+            assert browser.get("/api/incidents").status_code == 401
+            r = browser.get(f"/?token={TOKEN}")  # follows the 303; the cookie now lives on 127.0.0.1
+            assert r.status_code == 200 and '<script src="/static/app.js"' in r.text
+            assert [i["id"] for i in browser.get("/api/incidents").json()["incidents"]] == [INCIDENT]
+            csrf = browser.get("/api/session").json()["csrf"]
+            cid = str(bucket["manifest"].campaigns[0].id)
+            r = browser.post(f"{BASE}/verdicts", json={"kind": "campaign", "target": cid, "verdict": "review"},
+                             headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 200, r.text
+            assert r.json()["log"]["by"] == f"console ({ARN})"
+            hits = browser.get(f"{BASE}/messages", params={"q": "window.__xss", "per_page": 5}).json()
+            assert hits["total"] == 2
+    finally:
+        px.stop()
+        fn.stop()
+
+
+def test_cli_console_aws_prints_the_address_and_signs(stand_in, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    url, seen = stand_in
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_SESSION_TOKEN": "tok", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    env.pop("AWS_PROFILE", None)
+    env.pop("SPOOLSWEEP_CONSOLE_TOKEN", None)
+    root = Path(__file__).resolve().parent.parent
+    bad = subprocess.run([sys.executable, "-m", "spoolsweep", "console", "--aws", url, "--region", "eu-west-1"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--token" in bad.stderr
+    p = subprocess.Popen([sys.executable, "-m", "spoolsweep", "console", "--aws", url, "--token", "tok-cli",
+                          "--region", "eu-west-1", "--port", "0"], cwd=root, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line.startswith("http://127.0.0.1:") and line.endswith("/?token=tok-cli")
+        base = line.split("/?token=")[0]
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.get(f"{base}/api/incidents", headers={"Authorization": "Bearer tok-cli"})
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and p.poll() is None
+                time.sleep(0.2)
+        assert r.status_code == 201
+        h = seen[-1]["headers"]
+        assert h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+        assert "/eu-west-1/lambda/aws4_request" in h["authorization"] and h["x-spoolsweep-token"] == "tok-cli"
+    finally:
+        p.terminate()
+        p.wait(10)
