@@ -7,10 +7,9 @@ import email.policy
 import hashlib
 import hmac
 import json
-import shutil
 import tempfile
 import threading
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ BODY_LIMIT = 200_000  # characters of body text sent to the page
 # A remote snapshot bigger than this is not downloaded for a drill-down (its messages show from the manifest):
 # a Lambda has little /tmp and 30 s; parse cuts snapshots over 64 MiB into parts, which stay under it.
 RAW_LIMIT = 256 * 2**20
+CACHE_FACTOR = 2  # downloads kept on disk: at most this many times RAW_LIMIT (the stack gives /tmp 1 GiB)
 
 
 @dataclass
@@ -65,6 +65,8 @@ class Incidents:
         self._lock = threading.RLock()
         self._fetch_lock = threading.Lock()
         self._scratch: Path | None = None  # downloaded snapshots (remote stores only)
+        self._kept: OrderedDict[Path, int] = OrderedDict()  # those downloads, least recently used first
+        self._where: dict[tuple[str, str], str] = {}  # (incident, member path) -> the snapshot key it is in
 
     # --- where things are
     def ids(self) -> list[str]:
@@ -259,14 +261,19 @@ class Incidents:
                 if same(data):
                     return data
                 fallback = fallback or data
-        for key in keys:
-            if key.count("/") != 3:
-                continue
+        archives = [k for k in keys if k.count("/") == 3]
+        # the snapshot (or part) a message was last seen in first: a split snapshot is not scanned part by part again
+        seen = self._where.get((incident, m.path))
+        if seen in archives:
+            archives.remove(seen)
+            archives.insert(0, seen)
+        for key in archives:
             try:
                 path = self._local(key)
                 if path is None:
                     continue
                 for member in iter_members(path, Limits(), ArchiveReport()):
+                    self._where[(incident, member.path)] = key
                     if member.path == m.path or member.path.endswith("/" + m.path):
                         if same(member.data):
                             return member.data
@@ -279,8 +286,9 @@ class Incidents:
         """A snapshot as a local file: the local store's own, else a download kept while its version holds."""
         if isinstance(self.store, LocalStore):
             return self.store.root / key
-        size = getattr(self.store, "size", None)
-        if size is not None and (size(key) or 0) > self.raw_limit:
+        size_of = getattr(self.store, "size", None)
+        size = size_of(key) if size_of is not None else None
+        if size is not None and size > self.raw_limit:
             return None
         version = self.store.version(key)
         if version is None:
@@ -288,14 +296,11 @@ class Incidents:
         with self._fetch_lock:
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="spoolsweep-console-"))
-            d = self._scratch / hashlib.sha256(f"{key}\n{version}".encode()).hexdigest()[:32]
-            path = d / key.rsplit("/", 1)[-1]
+            path = self._scratch / hashlib.sha256(f"{key}\n{version}".encode()).hexdigest()[:32]
             if path.is_file():
+                self._kept.move_to_end(path)
                 return path
-            # one snapshot at a time in the scratch folder: a Lambda's /tmp is small
-            for old in self._scratch.iterdir():
-                shutil.rmtree(old, ignore_errors=True)
-            d.mkdir()
+            self._evict(size or self.raw_limit)
             download = getattr(self.store, "download", None)
             if download is not None:
                 download(key, path)  # S3: streamed to disk, never all in memory
@@ -304,7 +309,15 @@ class Incidents:
                 if len(data) > self.raw_limit:
                     return None
                 path.write_bytes(data)
+            self._kept[path] = path.stat().st_size
             return path
+
+    def _evict(self, room: int) -> None:
+        """Drop the least recently used downloads until `room` more bytes fit (a Lambda's /tmp is small)."""
+        budget = CACHE_FACTOR * self.raw_limit
+        while self._kept and sum(self._kept.values()) + room > budget:
+            old, _ = self._kept.popitem(last=False)
+            old.unlink(missing_ok=True)
 
 
 def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dict[str, Any]:

@@ -447,3 +447,38 @@ def test_cli_console_aws_prints_the_address_and_signs(stand_in, tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_split_snapshot_drill_down_downloads_little_and_keeps_within_budget(bucket, local_store, tmp_path):
+    """A snapshot cut into parts: each message found in its part, a part fetched again only if evicted."""
+    from console.data import CACHE_FACTOR, Incidents
+    from functions import embedded
+
+    s3, m = bucket["s3"], bucket["manifest"]
+    name = "split-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=name)
+    s3.put_object(Bucket=name, Key=manifest_key(INCIDENT), Body=(local_store / manifest_key(INCIDENT)).read_bytes())
+    fetched: list[str] = []
+
+    class Counting(S3Store):
+        def download(self, key, path):
+            fetched.append(key)
+            super().download(key, path)
+
+    store = Counting(name, s3)
+    parts = embedded.upload(store, local_store / f"incoming/{INCIDENT}/{HOST}/snapshot.tar", INCIDENT, HOST,
+                            shard_size=100)
+    assert len(parts) == 3
+    biggest = max(store.size(k) for k in parts)
+    inc = Incidents(store, raw_limit=biggest)
+    picks = [m.messages[i] for i in (0, 150, 299, 151, 250, 1)]
+    for x in picks:
+        raw = inc.raw(INCIDENT, x)
+        assert raw is not None and __import__("hashlib").sha256(raw).hexdigest() == x.sha256
+        kept = list(inc._scratch.iterdir())
+        assert sum(p.stat().st_size for p in kept) <= CACHE_FACTOR * biggest and len(kept) <= CACHE_FACTOR
+    # 0 fetches part 1; 150 part 2; 299 part 3 (part 1 evicted); 151 and 250 are known to be in the parts kept,
+    # so nothing is scanned or fetched (scanning in order would fetch 1 and 2 again, and 3); 1 fetches part 1 again
+    assert fetched == [*parts, parts[0]], fetched
+    smallest = min(store.size(k) for k in parts)
+    assert Incidents(store, raw_limit=smallest - 1).raw(INCIDENT, m.messages[0]) is None  # every part over the limit
