@@ -19,11 +19,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from console.data import Incidents, Loaded, message_view
+from console.data import RAW_LIMIT, Incidents, Loaded, message_view
 from pipeline.models import Verdict
+from pipeline.store import Store
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "spoolsweep_token"
+TOKEN_HEADER = "x-spoolsweep-token"  # noqa: S105 - a header name, not a secret
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
@@ -63,13 +65,16 @@ class SecurityHeaders:
         await self.app(scope, receive, wrapped)
 
 
-def create_app(data: str | Path, token: str) -> Starlette:
-    inc = Incidents(data)
+def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT, warm: bool = True) -> Starlette:
+    """DATA: a local store root, a triage output folder, or any Store (S3Store in Lambda)."""
+    inc = Incidents(data, raw_limit=raw_limit)
     csrf = hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
 
     def authed(request: Request) -> bool:
         h = request.headers.get("authorization", "")
-        given = h[7:] if h.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        # behind the SigV4 proxy the Authorization header is the signature: the token moves to X-Spoolsweep-Token
+        given = (h[7:] if h.lower().startswith("bearer ") else
+                 request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE, ""))
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def err(status: int, msg: str) -> JSONResponse:
@@ -200,7 +205,7 @@ def create_app(data: str | Path, token: str) -> Starlette:
                 return err(404, "no such campaign")
         elif body.target not in loaded.by_id:
             return err(404, "no such message")
-        d = inc.decide(iid, body.kind, body.target, body.verdict, body.by, body.note)
+        d = inc.decide(iid, body.kind, body.target, body.verdict, _who(request, body.by), body.note)
         return JSONResponse({"ok": True, "log": d["log"][-1], "summary": inc.summary(iid, loaded)})
 
     @need
@@ -210,7 +215,7 @@ def create_app(data: str | Path, token: str) -> Starlette:
     @need
     async def approve(request: Request, iid: str, loaded: Loaded) -> Response:
         body = ApproveBody.model_validate_json(await request.body())
-        done = inc.approve(iid, loaded, body.by, body.digest)
+        done = inc.approve(iid, loaded, _who(request, body.by), body.digest)
         if done is None:
             return err(409, "the decisions changed since this summary; review the new summary and confirm again")
         key, new = done
@@ -259,7 +264,8 @@ def create_app(data: str | Path, token: str) -> Starlette:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threading.Thread(target=inc.warm, daemon=True).start()
+        if warm:
+            threading.Thread(target=inc.warm, daemon=True).start()
         yield
 
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -269,6 +275,13 @@ def create_app(data: str | Path, token: str) -> Starlette:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+def _who(request: Request, by: str) -> str:
+    """The name typed in, and behind a function URL the IAM principal that signed the request (the audit trail)."""
+    event = request.scope.get("aws.event") or {}
+    arn = (((event.get("requestContext") or {}).get("authorizer") or {}).get("iam") or {}).get("userArn")
+    return f"{by} ({arn})" if arn else by
 
 
 def _domain(addr: str | None) -> str:

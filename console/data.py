@@ -1,4 +1,4 @@
-"""Read incidents from a local store (or one triage folder), cache parsed manifests, apply decisions."""
+"""Read incidents from a store (local folder, S3) or one triage folder; cache parsed manifests; apply decisions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import email.policy
 import hashlib
 import hmac
 import json
+import tempfile
 import threading
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +17,17 @@ from typing import Any
 
 from pipeline import queues
 from pipeline.archive import ArchiveReport, iter_members
+from pipeline.errors import StoreError
 from pipeline.instructions import Receipt, approval_from_manifest
 from pipeline.models import Manifest, ManifestMessage, Verdict
 from pipeline.policy import Limits
-from pipeline.store import LocalStore
+from pipeline.store import LocalStore, Store
 
 BODY_LIMIT = 200_000  # characters of body text sent to the page
+# A remote snapshot bigger than this is not downloaded for a drill-down (its messages show from the manifest):
+# a Lambda has little /tmp and 30 s; parse cuts snapshots over 64 MiB into parts, which stay under it.
+RAW_LIMIT = 256 * 2**20
+CACHE_FACTOR = 2  # downloads kept on disk: at most this many times RAW_LIMIT (the stack gives /tmp 1 GiB)
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Loaded:
     sha256: str
     by_id: dict[str, ManifestMessage]
     haystack: list[str]
-    mtime: float
+    version: str
     timeline: dict[str, Any] = field(default_factory=dict)
     last_arrival: str | None = None
 
@@ -42,14 +48,25 @@ def decisions_key(incident: str) -> str:
 
 
 class Incidents:
-    """DIR is a local store root or a plain triage output folder holding manifest.json."""
+    """A store (LocalStore, S3Store: any pipeline.store.Store), a local store root, or a plain triage
+    output folder holding manifest.json (local only: it becomes one incident)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.store = LocalStore(self.root)
-        self.folder = (self.root / "manifest.json").is_file()
+    def __init__(self, source: str | Path | Store, raw_limit: int = RAW_LIMIT) -> None:
+        self.folder = False
+        self.name = "incident"
+        if isinstance(source, (str, Path)):
+            root = Path(source)
+            self.folder = (root / "manifest.json").is_file()
+            self.name = root.name
+            source = LocalStore(root)
+        self.store: Store = source
+        self.raw_limit = raw_limit
         self._cache: dict[str, Loaded] = {}
         self._lock = threading.RLock()
+        self._fetch_lock = threading.Lock()
+        self._scratch: Path | None = None  # downloaded snapshots (remote stores only)
+        self._kept: OrderedDict[Path, int] = OrderedDict()  # those downloads, least recently used first
+        self._where: dict[tuple[str, str], str] = {}  # (incident, member path) -> the snapshot key it is in
 
     # --- where things are
     def ids(self) -> list[str]:
@@ -57,38 +74,38 @@ class Incidents:
             return [self._folder_incident()]
         names: set[str] = set()
         for q in (queues.MANIFESTS, queues.INCOMING):
-            d = self.root / q
-            if d.is_dir():
-                names.update(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            for key in self.store.list(q + "/"):
+                parts = key.split("/")
+                if len(parts) >= 3 and _valid_name(parts[1]):
+                    names.add(parts[1])
         return sorted(names)
 
     def _folder_incident(self) -> str:
-        m = self.load_path(self.root / "manifest.json")
-        return m.manifest.incident if m else self.root.name
+        m = self.load_key("manifest.json")
+        return m.manifest.incident if m else self.name
 
-    def manifest_path(self, incident: str) -> Path:
-        if self.folder:
-            return self.root / "manifest.json"
-        return self.root / queues.manifest_key(incident)
+    def manifest_key(self, incident: str) -> str:
+        return "manifest.json" if self.folder else queues.manifest_key(incident)
 
-    def load_path(self, path: Path) -> Loaded | None:
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
+    def load_key(self, key: str) -> Loaded | None:
+        version = self.store.version(key)
+        if version is None:
             return None
-        key = str(path)
         with self._lock:
             hit = self._cache.get(key)
-            if hit and hit.mtime == mtime:
+            if hit and hit.version == version:
                 return hit
-            data = path.read_bytes()
+            try:
+                data = self.store.get(key)
+            except StoreError:
+                return None  # removed since the version check
             m = Manifest.model_validate_json(data)
             loaded = Loaded(manifest=m, sha256=hashlib.sha256(data).hexdigest(),
                             by_id={x.id: x for x in m.messages},
                             haystack=[" ".join((x.subject, x.from_header, x.envelope.mail_from or "",
                                                 " ".join(x.envelope.rcpt_to), x.envelope.client_address or "",
                                                 x.id)).lower() for x in m.messages],
-                            mtime=mtime)
+                            version=version)
             loaded.timeline = _timeline(m)
             times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
             loaded.last_arrival = max(times).isoformat() if times else None
@@ -99,14 +116,14 @@ class Incidents:
         queues.check_name("incident", incident)
         if self.folder and incident != self._folder_incident():
             return None
-        return self.load_path(self.manifest_path(incident))
+        return self.load_key(self.manifest_key(incident))
 
     def warm(self) -> None:
         """Parse every manifest once in the background, so the first page view does not pay for it."""
         for iid in self.ids():
             try:
                 self.load(iid)
-            except (ValueError, OSError):
+            except (ValueError, OSError, StoreError):
                 continue
 
     # --- decisions
@@ -182,20 +199,20 @@ class Incidents:
         """The manifest's host; else the one host that uploaded the snapshot; else 'local'."""
         hosts = [h.strip() for h in (loaded.manifest.snapshot.host or "").split(",") if h.strip()]
         if not hosts and not self.folder:
-            d = self.root / queues.INCOMING / incident
-            hosts = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+            hosts = sorted({k.split("/")[2] for k in self.store.list(f"{queues.INCOMING}/{incident}/")
+                            if k.count("/") >= 3})
         if len(hosts) > 1:
             raise ValueError(f"incident {incident} names hosts {hosts}; approve it with spoolsweep approve --host")
         return hosts[0] if hosts else "local"
 
     def approvals(self, incident: str) -> list[str]:
-        return list(self.store.list(f"{queues.APPROVALS}/{incident}"))
+        return list(self.store.list(f"{queues.APPROVALS}/{incident}/"))
 
     # --- progress and reports
     def receipts(self, incident: str) -> dict[str, Any]:
         totals: Counter[str] = Counter()
         rows = []
-        for key in self.store.list(f"{queues.RECEIPTS}/{incident}"):
+        for key in self.store.list(f"{queues.RECEIPTS}/{incident}/"):
             try:
                 r = Receipt.model_validate_json(self.store.get(key))
             except ValueError:
@@ -227,21 +244,80 @@ class Incidents:
 
     # --- one message
     def raw(self, incident: str, m: ManifestMessage) -> bytes | None:
-        """The message's bytes from the snapshot under incoming/, if it is there."""
-        base = self.root / queues.INCOMING / incident
-        if self.folder or not base.is_dir():
+        """The message's bytes from the snapshot under incoming/, if it is there (and small enough to fetch)."""
+        if self.folder:
             return None
-        for snap in sorted(base.glob("*/*")):
-            direct = snap / m.path
-            if snap.is_dir() and direct.is_file():
-                return direct.read_bytes()
+        keys = sorted(self.store.list(f"{queues.INCOMING}/{queues.check_name('incident', incident)}/"))
+        fallback: bytes | None = None  # same path, other bytes: two hosts can both have messages/0001.eml
+
+        def same(data: bytes) -> bool:
+            return hashlib.sha256(data).hexdigest() == m.sha256
+
+        # a snapshot uploaded as a folder (a local store): each message is an object of its own
+        for key in keys:
+            rest = key.split("/", 4)[4:]
+            if rest and (rest[0] == m.path or rest[0].endswith("/" + m.path)):
+                data = self.store.get(key)
+                if same(data):
+                    return data
+                fallback = fallback or data
+        archives = [k for k in keys if k.count("/") == 3]
+        # the snapshot (or part) a message was last seen in first: a split snapshot is not scanned part by part again
+        seen = self._where.get((incident, m.path))
+        if seen in archives:
+            archives.remove(seen)
+            archives.insert(0, seen)
+        for key in archives:
             try:
-                for member in iter_members(snap, Limits(), ArchiveReport()):
+                path = self._local(key)
+                if path is None:
+                    continue
+                for member in iter_members(path, Limits(), ArchiveReport()):
+                    self._where[(incident, member.path)] = key
                     if member.path == m.path or member.path.endswith("/" + m.path):
-                        return member.data
+                        if same(member.data):
+                            return member.data
+                        fallback = fallback or member.data
             except Exception:  # noqa: BLE001, S112 - an unreadable snapshot falls back to manifest data
                 continue
-        return None
+        return fallback
+
+    def _local(self, key: str) -> Path | None:
+        """A snapshot as a local file: the local store's own, else a download kept while its version holds."""
+        if isinstance(self.store, LocalStore):
+            return self.store.root / key
+        size_of = getattr(self.store, "size", None)
+        size = size_of(key) if size_of is not None else None
+        if size is not None and size > self.raw_limit:
+            return None
+        version = self.store.version(key)
+        if version is None:
+            return None
+        with self._fetch_lock:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="spoolsweep-console-"))
+            path = self._scratch / hashlib.sha256(f"{key}\n{version}".encode()).hexdigest()[:32]
+            if path.is_file():
+                self._kept.move_to_end(path)
+                return path
+            self._evict(size or self.raw_limit)
+            download = getattr(self.store, "download", None)
+            if download is not None:
+                download(key, path)  # S3: streamed to disk, never all in memory
+            else:
+                data = self.store.get(key)
+                if len(data) > self.raw_limit:
+                    return None
+                path.write_bytes(data)
+            self._kept[path] = path.stat().st_size
+            return path
+
+    def _evict(self, room: int) -> None:
+        """Drop the least recently used downloads until `room` more bytes fit (a Lambda's /tmp is small)."""
+        budget = CACHE_FACTOR * self.raw_limit
+        while self._kept and sum(self._kept.values()) + room > budget:
+            old, _ = self._kept.popitem(last=False)
+            old.unlink(missing_ok=True)
 
 
 def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dict[str, Any]:
@@ -277,6 +353,14 @@ def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dic
     out["body"] = "\n\n".join(texts)[:BODY_LIMIT]
     out["attachments"] = atts
     return out
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        queues.check_name("incident", name)
+    except ValueError:
+        return False
+    return True
 
 
 def _timeline(m: Manifest, buckets: int = 48, top: int = 8) -> dict[str, Any]:

@@ -74,6 +74,22 @@ class S3Store:
             raise
         return True
 
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def version(self, key: str) -> str | None:
+        h = self.head(key)
+        return None if h is None else f"{h.get('ETag', '')}-{h.get('ContentLength', '')}"
+
+    def size(self, key: str) -> int | None:
+        h = self.head(key)
+        return None if h is None else int(h.get("ContentLength", 0))
+
     def list(self, prefix: str) -> Iterator[str]:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.errors import SettingsError
@@ -46,6 +46,12 @@ class DispatchSettings(Common):
     signing_key_secret: str | None = Field(None, description="Secrets Manager secret id holding the PEM (AWS)")
     key_id: str | None = None
     ttl_hours: float = Field(48, gt=0, le=24 * 14)
+
+
+class ConsoleSettings(Common):
+    console_token: SecretStr = Field(min_length=24, description="the console's access token (the stack's "
+                                     "ConsoleToken parameter); function-URL IAM auth comes first, this second")
+    raw_limit_bytes: int = Field(256 * 2**20, ge=0, description="biggest snapshot downloaded for a drill-down")
 
 
 def load(model: type[T]) -> T:

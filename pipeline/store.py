@@ -25,6 +25,9 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def put_if_absent(self, key: str, data: bytes) -> bool: ...
+    def version(self, key: str) -> str | None:
+        """A string that changes whenever the object does (None if it is absent): for cache invalidation."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,13 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return _safe(self.root, key).is_file()
+
+    def version(self, key: str) -> str | None:
+        try:
+            st = _safe(self.root, key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns}-{st.st_size}"
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix.rstrip("/") if prefix else self.root

@@ -41,6 +41,9 @@ def up(
     interval: Annotated[float, typer.Option(help="seconds between looks at the store")] = 0.5,
     step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
                                                         "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
+    console: Annotated[bool | None, typer.Option("--console/--no-console", help="serve the review console on "
+                                                 "127.0.0.1 (default: on, off with --once)")] = None,
+    console_port: Annotated[int, typer.Option(help="the console's port; 0 or a taken one picks a free one")] = 8765,
 ) -> None:
     """Run the pipeline on this machine: watch STORE/incoming/ and drive every snapshot to a manifest.
 
@@ -53,8 +56,14 @@ def up(
 
     root = Path(store)
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    serving = not once if console is None else console
     if store.startswith("s3://"):
-        _up_on_queues(store, once, interval, step or [])
+        server = _console(_store(store), console_port) if serving else None
+        try:
+            _up_on_queues(store, once, interval, step or [])
+        finally:
+            if server is not None:
+                server.should_exit = True
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -71,6 +80,7 @@ def up(
         out.print(f"{step:<9} {key}  [{'green' if result == 'ok' else 'red'}]{result}[/]", highlight=False)
 
     runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show)
+    server = _console(root, console_port) if serving else None
     if once:
         runner.run_until_idle()
     else:
@@ -83,6 +93,21 @@ def up(
             pass
     for d in runner.dead():
         err.print(f"[red]dead letter[/] {d['step']}: {d['reason']}")
+    if server is not None:
+        server.should_exit = True
+
+
+def _console(data: object, port: int):  # type: ignore[no-untyped-def]
+    """The review console beside the pipeline, in a thread; None (and why) if it cannot run here."""
+    try:
+        from spoolsweep.commands.console import serve_in_thread
+
+        url, server = serve_in_thread(data, port, os.environ.get("SPOOLSWEEP_CONSOLE_TOKEN"))
+    except (ImportError, OSError) as e:
+        err.print(f"console not started: {e}", highlight=False)
+        return None
+    err.print(f"console: {url}", highlight=False, soft_wrap=True)
+    return server
 
 
 def _up_on_queues(store: str, once: bool, interval: float, steps: list[str]) -> None:
