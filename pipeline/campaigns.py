@@ -178,7 +178,7 @@ def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
     df: Counter[str] = Counter()
     sample = list(texts)[:200]
     for t in sample:
-        df.update({w for w in t.split() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
+        df.update({w for w in set(t.split()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS
                    and w not in _PLACEHOLDERS and not w.isdigit()})
     # ties broken by the word itself: set order changes with the process's hash seed
     ranked = sorted(df.items(), key=lambda wc: (-wc[1], wc[0]))[:k]

@@ -103,7 +103,7 @@ class ParsedRecord(Model):
 def construct_all(cls: type[M], **values: Any) -> M:
     """An instance from values that are already valid, naming every field (checked): what pydantic's
     model_construct does, without its per-field default handling, which triage would pay per message."""
-    if values.keys() != cls.model_fields.keys():
+    if values.keys() != cls.__pydantic_fields__.keys():
         raise TypeError(f"{cls.__name__}: construct_all needs every field; got {sorted(values)}")
     m = cls.__new__(cls)
     object.__setattr__(m, "__dict__", values)

@@ -116,6 +116,12 @@ class SitePolicy(BaseModel):
             return False
         return self._domain(address.rsplit("@", 1)[1])[0]
 
+    def address_kind(self, address: str) -> tuple[bool, bool]:
+        """(local, relay) for an address: one lookup for the two questions triage asks of every recipient."""
+        if "@" not in address:
+            return False, False
+        return self._domain(address.rsplit("@", 1)[1])
+
     def is_relay_domain(self, address: str) -> bool:
         if "@" not in address:
             return False

@@ -41,7 +41,7 @@ from pipeline.verdicts import (
 )
 
 Progress = Callable[[str, int, int | None], None]
-_PARALLEL_MIN = 2000
+_PARALLEL_BYTES = 2 << 20  # a snapshot this big (a thousand messages or so) is parsed on every core
 LABEL_SAMPLE = 100  # members whose words make a campaign's label
 _CHUNK = 256
 
@@ -67,11 +67,17 @@ def _chunks(it: Iterable[Found], n: int) -> Iterator[list[Found]]:
 
 
 def parse_all(found: Iterable[Found], policy: SitePolicy, progress: Progress = _noop,
-              workers: int | None = None) -> list[ParsedRecord]:
-    """Parse every message, on every core when the queue is big enough to pay for it."""
+              workers: int | None = None, pool: ProcessPoolExecutor | None = None) -> list[ParsedRecord]:
+    """Parse every message, on every core when the queue is big enough to pay for it.
+
+    `pool`: worker processes started before the snapshot was opened (see `parse_pool`); without
+    one, they are started once the first chunk shows the queue is big enough."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     out: list[ParsedRecord] = []
     chunks = _chunks(found, _CHUNK)
+    if pool is not None:
+        _parse_in(pool, chunks, policy, out, progress, workers)
+        return out
     first = next(chunks, [])
     out.extend(_parse_chunk((first, policy)))
     progress("parse", len(out), None)
@@ -82,18 +88,46 @@ def parse_all(found: Iterable[Found], policy: SitePolicy, progress: Progress = _
             out.extend(_parse_chunk((ch, policy)))
             progress("parse", len(out), None)
         return out
-    # a bounded window of chunks in flight keeps memory flat however large the queue is
     with ProcessPoolExecutor(max_workers=workers) as ex:
-        window: deque[Future[list[ParsedRecord]]] = deque()
-        for ch in chunks:
-            window.append(ex.submit(_parse_chunk, (ch, policy)))
-            if len(window) >= 4 * workers:
-                out.extend(window.popleft().result())
-                progress("parse", len(out), None)
-        while window:
+        _parse_in(ex, chunks, policy, out, progress, workers)
+    return out
+
+
+def _parse_in(ex: ProcessPoolExecutor, chunks: Iterator[list[Found]], policy: SitePolicy, out: list[ParsedRecord],
+              progress: Progress, workers: int) -> None:
+    # a bounded window of chunks in flight keeps memory flat however large the queue is
+    window: deque[Future[list[ParsedRecord]]] = deque()
+    for ch in chunks:
+        window.append(ex.submit(_parse_chunk, (ch, policy)))
+        if len(window) >= 4 * workers:
             out.extend(window.popleft().result())
             progress("parse", len(out), None)
-    return out
+    while window:
+        out.extend(window.popleft().result())
+        progress("parse", len(out), None)
+
+
+def _ready() -> None:
+    pass
+
+
+@contextmanager
+def parse_pool(source: str | Path, workers: int | None) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for a big snapshot, started before it is opened: forked from a small parent,
+    each stays small (forked later, each would map the snapshot's index and the first chunks too)."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    src = Path(source)
+    try:
+        big = src.is_file() and src.stat().st_size >= _PARALLEL_BYTES
+    except OSError:
+        big = False
+    if workers <= 1 or not big:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        for f in [ex.submit(_ready) for _ in range(workers)]:
+            f.result()
+        yield ex
 
 
 def assign_ids(records: Sequence[ParsedRecord]) -> None:
@@ -337,8 +371,9 @@ def triage(source: str | Path, policy: SitePolicy, fmt: str | None = None, incid
 def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
             progress: Progress, workers: int | None) -> Manifest:
     report = ArchiveReport()
-    name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
-    records = parse_all(found, policy, progress=progress, workers=workers)
+    with parse_pool(source, workers) as pool:
+        name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
+        records = parse_all(found, policy, progress=progress, workers=workers, pool=pool)
     assign_ids(records)
     info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
                         skipped=report.skipped)

@@ -36,19 +36,17 @@ class Context:
     local_rcpts: list[str]
     external_rcpts: list[str]
     forwarded: bool
+    # derived once here: the campaign rules read them for every member, twice
+    relayed: bool = field(init=False)
+    forged_local: bool = field(init=False)
+    inbound: bool = field(init=False)
 
-    @property
-    def relayed(self) -> bool:
-        return (not self.authenticated and not self.local_origin and self.client_ip is not None
-                and bool(self.external_rcpts) and not self.local_rcpts and not self.forwarded)
-
-    @property
-    def forged_local(self) -> bool:
-        return self.sender_local and not self.authenticated and not self.local_origin and self.client_ip is not None
-
-    @property
-    def inbound(self) -> bool:
-        return bool(self.local_rcpts) and not self.local_origin and not self.authenticated
+    def __post_init__(self) -> None:
+        self.relayed = (not self.authenticated and not self.local_origin and self.client_ip is not None
+                        and bool(self.external_rcpts) and not self.local_rcpts and not self.forwarded)
+        self.forged_local = (self.sender_local and not self.authenticated and not self.local_origin
+                             and self.client_ip is not None)
+        self.inbound = bool(self.local_rcpts) and not self.local_origin and not self.authenticated
 
 
 def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
@@ -63,10 +61,17 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
                    or (ip is None and (rec.our_hop is None or rec.our_hop.from_ip is None)
                        and rec.format in ("postfix", "exim", "sendmail", "canonical")))
     rcpts = env.rcpt_to or env.done_rcpt_to
-    local = [r for r in rcpts if policy.is_local_address(r)]
-    external = [r for r in rcpts if not policy.is_local_address(r) and not policy.is_relay_domain(r)]
-    forwarded = any(policy.is_local_address(r) for r in env.orig_rcpt_to) or any(
-        policy.is_relay_domain(r) for r in rcpts)
+    local: list[str] = []
+    external: list[str] = []
+    forwarded = False
+    for r in rcpts:
+        is_local, is_relay = policy.address_kind(r)
+        forwarded = forwarded or is_relay
+        if is_local:
+            local.append(r)
+        elif not is_relay:
+            external.append(r)
+    forwarded = forwarded or any(policy.is_local_address(r) for r in env.orig_rcpt_to)
     return Context(
         client_ip=ip,
         trusted=trusted,
