@@ -254,11 +254,18 @@ class _Campaign:
     account: str | None = None
 
 
-def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Iterator[GenMessage]:
+SHOP_IP, SHOP_SENDER = "198.51.100.80", "orders@example-shop.net"
+
+
+def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1,
+                  shop: int = 0) -> Iterator[GenMessage]:
     """The messages of a labelled incident of n messages, one at a time (a million fit in no memory).
 
     A schedule of (kind, campaign) is drawn and shuffled first, so kinds interleave as in a real
     queue; then each message is made when its turn comes. The same seed gives the same bytes.
+    `shop`: that many more order confirmations from the organisation's web shop, which sends from
+    an address nobody put in trusted_networks under its own domain: real mail that looks relayed
+    (label valid; triage should hold it for review, never purge it).
     """
     g = _Gen(ham, spam, seed)
     r = g.rng
@@ -282,6 +289,7 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     schedule.extend([("stolen", 0)] * n_stolen)
     schedule.extend([("backscatter_local", 0)] * n_backscatter_local)
     schedule.extend([("backscatter", 0)] * n_backscatter)
+    schedule.extend([("shop", 0)] * shop)
     n_news = max(5, int(n_valid * 0.3))
     schedule.extend([("newsletter", 0)] * n_news)
     for i in range(n_valid - n_news):
@@ -290,6 +298,7 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     r.shuffle(schedule)
 
     news_tmpl = r.choice(g.ham)
+    shop_tmpl = r.choice(g.ham) if shop else b""
     outbound_ips = {u: g.ip() for u in USERS}
     bounced = campaigns[: max(1, len(campaigns) // 2)]
     for kind, arg in schedule:
@@ -313,6 +322,11 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
                 from_header="Example News <news@example.org>",
                 extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
                 template=news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},")
+        elif kind == "shop":
+            rc = g.ext_addr()
+            yield g.ham_message(SHOP_SENDER, [rc], SHOP_IP, None, "shop_unlisted_ip",
+                                from_header=f"Example Shop <{SHOP_SENDER}>", template=shop_tmpl,
+                                body_prefix=f"Dear {rc.split('@')[0]}, thank you for your order {g.token(8)}.")
         elif kind == "inbound":
             sender = g.ext_addr()
             yield g.ham_message(sender, [g.local_addr()], g.ip(), None, kind, from_header=f"<{sender}>")
@@ -333,9 +347,9 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
             yield g.bounce(orig, g.local_addr(u), "local_bounce", "valid")
 
 
-def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1) -> Incident:
-    """A labelled incident of n messages, held in memory (see iter_incident for big ones)."""
-    return Incident(list(iter_incident(ham, spam, n, seed)))
+def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0) -> Incident:
+    """A labelled incident of n (+ shop) messages, held in memory (see iter_incident for big ones)."""
+    return Incident(list(iter_incident(ham, spam, n, seed, shop)))
 
 
 def write_canonical(inc: Incident | Iterable[GenMessage], out: Path, host: str = SERVER_NAME) -> Path:

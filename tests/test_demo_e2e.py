@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.generator import generate
 from pipeline.instructions import Receipt
 from pipeline.models import Manifest
 from spoolsweep.lab.postfix import available
 from spoolsweep.lab.sink import body_of
+from spoolsweep.lab.run import demo_incident
 from spoolsweep.lab.story import message_id
 from tests.support import agent as support
 
@@ -36,12 +36,14 @@ def run_demo(workdir: Path, *args: str, timeout: float = 240) -> subprocess.Comp
 
 def check_ground_truth(workdir: Path, corpus) -> dict:
     """The issue's tally from raw results: every valid message delivered once, byte for byte but for trace headers,
-    to its recipients; no spam delivered; the spam purged (receipt) and not left queued."""
+    to its recipients, except those the engine held for review (the web shop: real mail that looks relayed); no
+    spam delivered; the spam purged (receipt) and not left queued."""
     ham, spam = corpus
-    truth = {message_id(m.data): m for m in generate(ham, spam, n=N, seed=SEED).messages}
-    valid = {k for k, m in truth.items() if m.label == "valid"}
-    spam_ids = set(truth) - valid
-    assert valid and spam_ids
+    truth = {message_id(m.data): m for m in demo_incident(ham, spam, N, SEED).messages}
+    shop = {k for k, m in truth.items() if m.kind == "shop_unlisted_ip"}
+    valid = {k for k, m in truth.items() if m.label == "valid"} - shop
+    spam_ids = set(truth) - valid - shop
+    assert valid and spam_ids and shop
     sink = [json.loads(line) for line in (workdir / "sink" / "envelopes.jsonl").read_text().splitlines()]
     got = Counter(e["message_id"] for e in sink)
     assert set(got) == valid, f"missing {sorted(valid - set(got))[:5]}, extra {sorted(set(got) - valid)[:5]}"
@@ -56,9 +58,12 @@ def check_ground_truth(workdir: Path, corpus) -> dict:
                 for p in (workdir / "store" / "receipts" / "demo" / "mx1").glob("*.json")]
     assert [r.refused for r in receipts] == [None]
     assert receipts[0].counts()["purged"] == n_spam == len(spam_ids)
+    review = {m.message_id for m in manifest.messages if m.verdict.value == "review"}
+    assert review == shop, "exactly the shop's mail is held for review"
     tally = json.loads((workdir / "tally.json").read_text())
     assert tally["ok"] and tally["valid_delivered"] == len(valid) and tally["spam_purged"] == len(spam_ids)
-    return {"manifest": manifest, "spam": spam_ids, "valid": valid}
+    assert tally["valid_held_for_review"] == len(shop) == tally["queue_left"]
+    return {"manifest": manifest, "spam": spam_ids, "valid": valid, "review": review}
 
 
 @pytest.mark.postfix
@@ -71,7 +76,7 @@ def test_demo_yes_real_postfix(tmp_path, mail_corpus):
     assert cp.returncode == 0, cp.stderr[-3000:]
     out = cp.stdout
     assert "Relay access denied" in out, "the relay was closed before the snapshot"
-    assert "froze 300 messages" in out and "PASS" in out
+    assert f"froze {N + 6} messages" in out and "PASS" in out
     # the blocklist step ran against the DNS fixture on 127.0.0.1 and found the one listing it serves
     report = json.loads((tmp_path / "demo" / "store" / "blocklists" / "demo" / "report.json").read_text())
     assert [(r["target"], r["zone"]) for r in report["results"] if r["status"] == "listed"] == \
@@ -80,7 +85,9 @@ def test_demo_yes_real_postfix(tmp_path, mail_corpus):
     queue = json.loads((tmp_path / "demo" / "queue-after.json").read_text())
     by_qid = {m.queue_id: m.message_id for m in r["manifest"].messages}
     assert not {by_qid.get(q["queue_id"]) for q in queue} & r["spam"], "spam left in the Postfix queue"
-    assert queue == [], "nothing marked review here, so the queue is empty"
+    left = {by_qid.get(q["queue_id"]) for q in queue}
+    assert left == r["review"], "what stays queued is exactly what is marked review"
+    assert all(q["queue_name"] == "hold" for q in queue), "and it stays on hold"
     print(f"demo e2e (postfix, {N} messages) in {time.monotonic() - t:.1f} s")
 
 
