@@ -138,8 +138,13 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                   "valid": 0, "spam": 0, "review": 0}
         for x in m.messages:
             totals[ov.get(x.id, x.verdict).value] += 1
+        # the biggest campaigns as cards; a 100k incident has thousands of small ones, which the page asks for
+        # in steps (?campaigns=N) instead of receiving a megabyte on every visit
+        limit = int(request.query_params.get("campaigns") or 60)
+        if not 1 <= limit <= 100_000:
+            raise ValueError("campaigns must be 1..100000")
         camps = []
-        for c in sorted(m.campaigns, key=lambda c: -c.size):
+        for c in sorted(m.campaigns, key=lambda c: -c.size)[:limit]:
             cd = d["campaigns"].get(str(c.id))
             camps.append({**c.model_dump(mode="json"), "triage_verdict": c.verdict.value,
                           "verdict": cd["verdict"] if cd else c.verdict.value, "decision": cd})
@@ -154,7 +159,8 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                  for (s, r), n in sorted(groups.items(), key=lambda kv: -kv[1])[:100]]
         return JSONResponse({"id": iid, "host": m.snapshot.host, "status": inc.status(iid, loaded),
                              "snapshot": m.snapshot.model_dump(mode="json"), "totals": totals,
-                             "campaigns": camps, "accounts": [a.model_dump(mode="json") for a in m.accounts],
+                             "campaigns": camps, "campaigns_total": len(m.campaigns),
+                             "accounts": [a.model_dump(mode="json") for a in m.accounts],
                              "sources": [s.model_dump(mode="json") for s in m.sources[:200]],
                              "review_first": review, "valid_groups": valid, "decisions": d["log"][-50:]})
 

@@ -109,7 +109,12 @@ def test_incidents_and_detail(client, store_root):
     d = client.get(BASE, headers=AUTH).json()
     assert d["totals"]["spam"] == m.totals.spam and d["totals"]["valid"] == m.totals.valid
     sizes = [c["size"] for c in d["campaigns"]]
-    assert sizes == sorted(sizes, reverse=True) and len(sizes) == m.totals.campaigns
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) == min(60, m.totals.campaigns)
+    assert d["campaigns_total"] == m.totals.campaigns
+    one = client.get(f"{BASE}?campaigns=1", headers=AUTH).json()
+    assert [c["size"] for c in one["campaigns"]] == sizes[:1] and one["campaigns_total"] == m.totals.campaigns
+    for bad in ("campaigns=0", "campaigns=x", "campaigns=100001"):
+        assert client.get(f"{BASE}?{bad}", headers=AUTH).status_code == 400, bad
     assert sum(g["messages"] for g in d["valid_groups"]) >= 1
     assert client.get("/api/incidents/nope", headers=AUTH).status_code == 404
     assert client.get("/api/incidents/..%2Fetc", headers=AUTH).status_code == 404
@@ -211,8 +216,9 @@ def test_receipts_and_blocklists(client, store_root):
         bl.unlink()
 
 
-def test_large_incident_is_fast(client, store_root, tmp_path):
-    """100,000 messages: after the first load, the pages' API calls answer well under a second."""
+def test_large_incident_pages_are_summarised_on_the_server(client, store_root, tmp_path):
+    """100,000 messages: every page's API answer is a page or a summary, never the whole incident (the time each
+    takes is measured by bench/console_bench.py, not here)."""
     m = manifest(store_root)
     msgs = [x.model_copy(update={"id": f"{i:024x}"}) for i in range(100_000) for x in [m.messages[i % len(m.messages)]]]
     big = m.model_copy(update={"incident": "big", "messages": msgs})
@@ -220,13 +226,16 @@ def test_large_incident_is_fast(client, store_root, tmp_path):
     p.parent.mkdir(parents=True)
     p.write_text(big.model_dump_json())
     c = TestClient(create_app(tmp_path, TOKEN))
-    c.get("/api/incidents/big", headers=AUTH)  # parse once
+    spam = sum(1 for x in msgs if x.verdict.value == "spam")
     for path in ("/api/incidents", "/api/incidents/big", "/api/incidents/big/messages?verdict=spam&page=40",
                  "/api/incidents/big/messages?q=window", "/api/incidents/big/timeline",
                  "/api/incidents/big/approval-summary"):
-        t = time.perf_counter()
-        assert c.get(path, headers=AUTH).status_code == 200
-        assert time.perf_counter() - t < 1.0, path
+        r = c.get(path, headers=AUTH)
+        assert r.status_code == 200, path
+        assert len(r.content) < 300_000, f"{path} sent {len(r.content):,} bytes"
+    page = c.get("/api/incidents/big/messages?verdict=spam&page=2&per_page=50", headers=AUTH).json()
+    assert len(page["messages"]) == 50 and page["total"] == spam
+    assert c.get("/api/incidents/big/approval-summary", headers=AUTH).json()["purge"] == spam
 
 
 def test_cli_prints_the_address_and_serves(store_root):

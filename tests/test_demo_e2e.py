@@ -17,8 +17,8 @@ import pytest
 from pipeline.instructions import Receipt
 from pipeline.models import Manifest
 from spoolsweep.lab.postfix import available
-from spoolsweep.lab.sink import body_of
 from spoolsweep.lab.run import demo_incident
+from spoolsweep.lab.sink import body_of
 from spoolsweep.lab.story import message_id
 from tests.support import agent as support
 

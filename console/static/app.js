@@ -142,8 +142,10 @@
       m.client || "—", badge(m.verdict)]));
   }
 
-  async function overview(id) {
-    const [d, tl] = await Promise.all([api("/api/incidents/" + enc(id)), api("/api/incidents/" + enc(id) + "/timeline")]);
+  async function overview(id, params) {
+    const shown = Math.max(60, parseInt(new URLSearchParams(params || "").get("campaigns") || "60", 10) || 60);
+    const [d, tl] = await Promise.all([api("/api/incidents/" + enc(id) + "?campaigns=" + shown),
+      api("/api/incidents/" + enc(id) + "/timeline")]);
     const t = d.totals;
     const stats = el("div", { class: "totals" }, [["messages", t.messages], ["valid", t.valid], ["spam", t.spam],
       ["review", t.review], ["campaigns", t.campaigns]].map(([k, v]) => el("div", { class: "stat" }, el("b", { text: fmt(v) }), k)));
@@ -169,6 +171,11 @@
           if (v === "valid" && !window.confirm("Mark all " + c.size + " messages of campaign #" + c.id + " valid? They will be replayed.")) return;
           await decide(id, "campaign", c.id, v); route();
         })))));
+    if (d.campaigns_total > d.campaigns.length) {
+      parts.push(el("p", {}, el("span", { class: "muted", text: "showing the " + fmt(d.campaigns.length) + " largest of " +
+        fmt(d.campaigns_total) + " campaigns · " }),
+        el("a", { href: "#/i/" + enc(id) + "?campaigns=" + (shown + 200), text: "Show 200 more" })));
+    }
     parts.push(el("h2", { text: "Arrivals over time" }), chart(tl));
     parts.push(el("h2", { text: "Valid mail by sender → recipient domain" }),
       table(["Sender domain", "Recipient domain", "Messages"], d.valid_groups.slice(0, 25).map((g) => [g.sender_domain, g.recipient_domain, fmt(g.messages)])));
@@ -282,7 +289,7 @@
     const p = path.split("/").filter(Boolean).map(decodeURIComponent);
     try {
       if (!p.length) await incidents();
-      else if (p[0] === "i" && p.length === 2) await overview(p[1]);
+      else if (p[0] === "i" && p.length === 2) await overview(p[1], query || "");
       else if (p[0] === "i" && p[2] === "messages") await messages(p[1], query || "");
       else if (p[0] === "i" && p[2] === "m") await message(p[1], p[3]);
       else if (p[0] === "i" && p[2] === "approve") await approve(p[1]);
