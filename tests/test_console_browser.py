@@ -202,3 +202,43 @@ def test_hostile_subjects_stay_text(page, server):
     shot(page, "10-narrow-incident")
     shot(page, "11-narrow-incident-top", full_page=False)
     assert not [p for p in page.problems if "Content Security Policy" in p or "Uncaught" in p], page.problems
+
+
+def test_many_campaigns_come_in_steps(browser, store_root, tmp_path):
+    """An incident with 150 campaigns: the page shows the 60 largest, 'Show 200 more' brings the rest, largest first."""
+    import uvicorn
+
+    from pipeline.models import Manifest
+
+    m = Manifest.model_validate_json((store_root / f"manifests/{INCIDENT}/manifest.json").read_bytes())
+    base = m.campaigns[0]
+    camps = [base.model_copy(update={"id": i, "size": 1000 - i, "label": f"run {i}"}) for i in range(1, 151)]
+    big = m.model_copy(update={"incident": "many", "campaigns": camps})
+    (tmp_path / "manifests/many").mkdir(parents=True)
+    (tmp_path / "manifests/many/manifest.json").write_text(big.model_dump_json())
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(tmp_path, TOKEN), host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not srv.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = ctx.new_page()
+        pg.route("**/*", lambda r: r.continue_() if r.request.url.startswith(url) else r.abort())
+        pg.goto(f"{url}/?token={TOKEN}")
+        open_hash(pg, url, "#/i/many")
+        assert pg.locator("section.card").count() == 60
+        assert "60 largest of 150 campaigns" in pg.inner_text("main")
+        pg.click("a:text('Show 200 more')")
+        pg.wait_for_function("() => document.querySelectorAll('section.card').length === 150")
+        ids = [int(x) for x in pg.eval_on_selector_all("section.card", "els => els.map(e => e.dataset.campaign)")]
+        assert ids == list(range(1, 151))
+        assert pg.locator("a:text('Show 200 more')").count() == 0
+        ctx.close()
+    finally:
+        srv.should_exit = True
+        t.join(10)
