@@ -98,8 +98,11 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
     if not src.exists():
         raise SnapshotError(f"{src}: no such file or directory")
     if _use_libarchive():
-        yield from _iter_libarchive(src, limits, report)
-        return
+        try:
+            yield from _iter_libarchive(src, limits, report)
+            return
+        except _NotForLibarchive:
+            pass  # e.g. a libarchive built without zstd: tarfile (with zstandard) reads it, or says why not
     stream, hashed, closers = _open_stream(src)
     try:
         try:
@@ -117,6 +120,10 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
                 c.close()
             except Exception:  # noqa: BLE001, S110 - closing a broken stream must not mask the real error
                 pass
+
+
+class _NotForLibarchive(Exception):
+    """libarchive could not open the stream; raised before any member was yielded."""
 
 
 def _use_libarchive() -> bool:
@@ -140,8 +147,8 @@ def _iter_libarchive(src: Path, limits: Limits, report: ArchiveReport) -> Iterat
             ctx = libarchive.stream_reader(stream, format_name="tar", block_size=_CHUNK,
                                            header_codec="utf-8")
             archive = ctx.__enter__()
-        except (ArchiveError, OSError, ValueError) as e:
-            raise SnapshotError(f"{src}: not a tar archive ({e})") from None
+        except (ArchiveError, OSError, ValueError):
+            raise _NotForLibarchive from None
         try:
             yield from _walk_libarchive(iter(archive), limits, report, ArchiveError)
         finally:

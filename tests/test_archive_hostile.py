@@ -156,3 +156,22 @@ def test_both_readers_agree_on_a_real_snapshot(incident_tar: Path, tar_reader: s
 
     a, b = walk(tar_reader), walk("tarfile")
     assert a == b and len(a[0]) > 1000 and a[1]
+
+
+def test_a_libarchive_that_cannot_open_the_stream_falls_back_to_tarfile(tmp_path: Path, monkeypatch) -> None:
+    """E.g. a libarchive built without zstd: the snapshot is still read (by tarfile), not refused."""
+    from pipeline.archive import _use_libarchive
+
+    if not _use_libarchive():
+        pytest.skip("libarchive not installed")
+    import libarchive
+    from libarchive.exception import ArchiveError
+
+    def refuse(*a, **k):
+        raise ArchiveError("Unrecognized archive format")
+
+    monkeypatch.setattr(libarchive, "stream_reader", refuse)
+    monkeypatch.setenv("SPOOLSWEEP_TAR_READER", "libarchive")
+    snap = _tar(tmp_path / "ok.tar.gz", [(_file(f"m{i}.eml"), MSG) for i in range(3)], mode="w:gz")
+    m = triage(snap, SitePolicy(local_domains=["example.org"]))
+    assert m.totals.messages == 3 and not m.archive_defects
