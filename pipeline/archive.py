@@ -169,11 +169,9 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
     while True:
         try:
             e = next(entries)
-            name = e.pathname
+            raw_name = e.pathname
+            name = _text(raw_name)
         except StopIteration:
-            return
-        except UnicodeDecodeError as err:
-            report.defects.append(f"archive member with an undecodable name after {report.members} members: {err}")
             return
         except broken as err:
             report.defects.append(f"archive damaged after {report.members} members: {err}")
@@ -182,7 +180,7 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
             continue
         if not e.isreg:
             kind = "link" if (e.issym or e.islnk) else "device or special file"
-            link = e.linkpath
+            link = _text(e.linkpath or "")
             report.defects.append(f"{name}: {kind}{f' -> {link}' if link else ''} not followed")
             continue
         size = e.size or 0
@@ -190,6 +188,8 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
         defects: list[str] = []
         if bad := unsafe_name(name):
             defects.append(f"unsafe member name: {bad}")
+        if raw_name != name:
+            defects.append("member name is not UTF-8 (its bytes are shown as \\x escapes)")
         if name in seen:
             defects.append("duplicate member name in archive")
         seen.add(name)
@@ -215,6 +215,18 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
         if got != size:
             defects.append(f"member truncated: {got} of {size} bytes")
         yield Member(name, b"".join(kept), size, float(e.mtime or 0), h.hexdigest(), defects)
+
+
+def _text(name: str | bytes) -> str:
+    """A member name as text that JSON can carry. A name that is not UTF-8 (a Latin-1 tarball made by hand)
+    keeps its bytes visible as \\xNN escapes; both tar readers give the same string for it."""
+    if isinstance(name, str):
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:  # tarfile's surrogateescape'd bytes
+            name = name.encode("utf-8", "surrogateescape")
+    return name.decode("utf-8", "backslashreplace")
 
 
 def _check_totals(limits: Limits, report: ArchiveReport, size: int) -> None:
@@ -248,18 +260,21 @@ def _iter_tar(tf: tarfile.TarFile, limits: Limits, report: ArchiveReport) -> Ite
             return
         if ti is None:
             return
-        name = ti.name
+        raw_name = ti.name
+        name = _text(raw_name)
         if ti.isdir():
             continue
         if not ti.isfile():
             kind = "link" if (ti.issym() or ti.islnk()) else "device or special file"
-            target = f" -> {ti.linkname}" if ti.linkname else ""
+            target = f" -> {_text(ti.linkname)}" if ti.linkname else ""
             report.defects.append(f"{name}: {kind}{target} not followed")
             continue
         _check_totals(limits, report, ti.size)
         defects: list[str] = []
         if bad := unsafe_name(name):
             defects.append(f"unsafe member name: {bad}")
+        if raw_name != name:
+            defects.append("member name is not UTF-8 (its bytes are shown as \\x escapes)")
         if name in seen:
             defects.append("duplicate member name in archive")
         seen.add(name)
@@ -281,7 +296,8 @@ def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Mem
         dirnames.sort()
         for fn in sorted(filenames):
             full = Path(dirpath) / fn
-            rel = full.relative_to(root).as_posix()
+            raw_rel = full.relative_to(root).as_posix()
+            rel = _text(raw_rel)
             try:
                 st = full.lstat()
             except OSError as e:
@@ -298,4 +314,6 @@ def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Mem
             except OSError as e:
                 yield Member(rel, b"", st.st_size, st.st_mtime, None, [f"cannot read: {e}"])
                 continue
+            if raw_rel != rel:
+                defects = [*defects, "member name is not UTF-8 (its bytes are shown as \\x escapes)"]
             yield Member(rel, data, st.st_size, st.st_mtime, digest, defects)

@@ -175,3 +175,34 @@ def test_a_libarchive_that_cannot_open_the_stream_falls_back_to_tarfile(tmp_path
     snap = _tar(tmp_path / "ok.tar.gz", [(_file(f"m{i}.eml"), MSG) for i in range(3)], mode="w:gz")
     m = triage(snap, SitePolicy(local_domains=["example.org"]))
     assert m.totals.messages == 3 and not m.archive_defects
+
+
+def test_member_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """A Latin-1 name in the tar header: the member is read, named with \\x escapes and held for review, and
+    nothing after it is lost (it crashed triage before)."""
+    import json
+
+    from pipeline.manifest_io import manifest_bytes
+
+    snap = tmp_path / "latin.tar"
+    with tarfile.open(snap, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        for name in ("a.eml", "caf\xe9.eml", "z.eml"):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(MSG)
+            tf.addfile(ti, io.BytesIO(MSG))
+    m = triage(snap, SitePolicy(local_domains=["example.org"]))
+    assert sorted(x.path for x in m.messages) == ["a.eml", "caf\\xe9.eml", "z.eml"]
+    assert len(json.loads(manifest_bytes(m))["messages"]) == 3
+    odd = next(x for x in m.messages if x.path == "caf\\xe9.eml")
+    assert odd.verdict is Verdict.review and any("not UTF-8" in d for d in odd.defects)
+
+
+def test_folder_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    (folder / "a.eml").write_bytes(MSG)
+    with open(bytes(folder) + b"/caf\xe9.eml", "wb") as fh:
+        fh.write(MSG)
+    m = triage(folder, SitePolicy(local_domains=["example.org"]))
+    assert sorted(x.path for x in m.messages) == ["a.eml", "caf\\xe9.eml"]
+    assert next(x for x in m.messages if x.path != "a.eml").verdict is Verdict.review
