@@ -129,7 +129,9 @@ def test_sigkill_postfix_release_exactly_once(pf, tmp_path, mail_corpus, keys, s
         HOST, signed_body(instruction(INC, HOST, approved(rep), approved(pur), iid="pfkill"), keys.private), "pfkill")
     cmd = [sys.executable, "-m", "spoolsweep", "agent", "run", "--mta", "postfix", "--postfix-config", str(pf.etc),
            "--host", HOST, "--state-dir", str(tmp_path / "state"), "--public-key", str(keys.public_file),
-           "--store", str(tmp_path / "store"), "--once", "--visibility", "1", "--batch", "7"]
+           "--store", str(tmp_path / "store"), "--once", "--visibility", "1", "--batch", "7",
+           # paced, so the replay lasts long enough for the kills to land in it on a fast machine too
+           "--rate", "60"]
     def done() -> int:  # messages no longer on hold: released or purged
         return n - sum(1 for m in pf.postqueue_json() if m["queue_name"] == "hold")
 
