@@ -185,17 +185,9 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
             continue
         size = e.size or 0
         _check_totals(limits, report, size)
-        defects: list[str] = []
-        if bad := unsafe_name(name):
-            defects.append(f"unsafe member name: {bad}")
-        if raw_name != name:
-            defects.append("member name is not UTF-8 (its bytes are shown as \\x escapes)")
-        if name in seen:
-            defects.append("duplicate member name in archive")
-        seen.add(name)
-        cap = limits.max_index_bytes if name.rsplit("/", 1)[-1] == "index.jsonl" else limits.max_member_bytes
+        defects = _name_defects(name, raw_name, seen)
         h = hashlib.sha256()
-        kept: list[bytes] | None = [] if size <= cap else None
+        kept: list[bytes] | None = [] if size <= _cap(name, limits) else None
         got = 0
         try:
             # one buffer the member's size: libarchive-c copies the whole buffer on every block
@@ -221,12 +213,35 @@ def _text(name: str | bytes) -> str:
     """A member name as text that JSON can carry. A name that is not UTF-8 (a Latin-1 tarball made by hand)
     keeps its bytes visible as \\xNN escapes; both tar readers give the same string for it."""
     if isinstance(name, str):
+        if name.isascii():
+            return name
         try:
             name.encode("utf-8")
             return name
         except UnicodeEncodeError:  # tarfile's surrogateescape'd bytes
             name = name.encode("utf-8", "surrogateescape")
     return name.decode("utf-8", "backslashreplace")
+
+
+_NOT_UTF8 = "member name is not UTF-8 (its bytes are shown as \\x escapes)"
+
+
+def _name_defects(name: str, raw_name: str | bytes, seen: set[str]) -> list[str]:
+    """What a member's name alone says against it (both tar walkers); `seen` collects the names."""
+    defects: list[str] = []
+    if bad := unsafe_name(name):
+        defects.append(f"unsafe member name: {bad}")
+    if raw_name != name:
+        defects.append(_NOT_UTF8)
+    if name in seen:
+        defects.append("duplicate member name in archive")
+    seen.add(name)
+    return defects
+
+
+def _cap(name: str, limits: Limits) -> int:
+    """The bytes a member may have and still be read: the snapshot's index may be bigger than a message."""
+    return limits.max_index_bytes if name.rsplit("/", 1)[-1] == "index.jsonl" else limits.max_member_bytes
 
 
 def _check_totals(limits: Limits, report: ArchiveReport, size: int) -> None:
@@ -239,8 +254,7 @@ def _check_totals(limits: Limits, report: ArchiveReport, size: int) -> None:
 
 
 def _read_limited(fh: IO[bytes], size: int, limits: Limits, name: str = "") -> tuple[bytes | None, str, list[str]]:
-    cap = limits.max_index_bytes if name.rsplit("/", 1)[-1] == "index.jsonl" else limits.max_member_bytes
-    if size <= cap:
+    if size <= _cap(name, limits):
         data = fh.read(size)
         defects = [] if len(data) == size else [f"member truncated: {len(data)} of {size} bytes"]
         return data, hashlib.sha256(data).hexdigest(), defects
@@ -270,14 +284,7 @@ def _iter_tar(tf: tarfile.TarFile, limits: Limits, report: ArchiveReport) -> Ite
             report.defects.append(f"{name}: {kind}{target} not followed")
             continue
         _check_totals(limits, report, ti.size)
-        defects: list[str] = []
-        if bad := unsafe_name(name):
-            defects.append(f"unsafe member name: {bad}")
-        if raw_name != name:
-            defects.append("member name is not UTF-8 (its bytes are shown as \\x escapes)")
-        if name in seen:
-            defects.append("duplicate member name in archive")
-        seen.add(name)
+        defects = _name_defects(name, raw_name, seen)
         fh = tf.extractfile(ti)
         if fh is None:
             report.defects.append(f"{name}: cannot be read")
@@ -315,5 +322,5 @@ def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Mem
                 yield Member(rel, b"", st.st_size, st.st_mtime, None, [f"cannot read: {e}"])
                 continue
             if raw_rel != rel:
-                defects = [*defects, "member name is not UTF-8 (its bytes are shown as \\x escapes)"]
+                defects = [*defects, _NOT_UTF8]
             yield Member(rel, data, st.st_size, st.st_mtime, digest, defects)

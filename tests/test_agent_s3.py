@@ -14,26 +14,19 @@ from agent.mta.pickup import PickupQueue
 from agent.take import take
 from agent.upload import parse_destination
 from tests.support.agent import write_pickup
-from tests.support.postfix import free_port
+from tests.support.moto import moto_server
 
 
 @pytest.fixture
 def s3(monkeypatch):
     boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+    with moto_server() as url:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
         client.create_bucket(Bucket="evidence")
         yield client
-    finally:
-        server.stop()
 
 
 class Interrupted(Exception):

@@ -31,6 +31,7 @@ from pipeline.instructions import Approval
 from pipeline.models import Manifest
 from pipeline.queues import manifest_key
 from tests.support.console import HOST, INCIDENT, XSS_SUBJECTS, build_store
+from tests.support.moto import moto_server
 
 TOKEN = "aws-console-token-0123456789abcdef"
 ARN = "arn:aws:iam::123456789012:user/alice"
@@ -45,16 +46,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def moto_url():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from console.app import create_app
 from pipeline.instructions import Approval
-from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store
+from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store, served
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -26,12 +22,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def store_root(corpus, policy, tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("console-browser") / "store", corpus, policy)
@@ -39,20 +29,8 @@ def store_root(corpus, policy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store_root):
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(store_root, TOKEN), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    with served(store_root, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +184,6 @@ def test_hostile_subjects_stay_text(page, server):
 
 def test_many_campaigns_come_in_steps(browser, store_root, tmp_path):
     """An incident with 150 campaigns: the page shows the 60 largest, 'Show 200 more' brings the rest, largest first."""
-    import uvicorn
-
     from pipeline.models import Manifest
 
     m = Manifest.model_validate_json((store_root / f"manifests/{INCIDENT}/manifest.json").read_bytes())
@@ -216,16 +192,7 @@ def test_many_campaigns_come_in_steps(browser, store_root, tmp_path):
     big = m.model_copy(update={"incident": "many", "campaigns": camps})
     (tmp_path / "manifests/many").mkdir(parents=True)
     (tmp_path / "manifests/many/manifest.json").write_text(big.model_dump_json())
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tmp_path, TOKEN), host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not srv.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    with served(tmp_path, TOKEN) as url:
         ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         pg = ctx.new_page()
         pg.route("**/*", lambda r: r.continue_() if r.request.url.startswith(url) else r.abort())
@@ -239,6 +206,3 @@ def test_many_campaigns_come_in_steps(browser, store_root, tmp_path):
         assert ids == list(range(1, 151))
         assert pg.locator("a:text('Show 200 more')").count() == 0
         ctx.close()
-    finally:
-        srv.should_exit = True
-        t.join(10)

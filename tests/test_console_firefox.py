@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import pytest
 
-from console.app import create_app
-from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store
+from spoolsweep.lab.sink import free_port
+from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store, served
 
 FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
@@ -28,12 +28,6 @@ pytest.importorskip("marionette_driver", reason="marionette_driver is missing (p
 from marionette_driver import By, Wait  # noqa: E402
 from marionette_driver.keys import Keys  # noqa: E402
 from marionette_driver.marionette import Marionette  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prefs(marionette_port: int, proxy_port: int) -> dict[str, object]:
@@ -97,20 +91,8 @@ def store_root(corpus, policy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store_root):
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(store_root, TOKEN), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(10)
+    with served(store_root, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

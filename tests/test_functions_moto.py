@@ -25,6 +25,7 @@ from pipeline import queues
 from pipeline.errors import StoreError
 from pipeline.instructions import SignedInstruction, verify
 from pipeline.models import Manifest
+from tests.support.moto import moto_server
 
 HOST = "mx1"
 BUCKET = "spoolsweep-test-evidence"
@@ -38,17 +39,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def moto_url():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

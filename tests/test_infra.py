@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -14,6 +13,7 @@ import boto3
 import pytest
 
 from functions import names
+from tests.support.moto import moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
@@ -125,20 +125,9 @@ def test_function_grants_are_the_permissions_table(template):
 
 def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file):
     """Run the LocalStack init script for real, with `awslocal` pointed at a moto server."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
     if shutil.which("aws") is None:
         pytest.skip("aws CLI not installed")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with moto_server() as url:
         shim = tmp_path / "bin" / "awslocal"
         shim.parent.mkdir()
         shim.write_text(f'#!/bin/sh\nexec aws --endpoint-url {url} "$@"\n')
@@ -162,5 +151,3 @@ def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file
         attrs = sqs.get_queue_attributes(QueueUrl=sqs.get_queue_url(QueueName=names.event_queue("parse"))["QueueUrl"],
                                          AttributeNames=["RedrivePolicy"])["Attributes"]
         assert '"maxReceiveCount": 3' in attrs["RedrivePolicy"].replace('"3"', "3")
-    finally:
-        server.stop()

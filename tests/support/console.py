@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pipeline.generator import generate, write_canonical
 from pipeline.manifest_io import write_manifest
@@ -43,3 +46,15 @@ def build_store(root: Path, corpus: tuple[list[bytes], list[bytes]], policy: Sit
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(tar, dest / "snapshot.tar")
     return root
+
+
+@contextmanager
+def served(data: Any, token: str) -> Iterator[str]:
+    """The console over DATA on 127.0.0.1 in a thread, as `spoolsweep up` serves it; yields its base URL."""
+    from spoolsweep.commands.console import serve_in_thread
+
+    url, server = serve_in_thread(data, token=token)
+    try:
+        yield url.split("/?", 1)[0]
+    finally:
+        server.should_exit = True
