@@ -74,6 +74,25 @@ def no_xss(page) -> None:
     assert page.evaluate("document.querySelectorAll('main script, main img').length") == 0
 
 
+def test_a_slow_page_never_covers_a_newer_one(browser, server):
+    """The incidents list answers late, after the admin already opened an incident: the incident page stays."""
+    ctx = browser.new_context()
+    # delay only the incidents list's answer, inside the page, so nothing else waits
+    ctx.add_init_script("""
+      const f = window.fetch;
+      window.fetch = (u, o) => f(u, o).then((r) => new URL(u, location.href).pathname === "/api/incidents"
+        ? new Promise((ok) => setTimeout(() => ok(r), 1500)) : r);
+    """)
+    pg = ctx.new_page()
+    pg.goto(f"{server}/?token={TOKEN}")
+    open_hash(pg, server, f"#/i/{INCIDENT}")
+    assert pg.locator("section.card").count() > 0
+    pg.wait_for_timeout(2500)  # past the late answer
+    assert pg.locator("section.card").count() > 0
+    assert pg.evaluate("document.getElementById('main').dataset.route") == f"#/i/{INCIDENT}"
+    ctx.close()
+
+
 def test_wrong_token_gets_nothing(browser, server):
     ctx = browser.new_context()
     pg = ctx.new_page()

@@ -5,6 +5,9 @@
   const COLORS = ["#0b63ce", "#b42318", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#6e7781", "#953800"];
   let csrf = null;
   let timer = null;
+  let seq = 0;  // bumped on every navigation; a page whose data arrives after a newer navigation is dropped
+
+  class Stale extends Error {}
 
   function el(tag, attrs, ...kids) {
     const n = document.createElement(tag);
@@ -26,6 +29,7 @@
   const badge = (v) => el("span", { class: "verdict verdict-" + v, text: v });
 
   async function api(path, body) {
+    const asked = seq;
     const opts = { credentials: "same-origin", headers: {} };
     if (body !== undefined) {
       if (!csrf) csrf = (await api("/api/session")).csrf;
@@ -37,6 +41,7 @@
     const r = await fetch(path, opts);
     const data = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(data.error || ("HTTP " + r.status));
+    if (body === undefined && path !== "/api/session" && asked !== seq) throw new Stale();
     return data;
   }
 
@@ -284,7 +289,9 @@
 
   async function route() {
     clearTimeout(timer);
-    const h = location.hash.slice(1) || "/";
+    const mine = ++seq;
+    const routed = location.hash;
+    const h = routed.slice(1) || "/";
     const [path, query] = h.split("?");
     const p = path.split("/").filter(Boolean).map(decodeURIComponent);
     try {
@@ -297,8 +304,10 @@
       else if (p[0] === "i" && p[2] === "blocklists") await blocklists(p[1]);
       else show(el("p", { text: "Unknown page." }));
       document.title = "spoolsweep · " + (p[1] || "incidents");
-      document.getElementById("main").dataset.route = location.hash;  // lets tests wait for a finished page
+      if (mine !== seq) return;
+      document.getElementById("main").dataset.route = routed;  // lets tests wait for a finished page
     } catch (err) {
+      if (err instanceof Stale || mine !== seq) return;
       show(el("p", { class: "error", role: "alert", text: "Error: " + err.message }), el("a", { href: "#/", text: "Incidents" }));
     }
   }
