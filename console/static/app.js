@@ -303,8 +303,8 @@
       else if (p[0] === "i" && p[2] === "progress") await progress(p[1]);
       else if (p[0] === "i" && p[2] === "blocklists") await blocklists(p[1]);
       else show(el("p", { text: "Unknown page." }));
-      document.title = "spoolsweep · " + (p[1] || "incidents");
       if (mine !== seq) return;
+      document.title = "spoolsweep · " + (p[1] || "incidents");
       document.getElementById("main").dataset.route = routed;  // lets tests wait for a finished page
     } catch (err) {
       if (err instanceof Stale || mine !== seq) return;
