@@ -31,7 +31,7 @@ ERROR_CODES = {
     "127.255.255.254": "Spamhaus: query through a public or open resolver is refused; use your own resolver",
     "127.255.255.255": "Spamhaus: excessive number of queries from this resolver",
 }
-_CACHE = dns.resolver.Cache()
+_CACHES: dict[str | None, dns.resolver.Cache] = {}  # one per resolver: an answer from one is no answer from another
 ZONE_ERRORS = {"multi.uribl.com": {"127.0.0.1": "URIBL refused the query (public resolver or over its limit)"}}
 
 
@@ -81,7 +81,9 @@ class Checker:
             self.resolver = dns.asyncresolver.Resolver()
         self.resolver.timeout = timeout
         self.resolver.lifetime = timeout
-        self.resolver.cache = _CACHE  # answers kept for their TTL, across checks: no needless queries
+        if nameserver not in _CACHES:
+            _CACHES[nameserver] = dns.resolver.Cache()
+        self.resolver.cache = _CACHES[nameserver]  # answers kept for their TTL, across checks: no needless queries
         self.retries = retries
         self.sem = asyncio.Semaphore(concurrency)
         self.nameserver = nameserver
