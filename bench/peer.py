@@ -16,11 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from spoolsweep.lab import free_port
 
 
 def sample_from_snapshot(snap: Path, truth: dict[str, str], n: int) -> list[tuple[bytes, str]]:
@@ -43,7 +39,7 @@ def run_spamassassin(sample: list[tuple[bytes, str]]) -> dict[str, float] | None
     spamd, spamc = shutil.which("spamd"), shutil.which("spamc")
     if not spamd or not spamc:
         return None
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as home:
         proc = subprocess.Popen([spamd, "--local", "--listen", f"127.0.0.1:{port}", "-m", "2", "--min-spare", "2",
                                  "--max-spare", "2", "-u", "nobody", "--helper-home-dir", home, "--syslog", "stderr",

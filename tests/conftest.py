@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,12 @@ def local_nameserver():
                 os.environ.pop("SPOOLSWEEP_NAMESERVER", None)
             else:
                 os.environ["SPOOLSWEEP_NAMESERVER"] = old
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server on 127.0.0.1, one for each test module that asks for it; yields its endpoint URL."""
+    from tests.support.moto import moto_server
+
+    with moto_server() as url:
+        yield url

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 import time
 import uuid
@@ -30,24 +29,12 @@ from functions.adapters import S3Store
 from pipeline.instructions import Approval
 from pipeline.models import Manifest
 from pipeline.queues import manifest_key
+from spoolsweep.lab import free_port
 from tests.support.console import HOST, INCIDENT, XSS_SUBJECTS, build_store
-from tests.support.moto import moto_server
 
 TOKEN = "aws-console-token-0123456789abcdef"
 ARN = "arn:aws:iam::123456789012:user/alice"
 BASE = f"/api/incidents/{INCIDENT}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +204,7 @@ class Served:
     """An ASGI app on 127.0.0.1 in a thread (uvicorn), stopped at teardown."""
 
     def __init__(self, app) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

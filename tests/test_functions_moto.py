@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import uuid
 from datetime import UTC, datetime
 
@@ -25,22 +24,9 @@ from pipeline import queues
 from pipeline.errors import StoreError
 from pipeline.instructions import SignedInstruction, verify
 from pipeline.models import Manifest
-from tests.support.moto import moto_server
 
 HOST = "mx1"
 BUCKET = "spoolsweep-test-evidence"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture

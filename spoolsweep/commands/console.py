@@ -11,15 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
+from spoolsweep.lab import free_port
+
 
 def register(app: typer.Typer) -> None:
     app.command("console")(console)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_in_thread(data: Any, port: int = 0, token: str | None = None) -> tuple[str, Any]:

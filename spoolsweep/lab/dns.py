@@ -8,11 +8,7 @@ import time
 from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from spoolsweep.lab import free_port
 
 
 class ZoneResolver(BaseResolver):
@@ -56,11 +52,18 @@ class ZoneResolver(BaseResolver):
 
 class LocalDNS:
     def __init__(self, resolver: ZoneResolver) -> None:
-        self.port = free_port()
         self.resolver = resolver
         quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-        self.udp = DNSServer(resolver, address="127.0.0.1", port=self.port, logger=quiet)
-        self.tcp = DNSServer(resolver, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+        for attempt in range(20):
+            self.port = free_port(socket.SOCK_DGRAM)
+            self.udp = DNSServer(resolver, address="127.0.0.1", port=self.port, logger=quiet)
+            try:
+                self.tcp = DNSServer(resolver, address="127.0.0.1", port=self.port, tcp=True, logger=quiet)
+                break
+            except OSError:  # free for UDP but not for TCP (another server, or TIME_WAIT): try another port
+                self.udp.server.server_close()
+                if attempt == 19:
+                    raise
 
     def __enter__(self) -> LocalDNS:
         self.udp.start_thread()

@@ -34,14 +34,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from spoolsweep.lab import free_port
+
 POSTFIX = "/usr/sbin/postfix"
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port() -> int:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
 from aiosmtpd.controller import Controller
 
+from spoolsweep.lab import free_port
+
 _MSGID = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
