@@ -44,9 +44,11 @@ def check_incident(store: Store, incident: str, policy: SitePolicy, nameserver: 
     if store.exists(out):
         return f"already checked: {out}"  # a duplicate event must not query every zone again
     check = _checker()
-    if check is None:
-        report: Any = {"incident": incident, "checked_at": datetime.now(UTC).isoformat(), "status": "unknown",
-                       "why": "pipeline.blocklist is not installed", "results": []}
+    if check is None:  # still a BlocklistReport, the one shape the console and the watcher read
+        from pipeline.blocklist.models import BlocklistReport
+
+        report: Any = BlocklistReport(checked_at=datetime.now(UTC), targets=[], results=[],
+                                      why="the blocklist extra (dnspython) is not installed")
     else:
         report = check(policy, nameserver=nameserver)
     store.put(out, _as_json(report))

@@ -134,7 +134,8 @@ def resolve_key(name: str) -> str | None:
         except ImportError:
             raise KeyUnavailable(f"{var}_SECRET needs boto3 (pip install 'spoolsweep[aws]')") from None
         try:
-            value = boto3.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"].strip()
+            client = boto3.client("secretsmanager", endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL") or None)
+            value = client.get_secret_value(SecretId=secret)["SecretString"].strip()
         except (BotoCoreError, ClientError, KeyError) as e:
             raise KeyUnavailable(f"{var}_SECRET={secret}: {type(e).__name__}") from None
         if value.startswith("{"):  # a JSON secret: {"key": "..."}
