@@ -13,7 +13,7 @@ import dns.query
 import pytest
 
 from pipeline.blocklist import Status, load_catalogue
-from pipeline.blocklist.catalogue import UnknownZones, Zone, parse_catalogue, select_zones
+from pipeline.blocklist.catalogue import RFC5782_TEST, UnknownZones, Zone, parse_catalogue, select_zones
 from pipeline.blocklist.check import BadNameserver, check_policy, check_targets, parse_nameserver, query_name
 from pipeline.policy import SitePolicy
 from tests.support.dns_server import LocalDNS, ZoneResolver
@@ -27,6 +27,7 @@ SPAM = {"127.0.0.2": "spam source"}
 
 def zone(name: str, **kw) -> Zone:
     kw.setdefault("codes", SPAM)
+    kw.setdefault("test", {f: RFC5782_TEST[f] for f in kw.get("lists", ["ipv4"])})
     return Zone.model_validate({"zone": name, "name": name, "lists": ["ipv4"], "docs": f"https://{name}/docs", **kw})
 
 
@@ -186,9 +187,10 @@ def test_catalogue():
 
 
 def test_catalogue_refuses_what_it_cannot_read():
-    base = '[[zone]]\nzone = "x.test"\nname = "x"\nlists = ["ipv4"]\ndocs = "https://x.test"\n'
+    bare = '[[zone]]\nzone = "x.test"\nname = "x"\nlists = ["ipv4"]\ndocs = "https://x.test"\n'
+    base = bare + 'test = { ipv4 = "127.0.0.2" }\n'
     parse_catalogue(base + '[zone.codes]\n"127.0.0.2" = "spam"\n')
-    for bad, msg in ((base, "documented codes"),
+    for bad, msg in ((base, "documented codes"), (bare + '[zone.codes]\n"127.0.0.2" = "spam"\n', "test entry for ipv4"),
                      (base + 'bitmask = true\n[zone.codes]\n"3" = "two bits"\n', "single bit"),
                      (base + '[zone.codes]\nany = "everything"\n', "not an IPv4"),
                      (base.replace('docs = "https://x.test"\n', 'status = "dead"\n'), "dead_since")):
@@ -252,7 +254,8 @@ def test_watch_posts_changes_to_a_webhook(tmp_path):
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     cat = tmp_path / "cat.toml"
     cat.write_text('[[zone]]\nzone = "flip.test"\nname = "flip"\nlists = ["ipv4"]\ndelist = "https://flip.test"\n'
-                   'docs = "https://flip.test/docs"\n[zone.codes]\n"127.0.0.2" = "spam"\n')
+                   'docs = "https://flip.test/docs"\ntest = { ipv4 = "127.0.0.2" }\n'
+                   '[zone.codes]\n"127.0.0.2" = "spam"\n')
     resolver = ZoneResolver({"2.0.0.127.flip.test": (["127.0.0.2"], [])}, set(), set(), set(), ttl=0)
     with LocalDNS(resolver) as server:
         p = subprocess.Popen([sys.executable, "-m", "spoolsweep", "blocklist", "192.0.2.50", "--nameserver",

@@ -84,7 +84,8 @@ def test_check_catalogue_marks_zones_that_stopped_answering(tmp_path):
     cat = tmp_path / "cat.toml"
     cat.write_text("# my catalogue\n" + "".join(
         f'[[zone]]\nzone = "{z}"\nname = "{z}"\nlists = ["ipv4", "ipv6"]\ndocs = "https://{z}/"\n'
-        f'answered = 2026-01-01\n[zone.codes]\n"127.0.0.2" = "spam"\n\n' for z in ("alive.test", "v4only.test")))
+        f'answered = 2026-01-01\ntest = {{ ipv4 = "127.0.0.2", ipv6 = "::ffff:7f00:2" }}\n'
+        f'[zone.codes]\n"127.0.0.2" = "spam"\n\n' for z in ("alive.test", "v4only.test")))
     v6 = ".".join(["2", "0", "0", "0", "0", "0", "f", "7", "f", "f", "f", "f"] + ["0"] * 20)
     records = {"2.0.0.127.alive.test": (["127.0.0.2"], []), f"{v6}.alive.test": (["127.0.0.2"], []),
                "2.0.0.127.v4only.test": (["127.0.0.2"], [])}

@@ -84,6 +84,8 @@ class Zone(BaseModel):
                 raise ValueError(f"{self.zone}: a live zone needs its documented codes")
             if not self.docs:
                 raise ValueError(f"{self.zone}: a live zone needs the URL of its documentation (docs)")
+            if missing := [f for f in self.lists if f not in self.test]:
+                raise ValueError(f"{self.zone}: a live zone needs its test entry for {', '.join(missing)}")
         for code in self.codes:
             if self.bitmask:
                 if not code.isdigit() or int(code) not in {1 << i for i in range(8)}:
@@ -102,7 +104,7 @@ class Zone(BaseModel):
         return self.zone.replace("{key}.", "")
 
     def test_entry(self, family: str) -> str:
-        return self.test.get(family) or RFC5782_TEST[family]  # type: ignore[call-overload]
+        return self.test.get(family) or RFC5782_TEST[family]  # type: ignore[call-overload]  # (dead zones)
 
     def never_entry(self, family: str) -> str:
         return self.never.get(family) or RFC5782_NEVER[family]  # type: ignore[call-overload]
