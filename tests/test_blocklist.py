@@ -35,7 +35,7 @@ ZONES = [
     zone("good.test", lists=["ipv4", "ipv6"], codes={"127.0.0.2": "spam source", "127.0.0.4": "exploited"},
          delist="https://good.test/delist", expires=True),
     zone("clean.test"),
-    zone("spamhaus.test", error_range="127.255.255.0/24", error_range_means="an error code",
+    zone("spamhaus.test", ranges={"127.255.255.0/24": {"kind": "error", "means": "an error code"}},
          codes={**SPAM, "127.255.255.254": {"kind": "error", "means": "public resolver refused"}}),
     zone("outside.test"),
     zone("slowname.test"),

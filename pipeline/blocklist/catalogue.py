@@ -50,8 +50,8 @@ class Zone(BaseModel):
     codes: dict[str, Code] = Field(default_factory=dict,
                                    description="answer -> meaning; for bitmask zones the key is the bit's value")
     bitmask: bool = Field(False, description="the last octet is a sum of bits, one per sub-list (SURBL, URIBL)")
-    error_range: str | None = Field(None, description="every answer in this network is an error (Spamhaus)")
-    error_range_means: str = ""
+    ranges: dict[str, Code] = Field(default_factory=dict, description="network -> meaning, for a list that documents a "
+                                    "whole range (Spamhaus: 127.255.255.0/24 are errors); exact codes come first")
     domain_form: Literal["registered", "as_given"] = Field(
         "registered", description="domain lists: query the registered domain (Public Suffix List) or the name as given")
     test: dict[Family, str] = Field(default_factory=dict, description="an entry the zone always lists, per family")
@@ -68,7 +68,7 @@ class Zone(BaseModel):
     answered: date | None = Field(None, description="last --check-catalogue run that saw every test entry answered")
     stopped: str | None = Field(None, description="set by --check-catalogue: date and why the tests went unanswered")
 
-    @field_validator("codes", mode="before")
+    @field_validator("codes", "ranges", mode="before")
     @classmethod
     def _plain_codes(cls, v: Any, info: Any) -> Any:
         # a plain string is a code of the zone's own kind; anything else says its kind
@@ -94,8 +94,11 @@ class Zone(BaseModel):
                 raise ValueError(f"{self.zone}: code {code!r} is not an IPv4 address")
         if ("{key}" in self.zone) != bool(self.key):
             raise ValueError(f"{self.zone}: a keyed zone has both key and {{key}} in its name")
-        if self.error_range:
-            ipaddress.ip_network(self.error_range)
+        for net in self.ranges:
+            try:
+                ipaddress.IPv4Network(net)
+            except ValueError:
+                raise ValueError(f"{self.zone}: range {net!r} is not an IPv4 network") from None
         return self
 
     @property

@@ -158,7 +158,7 @@ def interpret(zone: Zone, addrs: Iterable[str]) -> Reading:
     rep: list[str] = []
     undocumented: list[str] = []
     outside: list[str] = []
-    err_net = ipaddress.ip_network(zone.error_range) if zone.error_range else None
+    ranges = [(ipaddress.IPv4Network(n), c) for n, c in zone.ranges.items()]
     for a in addrs:
         try:
             ip = ipaddress.ip_address(a)
@@ -168,21 +168,18 @@ def interpret(zone: Zone, addrs: Iterable[str]) -> Reading:
         if ip.version != 4 or ip not in _LOOPBACK:
             outside.append(a)
             continue
-        if err_net is not None and ip in err_net:
-            c = zone.codes.get(a)
-            errors.append(f"{a}: {c.means if c else zone.error_range_means or 'an error code'}")
-            continue
-        parts = [(str(b), zone.codes.get(str(b))) for b in (1 << i for i in range(8)) if int(a.split(".")[3]) & b] \
-            if zone.bitmask else [(a, zone.codes.get(a))]
-        if zone.bitmask and not parts:
-            undocumented.append(a)
-        for code, c in parts:
-            label = a if not zone.bitmask else f"{a} bit {code}"
+        if zone.bitmask and a not in zone.codes:
+            found = [(f"{a} bit {b}", zone.codes.get(str(b))) for b in (1 << i for i in range(8))
+                     if int(a.split(".")[3]) & b] or [(a, None)]
+        else:
+            found = [(a, zone.codes.get(a) or next((c for net, c in ranges if ip in net), None))]
+        for label, c in found:
             if c is None:
                 undocumented.append(label)
+            elif c.kind == "error":
+                errors.append(f"{label}: {c.means}")
             else:
-                {"listed": listed, "allow": allow, "reputation": rep, "error": errors}[c.kind].append(
-                    c.means if c.kind != "error" else f"{label}: {c.means}")
+                {"listed": listed, "allow": allow, "reputation": rep}[c.kind].append(c.means)
     meanings = listed + rep + allow
     if errors or outside:
         why = "; ".join(errors + ([f"answer {', '.join(outside)} is outside 127.0.0.0/8: the resolver rewrites "

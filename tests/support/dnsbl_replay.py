@@ -6,6 +6,7 @@ the code (listed / allow / reputation / error), never from the checker, so the c
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -42,6 +43,13 @@ def _addr(zone: Zone, code: str) -> str:
     return f"127.0.0.{code}" if zone.bitmask else code
 
 
+def _documented(zone: Zone, addr: str) -> tuple[Status, str]:
+    """What the catalogue says about one answer: its code, else the range holding it, else nothing (unknown)."""
+    c = zone.codes.get(addr) or next((c for n, c in zone.ranges.items()
+                                      if ipaddress.ip_address(addr) in ipaddress.IPv4Network(n)), None)
+    return (EXPECT[c.kind], c.means) if c else (Status.unknown, "not a code")
+
+
 def plan(zone: Zone) -> Plan:
     p = Plan(zone)
     name = zone.zone.replace("{key}", KEYS[zone.key]) if zone.key else zone.zone
@@ -56,15 +64,17 @@ def plan(zone: Zone) -> Plan:
         total = sum(int(b) for b in listed_bits)
         for b in listed_bits:
             cases.append(([f"127.0.0.{total}"], Status.listed, zone.codes[b].means))
-    # answers the catalogue does not document: unknown, never listed
+    # a code inside each documented range, and answers the catalogue does not document: unknown, never listed
+    for net, c in zone.ranges.items():
+        inside = next(str(a) for a in reversed(list(ipaddress.IPv4Network(net))) if str(a) not in zone.codes)
+        cases.append(([inside], EXPECT[c.kind], c.means))
     if zone.bitmask:
         spare = next(b for b in (1 << i for i in range(8)) if str(b) not in zone.codes)
         cases.append(([f"127.0.0.{spare}"], Status.unknown, "not a code"))
-    else:
-        spare_code = next(f"127.0.0.{n}" for n in range(77, 255) if f"127.0.0.{n}" not in zone.codes)
-        cases.append(([spare_code], Status.unknown, "not a code"))
-    if not zone.bitmask:  # (a bitmask list reads only the last octet: 250 would be a sum of bits)
-        cases.append((["127.255.255.250"], Status.unknown, zone.error_range_means or "not a code"))
+    else:  # (a bitmask list reads only the last octet: 127.255.255.250 would be a sum of bits)
+        for addr in (next(f"127.0.0.{n}" for n in range(77, 255) if f"127.0.0.{n}" not in zone.codes),
+                     "127.255.255.250", "127.1.2.3"):
+            cases.append(([addr], *_documented(zone, addr)))
     cases.append((["192.0.2.1"], Status.unknown, "outside 127.0.0.0/8"))
     for fam in zone.lists:
         for (answer, status, says), target in zip(cases, _targets(fam), strict=False):
