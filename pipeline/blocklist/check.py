@@ -69,20 +69,29 @@ class Reading:
     refused: bool = False  # an error code: the list refused the query (public resolver, over limit, bad key)
 
 
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """HOST[:PORT], with [v6]:PORT for IPv6; a host name is resolved here, once (e.g. localhost)."""
+def split_host_port(spec: str, default_port: int = 53) -> tuple[str, int]:
+    """HOST[:PORT], with [v6]:PORT for IPv6; ValueError names what is wrong. Nothing is resolved."""
     spec = spec.strip()
     if spec.startswith("["):
         host, _, rest = spec[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ("53" if not rest else None)
+        port_s = rest[1:] if rest.startswith(":") else (str(default_port) if not rest else None)
     elif spec.count(":") == 1:
         host, port_s = spec.split(":")
     else:
-        host, port_s = spec, "53"
+        host, port_s = spec, str(default_port)
     if port_s is None or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise BadNameserver(f"{spec!r}: the port is not a number from 1 to 65535")
+        raise ValueError(f"{spec!r}: the port is not a number from 1 to 65535")
     if not host:
-        raise BadNameserver(f"{spec!r}: no host")
+        raise ValueError(f"{spec!r}: no host")
+    return host, int(port_s)
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """A resolver's HOST[:PORT] as (IP, port); a host name is resolved here, once (e.g. localhost)."""
+    try:
+        host, port = split_host_port(spec)
+    except ValueError as e:
+        raise BadNameserver(str(e)) from None
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -90,7 +99,7 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
             host = str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)[0][4][0])
         except (OSError, UnicodeError) as e:
             raise BadNameserver(f"{spec!r}: host {host!r} does not resolve ({e})") from None
-    return host, int(port_s)
+    return host, port
 
 
 def target_kind(target: str) -> str:
