@@ -56,3 +56,6 @@ def test_keyed_zones_are_skipped_without_a_key_and_say_how_to_add_one(replay, mo
     assert rep.results == []  # not asked, not "unknown": the admin chose no key
     assert {h.zone for h in rep.zones} >= {"zen.dq.spamhaus.net", "combined.mail.abusix.zone"}
     assert all("SPOOLSWEEP_" in h.why and "_KEY" in h.why for h in rep.zones)
+    # named by the admin (policy blocklist_zones): no key means the check could not be made, so unknown
+    chosen = check_targets(["198.18.0.2"], server.nameserver, keyed, timeout=1, chosen=True)
+    assert chosen.results and all(r.status is Status.unknown and "needs a key" in r.why for r in chosen.results)

@@ -177,7 +177,7 @@ def interpret(zone: Zone, addrs: Iterable[str]) -> Reading:
         if ip.version != 4 or ip not in _LOOPBACK:
             outside.append(a)
             continue
-        if zone.bitmask and a not in zone.codes:
+        if zone.bitmask:
             found = [(f"{a} bit {b}", zone.codes.get(str(b))) for b in (1 << i for i in range(8))
                      if int(a.split(".")[3]) & b] or [(a, None)]
         else:
@@ -343,7 +343,7 @@ _ORDER = {s: i for i, s in enumerate((Status.listed, Status.unknown, Status.repu
                                       Status.not_listed))}
 
 
-async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker) -> BlocklistReport:
+async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker, chosen: bool) -> BlocklistReport:
     await checker.probe()
     jobs = [(t, z) for t in targets for z in zones if target_kind(t) in z.lists and z.status == "live"]
     # only the (zone, family) pairs some target needs are probed: no query that answers nothing we asked
@@ -357,8 +357,8 @@ async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker) 
     skipped = []
     for t, z in jobs:
         h = verdict[(z.id, target_kind(t))]
-        if h.working or h.why.startswith("needs a key"):
-            continue
+        if h.working or (h.why.startswith("needs a key") and not chosen):
+            continue  # a keyed zone nobody chose and nobody has a key for is no unknown, just not asked
         skipped.append(ZoneResult(target=t, zone=z.id, status=Status.unknown, delist_url=z.delist, docs_url=z.docs,
                                   why=f"zone not trusted for {h.family}: {h.why}"))
     rows = sorted([*results, *skipped], key=lambda r: (r.target, _ORDER[r.status], r.zone))
@@ -367,18 +367,22 @@ async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker) 
 
 
 def check_targets(targets: Iterable[str], nameserver: str | None = None, zones: Sequence[Zone] | None = None,
-                  timeout: float = 2.0) -> BlocklistReport:
-    """Check IPv4/IPv6 addresses and domains against the catalogue (or the given zones)."""
+                  timeout: float = 2.0, chosen: bool = False) -> BlocklistReport:
+    """Check IPv4/IPv6 addresses and domains against the catalogue (or the given zones).
+
+    chosen: the zones were named by the admin (policy blocklist_zones), so a keyed zone without its key
+    is an unknown check, not a quiet skip.
+    """
     tlist = list(dict.fromkeys(t.strip().lower().rstrip(".") for t in targets if t.strip()))
     zlist = list(zones if zones is not None else load_catalogue())
-    return asyncio.run(_run(tlist, zlist, Checker(nameserver, timeout=timeout)))
+    return asyncio.run(_run(tlist, zlist, Checker(nameserver, timeout=timeout), chosen))
 
 
 def check_policy(policy: SitePolicy, nameserver: str | None = None, timeout: float = 2.0) -> BlocklistReport:
     """The site's own addresses, HELO names and domains, against the policy's zones or the catalogue."""
     zones = select_zones(load_catalogue(), policy.blocklist_zones)
     return check_targets([*policy.server_ips, *policy.server_names, *policy.local_domains], nameserver, zones,
-                         timeout)
+                         timeout, chosen=policy.blocklist_zones is not None)
 
 
 async def _check_catalogue(zones: Sequence[Zone], checker: Checker) -> list[ZoneHealth]:

@@ -69,7 +69,8 @@ def blocklist(
     previous = None
     while True:
         try:
-            report = check_targets(names, nameserver, zones, timeout=timeout)
+            report = check_targets(names, nameserver, zones, timeout=timeout,
+                                   chosen=pol is not None and pol.blocklist_zones is not None)
         except (BadNameserver, KeyUnavailable) as e:
             _die(str(e), 2)
         except ResolverUnreachable as e:
