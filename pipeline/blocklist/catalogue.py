@@ -1,4 +1,4 @@
-"""The zone catalogue (pipeline/data/dnsbl.toml) as validated models: every code says what it means and is."""
+"""The zone catalogue (pipeline/data/dnsbl.toml) as validated models: each answer code with its meaning and kind."""
 
 from __future__ import annotations
 
