@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from console.data import RAW_LIMIT, Incidents, Loaded, message_view
+from pipeline.blocklist.models import BlocklistReport
 from pipeline.models import Verdict
 from pipeline.store import Store
 
@@ -64,6 +65,16 @@ class SecurityHeaders:
 
         await self.app(scope, receive, wrapped)
 
+
+
+def _blocklist_state(report: dict[str, Any] | None) -> str:
+    """The incident list's blocklist column, read from the real report model (listed first, then unknown)."""
+    if report is None:
+        return "not checked"
+    try:
+        return BlocklistReport.model_validate(report).state()
+    except ValidationError:
+        return "unreadable report"
 
 def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT, warm: bool = True) -> Starlette:
     """DATA: a local store root, a triage output folder, or any Store (S3Store in Lambda)."""
@@ -118,10 +129,8 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
         out = []
         for iid in inc.ids():
             loaded = inc.load(iid)
-            bl = inc.blocklists(iid)
             row: dict[str, Any] = {"id": iid, "status": inc.status(iid, loaded),
-                                   "blocklist": (bl or {}).get("status", "not checked") if bl is not None
-                                   else "not checked"}
+                                   "blocklist": _blocklist_state(inc.blocklists(iid))}
             if loaded:
                 m = loaded.manifest
                 row.update(host=m.snapshot.host, when=loaded.last_arrival,

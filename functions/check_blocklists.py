@@ -43,12 +43,21 @@ def check_incident(store: Store, incident: str, policy: SitePolicy, nameserver: 
     out = queues.blocklist_key(incident)
     if store.exists(out):
         return f"already checked: {out}"  # a duplicate event must not query every zone again
+    from pipeline.blocklist.models import BlocklistReport
+
     check = _checker()
-    if check is None:
-        report: Any = {"incident": incident, "checked_at": datetime.now(UTC).isoformat(), "status": "unknown",
-                       "why": "pipeline.blocklist is not installed", "results": []}
-    else:
-        report = check(policy, nameserver=nameserver)
+    why = "the blocklist extra (dnspython) is not installed" if check is None else ""
+    if check is not None:
+        from pipeline.blocklist.catalogue import UnknownZones
+        from pipeline.blocklist.check import BadNameserver, KeyUnavailable
+
+        try:
+            report: Any = check(policy, nameserver=nameserver)
+        except (UnknownZones, BadNameserver, KeyUnavailable) as e:
+            why = str(e)  # the configuration is wrong: no retry will fix it, the admin must (an unreachable
+            # resolver is not caught here: it may come back, so the event is retried)
+    if why:  # still a BlocklistReport, the one shape the console and the watcher read
+        report = BlocklistReport(checked_at=datetime.now(UTC), targets=[], results=[], why=why)
     store.put(out, _as_json(report))
     return f"-> {out}"
 

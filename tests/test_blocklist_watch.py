@@ -24,3 +24,17 @@ def test_watch_publishes_changes_and_keeps_state(tmp_path):
     assert sent and "1 new listing" in sent[0][0] and "bl.spamcop.net" in sent[0][1]
     last = BlocklistReport.model_validate_json(store.get(STATE_KEY))
     assert last.listed()[0].target == "192.0.2.25"
+
+
+def test_a_misspelt_zone_in_the_policy_is_a_report_that_says_so(tmp_path):
+    """The pipeline's blocklist step: a configuration error is written down for the console, not retried forever."""
+    from console.app import _blocklist_state
+    from functions.check_blocklists import check_incident
+    from pipeline import queues
+
+    store = LocalStore(tmp_path / "store")
+    policy = SitePolicy(server_ips=["192.0.2.25"], blocklist_zones=["zen.spamhuas.org"])
+    check_incident(store, "inc1", policy, "127.0.0.1:9")
+    report = BlocklistReport.model_validate_json(store.get(queues.blocklist_key("inc1")))
+    assert report.results == [] and "zen.spamhuas.org (did you mean zen.spamhaus.org?)" in report.why
+    assert _blocklist_state(report.model_dump(mode="json")).startswith("not checked: These blocklist zones")

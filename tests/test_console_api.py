@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from console.app import create_app
+from pipeline.blocklist.models import BlocklistReport, Status, ZoneResult
 from pipeline.instructions import Approval, Receipt, ReceiptItem
 from pipeline.models import Manifest
 from pipeline.queues import manifest_key
@@ -205,12 +206,20 @@ def test_receipts_and_blocklists(client, store_root):
     p.write_text(r.model_dump_json())
     bl = store_root / f"blocklists/{INCIDENT}/report.json"
     bl.parent.mkdir(parents=True, exist_ok=True)
-    bl.write_text(json.dumps({"status": "listed", "listings": [{"zone": "zen.example", "delist": "https://x.example/"}]}))
+    # the shape check_blocklists writes: a BlocklistReport (pipeline.blocklist.models)
+    listed = ZoneResult(target="192.0.2.25", zone="zen.spamhaus.org", status=Status.listed, codes=["127.0.0.2"],
+                        meanings=["SBL"], delist_url="https://check.spamhaus.org/")
+    unknown = ZoneResult(target="192.0.2.25", zone="bl.spamcop.net", status=Status.unknown, why="no answer")
+    report = BlocklistReport(checked_at=now, targets=["192.0.2.25"], results=[listed, unknown])
+    bl.write_text(report.model_dump_json())
     try:
         got = client.get(f"{BASE}/receipts", headers=AUTH).json()
         assert got["totals"]["purged"] == 3 and got["totals"]["missing"] == 1 and got["receipts"][0]["finished"]
-        assert client.get(f"{BASE}/blocklists", headers=AUTH).json()["report"]["status"] == "listed"
-        assert client.get("/api/incidents", headers=AUTH).json()["incidents"][0]["blocklist"] == "listed"
+        assert client.get(f"{BASE}/blocklists", headers=AUTH).json()["report"]["results"][0]["status"] == "listed"
+        assert client.get("/api/incidents", headers=AUTH).json()["incidents"][0]["blocklist"] == "listed on 1 zone(s)"
+        bl.write_text(report.model_copy(update={"results": [unknown]}).model_dump_json())
+        assert client.get("/api/incidents", headers=AUTH).json()["incidents"][0]["blocklist"] == \
+            "not listed, 1 check(s) unknown"
     finally:
         p.unlink()
         bl.unlink()

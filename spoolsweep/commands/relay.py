@@ -24,10 +24,10 @@ def relay_test_cmd(
     Only point it at servers you run. It connects to exactly TARGET, nothing else.
     Exit status: 0 closed, 1 open relay, 2 inconclusive (the server refused even local mail).
     """
-    from pipeline.blocklist.check import parse_nameserver
+    from pipeline.blocklist.check import split_host_port
     from pipeline.relaytest import relay_test
 
-    host, port = parse_nameserver(target if (":" in target.replace("::", "") or "]:" in target) else f"{target}:25")
+    host, port = split_host_port(target if (":" in target.replace("::", "") or "]:" in target) else f"{target}:25")
     err.print(f"[yellow]relay test of {host}:{port} only: run it against servers you operate.[/]")
     report = relay_test(host, port, local_domain)
     if json_out:

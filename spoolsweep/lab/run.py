@@ -192,7 +192,7 @@ def _say_blocklists(st: Story) -> None:
         say("   blocklists: no report written")
         return
     data = json.loads(report.read_text())
-    if "why" in data and not data.get("results"):
+    if data.get("why") and not data.get("results"):
         say(f"   blocklists: {data['why']}")
         return
     listed = [r for r in data["results"] if r["status"] == "listed"]
