@@ -82,6 +82,11 @@ class MboxReader(Reader):
 
     def score(self, paths: Sequence[str], samples: Sequence[Member]) -> int:
         starts = sum(1 for s in samples if is_mbox(s.data))
+        eml = sum(1 for p in paths if p.lower().endswith((".eml", ".msg")))
+        if paths and eml * 2 > len(paths):
+            # a folder of .eml files whose writer put a From_ line on top: one message per file (read as
+            # mbox, a body line starting "From " would cut a message in two)
+            return 30 if starts else 0
         if samples and starts * 2 >= len(samples):
             return 85
         if starts:
@@ -97,7 +102,9 @@ class MboxReader(Reader):
                 report.skipped.append(m.path)
                 continue
             if not m.data.startswith(b"From ") and not _NAMES.search(m.path) and not is_mbox(m.data.lstrip()):
-                report.skipped.append(m.path)
+                # not mbox, but never dropped: one message, held for review with what is wrong with it
+                yield found_from_member(m, self.name, defects=["not an mbox file (no From_ line): read as one "
+                                                                "message"])
                 continue
             for n, (line, msg) in enumerate(split_mbox(m.data), 1):
                 sub = Member(f"{m.path}#{n}", msg, len(msg), m.mtime, None, list(m.defects))
