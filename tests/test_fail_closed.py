@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from agent.journal import Journal
 from agent.mta.pickup import PickupQueue
 from agent.take import take
@@ -67,12 +69,14 @@ def test_a_foreign_hop_never_supplies_the_client() -> None:
     assert r.envelope_inferred == ["client_address (our Received hop, by MX1)"]
 
 
-def test_spamassassin_nice_ham_from_outside_is_never_spam(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", [None, "eml"])
+def test_spamassassin_nice_ham_from_outside_is_never_spam(tmp_path: Path, fmt: str | None) -> None:
     """SpamAssassin's own t/data/nice (61 ham messages, Apache-2.0): in an .eml folder with no stored envelope,
-    the top Received hop is some other server's. Before: 26 came out spam (that hop's client taken as ours)."""
+    the top Received hop is some other server's. Before: read as eml, 17 of 59 came out spam (that hop's client
+    taken as ours) and the two .txt messages were skipped; detected, 43 of the 61 files were skipped."""
     q = tmp_path / "Queue"
     shutil.copytree(DATA / "sa-nice", q)
-    m = triage(q, POLICY, workers=1)
+    m = triage(q, POLICY, fmt=fmt, workers=1)
     assert m.totals.messages == 61 and not m.snapshot.skipped  # the .txt messages too
     assert m.totals.spam == 0, [(x.path, x.reasons[-1].text) for x in m.messages if x.verdict is Verdict.spam]
     for x in m.messages:

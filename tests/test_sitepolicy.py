@@ -86,3 +86,56 @@ def test_triage_without_a_policy_uses_the_queue_and_says_so(tmp_path, corpus) ->
     assert m.policy.values["server_names"] == [SERVER_NAME]
     assert m.policy.values["local_domains"] == sorted(LOCAL_DOMAINS)
     assert m.policy.origins["trusted_networks"] == "default"
+
+
+def test_shards_keep_the_snapshots_mta_and_site(tmp_path) -> None:
+    """A big agent snapshot is cut into canonical parts: each part still says which MTA it came from (what its
+    envelopes can be trusted to hold) and carries the recorded configuration."""
+    import json
+    import tarfile
+
+    import zstandard
+
+    from agent.journal import Journal
+    from agent.mta.pickup import PickupQueue
+    from agent.take import take
+    from agent.upload import parse_destination
+    from functions.shards import split_snapshot
+    from pipeline.policy import Limits
+
+    q = tmp_path / "Queue"
+    q.mkdir()
+    for i in range(5):
+        (q / f"{i}.eml").write_bytes(b"x-sender: a@far.example\r\nx-receiver: b@example.org\r\n"
+                                     b"Subject: %d\r\n\r\nhi\r\n" % i)
+    site = {"mta": "pickup-dir", "how": "command line", "policy": {"server_names": ["mx1.example.org"]}}
+    take(PickupQueue(q), "pickup-dir", parse_destination(None, tmp_path / "store", "inc", "mx1"),
+         Journal(tmp_path / "j.sqlite"), tmp_path / "state", site=site)
+    parts = split_snapshot(tmp_path / "store/incoming/inc/mx1/snapshot.tar.zst", tmp_path / "parts", "mx1", 2,
+                           Limits())
+    assert len(parts) == 3
+    for p in parts:
+        with open(p, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as zr, \
+                tarfile.open(fileobj=zr, mode="r|") as tf:
+            first = next(iter(tf))
+            meta = json.loads(tf.extractfile(first).read())  # type: ignore[union-attr]
+        assert meta["mta"] == "pickup-dir" and meta["site"] == site
+    _, records, _ = read_and_parse(parts[0], SitePolicy(), workers=1)
+    assert {r.mta for r in records} == {"pickup-dir"}
+
+
+def test_agent_records_a_policy_file_for_a_pickup_folder(tmp_path) -> None:
+    from agent.errors import AgentError
+    from agent.siteconf import given_site
+
+    f = tmp_path / "site.toml"
+    f.write_text('server_names = ["MX1.example.org"]\nlocal_domains = ["example.org"]\n')
+    site = given_site("pickup-dir", f, {"local_domains": ["example.net"]})
+    assert site == {"mta": "pickup-dir", "how": "--policy site.toml + command line", "notes": [],
+                    "policy": {"server_names": ["mx1.example.org"], "local_domains": ["example.net"]}}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("local_domain = []\n")
+    import pytest
+
+    with pytest.raises(AgentError, match="key 'local_domain': unknown key"):
+        given_site("pickup-dir", bad, {})
