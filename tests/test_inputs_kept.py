@@ -200,3 +200,18 @@ def test_out_is_checked_before_triage(tmp_path: Path, monkeypatch: pytest.Monkey
     for out_arg, want in ((afile, "exists and is not a folder"), (afile / "sub", "Not a directory")):
         code, out = run("triage", str(q), "--out", str(out_arg), "-q")
         assert code == 1 and want in out and str(out_arg) in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_pythons_own_email_test_messages_are_all_kept(tmp_path: Path) -> None:
+    """CPython's email test data (PSF licence): 48 .txt files, two beginning with a From_ line, several MIME
+    fragments, one a bare digest body. Before: detected as mbox, and the 46 files without a From_ line were
+    skipped. Now one message a file, each held for review (no stored envelope, no hop of ours)."""
+    import shutil
+
+    q = tmp_path / "q"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "python-email", q)
+    m = triage(q, POLICY, workers=1)
+    assert m.snapshot.format == "eml"
+    assert sorted([x.path for x in m.messages] + m.snapshot.skipped) == sorted(p.name for p in q.iterdir())
+    assert m.snapshot.skipped == ["msg_19.txt"]  # "Send Ppp mailing list submissions to ...": no header at all
+    assert m.totals.spam == 0 and m.totals.valid == 0

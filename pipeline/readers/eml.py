@@ -11,9 +11,10 @@ from pipeline.readers.base import Found, Reader, found_from_member
 
 # Files next to messages that are not messages: Badmail reason files, IIS logs, our own index.
 _NOT_MESSAGES = re.compile(r"(?i)\.(bdr|bdp|log|txt|xml|ini|pid|lock|db|json|jsonl|tmp|ds_store)$|(^|/)thumbs\.db$")
-# ...unless it reads as a message: a saved message is often a .txt. Two header lines, one of them a
-# field every message has, so a log line that happens to start "word:" is not taken for one.
-_MESSAGE_FIELD = re.compile(rb"(?im)^(from|to|subject|date|received|message-id|return-path|mime-version):")
+# ...unless it reads as a message: a saved message is often a .txt. It starts with a header and its
+# header block has a field messages have. (A log taken for a message is held for review, never lost.)
+_MESSAGE_FIELD = re.compile(
+    rb"(?im)^(from|to|cc|subject|date|received|message-id|return-path|mime-version|content-type):")
 _ENVELOPE_LINE = re.compile(rb"(?im)^x-(sender|receiver):[ \t]*(.*?)\r?\n")
 _HEADER_START = re.compile(rb"^[!-9;-~]+:")
 
@@ -46,7 +47,7 @@ def is_message_file(data: bytes | None) -> bool:
         return False
     head = data[:8192].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     _, body = split_iis_envelope(data[:8192])
-    return looks_like_message(body) and len(_MESSAGE_FIELD.findall(head)) >= 2
+    return looks_like_message(body) and _MESSAGE_FIELD.search(head) is not None
 
 
 class EmlReader(Reader):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pipeline.archive import ArchiveReport, Member
 from pipeline.models import Envelope
 from pipeline.readers.base import Found, Reader, found_from_member
+from pipeline.readers.eml import looks_like_message
 
 _FROM_LINE = re.compile(rb"^From (\S*)[ \t]+(.*?)\r?$")
 _ESCAPED = re.compile(rb"^>(>*From )", re.M)
@@ -90,7 +91,10 @@ class MboxReader(Reader):
         if samples and starts * 2 >= len(samples):
             return 85
         if starts:
-            return 55
+            # a few files with a From_ line among files that are plain messages: a folder of messages
+            # (Python's own email test data is one), where the eml reader keeps one message per file
+            plain = sum(1 for s in samples if s.data and not is_mbox(s.data) and looks_like_message(s.data))
+            return 15 if plain * 2 >= len(samples) else 55
         return 30 if any(_NAMES.search(p) for p in paths) else 0
 
     def read(self, members: Iterator[Member], report: ArchiveReport) -> Iterator[Found]:
