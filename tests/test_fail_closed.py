@@ -136,3 +136,23 @@ def test_agent_pickup_route_warns_when_no_hop_is_ours(tmp_path: Path, corpus) ->
     assert s["junk_out"] == 0 and s["valid_as_spam"] == 0, s
     [w] = [w for w in m.warnings if "match no Received hop" in w]
     assert "mx1.example.org" in w and "smtp.example.org" in w
+
+
+def test_console_shows_the_warning_before_approval(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from console.app import create_app
+    from pipeline.manifest_io import write_manifest
+    from pipeline.queues import manifest_key
+
+    q = tmp_path / "Queue"
+    shutil.copytree(DATA / "sa-nice", q)
+    m = triage(q, POLICY, incident="inc-w", workers=1)
+    assert m.warnings
+    store = tmp_path / "store"
+    write_manifest(m, (store / manifest_key("inc-w")).parent)
+    got = TestClient(create_app(store, "tok")).get("/api/incidents/inc-w",
+                                                   headers={"Authorization": "Bearer tok"}).json()
+    assert got["warnings"] == m.warnings and got["policy"]["source"] == "the policy given"
+    js = (Path(__file__).resolve().parent.parent / "console/static/app.js").read_text()
+    assert 'role: "alert", text: "Warning: " + w' in js  # shown at the top of the incident page
