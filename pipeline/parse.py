@@ -306,7 +306,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
     rec.bounced_original_text = normalise(inner.subject or "", obody)
 
 
-_MAX_HOPS = 12
+_MAX_HOPS = 4  # ours is the topmost, or below a content filter's one or two: enough, and records stay small
 
 
 def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
