@@ -132,7 +132,9 @@ def test_fault_campaign(tmp_path, mail_corpus):
             os.kill(p.pid, signal.SIGKILL)
             injected["function killed mid-step"] += 1
         p.wait()
-    cli("up", "--store", store, "--once")
+    # with the policy again: a run killed before it stored the policy (a slow start on a busy machine) would
+    # otherwise leave triage to the defaults, a different input rather than a fault survived
+    cli("up", "--store", store, "--policy", tmp_path / "site.toml", "--once")
     assert verdicts(store) == want, "a killed function changed the manifest"
     survived["function killed mid-step"] = injected["function killed mid-step"]
 
