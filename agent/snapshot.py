@@ -57,8 +57,9 @@ def member_name(qm: QueuedMessage) -> str:
 
 
 def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
-         progress: Progress | None = None) -> Packed:
-    """Write the snapshot to `out` (complete or not at all); return its digest and counts."""
+         progress: Progress | None = None, site: dict | None = None) -> Packed:
+    """Write the snapshot to `out` (complete or not at all); return its digest and counts. `site`: the MTA's
+    own configuration (agent/siteconf.py), from which triage derives the site policy."""
     progress = progress or (lambda stage, done, total: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     keep: list[QueuedMessage] = []
@@ -76,7 +77,8 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
         index.seek(0)
         meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "incident": incident,
                            "mta": mta, "messages": len(keep), "bytes": total,
-                           "taken_at": datetime.now(UTC).isoformat()}, indent=1).encode()
+                           "taken_at": datetime.now(UTC).isoformat(), **({"site": site} if site else {})},
+                          indent=1).encode()
         import zstandard
 
         part = out.with_name(f".{out.name}.part")

@@ -40,7 +40,7 @@ def _reached(row: dict | None, state: str) -> bool:
 
 def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir: Path, dry_run: bool = False,
          keep_local: bool = False, progress: Progress | None = None,
-         say: Callable[[str], None] = lambda s: None, s3_client: Any = None) -> Summary:
+         say: Callable[[str], None] = lambda s: None, s3_client: Any = None, site: dict | None = None) -> Summary:
     inc, host = dest.incident, dest.host
     row = journal.snapshot(inc, host)
     if row is not None and row["state"] == "uploaded":
@@ -76,7 +76,7 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
             file_sha256(archive) == row["archive_sha256"]:
         sha, n, size = row["archive_sha256"], row["messages"], row["bytes"]
     else:
-        packed = pack(queue, archive, host, inc, mta, progress)
+        packed = pack(queue, archive, host, inc, mta, progress, site=site)
         sha, n, size = packed.sha256, packed.messages, packed.bytes
         journal.set_snapshot(inc, host, state="packed", archive=str(archive), archive_sha256=sha,
                              messages=n, bytes=size)

@@ -171,7 +171,10 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                              "campaigns": camps, "campaigns_total": len(m.campaigns),
                              "accounts": [a.model_dump(mode="json") for a in m.accounts],
                              "sources": [s.model_dump(mode="json") for s in m.sources[:200]],
-                             "review_first": review, "valid_groups": valid, "decisions": d["log"][-50:]})
+                             "review_first": review, "valid_groups": valid, "decisions": d["log"][-50:],
+                             # read before approving: a policy that matched too little, and which policy it was
+                             "warnings": m.warnings,
+                             "policy": m.policy.model_dump(mode="json") if m.policy else None})
 
     @need
     async def messages(request: Request, iid: str, loaded: Loaded) -> Response:

@@ -66,12 +66,15 @@ def configure(root: Path, workers: int | None = None) -> None:
 
 
 def put_policy(store: Store, policy_toml: bytes, key: str = "state/policy.toml") -> None:
-    import tomllib
+    from pipeline.errors import PolicyError
+    from pipeline.policy import policy_from_toml
 
-    from pipeline.policy import policy_from_dict
-
-    policy_from_dict(tomllib.loads(policy_toml.decode()), source="policy")  # refuse a bad one here, not later
-    store.put(key, policy_toml)
+    try:
+        text = policy_toml.decode("utf-8-sig")  # a byte-order mark is not part of the TOML
+    except UnicodeDecodeError:
+        raise PolicyError("policy: not UTF-8 text; save it as UTF-8") from None
+    policy_from_toml(text, source="policy")  # refuse a bad one here, not later
+    store.put(key, text.encode())
 
 
 def upload(store: Store, source: Path, incident: str, host: str, shard_size: int = 20000,

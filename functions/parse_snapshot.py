@@ -27,6 +27,7 @@ from pipeline.archive import ArchiveReport
 from pipeline.errors import SnapshotError
 from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
+from pipeline.sitepolicy import site_of
 from pipeline.store import Store
 from pipeline.triage import parse_all
 
@@ -98,7 +99,9 @@ def parse_object(store: Store, key: str, policy: SitePolicy, workers: int = 1, s
     for r in records:
         lines.append(r.model_dump_json().encode() + b"\n")
     meta |= {"format": fmt, "sha256": report.sha256, "members_read": report.members, "messages": len(records),
-             "skipped": report.skipped, "defects": report.defects}
+             "skipped": report.skipped, "defects": report.defects,
+             # the MTA's own configuration the agent recorded: triage derives the policy from it
+             "site": site_of(report.meta)}
     store.put(shard_meta_key(incident, name.shard), json.dumps(meta, sort_keys=True).encode())
     # written last: its presence (and its S3 event) means the shard is complete
     store.put(out, zstandard.ZstdCompressor(level=3).compress(b"".join(lines)))

@@ -36,7 +36,7 @@ def load_site_policy(store: Store, s: Common) -> SitePolicy:
     if not store.exists(s.policy_key):
         return SitePolicy()
     try:
-        return policy_from_dict(tomllib.loads(store.get(s.policy_key).decode()), source=s.policy_key)
+        return policy_from_dict(tomllib.loads(store.get(s.policy_key).decode("utf-8-sig")), source=s.policy_key)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PolicyError(f"{s.policy_key}: not TOML: {e}") from None
 

@@ -75,11 +75,15 @@ def part_name(base: str, i: int, n: int) -> str:
     return f"{base}.part-{i:04d}-of-{n:04d}.tar.zst"
 
 
-def _write_shard(path: Path, host: str, source_format: str, batch: list[Found]) -> None:
+def _write_shard(path: Path, host: str, source_format: str, batch: list[Found], report: ArchiveReport) -> None:
     index = "".join(IndexEntry(path=f.raw.path, sha256=f.sha256, size=f.size, envelope=f.raw.envelope)
                     .model_dump_json(exclude_none=True) + "\n" for f in batch)
-    meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": source_format,
-                       "messages": len(batch)})
+    # a canonical source's own MTA and recorded configuration go on with every part: they say what
+    # its envelopes can be trusted to hold (pipeline.verdicts.records_client) and which policy it had
+    mta = report.meta.get("mta", source_format) if source_format == "canonical" else source_format
+    extra = {"site": report.meta["site"]} if isinstance(report.meta.get("site"), dict) else {}
+    meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": mta,
+                       "messages": len(batch), **extra})
     with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as zw, \
             tarfile.open(fileobj=zw, mode="w|") as tf:
         for name, data in [("spoolsweep-snapshot.json", meta.encode()), ("index.jsonl", index.encode())] + \
@@ -107,11 +111,11 @@ def split_snapshot(source: Path, out_dir: Path, host: str, per_shard: int, limit
         batch.append(f)
         if len(batch) >= per_shard:
             written.append(out_dir / f".tmp-{len(written) + 1}")
-            _write_shard(written[-1], host, name, batch)
+            _write_shard(written[-1], host, name, batch, report)
             batch = []
     if batch or not written:
         written.append(out_dir / f".tmp-{len(written) + 1}")
-        _write_shard(written[-1], host, name, batch)
+        _write_shard(written[-1], host, name, batch, report)
     final = []
     for i, p in enumerate(written, 1):
         target = out_dir / part_name(base, i, len(written))

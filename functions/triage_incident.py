@@ -25,8 +25,9 @@ from pipeline.errors import StoreError
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
 from pipeline.policy import SitePolicy
+from pipeline.sitepolicy import effective_policy
 from pipeline.store import Store
-from pipeline.triage import assign_ids, decide
+from pipeline.triage import decide, prepare
 
 pt = Powertools("triage")
 _SUFFIX = ".jsonl.zst"
@@ -54,7 +55,8 @@ def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedR
     return out
 
 
-def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: str) -> str:
+def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: str,
+                    policy_source: str | None = None) -> str:
     """Decide over all shards of an incident once they are all parsed; idempotent and safe to race."""
     out = queues.manifest_key(incident)
     if store.exists(out):
@@ -72,7 +74,7 @@ def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: s
             return f"skipped: triage already claimed by {holder or 'another event'}"
     metas = [json.loads(store.get(shard_meta_key(incident, s))) for s in shards]
     records = load_records(store, incident, shards)
-    assign_ids(records)
+    prepare(records)
     hosts = sorted({m["host"] for m in metas})
     info = SnapshotInfo(
         source=", ".join(sorted({m["source"].rsplit("/", 1)[-1] for m in metas}))[:500],
@@ -82,7 +84,11 @@ def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: s
         members_read=sum(m["members_read"] for m in metas),
         skipped=[s for m in metas for s in m["skipped"]])
     defects = [d for m in metas for d in m["defects"]]
-    manifest = decide(records, policy, incident, info, defects)
+    sites = [m["site"] for m in metas if m.get("site")]
+    if len({json.dumps(x, sort_keys=True) for x in sites}) > 1:
+        defects.append(f"{len(sites)} shards recorded different MTA configurations; the first one's is used")
+    used, pinfo = effective_policy(policy, policy_source, sites[0] if sites else None, records)
+    manifest = decide(records, used, incident, info, defects, policy_info=pinfo)
     store.put(out, manifest_bytes(manifest))
     pt.metrics.add_metric(name="MessagesTriaged", unit="Count", value=len(records))
     return f"{len(records)} messages from {len(shards)} shard(s) -> {out}"
@@ -97,7 +103,8 @@ def deps() -> tuple[TriageSettings, Store]:
 def on_object(ref: ObjectRef, record: SQSRecord) -> str:
     s, store = deps()
     incident, _ = key_parts(ref, queues.PARSED, 2)
-    return triage_incident(store, incident, load_site_policy(store, s), record.message_id)
+    source = s.policy_key if store.exists(s.policy_key) else None
+    return triage_incident(store, incident, load_site_policy(store, s), record.message_id, source)
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):

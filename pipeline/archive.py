@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -45,12 +46,15 @@ class ArchiveReport:
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
+    meta: dict = field(default_factory=dict)  # a canonical snapshot's spoolsweep-snapshot.json (mta, host, site)
 
 
 def unsafe_name(name: str) -> str | None:
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+    # A backslash is a separator to Windows, where these names may be written back (an IIS pickup
+    # folder): `..\..\x` escapes and `\\server\share` or `C:\x` is absolute there too.
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
-    if ".." in name.split("/"):
+    if ".." in re.split(r"[/\\]", name):
         return "path escapes the archive ('..')"
     if "\x00" in name:
         return "NUL in name"
@@ -97,6 +101,9 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
         return
     if not src.exists():
         raise SnapshotError(f"{src}: no such file or directory")
+    if not src.is_file():
+        # /dev/zero, a FIFO or a socket would be read for ever (zeros parse as an endless archive)
+        raise SnapshotError(f"{src}: not a regular file or a folder (a device, pipe or socket)")
     if _use_libarchive():
         try:
             yield from _iter_libarchive(src, limits, report)
@@ -299,7 +306,13 @@ def _iter_tar(tf: tarfile.TarFile, limits: Limits, report: ArchiveReport) -> Ite
 
 
 def _iter_dir(root: Path, limits: Limits, report: ArchiveReport) -> Iterator[Member]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    def unreadable(e: OSError) -> None:
+        # os.walk would skip a folder it cannot list without a word: the messages in it would be lost
+        where = Path(e.filename).relative_to(root).as_posix() if e.filename else "?"
+        report.defects.append(f"{_text(where)}/: folder cannot be read ({e.strerror or e}); its messages are "
+                              "not in this triage")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
         dirnames.sort()
         for fn in sorted(filenames):
             full = Path(dirpath) / fn

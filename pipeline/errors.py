@@ -28,6 +28,14 @@ class UnknownFormat(SnapshotError):
     """The queue format could not be recognised; name it with --format:"""
 
 
+class OutputError(SpoolsweepError):
+    """The output folder cannot be written:"""
+
+
+class WrongFormat(SnapshotError):
+    """The snapshot is not in the format named:"""
+
+
 class StoreError(SpoolsweepError):
     """The store refused the operation:"""
 

@@ -49,6 +49,7 @@ class RawMessage(Model):
     envelope: Envelope = Field(default_factory=Envelope)
     defects: list[str] = Field(default_factory=list)
     format: str = "eml"
+    mta: str | None = Field(None, description="the MTA a canonical snapshot was taken from (its meta's `mta`)")
 
 
 class ReceivedHop(Model):
@@ -68,6 +69,7 @@ class ParsedRecord(Model):
     size: int
     format: str
     envelope: Envelope
+    mta: str | None = None
     message_id: str | None = None
     subject: str = ""
     from_header: str = ""
@@ -207,11 +209,22 @@ class SnapshotInfo(Model):
     skipped: list[str] = Field(default_factory=list, description="files that are not messages (logs, pid files)")
 
 
+class PolicyInfo(Model):
+    """Which site policy triage used, and where each of its values came from."""
+
+    source: str = Field(description="in words: the file, the MTA's own configuration, the queue")
+    values: dict[str, list[str]] = Field(description="local_domains, server_names, ... as used")
+    origins: dict[str, str] = Field(description="per key: where its value came from")
+    notes: list[str] = Field(default_factory=list, description="values left out, and why")
+
+
 class Manifest(Model):
     schema_version: str = SCHEMA_VERSION
     incident: str
     snapshot: SnapshotInfo
     policy_sha256: str
+    policy: PolicyInfo | None = None
+    warnings: list[str] = Field(default_factory=list, description="read these before approving")
     totals: Totals
     campaigns: list[Campaign]
     accounts: list[AccountReport]

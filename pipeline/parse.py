@@ -5,7 +5,11 @@ from __future__ import annotations
 import email
 import email.errors
 import re
-from collections.abc import Callable
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
@@ -30,6 +34,13 @@ _BOUNCE_SENDER = re.compile(r"(?i)^(mailer-daemon|postmaster|mail delivery (sub)
 _ORIG_MARK = re.compile(r"(?im)^[-\s]*(original message|the original message|below this line is a copy|"
                         r"this is a copy of the message)")
 _MAX_PARTS = 200
+_HEADER_CHARS = 8000
+# The parse budget. fast-mail-parser takes 30 s over one header of 100,000 encoded words (190 s over
+# 300,000) and cannot be interrupted, so a message whose header block is that heavy never goes to it:
+# the careful path reads it, under a time limit, and it is held for review with the reason.
+MAX_ENCODED_WORDS = 1000
+MAX_HEADER_BYTES = 1 << 20
+PARSE_SECONDS = 10.0
 
 
 def _unescape_8bit(s: str) -> str:
@@ -49,7 +60,8 @@ def _header(msg: Message, name: str) -> str:
     v = next((val for key, val in msg.raw_items() if key.lower() == lname), None)
     if v is None:
         return ""
-    s = _unescape_8bit(str(v))
+    # results are cut to 2,000 characters; decoding 100,000 encoded words to keep 2,000 would take minutes
+    s = _unescape_8bit(str(v)[:_HEADER_CHARS])
     try:
         s = str(make_header(decode_header(s)))
     except (email.errors.HeaderParseError, LookupError, ValueError, UnicodeError, TypeError):
@@ -125,15 +137,53 @@ def _mailparser_rescue(data: bytes) -> tuple[str, list[str]]:
     return text, sorted({str(c) for c in (mp.defects_categories or [])})
 
 
+def over_budget(data: bytes) -> str | None:
+    """Why a message is too heavy for the fast parser, or None. Looks at the header block only."""
+    end = min((i for i in (data.find(b"\n\n", 0, MAX_HEADER_BYTES), data.find(b"\n\r\n", 0, MAX_HEADER_BYTES))
+               if i >= 0), default=-1)
+    if end < 0 and len(data) > MAX_HEADER_BYTES:
+        return f"header block over {MAX_HEADER_BYTES // 1024} KiB"
+    words = data.count(b"=?", 0, end if end >= 0 else len(data))
+    if words > MAX_ENCODED_WORDS:
+        return f"{words:,} encoded words in the header (more than {MAX_ENCODED_WORDS:,})"
+    return None
+
+
+class _OutOfTime(BaseException):  # noqa: N818 - not an error: the budget ran out
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise _OutOfTime in this thread after `seconds` of wall time (main thread only; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _OutOfTime
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
     """The fast parser for clean messages; the standard library and mail-parser where it matters."""
     raw = found.raw
     env = raw.envelope
     defects = list(raw.defects)
     rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
-                       envelope=env, defects=defects)
+                       envelope=env, defects=defects, mta=raw.mta)
     if found.data is None:
         return rec
+    heavy = over_budget(found.data)
+    if heavy is not None:
+        return _careful_in_time(rec, found, policy, f"over the parse budget: {heavy}")
     if _fast is not None:
         try:
             _fill_fast(rec, _fast(found.data), policy)
@@ -142,7 +192,28 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
             pass
         # (the envelope is untouched: _infer_envelope, the fast path's last step, changes it all at once)
         rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
-                           envelope=env, defects=list(raw.defects))
+                           envelope=env, defects=list(raw.defects), mta=raw.mta)
+    return _careful(rec, found, policy)
+
+
+def _careful_in_time(rec: ParsedRecord, found: Found, policy: SitePolicy, why: str) -> ParsedRecord:
+    """The careful path for a heavy message, stopped at PARSE_SECONDS; held for review either way."""
+    start = time.monotonic()
+    keep = (rec.envelope.model_copy(deep=True), list(rec.defects))
+    try:
+        with _time_limit(PARSE_SECONDS):
+            rec = _careful(rec, found, policy)
+    except _OutOfTime:
+        rec.envelope, rec.defects = keep
+        rec.text = ""
+        rec.defects.append(f"{why}; not read within {PARSE_SECONDS:.0f} s")
+        return rec
+    rec.defects.append(f"{why}; read by the careful parser in {time.monotonic() - start:.1f} s")
+    return rec
+
+
+def _careful(rec: ParsedRecord, found: Found, policy: SitePolicy) -> ParsedRecord:
+    assert found.data is not None
     try:
         msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
     except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
@@ -235,16 +306,15 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
     rec.bounced_original_text = normalise(inner.subject or "", obody)
 
 
+_MAX_HOPS = 4  # ours is the topmost, or below a content filter's one or two: enough, and records stay small
+
+
 def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
-    """Hops from the top down to ours (the newest hop is first): what lies below it, the sender wrote."""
-    hops = []
-    for v in values[:30]:
-        hop = parse_received(str(v))
-        hops.append(hop)
-        if policy.is_our_host(hop.by):
-            rec.our_hop = hop
-            break
+    """The topmost hops (the newest is first); which one is ours is settled at triage, when the whole
+    policy is known (pipeline.verdicts.resolve_origin); `our_hop` here is this policy's first guess."""
+    hops = [parse_received(str(v)) for v in values[:_MAX_HOPS]]
     rec.received = hops
+    rec.our_hop = next((h for h in hops if policy.is_our_host(h.by)), None)
 
 
 def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> None:
@@ -310,7 +380,8 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
 
 
 def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> None:
-    """Fill what the MTA did not tell us from the headers and our own Received hop, and say so.
+    """Fill the sender and recipients the queue did not store from the headers, and say so. (The client
+    and the account come from our own Received hop only, at triage: pipeline.verdicts.resolve_origin.)
 
     The changes are gathered first and applied together at the end, so a header that makes this
     raise leaves the envelope as the queue had it (the careful parser then starts from that)."""
@@ -328,18 +399,6 @@ def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> N
         change["rcpt_to"] = rcpts = sorted({a.lower() for _, a in getaddresses(heads) if "@" in a})
         if rcpts:
             inferred.append("rcpt_to")
-    hop, how = rec.our_hop, ""
-    if hop is None and rec.received and rec.format == "eml":
-        # a message in our queue folder was received by us: when server_names does not name the
-        # hop (IIS often writes a NetBIOS name), the topmost Received is the best guess, and we say so
-        hop, how = rec.received[0], " (topmost Received; add its 'by' name to server_names)"
-    if env.client_address is None and hop and hop.from_ip:
-        change["client_address"] = hop.from_ip
-        change["client_name"] = env.client_name or hop.from_name
-        inferred.append("client_address" + how)
-    if env.sasl_username is None and hop and hop.authenticated:
-        change["sasl_username"] = hop.auth_user or "(authenticated)"
-        inferred.append("sasl_username" + how)
     for k, v in change.items():
         setattr(env, k, v)
     rec.envelope_inferred = inferred

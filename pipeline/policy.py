@@ -127,11 +127,17 @@ class SitePolicy(BaseModel):
             return False
         return self._domain(address.rsplit("@", 1)[1])[1]
 
+    @cached_property
+    def _short_names(self) -> frozenset[str]:
+        return frozenset(n.split(".", 1)[0] for n in self.server_names)
+
     def is_our_host(self, name: str | None) -> bool:
+        """A `by` name of ours: one of server_names or server_ips, or the bare first label of a server
+        name (IIS and Exchange write their NetBIOS name, MX1 for mx1.example.org)."""
         if not name:
             return False
-        n = name.lower().rstrip(".")
-        return n in self.server_names or n in self.server_ips
+        n = name.lower().rstrip(".").strip("[]")
+        return n in self.server_names or n in self.server_ips or ("." not in n and n in self._short_names)
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
@@ -141,13 +147,33 @@ def load_policy(path: str | Path | None) -> SitePolicy:
     if path is None:
         return SitePolicy()
     p = Path(path)
+    return policy_from_toml(_read_policy_file(p), source=str(p))
+
+
+def _read_policy_file(p: Path) -> str:
+    """The file's text; every way it can fail is a one-line PolicyError naming the file."""
+    if p.is_dir():
+        raise PolicyError(f"{p}: is a folder, not a TOML file")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"{p}: no such file") from None
+    except OSError as e:
+        raise PolicyError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        # utf-8-sig: a byte-order mark (Notepad writes one) is not part of the TOML
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{p}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); save it as UTF-8") \
+            from None
+
+
+def policy_from_toml(text: str, source: str = "policy") -> SitePolicy:
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{p}: not TOML: {e}") from None
-    return policy_from_dict(data, source=str(p))
+        raise PolicyError(f"{source}: not TOML: {e}") from None
+    return policy_from_dict(data, source=source)
 
 
 def policy_from_dict(data: dict, source: str = "policy") -> SitePolicy:

@@ -18,6 +18,7 @@ from pipeline.models import (
     Manifest,
     ManifestMessage,
     ParsedRecord,
+    PolicyInfo,
     SnapshotInfo,
     SourceReport,
     Spread,
@@ -30,6 +31,7 @@ from pipeline.parse import addr_domain, parse_found
 from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
+from pipeline.sitepolicy import describe, effective_policy, origin_warnings, site_of
 from pipeline.verdicts import (
     AccountProfile,
     Context,
@@ -38,6 +40,7 @@ from pipeline.verdicts import (
     campaign_decision,
     context,
     message_decision,
+    resolve_origin,
 )
 
 Progress = Callable[[str, int, int | None], None]
@@ -130,6 +133,22 @@ def parse_pool(source: str | Path, workers: int | None) -> Iterator[ProcessPoolE
         yield ex
 
 
+DUPLICATE = "duplicate member name in archive"
+
+
+def prepare(records: list[ParsedRecord]) -> None:
+    """Put records in one order whatever order the archive stored them in (path, then digest), so the
+    verdicts cannot depend on member order; flag every copy of a name stored more than once (the
+    archive walk can only flag the later ones); give each a unique id."""
+    records.sort(key=lambda r: (r.path, r.sha256))
+    names = Counter(r.path for r in records)
+    for r in records:
+        if names[r.path] > 1:
+            r.defects = [d for d in r.defects if d != DUPLICATE]
+            r.defects.append(f"{DUPLICATE}: {names[r.path]} members are named {r.path!r}")
+    assign_ids(records)
+
+
 def assign_ids(records: Sequence[ParsedRecord]) -> None:
     """Give every record a unique id, even two identical members stored under one name."""
     seen: Counter[str] = Counter()
@@ -145,9 +164,13 @@ def _spread(values: Iterable[str], k: int = 5) -> Spread:
 
 
 def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
-           archive_defects: Sequence[str] = (), progress: Progress = _noop) -> Manifest:
+           archive_defects: Sequence[str] = (), progress: Progress = _noop,
+           policy_info: PolicyInfo | None = None) -> Manifest:
     """Group and decide: the pure heart of triage, records and policy in, manifest out."""
     n = len(records)
+    for r in records:
+        resolve_origin(r, policy)
+    warnings = origin_warnings(records, policy)
     th = policy.thresholds
     progress("campaigns", 0, n)
     clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit([r.text for r in records])
@@ -211,6 +234,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     counts = Counter(m.verdict for m in messages)
     return Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
+        policy=policy_info or describe(policy), warnings=warnings,
         totals=Totals(messages=n, valid=counts[Verdict.valid], spam=counts[Verdict.spam],
                       review=counts[Verdict.review], bytes=sum(r.size for r in records), campaigns=len(campaigns)),
         campaigns=campaigns,
@@ -362,19 +386,40 @@ def paused_gc() -> Iterator[None]:
 
 
 def triage(source: str | Path, policy: SitePolicy, fmt: str | None = None, incident: str | None = None,
-           progress: Progress = _noop, workers: int | None = None) -> Manifest:
-    """Read a snapshot and return its manifest."""
+           progress: Progress = _noop, workers: int | None = None, policy_source: str | None = None) -> Manifest:
+    """Read a snapshot and return its manifest. The policy used is `policy` where it sets a key, else the
+    MTA configuration the snapshot recorded, else what the queue shows (pipeline.sitepolicy)."""
     with paused_gc():
-        return _triage(source, policy, fmt, incident, progress, workers)
+        return _triage(source, policy, fmt, incident, progress, workers, policy_source)
 
 
-def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
-            progress: Progress, workers: int | None) -> Manifest:
+def read_and_parse(source: str | Path, policy: SitePolicy, fmt: str | None = None, progress: Progress = _noop,
+                   workers: int | None = None) -> tuple[str, list[ParsedRecord], ArchiveReport]:
+    """Every message of a snapshot parsed, in one order (see `prepare`), with the walk's report."""
     report = ArchiveReport()
     with parse_pool(source, workers) as pool:
         name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
         records = parse_all(found, policy, progress=progress, workers=workers, pool=pool)
-    assign_ids(records)
+    check_read(name, fmt, records, report)
+    prepare(records)
+    return name, records, report
+
+
+def check_read(name: str, fmt: str | None, records: Sequence[ParsedRecord], report: ArchiveReport) -> None:
+    """A format named with --format that finds no message among the members is the wrong format: an
+    empty manifest would tell the admin the queue was empty."""
+    if fmt is not None and not records and report.members:
+        from pipeline.errors import WrongFormat
+
+        raise WrongFormat(f"--format {fmt} found no message in {report.members:,} member(s) "
+                            f"({len(report.skipped):,} skipped as not messages); leave --format out to detect it")
+
+
+def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
+            progress: Progress, workers: int | None, policy_source: str | None) -> Manifest:
+    name, records, report = read_and_parse(source, policy, fmt, progress, workers)
+    used, pinfo = effective_policy(policy, policy_source, site_of(report.meta), records)
     info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
-                        skipped=report.skipped)
-    return decide(records, policy, incident or Path(source).name, info, report.defects, progress=progress)
+                        skipped=report.skipped, host=str(report.meta["host"]) if report.meta.get("host") else None)
+    return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
+                  policy_info=pinfo)

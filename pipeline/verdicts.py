@@ -49,17 +49,56 @@ class Context:
         self.inbound = bool(self.local_rcpts) and not self.local_origin and not self.authenticated
 
 
+# Queues that store the client's address with every message received over the network (and
+# `generated`, the generator's model of a Postfix queue): there, no address is itself evidence that the
+# message was submitted on the host. An IIS pickup folder, mbox, Maildir or .eml folder stores none,
+# so there the same absence only means "not known".
+RECORDS_CLIENT = frozenset({"postfix", "exim", "sendmail", "generated"})
+
+
+def queue_kind(rec: ParsedRecord) -> str:
+    """The queue format a message's envelope really came from: a canonical snapshot says which MTA."""
+    return (rec.mta or "") if rec.format == "canonical" else rec.format
+
+
+def records_client(rec: ParsedRecord) -> bool:
+    return queue_kind(rec) in RECORDS_CLIENT
+
+
+def resolve_origin(rec: ParsedRecord, policy: SitePolicy) -> None:
+    """Settle which Received hop is ours under the final policy, and take the client address and the
+    SMTP AUTH account from that hop when the queue did not store them, saying so. A hop that is not
+    ours never supplies them: anyone can write a Received line below ours, and a foreign server's
+    client is not the client that handed the message to us."""
+    if rec.received:
+        rec.our_hop = next((h for h in rec.received if policy.is_our_host(h.by)), None)
+    hop, env = rec.our_hop, rec.envelope
+    if hop is None or records_client(rec):
+        return
+    inferred = rec.envelope_inferred
+    if env.client_address is None and hop.from_ip:
+        env.client_address = hop.from_ip
+        env.client_name = env.client_name or hop.from_name
+        inferred.append(f"client_address (our Received hop, by {hop.by})")
+    if env.sasl_username is None and hop.authenticated:
+        env.sasl_username = hop.auth_user or "(authenticated)"
+        inferred.append(f"sasl_username (our Received hop, by {hop.by})")
+
+
 def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
     env = rec.envelope
     ip = env.client_address
     if ip in ("", "unknown"):
         ip = None
     trusted = policy.is_trusted(ip)
-    # Mail submitted on the host itself (Postfix pickup, `exim -bm`, sendmail's command line) has no
-    # client address in the queue file and, at most, a Received hop of ours with no "from" part.
+    # Mail submitted on the host itself (Postfix pickup, `exim -bm`, sendmail's command line), on positive
+    # evidence only: the queue says so (maildrop, protocol local), our own Received hop has no "from"
+    # part ("by mx1 (Postfix, from userid 0)"), or a queue that stores every network client's address
+    # stored none. Without one of these the origin is unknown, never local.
+    hop = rec.our_hop
     local_queue = (env.queue_name in ("maildrop",) or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
-                   or (ip is None and (rec.our_hop is None or rec.our_hop.from_ip is None)
-                       and rec.format in ("postfix", "exim", "sendmail", "canonical")))
+                   or (ip is None and hop is not None and hop.from_ip is None and hop.from_name is None)
+                   or (ip is None and records_client(rec) and (hop is None or hop.from_ip is None)))
     rcpts = env.rcpt_to or env.done_rcpt_to
     local: list[str] = []
     external: list[str] = []
@@ -77,7 +116,7 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         trusted=trusted,
         local_origin=trusted or local_queue,
         authenticated=bool(env.sasl_username),
-        auth_known=rec.format in ("canonical", "postfix", "exim") and not any(
+        auth_known=queue_kind(rec) in ("postfix", "exim", "generated") and not any(
             f.startswith("sasl_username") for f in rec.envelope_inferred),
         account=env.sasl_username or None,
         sender_local=policy.is_local_address(env.mail_from),

@@ -11,7 +11,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                        "purge the spam.")
 
 # Each module defines `register(app)`; a module whose extra is not installed is left out.
-COMMANDS = ["triage", "generate", "schema", "demo", "blocklist", "relay", "local", "console", "bench", "agent"]
+COMMANDS = ["triage", "policy", "generate", "schema", "demo", "blocklist", "relay", "local", "console", "bench",
+            "agent"]
 
 
 def _register() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -15,7 +17,8 @@ err = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    # soft_wrap: one error is one line, however narrow the terminal (and greppable in a log)
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -37,10 +40,32 @@ def progress_bar(enabled: bool = True) -> Iterator:
         yield cb
 
 
+def check_out(folder: Path) -> None:
+    """The manifest's folder can be made and written, checked before any work (a one-line error if not)."""
+    from pipeline.errors import OutputError
+
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".spoolsweep-probe-"):
+            pass
+    except OSError as e:
+        raise OutputError(f"{folder}: {e.strerror or e}") from None
+
+
+def warn_all(manifest) -> None:  # type: ignore[no-untyped-def]
+    """What the admin must read before approving, on stderr even with --quiet."""
+    for w in getattr(manifest, "warnings", []) or []:
+        err.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+
+
 def summary_table(manifest) -> None:  # type: ignore[no-untyped-def]
     t = manifest.totals
     out.print(f"[bold]{manifest.incident}[/]: {t.messages:,} messages ({t.bytes / 2**20:,.1f} MiB), "
               f"format {manifest.snapshot.format}")
+    if manifest.policy is not None:
+        out.print(f"  policy: {manifest.policy.source}", highlight=False)
     out.print(f"  [green]valid {t.valid:,}[/]   [red]spam {t.spam:,}[/]   [yellow]review {t.review:,}[/]   "
               f"campaigns {t.campaigns:,}")
     if manifest.campaigns:
@@ -57,3 +82,4 @@ def summary_table(manifest) -> None:  # type: ignore[no-untyped-def]
             out.print(f"  [bold red]![/] {a.summary}", highlight=False)
     for d in manifest.archive_defects:
         err.print(f"[yellow]archive:[/] {d}", highlight=False)
+    warn_all(manifest)

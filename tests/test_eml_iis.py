@@ -44,7 +44,7 @@ def test_folder_triage_uses_envelope(tmp_path: Path) -> None:
     assert m.snapshot.skipped == ["NTFS_0002.BDR"]
 
 
-def test_iis_hop_not_in_server_names_falls_back_to_topmost_received(tmp_path: Path) -> None:
+def test_iis_netbios_name_of_a_server_name_is_our_hop(tmp_path: Path) -> None:
     q = tmp_path / "Queue"
     q.mkdir()
     msg = (b"x-sender: spammer@far.example\r\nx-receiver: victim@else.example\r\n"
@@ -54,7 +54,7 @@ def test_iis_hop_not_in_server_names_falls_back_to_topmost_received(tmp_path: Pa
     (q / "a.eml").write_bytes(msg)
     m = triage(q, SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"]))
     x = m.messages[0]
-    assert x.envelope.client_address == "203.0.113.9"
-    assert any("topmost Received" in f for f in x.envelope_inferred)
+    assert x.envelope.client_address == "203.0.113.9"  # MX1 is mx1.example.org's NetBIOS name: our hop
+    assert x.envelope_inferred[-1] == "client_address (our Received hop, by mx1)"
     # a lone relayed message from a client that sent nothing else: perhaps our own application
     assert x.verdict.value == "review" and x.reasons[0].code == "relayed_unknown_source"

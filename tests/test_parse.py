@@ -63,5 +63,10 @@ def test_received_chain_and_auth(careful: None) -> None:
             b"From: alice@example.org\nTo: bob@far.example\nSubject: hi\n\nbody\n")
     r = parse.parse_found(_found(data), POLICY)
     assert r.our_hop is not None and r.our_hop.from_ip == "198.51.100.7" and r.our_hop.authenticated
+    # the client and the account come from our hop at triage, once the whole policy is known
+    from pipeline.verdicts import resolve_origin
+
+    assert r.envelope.client_address is None
+    resolve_origin(r, POLICY)
     assert r.envelope.sasl_username == "alice" and r.envelope.client_address == "198.51.100.7"
     assert r.envelope.rcpt_to == ["bob@far.example"]

@@ -156,6 +156,9 @@
       ["review", t.review], ["campaigns", t.campaigns]].map(([k, v]) => el("div", { class: "stat" }, el("b", { text: fmt(v) }), k)));
     const parts = [nav(id, ""), el("h1", { text: "Incident " + d.id }),
       el("p", { class: "muted", text: "host " + (d.host || "—") + " · status " + d.status + " · " + d.snapshot.format }), stats];
+    // what triage asks the admin to read before approving (a policy that matched too little)
+    (d.warnings || []).forEach((w) => parts.push(el("p", { class: "warning", role: "alert", text: "Warning: " + w })));
+    if (d.policy) parts.push(el("p", { class: "muted", text: "policy: " + d.policy.source }));
     if (d.review_first.length) {
       parts.push(el("h2", { text: "Needs review first (" + fmt(t.review) + ")" }), msgRows(id, d.review_first.slice(0, 15)),
         el("p", {}, el("a", { href: "#/i/" + enc(id) + "/messages?verdict=review", text: "All " + fmt(t.review) + " review messages →" })));

@@ -10,6 +10,7 @@ the index holds them until the index arrives.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Iterator, Sequence
 
@@ -48,32 +49,51 @@ class CanonicalReader(Reader):
         root = ""
         pending: list[Member] = []
         seen: set[str] = set()
+        mta: str | None = None
         for m in members:
             if _root_of(m.path, META) is not None:
                 report.skipped.append(m.path)
+                mta = self._meta(m, report)
                 continue
             r = _root_of(m.path, INDEX)
             if r is not None and index is None:
                 root = r
                 index = self._load_index(m, root, report)
                 for p in pending:
-                    yield self._one(p, index, seen)
+                    yield self._one(p, index, seen, mta)
                 pending.clear()
                 continue
             if index is None:
                 pending.append(m)
             else:
-                yield self._one(m, index, seen)
+                yield self._one(m, index, seen, mta)
         if index is None:
             report.defects.append(f"{INDEX} missing: envelopes unknown for {len(pending)} messages")
             index = {}
         for p in pending:
-            yield self._one(p, index, seen)
+            yield self._one(p, index, seen, mta)
         for path, entry in index.items():
             if path not in seen:
                 m = Member(path, None, entry.size, 0.0, entry.sha256,
                            ["listed in index.jsonl but missing from the snapshot"])
-                yield found_from_member(m, self.name, envelope=entry.envelope)
+                f = found_from_member(m, self.name, envelope=entry.envelope)
+                f.raw.mta = mta
+                yield f
+
+    def _meta(self, m: Member, report: ArchiveReport) -> str | None:
+        """The snapshot's description: which MTA it came from says what its envelopes can be trusted to
+        hold (an IIS pickup folder stores no client address), and `site` is the MTA's own configuration."""
+        try:
+            meta = json.loads(m.data or b"")
+        except (ValueError, UnicodeDecodeError) as e:
+            report.defects.append(f"{m.path}: not JSON ({e}); the snapshot's MTA is unknown")
+            return None
+        if not isinstance(meta, dict):
+            report.defects.append(f"{m.path}: not a JSON object; the snapshot's MTA is unknown")
+            return None
+        report.meta = meta
+        mta = meta.get("mta")
+        return mta if isinstance(mta, str) else None
 
     def _load_index(self, m: Member, root: str, report: ArchiveReport) -> dict[str, IndexEntry]:
         out: dict[str, IndexEntry] = {}
@@ -91,13 +111,16 @@ class CanonicalReader(Reader):
             out[posixpath.normpath(root + e.path)] = e
         return out
 
-    def _one(self, m: Member, index: dict[str, IndexEntry], seen: set[str]) -> Found:
+    def _one(self, m: Member, index: dict[str, IndexEntry], seen: set[str], mta: str | None) -> Found:
         key = posixpath.normpath(m.path)
         entry = index.get(key)
         if entry is None:
-            return found_from_member(m, self.name, defects=["not listed in index.jsonl: envelope unknown"])
+            f = found_from_member(m, self.name, defects=["not listed in index.jsonl: envelope unknown"])
+            f.raw.mta = mta
+            return f
         seen.add(key)
         f = found_from_member(m, self.name, envelope=entry.envelope)
+        f.raw.mta = mta
         if m.sha256 and entry.sha256 != m.sha256:
             f.raw.defects.append(f"sha256 differs from index.jsonl ({entry.sha256[:12]}…)")
         return f

@@ -11,6 +11,10 @@ from pipeline.readers.base import Found, Reader, found_from_member
 
 # Files next to messages that are not messages: Badmail reason files, IIS logs, our own index.
 _NOT_MESSAGES = re.compile(r"(?i)\.(bdr|bdp|log|txt|xml|ini|pid|lock|db|json|jsonl|tmp|ds_store)$|(^|/)thumbs\.db$")
+# ...unless it reads as a message: a saved message is often a .txt. It starts with a header and its
+# header block has a field messages have. (A log taken for a message is held for review, never lost.)
+_MESSAGE_FIELD = re.compile(
+    rb"(?im)^(from|to|cc|subject|date|received|message-id|return-path|mime-version|content-type):")
 _ENVELOPE_LINE = re.compile(rb"(?im)^x-(sender|receiver):[ \t]*(.*?)\r?\n")
 _HEADER_START = re.compile(rb"^[!-9;-~]+:")
 
@@ -37,6 +41,15 @@ def looks_like_message(data: bytes) -> bool:
     return bool(_HEADER_START.match(head)) or head.startswith(b"From ")
 
 
+def is_message_file(data: bytes | None) -> bool:
+    """Whether a file with a not-a-message name (.txt, .log) is a message after all."""
+    if not data:
+        return False
+    head = data[:8192].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    _, body = split_iis_envelope(data[:8192])
+    return looks_like_message(body) and _MESSAGE_FIELD.search(head) is not None
+
+
 class EmlReader(Reader):
     name = "eml"
     description = "folder of raw RFC 822 files (IIS/Exchange Queue, Pickup, Badmail, Imcdata\\Out)"
@@ -52,7 +65,7 @@ class EmlReader(Reader):
 
     def read(self, members: Iterator[Member], report: ArchiveReport) -> Iterator[Found]:
         for m in members:
-            if _NOT_MESSAGES.search(m.path):
+            if _NOT_MESSAGES.search(m.path) and not is_message_file(m.data):
                 report.skipped.append(m.path)
                 continue
             if m.data is None:

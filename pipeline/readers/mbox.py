@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pipeline.archive import ArchiveReport, Member
 from pipeline.models import Envelope
 from pipeline.readers.base import Found, Reader, found_from_member
+from pipeline.readers.eml import looks_like_message
 
 _FROM_LINE = re.compile(rb"^From (\S*)[ \t]+(.*?)\r?$")
 _ESCAPED = re.compile(rb"^>(>*From )", re.M)
@@ -82,10 +83,18 @@ class MboxReader(Reader):
 
     def score(self, paths: Sequence[str], samples: Sequence[Member]) -> int:
         starts = sum(1 for s in samples if is_mbox(s.data))
+        eml = sum(1 for p in paths if p.lower().endswith((".eml", ".msg")))
+        if paths and eml * 2 > len(paths):
+            # a folder of .eml files whose writer put a From_ line on top: one message per file (read as
+            # mbox, a body line starting "From " would cut a message in two)
+            return 30 if starts else 0
         if samples and starts * 2 >= len(samples):
             return 85
         if starts:
-            return 55
+            # a few files with a From_ line among files that are plain messages: a folder of messages
+            # (Python's own email test data is one), where the eml reader keeps one message per file
+            plain = sum(1 for s in samples if s.data and not is_mbox(s.data) and looks_like_message(s.data))
+            return 15 if plain * 2 >= len(samples) else 55
         return 30 if any(_NAMES.search(p) for p in paths) else 0
 
     def read(self, members: Iterator[Member], report: ArchiveReport) -> Iterator[Found]:
@@ -97,7 +106,9 @@ class MboxReader(Reader):
                 report.skipped.append(m.path)
                 continue
             if not m.data.startswith(b"From ") and not _NAMES.search(m.path) and not is_mbox(m.data.lstrip()):
-                report.skipped.append(m.path)
+                # not mbox, but never dropped: one message, held for review with what is wrong with it
+                yield found_from_member(m, self.name, defects=["not an mbox file (no From_ line): read as one "
+                                                                "message"])
                 continue
             for n, (line, msg) in enumerate(split_mbox(m.data), 1):
                 sub = Member(f"{m.path}#{n}", msg, len(msg), m.mtime, None, list(m.defects))

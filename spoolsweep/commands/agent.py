@@ -68,8 +68,20 @@ def snapshot(
     keep_local: Annotated[bool, typer.Option(help="keep the local copy after the upload is confirmed")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be frozen and where it would go")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    policy: Annotated[Path | None, typer.Option(
+        help="site policy (TOML) to record in the snapshot instead of asking the MTA (pickup-dir has no MTA to "
+             "ask)")] = None,
+    server_name: Annotated[list[str] | None, typer.Option(help="our HELO / Received 'by' name (repeatable)")] = None,
+    local_domain: Annotated[list[str] | None, typer.Option(help="a domain whose mail is ours (repeatable)")] = None,
+    trusted_network: Annotated[list[str] | None, typer.Option(help="a network that may relay (repeatable)")] = None,
+    server_ip: Annotated[list[str] | None, typer.Option(help="a public address of ours (repeatable)")] = None,
+    relay_domain: Annotated[list[str] | None, typer.Option(help="a domain we relay for (repeatable)")] = None,
 ) -> None:
-    """Freeze the queue (new mail keeps flowing), pack it with a sha256 per message, upload it, confirm it."""
+    """Freeze the queue (new mail keeps flowing), pack it with a sha256 per message, upload it, confirm it.
+
+    The MTA's own configuration goes into the snapshot (Postfix: postconf; Exim: exim -bP; a pickup folder:
+    --policy or the values given here), so triage knows the site's domains and names without a policy file."""
+    from agent import siteconf
     from agent.journal import Journal
     from agent.mta import make_queue
     from agent.take import take
@@ -80,11 +92,15 @@ def snapshot(
         h = _host(host)
         dest = parse_destination(upload, to, incident, h)
         queue = make_queue(mta, dir, aside, postfix_config=postfix_config, exim=exim, exim_config=exim_config)
+        site = siteconf.record(queue, mta, policy, {
+            "server_names": server_name or [], "local_domains": local_domain or [],
+            "trusted_networks": trusted_network or [], "server_ips": server_ip or [],
+            "relay_domains": relay_domain or []})
         _logging(state_dir, verbose=False)
         journal = Journal(state_dir / "journal.sqlite")
         with progress_bar(not quiet) as cb:
             s = take(queue, mta, dest, journal, state_dir, dry_run=dry_run, keep_local=keep_local, progress=cb,
-                     say=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
+                     say=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)), site=site)
     except (SpoolsweepError, ValueError) as e:
         fail(str(e))
         return
@@ -102,6 +118,13 @@ def snapshot(
         out.print(f"  local copy kept: {s.archive}", highlight=False)
     for n in s.notes:
         out.print(f"  [yellow]note:[/] {n}", highlight=False)
+    if site is None:
+        out.print("  [yellow]note:[/] no site configuration recorded (a pickup folder has no MTA to ask): give "
+                  "--policy or --server-name/--local-domain, or triage with --policy", highlight=False)
+    else:
+        out.print(f"  site configuration recorded ({site['how']})", highlight=False)
+        for n in site.get("notes", []):
+            out.print(f"  [yellow]note:[/] {n}", highlight=False)
 
 
 @agent_app.command()

@@ -68,6 +68,9 @@ def up(
     try:
         root.mkdir(parents=True, exist_ok=True)
         if policy is not None:
+            from pipeline.policy import load_policy
+
+            load_policy(policy)  # a folder, non-UTF-8 or bad TOML: the same one-line errors as triage's
             put_policy(_store(store), policy.read_bytes())
         if not key_paths(root)[0].exists():
             pub, kid = keys_init(root)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spoolsweep.console_out import fail, progress_bar, summary_table
+from spoolsweep.console_out import check_out, fail, progress_bar, summary_table, warn_all
 
 
 def register(app: typer.Typer) -> None:
@@ -31,14 +31,21 @@ def triage(
 
     try:
         pol = load_policy(policy)
+        check_out(out)  # before the work: a triage of a million messages must not end in "cannot write"
         with progress_bar(not quiet) as cb:
-            manifest = run(snapshot, pol, fmt=fmt, incident=incident, progress=cb, workers=workers)
+            manifest = run(snapshot, pol, fmt=fmt, incident=incident, progress=cb, workers=workers,
+                           policy_source=str(policy) if policy else None)
         path = write_manifest(manifest, out)
     except SpoolsweepError as e:
         fail(str(e))
         return
+    except OSError as e:
+        fail(f"{e.filename or out}: {e.strerror or e}")
+        return
     if not quiet:
         summary_table(manifest)
         typer.echo(f"manifest: {path}")
+    else:
+        warn_all(manifest)
     if manifest.archive_defects:
         raise typer.Exit(2)
