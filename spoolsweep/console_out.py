@@ -15,7 +15,7 @@ err = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)  # one line, however narrow
     sys.exit(code)
 
 

@@ -90,11 +90,11 @@ def test_shard_names_and_fan_in_arithmetic():
     assert missing(["h.s.part-0003-of-0003", "h.s.part-0001-of-0003"]) == ["h.s.part-0002-of-0003"]
 
 
-def test_settings_are_validated(monkeypatch):
+def test_settings_are_validated(monkeypatch, tmp_path):
     monkeypatch.delenv("SPOOLSWEEP_STORE", raising=False)
     with pytest.raises(SettingsError, match="SPOOLSWEEP_STORE"):
         load(DispatchSettings)
-    monkeypatch.setenv("SPOOLSWEEP_STORE", "/tmp/x")
+    monkeypatch.setenv("SPOOLSWEEP_STORE", str(tmp_path))
     monkeypatch.setenv("SPOOLSWEEP_TTL_HOURS", "-1")
     with pytest.raises(SettingsError, match="TTL_HOURS"):
         load(DispatchSettings)
