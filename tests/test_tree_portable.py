@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _SL = "/"
 MACHINE_PATH = re.compile(
     "|".join([
-        # the folders this project was developed in, and ../shared beside them
+        # the folders this project was developed in, and the shared folder beside them
         rf"(?<![\w.]){_SL}work{_SL}", rf"\.\.{_SL}shared\b",
         # home folders (Linux, macOS, Windows)
         rf"(?<![\w.~]){_SL}home{_SL}\w+", rf"(?<![\w.~]){_SL}root{_SL}\.?\w+", rf"(?<![\w.~]){_SL}Users{_SL}\w",
