@@ -123,6 +123,7 @@ def test_function_grants_are_the_permissions_table(template):
         assert grants["s3:PutObject"] == table[step][1], step
 
 
+@pytest.mark.slow  # the init script runs the aws CLI a few dozen times
 def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file):
     """Run the LocalStack init script for real, with `awslocal` pointed at a moto server."""
     if shutil.which("aws") is None:
