@@ -40,6 +40,7 @@ def _params(tpl: dict) -> dict[str, str]:
     return {k: str(v.get("Default", "")) for k, v in tpl["Parameters"].items()}
 
 
+@pytest.mark.slow
 def test_cfn_lint_is_clean():
     exe = shutil.which("cfn-lint")
     if exe is None:
@@ -48,6 +49,7 @@ def test_cfn_lint_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_checkov_is_clean_with_justified_skips():
     exe = shutil.which("checkov") or os.environ.get("CHECKOV")
     if not exe:
