@@ -1,7 +1,7 @@
 """Read throughput per queue format (messages/s, MB/s) against the bare cost of reading and hashing the archive.
 
     python3 bench/read_formats.py [--n 100000] [--formats postfix,exim,sendmail,mbox,maildir]
-                                  [--corpus ../shared/corpus/spamassassin-dev.tar.gz]
+                                  [--corpus WHOLE-CORPUS.tar.gz]   # default: $SPOOLSWEEP_CORPUS or the sample
 
 For each format it writes an uncompressed tar of N messages (real corpus mail, cycled, with
 per-copy envelopes) in that format's on-disk layout, then times (1) the bare walk: every member
@@ -34,16 +34,15 @@ T0 = 1_700_000_000
 
 
 def corpus(path: Path | None) -> list[bytes]:
-    cands = [path] if path else [Path("/tmp/corpus/spamassassin-dev"),  # noqa: S108 - the briefing's unpacked copy
-                                 Path(__file__).resolve().parents[3] / "shared/corpus/spamassassin-dev.tar.gz",
-                                 Path("../shared/corpus/spamassassin-dev.tar.gz")]
-    for c in cands:
-        if c and c.is_dir():
-            return [p.read_bytes() for p in sorted(c.rglob("*.eml"))]
-        if c and c.is_file():
-            with tarfile.open(c) as tf:
-                return [tf.extractfile(t).read() for t in tf if t.isfile() and t.name.endswith(".eml")]  # type: ignore[union-attr]
-    raise SystemExit("no corpus found; pass --corpus")
+    """--corpus, else $SPOOLSWEEP_CORPUS, else the sample the package ships (pipeline/data/corpus)."""
+    from pipeline.errors import CorpusNotFound
+    from pipeline.generator import find_corpus, load_corpus
+
+    try:
+        ham, spam = load_corpus(find_corpus(path))
+    except CorpusNotFound as e:
+        raise SystemExit(str(e)) from None
+    return ham + spam
 
 
 def lf(msg: bytes) -> bytes:

@@ -42,3 +42,7 @@ class StoreError(SpoolsweepError):
 
 class InstructionRefused(SpoolsweepError):
     """The instruction was refused:"""
+
+
+class CorpusNotFound(SpoolsweepError, FileNotFoundError):
+    """No SpamAssassin corpus (easy_ham_1/ and spam_1/ .eml files, a folder or tarball) at"""

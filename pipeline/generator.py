@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import CorpusNotFound
 from pipeline.models import Envelope, IndexEntry
 
 LOCAL_DOMAINS = ("example.org", "example.net")
@@ -78,18 +79,18 @@ def load_corpus(corpus: Path) -> tuple[list[bytes], list[bytes]]:
     return ham, spam
 
 
-def find_corpus() -> Path:
-    """The corpus: $SPOOLSWEEP_CORPUS, else ../shared/corpus beside the project or the working folder."""
-    here = Path(__file__).resolve().parent.parent
+# A sample of the SpamAssassin public corpus ships with the package (data/corpus/NOTICE.md): the demo,
+# `spoolsweep generate` and the tests need no file from outside; benchmarks may point at the whole corpus.
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus" / "spamassassin-sample.tar.gz"
+
+
+def find_corpus(given: Path | None = None) -> Path:
+    """The corpus: `given` (--corpus), else $SPOOLSWEEP_CORPUS, else the sample shipped with the package."""
     env = os.environ.get("SPOOLSWEEP_CORPUS")
-    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
-    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
-    shipped = here / "tests" / "data" / "corpus-sample.tar.gz"
-    shared = here.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
-    for cand in (*([Path(env)] if env else []), shipped, shared, Path("../shared/corpus/spamassassin-dev.tar.gz")):
-        if cand.exists():
-            return cand
-    raise FileNotFoundError("no corpus: pass --corpus (../shared/corpus/spamassassin-dev.tar.gz)")
+    path = given or (Path(env) if env else SAMPLE_CORPUS)
+    if not path.exists():
+        raise CorpusNotFound(f"{path}" + ("" if given or not env else " ($SPOOLSWEEP_CORPUS)"))
+    return path
 
 
 def _split(raw: bytes) -> tuple[list[bytes], bytes]:

@@ -20,6 +20,7 @@ from tests.support import agent as support
 from tests.support.agent import approved, instruction, real_messages, signed_body
 from tests.support.exim import available, private_exim
 
+pytestmark = pytest.mark.exim
 keys, mail_corpus, sink = support.keys, support.mail_corpus, support.sink
 INC, HOST = "inc-exim", "mx1"
 

@@ -133,6 +133,7 @@ def test_unparseable_bytes_are_review_not_dropped(tmp_path: Path) -> None:
     assert m.totals.messages == 1 and m.messages[0].verdict is Verdict.review
 
 
+@pytest.mark.slow
 def test_index_may_exceed_the_message_cap(incident_tar: Path, policy) -> None:
     """A million-message index is larger than any message may be; it has a cap of its own."""
     small = policy.model_copy(update={"limits": Limits(max_member_bytes=200_000)})

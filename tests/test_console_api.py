@@ -225,6 +225,7 @@ def test_receipts_and_blocklists(client, store_root):
         bl.unlink()
 
 
+@pytest.mark.slow
 def test_large_incident_pages_are_summarised_on_the_server(client, store_root, tmp_path):
     """100,000 messages: every page's API answer is a page or a summary, never the whole incident (the time each
     takes is measured by bench/console_bench.py, not here)."""

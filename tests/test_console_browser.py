@@ -18,8 +18,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 TOKEN = "browser-test-token"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is missing (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                                       reason=f"{CHROMIUM} is missing (apt-get install chromium)")]
 
 
 @pytest.fixture(scope="module")

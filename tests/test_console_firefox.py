@@ -21,8 +21,8 @@ FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 TOKEN = "firefox-test-token"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(FIREFOX),
-                                reason=f"{FIREFOX} is missing (apt-get install firefox-esr)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(FIREFOX),
+                                                       reason=f"{FIREFOX} is missing (apt-get install firefox-esr)")]
 pytest.importorskip("marionette_driver", reason="marionette_driver is missing (pip install marionette-driver)")
 
 from marionette_driver import By, Wait  # noqa: E402

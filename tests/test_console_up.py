@@ -18,6 +18,7 @@ import pytest
 from tests.support.console import INCIDENT, build_store
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # each test starts `spoolsweep up` (and the console) in a subprocess
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,7 @@ def test_demo_yes_real_postfix(tmp_path, mail_corpus):
     print(f"demo e2e (postfix, {N} messages) in {time.monotonic() - t:.1f} s")
 
 
+@pytest.mark.slow
 def test_demo_pickup_fallback_with_outside_approval(tmp_path, mail_corpus):
     """The pickup-folder spool (what runs without root or Postfix), approved from outside the demo while it waits:
     the hook the console's Approve button uses."""

@@ -90,11 +90,11 @@ def test_shard_names_and_fan_in_arithmetic():
     assert missing(["h.s.part-0003-of-0003", "h.s.part-0001-of-0003"]) == ["h.s.part-0002-of-0003"]
 
 
-def test_settings_are_validated(monkeypatch):
+def test_settings_are_validated(monkeypatch, tmp_path):
     monkeypatch.delenv("SPOOLSWEEP_STORE", raising=False)
     with pytest.raises(SettingsError, match="SPOOLSWEEP_STORE"):
         load(DispatchSettings)
-    monkeypatch.setenv("SPOOLSWEEP_STORE", "/tmp/x")
+    monkeypatch.setenv("SPOOLSWEEP_STORE", str(tmp_path))
     monkeypatch.setenv("SPOOLSWEEP_TTL_HOURS", "-1")
     with pytest.raises(SettingsError, match="TTL_HOURS"):
         load(DispatchSettings)
@@ -300,6 +300,7 @@ def test_runner_resumes_after_restart(home, small_incident):
     assert LocalRunner(home, settle=0).pending() == []
 
 
+@pytest.mark.slow
 def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     store = str(tmp_path / "data")
@@ -321,6 +322,7 @@ def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
         list((tmp_path / "data/instructions/mx1").glob("*.json"))) >= 1
 
 
+@pytest.mark.slow
 def test_logs_and_metrics_are_powertools_json(tmp_path):
     """Run a handler as Lambda would (a fresh process) and read what it prints: JSON logs and EMF metrics."""
     code = ("from functions.runner import invoke; from functions.events import sqs_record; "

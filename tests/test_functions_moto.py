@@ -139,6 +139,7 @@ def test_poison_message_is_redriven_to_the_dlq(stack):
 
 # --- end to end -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, policy):
     s3, sqs, store, prefix = stack["s3"], stack["sqs"], stack["store"], stack["prefix"]
     runner = SqsRunner(sqs, prefix=prefix)
@@ -194,6 +195,7 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
     assert all(_drain(sqs, u) == [] for u in dlqs)
 
 
+@pytest.mark.slow
 def test_cli_drives_the_stack_queues_like_localstack(stack, tmp_path, policy_file):
     """`spoolsweep upload/up/approve --store s3://...`: the LocalStack path, here against moto over HTTP."""
     import subprocess

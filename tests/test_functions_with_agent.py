@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.generator import generate, write_eml_folder
 from pipeline.instructions import Approval, Receipt
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # the whole flow through CLI subprocesses
 
 
 def test_agent_snapshot_up_approve_agent_run(tmp_path, corpus, policy_file):

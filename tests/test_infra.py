@@ -40,6 +40,7 @@ def _params(tpl: dict) -> dict[str, str]:
     return {k: str(v.get("Default", "")) for k, v in tpl["Parameters"].items()}
 
 
+@pytest.mark.slow
 def test_cfn_lint_is_clean():
     exe = shutil.which("cfn-lint")
     if exe is None:
@@ -48,6 +49,7 @@ def test_cfn_lint_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_checkov_is_clean_with_justified_skips():
     exe = shutil.which("checkov") or os.environ.get("CHECKOV")
     if not exe:
@@ -123,6 +125,7 @@ def test_function_grants_are_the_permissions_table(template):
         assert grants["s3:PutObject"] == table[step][1], step
 
 
+@pytest.mark.slow  # the init script runs the aws CLI a few dozen times
 def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file):
     """Run the LocalStack init script for real, with `awslocal` pointed at a moto server."""
     if shutil.which("aws") is None:

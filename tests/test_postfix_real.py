@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from pipeline.generator import find_corpus, load_corpus
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
 from tests.support.postfix import PostfixInstance, available, free_port, private_postfix
@@ -21,20 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def corpus_sample(n: int) -> list[bytes]:
-    """A few real messages from the shared corpus (unpacked copy or tarball), or none."""
-    for d in (Path("/tmp/corpus/spamassassin-dev"), ROOT.parent.parent / "shared" / "corpus" / "spamassassin-dev"):
-        if d.is_dir():
-            return [p.read_bytes() for p in sorted(d.rglob("*.eml"))[:: 97][:n]]
-    tgz = ROOT.parent.parent / "shared" / "corpus" / "spamassassin-dev.tar.gz"
-    out: list[bytes] = []
-    if tgz.exists():
-        with tarfile.open(tgz) as tf:
-            for ti in tf:
-                if ti.isfile() and ti.name.endswith(".eml") and (fh := tf.extractfile(ti)):
-                    out.append(fh.read())
-                    if len(out) >= n:
-                        break
-    return out
+    """A few real messages, spread over the corpus sample the package ships."""
+    ham, spam = load_corpus(find_corpus())
+    pool = ham + spam
+    return pool[:: len(pool) // n][:n]
 
 
 class Sink:

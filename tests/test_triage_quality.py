@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.generator import score
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import Verdict
@@ -40,6 +42,7 @@ def test_deterministic(incident_tar, policy):
     assert manifest_bytes(a) == manifest_bytes(b)
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes(incident_tar, policy_file, tmp_path):
     """Same snapshot, same policy, two processes with different hash seeds: the same manifest bytes."""
     import os

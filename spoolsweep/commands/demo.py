@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from spoolsweep.console_out import out, progress_bar, summary_table
+from spoolsweep.console_out import fail, out, progress_bar, summary_table
 
 
 def register(app: typer.Typer) -> None:
@@ -29,10 +29,16 @@ def demo(
                                                       "console or with `spoolsweep approve`")] = 0,
 ) -> None:
     """A real incident: flood a private open-relay Postfix, close it, snapshot, triage, approve, replay, tally."""
+    from pipeline.errors import CorpusNotFound
+    from pipeline.generator import find_corpus
     from spoolsweep.lab.postfix import available
 
     if spool not in ("auto", "postfix", "pickup", "triage-only"):
         raise typer.BadParameter("--spool must be auto, postfix, pickup or triage-only")
+    try:
+        corpus = find_corpus(corpus)  # before anything starts: a wrong --corpus is a one-line error
+    except CorpusNotFound as e:
+        fail(str(e))
     if spool == "triage-only":
         _triage_only(workdir, messages, seed, corpus)
         return
@@ -66,7 +72,7 @@ def _triage_only(workdir: Path, messages: int, seed: int, corpus: Path | None) -
     policy_path.write_text(POLICY_TOML)
     snap = workdir / "incident.tar.gz"
     out.print(f"[bold]1. generating[/] an incident of {messages:,} messages from the SpamAssassin corpus")
-    ham, spam = load_corpus(corpus or find_corpus())
+    ham, spam = load_corpus(find_corpus(corpus))
     write_canonical(generate(ham, spam, n=messages, seed=seed), snap)
     out.print(f"   snapshot {snap} ({snap.stat().st_size / 2**20:.1f} MiB), policy {policy_path}")
     out.print("[bold]2. triage[/]")

@@ -20,6 +20,7 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="canonical | eml")] = "canonical",
 ) -> None:
     """Generate an incident (relayed campaigns, stolen account, backscatter, real mail) with its ground truth."""
+    from pipeline.errors import CorpusNotFound
     from pipeline.generator import (
         POLICY_TOML,
         find_corpus,
@@ -28,10 +29,14 @@ def generate(
         write_canonical,
         write_eml_folder,
     )
+    from spoolsweep.console_out import fail
 
     if fmt not in ("eml", "canonical"):
         raise typer.BadParameter(f"unknown format {fmt!r}")
-    ham, spam = load_corpus(corpus or find_corpus())
+    try:
+        ham, spam = load_corpus(find_corpus(corpus))
+    except CorpusNotFound as e:
+        fail(str(e))
     inc = iter_incident(ham, spam, n=messages, seed=seed)
     if fmt == "eml":
         path = write_eml_folder(inc, out)

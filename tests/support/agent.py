@@ -15,16 +15,10 @@ from spoolsweep.lab.sink import Received, Sink  # noqa: F401 - Received is re-ex
 
 @pytest.fixture(scope="session")
 def mail_corpus() -> tuple[list[bytes], list[bytes]]:
-    """The SpamAssassin corpus: where the generator finds it, else the shared copy."""
+    """The SpamAssassin corpus sample the package ships (the same the `corpus` fixture gives)."""
     from pipeline.generator import find_corpus, load_corpus
 
-    try:
-        path = find_corpus()
-    except FileNotFoundError:
-        path = Path("/work/shared/corpus/spamassassin-dev.tar.gz")
-        if not path.exists():
-            pytest.skip("no SpamAssassin corpus")
-    return load_corpus(path)
+    return load_corpus(find_corpus())
 
 
 @pytest.fixture

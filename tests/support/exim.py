@@ -23,7 +23,10 @@ from pathlib import Path
 
 from tests.support.postfix import free_port
 
-CACHE = Path(os.environ.get("SPOOLSWEEP_EXIM_CACHE", "/tmp/spoolsweep-exim-deb"))
+# The user's own cache, not a fixed name in the shared /tmp: another local user could plant a folder
+# there, and the binaries unpacked into it run as root.
+CACHE = Path(os.environ.get("SPOOLSWEEP_EXIM_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spoolsweep" / "exim-deb")
 # exim4-daemon-light's libraries that a minimal Debian may lack (dpkg -x'd beside it, via LD_LIBRARY_PATH)
 PACKAGES = ("exim4-daemon-light", "exim4-base", "libidn12", "libnsl2")
 EXIM_UID = 64990
