@@ -21,7 +21,7 @@ from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_he
 from pipeline.models import Envelope
 
 SBIN = Path("/usr/sbin")
-_QID = re.compile(r"^[0-9A-Za-z]{5,40}$")
+_QID = re.compile(r"^[0-9A-Za-z]{5,40}\Z")  # \Z: a trailing newline would add a line to postsuper's input
 
 
 def _native():  # the native reader's parse_queue_file, or None when it is not installed
