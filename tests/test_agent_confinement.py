@@ -14,6 +14,7 @@ from agent.journal import Journal
 from agent.mta.pickup import PickupQueue
 from agent.runner import Agent
 from pipeline.instructions import ApprovedMessage, Receipt
+from pipeline.models import Envelope
 from pipeline.store import LocalStore
 from tests.support import agent as support
 from tests.support.agent import instruction, signed_body
@@ -139,3 +140,28 @@ def test_a_non_owner_cannot_freeze_someone_elses_folder(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="run the agent as root"):
         PickupQueue(out).freeze()
     assert out.is_dir() and not Path(str(out) + ".old").exists()
+
+
+def test_postfix_hold_queue_link_is_not_read(tmp_path):
+    """The native reader path: a symlink in hold/ to a file elsewhere never reaches the snapshot."""
+    from agent.mta.postfix import PostfixQueue
+
+    hold = tmp_path / "spool" / "hold"
+    (hold / "A").mkdir(parents=True)
+    (hold / "A" / "ABCDE12345").write_bytes(b"queue file")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's secret")
+    os.symlink(secret, hold / "FGHIJ67890")
+    got: list[bytes] = []
+
+    class Parsed:
+        def __init__(self, data: bytes) -> None:
+            got.append(data)
+            self.content, self.envelope = data, Envelope()
+
+    q = PostfixQueue.__new__(PostfixQueue)
+    q.queue_dir, q._parse = tmp_path / "spool", lambda data, queue: Parsed(data)
+    assert [m.queue_id for m in q.list()] == ["ABCDE12345"]
+    assert got == [b"queue file"]
+    with pytest.raises(safefs.UnsafePath):
+        q.locate("FGHIJ67890", "FGHIJ67890")
