@@ -97,3 +97,21 @@ def test_recorded_decisions_are_applied_and_may_continue_after_approval(rig):
     a = _approval(m, sha, changes=ch)
     assert sorted(x.id for x in a.replay) == ["id0", "id1"] and [x.id for x in a.purge] == ["id2"]
     assert "2 replay, 1 purge" in dispatch(store, channel, _put(store, a), priv, "k")
+
+
+def test_an_approval_written_by_the_console_after_flips_is_signed(rig):
+    """The console's own path (decide, then approve) makes exactly what dispatch computes again."""
+    from console.data import Incidents
+
+    store, channel, m, sha, priv = rig
+    inc = Incidents(store)
+    loaded = inc.load(INC)
+    inc.decide(INC, "campaign", "7", Verdict.valid, "carol", "newsletter after all")
+    inc.decide(INC, "message", "id0", Verdict.spam, "carol", "")
+    key, new = inc.approve(INC, loaded, "carol", inc.summary(INC, loaded)["digest"])
+    assert new
+    assert "2 replay, 1 purge" in dispatch(store, channel, key, priv, "k")
+    [msg] = channel.receive(HOST)
+    payload = json.loads(json.loads(msg.body)["payload"])
+    assert sorted(x["id"] for x in payload["replay"]) == ["id1", "id2"] and [x["id"] for x in payload["purge"]] == [
+        "id0"]
