@@ -32,8 +32,9 @@ from tests.support.fuzz import HOST, bodies, payloads, sign_payload  # noqa: E40
 SHM = "/dev/shm"  # noqa: S108
 
 
-def feed(n: int, private: bytes, channel: Path) -> int:
-    """Write n generated bodies into the local channel (renamed in whole), as hypothesis makes them."""
+def feed(n: int, private: bytes, channel: Path, ahead: int = 200) -> int:
+    """Write n generated bodies into the local channel (renamed in whole), as hypothesis makes them, at most
+    `ahead` waiting at a time (a folder channel lists itself on every receive, as a queue would not)."""
     count = 0
     strategy = st.one_of(bodies, payloads.map(lambda p: sign_payload(p, private)))
 
@@ -44,6 +45,8 @@ def feed(n: int, private: bytes, channel: Path) -> int:
         nonlocal count
         if count >= n:
             return
+        while count % 50 == 0 and sum(1 for e in os.scandir(channel) if e.name.endswith(".msg")) > ahead:
+            time.sleep(0.2)
         tmp = channel / f".{count:06d}.tmp"
         tmp.write_bytes(body.encode("utf-8", "surrogateescape"))
         tmp.rename(channel / f"{count:06d}.msg")
