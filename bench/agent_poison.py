@@ -74,7 +74,9 @@ def main() -> int:
                "--host", HOST, "--state-dir", str(base / "state"), "--store", str(base / "store"),
                "--public-key", str(base / "pub.pem"), "--wait", "1"]
         t0 = time.monotonic()
-        agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its stderr to a file: a pipe nobody reads fills up and blocks the agent's logging
+        errlog = open(base / "agent.stderr", "w")  # noqa: SIM115 - closed after the agent stops
+        agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errlog)
         fed = feed(a.messages, private, chan)
         print(f"fed {fed:,} fuzzed channel messages in {time.monotonic() - t0:.0f} s")
         deadline = time.monotonic() + a.timeout
@@ -85,10 +87,12 @@ def main() -> int:
         left = len(list(chan.glob("*.msg")))
         agent.send_signal(signal.SIGINT)
         try:
-            _, stderr = agent.communicate(timeout=60)
+            agent.wait(timeout=60)
         except subprocess.TimeoutExpired:
             agent.kill()
-            _, stderr = agent.communicate()
+            agent.wait()
+        errlog.close()
+        stderr = (base / "agent.stderr").read_text(errors="replace")
         log = (base / "state" / "agent.log").read_text(errors="replace").splitlines()
         refused = sum(1 for ln in log if " instruction refused: " in ln)
         done = sum(1 for ln in log if " finished: " in ln and " instruction refused: " not in ln)
