@@ -10,16 +10,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.errors import JournalError
 from agent.journal import FINAL, ActionRow, Journal
 from agent.mta.base import Deliverer, Queue, QueuedMessage
-from agent.verify import Item, Lean, body_digest, check, parse_payload, peek
+from agent.verify import Item, Lean, body_digest, check, parse_payload, signed_names
 from pipeline.errors import InstructionRefused, SpoolsweepError
 from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction
+from pipeline.manifest_io import atomic_write
 from pipeline.models import Envelope
 from pipeline.queues import receipt_key
 from pipeline.store import Channel, Store
+from pipeline.text import neutral
 
 log = logging.getLogger("spoolsweep.agent")
+UNVERIFIED = "unverified"  # receipts/unverified/<host>/: refusals of bodies whose names cannot be trusted
 
 
 class RateLimit:
@@ -51,6 +55,7 @@ class Agent:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     known_incident: Callable[[str], bool] | None = None
     batch: int = 100  # native releases per MTA command
+    dead_letters: Path | None = None  # refused bodies; default: dead-letter/ beside the journal
     # `done` marks wait here and ride along with the next write: one fsync per message, not three
     _deferred: list[tuple[str, int, str, str]] = field(default_factory=list, init=False, repr=False)
 
@@ -79,28 +84,50 @@ class Agent:
 
     # one instruction ----------------------------------------------------------------------
     def handle(self, body: str) -> Receipt:
-        """Verify and carry out one instruction body (as it came off the channel); always returns a receipt."""
+        """Verify and carry out one instruction body (as it came off the channel); always returns a receipt.
+
+        Until the plan is in the journal nothing has been touched, so whatever goes wrong before then, foreseen
+        (InstructionRefused) or not (a parser's RecursionError, a bug), refuses this one message: poison on the
+        channel never stops the agent. Once planned, a failure is the host's and the journal resumes it."""
         started = self.clock()
         try:
             ins, state = check(body, self.public_key_pem, self.host, started, self.journal, self._known)
+            if state is None:
+                self._plan(ins, body)
         except InstructionRefused as e:
             return self._refuse(body, started, e.detail)
-        if state is None:
-            self._plan(ins, body)
+        except JournalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            return self._refuse(body, started, f"unreadable: {type(e).__name__}: {_first_line(e)}")
         return self._execute(ins)
 
     def _refuse(self, body: str, started: datetime, reason: str) -> Receipt:
-        incident, iid = peek(body)
+        """A refusal receipt, named from what the agent can trust: a good signature's names, else the body's
+        digest under receipts/unverified/; the body itself goes to the dead-letter folder."""
+        reason = neutral(reason)[:2000]
         digest = body_digest(body)
+        names = signed_names(body, self.public_key_pem)
+        incident, iid = names or (UNVERIFIED, UNVERIFIED)
         log.warning("instruction refused: %s (instruction %s, incident %s, body sha256 %s)",
                     reason, iid, incident, digest[:16])
-        self.journal.record_refusal(digest, None if iid == "unknown" else iid, reason)
+        self.journal.record_refusal(digest, names[1] if names else None, reason)
+        self._dead_letter(body, digest, reason)
         receipt = Receipt(instruction_id=iid, incident=incident, host=self.host, started_at=started,
                           finished_at=self.clock(), refused=reason)
         # a refusal never overwrites the receipt of an instruction that was carried out
         key = receipt_key(incident, self.host, f"{iid}.refused-{digest[:12]}")
         self.store.put_if_absent(key, receipt.model_dump_json(indent=1).encode())
         return receipt
+
+    def _dead_letter(self, body: str, digest: str, reason: str) -> None:
+        """Keep the refused body for a human, once, in a folder only the agent can read."""
+        folder = self.dead_letters or self.journal.path.parent / "dead-letter"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / f"{digest}.msg"
+        if not path.exists():
+            atomic_write(path, body.encode("utf-8", "surrogateescape"))
+            atomic_write(path.with_suffix(".reason"), (reason + "\n").encode())
 
     def _plan(self, ins: Lean, body: str) -> None:
         """Check every message against the frozen queue before touching any; record the plan in one go."""
@@ -109,9 +136,15 @@ class Agent:
             for m in items:
                 phase, detail = "pending", ""
                 other = self.journal.done_elsewhere(m.path, m.sha256, action, ins.instruction_id)
-                qm = self.queue.locate(m.path, m.queue_id)
+                try:
+                    qm = self.queue.locate(m.path, m.queue_id)
+                    unsafe = ""
+                except SpoolsweepError as e:  # a link or a device where the message was: never touched
+                    qm, unsafe = None, str(e)
                 if other is not None:
                     phase, detail = "refused", f"already {action}ed by instruction {other}"
+                elif unsafe:
+                    phase, detail = "refused", unsafe
                 elif qm is None:
                     phase, detail = "missing", f"not in the frozen queue ({m.queue_id or m.path})"
                 elif qm.sha256 != m.sha256:
@@ -301,3 +334,7 @@ class Agent:
                 # deleted only once its receipt is written: a crash before this means it comes back
                 channel.delete(self.host, m.receipt)
         return receipts
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:300]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from agent.journal import Journal
 from pipeline.errors import InstructionRefused
@@ -52,8 +52,8 @@ class _Head(BaseModel):
     incident: str
     host: str
     approval_id: str
-    issued_at: datetime
-    expires_at: datetime
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
     replay: list[dict[str, Any]]
     purge: list[dict[str, Any]]
     quarantine: bool = True
@@ -128,16 +128,16 @@ def check(body: str, public_key_pem: bytes, host: str, now: datetime, journal: J
     return ins, None if state is None else state[0]
 
 
-def peek(body: str) -> tuple[str, str]:
-    """(incident, instruction id) from an instruction that failed verification, for naming its receipt."""
-    incident = instruction_id = "unknown"
+def signed_names(body: str, public_key_pem: bytes) -> tuple[str, str] | None:
+    """(incident, instruction id) of a refused instruction, only if its signature is good (dispatch wrote them);
+    None for anything unsigned, forged or unreadable, whose claims must not name a receipt."""
     try:
-        payload = json.loads(json.loads(body)["payload"])
-        incident = check_name("incident", str(payload["incident"]))
-        instruction_id = check_name("instruction", str(payload["instruction_id"]))
-    except (ValueError, KeyError, TypeError):
-        pass
-    return incident, instruction_id
+        signed = SignedInstruction.model_validate_json(body)
+        check_signature(signed, public_key_pem)
+        head = json.loads(signed.payload)
+        return check_name("incident", str(head["incident"])), check_name("instruction", str(head["instruction_id"]))
+    except Exception:  # noqa: BLE001 - whatever went wrong, the names are not trustworthy
+        return None
 
 
 def _first(e: Exception) -> str:

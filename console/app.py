@@ -9,9 +9,9 @@ import secrets
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -23,9 +23,11 @@ from console.data import RAW_LIMIT, Incidents, Loaded, message_view
 from pipeline.blocklist.models import BlocklistReport
 from pipeline.models import Verdict
 from pipeline.store import Store
+from pipeline.text import has_unsafe
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "spoolsweep_token"
+COOKIE = "spoolsweep_token"  # the cookie's name is this plus _<port>: see cookie_name
+MAX_POST = 64 * 1024  # a verdict or an approval is a few hundred bytes; more is not a console's request
 TOKEN_HEADER = "x-spoolsweep-token"  # noqa: S105 - a header name, not a secret
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -33,19 +35,29 @@ HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", 
            "cache-control": "no-store"}
 
 
+def _plain(value: str) -> str:
+    if has_unsafe(value):
+        raise ValueError("must not contain control or bidi characters (they garble or disguise the audit trail)")
+    return value
+
+
+# who decided: shown in the log and written into the approval, so one plain line, the same rule everywhere
+Who = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_plain)]
+
+
 class VerdictChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["campaign", "message"]
     target: str = Field(min_length=1, max_length=200)
     verdict: Verdict
-    by: str = Field("console", min_length=1, max_length=100)
+    by: Who = "console"
     note: str = Field("", max_length=2000)
 
 
 class ApproveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
-    by: str = Field("console", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+    by: Who = "console"
 
 
 class SecurityHeaders:
@@ -85,7 +97,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
         h = request.headers.get("authorization", "")
         # behind the SigV4 proxy the Authorization header is the signature: the token moves to X-Spoolsweep-Token
         given = (h[7:] if h.lower().startswith("bearer ") else
-                 request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE, ""))
+                 request.headers.get(TOKEN_HEADER) or request.cookies.get(cookie_name(request), ""))
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def err(status: int, msg: str) -> JSONResponse:
@@ -97,11 +109,16 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                 return err(401, "a valid token is required")
             if post and not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), csrf.encode()):
                 return err(403, "missing or wrong X-CSRF-Token")
+            if post:
+                body = await _read_limited(request)
+                if body is None:
+                    return err(413, f"the request body is over {MAX_POST} bytes")
+                request.state.body = body
             try:
                 return await fn(request)
             except ValidationError as e:
-                return JSONResponse({"error": "malformed request", "detail": e.errors(include_url=False,
-                                     include_input=False)}, status_code=422)
+                return JSONResponse({"error": "malformed request", "detail": e.errors(
+                    include_url=False, include_input=False, include_context=False)}, status_code=422)
             except ValueError as e:
                 return err(400, str(e))
         return endpoint
@@ -217,7 +234,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
 
     @need
     async def verdicts(request: Request, iid: str, loaded: Loaded) -> Response:
-        body = VerdictChange.model_validate_json(await request.body())
+        body = VerdictChange.model_validate_json(request.state.body)
         if body.kind == "campaign":
             if not any(str(c.id) == body.target for c in loaded.manifest.campaigns):
                 return err(404, "no such campaign")
@@ -232,7 +249,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
 
     @need
     async def approve(request: Request, iid: str, loaded: Loaded) -> Response:
-        body = ApproveBody.model_validate_json(await request.body())
+        body = ApproveBody.model_validate_json(request.state.body)
         done = inc.approve(iid, loaded, _who(request, body.by), body.digest)
         if done is None:
             return err(409, "the decisions changed since this summary; review the new summary and confirm again")
@@ -255,7 +272,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                 return PlainTextResponse("wrong token", status_code=401)
             # move the token from the address into a cookie, so it leaves the history and the screen
             r = RedirectResponse("/", status_code=303)
-            r.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+            r.set_cookie(cookie_name(request), token, httponly=True, samesite="strict", path="/")
             return r
         if not authed(request):
             return PlainTextResponse("open the address spoolsweep console printed (it carries the token)", 401)
@@ -289,6 +306,28 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def cookie_name(request: Request) -> str:
+    """spoolsweep_token_<port>. Browsers keep and send cookies by host name only, never by port (RFC 6265
+    section 8.5): under one name, two consoles on 127.0.0.1 overwrite each other's token. With the port in the
+    name each keeps its own. (Any server on another port of that host is still sent the cookie: a browser
+    offers no port-scoped cookie; the console binds 127.0.0.1 and its token is random per run.)"""
+    port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    return f"{COOKIE}_{port}"
+
+
+async def _read_limited(request: Request, limit: int = MAX_POST) -> bytes | None:
+    """The body, or None as soon as it is over `limit` (a declared length is refused before reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
 
 
 def new_token() -> str:

@@ -28,9 +28,12 @@ from pipeline.instructions import (
     ApprovedMessage,
     Instruction,
     SignedInstruction,
+    approval_differences,
+    approval_from_manifest,
     instruction_from_approval,
     sign,
 )
+from pipeline.models import Manifest
 from pipeline.store import Channel, Store
 
 pt = Powertools("dispatch")
@@ -58,6 +61,32 @@ def split(ins: Instruction, budget: int = MAX_BODY) -> list[Instruction]:
             for i, part in enumerate(parts, 1)]
 
 
+def check_approval(store: Store, key: str, approval: Approval, manifest: Manifest) -> None:
+    """Sign only what the manifest and the recorded decisions say: the approval's decision log must be what
+    state/<incident>/decisions.json recorded (the start of it: review may go on after approving), its host
+    one the manifest names, and its replay, purge and hold lists exactly what they make. PoisonEvent if not."""
+    changes = approval.changes
+    if changes:
+        dkey = queues.decisions_key(approval.incident)
+        try:
+            recorded = json.loads(store.get(dkey)).get("log", []) if store.exists(dkey) else []
+        except (ValueError, AttributeError):
+            raise PoisonEvent(f"{key}: {dkey} is unreadable; the approval's changes cannot be checked") from None
+        if recorded[:len(changes)] != changes:
+            raise PoisonEvent(f"{key}: its {len(changes)} verdict changes are not the decisions recorded in {dkey}")
+    hosts = [h.strip() for h in (manifest.snapshot.host or "").split(",") if h.strip()]
+    if hosts and approval.host not in hosts:
+        raise PoisonEvent(f"{key}: is for host {approval.host!r}; the manifest's snapshot is from {hosts}")
+    try:
+        expected = approval_from_manifest(manifest, approval.manifest_sha256, approval.host, approval.approved_by,
+                                          approval.approved_at, approval.approval_id, changes=changes)
+    except ValueError as e:
+        raise PoisonEvent(f"{key}: {e}") from None
+    diff = approval_differences(approval, expected)
+    if diff:
+        raise PoisonEvent(f"{key}: not what the manifest and the recorded decisions say: {'; '.join(diff[:5])}")
+
+
 def dispatch(store: Store, channel: Channel, key: str, private_pem: bytes, key_id: str,
              ttl: timedelta = timedelta(hours=48), now: datetime | None = None, budget: int = MAX_BODY) -> str:
     incident, name = key.split("/")[1:]
@@ -70,8 +99,10 @@ def dispatch(store: Store, channel: Channel, key: str, private_pem: bytes, key_i
     mkey = queues.manifest_key(incident)
     if not store.exists(mkey):
         raise NotReady(f"{mkey} (approval {approval.approval_id})")
-    if hashlib.sha256(store.get(mkey)).hexdigest() != approval.manifest_sha256:
+    data = store.get(mkey)
+    if hashlib.sha256(data).hexdigest() != approval.manifest_sha256:
         raise PoisonEvent(f"{key}: approves a manifest other than {mkey}'s current one; review again")
+    check_approval(store, key, approval, Manifest.model_validate_json(data))
     whole = instruction_from_approval(approval, issued_at=now or datetime.now(UTC), ttl=ttl)
     parts = split(whole, budget)
     for ins in parts:

@@ -26,7 +26,7 @@ from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
 
 _SUFFIXES = (".tar.zst", ".tar.gz", ".tgz", ".tar", ".zip")
-_PART = re.compile(r"^(?P<base>.+)\.part-(?P<i>\d{4,6})-of-(?P<n>\d{4,6})$")
+_PART = re.compile(r"^(?P<base>.+)\.part-(?P<i>\d{4,6})-of-(?P<n>\d{4,6})\Z")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from pipeline.errors import InstructionRefused
 from pipeline.models import Envelope, Manifest, Verdict
@@ -55,8 +55,9 @@ class Instruction(Strict):
     incident: str
     host: str
     approval_id: str
-    issued_at: datetime
-    expires_at: datetime
+    # a naive time cannot be compared with the agent's clock: refused at parse, not a TypeError later
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
     replay: list[ApprovedMessage]
     purge: list[ApprovedMessage]
     quarantine: bool = True
@@ -103,11 +104,43 @@ def canonical_json(model: BaseModel) -> str:
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def effective_verdicts(manifest: Manifest, changes: list[dict]) -> dict[str, Verdict]:
+    """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage: the last
+    decision for a target wins, and a message's own decision beats its campaign's. ValueError if malformed."""
+    camp: dict[int, Verdict] = {}
+    msg: dict[str, Verdict] = {}
+    for i, c in enumerate(changes):
+        try:
+            kind, target, verdict = c["kind"], c["target"], Verdict(c["verdict"])
+            if kind == "campaign":
+                camp[int(target)] = verdict
+            elif kind == "message" and isinstance(target, str):
+                msg[target] = verdict
+            else:
+                raise ValueError(f"kind {kind!r}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"decision {i} is malformed: {e}") from None
+    out: dict[str, Verdict] = {}
+    if not camp and not msg:
+        return out
+    for m in manifest.messages:
+        v = msg.get(m.id) or (camp.get(m.campaign) if m.campaign is not None else None)
+        if v is not None and v is not m.verdict:
+            out[m.id] = v
+    return out
+
+
 def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, approved_by: str,
                            approved_at: datetime, approval_id: str, changes: list[dict] | None = None,
                            overrides: dict[str, Verdict] | None = None) -> Approval:
-    """Turn a reviewed manifest into an approval; `review` messages stay held, never replayed or purged."""
-    overrides = overrides or {}
+    """Turn a reviewed manifest into an approval; `review` messages stay held, never replayed or purged.
+
+    The verdicts are the manifest's as changed by the decision log `changes` (effective_verdicts), so the
+    approval is a function of what is recorded and dispatch can compute it again (`overrides`, if given,
+    must be what the log says: a caller that already has them saves the second pass)."""
+    changes = changes or []
+    if overrides is None:
+        overrides = effective_verdicts(manifest, changes)
     replay: list[ApprovedMessage] = []
     purge: list[ApprovedMessage] = []
     hold: list[ApprovedMessage] = []
@@ -117,7 +150,26 @@ def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, 
         (replay if v is Verdict.valid else purge if v is Verdict.spam else hold).append(am)
     return Approval(approval_id=approval_id, incident=manifest.incident, host=host, manifest_sha256=manifest_sha256,
                     approved_by=approved_by, approved_at=approved_at, replay=replay, purge=purge, hold=hold,
-                    changes=changes or [])
+                    changes=changes)
+
+
+def approval_differences(approval: Approval, expected: Approval) -> list[str]:
+    """How an approval differs from the one its manifest and decisions make (empty if it does not)."""
+    out = []
+    for name in ("replay", "purge", "hold"):
+        have = {m.id: m for m in getattr(approval, name)}
+        want = {m.id: m for m in getattr(expected, name)}
+        for mid in sorted(have.keys() - want.keys())[:3]:
+            out.append(f"{mid} is in {name} but the manifest and decisions do not put it there")
+        for mid in sorted(want.keys() - have.keys())[:3]:
+            out.append(f"{mid} is missing from {name}")
+        for mid in sorted(have.keys() & want.keys()):
+            if have[mid] != want[mid]:
+                out.append(f"{mid} in {name} differs from the manifest (path, digest, queue id or envelope)")
+                break
+        if len(have) != len(getattr(approval, name)):
+            out.append(f"a message is listed twice in {name}")
+    return out
 
 
 def instruction_from_approval(a: Approval, issued_at: datetime, ttl: timedelta = timedelta(days=2)) -> Instruction:

@@ -4,6 +4,7 @@
     parsed/<incident>/<shard>.jsonl.zst           ParsedRecord lines, one object per shard
     manifests/<incident>/manifest.json            the triage result
     blocklists/<incident>/report.json             the blocklist report
+    state/<incident>/decisions.json               the review's verdict changes, oldest first
     approvals/<incident>/<approval-id>.json       immutable approvals
     instructions/<host>/<instruction-id>.json     signed instructions (the local channel's copy)
     receipts/<incident>/<host>/<instruction-id>.json  what the agent did
@@ -27,12 +28,13 @@ STATE = "state"
 
 ALL = (INCOMING, PARSED, MANIFESTS, BLOCKLISTS, APPROVALS, INSTRUCTIONS, RECEIPTS, CORRUPT, STATE)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: `$` also matches before a final newline, and "inc1\n" would pass
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 def check_name(kind: str, value: str) -> str:
     """Incident, host and shard names become key parts: keep them to a safe alphabet."""
-    if not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
         raise ValueError(f"{kind} {value!r} must be 1-128 of A-Z a-z 0-9 . _ - and not start with a symbol")
     return value
 
@@ -55,6 +57,11 @@ def blocklist_key(incident: str) -> str:
 
 def approval_key(incident: str, approval_id: str) -> str:
     return f"{APPROVALS}/{check_name('incident', incident)}/{check_name('approval', approval_id)}.json"
+
+
+def decisions_key(incident: str) -> str:
+    """The review's decision log (the console writes it; dispatch checks approvals against it)."""
+    return f"{STATE}/{check_name('incident', incident)}/decisions.json"
 
 
 def instruction_key(host: str, instruction_id: str) -> str:

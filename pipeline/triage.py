@@ -32,6 +32,7 @@ from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
 from pipeline.sitepolicy import describe, effective_policy, origin_warnings, site_of
+from pipeline.text import neutral
 from pipeline.verdicts import (
     AccountProfile,
     Context,
@@ -340,11 +341,13 @@ def _account_reports(profiles: dict[str, AccountProfile], records: Sequence[Pars
             spam[c.account] += 1
     out = []
     for p in sorted(profiles.values(), key=lambda p: (-p.messages, p.account)):
-        summary = (f"account {p.account}: {p.messages:,} messages to {len(p.external):,} external recipients "
+        # a login is whatever the client sent in AUTH: bidi marks in it would reorder the advice around it
+        shown = neutral(p.account)
+        summary = (f"account {shown}: {p.messages:,} messages to {len(p.external):,} external recipients "
                    f"from {len(p.ips):,} client IPs")
         if p.compromised:
             summary += " — looks stolen: lock it and reset its password"
-        out.append(AccountReport(account=p.account, messages=p.messages, external_recipients=len(p.external),
+        out.append(AccountReport(account=shown, messages=p.messages, external_recipients=len(p.external),
                                  client_ips=len(p.ips), top_client_ips=p.ips.most_common(10),
                                  campaigns=sorted(p.campaigns), spam=spam[p.account], compromised=p.compromised,
                                  summary=summary))

@@ -134,8 +134,9 @@ def test_token_is_required_behind_the_function_url(bucket):
     assert data["incidents"][0]["size"] == m.totals.messages and data["incidents"][0]["status"] == "triaged"
     assert "script-src 'self'" in r["headers"]["content-security-policy"]
     status, page, r = call("GET", "/", token=None, query=f"token={TOKEN}")
-    assert status == 303 and any(c.startswith("spoolsweep_token=") and "HttpOnly" in c for c in r["cookies"])
-    assert call("GET", "/api/incidents", token=None, cookies=[f"spoolsweep_token={TOKEN}"])[0] == 200
+    # the cookie's name carries the port the browser used (443 behind the function URL): see console.app.cookie_name
+    assert status == 303 and any(c.startswith("spoolsweep_token_443=") and "HttpOnly" in c for c in r["cookies"])
+    assert call("GET", "/api/incidents", token=None, cookies=[f"spoolsweep_token_443={TOKEN}"])[0] == 200
 
 
 def test_verdict_and_approval_land_in_the_bucket(bucket):
@@ -326,7 +327,8 @@ def test_template_console_is_iam_only_and_grants_the_permissions_table():
              if line.startswith("| console ")]
     cells = [c.strip() for c in row.strip().strip("|").split("|")]
     assert grants["s3:GetObject"] == set(re.findall(r"`([^`]+)`", cells[2]))
-    assert grants["s3:PutObject"] == set(re.findall(r"`([^`]+)`", cells[3])) == {"state/*", "approvals/*"}
+    assert grants["s3:PutObject"] == set(re.findall(r"`([^`]+)`", cells[3])) == {"state/*/decisions.json",
+                                                                                            "approvals/*"}
     user = tpl["Resources"]["ConsoleUserPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert {s["Action"] for s in user} == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
     assert all(s["Resource"] == {"Fn::GetAtt": ["ConsoleFunction", "Arn"]} and s["Condition"] for s in user)

@@ -154,3 +154,87 @@ def test_localstack_init_creates_what_the_functions_expect(tmp_path, policy_file
         attrs = sqs.get_queue_attributes(QueueUrl=sqs.get_queue_url(QueueName=names.event_queue("parse"))["QueueUrl"],
                                          AttributeNames=["RedrivePolicy"])["Attributes"]
         assert '"maxReceiveCount": 3' in attrs["RedrivePolicy"].replace('"3"', "3")
+
+
+# -- who can do what: the grants evaluated as IAM does (`*` matches any run of characters, `/` included) ----
+
+BUCKET = "arn:aws:s3:::evidence"
+
+
+def _res(value, params: dict[str, str]) -> str:
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return BUCKET if value["Fn::GetAtt"] == ["EvidenceBucket", "Arn"] else "arn:" + ".".join(value["Fn::GetAtt"])
+    if isinstance(value, dict) and "Ref" in value:
+        return "arn:" + value["Ref"]
+    text = value["Fn::Sub"] if isinstance(value, dict) else value
+    return re.sub(r"\$\{([\w.]+)\}", lambda m: BUCKET if m.group(1) == "EvidenceBucket.Arn" else params[m.group(1)],
+                  text)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(".*".join(re.escape(p).replace(r"\?", ".") for p in pattern.split("*")), value) is not None
+
+
+def _allowed(stmts: list[dict], action: str, key: str, params: dict[str, str]) -> bool:
+    """Allowed by some Allow and by no Deny (conditions ignored: they only narrow an Allow)."""
+    def hits(s: dict) -> bool:
+        acts = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        res = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        return any(_matches(a, action) for a in acts) and any(_matches(_res(r, params), f"{BUCKET}/{key}")
+                                                              for r in res)
+    return any(hits(s) for s in stmts if s["Effect"] == "Allow") and not any(
+        hits(s) for s in stmts if s["Effect"] == "Deny")
+
+
+def test_agent_grants_do_not_reach_across_a_slash(template):
+    p = _params(template)
+    stmts = template["Resources"]["AgentPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    host = p["AgentHost"]
+    for key in (f"incoming/inc1/{host}/snapshot.tar.zst", f"receipts/inc1/{host}/abc.json"):
+        assert _allowed(stmts, "s3:PutObject", key, p), key
+    for key in (f"incoming/inc1/mx2/{host}/x", f"receipts/inc1/mx2/{host}/x.json", f"incoming/{host}/{host}/a/b",
+                "manifests/inc1/manifest.json", "state/policy.toml", f"approvals/inc1/{host}/a.json"):
+        assert not _allowed(stmts, "s3:PutObject", key, p), key
+    listing = [s for s in stmts if s["Action"] == "s3:ListBucket"]
+    assert listing and all("s3:prefix" in s["Condition"]["StringLike"] for s in listing)
+
+
+def test_console_cannot_write_the_site_policy(template):
+    p = _params(template)
+    stmts = template["Resources"]["ConsoleFunction"]["Properties"]["Policies"][0]["Statement"]
+    assert _allowed(stmts, "s3:PutObject", "state/inc1/decisions.json", p)
+    assert _allowed(stmts, "s3:PutObject", "approvals/inc1/a1.json", p)
+    for key in ("state/policy.toml", "state/blocklists/watch.json", "manifests/inc1/manifest.json"):
+        assert not _allowed(stmts, "s3:PutObject", key, p), key
+
+
+def test_only_dispatch_reads_the_signing_key(template):
+    res = template["Resources"]
+    [policy] = [r["Properties"] for r in res.values() if r["Type"] == "AWS::SecretsManager::ResourcePolicy"]
+    assert policy["SecretId"] == {"Ref": "SigningKeySecret"}
+    dispatch_role = {"Fn::GetAtt": ["DispatchFunctionRole", "Arn"]}
+    [deny] = [s for s in policy["ResourcePolicy"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and "secretsmanager:GetSecretValue" in deny["Action"]
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": dispatch_role}}
+    for s in policy["ResourcePolicy"]["Statement"]:
+        if s["Effect"] == "Allow":
+            assert s["Principal"] == {"AWS": dispatch_role}
+    # nobody else's IAM grants name the secret
+    for name, r in res.items():
+        if name != "DispatchFunction" and "SigningKeySecret" in str(r.get("Properties", {}).get("Policies", "")):
+            raise AssertionError(f"{name} is granted the signing key")
+
+
+def test_the_key_is_used_only_through_services_and_for_this_account(template):
+    stmts = template["Resources"]["DataKey"]["Properties"]["KeyPolicy"]["Statement"]
+    crypto = ("kms:*", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Encrypt")
+    for s in stmts:
+        acts = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        principal = s["Principal"]
+        if "AWS" in principal:
+            assert "kms:*" not in acts, s["Sid"]
+            if any(a in crypto for a in acts):
+                assert "kms:ViaService" in s["Condition"]["StringEquals"], s["Sid"]
+        elif any(a in crypto or a.startswith("kms:GenerateDataKey") for a in acts):
+            cond = s.get("Condition", {})
+            assert "aws:SourceAccount" in str(cond) or "kms:EncryptionContext:aws:logs:arn" in str(cond), s["Sid"]

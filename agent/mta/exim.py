@@ -13,7 +13,7 @@ from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_he
 from pipeline.models import Envelope
 from pipeline.readers.exim import parse_h
 
-_ID = re.compile(r"^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}$")
+_ID = re.compile(r"^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}\Z")
 _LIST = re.compile(r"^\s*\S+\s+\S+\s+([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s.*?(\*\*\* frozen \*\*\*)?$")
 
 

@@ -10,18 +10,21 @@ the id still holds the reviewed digest.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from agent import safefs
 from agent.errors import FreezeError, MtaError
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
 
 SBIN = Path("/usr/sbin")
-_QID = re.compile(r"^[0-9A-Za-z]{5,40}$")
+log = logging.getLogger("spoolsweep.agent")
+_QID = re.compile(r"^[0-9A-Za-z]{5,40}\Z")  # \Z: a trailing newline would add a line to postsuper's input
 
 
 def _native():  # the native reader's parse_queue_file, or None when it is not installed
@@ -103,13 +106,20 @@ class PostfixQueue(Queue):
     def _read(self, path: Path, envelope: bool = True) -> tuple[bytes, Envelope]:
         qid = path.name
         if self._parse is not None:
-            qf = self._parse(path.read_bytes(), "hold")
+            qf = self._parse(self._bytes(path), "hold")
             env = qf.envelope
             env.queue_name, env.queue_id = "hold", qid
             return qf.content, env
         data = self._run("postcat", "-bh", "-q", qid)
         fields = self._envelope(qid) if envelope else {}
         return data, Envelope(queue_name="hold", queue_id=qid, **fields)
+
+    def _bytes(self, path: Path) -> bytes:
+        """A hold file's bytes, opened from the hold folder without following a link: a symlink planted there
+        by the postfix user must not put another file's bytes into the snapshot."""
+        root = self.queue_dir / "hold"
+        with safefs.folder(root) as fd:
+            return safefs.read_file(fd, path.relative_to(root).as_posix())
 
     def full_envelope(self, qm: QueuedMessage) -> Envelope:
         if qm.envelope.rcpt_to or qm.queue_id is None:
@@ -143,6 +153,8 @@ class PostfixQueue(Queue):
                 yield self._message(p)
             except (FileNotFoundError, MtaError):
                 continue  # released or deleted by the admin meanwhile
+            except safefs.UnsafePath as e:
+                log.warning("skipped in the hold queue: %s", e.detail)
 
     def locate(self, name: str, queue_id: str | None) -> QueuedMessage | None:
         path = self._path(queue_id or os.path.basename(name))

@@ -153,6 +153,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Long-poll this host's instruction channel; verify each instruction, replay and purge, write receipts."""
+    from rich.markup import escape
+
     from agent.journal import Journal
     from agent.mta import make_deliverer, make_queue
     from agent.runner import Agent, RateLimit
@@ -177,7 +179,8 @@ def run(
     for r in receipts:
         counts = ", ".join(f"{k} {v}" for k, v in r.counts().items() if v)
         if r.refused:
-            out.print(f"[red]refused[/] {r.instruction_id} ({r.incident}): {r.refused}", highlight=False)
+            # the reason may quote what a hostile body held: printed as text, never as rich markup
+            out.print(f"[red]refused[/] {r.instruction_id} ({r.incident}): {escape(r.refused)}", highlight=False)
         else:
             out.print(f"[green]done[/] {r.instruction_id} ({r.incident}): {counts or 'nothing to do'}",
                       highlight=False)
