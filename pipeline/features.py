@@ -84,19 +84,18 @@ def shape(data: bytes) -> str:
     if end2 >= 0 and (end < 0 or end2 < end):
         end = end2
     head = head[: end if end >= 0 else len(head)]
-    mailer = ctype = ""
+    mailer = ""
     for line in head.splitlines():
-        low = line[:14].lower()
-        if low.startswith((b"x-mailer:", b"user-agent:")):
+        if line[:12].lower().startswith((b"x-mailer:", b"user-agent:")):
             mailer = line.split(b":", 1)[1].decode("latin-1")
-        elif low.startswith(b"content-type:"):
-            ctype = line.split(b":", 1)[1].decode("latin-1")
-    return shape_of((m.group(1).decode("latin-1") for m in _HEADER_NAME.finditer(head)), mailer, ctype)
+            break
+    return shape_of((m.group(1).decode("latin-1") for m in _HEADER_NAME.finditer(head)), mailer)
 
 
-def shape_of(names: Iterable[str], mailer: str, ctype: str) -> str:
-    """The template's fingerprint: header names in order (trace headers left out), X-Mailer with its
-    digits erased, and the top content type. Boundaries, encodings and per-copy values are not in it."""
+def shape_of(names: Iterable[str], mailer: str) -> str:
+    """The template's fingerprint: header names in order (trace headers left out) and X-Mailer with its
+    digits erased. Boundaries, encodings, content types (a copy may carry an attachment or not) and
+    per-copy values are not in it."""
     seq: list[str] = []
     for n in names:
         n = n.strip().lower()
@@ -104,8 +103,7 @@ def shape_of(names: Iterable[str], mailer: str, ctype: str) -> str:
             continue
         seq.append(n)
     mailer = re.sub(r"[\d.]+", "#", mailer.strip().lower())[:100]
-    ctype = ctype.split(";", 1)[0].strip().lower()[:80]
-    h = hashlib.blake2b("|".join(seq).encode() + b"\x00" + mailer.encode() + b"\x00" + ctype.encode(), digest_size=8)
+    h = hashlib.blake2b("|".join(seq).encode() + b"\x00" + mailer.encode(), digest_size=8)
     return h.hexdigest()
 
 

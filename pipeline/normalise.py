@@ -54,7 +54,7 @@ def _unleet(m: re.Match[str]) -> str:
     t = core.translate(_LEET)
     # only a word that reads as letters once translated, and has a letter of its own: 2026, a1b2c3 stay
     if t.isalpha() and not _LEET_CHARS.issuperset(core):
-        return t + " " * (len(w) > len(core))
+        return t + w[len(core):]
     return w
 
 

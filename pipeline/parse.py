@@ -223,18 +223,16 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
     _fill_received(rec, heads.get("received", []), policy)
     rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in mail.attachments][:200]
-    if mail.text_plain:
-        body = mail.text_plain[0]
-    elif mail.text_html:
-        body = html_to_text(mail.text_html[0])
-    else:
-        body = ""
+    # grouping reads what a reader sees: the HTML part when there is one, its hidden text dropped
+    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
+    seen = html_to_text(mail.text_html[0]) if mail.text_html else ""
+    body = mail.text_plain[0] if mail.text_plain else seen
     grouping = _Grouping(shape(data), [*mail.text_plain[:2], *mail.text_html[:2]], first("reply-to"),
                          [bytes(a.content) for a in mail.attachments[:_MAX_DIGESTS]])
     if rec.bounce:
         grouping = _fast_bounced_original(rec, mail, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body)
     _set_grouping(rec, grouping)
     if mail.warnings:
         # the parser repaired something (its warnings name the stdlib's defects): say what
@@ -256,7 +254,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
         return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
-    obody = inner.text_plain[0] if inner.text_plain else html_to_text(inner.text_html[0]) if inner.text_html else ""
+    obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
     rec.bounced_original_text = normalise(inner.subject or "", obody)
     return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
                      (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments])
@@ -338,7 +336,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         elif m := _ORIG_MARK.search(body):
             rec.bounced_original_text = normalise("", body[m.end():])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body)
     _set_grouping(rec, grouping)
     _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 
@@ -390,17 +388,14 @@ def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
         texts.append(_decode(original))
         obody = texts[0] if original.get_content_type() != "text/html" else html_to_text(texts[0])
     else:
-        for op in _walk(original):
-            if op.get_content_type() == "text/plain":
-                texts.append(obody := _decode(op))
-                break
-            if op.get_content_type() == "text/html":
-                texts.append(raw := _decode(op))
-                obody = html_to_text(raw)
-                break
+        kinds = {op.get_content_type(): op for op in reversed(_walk(original))}  # the first of each kind
+        if (op := kinds.get("text/html")) is not None:
+            texts.append(raw := _decode(op))
+            obody = html_to_text(raw)
+        elif (op := kinds.get("text/plain")) is not None:
+            texts.append(obody := _decode(op))
     rec.bounced_original_text = normalise(osub, obody)
-    shaped = shape_of(original.keys(), str(original.get("X-Mailer") or original.get("User-Agent") or ""),
-                      str(original.get("Content-Type") or ""))
+    shaped = shape_of(original.keys(), str(original.get("X-Mailer") or original.get("User-Agent") or ""))
     return _Grouping(shaped, texts, _header(original, "Reply-To"), [])
 
 
