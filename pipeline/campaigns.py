@@ -40,10 +40,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
 
     Tier 1 links texts whose estimated Jaccard similarity (MinHash, candidates from LSH bands) is at
     least `threshold`. Tier 2 merges tier-1 groups through weaker evidence: texts at least
-    `weak_threshold` alike, or an invariant key (a URL's registered domain and path, Reply-To, an
-    attachment or image digest) shared within one template shape. Two groups of more than
-    `small` copies merge in tier 2 only when at least two distinct messages link them, and a
-    smaller group joins only its best partner: one bridging message cannot chain two runs.
+    `weak_threshold` alike, or invariant keys (a URL's registered domain and path, Reply-To, an
+    attachment or image digest) shared within one template shape, under the guard of `_merge`.
 
     Exact duplicates are folded first and the rest is put in a canonical order (by content), so the
     labels do not depend on the input order. Cost: one sort, `bands` hash groupings and a
@@ -59,11 +57,11 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
 
     def fit(self, X: Sequence[Features | str], y: object = None) -> CampaignClusterer:
         feats = [as_features(x) for x in X]
-        unique: dict[tuple[str, tuple[str, ...], str], int] = {}
+        unique: dict[tuple[str, tuple[str, ...], str, tuple[int, ...]], int] = {}
         first: list[Features] = []
         inverse = np.empty(len(feats), dtype=np.int64)
         for i, f in enumerate(feats):
-            k = (f.text, tuple(f.keys), f.shape)
+            k = (f.text, tuple(f.keys), f.shape, tuple(f.sketch))
             u = unique.setdefault(k, len(unique))
             if u == len(first):
                 first.append(f)
@@ -86,12 +84,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
-        # tier 2 evidence as (group a, group b, supporting message)
-        links: list[np.ndarray] = []
-        if weak.size:
-            links.append(np.stack([comp[weak[:, 0]], comp[weak[:, 1]], weak[:, 0]], axis=1))
-        links.append(self._key_links(uf, comp, size))
-        merged = self._merge(np.concatenate(links) if links else np.empty((0, 3), np.int64), size)
+        # tier 2 evidence: texts alike across two groups, keys shared by two groups
+        merged = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp)), size)
         final = _components(ncomp, merged)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -125,47 +119,84 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         P = rows[P]
         return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 
-    def _key_links(self, uf: Sequence[Features], comp: np.ndarray, size: np.ndarray) -> np.ndarray:
+    def _key_links(self, uf: Sequence[Features], comp: np.ndarray) -> np.ndarray:
         """Tier-2 links from invariant keys: within one template shape, every group sharing a key
-        links to the group that holds most of that key's copies."""
+        links to the group holding most of that key's copies, as (group, owner, key number, message)."""
         buckets: dict[str, list[int]] = defaultdict(list)
         for i, f in enumerate(uf):
             for k in f.keys:
                 buckets[f"{f.shape}|{k}"].append(i)
-        out: list[tuple[int, int, int]] = []
-        for members in buckets.values():
+        out: list[tuple[int, int, int, int]] = []
+        for key_no, members in enumerate(buckets.values()):
             if len(members) < 2:
                 continue
             groups = Counter(int(comp[i]) for i in members)
             if len(groups) < 2:
                 continue
-            owner = min(groups, key=lambda g: (-groups[g], -size[g], g))
-            out.extend((int(comp[i]), owner, i) for i in members if comp[i] != owner)
-        return np.array(out, dtype=np.int64).reshape(-1, 3)
+            owner = min(groups, key=lambda g: (-groups[g], g))
+            out.extend((int(comp[i]), owner, key_no, i) for i in members if comp[i] != owner)
+        return np.array(out, dtype=np.int64).reshape(-1, 4)
 
-    def _merge(self, links: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """The tier-2 merges allowed by the bridge guard, as (group, group) edges."""
-        links = links[links[:, 0] != links[:, 1]]
-        if not links.size:
-            return np.empty((0, 2), dtype=np.int64)
-        a = np.minimum(links[:, 0], links[:, 1])
-        b = np.maximum(links[:, 0], links[:, 1])
-        triples = np.unique(np.stack([a, b, links[:, 2]], axis=1), axis=0)
-        pairs, support = np.unique(triples[:, :2], axis=0, return_counts=True)
-        sa, sb = size[pairs[:, 0]], size[pairs[:, 1]]
-        big = (sa > self.small) & (sb > self.small)
-        keep = [pairs[big & (support >= 2)]]
-        # a small group joins one partner only: the best supported, then the biggest, then the first
-        best: dict[int, tuple[float, float, int]] = {}
-        for (x, y), s in zip(pairs[~big].tolist(), support[~big].tolist(), strict=True):
+    def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
+               size: np.ndarray) -> np.ndarray:
+        """The tier-2 merges the bridge guard allows, as (group, group) edges.
+
+        Two groups of more than `small` copies merge when at least two distinct messages are alike
+        across them, or when they share at least two distinct keys: one bridging message, or one
+        URL that every run of a spamware kit carries, does not chain two runs. A smaller group
+        joins only one partner: a big one if it has any, the best supported."""
+        keep: list[tuple[int, int]] = []
+        best: dict[int, tuple[bool, int, float, int]] = {}
+        for pair in sorted(set(text) | set(key)):
+            s_text, s_key = text.get(pair, 0), key.get(pair, 0)
+            x, y = pair
+            if size[x] > self.small and size[y] > self.small:
+                if s_text >= 2 or s_key >= 2:
+                    keep.append(pair)
+                continue
             for me, other in ((x, y), (y, x)):
                 if size[me] <= self.small:
-                    cand = (-s, -float(size[other]), other)
+                    # a big partner first: through a small one (a bridge) it could reach anywhere
+                    cand = (size[other] <= self.small, -(s_text + s_key), -float(size[other]), other)
                     if me not in best or cand < best[me]:
                         best[me] = cand
-        if best:
-            keep.append(np.array([(me, c[2]) for me, c in best.items()], dtype=np.int64))
-        return np.concatenate(keep)
+        keep.extend((me, c[3]) for me, c in best.items())
+        return np.array(keep, dtype=np.int64).reshape(-1, 2)
+
+
+def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], int]:
+    """Per pair of groups, how many distinct messages on its poorer side are alike to the other:
+    a single message alike to many of another group is still one."""
+    ga, gb = comp[edges[:, 0]], comp[edges[:, 1]]
+    cross = ga != gb
+    ga, gb, ia, ib = ga[cross], gb[cross], edges[cross, 0], edges[cross, 1]
+    swap = ga > gb
+    ga, gb = np.where(swap, gb, ga), np.where(swap, ga, gb)
+    ia, ib = np.where(swap, ib, ia), np.where(swap, ia, ib)
+    out: dict[tuple[int, int], int] = {}
+    if not ga.size:
+        return out
+    sides = []
+    for items in (ia, ib):
+        trip = np.unique(np.stack([ga, gb, items], axis=1), axis=0)
+        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
+        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
+    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
+
+
+def _key_support(links: np.ndarray) -> dict[tuple[int, int], int]:
+    """Per pair of groups, the fewer of: distinct keys they share, distinct messages of the group
+    that is not the keys' owner carrying them (one message that carries another run's keys is one)."""
+    if not links.size:
+        return {}
+    a = np.minimum(links[:, 0], links[:, 1])
+    b = np.maximum(links[:, 0], links[:, 1])
+    sides = []
+    for col in (2, 3):
+        trip = np.unique(np.stack([a, b, links[:, col]], axis=1), axis=0)
+        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
+        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
+    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
 
 
 def _components(n: int, edges: np.ndarray) -> np.ndarray:

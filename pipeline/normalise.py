@@ -34,11 +34,14 @@ _WORD = re.compile(r"[^\W_]*[0-9@$!|][\w@$!|]*")
 _VARIABLE = re.compile(r"\b(?:\d\w*+|(?=[a-z_]*+\d)\w{5,}+|[bcdfghjklmnpqrstvwxz]{6,}+)\b")
 
 # The first few KB of text decide which run a message belongs to; reading further only costs time.
+# A record keeps MAX_TEXT characters (memory at a million messages); its sketch reads SKETCH_TEXT,
+# enough that copies whose paragraphs were shuffled still show mostly the same ones.
 MAX_TEXT = 1500
+SKETCH_TEXT = 6000
 
 
 def html_to_text(s: str) -> str:
-    s = s[: MAX_TEXT * 8]
+    s = s[: SKETCH_TEXT * 6]
     if "<!--" in s:
         s = _COMMENT.sub("", s)
     s = _HTML_DROP.sub(" ", s)
@@ -67,9 +70,9 @@ def plain(s: str) -> str:
     return s
 
 
-def normalise(subject: str, body: str) -> str:
+def normalise(subject: str, body: str, limit: int = MAX_TEXT) -> str:
     """Lower-case subject + body with obfuscations erased and URLs, addresses, numbers, hash-busters replaced."""
-    s = plain(f"{subject}\n{body[:MAX_TEXT * 2]}").lower()
+    s = plain(f"{subject}\n{body[:limit * 2]}").lower()
     if "http" in s or "www." in s:
         s = _URL.sub(" zurlz ", s)
     if "@" in s:
@@ -77,4 +80,4 @@ def normalise(subject: str, body: str) -> str:
     s = _WORD.sub(_unleet, s)
     # punctuation stays: the tokenizer splits on it anyway, and removing it cost a third
     s = _VARIABLE.sub("ztokz", s)
-    return " ".join(s.split())[:MAX_TEXT]
+    return " ".join(s.split())[:limit]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, url_keys
 from pipeline.models import Envelope, ParsedRecord, ReceivedHop
-from pipeline.normalise import html_to_text, normalise
+from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
 
@@ -51,7 +51,10 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
     rec.keys = keys
     rec.shape = g.shape
+    # the sketch reads the long text; the record keeps its head
     rec.sketch = sketch(rec.text)
+    rec.text = rec.text[:MAX_TEXT]
+    rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
 
 
 def _unescape_8bit(s: str) -> str:
@@ -232,7 +235,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     if rec.bounce:
         grouping = _fast_bounced_original(rec, mail, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
     if mail.warnings:
         # the parser repaired something (its warnings name the stdlib's defects): say what
@@ -244,7 +247,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
     orig = next((a for a in mail.attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
     if orig is None:
         if m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():])
+            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
         return None
     assert _fast is not None
     raw = bytes(orig.content)
@@ -255,7 +258,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
     obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
-    rec.bounced_original_text = normalise(inner.subject or "", obody)
+    rec.bounced_original_text = normalise(inner.subject or "", obody, SKETCH_TEXT)
     return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
                      (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments])
 
@@ -334,9 +337,9 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         if original is not None:
             grouping = _bounced_from_message(rec, original)
         elif m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():])
+            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
     _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 
@@ -394,7 +397,7 @@ def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
             obody = html_to_text(raw)
         elif (op := kinds.get("text/plain")) is not None:
             texts.append(obody := _decode(op))
-    rec.bounced_original_text = normalise(osub, obody)
+    rec.bounced_original_text = normalise(osub, obody, SKETCH_TEXT)
     shaped = shape_of(original.keys(), str(original.get("X-Mailer") or original.get("User-Agent") or ""))
     return _Grouping(shaped, texts, _header(original, "Reply-To"), [])
 
