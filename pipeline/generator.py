@@ -428,9 +428,12 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     n_relayed = n - n_valid - n_backscatter - n_stolen - n_backscatter_local
 
     templates: dict[int, Any] = {}
+    # each campaign its own spam while the corpus lasts: two runs of one template would be one campaign
+    # to any reader, and the truth could not say which copy belongs to which
+    order = r.sample(range(len(g.spam)), len(g.spam))
 
     def campaign(cid: str, n_ips: int, forge_local: bool = False, account: str | None = None) -> _SwCampaign:
-        i = r.randrange(len(g.spam))
+        i = order[len(templates)] if len(templates) < len(order) else r.randrange(len(g.spam))
         if i not in templates:
             templates[i] = extract_template(g.spam[i])
         sc = SpamCampaign.draw(cid, templates[i], techs, r, words, rate=rate)
