@@ -359,7 +359,7 @@ def _entity(w: str, r: random.Random) -> str:
 
 
 def _qp(data: bytes) -> bytes:
-    return binascii.b2a_qp(data, istext=False).replace(b"\r\n", b"\n")
+    return binascii.b2a_qp(data, istext=True)
 
 
 def _b64(data: bytes) -> bytes:
