@@ -437,7 +437,7 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
         if i not in templates:
             templates[i] = extract_template(g.spam[i])
         sc = SpamCampaign.draw(cid, templates[i], techs, r, words, rate=rate)
-        return _SwCampaign(sc, [g.ip() for _ in range(n_ips)], forge_local, account)
+        return _SwCampaign(sc, [_pool_ip(r) for _ in range(n_ips)], forge_local, account)
 
     sizes = campaign_sizes(r, n_relayed)
     camps: list[_SwCampaign] = []
@@ -508,6 +508,15 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
             yield bounce(r.choices(camps, weights=sizes)[0], g.ext_addr(), "backscatter")
         else:
             yield _valid_message(g, kind, st)
+
+
+_NETS = (24, 41, 58, 77, 89, 103, 117, 146, 177, 186, 190, 201, 211)
+
+
+def _pool_ip(r: random.Random) -> str:
+    """A botnet member's address, in one draw (pools run to thousands of addresses)."""
+    x = r.getrandbits(32)
+    return f"{_NETS[(x >> 24) % len(_NETS)]}.{x >> 16 & 255}.{x >> 8 & 255}.{1 + (x & 255) % 254}"
 
 
 @dataclass

@@ -337,20 +337,21 @@ def _boundary(r: random.Random) -> str:
 
 
 def _mixed(w: str, r: random.Random) -> str:
-    return "".join(ch.upper() if r.random() < 0.5 else ch.lower() for ch in w)
+    bits = r.getrandbits(len(w))
+    return "".join(ch.upper() if bits >> i & 1 else ch.lower() for i, ch in enumerate(w))
 
 
 def _insert(w: str, piece: str, r: random.Random) -> str:
     if len(w) < 2 or "&" in w:  # never split an entity the word already holds
         return w
-    k = r.randint(1, len(w) - 1)
+    k = 1 + int(r.random() * (len(w) - 1))
     return w[:k] + piece + w[k:]
 
 
 def _entity(w: str, r: random.Random) -> str:
     if "&" in w:
         return w
-    k = r.randrange(len(w))
+    k = int(r.random() * len(w))
     ch = w[k]
     if not ch.isalpha():
         return w
@@ -369,7 +370,8 @@ def _b64(data: bytes) -> bytes:
 
 
 def _token(r: random.Random, k: int) -> str:
-    return "".join(r.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=k))
+    """k random hex digits, in one draw: tokens are on every copy's hot path."""
+    return f"{r.getrandbits(4 * k):0{k}x}"
 
 
 _SKINS = (
