@@ -11,6 +11,9 @@ campaign counts as a campaign of its own), completeness over the true campaigns 
 the share of campaign copies left ungrouped, the share of backscatter that got its campaign's
 verdict, the triage outcome (valid lost, junk replayed, review) and the time of each stage.
 
+With --format eml the incident is an IIS pickup folder of .eml files instead, and the floor reads
+and hashes each file.
+
 A "technique set" is `all` (every technique at its usual share of campaigns), `none` (spamware
 rendering without variation), `plain` (the original generator) or one technique's name (that
 technique alone, used by every campaign unless --technique-rate says otherwise). Prints a markdown
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tarfile
 import time
@@ -36,10 +40,21 @@ sys.path.insert(0, str(ROOT))
 BIG = 20  # completeness is also reported over the true campaigns of at least this many copies
 
 
+def truth_of(snap: Path) -> Path:
+    """The ground truth the generator wrote beside a snapshot (NAME.tar.gz) or a queue folder (NAME)."""
+    return snap.with_name(snap.name.split(".")[0] + ".truth.jsonl")
+
+
 def floor_seconds(snap: Path) -> tuple[int, float]:
-    """The bare cost of reading the snapshot: the standard library's tarfile streams it, sha256 hashes each member."""
+    """The bare cost of reading the snapshot: the standard library's tarfile streams it, sha256 hashes each member
+    (a queue folder: each file read and hashed)."""
     t0 = time.perf_counter()
     n = 0
+    if snap.is_dir():
+        for p in sorted(snap.iterdir()):
+            hashlib.sha256(p.read_bytes()).digest()
+            n += 1
+        return n, time.perf_counter() - t0
     with tarfile.open(snap, "r|*") as tf:
         for ti in tf:
             fh = tf.extractfile(ti) if ti.isfile() else None
@@ -119,7 +134,7 @@ def run_one(snap: Path, policy_path: Path, workers: int) -> dict:
     m = triage(snap, policy, workers=workers, progress=progress)
     seconds = time.perf_counter() - t0
     stages["manifest build"] = stages.get("manifest build", 0.0) + seconds - (last[0] - t0)
-    truth_path = snap.with_name(snap.name.split(".")[0] + ".truth.jsonl")
+    truth_path = truth_of(snap)
     truth = {}
     with open(truth_path, encoding="utf-8") as fh:
         for line in fh:
@@ -128,7 +143,8 @@ def run_one(snap: Path, policy_path: Path, workers: int) -> dict:
     s = score(m.messages, truth_path)
     by_kind = s.pop("by_kind")
     n_valid = sum(1 for t in truth.values() if t["label"] == "valid")
-    return {"messages": m.totals.messages, "mb": snap.stat().st_size / 2**20, "floor_messages": n_floor,
+    size = sum(f.stat().st_size for f in snap.iterdir()) if snap.is_dir() else snap.stat().st_size
+    return {"messages": m.totals.messages, "mb": size / 2**20, "floor_messages": n_floor,
             "floor_seconds": floor_s, "triage_seconds": seconds, "ratio_to_floor": seconds / floor_s,
             "msgs_per_s": m.totals.messages / seconds, "stages": stages, "campaigns_found": m.totals.campaigns,
             "valid_lost": s["valid_as_spam"], "valid_lost_share": s["valid_as_spam"] / max(1, n_valid),
@@ -138,10 +154,10 @@ def run_one(snap: Path, policy_path: Path, workers: int) -> dict:
 
 def make_incident(snap: Path, n: int, seed: int, tech: str, rate: float | None, ham_spam: list) -> float:
     """Generate the incident of one run (cached); the seconds it took, 0 when it was there already."""
-    from pipeline.generator import find_corpus, iter_incident, load_corpus, write_canonical
+    from pipeline.generator import find_corpus, iter_incident, load_corpus, write_canonical, write_eml_folder
     from pipeline.spamware import TECHNIQUES
 
-    if snap.exists() and snap.with_name(snap.name.split(".")[0] + ".truth.jsonl").exists():
+    if snap.exists() and truth_of(snap).exists():
         return 0.0
     if not ham_spam:
         ham_spam.extend(load_corpus(find_corpus()))
@@ -154,7 +170,10 @@ def make_incident(snap: Path, n: int, seed: int, tech: str, rate: float | None, 
         # one technique alone: every campaign uses it, so its row shows what it does
         r = rate if rate is not None else (None if tech == "all" else 1.0)
         it = iter_incident(ham, spam, n=n, seed=seed, style="spamware", techniques=techniques, technique_rate=r)
-    write_canonical(it, snap)
+    if snap.suffix:
+        write_canonical(it, snap)
+    else:  # an IIS pickup folder of .eml files
+        write_eml_folder(it, snap)
     return time.perf_counter() - t0
 
 
@@ -210,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--technique-rate", type=float, default=None,
                     help="share of campaigns that use each technique (default: usual shares for 'all', "
                          "every campaign for a single technique)")
+    ap.add_argument("--format", choices=["canonical", "eml"], default="canonical",
+                    help="a canonical snapshot (.tar.gz), or an IIS queue folder of .eml files")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "grouping")
     ap.add_argument("--json", type=Path, default=None, help="write every run here (default DIR/grouping.json)")
@@ -233,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in a.sizes:
         for tech in sets:
             for seed in a.seeds:
-                snap = a.dir / f"{tech}-{size}-{seed}.tar.gz"
+                snap = a.dir / (f"{tech}-{size}-{seed}" + (".tar.gz" if a.format == "canonical" else "-eml"))
                 gen_s = make_incident(snap, size, seed, tech, a.technique_rate, ham_spam)
                 row = {"techniques": tech, "size": size, "seed": seed, "generate_seconds": gen_s,
                        "generate_msgs_per_s": size / gen_s if gen_s else None,
@@ -247,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{gen_s:.1f}s, {row['mb']:.0f} MB); stages "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in row["stages"].items()), file=sys.stderr, flush=True)
                 if not a.keep:
+                    if snap.is_dir():
+                        shutil.rmtree(snap)
                     snap.unlink(missing_ok=True)
-                    snap.with_name(snap.name.split(".")[0] + ".truth.jsonl").unlink(missing_ok=True)
+                    truth_of(snap).unlink(missing_ok=True)
                 out_json.parent.mkdir(parents=True, exist_ok=True)
                 out_json.write_text(json.dumps(rows, indent=1))  # after every run: a long bench cut off keeps its rows
     print(table(rows))

@@ -59,5 +59,11 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.startswith("| techniques |") and "| none | 200 | 1 |" in table and "| greeting | 200 |" in table
     assert not list(tmp_path.glob("*.tar.gz"))  # incidents are deleted unless --keep
+    # an IIS pickup folder: the floor reads and hashes each file
+    main(["--sizes", "150", "--seeds", "2", "--techniques", "plain", "--format", "eml", "--dir", str(tmp_path),
+          "--json", str(out), "--workers", "1", "--keep"])
+    (row,) = json.loads(out.read_text())
+    assert row["messages"] == 150 and row["floor_messages"] == 150 and row["mb"] > 0.1
+    assert (tmp_path / "plain-150-2-eml").is_dir() and (tmp_path / "plain-150-2-eml.truth.jsonl").exists()
     with pytest.raises(SystemExit):
         main(["--techniques", "bogus", "--dir", str(tmp_path)])
