@@ -46,6 +46,7 @@ def test_ungrouped_and_merged():
     assert grouping_figures(_manifest(split), TRUTH)["completeness_big"] < 0.8
 
 
+@pytest.mark.slow  # three small incidents generated and triaged
 def test_bench_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "g.json"
     main(["--sizes", "200", "--seeds", "1", "--techniques", "none", "greeting", "--dir", str(tmp_path), "--json",

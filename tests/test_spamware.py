@@ -326,6 +326,7 @@ def test_spamware_copies_parse_and_triage_reads_them(corpus, policy):
             assert rec.text, m.techniques
 
 
+@pytest.mark.slow  # two processes, each loading the corpus
 def test_cli_generate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate", str(tmp_path / "i.tar.gz"), "-n", "120",
                         "-t", "greeting,subjects", "--no-technique", "subjects"], cwd=ROOT, capture_output=True,
@@ -333,7 +334,7 @@ def test_cli_generate(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "techniques: greeting" in r.stdout
     used = {x for t in _truth(tmp_path / "i.truth.jsonl") for x in t["techniques"]}
-    assert used == {"greeting"} or used == {"greeting", "quoted_gone"} or used <= {"greeting", "quoted_gone"}
+    assert "greeting" in used and used <= {"greeting", "quoted_gone"}  # bounces without variants quote gone copies
     bad = subprocess.run([sys.executable, "-m", "spoolsweep", "generate", str(tmp_path / "j.tar.gz"), "-t", "bogus"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "bogus" in bad.stderr and "Traceback" not in bad.stderr
