@@ -339,3 +339,19 @@ def test_cli_generate(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "bogus" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "j.tar.gz").exists()
+
+
+@pytest.mark.slow  # two processes, each loading the corpus
+def test_same_bytes_across_processes(tmp_path):
+    """Same seed, two processes with different hash seeds: the same snapshot and truth, byte for byte."""
+    import os
+
+    outs = []
+    for hs in ("1", "2"):
+        out = tmp_path / hs / "inc.tar"  # uncompressed: gzip would stamp the time
+        r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate", str(out), "-n", "80", "--seed", "5"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONHASHSEED": hs})
+        assert r.returncode == 0, r.stderr
+        outs.append((out.read_bytes(), (tmp_path / hs / "inc.truth.jsonl").read_bytes()))
+    assert outs[0] == outs[1]
