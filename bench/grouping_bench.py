@@ -8,8 +8,10 @@ same process the tarfile+sha256 floor is measured (the standard library streams 
 hashes every member) and triage runs on it. Per run: homogeneity and completeness of the campaigns
 triage found against the true ones (scikit-learn's metrics; a message triage left out of every
 campaign counts as a campaign of its own), completeness over the true campaigns of >= 20 copies,
-the share of campaign copies left ungrouped, the share of backscatter that got its campaign's
-verdict, the triage outcome (valid lost, junk replayed, review) and the time of each stage.
+the share of campaign copies left ungrouped, the share of backscatter put in the campaign its
+quoted copy's siblings went to (and the share called spam), the triage outcome (valid lost, junk
+replayed, review) and the time of each stage. The JSON adds, per technique, the ungrouped share of
+the copies that used it, and per way of quoting, the share of bounces with their campaign.
 
 With --format eml the incident is an IIS pickup folder of .eml files instead, and the floor reads
 and hashes each file.
@@ -64,54 +66,73 @@ def floor_seconds(snap: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict[str, float]:
-    """Homogeneity, completeness (all, and campaigns >= BIG copies), ungrouped share, backscatter followed."""
+def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
+    """Homogeneity, completeness (all, and campaigns >= BIG copies), ungrouped share, backscatter with its campaign.
+
+    Scored over campaign copies (a bounce is scored apart: it should land in the campaign its
+    quoted copy's siblings landed in). Also, in detail: the ungrouped share of the copies that used
+    each technique, and per way of quoting, the share of bounces with their campaign."""
     from sklearn.metrics import completeness_score, homogeneity_score
 
     pred_of = {m.path: m for m in manifest_messages}
-    sizes = Counter(t["campaign"] for t in truth.values() if t.get("campaign") and not t["kind"].startswith(
-        ("backscatter", "local_bounce")))
+
+    def is_copy(t: dict) -> bool:
+        return bool(t.get("campaign")) and not t["kind"].startswith(("backscatter", "local_bounce"))
+
+    sizes = Counter(t["campaign"] for t in truth.values() if is_copy(t))
     true_l: list[str] = []
     pred_l: list[str] = []
     big_true: list[str] = []
     big_pred: list[str] = []
     ungrouped = copies = 0
-    camp_verdicts: dict[str, Counter] = defaultdict(Counter)
+    found_as: dict[str, Counter] = defaultdict(Counter)  # true campaign -> the campaigns triage put its copies in
+    by_tech: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # technique -> [copies, ungrouped]
     for path, t in truth.items():
         m = pred_of.get(path)
-        cid = t.get("campaign")
-        if m is None or not cid or t["kind"].startswith(("backscatter", "local_bounce")):
+        if m is None or not is_copy(t):
             continue
+        cid = t["campaign"]
         copies += 1
         if m.campaign is None:
             ungrouped += 1
             p = f"alone:{path}"  # a message in no campaign is a cluster of its own
         else:
             p = str(m.campaign)
+            found_as[cid][m.campaign] += 1
+        for x in t.get("techniques") or ["(none)"]:
+            by_tech[x][0] += 1
+            by_tech[x][1] += m.campaign is None
         true_l.append(cid)
         pred_l.append(p)
-        camp_verdicts[cid][m.verdict.value] += 1
         if sizes[cid] >= BIG:
             big_true.append(cid)
             big_pred.append(p)
-    # backscatter follows its campaign when it gets the verdict most of that campaign's copies got
-    followed = bs = 0
+    bs = with_campaign = bs_spam = 0
+    by_way: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # way of quoting -> [bounces, with campaign]
     for path, t in truth.items():
         m = pred_of.get(path)
         if m is None or not t["kind"].startswith("backscatter") or not t.get("campaign"):
             continue
         bs += 1
-        v = camp_verdicts.get(t["campaign"])
-        if v and m.verdict.value == v.most_common(1)[0][0]:
-            followed += 1
-    out = {"campaign_copies": copies, "true_campaigns": len(sizes),
-           "largest_campaign": max(sizes.values(), default=0),
-           "homogeneity": homogeneity_score(true_l, pred_l) if true_l else 1.0,
-           "completeness": completeness_score(true_l, pred_l) if true_l else 1.0,
-           "completeness_big": completeness_score(big_true, big_pred) if big_true else 1.0,
-           "ungrouped_share": ungrouped / max(1, copies),
-           "backscatter": bs, "backscatter_followed_share": followed / bs if bs else 1.0}
-    return out
+        bs_spam += m.verdict.value == "spam"
+        home = found_as.get(t["campaign"])
+        hit = bool(home) and m.campaign is not None and m.campaign == home.most_common(1)[0][0]
+        with_campaign += hit
+        for x in t.get("techniques") or ["(plain)"]:
+            by_way[x][0] += 1
+            by_way[x][1] += hit
+    return {"campaign_copies": copies, "true_campaigns": len(sizes),
+            "largest_campaign": max(sizes.values(), default=0),
+            "homogeneity": homogeneity_score(true_l, pred_l) if true_l else 1.0,
+            "completeness": completeness_score(true_l, pred_l) if true_l else 1.0,
+            "completeness_big": completeness_score(big_true, big_pred) if big_true else 1.0,
+            "ungrouped_share": ungrouped / max(1, copies),
+            "backscatter": bs, "backscatter_with_campaign_share": with_campaign / bs if bs else 1.0,
+            "backscatter_spam_share": bs_spam / bs if bs else 1.0,
+            "ungrouped_by_technique": {k: {"copies": n, "ungrouped_share": u / n} for k, (n, u) in
+                                       sorted(by_tech.items())},
+            "backscatter_with_campaign_by_way": {k: {"bounces": n, "with_campaign_share": w / n} for k, (n, w) in
+                                                 sorted(by_way.items())}}
 
 
 def run_one(snap: Path, policy_path: Path, workers: int) -> dict:
@@ -181,8 +202,9 @@ def _fmt_share(vals: list[float], worst: float) -> str:
     return f"{mean(vals):.2%}" + (f" ({worst:.2%})" if len(vals) > 1 else "")
 
 
-def _worst_bs(rs: list[dict]) -> float:
-    return min(r["backscatter_followed_share"] for r in rs)
+def _share(rs: list[dict], key: str) -> str:
+    """Mean over seeds, and the lowest in brackets (for shares where more is better)."""
+    return _fmt_share([r[key] for r in rs], min(r[key] for r in rs))
 
 
 def table(rows: list[dict]) -> str:
@@ -191,7 +213,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         groups[(r["techniques"], r["size"])].append(r)
     head = ("| techniques | messages | seeds | homogeneity | completeness | completeness ≥20 | ungrouped | "
-            "valid lost | junk replayed | review | backscatter followed | triage s | floor s | × floor | "
+            "valid lost | junk replayed | review | backscatter with campaign / spam | triage s | floor s | × floor | "
             "stages (s) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for (tech, size), rs in groups.items():
@@ -208,7 +230,7 @@ def table(rows: list[dict]) -> str:
             f"{sum(r['valid_lost'] for r in rs)} | "
             f"{_fmt_share([r['junk_replayed_share'] for r in rs], max(r['junk_replayed_share'] for r in rs))} | "
             f"{_fmt_share([r['review_share'] for r in rs], max(r['review_share'] for r in rs))} | "
-            f"{_fmt_share([r['backscatter_followed_share'] for r in rs], _worst_bs(rs))}"
+            f"{_share(rs, 'backscatter_with_campaign_share')} / {_share(rs, 'backscatter_spam_share')}"
             f" | {mean(r['triage_seconds'] for r in rs):.1f} | {mean(r['floor_seconds'] for r in rs):.2f} | "
             f"{mean(r['ratio_to_floor'] for r in rs):.0f}× ({max(r['ratio_to_floor'] for r in rs):.0f}×) | "
             + ", ".join(f"{k} {mean(v):.1f}" for k, v in stages.items()) + " |")

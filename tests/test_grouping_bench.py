@@ -30,20 +30,33 @@ def test_perfect_grouping():
     assert f["homogeneity"] == pytest.approx(1) and f["completeness"] == pytest.approx(1)
     assert f["completeness_big"] == pytest.approx(1) and f["ungrouped_share"] == 0
     assert f["campaign_copies"] == 30 and f["true_campaigns"] == 2 and f["largest_campaign"] == 25
-    assert f["backscatter_followed_share"] == 1
+    assert f["backscatter_with_campaign_share"] == 0 and f["backscatter_spam_share"] == 1  # the bounce is alone
+    pred["bs"] = 1
+    f = grouping_figures(_manifest(pred), TRUTH)
+    assert f["backscatter_with_campaign_share"] == 1
 
 
 def test_ungrouped_and_merged():
     alone = {p: None for p in TRUTH}
     f = grouping_figures(_manifest(alone, {"bs": Verdict.valid}), TRUTH)
     assert f["ungrouped_share"] == 1 and f["completeness"] < 0.5 and f["homogeneity"] == pytest.approx(1)
-    assert f["backscatter_followed_share"] == 0
+    assert f["backscatter_with_campaign_share"] == 0 and f["backscatter_spam_share"] == 0
     merged = {p: 1 for p in TRUTH}
     g = grouping_figures(_manifest(merged), TRUTH)
     assert g["homogeneity"] < 0.5 and g["completeness"] == pytest.approx(1) and g["ungrouped_share"] == 0
     # the big campaign split in two: completeness over campaigns >= 20 copies says so
     split = {p: (1 if p.startswith("a") and int(p[1:]) < 12 else 3 if p.startswith("a") else 2) for p in TRUTH}
     assert grouping_figures(_manifest(split), TRUTH)["completeness_big"] < 0.8
+
+
+def test_detail_by_technique_and_way_of_quoting():
+    truth = {p: dict(t, techniques=["leet"] if t["campaign"] == "c2" else ["greeting"]) for p, t in TRUTH.items()}
+    truth["bs"]["techniques"] = ["quoted_gone", "truncated"]
+    pred = {p: (1 if t["campaign"] == "c1" else None) for p, t in truth.items()}
+    f = grouping_figures(_manifest(pred), truth)
+    assert f["ungrouped_by_technique"]["leet"] == {"copies": 5, "ungrouped_share": 1.0}
+    assert f["ungrouped_by_technique"]["greeting"]["ungrouped_share"] == 0
+    assert f["backscatter_with_campaign_by_way"]["truncated"] == {"bounces": 1, "with_campaign_share": 1.0}
 
 
 @pytest.mark.slow  # three small incidents generated and triaged
