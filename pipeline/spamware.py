@@ -7,7 +7,8 @@ leetspeak, shuffled sentences, rotating subjects and URL hosts, per-copy tokens,
 and forged Received chains, image-only copies, attachments whose bytes differ, base64 or
 quoted-printable, and several KB of HTML. Every technique can be switched off, so a benchmark can
 tell which one breaks grouping; the copy records which techniques it actually used.
-Everything comes from one random.Random: the same seed gives the same bytes.
+Everything is drawn from the incident's seed, each campaign and each technique from a stream of its
+own: the same seed gives the same bytes, and switching one technique off changes only what it did.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TECHNIQUES: dict[str, str] = {
     "comments": "HTML comments inside words and random comment tokens between blocks",
     "shuffle": "sentence and paragraph order shuffled per copy",
     "subjects": "several subject templates per campaign, each copy with its own suffix",
-    "url_hosts": "links rotate over a pool of 1-60 hosts (different registered domains)",
+    "url_hosts": "links rotate over a pool of 2-60 hosts of different registered domains (off: one host)",
     "url_tokens": "a per-copy token in every link's path or query",
     "ids": "per-copy MIME boundary, From display name and Message-ID host",
     "received": "a forged chain of Received headers below ours",
