@@ -18,11 +18,13 @@ SKETCH_PERM = 64  # MinHash permutations: the estimate of a Jaccard similarity i
 SKETCH_SEED = 1405  # fixed: sketches from different shards and runs must compare
 MIN_TOKENS = 8  # fewer distinct words than this say too little to link texts by
 
-_URL = re.compile(r"(?i)(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
+# case-sensitive, so the engine can skip to each candidate; upper-case links get a second look
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
+_URL_ANY_CASE = re.compile(r"(?i)(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
 _TOKEN = re.compile(r"[^\W\d_]{2,}")
 _STOP = frozenset(ENGLISH_STOP_WORDS) | {"zurlz", "ztokz"}
 # a path segment that carries a per-copy token rather than the run's fixed path
-_VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^[^.]{16,}$|[A-Z].*[a-z].*[A-Z]")
+_VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^.{16}")
 _HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]{1,100}):")
 # trace and per-copy headers: the relays and the copy write them, not the run's template
 _TRACE = frozenset({"received", "return-path", "delivered-to", "x-original-to", "envelope-to", "x-envelope-from",
@@ -48,14 +50,21 @@ def registered_domain(host: str) -> str:
     return _psl().privatesuffix(host) or host  # type: ignore[attr-defined]
 
 
-def url_keys(texts: Iterable[str], limit: int = 20) -> list[str]:
+def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]:
     """`u:<registered domain><path with per-copy segments as *>` of each distinct URL, first `limit`."""
     out: dict[str, None] = {}
+    seen: set[str] = set()
     for t in texts:
-        if "http" not in t and "www." not in t.lower():
+        upper = "HTTP" in t or "WWW." in t or "Http" in t
+        if not upper and "http" not in t and "www." not in t:
             continue
-        for m in _URL.finditer(t):
+        for m in (_URL_ANY_CASE if upper else _URL).finditer(t):
             u = m.group(0).rstrip(".,;:!?")
+            if u in seen:  # the plain and the HTML part carry the same links
+                continue
+            seen.add(u)
+            if len(seen) > scan:
+                return list(out)
             if not u.lower().startswith("http"):
                 u = "http://" + u
             try:
@@ -65,7 +74,7 @@ def url_keys(texts: Iterable[str], limit: int = 20) -> list[str]:
                 continue
             if "." not in host:
                 continue
-            segs = [("*" if _VAR_SEGMENT.search(s) else s.lower()) for s in parts.path.split("/") if s][:4]
+            segs = [("*" if _VAR_SEGMENT.search(s) else s) for s in parts.path.lower().split("/")[1:5] if s]
             out.setdefault("u:" + registered_domain(host) + "".join("/" + s for s in segs), None)
             if len(out) >= limit:
                 return list(out)
@@ -108,19 +117,19 @@ def digest_key(kind: str, payload: bytes) -> str:
     return f"{kind}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
 
 
-def tokens(text: str) -> list[str]:
-    """The words and word pairs a sketch is made of: stop words and placeholders left out."""
-    words = [w for w in _TOKEN.findall(text) if w not in _STOP]
-    return list(dict.fromkeys([*words, *(a + " " + b for a, b in zip(words, words[1:], strict=False))]))
+def tokens(text: str) -> set[str]:
+    """The words a sketch is made of, stop words and placeholders left out. Single words, not
+    pairs or shingles: spintax and shuffled sentences change pairs far more than words."""
+    return set(_TOKEN.findall(text)) - _STOP
 
 
 def sketch(text: str) -> list[int]:
-    """MinHash of the text's words and word pairs; empty when it has too few words to say anything."""
+    """MinHash of the text's words; empty when it has too few words to say anything."""
     toks = tokens(text)
-    if len({t for t in toks if " " not in t}) < MIN_TOKENS:
+    if len(toks) < MIN_TOKENS:
         return []
     from rensa import RMinHash
 
     m = RMinHash(num_perm=SKETCH_PERM, seed=SKETCH_SEED)
-    m.update(toks)
+    m.update(list(toks))  # MinHash does not depend on the order
     return [int(x) for x in m.digest()]

@@ -22,13 +22,13 @@ _HIDDEN = re.compile(
 _INLINE = re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
 # Characters that render as nothing: zero-width spaces and joiners, soft hyphens, BOMs, bidi marks.
-_INVISIBLE = dict.fromkeys(
-    [0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, *range(0x200B, 0x2010),
-     *range(0x202A, 0x202F), *range(0x2060, 0x2070), 0x3164, 0xFEFF, 0xFFA0])
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u206f\u3164\ufeff\uffa0]+")
 # Leetspeak: a word of letters with these in it is read as letters (v1agr@ -> viagra, fr33 -> free).
 _LEET = str.maketrans("0134578@$!|", "oieastbasii")
 _LEET_CHARS = frozenset("0134578@$!|")
-_WORD = re.compile(r"[^\W_]*[0-9@$!|][\w@$!|]*")
+# from the start of a word only, letters taken once (possessive): a scan that is linear in the text
+_WORD = re.compile(r"(?<![\w@$!|])[a-z]*+[0-9@$!|][\w@$!|]*+")
 # numbers, tokens mixing letters and digits (hash-busters), long consonant runs
 # (possessive quantifiers: the same matches, without the engine trying shorter ones first)
 _VARIABLE = re.compile(r"\b(?:\d\w*+|(?=[a-z_]*+\d)\w{5,}+|[bcdfghjklmnpqrstvwxz]{6,}+)\b")
@@ -37,7 +37,7 @@ _VARIABLE = re.compile(r"\b(?:\d\w*+|(?=[a-z_]*+\d)\w{5,}+|[bcdfghjklmnpqrstvwxz
 # A record keeps MAX_TEXT characters (memory at a million messages); its sketch reads SKETCH_TEXT,
 # enough that copies whose paragraphs were shuffled still show mostly the same ones.
 MAX_TEXT = 1500
-SKETCH_TEXT = 6000
+SKETCH_TEXT = 3000
 
 
 def html_to_text(s: str) -> str:
@@ -64,7 +64,9 @@ def _unleet(m: re.Match[str]) -> str:
 def plain(s: str) -> str:
     """What a reader sees: invisible characters dropped, compatibility forms and entities resolved."""
     if not s.isascii():
-        s = unicodedata.normalize("NFKC", s.translate(_INVISIBLE))
+        s = _INVISIBLE.sub("", s)
+        if not unicodedata.is_normalized("NFKC", s):
+            s = unicodedata.normalize("NFKC", s)
     if "&" in s and ";" in s:
         s = html.unescape(s)
     return s
