@@ -125,3 +125,18 @@ def test_backscatter_follows_its_campaign(runs) -> None:
              for i, d in enumerate(originals)]
     labels = CampaignClusterer().fit([*map(_feat, records[:80]), *map(_feat, alone)]).labels_
     assert len(set(labels[80:])) == 1 and labels[80] not in set(labels[:80])
+
+
+def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
+    """A real message that links to a run's domain and names its Reply-To (another template) is not pulled in."""
+    camps, data, truth, records = runs
+    ham = corpus[0]
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 3 and r.keys)
+    valid = []
+    for raw in ham[100:106]:
+        r = _parse(raw)
+        valid.append(r.model_copy(update={"keys": [*r.keys, *copy.keys]}))
+    feats = [*map(_feat, records), *map(_feat, valid)]
+    labels = CampaignClusterer().fit(feats).labels_
+    run3 = {int(lab) for lab, t in zip(labels, truth, strict=False) if t == 3}
+    assert not run3 & {int(x) for x in labels[len(records):]}
