@@ -112,6 +112,14 @@ def shape_of(names: Iterable[str], mailer: str) -> str:
     return h.hexdigest()
 
 
+def subject_key(subject: str) -> str:
+    """`s:` and the three longest words of a normalised subject (at least three of five letters or
+    more): a per-recipient name or suffix rarely outgrows a template's own words. What a bounce that
+    quotes only the headers still shares with its run."""
+    words = sorted({w for w in _TOKEN.findall(subject) if len(w) >= 5 and w not in _STOP}, key=lambda w: (-len(w), w))
+    return "s:" + " ".join(sorted(words[:3])) if len(words) >= 3 else ""
+
+
 def digest_key(kind: str, payload: bytes) -> str:
     """An exact key for bytes a run may repeat: an attachment or an image."""
     return f"{kind}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"

@@ -12,7 +12,7 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-from pipeline.features import digest_key, shape, shape_of, sketch, url_keys
+from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
 from pipeline.models import Envelope, ParsedRecord, ReceivedHop
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
@@ -38,10 +38,11 @@ _MAX_DIGESTS = 8
 class _Grouping:
     """What the grouping features are read from: the message itself, or for a bounce the one it quotes."""
 
-    __slots__ = ("shape", "texts", "reply_to", "payloads")
+    __slots__ = ("shape", "texts", "reply_to", "payloads", "subject")
 
-    def __init__(self, shape: str, texts: list[str], reply_to: str, payloads: list[bytes]) -> None:
+    def __init__(self, shape: str, texts: list[str], reply_to: str, payloads: list[bytes], subject: str) -> None:
         self.shape, self.texts, self.reply_to, self.payloads = shape, texts, reply_to, payloads
+        self.subject = subject
 
 
 def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
@@ -49,6 +50,8 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     if g.reply_to and (addr := getaddresses([g.reply_to])) and addr[0][1]:
         keys.append("r:" + addr[0][1].lower())
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
+    if sk := subject_key(normalise(g.subject, "")):
+        keys.append(sk)
     rec.keys = keys
     rec.shape = g.shape
     # the sketch reads the long text; the record keeps its head
@@ -231,7 +234,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     seen = html_to_text(mail.text_html[0]) if mail.text_html else ""
     body = mail.text_plain[0] if mail.text_plain else seen
     grouping = _Grouping(shape(data), [*mail.text_plain[:2], *mail.text_html[:2]], first("reply-to"),
-                         [bytes(a.content) for a in mail.attachments[:_MAX_DIGESTS]])
+                         [bytes(a.content) for a in mail.attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
         grouping = _fast_bounced_original(rec, mail, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
@@ -260,7 +263,8 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
     obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
     rec.bounced_original_text = normalise(inner.subject or "", obody, SKETCH_TEXT)
     return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
-                     (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments])
+                     (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments],
+                     inner.subject or "")
 
 
 def _fill_received(rec: ParsedRecord, values: list[str], policy: SitePolicy) -> None:
@@ -332,7 +336,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         (env.mail_from == "" or bool(_BOUNCE_SENDER.search(rec.from_header)) or bool(_BOUNCE_SENDER.search(sender)))
         and (rec.content_type == "multipart/report" or bool(_BOUNCE_SUBJECT.search(rec.subject)))
     )
-    grouping = _Grouping(shape(data), [plain, rawhtml], _header(msg, "Reply-To"), payloads)
+    grouping = _Grouping(shape(data), [plain, rawhtml], _header(msg, "Reply-To"), payloads, rec.subject)
     if rec.bounce:
         if original is not None:
             grouping = _bounced_from_message(rec, original)
@@ -399,7 +403,7 @@ def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
             texts.append(obody := _decode(op))
     rec.bounced_original_text = normalise(osub, obody, SKETCH_TEXT)
     shaped = shape_of(original.keys(), str(original.get("X-Mailer") or original.get("User-Agent") or ""))
-    return _Grouping(shaped, texts, _header(original, "Reply-To"), [])
+    return _Grouping(shaped, texts, _header(original, "Reply-To"), [], osub)
 
 
 def _original_from(p: Message) -> Message | None:

@@ -113,13 +113,16 @@ def test_one_bridge_does_not_chain_two_runs(runs) -> None:
 def test_backscatter_follows_its_campaign(runs) -> None:
     camps, data, truth, records = runs
     originals = [d for d, t in zip(data, truth, strict=True) if t == 2][10:16]
+    headers_only = originals[3].index(b"\n\n")
     bounces = [bounce(originals[0], "x@far.example"), bounce(originals[1], "y@far.example", truncate=1500),
-               bounce(originals[2], "z@far.example", reencode=True)]
+               bounce(originals[2], "z@far.example", reencode=True),
+               bounce(originals[3], "w@far.example", truncate=headers_only)]
     parsed = [_parse(b, mail_from="") for b in bounces]
     assert all(p.bounce and p.bounced_original_text for p in parsed)
+    assert not parsed[3].sketch  # a subject is all the headers-only quote has to say
     labels = CampaignClusterer().fit([*map(_feat, records), *map(_feat, parsed)]).labels_
     run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
-    assert [int(x) for x in labels[len(records):]] == [run2] * 3
+    assert [int(x) for x in labels[len(records):]] == [run2] * 4
     # the originals have left the queue: the bounces still group with one another
     alone = [_parse(bounce(d, f"u{i}@far.example", truncate=2500 if i % 2 else None), mail_from="")
              for i, d in enumerate(originals)]
