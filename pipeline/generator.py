@@ -427,16 +427,29 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     n_backscatter_local = int(n * 0.01)
     n_relayed = n - n_valid - n_backscatter - n_stolen - n_backscatter_local
 
+    # Each campaign its own spam while the corpus lasts: two runs of one text would be one campaign
+    # to any reader, and the truth could not say which copy belongs to which. The corpus holds
+    # several copies of some runs (140 of the 500 spams of the sample repeat another's opening), so
+    # a spam whose first words another campaign already uses is passed over.
+    order = iter(r.sample(range(len(g.spam)), len(g.spam)))
+    openings: set[str] = set()
     templates: dict[int, Any] = {}
-    # each campaign its own spam while the corpus lasts: two runs of one template would be one campaign
-    # to any reader, and the truth could not say which copy belongs to which
-    order = r.sample(range(len(g.spam)), len(g.spam))
 
-    def campaign(cid: str, n_ips: int, forge_local: bool = False, account: str | None = None) -> _SwCampaign:
-        i = order[len(templates)] if len(templates) < len(order) else r.randrange(len(g.spam))
+    def template() -> Any:
+        for i in order:
+            t = extract_template(g.spam[i])
+            key = " ".join(t.words[:40]).lower()
+            if key not in openings:
+                openings.add(key)
+                return t
+        # the corpus is used up: runs of one text again (a bigger corpus avoids it)
+        i = r.randrange(len(g.spam))
         if i not in templates:
             templates[i] = extract_template(g.spam[i])
-        sc = SpamCampaign.draw(cid, templates[i], techs, r, words, rate=rate)
+        return templates[i]
+
+    def campaign(cid: str, n_ips: int, forge_local: bool = False, account: str | None = None) -> _SwCampaign:
+        sc = SpamCampaign.draw(cid, template(), techs, r, words, rate=rate)
         return _SwCampaign(sc, [_pool_ip(r) for _ in range(n_ips)], forge_local, account)
 
     sizes = campaign_sizes(r, n_relayed)
