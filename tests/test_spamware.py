@@ -355,3 +355,12 @@ def test_same_bytes_across_processes(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append((out.read_bytes(), (tmp_path / hs / "inc.truth.jsonl").read_bytes()))
     assert outs[0] == outs[1]
+
+
+def test_cli_lists_techniques_and_needs_out():
+    r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate", "--list-techniques"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()] == list(TECHNIQUES)
+    r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "OUT" in r.stderr and "Traceback" not in r.stderr
