@@ -479,17 +479,22 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
         return _sw_copy(g, c, sender, rcpts, r.choice(c.ips), None, "relayed_spam", render)
 
     def bounce(c: _SwCampaign, to: str, kind: str) -> GenMessage:
+        # every draw is made whichever way the bounce quotes, so switching bounce_variants off
+        # changes the bounces and nothing else
+        gone = relayed(c).data
+        in_queue, x, cut = r.random(), r.random(), r.randint(600, 3000)
         how: list[str] = []
-        if variants and c.sc.id in last and r.random() < 0.5:
+        if variants and c.sc.id in last and in_queue < 0.5:
             original = last[c.sc.id]
             how.append("quoted_in_queue")
         else:  # the copy that bounced has left the queue (or never was in this snapshot)
-            original = relayed(c).data
+            original = gone
             how.append("quoted_gone")
         quoted = "message/rfc822"
-        x = r.random() if variants else 1.0
+        if not variants:
+            x = 1.0
         if x < 0.2:  # truncated at the bounce size limit, mid-body or even mid-header
-            original = original[: r.randint(600, 3000)]
+            original = original[:cut]
             how.append("truncated")
         elif x < 0.35:  # headers only, as Postfix sends when the original is over bounce_size_limit
             original = original.replace(b"\r\n", b"\n").partition(b"\n\n")[0] + b"\n"

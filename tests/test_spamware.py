@@ -364,3 +364,19 @@ def test_cli_lists_techniques_and_needs_out():
     r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "OUT" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_technique_off_changes_only_its_own_effect(corpus):
+    """Runs with and without one technique are the same incident but for that technique: comparable rows."""
+    ham, spam = corpus
+    on = generate(ham, spam, n=200, seed=4, style="spamware", techniques=["greeting", "bounce_variants"],
+                  technique_rate=1.0).messages
+    off = generate(ham, spam, n=200, seed=4, style="spamware", techniques=["bounce_variants"],
+                   technique_rate=1.0).messages
+    assert [(m.kind, m.campaign, m.envelope) for m in on] == [(m.kind, m.campaign, m.envelope) for m in off]
+    differ = [i for i, (a, b) in enumerate(zip(on, off, strict=True)) if a.data != b.data]
+    assert differ and all("greeting" in on[i].techniques or on[i].kind.startswith("backscatter") for i in differ)
+    plain_bounces = generate(ham, spam, n=200, seed=4, style="spamware", techniques=["greeting"],
+                             technique_rate=1.0).messages
+    assert [(m.kind, m.envelope) for m in plain_bounces] == [(m.kind, m.envelope) for m in on]
+    assert all(m.techniques == ("quoted_gone",) for m in plain_bounces if m.kind.startswith("backscatter"))
