@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    out: Annotated[Path, typer.Argument(help="NAME.tar.gz / NAME.tar.zst, or a folder with --format eml")],
+    out: Annotated[Path | None, typer.Argument(
+        help="NAME.tar.gz / NAME.tar.zst, or a folder with --format eml")] = None,
     messages: Annotated[int, typer.Option("--messages", "-n", help="about how many messages")] = 2000,
     seed: Annotated[int, typer.Option(help="same seed, same incident")] = 1,
     corpus: Annotated[Path | None, typer.Option(help="SpamAssassin corpus tarball or folder")] = None,
@@ -48,6 +49,9 @@ def generate(
         for name, what in TECHNIQUES.items():
             typer.echo(f"{name:16} {RATES[name]:4.0%} of campaigns  {what}")
         return
+    if out is None:
+        raise typer.BadParameter("where to write the incident: NAME.tar.gz, or a folder with --format eml",
+                                 param_hint="OUT")
     if fmt not in ("eml", "canonical"):
         raise typer.BadParameter(f"unknown format {fmt!r}", param_hint="--format")
     if style not in STYLES:
