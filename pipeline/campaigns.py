@@ -1,175 +1,219 @@
-"""Group near-identical messages into campaigns: TF-IDF vectors and a deterministic leader clustering."""
+"""Group the copies of a spam run into campaigns: MinHash/LSH near-duplicates and invariant keys, linked
+by connected components with a guard against one message bridging two runs.
+
+Per-message features (pipeline.features) are computed at parse time; this module only links them:
+the reduce half. The result depends on the messages, not on the order they come in.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer, TfidfTransformer
-from sklearn.pipeline import Pipeline
+from scipy.sparse.csgraph import connected_components
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from pipeline.features import SKETCH_PERM, sketch
 
 _PLACEHOLDERS = {"zurlz", "ztokz"}
 
 
-class SharedTerms(TransformerMixin, BaseEstimator):
-    """Drop terms seen in fewer than `min_df` texts: a per-copy hash-buster is rare by design, and
-    left in, TF-IDF would weigh it most of all and pull copies of one run apart."""
+class Features(NamedTuple):
+    """What grouping knows of one message: normalised text, its sketch, invariant keys, template shape."""
 
-    def __init__(self, min_df: int = 2) -> None:
-        self.min_df = min_df
+    text: str
+    sketch: Sequence[int] = ()
+    keys: Sequence[str] = ()
+    shape: str = ""
 
-    def fit(self, X: sp.spmatrix, y: object = None, weights: np.ndarray | None = None) -> SharedTerms:
-        present = sp.csr_matrix(X) > 0
-        if weights is not None:  # rows stand for `weights` identical copies each
-            present = sp.diags(np.asarray(weights, dtype=np.float64)) @ present
-        df = np.asarray(present.sum(axis=0)).ravel()
-        self.keep_ = np.flatnonzero(df >= self.min_df)
-        return self
 
-    def transform(self, X: sp.spmatrix) -> sp.csr_matrix:
-        X = sp.csr_matrix(X)
-        mask = np.zeros(X.shape[1], dtype=bool)
-        mask[self.keep_] = True
-        out = sp.csr_matrix(X.multiply(mask[np.newaxis, :]))
-        out.eliminate_zeros()  # TF-IDF's sublinear log must not see explicit zeros
-        return out
+def as_features(x: Features | str) -> Features:
+    return x if isinstance(x, Features) else Features(x, sketch(x))
 
 
 class CampaignClusterer(ClusterMixin, BaseEstimator):
-    """Leader clustering over TF-IDF: a text joins the first earlier leader it is `threshold`-similar to.
+    """Connected components of near-duplicate texts and shared invariants, in two tiers.
 
-    Exact duplicates are folded before vectorising, so a run of 10,000 identical copies costs one
-    row. Hashed features keep memory flat however large the vocabulary of a queue grows; leaders
-    are never moved, so the result depends only on the input order, which makes it reproducible.
+    Tier 1 links texts whose estimated Jaccard similarity (MinHash, candidates from LSH bands) is at
+    least `threshold`. Tier 2 merges tier-1 groups through weaker evidence: texts at least
+    `weak_threshold` alike, or invariant keys (a URL's registered domain and path, Reply-To, an
+    attachment or image digest) shared within one template shape, under the guard of `_merge`.
+
+    Exact duplicates are folded first and the rest is put in a canonical order (by content), so the
+    labels do not depend on the input order. Cost: one sort, `bands` hash groupings and a
+    fixed-size comparison per message and band: linear in the number of distinct messages.
     """
 
-    def __init__(self, threshold: float = 0.6, n_features: int = 2**20, batch_size: int = 1024,
-                 ngram_range: tuple[int, int] = (1, 2), min_df: int = 2) -> None:
+    def __init__(self, threshold: float = 0.5, weak_threshold: float = 0.3, bands: int = 21,
+                 small: int = 2) -> None:
         self.threshold = threshold
-        self.min_df = min_df
-        self.n_features = n_features
-        self.batch_size = batch_size
-        self.ngram_range = ngram_range
+        self.weak_threshold = weak_threshold
+        self.bands = bands
+        self.small = small
 
-    def _make_pipeline(self) -> Pipeline:
-        return Pipeline([
-            ("hash", HashingVectorizer(n_features=self.n_features, alternate_sign=False, norm=None,
-                                       ngram_range=self.ngram_range, stop_words="english",
-                                       dtype=np.float32)),
-            ("shared", SharedTerms(min_df=self.min_df)),
-            ("tfidf", TfidfTransformer(sublinear_tf=True)),
-        ])
-
-    def _batches(self, n: int) -> range:
-        return range(0, n, self.batch_size)
-
-    def fit(self, X: Sequence[str], y: object = None) -> CampaignClusterer:
-        texts = list(X)
-        unique: dict[str, int] = {}
-        inverse = np.empty(len(texts), dtype=np.int64)
-        for i, t in enumerate(texts):
-            inverse[i] = unique.setdefault(t, len(unique))
-        utexts = list(unique)
-        del unique
-        self.pipeline_ = pipe = self._make_pipeline()
-        if not utexts:
+    def fit(self, X: Sequence[Features | str], y: object = None) -> CampaignClusterer:
+        feats = [as_features(x) for x in X]
+        unique: dict[tuple[str, tuple[str, ...], str, tuple[int, ...]], int] = {}
+        first: list[Features] = []
+        inverse = np.empty(len(feats), dtype=np.int64)
+        for i, f in enumerate(feats):
+            k = (f.text, tuple(f.keys), f.shape, tuple(f.sketch))
+            u = unique.setdefault(k, len(unique))
+            if u == len(first):
+                first.append(f)
+            inverse[i] = u
+        n = len(first)
+        if n == 0:
             self.labels_ = np.empty(0, dtype=np.int64)
-            self.leaders_ = sp.csr_matrix((0, self.n_features), dtype=np.float32)
             return self
-        copies = np.bincount(inverse, minlength=len(utexts)).astype(np.float64)
-        # Pass 1: document frequencies, batch by batch, weighted by copies (the hashing step is
-        # stateless, so the whole matrix never has to exist at once: memory stays flat at 1M).
-        hasher = pipe.named_steps["hash"]
-        df = np.zeros(self.n_features, dtype=np.float64)
-        counts: list[sp.csr_matrix] = []  # hashed once: a batch of counts is far smaller than its texts
-        for start in self._batches(len(utexts)):
-            counts.append(hasher.transform(utexts[start:start + self.batch_size]).tocsr())
-            present = (counts[-1] > 0).astype(np.float64)
-            df += present.T @ copies[start:start + self.batch_size]
-        shared = pipe.named_steps["shared"]
-        shared.keep_ = np.flatnonzero(df >= self.min_df)
-        total = copies.sum()
-        tfidf = pipe.named_steps["tfidf"]
-        tfidf.idf_ = (np.log((1 + total) / (1 + df)) + 1).astype(np.float32)
-        # Pass 2: vectorise a batch, join it to an earlier leader or make new ones.
-        ulabels = np.full(len(utexts), -1, dtype=np.int64)
-        leader_rows: list[int] = []
-        blocks: list[sp.csr_matrix] = []
-        leaders = sp.csr_matrix((0, self.n_features), dtype=np.float32)
-        rest = Pipeline(pipe.steps[1:])
-        for b, start in enumerate(self._batches(len(utexts))):
-            B = rest.transform(counts[b]).astype(np.float32).tocsr()
-            counts[b] = sp.csr_matrix((0, 0))  # let the batch go
-            if leaders.shape[0]:
-                best, ok = self._nearest(B, leaders)
-                ulabels[start:start + B.shape[0]][ok] = best[ok]
-            todo = np.flatnonzero(ulabels[start:start + B.shape[0]] < 0)
-            if todo.size:
-                Bn = B[todo]
-                Sb = (Bn @ Bn.T).toarray()
-                new_leaders: list[int] = []
-                for k, i in enumerate(todo.tolist()):
-                    hit = next((j for j in new_leaders if Sb[k, j] >= self.threshold), None)
-                    if hit is None:
-                        ulabels[start + i] = len(leader_rows)
-                        leader_rows.append(start + i)
-                        new_leaders.append(k)
-                    else:
-                        ulabels[start + i] = ulabels[start + int(todo[hit])]
-                blocks.append(Bn[new_leaders])
-                leaders = sp.vstack(blocks).tocsr() if len(blocks) > 1 else blocks[0]
-        self.leaders_ = leaders
-        self.labels_ = ulabels[inverse]
+        # canonical order: by content, so every later tie-break is independent of the input order
+        keys = list(unique)
+        del unique
+        order = sorted(range(n), key=keys.__getitem__)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        uf = [first[u] for u in order]
+        inverse = rank[inverse]
+        copies = np.bincount(inverse, minlength=n)
+
+        strong, weak = self._text_edges(uf)
+        comp = _components(n, strong)
+        ncomp = int(comp.max()) + 1
+        size = np.bincount(comp, weights=copies, minlength=ncomp)
+        # tier 2 evidence: texts alike across two groups, keys shared by two groups
+        merged = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp)), size)
+        final = _components(ncomp, merged)[comp]
+        # number the campaigns by their first member in canonical order
+        _, labels = np.unique(final, return_inverse=True)
+        self.labels_ = labels[inverse].astype(np.int64)
         return self
 
-    def _nearest(self, B: sp.csr_matrix, leaders: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """Per row of B: the most similar leader (the earliest on a tie) and whether it is close enough."""
-        S = (B @ leaders.T).tocsr()
-        return _row_argmax(S, self.threshold)
+    def _text_edges(self, uf: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
+        """(strong, weak) edges (i, j) between distinct messages, from LSH candidates verified on the sketches."""
+        rows = np.array([i for i, f in enumerate(uf) if len(f.sketch) == SKETCH_PERM], dtype=np.int64)
+        empty = np.empty((0, 2), dtype=np.int64)
+        if rows.size < 2:
+            return empty, empty
+        S = np.array([uf[i].sketch for i in rows], dtype=np.uint32)
+        r = SKETCH_PERM // self.bands
+        pairs: list[np.ndarray] = []
+        for b in range(self.bands):
+            band = np.ascontiguousarray(S[:, b * r:(b + 1) * r]).view(np.dtype((np.void, 4 * r))).ravel()
+            _, bucket = np.unique(band, return_inverse=True)
+            bucket = bucket.ravel()
+            # each message is compared with its bucket's first member (rows are in canonical order)
+            head = np.full(int(bucket.max()) + 1, len(rows), dtype=np.int64)
+            np.minimum.at(head, bucket, np.arange(len(rows)))
+            rep = head[bucket]
+            cand = np.flatnonzero(rep != np.arange(len(rows)))
+            if cand.size:
+                pairs.append(np.stack([cand, rep[cand]], axis=1))
+        if not pairs:
+            return empty, empty
+        P = np.unique(np.concatenate(pairs), axis=0)
+        sim = (S[P[:, 0]] == S[P[:, 1]]).mean(axis=1)
+        P = rows[P]
+        return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 
-    def predict(self, X: Sequence[str]) -> np.ndarray:
-        """The leader each text is `threshold`-similar to, or -1."""
-        texts = list(X)
-        out = np.full(len(texts), -1, dtype=np.int64)
-        if not texts or self.leaders_.shape[0] == 0:
-            return out
-        # backscatter quotes the same few spam texts again and again: vectorise each text once
-        unique: dict[str, int] = {}
-        inverse = np.fromiter((unique.setdefault(t, len(unique)) for t in texts), dtype=np.int64, count=len(texts))
-        utexts = list(unique)
-        uout = np.full(len(utexts), -1, dtype=np.int64)
-        for start in self._batches(len(utexts)):
-            V = self.pipeline_.transform(utexts[start:start + self.batch_size]).astype(np.float32).tocsr()
-            best, ok = self._nearest(V, self.leaders_)
-            uout[start:start + V.shape[0]] = np.where(ok, best, -1)
-        out[:] = uout[inverse]
+    def _key_links(self, uf: Sequence[Features], comp: np.ndarray) -> np.ndarray:
+        """Tier-2 links from invariant keys: within one template shape, every group sharing a key
+        links to the group holding most of that key's copies, as (group, owner, key number, message)."""
+        buckets: dict[str, list[int]] = defaultdict(list)
+        for i, f in enumerate(uf):
+            for k in f.keys:
+                buckets[f"{f.shape}|{k}"].append(i)
+        out: list[tuple[int, int, int, int]] = []
+        for key_no, members in enumerate(buckets.values()):
+            if len(members) < 2:
+                continue
+            groups = Counter(int(comp[i]) for i in members)
+            if len(groups) < 2:
+                continue
+            owner = min(groups, key=lambda g: (-groups[g], g))
+            out.extend((int(comp[i]), owner, key_no, i) for i in members if comp[i] != owner)
+        return np.array(out, dtype=np.int64).reshape(-1, 4)
+
+    def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
+               size: np.ndarray) -> np.ndarray:
+        """The tier-2 merges the bridge guard allows, as (group, group) edges.
+
+        Two groups of more than `small` copies merge when at least two distinct messages are alike
+        across them, or when they share at least two distinct keys: one bridging message, or one
+        URL that every run of a spamware kit carries, does not chain two runs. A smaller group
+        joins only one partner: a big one if it has any, the best supported."""
+        keep: list[tuple[int, int]] = []
+        best: dict[int, tuple[bool, int, float, int]] = {}
+        for pair in sorted(set(text) | set(key)):
+            s_text, s_key = text.get(pair, 0), key.get(pair, 0)
+            x, y = pair
+            if size[x] > self.small and size[y] > self.small:
+                if s_text >= 2 or s_key >= 2:
+                    keep.append(pair)
+                continue
+            for me, other in ((x, y), (y, x)):
+                if size[me] <= self.small:
+                    # a big partner first: through a small one (a bridge) it could reach anywhere
+                    cand = (size[other] <= self.small, -(s_text + s_key), -float(size[other]), other)
+                    if me not in best or cand < best[me]:
+                        best[me] = cand
+        keep.extend((me, c[3]) for me, c in best.items())
+        return np.array(keep, dtype=np.int64).reshape(-1, 2)
+
+
+def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], int]:
+    """Per pair of groups, how many distinct messages on its poorer side are alike to the other:
+    a single message alike to many of another group is still one."""
+    ga, gb = comp[edges[:, 0]], comp[edges[:, 1]]
+    cross = ga != gb
+    ga, gb, ia, ib = ga[cross], gb[cross], edges[cross, 0], edges[cross, 1]
+    swap = ga > gb
+    ga, gb = np.where(swap, gb, ga), np.where(swap, ga, gb)
+    ia, ib = np.where(swap, ib, ia), np.where(swap, ia, ib)
+    out: dict[tuple[int, int], int] = {}
+    if not ga.size:
         return out
+    sides = []
+    for items in (ia, ib):
+        trip = np.unique(np.stack([ga, gb, items], axis=1), axis=0)
+        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
+        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
+    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
 
 
-def _row_argmax(S: sp.csr_matrix, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise argmax and max >= threshold of a sparse matrix, without sorting its indices first
-    (scipy's argmax sorts them, which was most of its cost); ties go to the lowest column."""
-    n = S.shape[0]
-    best = np.zeros(n, dtype=np.int64)
-    ok = np.zeros(n, dtype=bool)
-    counts = np.diff(S.indptr)
-    rows = np.flatnonzero(counts)
-    if rows.size == 0:
-        return best, ok
-    starts = S.indptr[rows]
-    top = np.maximum.reduceat(S.data, starts)
-    at_top = S.data == np.repeat(top, counts[rows])
-    cols = np.where(at_top, S.indices, np.iinfo(S.indices.dtype).max)
-    best[rows] = np.minimum.reduceat(cols, starts)
-    ok[rows] = top >= threshold
-    return best, ok
+def _key_support(links: np.ndarray) -> dict[tuple[int, int], int]:
+    """Per pair of groups, the fewer of: distinct keys they share, distinct messages of the group
+    that is not the keys' owner carrying them (one message that carries another run's keys is one)."""
+    if not links.size:
+        return {}
+    a = np.minimum(links[:, 0], links[:, 1])
+    b = np.maximum(links[:, 0], links[:, 1])
+    sides = []
+    for col in (2, 3):
+        trip = np.unique(np.stack([a, b, links[:, col]], axis=1), axis=0)
+        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
+        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
+    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
 
 
-def group_campaigns(texts: Sequence[str], threshold: float = 0.6) -> np.ndarray:
-    """Plain-function twin of CampaignClusterer: the cluster label of each text."""
+def _components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes, numbered by their lowest node."""
+    if not len(edges):
+        return np.arange(n, dtype=np.int64)
+    g = sp.coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    # relabel by lowest member so the numbering follows the canonical order
+    low = np.full(int(lab.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(low, lab, np.arange(n))
+    _, ranked = np.unique(low, return_inverse=True)
+    return ranked[lab].astype(np.int64)
+
+
+def group_campaigns(texts: Sequence[Features | str], threshold: float = 0.5) -> np.ndarray:
+    """Plain-function twin of CampaignClusterer: the cluster label of each message."""
     return CampaignClusterer(threshold=threshold).fit(texts).labels_
 
 

@@ -77,6 +77,10 @@ class ParsedRecord(Model):
     date: datetime | None = None
     content_type: str = ""
     text: str = Field("", description="normalised subject + body used for campaign grouping")
+    sketch: list[int] = Field(default_factory=list, description="MinHash of the text (pipeline.features)")
+    keys: list[str] = Field(default_factory=list, description="invariants a spam run repeats: URL domains and "
+                            "paths, Reply-To, attachment and image digests")
+    shape: str = Field("", description="fingerprint of the template: header order, X-Mailer, content type")
     attachments: list[str] = Field(default_factory=list)
     received: list[ReceivedHop] = Field(default_factory=list)
     our_hop: ReceivedHop | None = None

@@ -1,37 +1,85 @@
-"""Text normalisation for campaign grouping: the variable parts of a spam run become placeholders."""
+"""Text normalisation for campaign grouping: obfuscations erased, the variable parts of a run made placeholders."""
 
 from __future__ import annotations
 
 import html
 import re
+import unicodedata
 
 # no leading \b: a literal start lets the engine skip ahead instead of trying every position
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]++")
 # the look-behind lets only the start of a word try to be an address, which keeps this linear
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_HTML_DROP = re.compile(r"(?is)<(script|style|head)\b.*?</\1\s*>|<!--.*?-->")
+_HTML_DROP = re.compile(r"(?is)<(script|style|head|title)\b.*?</\1\s*>")
+# A comment inside a word (vi<!-- x -->agra) must vanish without a trace, or it splits the word.
+_COMMENT = re.compile(r"(?s)<!--.*?-->")
+# Text no reader sees (hidden, 0-1px, white) is where spamware puts its per-copy word salad.
+_HIDDEN = re.compile(
+    r"(?is)<(span|div|font|p|td|small|b|i)\b[^>]*?(?:display\s*:\s*none|visibility\s*:\s*hidden"
+    r"|font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*[;\"']|color\s*[:=]\s*[\"']?\s*(?:#fff(?:fff)?\b|white\b))"
+    r"[^>]*>.{0,4000}?</\1\s*>")
+# Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
+_INLINE = re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
+# Characters that render as nothing: zero-width spaces and joiners, soft hyphens, BOMs, bidi marks.
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u206f\u3164\ufeff\uffa0]+")
+# Leetspeak: a word of letters with these in it is read as letters (v1agr@ -> viagra, fr33 -> free).
+_LEET = str.maketrans("0134578@$!|", "oieastbasii")
+_LEET_CHARS = frozenset("0134578@$!|")
+# from the start of a word only, letters taken once (possessive): a scan that is linear in the text
+_WORD = re.compile(r"(?<![\w@$!|])[a-z]*+[0-9@$!|][\w@$!|]*+")
 # numbers, tokens mixing letters and digits (hash-busters), long consonant runs
 # (possessive quantifiers: the same matches, without the engine trying shorter ones first)
 _VARIABLE = re.compile(r"\b(?:\d\w*+|(?=[a-z_]*+\d)\w{5,}+|[bcdfghjklmnpqrstvwxz]{6,}+)\b")
 
 # The first few KB of text decide which run a message belongs to; reading further only costs time.
+# A record keeps MAX_TEXT characters (memory at a million messages); its sketch reads SKETCH_TEXT,
+# enough that copies whose paragraphs were shuffled still show mostly the same ones.
 MAX_TEXT = 1500
+SKETCH_TEXT = 3000
 
 
 def html_to_text(s: str) -> str:
-    s = _HTML_DROP.sub(" ", s[: MAX_TEXT * 8])
+    s = s[: SKETCH_TEXT * 6]
+    if "<!--" in s:
+        s = _COMMENT.sub("", s)
+    s = _HTML_DROP.sub(" ", s)
+    s = _HIDDEN.sub(" ", s)
+    s = _INLINE.sub("", s)
     s = _TAG.sub(" ", s)
     return html.unescape(s)
 
 
-def normalise(subject: str, body: str) -> str:
-    """Lower-case subject + body with URLs, addresses, numbers and hash-buster tokens replaced."""
-    s = f"{subject}\n{body[:MAX_TEXT]}".lower()
+def _unleet(m: re.Match[str]) -> str:
+    w = m.group(0)
+    core = w.rstrip("!|")  # "now!" is a word and an exclamation mark, not leetspeak
+    t = core.translate(_LEET)
+    # only a word that reads as letters once translated, and has a letter of its own: 2026, a1b2c3 stay
+    if t.isalpha() and not _LEET_CHARS.issuperset(core):
+        return t + w[len(core):]
+    return w
+
+
+def plain(s: str) -> str:
+    """What a reader sees: invisible characters dropped, compatibility forms and entities resolved."""
+    if not s.isascii():
+        s = _INVISIBLE.sub("", s)
+        if not unicodedata.is_normalized("NFKC", s):
+            s = unicodedata.normalize("NFKC", s)
+    if "&" in s and ";" in s:
+        s = html.unescape(s)
+    return s
+
+
+def normalise(subject: str, body: str, limit: int = MAX_TEXT) -> str:
+    """Lower-case subject + body with obfuscations erased and URLs, addresses, numbers, hash-busters replaced."""
+    s = plain(f"{subject}\n{body[:limit * 2]}").lower()
     if "http" in s or "www." in s:
         s = _URL.sub(" zurlz ", s)
     if "@" in s:
         s = _EMAIL.sub(" zurlz ", s)
-    # punctuation stays: the TF-IDF tokenizer splits on it anyway, and removing it cost a third
+    s = _WORD.sub(_unleet, s)
+    # punctuation stays: the tokenizer splits on it anyway, and removing it cost a third
     s = _VARIABLE.sub("ztokz", s)
-    return " ".join(s.split())[:MAX_TEXT]
+    return " ".join(s.split())[:limit]

@@ -16,8 +16,9 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
+from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
 from pipeline.models import Envelope, ParsedRecord, ReceivedHop
-from pipeline.normalise import html_to_text, normalise
+from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
 
@@ -41,6 +42,33 @@ _HEADER_CHARS = 8000
 MAX_ENCODED_WORDS = 1000
 MAX_HEADER_BYTES = 1 << 20
 PARSE_SECONDS = 10.0
+_MAX_URL_TEXT = 40000  # characters of each body part searched for URLs
+_MAX_DIGESTS = 8
+
+
+class _Grouping:
+    """What the grouping features are read from: the message itself, or for a bounce the one it quotes."""
+
+    __slots__ = ("shape", "texts", "reply_to", "payloads", "subject")
+
+    def __init__(self, shape: str, texts: list[str], reply_to: str, payloads: list[bytes], subject: str) -> None:
+        self.shape, self.texts, self.reply_to, self.payloads = shape, texts, reply_to, payloads
+        self.subject = subject
+
+
+def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
+    keys = url_keys(t[:_MAX_URL_TEXT] for t in g.texts)
+    if g.reply_to and (addr := getaddresses([g.reply_to])) and addr[0][1]:
+        keys.append("r:" + addr[0][1].lower())
+    keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
+    if sk := subject_key(normalise(g.subject, "")):
+        keys.append(sk)
+    rec.keys = keys
+    rec.shape = g.shape
+    # the sketch reads the long text; the record keeps its head
+    rec.sketch = sketch(rec.text)
+    rec.text = rec.text[:MAX_TEXT]
+    rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
 
 
 def _unescape_8bit(s: str) -> str:
@@ -186,7 +214,7 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
         return _careful_in_time(rec, found, policy, f"over the parse budget: {heavy}")
     if _fast is not None:
         try:
-            _fill_fast(rec, _fast(found.data), policy)
+            _fill_fast(rec, _fast(found.data), policy, found.data)
             return rec
         except Exception:  # noqa: BLE001, S110 - whatever the fast parser refuses, the careful path reads
             pass
@@ -219,6 +247,7 @@ def _careful(rec: ParsedRecord, found: Found, policy: SitePolicy) -> ParsedRecor
     except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
         rec.defects.append(f"unparseable: {type(e).__name__}: {e}"[:300])
         rec.text = normalise("", found.data[:4000].decode("latin-1"))
+        rec.sketch = sketch(rec.text)
         return rec
     try:
         _fill(rec, msg, policy, found.data)
@@ -239,7 +268,7 @@ _fast = _load_fast()
 _ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers", "message/delivery-status")
 
 
-def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy) -> None:
+def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) -> None:
     """Fill from fast-mail-parser; what it raises on goes down the careful path instead."""
     heads: dict[str, list[str]] = {}
     for k, vals in mail.headers.items():
@@ -271,39 +300,42 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy) -> None:
     rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
     _fill_received(rec, heads.get("received", []), policy)
     rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in mail.attachments][:200]
-    if mail.text_plain:
-        body = mail.text_plain[0]
-    elif mail.text_html:
-        body = html_to_text(mail.text_html[0])
-    else:
-        body = ""
+    # grouping reads what a reader sees: the HTML part when there is one, its hidden text dropped
+    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
+    seen = html_to_text(mail.text_html[0]) if mail.text_html else ""
+    body = mail.text_plain[0] if mail.text_plain else seen
+    grouping = _Grouping(shape(data), [*mail.text_plain[:2], *mail.text_html[:2]], first("reply-to"),
+                         [bytes(a.content) for a in mail.attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
-        _fast_bounced_original(rec, mail, body)
+        grouping = _fast_bounced_original(rec, mail, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body, SKETCH_TEXT)
+    _set_grouping(rec, grouping)
     if mail.warnings:
         # the parser repaired something (its warnings name the stdlib's defects): say what
         rec.defects.extend(f"mime: {k}" for k in sorted({str(getattr(w, "kind", "warning")) for w in mail.warnings}))
     _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
 
 
-def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> None:
+def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping | None:
     orig = next((a for a in mail.attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
     if orig is None:
         if m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():])
-        return
+            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
+        return None
     assert _fast is not None
     raw = bytes(orig.content)
     try:
         inner = _fast(raw)
     except Exception:  # noqa: BLE001 - the quoted spam is often broken; the standard library reads it
-        _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
-        return
+        return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
-    obody = inner.text_plain[0] if inner.text_plain else html_to_text(inner.text_html[0]) if inner.text_html else ""
-    rec.bounced_original_text = normalise(inner.subject or "", obody)
+    obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
+    rec.bounced_original_text = normalise(inner.subject or "", obody, SKETCH_TEXT)
+    return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
+                     (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments],
+                     inner.subject or "")
 
 
 _MAX_HOPS = 4  # ours is the topmost, or below a content filter's one or two: enough, and records stay small
@@ -337,7 +369,8 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     _fill_received(rec, msg.get_all("Received") or [], policy)
 
     parts = _walk(msg)
-    plain, htmltext = "", ""
+    plain, htmltext, rawhtml = "", "", ""
+    payloads: list[bytes] = []
     defects: set[str] = set()
     original: Message | None = None
     for p in parts:
@@ -346,8 +379,11 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         ctype = p.get_content_type()
         fn = p.get_filename()
         disp = (p.get("Content-Disposition") or "").lower()
-        if fn or disp.startswith("attachment"):
-            rec.attachments.append(f"{_clean(fn or '(unnamed)')} ({ctype})")
+        if fn or disp.startswith("attachment") or ctype.startswith("image/"):
+            if fn or disp.startswith("attachment"):
+                rec.attachments.append(f"{_clean(fn or '(unnamed)')} ({ctype})")
+            if len(payloads) < _MAX_DIGESTS and isinstance(b := _payload(p), bytes):
+                payloads.append(b)
             continue
         if ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers") and original is None:
             original = _original_from(p)
@@ -355,7 +391,8 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         if ctype == "text/plain" and not plain:
             plain = _decode(p)
         elif ctype == "text/html" and not htmltext:
-            htmltext = html_to_text(_decode(p))
+            rawhtml = _decode(p)
+            htmltext = html_to_text(rawhtml)
     body = plain or htmltext
     if defects:
         rec.defects.extend(f"mime: {d}" for d in sorted(defects))
@@ -369,13 +406,15 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         (env.mail_from == "" or bool(_BOUNCE_SENDER.search(rec.from_header)) or bool(_BOUNCE_SENDER.search(sender)))
         and (rec.content_type == "multipart/report" or bool(_BOUNCE_SUBJECT.search(rec.subject)))
     )
+    grouping = _Grouping(shape(data), [plain, rawhtml], _header(msg, "Reply-To"), payloads, rec.subject)
     if rec.bounce:
         if original is not None:
-            _bounced_from_message(rec, original)
+            grouping = _bounced_from_message(rec, original)
         elif m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():])
+            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, body)
+    rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body, SKETCH_TEXT)
+    _set_grouping(rec, grouping)
     _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 
 
@@ -404,23 +443,26 @@ def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> N
     rec.envelope_inferred = inferred
 
 
-def _bounced_from_message(rec: ParsedRecord, original: Message) -> None:
+def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
     """Subject, sender and text of the message a bounce quotes, read with the standard library."""
     osub = _header(original, "Subject")
     ofrom = getaddresses([str(original.get("From") or "")])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
     obody = ""
+    texts: list[str] = []
     if not original.is_multipart() or original.get_content_type().startswith("text/"):
-        obody = _decode(original) if original.get_content_type() != "text/html" else html_to_text(_decode(original))
+        texts.append(_decode(original))
+        obody = texts[0] if original.get_content_type() != "text/html" else html_to_text(texts[0])
     else:
-        for op in _walk(original):
-            if op.get_content_type() == "text/plain":
-                obody = _decode(op)
-                break
-            if op.get_content_type() == "text/html":
-                obody = html_to_text(_decode(op))
-                break
-    rec.bounced_original_text = normalise(osub, obody)
+        kinds = {op.get_content_type(): op for op in reversed(_walk(original))}  # the first of each kind
+        if (op := kinds.get("text/html")) is not None:
+            texts.append(raw := _decode(op))
+            obody = html_to_text(raw)
+        elif (op := kinds.get("text/plain")) is not None:
+            texts.append(obody := _decode(op))
+    rec.bounced_original_text = normalise(osub, obody, SKETCH_TEXT)
+    shaped = shape_of(original.keys(), str(original.get("X-Mailer") or original.get("User-Agent") or ""))
+    return _Grouping(shaped, texts, _header(original, "Reply-To"), [], osub)
 
 
 def _original_from(p: Message) -> Message | None:
@@ -434,6 +476,14 @@ def _original_from(p: Message) -> Message | None:
         except Exception:  # noqa: BLE001
             return None
     return None
+
+
+def _payload(part: Message) -> bytes | None:
+    try:
+        b = part.get_payload(decode=True)
+    except (ValueError, TypeError, AssertionError):
+        return None
+    return b if isinstance(b, bytes) else None
 
 
 def _clean(s: str) -> str:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.archive import ArchiveReport
-from pipeline.campaigns import CampaignClusterer, top_terms
+from pipeline.campaigns import CampaignClusterer, Features, top_terms
 from pipeline.models import (
     AccountReport,
     Campaign,
@@ -174,13 +174,15 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     warnings = origin_warnings(records, policy)
     th = policy.thresholds
     progress("campaigns", 0, n)
-    clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit([r.text for r in records])
+    clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit(
+        [Features(r.text, r.sketch, r.keys, r.shape) for r in records])
     labels = clusterer.labels_
     progress("campaigns", n, n)
     groups: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels):
         groups[int(lab)].append(i)
-    big = sorted((g for g in groups.values() if len(g) >= th.campaign_min_size), key=lambda g: (-len(g), g[0]))
+    # numbered by size, then by the clusterer's label, which follows the messages' content, not their order
+    big = [g for _, _, g in sorted((-len(g), lab, g) for lab, g in groups.items() if len(g) >= th.campaign_min_size)]
     # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
     # Releasing the rest bounds memory at a million messages (records are this step's own).
     keep = {i for g in big for i in g[:LABEL_SAMPLE]}
@@ -188,6 +190,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         if i not in keep:
             r.text = ""
         r.received = []
+        r.sketch = []
     campaign_of: dict[int, int] = {}
     for cid, members in enumerate(big, 1):
         for i in members:
@@ -204,12 +207,10 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     for cid, members in enumerate(big, 1):
         decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles)
 
-    spam_leaders = {int(labels[big[cid - 1][0]]) for cid, d in decisions.items() if d.verdict is Verdict.spam}
-    bounce_idx = [i for i, r in enumerate(records) if r.bounce and r.bounced_original_text]
-    hits: set[int] = set()
-    if bounce_idx and spam_leaders:
-        pred = clusterer.predict([records[i].bounced_original_text for i in bounce_idx])
-        hits = {i for i, p in zip(bounce_idx, pred, strict=True) if int(p) in spam_leaders}
+    # a bounce is grouped by the message it quotes: one in a spam campaign's group quotes its spam,
+    # even when that group is too small to be a campaign of its own
+    spam_labels = {int(labels[big[cid - 1][0]]) for cid, d in decisions.items() if d.verdict is Verdict.spam}
+    hits = {i for i, r in enumerate(records) if r.bounce and r.bounced_original_text and int(labels[i]) in spam_labels}
 
     abusive_ips = _abusive_ips(records, ctxs, campaign_of, decisions)
     messages: list[ManifestMessage] = []

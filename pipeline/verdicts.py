@@ -177,10 +177,15 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
             R("relayed_single_source", f"{abusive} of {n} copies relayed, all from {ip} with one sender domain: "
               "an application of ours missing from trusted_networks, or one abused server", "review")])
     if abusive >= max(2, 0.1 * n):
+        # the same run may also go out through a stolen password: its account is named, so its
+        # copies are spam too rather than a contradiction
+        stolen = _stolen_accounts(authed, recs, ctxs, policy)
         return Decision(Verdict.spam, min(0.99, 0.8 + 0.19 * abusive / n), [
             R("relayed_campaign", f"{relayed} of {n} copies relayed (unauthenticated client outside trusted "
               f"networks, no local recipient); {forged} forged a local sender from outside; "
-              f"{len(ips)} client IPs", "spam")])
+              f"{len(ips)} client IPs", "spam"),
+            *([R("stolen_account", "the same run through a stolen password: " + "; ".join(stolen.values()),
+                 "spam")] if stolen else [])], accounts=set(stolen))
     if bounces_out >= max(2, 0.5 * n):
         return Decision(Verdict.spam, 0.95, [
             R("backscatter_campaign", f"{bounces_out} of {n} are our bounces to external addresses quoting "
@@ -199,13 +204,10 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
     return Decision(Verdict.review, 0.4, [R("campaign_unclear", "a campaign with no clear origin", "review")])
 
 
-def _authenticated_bulk(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                        policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
-    """A newsletter and a stolen password look alike in size; they differ in where they come from.
-
-    An account is implicated when its own copies in this campaign (at least campaign_min_size) come
-    from many client IPs outside trusted networks, or mostly carry a non-local envelope sender.
-    """
+def _stolen_accounts(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                     policy: SitePolicy) -> dict[str, str]:
+    """Accounts whose own copies in a campaign (at least campaign_min_size) come from many client IPs
+    outside trusted networks, or mostly carry a non-local envelope sender: why, per account."""
     th = policy.thresholds
     by_account: dict[str, list[int]] = {}
     for i in authed:
@@ -219,6 +221,17 @@ def _authenticated_bulk(authed: Sequence[int], recs: Sequence[ParsedRecord], ctx
         if len(ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(idx):
             bad[account] = (f"account {account!r}: {len(idx)} copies from {len(ips)} client IPs outside trusted "
                             f"networks, {nonlocal_senders} with a non-local sender")
+    return bad
+
+
+def _authenticated_bulk(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                        policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
+    """A newsletter and a stolen password look alike in size; they differ in where they come from
+    (see _stolen_accounts)."""
+    by_account: dict[str, list[int]] = {}
+    for i in authed:
+        by_account.setdefault(ctxs[i].account or "", []).append(i)
+    bad = _stolen_accounts(authed, recs, ctxs, policy)
     if bad:
         return Decision(Verdict.spam, 0.9, [R("stolen_account", "authenticated bulk unlike a newsletter, like a "
                                               "stolen password: " + "; ".join(bad.values()), "spam")],

@@ -1,0 +1,143 @@
+"""Per-message grouping features: what a spam run cannot vary, and a MinHash sketch of its text.
+
+Computed where the message is parsed (on every core, or per shard in the cloud), so the global
+linking in pipeline.campaigns only reads small fixed-size values: the map half of a map/reduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+SKETCH_PERM = 64  # MinHash permutations: the estimate of a Jaccard similarity is within ~0.06
+SKETCH_SEED = 1405  # fixed: sketches from different shards and runs must compare
+MIN_TOKENS = 8  # fewer distinct words than this say too little to link texts by
+
+# case-sensitive, so the engine can skip to each candidate; upper-case links get a second look
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
+_URL_ANY_CASE = re.compile(r"(?i)(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
+_TOKEN = re.compile(r"[^\W\d_]{2,}")
+_STOP = frozenset(ENGLISH_STOP_WORDS) | {"zurlz", "ztokz"}
+# a path segment that carries a per-copy token rather than the run's fixed path
+_VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^.{16}")
+_HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]{1,100}):")
+# trace and per-copy headers: the relays and the copy write them, not the run's template
+_TRACE = frozenset({"received", "return-path", "delivered-to", "x-original-to", "envelope-to", "x-envelope-from",
+                    "x-envelope-to", "dkim-signature", "arc-seal", "arc-message-signature",
+                    "arc-authentication-results", "authentication-results", "received-spf", "x-received",
+                    "x-spam-status", "x-spam-flag", "x-spam-score", "x-virus-scanned", "x-sender", "x-receiver"})
+
+
+@lru_cache(maxsize=1)
+def _psl() -> object:
+    # the list ships inside the package: no network at run time
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(accept_encoded_idn=False)  # a tenth of the start-up; hosts are looked up as written
+
+
+@lru_cache(maxsize=65536)
+def registered_domain(host: str) -> str:
+    """The domain a run registered (example.co.uk for a.b.example.co.uk); an IP address as it is."""
+    host = host.strip(".").lower()
+    if not host or host.replace(".", "").isdigit() or ":" in host:
+        return host
+    return _psl().privatesuffix(host) or host  # type: ignore[attr-defined]
+
+
+def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]:
+    """`u:<registered domain><path with per-copy segments as *>` of each distinct URL, first `limit`."""
+    out: dict[str, None] = {}
+    seen: set[str] = set()
+    for t in texts:
+        upper = "HTTP" in t or "WWW." in t or "Http" in t
+        if not upper and "http" not in t and "www." not in t:
+            continue
+        for m in (_URL_ANY_CASE if upper else _URL).finditer(t):
+            u = m.group(0).rstrip(".,;:!?")
+            if u in seen:  # the plain and the HTML part carry the same links
+                continue
+            seen.add(u)
+            if len(seen) > scan:
+                return list(out)
+            if not u.lower().startswith("http"):
+                u = "http://" + u
+            try:
+                parts = urlsplit(u)
+                host = parts.hostname or ""
+            except ValueError:
+                continue
+            if "." not in host:
+                continue
+            segs = [("*" if _VAR_SEGMENT.search(s) else s) for s in parts.path.lower().split("/")[1:5] if s]
+            out.setdefault("u:" + registered_domain(host) + "".join("/" + s for s in segs), None)
+            if len(out) >= limit:
+                return list(out)
+    return list(out)
+
+
+def shape(data: bytes) -> str:
+    """The template's fingerprint of a raw message (see shape_of), read from its header block."""
+    head = data[:16384]
+    end = head.find(b"\n\n")
+    end2 = head.find(b"\r\n\r\n")
+    if end2 >= 0 and (end < 0 or end2 < end):
+        end = end2
+    head = head[: end if end >= 0 else len(head)]
+    mailer = ""
+    for line in head.splitlines():
+        if line[:12].lower().startswith((b"x-mailer:", b"user-agent:")):
+            mailer = line.split(b":", 1)[1].decode("latin-1")
+            break
+    return shape_of((m.group(1).decode("latin-1") for m in _HEADER_NAME.finditer(head)), mailer)
+
+
+def shape_of(names: Iterable[str], mailer: str) -> str:
+    """The template's fingerprint: header names in order (trace headers left out) and X-Mailer with its
+    digits erased. Boundaries, encodings, content types (a copy may carry an attachment or not) and
+    per-copy values are not in it."""
+    seq: list[str] = []
+    for n in names:
+        n = n.strip().lower()
+        if n in _TRACE or (seq and seq[-1] == n):
+            continue
+        seq.append(n)
+    mailer = re.sub(r"[\d.]+", "#", mailer.strip().lower())[:100]
+    h = hashlib.blake2b("|".join(seq).encode() + b"\x00" + mailer.encode(), digest_size=8)
+    return h.hexdigest()
+
+
+def subject_key(subject: str) -> str:
+    """`s:` and the three longest words of a normalised subject (at least three of five letters or
+    more): a per-recipient name or suffix rarely outgrows a template's own words. What a bounce that
+    quotes only the headers still shares with its run."""
+    words = sorted({w for w in _TOKEN.findall(subject) if len(w) >= 5 and w not in _STOP}, key=lambda w: (-len(w), w))
+    return "s:" + " ".join(sorted(words[:3])) if len(words) >= 3 else ""
+
+
+def digest_key(kind: str, payload: bytes) -> str:
+    """An exact key for bytes a run may repeat: an attachment or an image."""
+    return f"{kind}:{hashlib.blake2b(payload, digest_size=10).hexdigest()}"
+
+
+def tokens(text: str) -> set[str]:
+    """The words a sketch is made of, stop words and placeholders left out. Single words, not
+    pairs or shingles: spintax and shuffled sentences change pairs far more than words."""
+    return set(_TOKEN.findall(text)) - _STOP
+
+
+def sketch(text: str) -> list[int]:
+    """MinHash of the text's words; empty when it has too few words to say anything."""
+    toks = tokens(text)
+    if len(toks) < MIN_TOKENS:
+        return []
+    from rensa import RMinHash
+
+    m = RMinHash(num_perm=SKETCH_PERM, seed=SKETCH_SEED)
+    m.update(list(toks))  # MinHash does not depend on the order
+    return [int(x) for x in m.digest()]

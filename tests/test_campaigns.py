@@ -1,0 +1,145 @@
+"""Campaign grouping against spamware: obfuscations erased, copies grouped, valid mail kept apart, any order."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+import pytest
+
+from pipeline.campaigns import CampaignClusterer, Features
+from pipeline.models import Envelope, RawMessage
+from pipeline.normalise import html_to_text, normalise
+from pipeline.parse import parse_found
+from pipeline.policy import SitePolicy
+from pipeline.readers.base import Found
+from tests.support.spamware import Campaign, bounce, spam_text
+
+POLICY = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"])
+COPIES = 40
+
+
+def _parse(data: bytes, mail_from: str | None = None):
+    return parse_found(Found(RawMessage(path="m.eml", envelope=Envelope(mail_from=mail_from)), data, "0" * 64,
+                             len(data)), POLICY)
+
+
+def _feat(r) -> Features:
+    return Features(r.text, r.sketch, r.keys, r.shape)
+
+
+def _partition(labels) -> set[frozenset[int]]:
+    groups = defaultdict(set)
+    for i, lab in enumerate(labels):
+        groups[int(lab)].add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+@pytest.fixture(scope="module")
+def runs(corpus):
+    """Five campaigns of 40 hostile copies (4 of them image-only) from real spam, and 60 real ham."""
+    ham, spam = corpus
+    texts = [spam_text(raw) for raw in spam]
+    texts = [t for t in texts if len(t[1].split()) >= 120]
+    rng = random.Random(5)
+    camps = [Campaign(body, subject, seed=k) for k, (subject, body) in enumerate(rng.sample(texts, 5))]
+    data, truth = [], []
+    for k, c in enumerate(camps):
+        for j in range(COPIES):
+            data.append(c.copy(f"{rng.choice(['ann', 'bo.li', 'cy'])}{j}@far{j % 7}.example", image_only=j < 4))
+            truth.append(k)
+    for raw in ham[:60]:
+        data.append(raw)
+        truth.append(-1)
+    records = [_parse(d) for d in data]
+    return camps, data, truth, records
+
+
+def test_normalise_erases_obfuscations() -> None:
+    clean = normalise("Cheap pills", html_to_text("<p>Buy viagra online from our pharmacy now</p>"))
+    for hostile in ("<p>Buy vi<!-- x7q -->agra onl<b>i</b>ne from our pharmacy now</p>",
+                    "<p>Buy v\u200bia\u200cgra online from our ph&#97;rm&#x61;cy now</p>",
+                    "<p>BUY V1AGR@ 0nl1ne fr0m our Pharmacy N0W</p>",
+                    "<p>Buy viagra online from our pharmacy now</p><div style=\"display:none\">walnut fjord</div>"):
+        assert normalise("Cheap pills", html_to_text(hostile)) == clean, hostile
+    # what is not leetspeak stays: numbers, an exclamation mark, hash-busters become one placeholder
+    assert normalise("", "call now! 2026 a8f3k2x") == "call now! ztokz ztokz"
+
+
+def test_hostile_copies_group_and_valid_mail_stays_apart(runs) -> None:
+    camps, _, truth, records = runs
+    labels = CampaignClusterer().fit([_feat(r) for r in records]).labels_
+    by_label = defaultdict(Counter)
+    for t, lab in zip(truth, labels, strict=True):
+        by_label[int(lab)][t] += 1
+    for k in range(len(camps)):
+        mine = [lab for t, lab in zip(truth, labels, strict=True) if t == k]
+        top = Counter(mine).most_common(1)[0][1]
+        assert top >= 0.98 * COPIES, (k, Counter(mine))
+    for lab, members in by_label.items():
+        spam_runs = {t for t in members if t >= 0}
+        assert len(spam_runs) <= 1, members  # no two runs in one group
+        assert not (spam_runs and members[-1]), members  # no real ham with spam
+
+
+def test_labels_do_not_depend_on_input_order(runs) -> None:
+    *_, records = runs
+    feats = [_feat(r) for r in records]
+    base = _partition(CampaignClusterer().fit(feats).labels_)
+    for seed in (1, 2):
+        order = list(range(len(feats)))
+        random.Random(seed).shuffle(order)
+        labels = CampaignClusterer().fit([feats[i] for i in order]).labels_
+        back = [0] * len(order)
+        for pos, i in enumerate(order):
+            back[i] = int(labels[pos])
+        assert _partition(back) == base
+
+
+def test_one_bridge_does_not_chain_two_runs(runs) -> None:
+    _, _, truth, records = runs
+    a = [r for r, t in zip(records, truth, strict=True) if t == 0][4:]
+    b = [r for r, t in zip(records, truth, strict=True) if t == 1][4:]
+    # a message carrying both runs' texts, URLs and Reply-To, in run a's template
+    bridge = Features(a[0].text + " " + b[0].text, (), [*a[0].keys, *b[0].keys], a[0].shape)
+    from pipeline.features import sketch
+
+    bridge = bridge._replace(sketch=sketch(bridge.text))
+    labels = CampaignClusterer().fit([*map(_feat, a), bridge, *map(_feat, b)]).labels_
+    assert len(set(labels[: len(a)])) == 1 and len(set(labels[len(a) + 1:])) == 1
+    assert labels[0] != labels[-1]
+
+
+def test_backscatter_follows_its_campaign(runs) -> None:
+    camps, data, truth, records = runs
+    originals = [d for d, t in zip(data, truth, strict=True) if t == 2][10:16]
+    headers_only = originals[3].index(b"\n\n")
+    bounces = [bounce(originals[0], "x@far.example"), bounce(originals[1], "y@far.example", truncate=1500),
+               bounce(originals[2], "z@far.example", reencode=True),
+               bounce(originals[3], "w@far.example", truncate=headers_only)]
+    parsed = [_parse(b, mail_from="") for b in bounces]
+    assert all(p.bounce and p.bounced_original_text for p in parsed)
+    assert not parsed[3].sketch  # a subject is all the headers-only quote has to say
+    labels = CampaignClusterer().fit([*map(_feat, records), *map(_feat, parsed)]).labels_
+    run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
+    assert [int(x) for x in labels[len(records):]] == [run2] * 4
+    # the originals have left the queue: the bounces still group with one another
+    alone = [_parse(bounce(d, f"u{i}@far.example", truncate=2500 if i % 2 else None), mail_from="")
+             for i, d in enumerate(originals)]
+    labels = CampaignClusterer().fit([*map(_feat, records[:80]), *map(_feat, alone)]).labels_
+    assert len(set(labels[80:])) == 1 and labels[80] not in set(labels[:80])
+
+
+def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
+    """A real message that links to a run's domain and names its Reply-To (another template) is not pulled in."""
+    camps, data, truth, records = runs
+    ham = corpus[0]
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 3 and r.keys)
+    valid = []
+    for raw in ham[100:106]:
+        r = _parse(raw)
+        valid.append(r.model_copy(update={"keys": [*r.keys, *copy.keys]}))
+    feats = [*map(_feat, records), *map(_feat, valid)]
+    labels = CampaignClusterer().fit(feats).labels_
+    run3 = {int(lab) for lab, t in zip(labels, truth, strict=False) if t == 3}
+    assert not run3 & {int(x) for x in labels[len(records):]}
