@@ -182,7 +182,9 @@ def _from(s: Spread, unknown: int) -> str:
         return "from no known client"
     if s.distinct == 1:
         return f"from {s.top[0][0]}" + (" (and from no known client)" if unknown else "")
-    return f"from {s.distinct:,} client addresses (most from {s.top[0][0]}, {s.top[0][1]:,})"
+    if s.top[0][1] == 1:
+        return f"from {s.distinct:,} client addresses, one message each"
+    return f"from {s.distinct:,} client addresses (most from {s.top[0][0]}: {s.top[0][1]:,})"
 
 
 def _under(s: Spread) -> str:
@@ -211,7 +213,9 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
         if ip:
             text += " — your own web shop or CRM if that address is yours"
     elif rule == "forged_local_sender":
-        text = (f"{msgs} {_under(senders)}, one of ours, sent {_from(clients, no_client)} without authentication — "
+        ours = f"under our sender domain {senders.top[0][0]}" if senders.distinct == 1 else (
+            f"under {senders.distinct:,} of our sender domains")
+        text = (f"{msgs} {ours}, sent {_from(clients, no_client)} without authentication — "
                 "forged, or a network of yours missing from trusted_networks")
     elif rule == "mixed_recipients":
         text = f"{msgs} to local and external recipients at once, unauthenticated, {_from(clients, no_client)}"
