@@ -183,7 +183,7 @@ def _from(s: Spread, unknown: int) -> str:
     if s.distinct == 1:
         return f"from {s.top[0][0]}" + (" (and from no known client)" if unknown else "")
     if s.top[0][1] == 1:
-        return f"from {s.distinct:,} client addresses, one message each"
+        return f"from {s.distinct:,} client addresses (one message each)"
     return f"from {s.distinct:,} client addresses (most from {s.top[0][0]}: {s.top[0][1]:,})"
 
 
