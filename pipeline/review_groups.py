@@ -158,6 +158,11 @@ def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | Non
         for i in members:
             messages[i].review_group = gid
         out.append(_describe(gid, rule, dict(key), [messages[i] for i in members], [ev[i] for i in members], bad_ips))
+    # two groups must never read alike: name what sets each apart (its shared evidence, or that it is the rest)
+    seen = Counter(g.summary for g in out)
+    for g in out:
+        if seen[g.summary] > 1:
+            g.summary += " (" + ("; ".join(f"{k} {v}" for k, v in g.shared.items()) or "the rest") + f", group #{g.id})"
     return out
 
 
@@ -236,7 +241,11 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
         text = (f"{msgs} of bulk mail through account {acct or '(several)'} {_from(clients, no_client)} — "
                 "a newsletter or a stolen password")
     elif rule == "contradiction":
-        text = f"{msgs} in spam {camp_s} but sent by a local account or sender not seen abused"
+        who = (f"through account {acct}, not seen abused" if acct else
+               f"through {accounts.distinct:,} accounts not seen abused" if accounts.distinct else
+               "by a local sender submitting locally")
+        spam_camps = f"spam campaign #{camp}" if camp is not None else f"{len(camps):,} spam campaigns"
+        text = f"{msgs} in {spam_camps} but sent {who}, {_from(clients, no_client)}"
     elif rule == "campaign_unclear":
         text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client)}"
     elif rule == "origin_unknown":

@@ -129,3 +129,16 @@ def test_phrase_is_drawn_from_the_shared_text() -> None:
     assert phrase.startswith("we ship discreet medication") and "ztokz" not in phrase and "zurlz" not in phrase
     assert len(phrase.split()) <= 8
     assert shared_phrase([]) == ""
+
+
+def test_no_two_groups_read_alike() -> None:
+    # one campaign's contradictions through two accounts: two groups, two different sentences
+    messages = [msg(k, code="contradiction", campaign=10, account="bob" if k < 30 else "eve", ip="192.0.2.9")
+                for k in range(60)]
+    messages += [msg(100 + k, code="contradiction", campaign=10, account=None, ip=f"192.0.2.{k + 20}")
+                 for k in range(8)]
+    groups = group_review(messages)
+    check_partition(messages, groups)
+    summaries = [g.summary for g in groups]
+    assert len(set(summaries)) == len(summaries) == 3, summaries
+    assert any("through account bob, not seen abused" in s for s in summaries)
