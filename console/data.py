@@ -101,11 +101,14 @@ class Incidents:
             except StoreError:
                 return None  # removed since the version check
             m = Manifest.model_validate_json(data)
+            # a campaign's normalised terms are not shown (its subject and phrase are): search still finds them
+            terms = {c.id: c.label for c in m.campaigns}
             loaded = Loaded(manifest=m, sha256=hashlib.sha256(data).hexdigest(),
                             by_id={x.id: x for x in m.messages},
                             haystack=[" ".join((x.subject, x.from_header, x.envelope.mail_from or "",
                                                 " ".join(x.envelope.rcpt_to), x.envelope.client_address or "",
-                                                x.id)).lower() for x in m.messages],
+                                                x.id, terms.get(x.campaign, "") if x.campaign is not None else "",
+                                                )).lower() for x in m.messages],
                             version=version)
             if m.totals.review and not m.review_groups:
                 # a manifest from before review groups: group it here, the same way triage does
@@ -420,7 +423,7 @@ def _timeline(m: Manifest, buckets: int = 48, top: int = 8) -> dict[str, Any]:
     for t, c in times:
         name = str(c) if c in big else "other"
         series[name][int((t.timestamp() - t0) // width)] += 1
-    labels = {str(c.id): c.label for c in m.campaigns}
+    labels = {str(c.id): c.subject or c.label for c in m.campaigns}  # readable; the terms are for search
     return {"start": datetime.fromtimestamp(t0, UTC).isoformat(), "bucket_seconds": width, "buckets": n,
             "series": [{"campaign": k, "label": labels.get(k, "not in a campaign"), "counts": v}
                        for k, v in sorted(series.items(), key=lambda kv: -sum(kv[1]))]}

@@ -143,3 +143,14 @@ def test_a_manifest_without_groups_is_grouped_on_load(store_root, tmp_path):
     got = [(g["rule"], g["messages"]) for g in d["groups"]]
     assert [x for x in got if x[0] != "bounce_external"] == [x for x in want if x[0] != "bounce_external"]
     assert sum(n for _, n in got) == sum(n for _, n in want)
+
+
+def test_campaign_terms_are_for_search(client, store_root):
+    """The incident page's timeline names campaigns by subject; the normalised terms still find their messages."""
+    m = manifest(store_root)
+    c = m.campaigns[0]
+    tl = client.get(f"{BASE}/timeline", headers=AUTH).json()
+    assert {s["label"] for s in tl["series"] if s["campaign"] == str(c.id)} == {c.subject}
+    word = max(c.label.split(), key=len)
+    hits = client.get(f"{BASE}/messages", params={"per_page": 500, "q": word}, headers=AUTH).json()
+    assert hits["total"] >= c.size

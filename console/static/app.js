@@ -212,7 +212,6 @@
         el("h3", {}, "#" + c.id + " · " + fmt(c.size) + " messages · ", badge(c.verdict)),
         el("div", { class: "title subject", text: c.subject || c.sample_subjects[0] || "(no subject)" }),
         c.phrase ? el("div", { class: "phrase", text: "“" + c.phrase + "…”" }) : null,
-        el("div", { class: "muted small terms", title: "normalised terms (what search matches)", text: "terms: " + c.label }),
         el("div", { class: "pic", "data-picture": c.id }),
         el("ul", {}, c.sample_subjects.slice(0, 4).map((s) => el("li", { class: "sample", text: s }))),
         el("dl", { class: "dl" }, el("dt", { text: "senders" }), el("dd", { text: spread(c.sender_domains) }),
