@@ -1,6 +1,6 @@
 """Benchmark triage: quality against ground truth, throughput, peak memory, and the read-and-hash floor.
 
-    python bench/triage_bench.py --sizes 20000 100000 [--json bench-out/triage.json]
+    python bench/triage_bench.py --sizes 20000 100000 [--style spamware|plain] [--json bench-out/triage.json]
 
 Each size is generated once (cached under bench-out/), then measured in a fresh process so peak RSS
 is that run's own. The floor is the bare cost of streaming the same archive and hashing every member,
@@ -81,6 +81,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--style", choices=["spamware", "plain"], default="spamware",
+                    help="the generator's style: spamware (copies varied as bulk-mail tools vary them) or plain "
+                         "(the original generator, per-copy tokens only)")
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--peer", choices=["spamassassin"], default=None,
@@ -99,12 +102,12 @@ def main() -> None:
     ham = spam = None
     rows = []
     for n in a.sizes:
-        snap = a.dir / f"incident{n}.tar.gz"
+        snap = a.dir / (f"incident{n}.tar.gz" if a.style == "plain" else f"incident{n}-{a.style}.tar.gz")
         if not snap.exists():
             if ham is None:
                 ham, spam = load_corpus(find_corpus())
             print(f"generating {n:,} messages -> {snap}", file=sys.stderr)
-            write_canonical(iter_incident(ham, spam or [], n=n, seed=n), snap)
+            write_canonical(iter_incident(ham, spam or [], n=n, seed=n, style=a.style), snap)
         res = {}
         for kind in ("floor-stdlib", "floor", "triage"):
             p = subprocess.run([sys.executable, __file__, "--workers", str(a.workers), "--child", kind, str(snap),
@@ -123,7 +126,7 @@ def main() -> None:
             from bench.peer import run_spamassassin, sample_from_snapshot
 
             truth = {}
-            for line in snap.with_name(f"incident{n}.truth.jsonl").read_text().splitlines():
+            for line in snap.with_name(snap.name.split(".")[0] + ".truth.jsonl").read_text().splitlines():
                 entry = json.loads(line)
                 truth[entry["path"]] = entry["label"]
             peer = run_spamassassin(sample_from_snapshot(snap, truth, a.peer_sample))

@@ -50,6 +50,8 @@ class GenMessage:
     envelope: Envelope
     label: str  # valid | spam
     kind: str
+    campaign: str | None = None  # the true campaign (a bounce: the campaign of the copy it quotes)
+    techniques: tuple[str, ...] = ()  # spamware techniques this copy used (bounces: how it quotes)
 
 
 @dataclass
@@ -214,7 +216,8 @@ class _Gen:
         return self.spam_copy(c.template, sender, rcpts, r.choice(c.ips), c.account, "stolen_account_spam",
                               from_header=f"<{sender}>")
 
-    def bounce(self, original: bytes, to: str, kind: str, label: str) -> GenMessage:
+    def bounce(self, original: bytes, to: str, kind: str, label: str, quoted_type: str = "message/rfc822",
+               campaign: str | None = None, techniques: tuple[str, ...] = ()) -> GenMessage:
         when, qid = self.when(), self.qid()
         boundary = f"{qid}.{self.token(6)}/{SERVER_NAME}"
         orig = original.replace(b"\r\n", b"\n").decode("latin-1")
@@ -227,9 +230,9 @@ class _Gen:
                 f"message could not\nbe delivered to one or more recipients.\n\n"
                 f"<{self.ext_addr()}>: host mx.{self.rng.choice(EXTERNAL_DOMAINS)} said: 550 5.1.1 user unknown\n\n"
                 f"--{boundary}\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; {SERVER_NAME}\n\n"
-                f"--{boundary}\nContent-Type: message/rfc822\n\n{orig}\n--{boundary}--\n")
+                f"--{boundary}\nContent-Type: {quoted_type}\n\n{orig}\n--{boundary}--\n")
         env = self.envelope("", [to], None, when, qid)
-        return GenMessage(text.encode("latin-1"), env, label, kind)
+        return GenMessage(text.encode("latin-1"), env, label, kind, campaign, techniques)
 
     def ham_message(self, mail_from: str, rcpts: list[str], ip: str | None, user: str | None, kind: str,
                     from_header: str | None = None, extra: dict[str, str] | None = None,
@@ -252,13 +255,16 @@ class _Campaign:
     ips: list[str]
     forge_local: bool = False
     account: str | None = None
+    cid: str = ""
 
 
 SHOP_IP, SHOP_SENDER = "198.51.100.80", "orders@example-shop.net"
+STYLES = ("plain", "spamware")
 
 
-def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1,
-                  shop: int = 0) -> Iterator[GenMessage]:
+def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0,
+                  style: str = "plain", techniques: Iterable[str] | None = None,
+                  technique_rate: float | None = None) -> Iterator[GenMessage]:
     """The messages of a labelled incident of n messages, one at a time (a million fit in no memory).
 
     A schedule of (kind, campaign) is drawn and shuffled first, so kinds interleave as in a real
@@ -266,7 +272,16 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     `shop`: that many more order confirmations from the organisation's web shop, which sends from
     an address nobody put in trusted_networks under its own domain: real mail that looks relayed
     (label valid; triage should hold it for review, never purge it).
+    `style`: "plain" varies a copy by subject and greeting tokens only (the original generator,
+    kept so its figures stay comparable); "spamware" renders every copy the way bulk-mail tools do
+    (see pipeline.spamware), with `techniques` (default all) used by campaigns at their usual rates
+    or, given `technique_rate`, at that rate.
     """
+    if style == "spamware":
+        yield from _iter_spamware(ham, spam, n, seed, shop, techniques, technique_rate)
+        return
+    if style != "plain":
+        raise ValueError(f"unknown style {style!r} (one of {', '.join(STYLES)})")
     g = _Gen(ham, spam, seed)
     r = g.rng
     n_valid = max(12, int(n * 0.16))
@@ -281,75 +296,252 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     left, k = n_relayed, 0
     while left > 0:
         size = min(left, max(5, int(n_relayed * 0.45 / (k + 1) ** 1.1)))
-        campaigns.append(_Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(3, 40))], forge_local=k % 4 == 1))
+        campaigns.append(_Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(3, 40))], forge_local=k % 4 == 1,
+                                   cid=f"c{k + 1}"))
         schedule.extend([("relayed", k)] * size)
         left -= size
         k += 1
-    stolen = _Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(8, 40))], account="bob")
+    stolen = _Campaign(r.choice(g.spam), [g.ip() for _ in range(r.randint(8, 40))], account="bob", cid="stolen")
     schedule.extend([("stolen", 0)] * n_stolen)
     schedule.extend([("backscatter_local", 0)] * n_backscatter_local)
     schedule.extend([("backscatter", 0)] * n_backscatter)
+    _valid_schedule(schedule, n_valid, shop)
+    r.shuffle(schedule)
+
+    st = _ValidState(g, shop)
+    bounced = campaigns[: max(1, len(campaigns) // 2)]
+    for kind, arg in schedule:
+        if kind == "relayed":
+            m = g.relayed_copy(campaigns[arg])
+            m.campaign = campaigns[arg].cid
+            yield m
+        elif kind == "stolen":
+            m = g.stolen_copy(stolen)
+            m.campaign = stolen.cid
+            yield m
+        elif kind == "backscatter_local":
+            # relayed spam that forged a made-up local sender bounced; our bounce goes to that local address
+            forged = [c for c in campaigns if c.forge_local] or campaigns
+            c = r.choice(forged)
+            original = g.relayed_copy(c).data
+            yield g.bounce(original, g.local_addr(g.token(5)), "backscatter_local", "spam", campaign=c.cid)
+        elif kind == "backscatter":
+            # spam to a made-up local user with a forged sender: we accepted it, then bounced it
+            c = r.choice(bounced)
+            original = g.relayed_copy(c).data
+            yield g.bounce(original, g.ext_addr(), "backscatter", "spam", campaign=c.cid)
+        else:
+            yield _valid_message(g, kind, st)
+
+
+def _valid_schedule(schedule: list[tuple[str, int]], n_valid: int, shop: int) -> None:
     schedule.extend([("shop", 0)] * shop)
     n_news = max(5, int(n_valid * 0.3))
     schedule.extend([("newsletter", 0)] * n_news)
     for i in range(n_valid - n_news):
         schedule.append((("inbound", "outbound", "outbound_trusted", "local_bounce")[i % 4] if i % 10 else "inbound",
                          0))
+
+
+class _ValidState:
+    """What the organisation's real mail keeps from one message to the next (drawn once per incident)."""
+
+    def __init__(self, g: _Gen, shop: int) -> None:
+        r = g.rng
+        self.news_tmpl = r.choice(g.ham)
+        self.shop_tmpl = r.choice(g.ham) if shop else b""
+        self.outbound_ips = {u: g.ip() for u in USERS}
+
+
+def _valid_message(g: _Gen, kind: str, st: _ValidState) -> GenMessage:
+    """One message of the organisation's real mail (or a bounce of it), of the schedule's `kind`."""
+    r = g.rng
+    if kind == "newsletter":
+        rc = g.ext_addr()
+        m = g.ham_message(
+            "news@example.org", [rc], TRUSTED_IP, "news", "newsletter",
+            from_header="Example News <news@example.org>",
+            extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
+            template=st.news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},")
+        m.campaign = "newsletter"
+        return m
+    if kind == "shop":
+        rc = g.ext_addr()
+        m = g.ham_message(SHOP_SENDER, [rc], SHOP_IP, None, "shop_unlisted_ip",
+                          from_header=f"Example Shop <{SHOP_SENDER}>", template=st.shop_tmpl,
+                          body_prefix=f"Dear {rc.split('@')[0]}, thank you for your order {g.token(8)}.")
+        m.campaign = "shop"
+        return m
+    if kind == "inbound":
+        sender = g.ext_addr()
+        return g.ham_message(sender, [g.local_addr()], g.ip(), None, kind, from_header=f"<{sender}>")
+    if kind == "outbound":
+        u = r.choice(USERS[:-1])
+        sender = g.local_addr(u)
+        ip = st.outbound_ips[u] if r.random() < 0.7 else g.ip()
+        return g.ham_message(sender, [g.ext_addr() for _ in range(r.choice([1, 1, 2]))], ip, u, kind,
+                             from_header=f"{u.title()} <{sender}>")
+    if kind == "outbound_trusted":
+        u = r.choice(USERS[:-1])
+        sender = g.local_addr(u)
+        return g.ham_message(sender, [g.ext_addr()], f"192.0.2.{r.randint(30, 200)}", None, kind,
+                             from_header=f"{u.title()} <{sender}>")
+    u = r.choice(USERS[:-1])
+    orig = g.ham_message(g.local_addr(u), [g.ext_addr()], TRUSTED_IP, None, "x").data
+    return g.bounce(orig, g.local_addr(u), "local_bounce", "valid")
+
+
+MAX_CAMPAIGN = 50_000
+_DICTIONARIES: dict[int, list[str]] = {}
+
+
+def campaign_sizes(rng: random.Random, total: int, alpha: float = 0.8, smallest: int = 5,
+                   largest: int = MAX_CAMPAIGN) -> list[int]:
+    """Heavy-tailed (Pareto) campaign sizes from `smallest` to `largest` copies that add up to `total`."""
+    sizes: list[int] = []
+    left = total
+    while left > 0:
+        size = min(largest, left, int(smallest * (1.0 - rng.random()) ** (-1.0 / alpha)))
+        if left - size < smallest:  # no campaign of fewer than `smallest` copies left over
+            size = left
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop: int,
+                   techniques: Iterable[str] | None, rate: float | None) -> Iterator[GenMessage]:
+    from pipeline.spamware import SpamCampaign, dictionary, extract_template, parse_techniques, render
+
+    techs = techniques if isinstance(techniques, frozenset) else parse_techniques(techniques)
+    g = _Gen(ham, spam, seed)
+    r = g.rng
+    key = id(ham)
+    if key not in _DICTIONARIES:
+        _DICTIONARIES.clear()
+        _DICTIONARIES[key] = dictionary(ham)
+    words = _DICTIONARIES[key]
+    n_valid = max(12, int(n * 0.16))
+    n_backscatter = int(n * 0.07)
+    n_stolen = int(n * 0.08)
+    n_backscatter_local = int(n * 0.01)
+    n_relayed = n - n_valid - n_backscatter - n_stolen - n_backscatter_local
+
+    templates: dict[int, Any] = {}
+    # each campaign its own spam while the corpus lasts: two runs of one template would be one campaign
+    # to any reader, and the truth could not say which copy belongs to which
+    order = r.sample(range(len(g.spam)), len(g.spam))
+
+    def campaign(cid: str, n_ips: int, forge_local: bool = False, account: str | None = None) -> _SwCampaign:
+        i = order[len(templates)] if len(templates) < len(order) else r.randrange(len(g.spam))
+        if i not in templates:
+            templates[i] = extract_template(g.spam[i])
+        sc = SpamCampaign.draw(cid, templates[i], techs, r, words, rate=rate)
+        return _SwCampaign(sc, [_pool_ip(r) for _ in range(n_ips)], forge_local, account)
+
+    sizes = campaign_sizes(r, n_relayed)
+    camps: list[_SwCampaign] = []
+    schedule: list[tuple[str, int]] = []
+    for k, size in enumerate(sizes):
+        # botnet client pools from 1 to 3,000 addresses, log-uniform: most are small, some are huge
+        camps.append(campaign(f"c{k + 1}", max(1, int(3000 ** r.random())), forge_local=k % 4 == 1))
+        schedule.extend([("relayed", k)] * size)
+    stolen = campaign("stolen", r.randint(8, 40), account="bob")
+    schedule.extend([("stolen", 0)] * n_stolen)
+    schedule.extend([("backscatter_local", 0)] * n_backscatter_local)
+    schedule.extend([("backscatter", 0)] * n_backscatter)
+    _valid_schedule(schedule, n_valid, shop)
     r.shuffle(schedule)
 
-    news_tmpl = r.choice(g.ham)
-    shop_tmpl = r.choice(g.ham) if shop else b""
-    outbound_ips = {u: g.ip() for u in USERS}
-    bounced = campaigns[: max(1, len(campaigns) // 2)]
+    st = _ValidState(g, shop)
+    forged = [c for c in camps if c.forge_local] or camps
+    variants = "bounce_variants" in techs
+    last: dict[str, bytes] = {}  # the latest copy of each campaign in the queue, for bounces that quote it
+
+    def relayed(c: _SwCampaign) -> GenMessage:
+        rcpts = [g.ext_addr() for _ in range(r.choice([1, 1, 1, 2, 3]))]
+        if r.random() < 0.08:
+            rcpts.append(g.local_addr())
+        sender = g.local_addr(g.token(5)) if c.forge_local else g.ext_addr()
+        return _sw_copy(g, c, sender, rcpts, r.choice(c.ips), None, "relayed_spam", render)
+
+    def bounce(c: _SwCampaign, to: str, kind: str) -> GenMessage:
+        how: list[str] = []
+        if variants and c.sc.id in last and r.random() < 0.5:
+            original = last[c.sc.id]
+            how.append("quoted_in_queue")
+        else:  # the copy that bounced has left the queue (or never was in this snapshot)
+            original = relayed(c).data
+            how.append("quoted_gone")
+        quoted = "message/rfc822"
+        x = r.random() if variants else 1.0
+        if x < 0.2:  # truncated at the bounce size limit, mid-body or even mid-header
+            original = original[: r.randint(600, 3000)]
+            how.append("truncated")
+        elif x < 0.35:  # headers only, as Postfix sends when the original is over bounce_size_limit
+            original = original.replace(b"\r\n", b"\n").partition(b"\n\n")[0] + b"\n"
+            quoted = "text/rfc822-headers"
+            how.append("headers_only")
+        elif x < 0.5:
+            from pipeline.spamware import reencode
+
+            original = reencode(original)
+            how.append("reencoded")
+        return g.bounce(original, to, kind, "spam", quoted_type=quoted, campaign=c.sc.id, techniques=tuple(how))
+
     for kind, arg in schedule:
         if kind == "relayed":
-            yield g.relayed_copy(campaigns[arg])
+            c = camps[arg]
+            m = relayed(c)
+            last[c.sc.id] = m.data
+            yield m
         elif kind == "stolen":
-            yield g.stolen_copy(stolen)
+            sender = f"bob@{LOCAL_DOMAINS[0]}" if r.random() < 0.5 else g.ext_addr()
+            rcpts = [g.ext_addr() for _ in range(r.choice([1, 2, 5]))]
+            m = _sw_copy(g, stolen, sender, rcpts, r.choice(stolen.ips), "bob", "stolen_account_spam", render)
+            last[stolen.sc.id] = m.data
+            yield m
         elif kind == "backscatter_local":
-            # relayed spam that forged a made-up local sender bounced; our bounce goes to that local address
-            forged = [c for c in campaigns if c.forge_local] or campaigns
-            original = g.relayed_copy(r.choice(forged)).data
-            yield g.bounce(original, g.local_addr(g.token(5)), "backscatter_local", "spam")
+            yield bounce(r.choice(forged), g.local_addr(g.token(5)), "backscatter_local")
         elif kind == "backscatter":
-            # spam to a made-up local user with a forged sender: we accepted it, then bounced it
-            original = g.relayed_copy(r.choice(bounced)).data
-            yield g.bounce(original, g.ext_addr(), "backscatter", "spam")
-        elif kind == "newsletter":
-            rc = g.ext_addr()
-            yield g.ham_message(
-                "news@example.org", [rc], TRUSTED_IP, "news", "newsletter",
-                from_header="Example News <news@example.org>",
-                extra={"List-Unsubscribe": f"<mailto:unsubscribe+{g.token(8)}@example.org>", "Precedence": "bulk"},
-                template=news_tmpl, body_prefix=f"Hello {rc.split('@')[0]},")
-        elif kind == "shop":
-            rc = g.ext_addr()
-            yield g.ham_message(SHOP_SENDER, [rc], SHOP_IP, None, "shop_unlisted_ip",
-                                from_header=f"Example Shop <{SHOP_SENDER}>", template=shop_tmpl,
-                                body_prefix=f"Dear {rc.split('@')[0]}, thank you for your order {g.token(8)}.")
-        elif kind == "inbound":
-            sender = g.ext_addr()
-            yield g.ham_message(sender, [g.local_addr()], g.ip(), None, kind, from_header=f"<{sender}>")
-        elif kind == "outbound":
-            u = r.choice(USERS[:-1])
-            sender = g.local_addr(u)
-            ip = outbound_ips[u] if r.random() < 0.7 else g.ip()
-            yield g.ham_message(sender, [g.ext_addr() for _ in range(r.choice([1, 1, 2]))], ip, u, kind,
-                                from_header=f"{u.title()} <{sender}>")
-        elif kind == "outbound_trusted":
-            u = r.choice(USERS[:-1])
-            sender = g.local_addr(u)
-            yield g.ham_message(sender, [g.ext_addr()], f"192.0.2.{r.randint(30, 200)}", None, kind,
-                                from_header=f"{u.title()} <{sender}>")
+            # backscatter follows volume: a bigger run bounces more
+            yield bounce(r.choices(camps, weights=sizes)[0], g.ext_addr(), "backscatter")
         else:
-            u = r.choice(USERS[:-1])
-            orig = g.ham_message(g.local_addr(u), [g.ext_addr()], TRUSTED_IP, None, "x").data
-            yield g.bounce(orig, g.local_addr(u), "local_bounce", "valid")
+            yield _valid_message(g, kind, st)
 
 
-def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0) -> Incident:
+_NETS = (24, 41, 58, 77, 89, 103, 117, 146, 177, 186, 190, 201, 211)
+
+
+def _pool_ip(r: random.Random) -> str:
+    """A botnet member's address, in one draw (pools run to thousands of addresses)."""
+    x = r.getrandbits(32)
+    return f"{_NETS[(x >> 24) % len(_NETS)]}.{x >> 16 & 255}.{x >> 8 & 255}.{1 + (x & 255) % 254}"
+
+
+@dataclass
+class _SwCampaign:
+    sc: Any  # pipeline.spamware.SpamCampaign
+    ips: list[str]
+    forge_local: bool = False
+    account: str | None = None
+
+
+def _sw_copy(g: _Gen, c: _SwCampaign, sender: str, rcpts: list[str], ip: str, user: str | None, kind: str,
+             render: Any) -> GenMessage:
+    when, qid = g.when(), g.qid()
+    helo = f"{g.token(6)}.{g.rng.choice(EXTERNAL_DOMAINS)}"
+    copy = render(c.sc, rcpts, sender, when)
+    data = f"Received: {_received(helo, ip, qid, rcpts[0], when, user)}\n".encode() + copy.data
+    return GenMessage(data, g.envelope(sender, rcpts, ip, when, qid, user, helo), "spam", kind, c.sc.id,
+                      copy.techniques)
+
+
+def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0,
+             style: str = "plain", techniques: Iterable[str] | None = None,
+             technique_rate: float | None = None) -> Incident:
     """A labelled incident of n (+ shop) messages, held in memory (see iter_incident for big ones)."""
-    return Incident(list(iter_incident(ham, spam, n, seed, shop)))
+    return Incident(list(iter_incident(ham, spam, n, seed, shop, style, techniques, technique_rate)))
 
 
 def write_canonical(inc: Incident | Iterable[GenMessage], out: Path, host: str = SERVER_NAME) -> Path:
@@ -370,7 +562,7 @@ def write_canonical(inc: Incident | Iterable[GenMessage], out: Path, host: str =
                 path = f"messages/{count:07d}.eml"
                 ix.write(IndexEntry(path=path, sha256=hashlib.sha256(m.data).hexdigest(), size=len(m.data),
                                     envelope=m.envelope).model_dump_json(exclude_none=True) + "\n")
-                tr.write(json.dumps({"path": path, "label": m.label, "kind": m.kind}) + "\n")
+                tr.write(_truth_line(path, m))
                 _add(st, path, m.data)
         meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": "generated",
                            "messages": count})
@@ -412,8 +604,14 @@ def write_eml_folder(inc: Incident | Iterable[GenMessage], out: Path, iis_envelo
                 head = f"x-sender: {m.envelope.mail_from or ''}\r\n".encode() + b"".join(
                     f"x-receiver: {r}\r\n".encode() for r in m.envelope.rcpt_to)
             (out / name).write_bytes(head + m.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-            tr.write(json.dumps({"path": name, "label": m.label, "kind": m.kind}) + "\n")
+            tr.write(_truth_line(name, m))
     return out
+
+
+def _truth_line(path: str, m: GenMessage) -> str:
+    """The ground truth of one message: its label, kind, true campaign and the techniques it used."""
+    return json.dumps({"path": path, "label": m.label, "kind": m.kind, "campaign": m.campaign,
+                       "techniques": list(m.techniques)}) + "\n"
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
