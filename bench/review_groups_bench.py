@@ -1,8 +1,8 @@
 """Review at scale: how many groups hold a big incident's review messages, and how fast the review pages answer.
 
-    python3 bench/review_groups_bench.py [--sizes 20000 100000] [--shop-share 0.01]
+    python3 bench/review_groups_bench.py [--sizes 20000 100000] [--shop-share 0.01] [--style plain|spamware]
 
-For each size it generates an incident with the web shop (bench-out/review<N>.tar.gz, reused when there),
+For each size it generates an incident with the web shop (bench-out/review-<style><N>.tar.gz, reused when there),
 triages it twice, with the generator's site policy and with the office network 192.0.2.0/24 left out of
 trusted_networks (so much more is held for review), and prints per run: review messages, groups, the bound
 (one group per 20 review messages plus 10), whether every review message is in exactly one group, the time
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     ap.add_argument("--shop-share", type=float, default=0.01)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--style", default="plain", help="the generator's style: plain or spamware")
     a = ap.parse_args()
     from starlette.testclient import TestClient
 
@@ -42,11 +43,11 @@ def main() -> None:
 
     corpus = None
     for n in a.sizes:
-        snap = ROOT / "bench-out" / f"review{n}.tar.gz"
+        snap = ROOT / "bench-out" / (f"review{n}.tar.gz" if a.style == "plain" else f"review-{a.style}{n}.tar.gz")
         if not snap.exists():
             corpus = corpus or load_corpus(find_corpus())
             snap.parent.mkdir(parents=True, exist_ok=True)
-            write_canonical(iter_incident(*corpus, n=n, seed=n, shop=int(n * a.shop_share)), snap)
+            write_canonical(iter_incident(*corpus, n=n, seed=n, shop=int(n * a.shop_share), style=a.style), snap)
         for name, policy in (("site policy", policy_from_dict(tomllib.loads(POLICY_TOML))),
                              ("office net untrusted", review_policy())):
             t = time.perf_counter()
@@ -59,9 +60,10 @@ def main() -> None:
             t = time.perf_counter()
             group_review(m.messages, spam_ips={s.client_ip for s in m.sources})
             grouping = time.perf_counter() - t
-            print(f"\n{m.totals.messages:,} messages, {name}: triage {took:.1f} s; review {len(review):,} in "
-                  f"{len(m.review_groups):,} groups (bound {budget(len(review)):,}); every review message in exactly "
-                  f"one group: {'yes' if exact else 'NO'}; grouping {grouping * 1000:.0f} ms")
+            print(f"\n{m.totals.messages:,} messages ({a.style}), {name}: triage {took:.1f} s; "
+                  f"review {len(review):,} in {len(m.review_groups):,} groups (bound {budget(len(review)):,}); "
+                  f"every review message in exactly one group: {'yes' if exact else 'NO'}; "
+                  f"grouping {grouping * 1000:.0f} ms")
             for g in m.review_groups[:8]:
                 print(f"  #{g.id:<3} {g.messages:>6,}  {g.rule:<24} {g.summary[:110]}")
             if len(m.review_groups) > 8:
