@@ -23,11 +23,12 @@ def review_policy() -> SitePolicy:
 
 
 def review_store(root: Path, corpus: tuple[list[bytes], list[bytes]], incident: str, n: int = 400, shop: int = 25,
-                 seed: int = 11, workers: int | None = 1) -> Path:
+                 seed: int = 11, workers: int | None = 1, style: str = "plain") -> Path:
     """root/ becomes a local store with the manifest and snapshot of one such incident; returns root."""
     ham, spam = corpus
     work = root.parent / (root.name + "-work")
-    tar = write_canonical(iter_incident(ham, spam, n=n, seed=seed, shop=shop), work / "snapshot.tar.gz", host=HOST)
+    tar = write_canonical(iter_incident(ham, spam, n=n, seed=seed, shop=shop, style=style), work / "snapshot.tar.gz",
+                          host=HOST)
     manifest = triage(tar, review_policy(), incident=incident, workers=workers)
     write_manifest(manifest, root / "manifests" / incident)
     dest = root / "incoming" / incident / HOST
