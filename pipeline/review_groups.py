@@ -13,7 +13,7 @@ import heapq
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipeline.models import ManifestMessage, ReviewGroup, Spread, Verdict
 
@@ -88,7 +88,12 @@ class _Node:
     key: list[tuple[str, str]]
     members: list[int]
     level: int = 0
-    removed: set[int] = field(default_factory=set)
+    # once offered: the members not yet split off, by their value of the next dimension
+    parts: dict[str, list[int]] | None = None
+    remaining: int = 0
+
+    def rest(self) -> list[int]:
+        return self.members if self.parts is None else sorted(i for ms in self.parts.values() for i in ms)
 
 
 def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | None] | None = None,
@@ -99,7 +104,8 @@ def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | Non
     addresses that fed mail the engine calls spam (a lean towards spam for groups that share them)."""
     idx = [i for i, m in enumerate(messages) if m.verdict is Verdict.review]
     for m in messages:
-        m.review_group = None
+        if m.review_group is not None:  # (pydantic's attribute assignment is slow: a million writes would show)
+            m.review_group = None
     if not idx:
         return []
     cap = budget(len(idx))
@@ -117,14 +123,15 @@ def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | Non
         node = nodes[n]
         dims = ORDER.get(node.rule, DEFAULT)
         if node.level >= len(dims):
+            node.parts = None
             return
         dim = dims[node.level]
-        by_value: dict[str, list[int]] = defaultdict(list)
+        node.parts = defaultdict(list)
         for i in node.members:
-            if i not in node.removed:
-                by_value[ev[i][dim]].append(i)
-        for order, (value, ms) in enumerate(sorted(by_value.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
-            if len(ms) >= 2 or len(by_value) == 1:
+            node.parts[ev[i][dim]].append(i)
+        node.remaining = len(node.members)
+        for order, (value, ms) in enumerate(sorted(node.parts.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
+            if len(ms) >= 2 or len(node.parts) == 1:
                 heapq.heappush(heap, (-len(ms), n, dim, order, value))
 
     for n in range(len(nodes)):
@@ -133,23 +140,22 @@ def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | Non
         neg, n, dim, _, value = heapq.heappop(heap)
         parent = nodes[n]
         dims = ORDER.get(parent.rule, DEFAULT)
-        if parent.level >= len(dims) or dims[parent.level] != dim:
+        if parent.parts is None or parent.level >= len(dims) or dims[parent.level] != dim:
             continue  # a stale offer: its parent was refined since
-        remaining = len(parent.members) - len(parent.removed)
-        if -neg < remaining and (len(nodes) >= cap or not _worth(-neg, remaining)):
-            continue  # no budget left, or too small a part to stand alone (checked first: offers can be many)
-        rest = [i for i in parent.members if i not in parent.removed]
-        picked = [i for i in rest if ev[i][dim] == value]
-        if len(picked) == len(rest):  # all that is left shares this value: refine the group in place
-            parent.members, parent.removed = rest, set()
+        picked = parent.parts.get(value)
+        if picked is None or len(picked) != -neg:
+            continue
+        if len(picked) == parent.remaining:  # all that is left shares this value: refine the group in place
+            parent.members = picked
             parent.key.append((dim, value))
             parent.level += 1
             offer(n)
-        elif len(nodes) < cap:
-            parent.removed.update(picked)
+        elif len(nodes) < cap and _worth(len(picked), parent.remaining):
+            del parent.parts[value]
+            parent.remaining -= len(picked)
             nodes.append(_Node(parent.rule, [*parent.key, (dim, value)], picked, parent.level + 1))
             offer(len(nodes) - 1)
-    finals = [(node.rule, node.key, [i for i in node.members if i not in node.removed]) for node in nodes]
+    finals = [(node.rule, node.key, node.rest()) for node in nodes]
     finals = [f for f in finals if f[2]]
     finals.sort(key=lambda f: (-len(f[2]), f[0], f[1]))
     bad_ips = set(spam_ips)
