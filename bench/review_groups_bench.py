@@ -86,6 +86,9 @@ def main() -> None:
                              f"/api/incidents/big/pictures?kind=campaign&ids={ids}",
                              "/api/incidents/big/review-groups/1/messages?page=2",
                              "/api/incidents/big/approval-summary"):
+                    t = time.perf_counter()
+                    c.get(path, headers=auth)  # the first call of the review pages builds their index
+                    first = time.perf_counter() - t
                     times = []
                     for _ in range(a.repeat):
                         t = time.perf_counter()
@@ -95,7 +98,8 @@ def main() -> None:
                         print(f"  {path:<60} HTTP {r.status_code}")
                         continue
                     times.sort()
-                    print(f"  {path[:60]:<60} median {times[len(times) // 2] * 1000:7.1f} ms"
+                    median = times[len(times) // 2]
+                    print(f"  {path[:60]:<60} first {first * 1000:7.1f} ms, then median {median * 1000:7.1f} ms"
                           f"  {len(r.content) / 1024:7.1f} KiB")
 
 

@@ -142,3 +142,13 @@ def test_no_two_groups_read_alike() -> None:
     summaries = [g.summary for g in groups]
     assert len(set(summaries)) == len(summaries) == 3, summaries
     assert any("through account bob, not seen abused" in s for s in summaries)
+
+
+def test_a_dimension_of_tiny_parts_is_skipped() -> None:
+    # 200 messages of a new rule in 100 campaigns of two, from four clients: grouped by client, not left whole
+    messages = [msg(k, code="new_rule", campaign=k // 2, ip=f"198.51.100.{k % 4 + 1}") for k in range(200)]
+    groups = group_review(messages)
+    check_partition(messages, groups)
+    assert sorted((g.messages, g.shared["client address"]) for g in groups) == [
+        (50, f"198.51.100.{k}") for k in range(1, 5)]
+    assert all("campaign" not in g.shared for g in groups)
