@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from console.data import RAW_LIMIT, Incidents, Loaded, message_view
 from console.review import review_routes
+from console.review import warm as warm_all
 from pipeline.models import Verdict
 from pipeline.store import Store
 
@@ -273,7 +274,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if warm:
-            threading.Thread(target=inc.warm, daemon=True).start()
+            threading.Thread(target=warm_all, args=(inc,), daemon=True).start()
         yield
 
     app = Starlette(routes=routes, lifespan=lifespan)

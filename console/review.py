@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from console.data import Incidents, Loaded
+from pipeline.errors import StoreError
 from pipeline.models import ManifestMessage, Verdict
 
 PER_PAGE = 20  # groups on one page
@@ -78,6 +79,18 @@ def index(loaded: Loaded) -> Index:
         while len(_cache) > 4:
             _cache.popitem(last=False)
     return ix
+
+
+def warm(inc: Incidents) -> None:
+    """Parse every manifest and build its review index in the background, so the first review page is quick."""
+    inc.warm()
+    for iid in inc.ids():
+        try:
+            loaded = inc.load(iid)
+        except (ValueError, OSError, StoreError):
+            continue
+        if loaded is not None:
+            index(loaded)
 
 
 def _net(ip: str) -> str:
