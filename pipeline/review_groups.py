@@ -10,6 +10,7 @@ together in one group that says how spread they are: the bound holds by construc
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -18,18 +19,19 @@ from dataclasses import dataclass
 from pipeline.models import ManifestMessage, ReviewGroup, Spread, Verdict
 
 # The evidence a group may share, in the words the console shows.
-DIMENSIONS = {"client": "client address", "sender_domain": "sender domain", "account": "account",
+DIMENSIONS = {"network": "client network", "client": "client address", "sender_domain": "sender domain",
+              "account": "account",
               "campaign": "campaign", "quoted": "bounced mail from", "defect": "defect",
               "recipient_domain": "recipient domain"}
 # Which evidence splits a rule's messages, most telling first. A code not listed (a new rule) uses DEFAULT.
 ORDER: dict[str, tuple[str, ...]] = {
     "defect": ("defect", "client"),
-    "no_recipients": ("client", "sender_domain"),
+    "no_recipients": ("network", "client", "sender_domain"),
     "bounce_external": ("quoted", "recipient_domain"),
-    "relayed_single_source": ("client", "sender_domain"),
-    "relayed_unknown_source": ("client", "sender_domain"),
-    "forged_local_sender": ("client", "sender_domain"),
-    "mixed_recipients": ("client", "sender_domain"),
+    "relayed_single_source": ("network", "client", "sender_domain"),
+    "relayed_unknown_source": ("network", "client", "sender_domain"),
+    "forged_local_sender": ("network", "client", "sender_domain"),
+    "mixed_recipients": ("network", "client", "sender_domain"),
     "compromised_account": ("account", "client"),
     "authenticated_bulk_unclear": ("account", "campaign"),
     "contradiction": ("account", "campaign", "client"),
@@ -64,6 +66,17 @@ def _domain(addr: str | None) -> str:
     return addr.rpartition("@")[2].lower().strip(">").rstrip(".")
 
 
+def _network(ip: str | None) -> str:
+    """A client's /24 (IPv4) or /48 (IPv6): an office's many workstations are one network, a botnet's are not."""
+    if not ip:
+        return ""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    return str(ipaddress.ip_network(f"{a}/{24 if a.version == 4 else 48}", strict=False))
+
+
 def _defect_kind(m: ManifestMessage) -> str:
     integ = [d for d in m.defects if not d.startswith("mime:")] or m.defects
     if not integ:
@@ -76,7 +89,8 @@ def evidence(m: ManifestMessage, quoted: str | None = None) -> dict[str, str]:
     """What one message offers to group by ("" where it has nothing to say)."""
     e = m.envelope
     rcpts = e.rcpt_to or e.done_rcpt_to
-    return {"client": e.client_address or "", "sender_domain": _domain(e.mail_from),
+    return {"client": e.client_address or "", "network": _network(e.client_address),
+            "sender_domain": _domain(e.mail_from),
             "account": e.sasl_username or "", "campaign": "" if m.campaign is None else str(m.campaign),
             "quoted": (f"campaign #{m.campaign}" if m.campaign is not None else _domain(quoted) if quoted else ""),
             "defect": _defect_kind(m), "recipient_domain": _domain(rcpts[0]) if rcpts else ""}
@@ -195,11 +209,13 @@ def _one(s: Spread) -> str | None:
     return s.top[0][0] if s.distinct == 1 else None
 
 
-def _from(s: Spread, unknown: int) -> str:
+def _from(s: Spread, unknown: int, net: str | None = None) -> str:
     if s.distinct == 0:
         return "from no known client"
     if s.distinct == 1:
         return f"from {s.top[0][0]}" + (" (and from no known client)" if unknown else "")
+    if net:
+        return f"from {s.distinct:,} client addresses in {net}"
     if s.top[0][1] == 1:
         return f"from {s.distinct:,} client addresses (one message each)"
     return f"from {s.distinct:,} client addresses (most from {s.top[0][0]}: {s.top[0][1]:,})"
@@ -216,6 +232,8 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
               spam_ips: set[str]) -> ReviewGroup:
     n = len(ms)
     clients = _spread(e["client"] for e in evs)
+    nets = _spread(e["network"] for e in evs)
+    net = _one(nets) if not any(not e["network"] for e in evs) else None
     no_client = sum(1 for e in evs if not e["client"])
     senders = _spread(e["sender_domain"] for e in evs)
     accounts = _spread(e["account"] for e in evs)
@@ -227,16 +245,16 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
     ip, acct, camp = _one(clients), _one(accounts), (next(iter(camps)) if len(camps) == 1 else None)
     camp_s = f"campaign #{camp}" if camp is not None else f"{len(camps):,} campaigns" if camps else "no campaign"
     if rule in ("relayed_single_source", "relayed_unknown_source"):
-        text = f"{msgs} relayed {_from(clients, no_client)} {_under(senders)}"
+        text = f"{msgs} relayed {_from(clients, no_client, net)} {_under(senders)}"
         if ip:
             text += " — your own web shop or CRM if that address is yours"
     elif rule == "forged_local_sender":
         ours = f"under our sender domain {senders.top[0][0]}" if senders.distinct == 1 else (
             f"under {senders.distinct:,} of our sender domains")
-        text = (f"{msgs} {ours}, sent {_from(clients, no_client)} without authentication — "
+        text = (f"{msgs} {ours}, sent {_from(clients, no_client, net)} without authentication — "
                 "forged, or a network of yours missing from trusted_networks")
     elif rule == "mixed_recipients":
-        text = f"{msgs} to local and external recipients at once, unauthenticated, {_from(clients, no_client)}"
+        text = f"{msgs} to local and external recipients at once, unauthenticated, {_from(clients, no_client, net)}"
     elif rule == "bounce_external":
         q = _one(quoted)
         text = (f"{msgs}: our bounces to external addresses" + (f" quoting mail of {q}" if q else
@@ -246,21 +264,21 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
         d = _one(defects)
         text = f"{msgs} whose bytes are in doubt" + (f" ({d})" if d else f" ({defects.distinct:,} kinds of defect)")
     elif rule == "no_recipients":
-        text = f"{msgs} with no recipient known, {_from(clients, no_client)}"
+        text = f"{msgs} with no recipient known, {_from(clients, no_client, net)}"
     elif rule == "compromised_account":
-        text = (f"{msgs} through the stolen account {acct or 'of several accounts'} {_from(clients, no_client)}, "
+        text = (f"{msgs} through the stolen account {acct or 'of several accounts'} {_from(clients, no_client, net)}, "
                 "not from the attacker's addresses — its real owner, or the attacker from elsewhere")
     elif rule == "authenticated_bulk_unclear":
-        text = (f"{msgs} of bulk mail through account {acct or '(several)'} {_from(clients, no_client)} — "
+        text = (f"{msgs} of bulk mail through account {acct or '(several)'} {_from(clients, no_client, net)} — "
                 "a newsletter or a stolen password")
     elif rule == "contradiction":
         who = (f"through account {acct}, not seen abused" if acct else
                f"through {accounts.distinct:,} accounts not seen abused" if accounts.distinct else
                "by a local sender submitting locally")
         spam_camps = f"spam campaign #{camp}" if camp is not None else f"{len(camps):,} spam campaigns"
-        text = f"{msgs} in {spam_camps} but sent {who}, {_from(clients, no_client)}"
+        text = f"{msgs} in {spam_camps} but sent {who}, {_from(clients, no_client, net)}"
     elif rule == "campaign_unclear":
-        text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client)}"
+        text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client, net)}"
     elif rule == "origin_unknown":
         text = f"{msgs} whose queue does not say where they came from, {_under(senders)}"
     elif rule == MIXED:
@@ -269,7 +287,7 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
             f"{r} {c}" for r, c in rules.most_common(4)) + ")"
     else:  # a rule this module does not know yet: its own words, and the evidence
         first = next((r.text for r in reversed(ms[0].reasons) if r.code == rule), rule)
-        text = f"{msgs} held as {rule} ({first[:160]}), {_from(clients, no_client)} {_under(senders)}"
+        text = f"{msgs} held as {rule} ({first[:160]}), {_from(clients, no_client, net)} {_under(senders)}"
     verdict, why = _suggest(rule, ms, clients, accounts, spam_ips, ip)
     times = [m.envelope.arrival_time for m in ms if m.envelope.arrival_time is not None]
     try:

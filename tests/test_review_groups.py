@@ -46,7 +46,8 @@ def test_the_shop_is_one_group_with_a_sentence_a_person_reads() -> None:
     check_partition(messages, groups)
     top = groups[0]
     assert top.messages == 230 and top.rule == "relayed_unknown_source"
-    assert top.shared == {"client address": "198.51.100.80", "sender domain": "example.org"}
+    assert top.shared == {"client network": "198.51.100.0/24", "client address": "198.51.100.80",
+                          "sender domain": "example.org"}
     assert top.summary == ("230 messages relayed from 198.51.100.80 under sender domain example.org — your own web "
                            "shop or CRM if that address is yours")
     assert top.suggested is Verdict.review and "198.51.100.80" in top.suggested_reason
@@ -70,7 +71,8 @@ def test_the_bound_holds_on_scattered_input() -> None:
     check_partition(messages, groups)
     # the run from one client is one group, not cut into pairs by its many sender domains
     big = groups[0]
-    assert big.shared == {"client address": "192.0.2.200"} and big.messages >= 3000 // 7
+    assert big.shared == {"client network": "192.0.2.0/24", "client address": "192.0.2.200"}
+    assert big.messages >= 3000 // 7
 
 
 def test_more_rules_than_budget_share_one_mixed_group() -> None:
@@ -152,3 +154,18 @@ def test_a_dimension_of_tiny_parts_is_skipped() -> None:
     assert sorted((g.messages, g.shared["client address"]) for g in groups) == [
         (50, f"198.51.100.{k}") for k in range(1, 5)]
     assert all("campaign" not in g.shared for g in groups)
+
+
+def test_an_office_network_is_one_group_apart_from_a_botnet() -> None:
+    # the office's workstations (a few messages each) and a botnet's clients forge the same local domain
+    office = [msg(k, code="forged_local_sender", ip=f"192.0.2.{k % 60 + 10}", sender=f"u{k % 7}@example.org")
+              for k in range(180)]
+    botnet = [msg(1000 + k, code="forged_local_sender", ip=f"{k % 90 + 1}.{k % 7}.3.4", sender=f"x{k}@example.org")
+              for k in range(180)]
+    messages = office + botnet
+    groups = group_review(messages)
+    check_partition(messages, groups)
+    first = {m.review_group for m in office}
+    assert len(first) == 1 and not first & {m.review_group for m in botnet}
+    g = next(g for g in groups if g.id in first)
+    assert g.shared["client network"] == "192.0.2.0/24" and "from 60 client addresses in 192.0.2.0/24" in g.summary
