@@ -20,6 +20,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from console.data import RAW_LIMIT, Incidents, Loaded, message_view
+from console.review import review_routes
+from console.review import warm as warm_all
 from pipeline.blocklist.models import BlocklistReport
 from pipeline.models import Verdict
 from pipeline.store import Store
@@ -295,12 +297,13 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
         Route("/api/incidents/{iid}/approve", api(approve, post=True), methods=["POST"]),
         Route("/api/incidents/{iid}/receipts", api(receipts)),
         Route("/api/incidents/{iid}/blocklists", api(blocklists)),
+        *review_routes(inc, api, need, _who),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if warm:
-            threading.Thread(target=inc.warm, daemon=True).start()
+            threading.Thread(target=warm_all, args=(inc,), daemon=True).start()
         yield
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -18,9 +18,10 @@ from typing import Any
 from pipeline import queues
 from pipeline.archive import ArchiveReport, iter_members
 from pipeline.errors import StoreError
-from pipeline.instructions import Receipt, approval_from_manifest
+from pipeline.instructions import Receipt, approval_from_manifest, effective_verdicts
 from pipeline.models import Manifest, ManifestMessage, Verdict
 from pipeline.policy import Limits
+from pipeline.review_groups import group_review
 from pipeline.store import LocalStore, Store
 
 BODY_LIMIT = 200_000  # characters of body text sent to the page
@@ -100,12 +101,18 @@ class Incidents:
             except StoreError:
                 return None  # removed since the version check
             m = Manifest.model_validate_json(data)
+            # a campaign's normalised terms are not shown (its subject and phrase are): search still finds them
+            terms = {c.id: c.label for c in m.campaigns}
             loaded = Loaded(manifest=m, sha256=hashlib.sha256(data).hexdigest(),
                             by_id={x.id: x for x in m.messages},
                             haystack=[" ".join((x.subject, x.from_header, x.envelope.mail_from or "",
                                                 " ".join(x.envelope.rcpt_to), x.envelope.client_address or "",
-                                                x.id)).lower() for x in m.messages],
+                                                x.id, terms.get(x.campaign, "") if x.campaign is not None else "",
+                                                )).lower() for x in m.messages],
                             version=version)
+            if m.totals.review and not m.review_groups:
+                # a manifest from before review groups: group it here, the same way triage does
+                m.review_groups = group_review(m.messages, spam_ips={s.client_ip for s in m.sources})
             loaded.timeline = _timeline(m)
             times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
             loaded.last_arrival = max(times).isoformat() if times else None
@@ -131,29 +138,30 @@ class Incidents:
         key = decisions_key(incident)
         if self.store.exists(key):
             return json.loads(self.store.get(key))
-        return {"campaigns": {}, "messages": {}, "log": []}
+        return {"campaigns": {}, "messages": {}, "groups": {}, "log": []}
 
-    def decide(self, incident: str, kind: str, target: str, verdict: Verdict, by: str, note: str) -> dict[str, Any]:
+    def decide(self, incident: str, kind: str, target: str, verdict: Verdict | None, by: str,
+               note: str) -> dict[str, Any]:
+        """Record a decision on a campaign, a review group or a message; verdict None undoes the standing one
+        (the log keeps both, with who and when)."""
         with self._lock:
             d = self.decisions(incident)
-            entry = {"verdict": verdict.value, "by": by, "at": datetime.now(UTC).isoformat(), "note": note}
-            d["campaigns" if kind == "campaign" else "messages"][target] = entry
-            d["log"].append({"kind": kind, "target": target, **entry})
+            bucket = d.setdefault(_BUCKETS[kind], {})
+            at = datetime.now(UTC).isoformat()
+            if verdict is None:
+                prev = bucket.pop(target, None)
+                d["log"].append({"kind": kind, "target": target, "verdict": None, "by": by, "at": at,
+                                 "note": note, "undoes": prev["verdict"] if prev else None})
+            else:
+                entry = {"verdict": verdict.value, "by": by, "at": at, "note": note}
+                bucket[target] = entry
+                d["log"].append({"kind": kind, "target": target, **entry})
             self.store.put(decisions_key(incident), json.dumps(d, indent=1).encode())
             return d
 
     def effective(self, loaded: Loaded, decisions: dict[str, Any]) -> dict[str, Verdict]:
-        """Overrides that differ from triage: a message's own decision beats its campaign's."""
-        camp = {int(k): Verdict(v["verdict"]) for k, v in decisions.get("campaigns", {}).items()}
-        msg = {k: Verdict(v["verdict"]) for k, v in decisions.get("messages", {}).items()}
-        out: dict[str, Verdict] = {}
-        if not camp and not msg:
-            return out
-        for m in loaded.manifest.messages:
-            v = msg.get(m.id) or (camp.get(m.campaign) if m.campaign is not None else None)
-            if v is not None and v is not m.verdict:
-                out[m.id] = v
-        return out
+        """Overrides that differ from triage, read from the decision log exactly as dispatch reads it."""
+        return effective_verdicts(loaded.manifest, decisions.get("log", []))
 
     # --- approval
     def summary(self, incident: str, loaded: Loaded, d: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,7 +178,8 @@ class Incidents:
         n, k, r = counts["valid"], counts["spam"], counts["review"]
         return {"replay": n, "recipients": len(rcpts), "purge": k, "hold": r, "overrides": len(ov),
                 "digest": digest.hexdigest(), "manifest_sha256": loaded.sha256,
-                "text": f"replay {n:,} messages to {len(rcpts):,} recipients, purge {k:,}, hold {r:,}"}
+                "text": f"replay {n:,} messages to {len(rcpts):,} recipients, purge {k:,}, hold {r:,}",
+                "decided": _decided(loaded, d)}
 
     def approve(self, incident: str, loaded: Loaded, by: str, digest: str) -> tuple[str, bool] | None:
         """Write the approval if `digest` is still the summary's (None when the decisions changed since)."""
@@ -320,6 +329,32 @@ class Incidents:
             old.unlink(missing_ok=True)
 
 
+_BUCKETS = {"campaign": "campaigns", "message": "messages", "group": "groups"}
+
+
+def _decided(loaded: Loaded, d: dict[str, Any]) -> dict[str, Any]:
+    """What review decided, by group, by campaign and by message, with who and when (the approval page's list)."""
+    groups = {g.id: g for g in loaded.manifest.review_groups}
+    camps = {c.id: c for c in loaded.manifest.campaigns}
+    by_group = [{"group": int(k), "verdict": v["verdict"], "by": v["by"], "at": v["at"],
+                 "messages": groups[int(k)].messages if int(k) in groups else 0,
+                 "summary": groups[int(k)].summary if int(k) in groups else "(not in this manifest)"}
+                for k, v in sorted(d.get("groups", {}).items(), key=lambda kv: int(kv[0]))]
+    by_campaign = [{"campaign": int(k), "verdict": v["verdict"], "by": v["by"], "at": v["at"],
+                    "messages": camps[int(k)].size if int(k) in camps else 0}
+                   for k, v in sorted(d.get("campaigns", {}).items(), key=lambda kv: int(kv[0]))]
+    msgs = d.get("messages", {})
+    per_verdict = Counter(v["verdict"] for v in msgs.values())
+    lines = [f"group #{g['group']}: {g['messages']:,} messages {g['verdict']} (by {g['by']} at {g['at']})"
+             for g in by_group]
+    lines += [f"campaign #{c['campaign']}: {c['messages']:,} messages {c['verdict']} (by {c['by']} at {c['at']})"
+              for c in by_campaign]
+    if msgs:
+        lines.append(f"{len(msgs):,} single messages: " + ", ".join(f"{n:,} {v}" for v, n in per_verdict.most_common()))
+    return {"groups": by_group[:500], "campaigns": by_campaign[:500], "messages": len(msgs),
+            "messages_by_verdict": dict(per_verdict), "lines": lines[:1000]}
+
+
 def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dict[str, Any]:
     out: dict[str, Any] = {"id": m.id, "subject": m.subject, "from_header": m.from_header,
                            "envelope": m.envelope.model_dump(mode="json"), "verdict": verdict.value,
@@ -376,7 +411,7 @@ def _timeline(m: Manifest, buckets: int = 48, top: int = 8) -> dict[str, Any]:
     for t, c in times:
         name = str(c) if c in big else "other"
         series[name][int((t.timestamp() - t0) // width)] += 1
-    labels = {str(c.id): c.label for c in m.campaigns}
+    labels = {str(c.id): c.subject or c.label for c in m.campaigns}  # readable; the terms are for search
     return {"start": datetime.fromtimestamp(t0, UTC).isoformat(), "bucket_seconds": width, "buckets": n,
             "series": [{"campaign": k, "label": labels.get(k, "not in a campaign"), "counts": v}
                        for k, v in sorted(series.items(), key=lambda kv: -sum(kv[1]))]}

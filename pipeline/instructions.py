@@ -105,26 +105,38 @@ def canonical_json(model: BaseModel) -> str:
 
 
 def effective_verdicts(manifest: Manifest, changes: list[dict]) -> dict[str, Verdict]:
-    """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage: the last
-    decision for a target wins, and a message's own decision beats its campaign's. ValueError if malformed."""
-    camp: dict[int, Verdict] = {}
-    msg: dict[str, Verdict] = {}
+    """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage.
+
+    A decision targets a campaign, a review group or a message; the last one for a target stands, and one
+    whose verdict is None undoes the standing decision for its target. A message's own decision beats its
+    review group's, which beats its campaign's (the group is the narrower, decided looking at exactly those
+    messages). This is the one reading of the log: the console shows it and dispatch checks against it.
+    ValueError if an entry is malformed."""
+    standing: dict[str, dict[object, Verdict]] = {"campaign": {}, "group": {}, "message": {}}
     for i, c in enumerate(changes):
         try:
-            kind, target, verdict = c["kind"], c["target"], Verdict(c["verdict"])
-            if kind == "campaign":
-                camp[int(target)] = verdict
-            elif kind == "message" and isinstance(target, str):
-                msg[target] = verdict
-            else:
+            kind, target, verdict = c["kind"], c["target"], c["verdict"]
+            if kind not in standing:
                 raise ValueError(f"kind {kind!r}")
+            if kind == "message":
+                if not isinstance(target, str):
+                    raise ValueError(f"target {target!r}")
+                key: object = target
+            else:
+                key = int(target)
+            if verdict is None:
+                standing[kind].pop(key, None)
+            else:
+                standing[kind][key] = Verdict(verdict)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"decision {i} is malformed: {e}") from None
+    camp, grp, msg = standing["campaign"], standing["group"], standing["message"]
     out: dict[str, Verdict] = {}
-    if not camp and not msg:
+    if not camp and not grp and not msg:
         return out
     for m in manifest.messages:
-        v = msg.get(m.id) or (camp.get(m.campaign) if m.campaign is not None else None)
+        v = (msg.get(m.id) or (grp.get(m.review_group) if m.review_group is not None else None)
+             or (camp.get(m.campaign) if m.campaign is not None else None))
         if v is not None and v is not m.verdict:
             out[m.id] = v
     return out

@@ -149,6 +149,8 @@ class ManifestMessage(Model):
     defects: list[str] = Field(default_factory=list)
     envelope_inferred: list[str] = Field(default_factory=list)
     attachments: list[str] = Field(default_factory=list)
+    review_group: int | None = Field(None, description="the review group of a message held for review (id in "
+                                     "Manifest.review_groups); None for valid and spam")
 
 
 class Spread(Model):
@@ -161,7 +163,9 @@ class Spread(Model):
 class Campaign(Model):
     id: int
     size: int
-    label: str = Field(description="top terms of the campaign's text")
+    label: str = Field(description="shared normalised terms of the campaign's text: for search, not for reading")
+    subject: str = Field("", description="the campaign's most typical subject, per-copy tokens left out")
+    phrase: str = Field("", description="a short phrase most members' text shares")
     sample_subjects: list[str]
     sender_domains: Spread
     recipient_domains: Spread
@@ -172,6 +176,28 @@ class Campaign(Model):
     verdict: Verdict
     confidence: float
     reasons: list[Reason]
+
+
+class ReviewGroup(Model):
+    """Messages held for review by the same rule on the same evidence: one decision for all of them."""
+
+    id: int
+    rule: str = Field(description="the reason code that held these messages ('mixed': several small rules)")
+    shared: dict[str, str] = Field(description="evidence every member shares, e.g. {'client address': "
+                                   "'198.51.100.80'}; empty when only the rule is shared")
+    summary: str = Field(description="the group in a sentence an admin understands")
+    messages: int
+    campaigns: list[int] = Field(description="campaigns its members belong to, commonest first (at most 20)")
+    client_ips: Spread
+    sender_domains: Spread
+    recipient_domains: Spread
+    accounts: Spread
+    sample_ids: list[str]
+    sample_subjects: list[str]
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    suggested: Verdict = Field(description="the engine's suggested decision for the whole group")
+    suggested_reason: str
 
 
 class AccountReport(Model):
@@ -234,6 +260,8 @@ class Manifest(Model):
     accounts: list[AccountReport]
     sources: list[SourceReport]
     messages: list[ManifestMessage]
+    review_groups: list[ReviewGroup] = Field(default_factory=list, description="every review message is in "
+                                             "exactly one; at most one group per 20 review messages plus 10")
     archive_defects: list[str] = Field(default_factory=list)
 
 

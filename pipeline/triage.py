@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.archive import ArchiveReport
+from pipeline.campaign_labels import describe as describe_campaign
 from pipeline.campaigns import CampaignClusterer, Features, top_terms
 from pipeline.models import (
     AccountReport,
@@ -31,6 +32,7 @@ from pipeline.parse import addr_domain, parse_found
 from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
+from pipeline.review_groups import group_review
 from pipeline.sitepolicy import describe, effective_policy, origin_warnings, site_of
 from pipeline.text import neutral
 from pipeline.verdicts import (
@@ -229,11 +231,14 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
             queue_name=r.envelope.queue_name, envelope=r.envelope, subject=r.subject, from_header=r.from_header,
             message_id=r.message_id, campaign=camp, verdict=d.verdict, confidence=round(d.confidence, 3),
             reasons=d.reasons, defects=r.defects, envelope_inferred=r.envelope_inferred,
-            attachments=r.attachments))
+            attachments=r.attachments, review_group=None))
     progress("verdicts", n, n)
 
     campaigns = [_campaign(cid, members, records, decisions[cid], messages) for cid, members in enumerate(big, 1)]
     counts = Counter(m.verdict for m in messages)
+    sources = _source_reports(records, ctxs, messages)
+    review_groups = group_review(messages, quoted=[r.bounced_original_sender if r.bounce else None for r in records],
+                          spam_ips={s.client_ip for s in sources})
     return Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
         policy=policy_info or describe(policy), warnings=warnings,
@@ -241,8 +246,9 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
                       review=counts[Verdict.review], bytes=sum(r.size for r in records), campaigns=len(campaigns)),
         campaigns=campaigns,
         accounts=_account_reports(profiles, records, ctxs, messages),
-        sources=_source_reports(records, ctxs, messages),
+        sources=sources,
         messages=messages,
+        review_groups=review_groups,
         archive_defects=list(archive_defects),
     )
 
@@ -326,8 +332,10 @@ def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord],
     if counts and len(counts) > 1:
         d.reasons.append(R("mixed", "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
                                                                      counts.most_common()), "info"))
+    subject, phrase = describe_campaign([r.subject for r in recs[:LABEL_SAMPLE]], [r.text for r in recs[:LABEL_SAMPLE]])
     return Campaign(
         id=cid, size=len(members), label=" ".join(top_terms([r.text for r in recs[:LABEL_SAMPLE]])),
+        subject=subject, phrase=phrase,
         sample_subjects=[s[:200] for s in subjects],
         sender_domains=_spread(senders), recipient_domains=_spread(rcpt_domains), client_ips=_spread(ips),
         accounts=_spread(accounts),

@@ -115,3 +115,36 @@ def test_an_approval_written_by_the_console_after_flips_is_signed(rig):
     payload = json.loads(json.loads(msg.body)["payload"])
     assert sorted(x["id"] for x in payload["replay"]) == ["id1", "id2"] and [x["id"] for x in payload["purge"]] == [
         "id0"]
+
+
+def test_a_group_decision_and_an_undo_from_the_console_are_signed(tmp_path):
+    """Review groups (and undoing a decision) mean the same to dispatch as to the console that recorded them."""
+    from console.data import Incidents
+    from pipeline.models import ReviewGroup
+
+    msgs = [_msg(0, Verdict.review), _msg(1, Verdict.review), _msg(2, Verdict.review, 7), _msg(3, Verdict.valid)]
+    for x in msgs[:3]:
+        x.review_group = 1
+    none = {"distinct": 0, "top": []}
+    group = ReviewGroup.model_validate({"id": 1, "rule": "origin_unknown", "shared": {}, "summary": "three",
+                                        "messages": 3, "campaigns": [7], "client_ips": none, "sender_domains": none,
+                                        "recipient_domains": none, "accounts": none, "sample_ids": ["id0"],
+                                        "sample_subjects": ["s0"], "suggested": "review",
+                                        "suggested_reason": "test"})
+    m = Manifest(incident=INC, snapshot=SnapshotInfo(source="x", format="eml", host=HOST), policy_sha256="0" * 64,
+                 totals=Totals(messages=4, valid=1, spam=0, review=3, bytes=40, campaigns=1), campaigns=[],
+                 accounts=[], sources=[], messages=msgs, review_groups=[group])
+    store = LocalStore(tmp_path / "store")
+    store.put(queues.manifest_key(INC), m.model_dump_json().encode())
+    priv, _ = generate_keypair()
+    channel = LocalChannel(tmp_path / "channel")
+    inc = Incidents(store)
+    loaded = inc.load(INC)
+    inc.decide(INC, "group", "1", Verdict.spam, "dana", "all junk")
+    inc.decide(INC, "message", "id1", Verdict.valid, "dana", "")
+    inc.decide(INC, "message", "id1", None, "dana", "undo")  # undone: id1 goes with its group again
+    inc.decide(INC, "campaign", "7", Verdict.valid, "dana", "")  # the group's decision is the narrower one
+    assert inc.summary(INC, loaded)["purge"] == 3
+    key, new = inc.approve(INC, loaded, "dana", inc.summary(INC, loaded)["digest"])
+    assert new
+    assert "1 replay, 3 purge" in dispatch(store, channel, key, priv, "k")

@@ -70,7 +70,7 @@
   }
 
   function nav(id, here) {
-    const links = [["", "Overview"], ["/messages", "Messages"], ["/approve", "Approve"], ["/progress", "Replay progress"],
+    const links = [["", "Overview"], ["/review", "Review"], ["/messages", "Messages"], ["/approve", "Approve"], ["/progress", "Replay progress"],
       ["/blocklists", "Blocklists"]];
     return el("nav", { class: "nav", "aria-label": "incident" }, el("a", { href: "#/", text: "← Incidents" }),
       links.map(([p, t]) => el("a", { href: "#/i/" + enc(id) + p, "aria-current": p === here ? "page" : null, text: t })));
@@ -140,6 +140,51 @@
     return el("div", { class: "chart" }, svg, legend);
   }
 
+  // a small bar chart of arrivals over the incident's timeline (the same buckets as the big chart)
+  function spark(counts, bucketSeconds, what) {
+    const W = 240, H = 36, n = counts.length;
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("role", "img");
+    const total = counts.reduce((a, b) => a + b, 0);
+    svg.setAttribute("aria-label", what + ": " + total + " arrivals over " + n + " steps of " + Math.round((bucketSeconds || 60) / 60) + " minutes");
+    const max = Math.max(1, ...counts), bw = W / Math.max(1, n);
+    counts.forEach((c, i) => {
+      if (!c) return;
+      const r = document.createElementNS(SVG, "rect"), h = Math.max(1, (c / max) * (H - 2));
+      r.setAttribute("x", String(i * bw)); r.setAttribute("y", String(H - h));
+      r.setAttribute("width", String(Math.max(1, bw - 1))); r.setAttribute("height", String(h));
+      const t = document.createElementNS(SVG, "title");
+      t.textContent = c + " arrived";
+      r.appendChild(t);
+      svg.appendChild(r);
+    });
+    return svg;
+  }
+
+  // how the client addresses spread: the commonest as shares of one bar, the rest as "other"
+  function ipBar(ips) {
+    const total = ips.top.reduce((a, [, c]) => a + c, 0) + ips.other;
+    const bar = el("div", { class: "ipbar", role: "img", "aria-label": "client addresses: " + ips.distinct + " in " + ips.networks + " networks" });
+    const parts = ips.top.map(([ip, c], i) => [ip, c, COLORS[i % COLORS.length]]);
+    if (ips.other) parts.push(["other", ips.other, "#c9ced6"]);
+    parts.forEach(([ip, c, color]) => {
+      const sp = el("span", { title: ip + ": " + c });
+      sp.style.width = (100 * c / Math.max(1, total)) + "%";
+      sp.style.background = color;
+      bar.appendChild(sp);
+    });
+    return el("div", { class: "ips" }, bar, el("div", { class: "muted small", text: fmt(ips.distinct) + " client address" +
+      (ips.distinct === 1 ? "" : "es") + " in " + fmt(ips.networks) + " network" + (ips.networks === 1 ? "" : "s") + (ips.top.length ? " · " +
+      ips.top.slice(0, 3).map(([ip, c]) => ip + " " + fmt(c)).join(", ") : "") }));
+  }
+
+  function pictureOf(p, bucketSeconds, what) {
+    if (!p) return null;
+    return el("div", { class: "pictures" }, p.arrivals.length ? spark(p.arrivals, bucketSeconds, what) : el("span", { class: "muted small", text: "no arrival times" }), ipBar(p.ips));
+  }
+
   function msgRows(id, msgs) {
     return table(["Subject", "From", "To", "Client", "Verdict"], msgs.map((m) => [
       el("a", { href: "#/i/" + enc(id) + "/m/" + enc(m.id), class: "subject", text: m.subject || "(no subject)" }),
@@ -160,13 +205,17 @@
     (d.warnings || []).forEach((w) => parts.push(el("p", { class: "warning", role: "alert", text: "Warning: " + w })));
     if (d.policy) parts.push(el("p", { class: "muted", text: "policy: " + d.policy.source }));
     if (d.review_first.length) {
-      parts.push(el("h2", { text: "Needs review first (" + fmt(t.review) + ")" }), msgRows(id, d.review_first.slice(0, 15)),
+      parts.push(el("h2", { text: "Needs review first (" + fmt(t.review) + ")" }),
+        el("p", {}, el("a", { href: "#/i/" + enc(id) + "/review", class: "primary-link", text: "Review them by group →" })),
+        msgRows(id, d.review_first.slice(0, 15)),
         el("p", {}, el("a", { href: "#/i/" + enc(id) + "/messages?verdict=review", text: "All " + fmt(t.review) + " review messages →" })));
     }
     parts.push(el("h2", { text: "Campaigns, largest first" }), el("div", { class: "cards" }, d.campaigns.map((c) =>
       el("section", { class: "card", "aria-label": "campaign " + c.id, "data-campaign": c.id },
         el("h3", {}, "#" + c.id + " · " + fmt(c.size) + " messages · ", badge(c.verdict)),
-        el("div", { class: "muted", text: c.label }),
+        el("div", { class: "title subject", text: c.subject || c.sample_subjects[0] || "(no subject)" }),
+        c.phrase ? el("div", { class: "phrase", text: "“" + c.phrase + "…”" }) : null,
+        el("div", { class: "pic", "data-picture": c.id }),
         el("ul", {}, c.sample_subjects.slice(0, 4).map((s) => el("li", { class: "sample", text: s }))),
         el("dl", { class: "dl" }, el("dt", { text: "senders" }), el("dd", { text: spread(c.sender_domains) }),
           el("dt", { text: "recipients" }), el("dd", { text: spread(c.recipient_domains) }),
@@ -195,6 +244,118 @@
         d.decisions.map((x) => [x.at, x.by, x.kind + " " + x.target, x.verdict])));
     }
     show(...parts);
+    // the campaigns' pictures come after the page, in one call for the cards shown
+    const ids = d.campaigns.slice(0, 500).map((c) => c.id);
+    if (ids.length) {
+      const pics = await api("/api/incidents/" + enc(id) + "/pictures?kind=campaign&ids=" + ids.join(","));
+      document.querySelectorAll("div.pic[data-picture]").forEach((n) => {
+        const p = pics.pictures[n.dataset.picture];
+        if (p && (p.arrivals.length || p.ips.distinct)) n.replaceChildren(pictureOf(p, pics.bucket_seconds, "campaign " + n.dataset.picture));
+      });
+    }
+  }
+
+  let reviewFocus = { key: "", at: 0 };  // which group has the keyboard on the review page, kept across re-renders
+
+  function groupCard(id, g, gi, bucketSeconds, onpick, onundo) {
+    const shared = Object.entries(g.shared);
+    const now = Object.entries(g.now).map(([v, n]) => fmt(n) + " " + v).join(", ");
+    return el("section", { class: "card group" + (g.decision ? " decided" : ""), tabindex: "-1", "data-group": g.id, "data-index": gi,
+      "aria-label": "review group " + g.id + ", " + g.messages + " messages" },
+      el("h3", {}, "#" + g.id + " · " + fmt(g.messages) + " message" + (g.messages === 1 ? "" : "s") + " · ", badge(g.verdict),
+        el("span", { class: "muted", text: g.decision ? " decided" : " undecided" })),
+      el("p", { class: "summary-line", text: g.summary }),
+      el("p", { class: "suggest" }, "Suggested: ", badge(g.suggested), " " + g.suggested_reason),
+      el("dl", { class: "dl" }, el("dt", { text: "held by" }), el("dd", { text: g.rule }),
+        shared.map(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+        el("dt", { text: "senders" }), el("dd", { text: spread(g.sender_domains) }),
+        el("dt", { text: "recipients" }), el("dd", { text: spread(g.recipient_domains) }),
+        g.accounts.distinct ? [el("dt", { text: "accounts" }), el("dd", { text: spread(g.accounts) })] : null,
+        g.campaigns.length ? [el("dt", { text: "campaigns" }), el("dd", {}, g.campaigns.slice(0, 6).map((c) =>
+          el("a", { href: "#/i/" + enc(id) + "/messages?campaign=" + c, text: "#" + c + " " })))] : null,
+        el("dt", { text: "arrived" }), el("dd", { text: (g.first_seen || "—") + " → " + (g.last_seen || "—") }),
+        el("dt", { text: "members now" }), el("dd", { class: "now", text: now })),
+      pictureOf({ arrivals: g.arrivals, ips: g.ips }, bucketSeconds, "group " + g.id),
+      el("ul", { class: "samples" }, g.samples.map((m) => el("li", {},
+        el("a", { href: "#/i/" + enc(id) + "/m/" + enc(m.id), class: "subject", text: m.subject || "(no subject)" }),
+        el("span", { class: "muted", text: " · " + (m.from ?? "—") + " · " + (m.client || "no client") })))),
+      g.decision ? el("p", { class: "muted decision", text: "marked " + g.decision.verdict + " by " + g.decision.by + " at " + g.decision.at }) : null,
+      el("div", { class: "buttons" }, verdictButtons(g.decision ? g.verdict : null, onpick),
+        g.decision ? el("button", { type: "button", "data-action": "undo", onclick: onundo, text: "Undo" }) : null,
+        el("a", { href: "#/i/" + enc(id) + "/review/g/" + g.id, "data-action": "open", text: "All " + fmt(g.messages) + " messages" })));
+  }
+
+  async function review(id, params) {
+    const q = new URLSearchParams(params || "");
+    const page = Math.max(1, parseInt(q.get("page") || "1", 10) || 1);
+    const d = await api("/api/incidents/" + enc(id) + "/review-groups?page=" + page);
+    const u = d.undecided;
+    const key = id + "?" + page;
+    if (reviewFocus.key !== key) reviewFocus = { key, at: Math.max(0, d.groups.findIndex((g) => !g.decision)) };
+    const rerender = () => route();
+    const cards = d.groups.map((g, gi) => groupCard(id, g, gi, d.bucket_seconds, async (v) => {
+      // replaying a whole group is the costly mistake: ask first
+      if (v === "valid" && !window.confirm("Mark all " + g.messages + " messages of group #" + g.id + " valid? They will be replayed.")) return;
+      await api("/api/incidents/" + enc(id) + "/review-groups/" + g.id + "/decision", { verdict: v, by: who() });
+      reviewFocus = { key, at: Math.min(d.groups.length - 1, gi + 1) };
+      await rerender();
+    }, async () => {
+      await api("/api/incidents/" + enc(id) + "/review-groups/" + g.id + "/decision", { verdict: null, by: who() });
+      reviewFocus = { key, at: gi };
+      await rerender();
+    }));
+    const pages = Math.max(1, Math.ceil(d.total / d.per_page));
+    const go = (p) => { location.hash = "#/i/" + enc(id) + "/review?page=" + p; };
+    show(nav(id, "/review"), el("h1", { text: "Review by group" }),
+      el("p", { class: "counter", role: "status", id: "undecided" }, el("b", { text: fmt(u.messages) }), " messages in ",
+        el("b", { text: fmt(u.groups) }), " groups still undecided · " + fmt(u.messages_total) + " held for review in " + fmt(u.groups_total) + " groups"),
+      el("p", { class: "muted small", text: "Keys: j / k next / previous group · v valid · s spam · r keep held for review · u undo · o open its messages" }),
+      d.groups.length ? el("div", { class: "groups" }, cards) : el("p", { text: "Nothing is held for review." }),
+      pages > 1 ? el("div", { class: "buttons" }, el("button", { type: "button", disabled: page <= 1, onclick: () => go(page - 1), text: "← Larger groups" }),
+        el("span", { text: "page " + page + " of " + pages }),
+        el("button", { type: "button", disabled: page >= pages, onclick: () => go(page + 1), text: "Smaller groups →" })) : null);
+    focusGroup(reviewFocus.at);
+  }
+
+  function focusGroup(i) {
+    const cards = document.querySelectorAll("section.group");
+    if (!cards.length) return;
+    const k = Math.max(0, Math.min(cards.length - 1, i));
+    cards.forEach((c) => c.classList.remove("focused"));
+    cards[k].classList.add("focused");
+    cards[k].focus({ preventScroll: true });
+    cards[k].scrollIntoView({ block: "nearest" });
+    reviewFocus.at = k;
+  }
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || !/\/review(\?|$)/.test(document.getElementById("main").dataset.route || "")) return;
+    if (ev.target instanceof HTMLElement && ev.target.closest("input, textarea, select")) return;
+    const card = document.querySelectorAll("section.group")[reviewFocus.at];
+    const press = (sel) => { const b = card && card.querySelector(sel); if (b && !b.disabled) b.click(); };
+    const k = ev.key.toLowerCase();
+    if (k === "j" || k === "n") focusGroup(reviewFocus.at + 1);
+    else if (k === "k" || k === "p") focusGroup(reviewFocus.at - 1);
+    else if (k === "v") press("button[data-verdict='valid']");
+    else if (k === "s") press("button[data-verdict='spam']");
+    else if (k === "r") press("button[data-verdict='review']");
+    else if (k === "u") press("button[data-action='undo']");
+    else if (k === "o") press("a[data-action='open']");
+    else return;
+    ev.preventDefault();
+  });
+
+  async function groupMessages(id, gid, params) {
+    const q = new URLSearchParams(params || "");
+    const page = Math.max(1, parseInt(q.get("page") || "1", 10) || 1);
+    const d = await api("/api/incidents/" + enc(id) + "/review-groups/" + enc(gid) + "/messages?page=" + page);
+    const pages = Math.max(1, Math.ceil(d.total / d.per_page));
+    const go = (p) => { location.hash = "#/i/" + enc(id) + "/review/g/" + enc(gid) + "?page=" + p; };
+    show(nav(id, "/review"), el("h1", { text: "Review group #" + gid + " (" + fmt(d.total) + " messages)" }),
+      el("p", {}, el("a", { href: "#/i/" + enc(id) + "/review", text: "← all groups" })), msgRows(id, d.messages),
+      el("div", { class: "buttons" }, el("button", { type: "button", disabled: page <= 1, onclick: () => go(page - 1), text: "← Previous" }),
+        el("span", { text: "page " + page + " of " + pages }),
+        el("button", { type: "button", disabled: page >= pages, onclick: () => go(page + 1), text: "Next →" })));
   }
 
   async function messages(id, params) {
@@ -258,6 +419,9 @@
     show(nav(id, "/approve"), el("h1", { text: "Approve incident " + id }),
       el("p", { class: "summary", text: s.text }),
       el("p", { class: "muted", text: fmt(s.overrides) + " verdicts changed in review · review messages are held, never replayed or purged" }),
+      el("h2", { text: "Decided in review" }),
+      s.decided.lines.length ? el("ul", { class: "decided" }, s.decided.lines.map((x) => el("li", { text: x })))
+        : el("p", { class: "muted", text: "Nothing decided yet: the triage verdicts stand." }),
       s.approvals.length ? el("p", { text: "Existing approvals: " + s.approvals.join(", ") }) : null,
       step1, out);
   }
@@ -301,6 +465,8 @@
       if (!p.length) await incidents();
       else if (p[0] === "i" && p.length === 2) await overview(p[1], query || "");
       else if (p[0] === "i" && p[2] === "messages") await messages(p[1], query || "");
+      else if (p[0] === "i" && p[2] === "review" && p[3] === "g") await groupMessages(p[1], p[4], query || "");
+      else if (p[0] === "i" && p[2] === "review") await review(p[1], query || "");
       else if (p[0] === "i" && p[2] === "m") await message(p[1], p[3]);
       else if (p[0] === "i" && p[2] === "approve") await approve(p[1]);
       else if (p[0] === "i" && p[2] === "progress") await progress(p[1]);

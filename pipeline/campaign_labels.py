@@ -1,0 +1,77 @@
+"""A campaign in words a person reads: its most typical subject and a short phrase its members' text shares.
+
+The normalised tokens the grouping works on (`ztokz`, `zurlz`, lower case) stay in Campaign.label, for search.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from pipeline.normalise import normalise
+
+SAMPLE = 200  # members read: a campaign's wording is settled long before that
+PHRASE_WORDS = 8
+_PLACEHOLDER = re.compile(r"ztokz|zurlz")
+_WORD = re.compile(r"[a-z][a-z'’-]*[a-z]|[a-z]")
+
+
+def typical_subject(subjects: Sequence[str]) -> str:
+    """The subject whose words the members share most, with the words fewer than half of them have dropped
+    (a spamware run appends per-copy tokens to one subject: those go, the subject stays)."""
+    subs = [s.strip() for s in subjects[:SAMPLE] if s and s.strip()]
+    if not subs:
+        return ""
+    df: Counter[str] = Counter()
+    for s in subs:
+        df.update(set(s.split()))
+    # most shared words first; among equals the shorter subject (fewer stray tokens), then the first seen
+    best = min(range(len(subs)), key=lambda k: (-sum(df[w] for w in set(subs[k].split())), len(subs[k]), k))
+    words = subs[best].split()
+    kept = [w for w in words if df[w] * 2 >= len(subs)]
+    return " ".join(kept or words)[:200]
+
+
+def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
+    """A run of up to PHRASE_WORDS words from the body that most members' normalised text holds, read in the
+    first member's order; the subject's words are skipped (the subject is shown already)."""
+    texts = [t for t in texts[:SAMPLE] if t]
+    if not texts:
+        return ""
+    runs: list[list[str]] = []
+    for k, t in enumerate(texts):
+        subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
+        body = t[len(subject):] if subject and t.startswith(subject) else t
+        # words only, and a placeholder or number breaks a run: those vary from copy to copy
+        words: list[str] = []
+        for tok in body.split():
+            if _PLACEHOLDER.search(tok) or any(c.isdigit() for c in tok):
+                words.append("")
+                continue
+            m = _WORD.search(tok)
+            words.append(m.group(0) if m else "")
+        runs.append(words)
+    n = min(PHRASE_WORDS, 4)
+    df: Counter[tuple[str, ...]] = Counter()
+    for words in runs:
+        df.update({tuple(words[i:i + n]) for i in range(len(words) - n + 1) if all(words[i:i + n])})
+    if not df:
+        return ""
+    first = runs[0]
+    # the earliest shared 4-word run of the first member that at least half hold (else the most held one)
+    need = max(2, len(runs) // 2) if len(runs) > 1 else 1
+    start = next((i for i in range(len(first) - n + 1) if all(first[i:i + n]) and df[tuple(first[i:i + n])] >= need
+                  and len(" ".join(first[i:i + n])) > 12), None)
+    if start is None:
+        gram, _ = max(df.items(), key=lambda kv: (kv[1], len(" ".join(kv[0]))))
+        return " ".join(gram)
+    end = start + n
+    while end < len(first) and end - start < PHRASE_WORDS and first[end]:
+        end += 1
+    return " ".join(first[start:end])
+
+
+def describe(subjects: Sequence[str], texts: Sequence[str]) -> tuple[str, str]:
+    """(typical subject, shared phrase) of a campaign's members."""
+    return typical_subject(subjects), shared_phrase(texts, subjects)
