@@ -133,7 +133,8 @@ def _exim_acls(lines: list[str]) -> dict[str, list[tuple[str, list[tuple[str, st
     acls: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {}
     cur: list[tuple[str, list[tuple[str, str]]]] | None = None
     for line in lines:
-        if not line[:1].isspace() and line.rstrip().endswith(":") and " " not in line.strip():
+        name = line.strip()
+        if name.endswith(":") and " " not in name and name[:-1] not in _VERBS:  # `exim -bP config` indents names
             cur = acls.setdefault(line.strip()[:-1], [])
             continue
         if cur is None:
@@ -171,9 +172,9 @@ def audit_exim(text: str) -> list[Finding]:
     lists: dict[str, list[str]] = {}
     options: dict[str, str] = {}
     for line in sec.get("main", []):
-        words = line.split(None, 2)
-        if words and words[0] in ("hostlist", "domainlist") and len(words) == 3 and "=" in words[2]:
-            name, _, value = words[2].partition("=")
+        words = line.split(None, 1)
+        if words and words[0] in ("hostlist", "domainlist") and len(words) == 2 and "=" in words[1]:
+            name, _, value = words[1].partition("=")
             lists[name.strip()] = _exim_list(value)
         elif "=" in line:
             k, _, v = line.partition("=")
@@ -250,8 +251,10 @@ _ACCESS_MAP = re.compile(r"^Kaccess\s+\S+\s+(?:-\S+\s+)*(/\S+)", re.M)
 def sendmail_class_r(command: list[str]) -> list[str]:
     """Class R (the hosts and networks allowed to relay: CR lines and relay-domains) as the running Sendmail has it."""
     cp = subprocess.run([*command, "-bt"], input="$=R\n", capture_output=True, text=True, check=True, timeout=30)
-    return [ln.strip() for ln in cp.stdout.splitlines() if ln.strip() and not ln.startswith(("ADDRESS", ">", "Enter"))
-            and " " not in ln.strip()]
+    # "ADDRESS TEST MODE ...", "Enter <ruleset> <address>", then the members, the first one after the "> " prompt
+    members = [re.sub(r"^(?:>\s*)+", "", ln).strip() for ln in cp.stdout.splitlines()
+               if not ln.startswith(("ADDRESS", "Enter"))]
+    return [m for m in members if m and " " not in m]
 
 
 def sendmail_access_file(cf: str) -> Path | None:

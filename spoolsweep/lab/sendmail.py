@@ -101,7 +101,7 @@ FEATURE(`no_default_msa')dnl
 FEATURE(`accept_unresolvable_domains')dnl
 {features}DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
 MAILER(`smtp')dnl
-"""
+{local_config}"""
 
 
 class SendmailInstance:
@@ -110,7 +110,7 @@ class SendmailInstance:
     as `--sendmail`)."""
 
     def __init__(self, root: Path, relay_port: int | None = None, open_relay: bool = True,
-                 features: Sequence[str] = (), mode: str = "background") -> None:
+                 features: Sequence[str] = (), mode: str = "background", local_config: str = "") -> None:
         self.root = root
         pkg = unpacked()
         if pkg is None:
@@ -122,6 +122,7 @@ class SendmailInstance:
         self.open_relay = open_relay
         self.features = list(features)
         self.mode = mode
+        self.local_config = local_config  # raw cf lines, e.g. "CR10.1" (class R: may relay)
         self.mc = root / "sendmail.mc"
         self.cf = root / "sendmail.cf"
         self.queue = root / "mqueue"
@@ -132,7 +133,8 @@ class SendmailInstance:
     def mc_text(self) -> str:
         features = [*(["promiscuous_relay"] if self.open_relay else []), *self.features]
         return MC.format(root=self.root, mode=self.mode, sink_host=SINK_HOST, relay_port=self.relay_port,
-                         port=self.port, features="".join(f"FEATURE(`{f}')dnl\n" for f in features))
+                         port=self.port, features="".join(f"FEATURE(`{f}')dnl\n" for f in features),
+                         local_config=f"LOCAL_CONFIG\n{self.local_config}\n" if self.local_config else "")
 
     def build_cf(self) -> None:
         """m4 the .mc into sendmail.cf with the packages' cf/m4 files, as `sendmailconfig` would."""
@@ -252,9 +254,9 @@ class SendmailInstance:
 
 @contextlib.contextmanager
 def private_sendmail(relay_port: int | None = None, open_relay: bool = True, features: Sequence[str] = (),
-                     mode: str = "background") -> Iterator[SendmailInstance]:
+                     mode: str = "background", local_config: str = "") -> Iterator[SendmailInstance]:
     root = Path(tempfile.mkdtemp(prefix="spoolsweep-sendmail-"))
-    sm = SendmailInstance(root, relay_port, open_relay, features, mode)
+    sm = SendmailInstance(root, relay_port, open_relay, features, mode, local_config)
     try:
         sm.start()
         yield sm
