@@ -13,9 +13,11 @@ symlink planted in the queue is never followed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +84,34 @@ def _unlink_at(dir_path: Path, name: str) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _wait_unlocked(dir_path: Path, name: str, timeout: float = 300) -> None:
+    """Wait until no Sendmail process holds the control file's lock (Sendmail flock()s it while it works on the
+    message). A run of ours started before a crash may still be delivering it; a second run now would find it
+    locked, skip it and report success, leaving it queued."""
+    try:
+        dfd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(dfd)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return  # unlocked when closed below
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    raise MtaError(f"{dir_path / name} stayed locked by another sendmail for {timeout:.0f} s") from None
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
 
 
 def _read_pair(control: bytes, data: bytes, qid: str) -> tuple[bytes, Envelope]:
@@ -210,10 +240,16 @@ class SendmailQueue(Queue):
                 _unlink_at(self._sub(qdir, kind), f"{kind}{qm.name}")
             _unlink_at(self._sub(qdir, "df"), f"df{qm.name}")
 
+    def _settled(self, qid: str, kind: str) -> bool:
+        """Whether the message has a control file of this kind, once no Sendmail process is working on it."""
+        for qdir in self.queue_dirs:
+            _wait_unlocked(self._sub(qdir, kind), f"{kind}{qid}")
+        return self._pair(qid, (kind,)) is not None
+
     def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
-        if self._pair(qm.name, ("hf",)) is not None:
+        if self._settled(qm.name, "hf"):
             self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name])))
         commit()
         # a foreground queue run for this id: Sendmail delivers it (or defers it, then its own runner retries)
-        if self._pair(qm.name, ("qf",)) is not None:
+        if self._settled(qm.name, "qf"):
             self._run("-qf", *(f"-qI{i}" for i in self._unique([qm.name])))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import smtplib
 import subprocess
 import tarfile
@@ -181,12 +180,11 @@ class EximInstance:
         self.conf.chmod(0o644)
 
     def reload(self) -> None:
-        """Rewrite the configuration and SIGHUP the daemon (it re-executes itself and reads it again)."""
+        """Rewrite the configuration and restart the daemon (a SIGHUP would re-execute the compiled-in
+        /usr/sbin/exim4, which is not there: the package is unpacked, not installed)."""
         self.write_config()
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGHUP)
-            time.sleep(0.5)
-            self._wait_listening()
+        self.stop()
+        self._start_daemon()
 
     def close_relay(self) -> None:
         """Stop the bleeding: Debian's RCPT ACL (local domains, relay_from_hosts, authenticated) instead of accept."""
@@ -224,6 +222,9 @@ class EximInstance:
 
     def start(self) -> None:
         self.setup()
+        self._start_daemon()
+
+    def _start_daemon(self) -> None:
         self.daemon = subprocess.Popen(self.argv("-bdf"), env=self.env(), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE)
         self._wait_listening()
