@@ -29,7 +29,8 @@ INC, HOST = "inc-kill-mta", "mx1"
 N, N_REPLAY = 150, 110
 
 
-def _run_and_kill(tmp_path, keys, sink, q, mta_args: list[str], queued, tag: str, iid: str, relay_to) -> list[int]:
+def _run_and_kill(tmp_path, keys, sink, q, mta_args: list[str], queued, tag: str, iid: str, relay_to,
+                  left=lambda: "") -> list[int]:
     """Snapshot, approve the first N_REPLAY for replay and the rest for purge, kill the agent until it is done."""
     state, store = tmp_path / "state", tmp_path / "store"
     journal = Journal(state / "journal.sqlite")
@@ -60,7 +61,7 @@ def _run_and_kill(tmp_path, keys, sink, q, mta_args: list[str], queued, tag: str
     want = {f"<{tag}-{i}@spoolsweep.test>" for i in range(N_REPLAY)}
     r = Receipt.model_validate_json(lstore.get(receipt_key(INC, HOST, iid)))
     assert set(got) == want, (f"missing {sorted(want - set(got))[:5]}, unexpected {sorted(set(got) - want)[:5]}; "
-                              f"still queued {queued()}; receipt {r.counts()}; kills {at_kill}")
+                              f"still queued {queued()}: {left()}; receipt {r.counts()}; kills {at_kill}")
     r = Receipt.model_validate_json(lstore.get(receipt_key(INC, HOST, iid)))
     assert r.counts()["replayed"] == N_REPLAY and r.counts()["purged"] == N - N_REPLAY, r.counts()
     assert queued() == 0, "replayed and purged mail is gone from the queue"
@@ -98,5 +99,8 @@ def test_sigkill_sendmail_release_exactly_once(tmp_path, mail_corpus, keys, sink
         def queued() -> int:  # control files left: quarantined (hf) or released and not yet delivered (qf)
             return sum(1 for n in os.listdir(sm.queue) if n.startswith(("hf", "qf")))
 
+        def left() -> str:
+            return " ".join(repr(p.read_bytes()[:160]) for p in sm.queue.iterdir() if p.name.startswith(("hf", "qf")))
+
         _run_and_kill(tmp_path, keys, sink, q, ["--mta", "sendmail", "--sendmail", str(sm.wrapper)], queued, "sk",
-                      "smkill", sm.relay_to)
+                      "smkill", sm.relay_to, left)

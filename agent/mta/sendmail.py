@@ -250,6 +250,24 @@ class SendmailQueue(Queue):
         if self._settled(qm.name, "hf"):
             self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name])))
         commit()
-        # a foreground queue run for this id: Sendmail delivers it (or defers it, then its own runner retries)
-        if self._settled(qm.name, "qf"):
-            self._run("-qf", *(f"-qI{i}" for i in self._unique([qm.name])))
+        # a foreground queue run for this id: Sendmail delivers it (or defers it, then its own runner retries);
+        # MinQueueAge=0, or a run of ours cut short before a crash (an attempt, to Sendmail) would make it wait
+        for _ in range(3):
+            if not self._settled(qm.name, "qf"):
+                return  # delivered (or bounced): gone from the queue
+            started = int(time.time())
+            self._run("-qf", "-OMinQueueAge=0", *(f"-qI{i}" for i in self._unique([qm.name])))
+            if self._last_attempt(qm.name) >= started:
+                return  # tried now and deferred: Sendmail's own queue runner retries it
+            time.sleep(0.2)  # not tried at all (locked by a process of Sendmail's own): ask again
+        raise MtaError(f"sendmail -qf -qI{qm.name} did not try to deliver it; it stays in the queue, released")
+
+    def _last_attempt(self, qid: str) -> int:
+        """The control file's K line (time of the last delivery attempt), 0 if none or gone."""
+        pair = self._pair(qid, ("qf",))
+        if pair is None:
+            return 1 << 62  # gone: delivered
+        for line in pair[2].split(b"\n"):
+            if line.startswith(b"K") and line[1:].strip().isdigit():
+                return int(line[1:])
+        return 0

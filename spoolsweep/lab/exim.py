@@ -166,7 +166,7 @@ class EximInstance:
         self.wrapper.write_text(
             "#!/bin/sh\n# the private Exim of spoolsweep's lab: its own passwd/group with Debian-exim\n"
             f"exec unshare -m sh -c 'mount --bind {self.root / 'passwd'} /etc/passwd && "
-            f"mount --bind {self.root / 'group'} /etc/group && "
+            f"mount --bind {self.root / 'group'} /etc/group && mount --bind {self.binary.parent} /usr/sbin && "
             f"LD_LIBRARY_PATH={self.pkg / 'usr/lib/x86_64-linux-gnu' if self.pkg else ''} exec {self.binary} "
             f"\"$@\"' sh \"$@\"\n")
         self.wrapper.chmod(0o755)
@@ -198,10 +198,12 @@ class EximInstance:
         self.reload()
 
     def argv(self, *args: str) -> list[str]:
-        script = ('mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && '
-                  'LD_LIBRARY_PATH="$LIBS" exec "$@"')
+        # Exim re-executes its compiled-in /usr/sbin/exim4 (to deliver what the daemon received, on SIGHUP):
+        # in the namespace /usr/sbin is the unpacked package's
+        script = ('mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && mount --bind "$3" /usr/sbin && '
+                  'shift 3 && LD_LIBRARY_PATH="$LIBS" exec "$@"')
         return ["unshare", "-m", "sh", "-c", script, "sh", str(self.root / "passwd"), str(self.root / "group"),
-                str(self.binary), "-C", str(self.conf), *args]
+                str(self.binary.parent), str(self.binary), "-C", str(self.conf), *args]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LIBS": str(self.pkg / "usr/lib/x86_64-linux-gnu") if self.pkg else ""}
