@@ -180,8 +180,8 @@ class EximInstance:
         self.conf.chmod(0o644)
 
     def reload(self) -> None:
-        """Rewrite the configuration and restart the daemon (a SIGHUP would re-execute the compiled-in
-        /usr/sbin/exim4, which is not there: the package is unpacked, not installed)."""
+        """Rewrite the configuration and restart the daemon (stopped and started again, so the test knows when the
+        new configuration is in force)."""
         self.write_config()
         self.stop()
         self._start_daemon()
