@@ -174,3 +174,12 @@ def test_symlink_in_the_queue_is_not_followed(tmp_path, sendmail):
 
     with pytest.raises(MtaError, match="symbolic link"):
         q.locate(qid, qid)
+
+
+def test_qI_substring_clash_is_refused():
+    """`sendmail -qI` matches substrings: a release must not also reach a quarantined message whose id holds ours."""
+    from agent.errors import MtaError
+
+    with pytest.raises(MtaError, match="part of another queued id"):
+        SendmailQueue._unique(["6B1M5bE3012952"], {"6B1M5bE3012952", "6B1M5bE30129521"})
+    assert SendmailQueue._unique(["6B1M5bE3012952"], {"6B1M5bE3012952", "6B1M5bE3012953"}) == ["6B1M5bE3012952"]

@@ -132,6 +132,7 @@ class SendmailQueue(Queue):
         self.queue_dirs = queue_dirs or self._queue_dirs()
         if not self.queue_dirs:
             raise MtaError(f"{self.command[0]} -bp named no queue directory")
+        self._held: set[str] | None = None
 
     def _run(self, *args: str) -> bytes:
         try:
@@ -171,10 +172,19 @@ class SendmailQueue(Queue):
     def _all_ids(self) -> set[str]:
         return {qid for kind in ("qf", "hf") for _, qid in self._controls(kind)}
 
-    def _unique(self, ids: list[str]) -> list[str]:
-        """`-qI` matches substrings: refuse ids that are part of another queued id."""
-        every = self._all_ids()
-        clash = [i for i in ids if any(i != o and i in o for o in every)]
+    def _quarantined(self) -> set[str]:
+        """The quarantined ids, read once (a release only ever shrinks the set)."""
+        if self._held is None:
+            self._held = {qid for _, qid in self._controls("hf")}
+        return self._held
+
+    @staticmethod
+    def _unique(ids: list[str], among: set[str]) -> list[str]:
+        """`-qI` matches substrings: refuse ids that are part of another id it would reach (ids of one length
+        cannot be; a longer pid makes a longer id)."""
+        lengths = {len(i) for i in ids}
+        longer = [o for o in among if len(o) > min(lengths, default=0)]
+        clash = [i for i in ids if any(len(o) > len(i) and i in o for o in longer)]
         if clash:
             raise MtaError(f"queue id {clash[0]} is part of another queued id; `sendmail -qI` would match both")
         return ids
@@ -183,8 +193,9 @@ class SendmailQueue(Queue):
         live = [qid for _, qid in self._controls("qf")]
         if dry_run:
             return FreezeReport(f"would quarantine {len(live)} messages (sendmail -Q -qI)", len(live), 0)
+        every = self._all_ids()
         for i in range(0, len(live), 100):
-            chunk = self._unique(live[i:i + 100])
+            chunk = self._unique(live[i:i + 100], every)
             self._run(f"-Q{REASON}", *(f"-qI{qid}" for qid in chunk))
         notes = []
         still = [qid for _, qid in self._controls("qf") if qid in set(live)]
@@ -248,7 +259,7 @@ class SendmailQueue(Queue):
 
     def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
         if self._settled(qm.name, "hf"):
-            self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name])))
+            self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name], self._quarantined())))
         commit()
         # a foreground queue run for this id: Sendmail delivers it (or defers it, then its own runner retries);
         # MinQueueAge=0, or a run of ours cut short before a crash (an attempt, to Sendmail) would make it wait
@@ -256,7 +267,9 @@ class SendmailQueue(Queue):
             if not self._settled(qm.name, "qf"):
                 return  # delivered (or bounced): gone from the queue
             started = int(time.time())
-            self._run("-qf", "-OMinQueueAge=0", *(f"-qI{i}" for i in self._unique([qm.name])))
+            # no quarantined message is reached by this run; a live one whose id holds ours is delivered as its
+            # own queue runner would
+            self._run("-qf", "-OMinQueueAge=0", f"-qI{qm.name}")
             if self._last_attempt(qm.name) >= started:
                 return  # tried now and deferred: Sendmail's own queue runner retries it
             time.sleep(0.2)  # not tried at all (locked by a process of Sendmail's own): ask again
