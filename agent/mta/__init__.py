@@ -1,4 +1,4 @@
-"""MTA adapters, one module each: pickup folders, Postfix, Exim, and SMTP re-injection to the local MTA."""
+"""MTA adapters, one module each: pickup folders, Postfix, Exim, Sendmail, and SMTP re-injection to the local MTA."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ MTAS = ("postfix", "exim", "sendmail", "pickup-dir")
 
 
 def make_queue(mta: str, path: Path | None = None, aside: Path | None = None, pickup: Path | None = None,
-               postfix_config: Path | None = None, exim: str = "exim", exim_config: Path | None = None) -> Queue:
+               postfix_config: Path | None = None, exim: str = "exim", exim_config: Path | None = None,
+               sendmail: str = "sendmail", sendmail_config: Path | None = None) -> Queue:
     """The frozen-queue adapter for `--mta`; each module is imported only when chosen."""
     if mta.startswith("pickup-dir:"):
         mta, path = "pickup-dir", Path(mta.split(":", 1)[1])
@@ -30,8 +31,9 @@ def make_queue(mta: str, path: Path | None = None, aside: Path | None = None, pi
 
         return EximQueue(exim, exim_config)
     if mta == "sendmail":
-        raise AgentError("sendmail queues are not supported by the agent yet: snapshot /var/spool/mqueue by hand "
-                         "(stop sendmail's queue runner first) and upload it")
+        from agent.mta.sendmail import SendmailQueue
+
+        return SendmailQueue(sendmail, sendmail_config)
     raise AgentError(f"unknown --mta {mta!r}; one of {', '.join(MTAS)}")
 
 

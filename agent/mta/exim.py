@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,11 +35,16 @@ class EximQueue(Queue):
         self.env = env
         self.spool = Path(self._run("-bP", "spool_directory").decode().split("=", 1)[-1].strip())
 
-    def _run(self, *args: str) -> bytes:
+    def _run(self, *args: str, done: tuple[str, ...] = ()) -> bytes:
+        """Run exim; `done`: the replies that mean the work was already done (exim exits 1 for them), so a step
+        repeated after a crash is not an error."""
         try:
             cp = subprocess.run([*self.command, *args], capture_output=True, timeout=300, check=False, env=self.env)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise MtaError(f"{self.command[0]}: {e}") from None
+        lines = [ln for ln in cp.stdout.decode("utf-8", "replace").splitlines() if ln.strip()]
+        if cp.returncode != 0 and done and lines and all(any(d in ln for d in done) for ln in lines):
+            return cp.stdout
         if cp.returncode != 0:
             raise MtaError(f"exim {' '.join(args[:3])}: {cp.stderr.decode(errors='replace').strip()[:300]}")
         return cp.stdout
@@ -55,7 +61,8 @@ class EximQueue(Queue):
         if dry_run:
             return FreezeReport(f"would freeze {len(live)} messages (exim -Mf)", len(live), 0)
         for i in range(0, len(live), 200):
-            self._run("-Mf", *live[i:i + 200])
+            # frozen or gone meanwhile (by the admin, a repeated freeze, a delivery) is what we wanted
+            self._run("-Mf", *live[i:i + 200], done=("is now frozen", "is already frozen", "does not exist"))
         msgs = list(self.list())
         return FreezeReport("froze the queue (exim -Mf); new mail flows", len(msgs), sum(m.size for m in msgs))
 
@@ -93,6 +100,13 @@ class EximQueue(Queue):
 
     def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
         if qm.source is not None and self._files(qm.name) is not None:
-            self._run("-Mt", qm.name)
+            self._run("-Mt", qm.name, done=("is not frozen",))  # thawed before a crash: go on
             commit()
-            self._run("-M", qm.name)
+            # an exim of ours from before a crash may still hold the message (thawing or delivering it): exim -M then
+            # says it is locked and does nothing, so wait for it and ask again until the message is delivered or
+            # deferred (its spool files gone, or not locked)
+            end = time.monotonic() + 300
+            while b"locked" in self._run("-M", qm.name, done=("locked",)) and self._files(qm.name) is not None:
+                if time.monotonic() > end:
+                    raise MtaError(f"{qm.name} stayed locked by another exim process for 300 s")
+                time.sleep(0.1)

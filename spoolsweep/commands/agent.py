@@ -20,6 +20,8 @@ Host = Annotated[str | None, typer.Option(help="this host's name in the pipeline
 Mta = Annotated[str, typer.Option(help="postfix | exim | sendmail | pickup-dir (with --dir, or pickup-dir:PATH)")]
 Exim = Annotated[str, typer.Option(help="the Exim binary (exim, exim4)")]
 EximConfig = Annotated[Path | None, typer.Option(help="Exim's configuration file (-C)")]
+Sendmail = Annotated[str, typer.Option(help="the Sendmail binary (sendmail, /usr/lib/sm.bin/sendmail)")]
+SendmailConfig = Annotated[Path | None, typer.Option(help="Sendmail's sendmail.cf (-C)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +62,8 @@ def snapshot(
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
     exim: Exim = "exim",
     exim_config: EximConfig = None,
+    sendmail: Sendmail = "sendmail",
+    sendmail_config: SendmailConfig = None,
     upload: Annotated[str | None, typer.Option(help="s3://bucket/incoming/<incident>/<host>/")] = None,
     to: Annotated[Path | None, typer.Option(help="a local store root (the embedded default)")] = None,
     incident: Annotated[str | None, typer.Option(help="incident name")] = None,
@@ -91,7 +95,8 @@ def snapshot(
     try:
         h = _host(host)
         dest = parse_destination(upload, to, incident, h)
-        queue = make_queue(mta, dir, aside, postfix_config=postfix_config, exim=exim, exim_config=exim_config)
+        queue = make_queue(mta, dir, aside, postfix_config=postfix_config, exim=exim, exim_config=exim_config,
+                           sendmail=sendmail, sendmail_config=sendmail_config)
         site = siteconf.record(queue, mta, policy, {
             "server_names": server_name or [], "local_domains": local_domain or [],
             "trusted_networks": trusted_network or [], "server_ips": server_ip or [],
@@ -137,6 +142,8 @@ def run(
     postfix_config: Annotated[Path | None, typer.Option(help="Postfix config dir (MAIL_CONFIG)")] = None,
     exim: Exim = "exim",
     exim_config: EximConfig = None,
+    sendmail: Sendmail = "sendmail",
+    sendmail_config: SendmailConfig = None,
     deliver: Annotated[str, typer.Option(help="native (the MTA releases it) or smtp://HOST:PORT")] = "native",
     store: Annotated[str, typer.Option(help="store root folder, or s3://bucket")] = "./spoolsweep-store",
     channel: Annotated[str, typer.Option(help="channel folder (default STORE/channel) or sqs[://prefix]")] = "",
@@ -165,7 +172,8 @@ def run(
         _logging(state_dir, verbose)
         quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
         st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
-        agent = Agent(host=h, queue=make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config), store=st,
+        queue = make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config, sendmail, sendmail_config)
+        agent = Agent(host=h, queue=queue, store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
                       deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
                       batch=max(1, batch))
@@ -209,22 +217,49 @@ def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
 
 @agent_app.command()
 def audit(
-    mta: Annotated[str, typer.Option(help="postfix")] = "postfix",
+    mta: Annotated[str, typer.Option(help="postfix | exim | sendmail")] = "postfix",
     config_dir: Annotated[Path | None, typer.Option(help="Postfix config_directory (default: postconf's)")] = None,
     postconf_file: Annotated[Path | None, typer.Option(help="saved `postconf -n` output instead of running it")] = None,
+    exim: Exim = "exim",
+    exim_config: EximConfig = None,
+    sendmail: Sendmail = "sendmail",
+    sendmail_config: SendmailConfig = None,
+    config_file: Annotated[Path | None, typer.Option(help="Exim: saved `exim -bP config` output; Sendmail: a "
+                                                         "sendmail.cf to read instead of the running one's")] = None,
+    access: Annotated[Path | None, typer.Option(help="Sendmail: the access map's text source (default: the "
+                                                    "one the cf names)")] = None,
 ) -> None:
     """Read the MTA's effective configuration and flag what makes it an open relay, with the lines to change.
 
     Exit status: 0 nothing found, 1 the configuration relays for strangers, 3 risks only.
     """
-    from agent.audit import audit_postfix, parse_postconf, postconf_n
+    import subprocess
 
-    if mta != "postfix":
-        raise typer.BadParameter("only --mta postfix is audited so far")
-    text = postconf_file.read_text() if postconf_file else postconf_n(config_dir)
-    findings = audit_postfix(parse_postconf(text))
+    from agent import audit as a
+
+    try:
+        if mta == "postfix":
+            text = postconf_file.read_text() if postconf_file else a.postconf_n(config_dir)
+            findings, what = a.audit_postfix(a.parse_postconf(text)), "`postconf -n`"
+        elif mta == "exim":
+            cmd = [exim, *(["-C", str(exim_config)] if exim_config else [])]
+            text = config_file.read_text() if config_file else a.exim_config_text(cmd)
+            findings, what = a.audit_exim(text), "`exim -bP config`"
+        elif mta == "sendmail":
+            cmd = [sendmail, *(["-C", str(sendmail_config)] if sendmail_config else [])]
+            cf_path = config_file or sendmail_config or Path("/etc/mail/sendmail.cf")
+            cf = cf_path.read_text(errors="replace")
+            access_path = access or a.sendmail_access_file(cf)
+            access_text = access_path.read_text(errors="replace") if access_path and access_path.is_file() else ""
+            class_r = [] if config_file else a.sendmail_class_r(cmd)
+            findings, what = a.audit_sendmail(cf, class_r, access_text), f"{cf_path}"
+        else:
+            raise typer.BadParameter("--mta must be postfix, exim or sendmail")
+    except (OSError, subprocess.SubprocessError) as e:
+        fail(f"cannot read the {mta} configuration: {e}", 2)
+        return
     if not findings:
-        typer.echo("no open-relay settings found in `postconf -n`")
+        typer.echo(f"no open-relay settings found in {what}")
         return
     for f in findings:
         typer.echo(f"[{f.severity}] {f.setting} = {f.current}\n    {f.problem}\n    change to: {f.change_to}")

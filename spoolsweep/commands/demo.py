@@ -22,23 +22,33 @@ def demo(
     seed: Annotated[int, typer.Option(help="same seed, same incident")] = 1,
     corpus: Annotated[Path | None, typer.Option(help="SpamAssassin corpus tarball or folder")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="approve the engine's verdicts and replay/purge")] = False,
-    spool: Annotated[str, typer.Option(help="auto | postfix (needs root and Debian postfix) | pickup | triage-only")]
-    = "auto",
+    spool: Annotated[str, typer.Option(
+        help="auto | postfix (needs root and Debian postfix) | exim | sendmail (need root and apt-get download) | "
+             "pickup | triage-only")] = "auto",
+    mta: Annotated[str | None, typer.Option(help="the same as --spool: postfix | exim | sendmail")] = None,
     console: Annotated[bool, typer.Option(help="open the review console on 127.0.0.1 if it is installed")] = True,
     wait_approval: Annotated[float, typer.Option(help="without --yes: seconds to wait for an approval made in the "
                                                       "console or with `spoolsweep approve`")] = 0,
 ) -> None:
-    """A real incident: flood a private open-relay Postfix, close it, snapshot, triage, approve, replay, tally."""
+    """A real incident: flood a private open-relay Postfix (or Exim, or Sendmail), close it, snapshot, triage, approve,
+    replay, tally."""
     from pipeline.errors import CorpusNotFound
     from pipeline.generator import find_corpus
     from spoolsweep.lab.postfix import available
 
-    if spool not in ("auto", "postfix", "pickup", "triage-only"):
-        raise typer.BadParameter("--spool must be auto, postfix, pickup or triage-only")
+    spool = mta or spool
+    if spool not in ("auto", "postfix", "exim", "sendmail", "pickup", "triage-only"):
+        raise typer.BadParameter("--spool/--mta must be auto, postfix, exim, sendmail, pickup or triage-only")
     try:
         corpus = find_corpus(corpus)  # before anything starts: a wrong --corpus is a one-line error
     except CorpusNotFound as e:
         fail(str(e))
+    if spool in ("exim", "sendmail"):
+        from spoolsweep.lab import exim, sendmail
+
+        if why := (exim if spool == "exim" else sendmail).available():
+            out.print(f"[red]cannot run a private {spool.capitalize()} here:[/] {why}")
+            raise typer.Exit(1)
     if spool == "triage-only":
         _triage_only(workdir, messages, seed, corpus)
         return

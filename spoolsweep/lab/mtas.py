@@ -1,0 +1,121 @@
+"""The demo's story on a private Exim or Sendmail: flood it, close the relay, freeze and snapshot with the agent; the
+replay half (relay to the sink, what is left queued) is what spoolsweep/lab/run.py asks of `LabMta`."""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.generator import GenMessage, Incident
+
+
+@dataclass
+class LabMta:
+    """A running private Exim or Sendmail as the demo's replay step needs it."""
+
+    name: str
+    agent_args: list[str]  # `--mta exim --exim WRAPPER --exim-config CONF` and the like
+    relay_to: Callable[[int], None]
+    queued_ids: Callable[[], list[str]]  # what is still queued (frozen or not)
+    flush: Callable[[], None] | None = None
+
+
+def relay_probe(port: int, rcpt: str = "victim@example.com") -> tuple[int, str]:
+    """What a client on 127.0.0.1 that is not ours gets when it asks to relay: (code, reply) to RCPT TO."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo("probe.example.net")
+        s.mail("probe@example.net")
+        code, msg = s.rcpt(rcpt)
+        s.rset()
+    return code, msg.decode(errors="replace")
+
+
+def _push(send: Callable[[GenMessage], str], messages: list[GenMessage], progress: Callable[[int], object],
+          threads: int = 4) -> None:
+    with ThreadPoolExecutor(threads) as ex:
+        for i, _ in enumerate(ex.map(send, messages), 1):
+            progress(i)
+
+
+@contextlib.contextmanager
+def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Callable[[str], None],  # type: ignore[no-untyped-def]
+                  incident: str, host: str) -> Iterator[LabMta]:
+    from spoolsweep.lab.exim import private_exim
+
+    with private_exim(open_relay=True) as ex:
+        step(2, "the mail server: a private Exim on 127.0.0.1 (Debian's packages, unpacked), an open relay")
+        say(f"   daemon 127.0.0.1:{ex.port}, config {ex.conf}, spool {ex.spool}; the relay is down, so everything "
+            f"piles up in the queue (queue_only)")
+        step(3, "the incident: spammers, a stolen password and the organisation's own mail, as SMTP sessions")
+
+        def send(m: GenMessage) -> str:
+            e = m.envelope
+            # `exim -bs -oMa ADDR ...`: an SMTP session Exim records as coming from the message's real client
+            return ex.send_bs(e.mail_from or "", e.rcpt_to, m.data, client_address=e.client_address or "127.0.0.1",
+                              client_name=e.client_name, helo=e.helo or "localhost", auth_id=e.sasl_username,
+                              authenticator="plain" if e.sasl_username else None)
+
+        _push(send, inc.messages, lambda i: (i % 500 == 0) and say(f"   … {i:,} sent"))
+        say(f"   {len(inc.messages):,} messages queued: `exim -bpc` says {ex.run('-bpc').stdout.decode().strip()}")
+        step(4, "stop the bleeding: close the relay")
+        before = relay_probe(ex.port)
+        st.spoolsweep("agent", "audit", "--mta", "exim", "--exim", str(ex.wrapper), "--exim-config", str(ex.conf),
+                      check=False)
+        ex.close_relay()
+        say("   acl_smtp_rcpt: accept domains = +local_domains, hosts = +relay_from_hosts, authenticated = *, "
+            "then deny; exim restarted")
+        after = relay_probe(ex.port)
+        say(f"   relaying for a stranger to victim@example.com: before {before[0]}, now {after[0]} {after[1]}")
+        if after[0] < 500:
+            raise RuntimeError(f"the relay is still open: {after}")
+        step(5, "the agent freezes the queue (exim -Mf) and snapshots it into the embedded store")
+        args = ["--mta", "exim", "--exim", str(ex.wrapper), "--exim-config", str(ex.conf)]
+        st.spoolsweep("agent", "snapshot", *args, "--to", str(st.store), "--incident", incident, "--host", host,
+                      "--state-dir", str(st.state))
+
+        def queued() -> list[str]:
+            from agent.mta.exim import EximQueue
+
+            return [qid for qid, _ in EximQueue(command=[str(ex.wrapper), "-C", str(ex.conf)])._queue()]
+
+        yield LabMta("exim", args, ex.relay_to, queued)
+
+
+@contextlib.contextmanager
+def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],  # type: ignore[no-untyped-def]
+                      say: Callable[[str], None], incident: str, host: str) -> Iterator[LabMta]:
+    from spoolsweep.lab.sendmail import private_sendmail
+
+    with private_sendmail(open_relay=True) as sm:
+        step(2, "the mail server: a private Sendmail on 127.0.0.1 (Debian's packages, unpacked), "
+                "FEATURE(`promiscuous_relay')")
+        say(f"   daemon 127.0.0.1:{sm.port}, config {sm.cf} (from {sm.mc.name}), queue {sm.queue}; the smart host is "
+            f"down, so everything piles up in the queue")
+        step(3, "the incident: spammers, a stolen password and the organisation's own mail, over SMTP")
+        # Sendmail 8.17 has no XCLIENT and ignores -M for the client of `-bs`: every session comes from
+        # 127.0.0.1, and the client each message really came from is its own Received: line
+        _push(lambda m: sm.send_smtp(m.envelope.mail_from or "", m.envelope.rcpt_to, m.data,
+                                     helo=m.envelope.helo or "localhost"),
+              inc.messages, lambda i: (i % 500 == 0) and say(f"   … {i:,} sent"))
+        queued_now = sum(1 for p in sm.queue.iterdir() if p.name.startswith("qf"))
+        say(f"   {len(inc.messages):,} messages sent; {queued_now:,} in the queue")
+        step(4, "stop the bleeding: close the relay")
+        st.spoolsweep("agent", "audit", "--mta", "sendmail", "--sendmail", str(sm.wrapper), "--sendmail-config",
+                      str(sm.cf), check=False)
+        sm.close_relay()
+        say("   deleted FEATURE(`promiscuous_relay') from sendmail.mc, rebuilt sendmail.cf with m4, restarted")
+        st.spoolsweep("agent", "audit", "--mta", "sendmail", "--sendmail", str(sm.wrapper), "--sendmail-config",
+                      str(sm.cf))
+        step(5, "the agent quarantines the queue (sendmail -Q) and snapshots it into the embedded store")
+        args = ["--mta", "sendmail", "--sendmail", str(sm.wrapper)]
+        st.spoolsweep("agent", "snapshot", *args, "--to", str(st.store), "--incident", incident, "--host", host,
+                      "--state-dir", str(st.state))
+
+        def queued() -> list[str]:
+            return sorted(p.name[2:] for p in Path(sm.queue).iterdir() if p.name.startswith(("hf", "qf")))
+
+        yield LabMta("sendmail", args, sm.relay_to, queued)

@@ -1,0 +1,265 @@
+"""A private Sendmail from Debian's packages (unpacked, never installed: sendmail-bin and postfix conflict) for the
+demo and the tests.
+
+The .debs come from `apt-get download sendmail-bin sendmail-base sendmail-cf m4 libwrap0` into a cache dir
+and are unpacked with `dpkg -x`; the set-group-id bit of the unpacked copy is dropped so the loader honours
+LD_LIBRARY_PATH (libwrap). The configuration is built from a .mc with the packages' own m4 files.
+
+Sendmail resolves its own host name at start-up and sleeps a minute when it cannot, and asks DNS for
+anything not in its hosts file, so every call runs in a private mount namespace (`unshare -m`) where
+/etc/hosts, /etc/nsswitch.conf and /etc/resolv.conf are bind-mounted copies: names come from our hosts
+file, and the only name server is 127.0.0.1 (no query leaves the machine). The daemon (`-bD`, in the
+foreground) listens on 127.0.0.1 only; its smart host is `sink.spoolsweep.test` (127.0.0.1 in that hosts
+file) on a closed port, so mail stays queued, until `relay_to(port)` points it at a live sink. Needs root.
+
+    with private_sendmail() as sm:
+        sm.send_smtp("a@example.net", ["b@example.org"], data); sm.bp(); sm.argv("-qQ", "-bp")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from spoolsweep.lab import free_port
+
+# the unpacked binaries run as root: kept under the user's own cache, not a /tmp path anyone could create first
+CACHE = Path(os.environ.get("SPOOLSWEEP_SENDMAIL_CACHE") or Path.home() / ".cache" / "spoolsweep" / "sendmail-deb")
+# libwrap0 is sendmail-bin's one library a minimal Debian may lack (unpacked beside it, via LD_LIBRARY_PATH)
+PACKAGES = ("sendmail-bin", "sendmail-base", "sendmail-cf", "m4", "libwrap0")
+BINARY = "usr/libexec/sendmail/sendmail"
+
+
+def unpacked() -> Path | None:
+    """The unpacked package root, downloading and unpacking it once; None if that is impossible."""
+    root = CACHE / "root"
+    if (root / BINARY).exists() and (root / "usr/bin/m4").exists():
+        return root
+    if os.geteuid() != 0 or not shutil.which("apt-get") or not shutil.which("unshare"):
+        return None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300, check=False)
+    if cp.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
+        cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300,
+                            check=False)
+    debs = sorted(CACHE.glob("*.deb"))
+    if cp.returncode != 0 and len(debs) < len(PACKAGES):
+        return None
+    for deb in debs:
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=120)
+    if not (root / BINARY).exists():
+        return None
+    # a set-group-id binary runs with LD_LIBRARY_PATH ignored; this private copy needs no group
+    (root / BINARY).chmod(0o755)
+    return root
+
+
+def available() -> str | None:
+    if os.geteuid() != 0:
+        return "a private Sendmail needs root (mount namespace for its own hosts and resolver files)"
+    if not Path("/etc/nsswitch.conf").exists() or not Path("/etc/resolv.conf").exists():
+        return "no /etc/nsswitch.conf or /etc/resolv.conf to stand in for"
+    if unpacked() is None:
+        return "could not apt-get download + dpkg -x sendmail-bin (no network or no apt?)"
+    return None
+
+
+SINK_HOST = "sink.spoolsweep.test"
+
+MC = """\
+divert(-1)
+# spoolsweep's private Sendmail: one queue, 127.0.0.1 only, everything through the smart host
+divert(0)dnl
+OSTYPE(`linux')dnl
+define(`confDOMAIN_NAME', `mx1.example.org')dnl
+define(`QUEUE_DIR', `{root}/mqueue')dnl
+define(`confPID_FILE', `{root}/sendmail.pid')dnl
+define(`confDELIVERY_MODE', `{mode}')dnl
+define(`ALIAS_FILE', `')dnl
+define(`confHOST_STATUS_DIRECTORY', `')dnl
+define(`confDONT_PROBE_INTERFACES', `True')dnl
+define(`confSERVICE_SWITCH_FILE', `{root}/service.switch')dnl
+define(`confHOSTS_FILE', `{root}/hosts')dnl
+define(`confDONT_BLAME_SENDMAIL', `GroupWritableDirPathSafe')dnl
+define(`confTO_CONNECT', `2s')dnl
+define(`confTO_ICONNECT', `2s')dnl
+define(`confMIN_QUEUE_AGE', `1h')dnl
+define(`confTO_QUEUEWARN', `5d')dnl
+define(`confTO_QUEUERETURN', `5d')dnl
+define(`SMART_HOST', `relay:[{sink_host}]')dnl
+define(`RELAY_MAILER_ARGS', `TCP $h {relay_port}')dnl
+FEATURE(`nocanonify')dnl
+FEATURE(`no_default_msa')dnl
+FEATURE(`accept_unresolvable_domains')dnl
+{features}DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
+MAILER(`smtp')dnl
+{local_config}"""
+
+
+class SendmailInstance:
+    """One private Sendmail: `root/sendmail.cf` (built from `root/sendmail.mc`), `root/mqueue`, and `root/sendmail`,
+    a wrapper that runs the unpacked binary with that configuration in its namespace (what the agent is given
+    as `--sendmail`)."""
+
+    def __init__(self, root: Path, relay_port: int | None = None, open_relay: bool = True,
+                 features: Sequence[str] = (), mode: str = "background", local_config: str = "") -> None:
+        self.root = root
+        pkg = unpacked()
+        if pkg is None:
+            raise RuntimeError("sendmail packages not available")
+        self.pkg = pkg
+        self.binary = pkg / BINARY
+        self.port = free_port()
+        self.relay_port = relay_port or free_port()  # closed until relay_to(): mail stays queued
+        self.open_relay = open_relay
+        self.features = list(features)
+        self.mode = mode
+        self.local_config = local_config  # raw cf lines, e.g. "CR10.1" (class R: may relay)
+        self.mc = root / "sendmail.mc"
+        self.cf = root / "sendmail.cf"
+        self.queue = root / "mqueue"
+        self.wrapper = root / "sendmail"
+        self.daemon: subprocess.Popen[bytes] | None = None
+
+    # -- configuration --------------------------------------------------------------------------
+    def mc_text(self) -> str:
+        features = [*(["promiscuous_relay"] if self.open_relay else []), *self.features]
+        return MC.format(root=self.root, mode=self.mode, sink_host=SINK_HOST, relay_port=self.relay_port,
+                         port=self.port, features="".join(f"FEATURE(`{f}')dnl\n" for f in features),
+                         local_config=f"LOCAL_CONFIG\n{self.local_config}\n" if self.local_config else "")
+
+    def build_cf(self) -> None:
+        """m4 the .mc into sendmail.cf with the packages' cf/m4 files, as `sendmailconfig` would."""
+        self.mc.write_text(self.mc_text())
+        cfdir = self.pkg / "usr/share/sendmail/cf"
+        cp = subprocess.run([str(self.pkg / "usr/bin/m4"), f"-D_CF_DIR_={cfdir}/", str(cfdir / "m4/cf.m4"),
+                             str(self.mc)], capture_output=True, timeout=60, check=False)
+        if cp.returncode != 0 or b"QueueDirectory" not in cp.stdout:
+            raise RuntimeError(f"m4 {self.mc} failed: {cp.stderr.decode(errors='replace')}")
+        self.cf.write_bytes(cp.stdout)
+
+    def setup(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        self.queue.mkdir(mode=0o700, exist_ok=True)
+        host = os.uname().nodename.split(".")[0] or "localhost"
+        (self.root / "etc-hosts").write_text(
+            f"127.0.0.1 {host}.example.org {host} localhost mx1.example.org {SINK_HOST}\n")
+        (self.root / "hosts").write_text((self.root / "etc-hosts").read_text())
+        (self.root / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files\n")
+        (self.root / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        (self.root / "service.switch").write_text("hosts files\naliases files\n")
+        self.build_cf()
+        mounts = " && ".join(f"mount --bind {self.root / src} /etc/{dst}" for src, dst in (
+            ("etc-hosts", "hosts"), ("nsswitch.conf", "nsswitch.conf"), ("resolv.conf", "resolv.conf")))
+        libs = self.pkg / "usr/lib/x86_64-linux-gnu"
+        self.wrapper.write_text(
+            "#!/bin/sh\n# the private Sendmail of spoolsweep's lab: its own hosts/resolver files, its own sendmail.cf\n"
+            f"exec unshare -m sh -c '{mounts} && LD_LIBRARY_PATH={libs} exec {self.binary} -C {self.cf} \"$@\"' "
+            "sh \"$@\"\n")
+        self.wrapper.chmod(0o755)
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.setup()
+        self._start_daemon()
+
+    def _start_daemon(self) -> None:
+        # -bD: the daemon in the foreground (ours to stop); no -q: no queue runner, nothing retried behind our back
+        self.daemon = subprocess.Popen([str(self.wrapper), "-bD"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            if self.daemon.poll() is not None:
+                err = self.daemon.stderr.read().decode(errors="replace") if self.daemon.stderr else ""
+                raise RuntimeError(f"sendmail daemon exited: {err}")
+            with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", self.port, timeout=2) as s:
+                s.noop()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"sendmail did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(5)
+
+    def restart(self) -> None:
+        """Rebuild sendmail.cf from the .mc and restart the daemon (what `sendmailconfig` + a restart do)."""
+        self.stop()
+        self.build_cf()
+        self._start_daemon()
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.wrapper), *args]
+
+    def run(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        cp = subprocess.run(self.argv(*args), input=input, capture_output=True, timeout=60, check=False)
+        if check and cp.returncode != 0:
+            raise RuntimeError(f"sendmail {' '.join(args)} failed ({cp.returncode}): "
+                               f"{cp.stderr.decode(errors='replace')}")
+        return cp
+
+    # -- the demo's story -------------------------------------------------------------------------
+    def close_relay(self) -> None:
+        """Stop the bleeding: drop FEATURE(`promiscuous_relay'), rebuild the cf, restart."""
+        self.open_relay = False
+        self.restart()
+
+    def relay_to(self, port: int) -> None:
+        """Send what leaves the queue to 127.0.0.1:port (a sink) instead of the closed port."""
+        self.relay_port = port
+        self.restart()
+
+    # -- mail in ----------------------------------------------------------------------------------
+    def send_smtp(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str = "client.example.net",
+                  login: tuple[str, str] | None = None) -> str:
+        """One message over SMTP; returns its queue id (from the 250 reply to DATA)."""
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
+            s.ehlo(helo)
+            if login:
+                s.login(*login)
+            opts = ["BODY=8BITMIME"] if any(b > 127 for b in data) else []
+            code, msg = s.mail(mail_from, opts)
+            if code != 250:
+                raise RuntimeError(f"MAIL FROM: {code} {msg!r}")
+            for r in rcpt_to:
+                code, msg = s.rcpt(r)
+                if code not in (250, 251):
+                    raise RuntimeError(f"RCPT {r}: {code} {msg!r}")
+            code, msg = s.data(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+            if code != 250:
+                raise RuntimeError(f"DATA: {code} {msg!r}")
+        # "2.0.0 6B1M5bE3012952 Message accepted for delivery"
+        return msg.decode().split()[1]
+
+    # -- what Sendmail says -----------------------------------------------------------------------
+    def bp(self, quarantined: bool = False) -> str:
+        return self.run(*(["-qQ"] if quarantined else []), "-bp").stdout.decode(errors="replace")
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.queue.iterdir())
+
+
+@contextlib.contextmanager
+def private_sendmail(relay_port: int | None = None, open_relay: bool = True, features: Sequence[str] = (),
+                     mode: str = "background", local_config: str = "") -> Iterator[SendmailInstance]:
+    root = Path(tempfile.mkdtemp(prefix="spoolsweep-sendmail-"))
+    sm = SendmailInstance(root, relay_port, open_relay, features, mode, local_config)
+    try:
+        sm.start()
+        yield sm
+    finally:
+        sm.stop()
+        shutil.rmtree(root, ignore_errors=True)
