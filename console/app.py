@@ -9,9 +9,9 @@ import secrets
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -20,12 +20,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from console.data import RAW_LIMIT, Incidents, Loaded, message_view
+from console.fields import Who
 from console.review import review_routes
 from console.review import warm as warm_all
 from pipeline.blocklist.models import BlocklistReport
 from pipeline.models import Verdict
 from pipeline.store import Store
-from pipeline.text import has_unsafe
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "spoolsweep_token"  # the cookie's name is this plus _<port>: see cookie_name
@@ -35,16 +35,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
            "cache-control": "no-store"}
-
-
-def _plain(value: str) -> str:
-    if has_unsafe(value):
-        raise ValueError("must not contain control or bidi characters (they garble or disguise the audit trail)")
-    return value
-
-
-# who decided: shown in the log and written into the approval, so one plain line, the same rule everywhere
-Who = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_plain)]
 
 
 class VerdictChange(BaseModel):

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from console.data import Incidents, Loaded
+from console.fields import Who
 from pipeline.errors import StoreError
 from pipeline.models import ManifestMessage, Verdict
 
@@ -27,7 +28,7 @@ TOP_IPS = 6
 class GroupDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Verdict | None = Field(description="None undoes the group's decision")
-    by: str = Field("console", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+    by: Who = "console"
     note: str = Field("", max_length=2000)
 
 
@@ -191,7 +192,7 @@ def review_routes(inc: Incidents, api: Callable[..., Any], need: Callable[..., A
         ix = index(loaded)
         if gid not in ix.members:
             return JSONResponse({"error": "no such review group"}, status_code=404)
-        body = GroupDecision.model_validate_json(await request.body())
+        body = GroupDecision.model_validate_json(request.state.body)
         if body.verdict is None and str(gid) not in inc.decisions(iid).get("groups", {}):
             return JSONResponse({"error": "this group has no decision to undo"}, status_code=409)
         d = inc.decide(iid, "group", str(gid), body.verdict, who(request, body.by), body.note)

@@ -112,6 +112,11 @@ def test_bad_requests_are_named(client, csrf):
     assert client.post(f"{BASE}/review-groups/9999/decision", json={"verdict": "spam"}, headers=csrf).status_code == 404
     assert client.get(f"{BASE}/review-groups/9999/messages", headers=AUTH).status_code == 404
     assert client.post(f"{BASE}/review-groups/1/decision", json={"verdict": "purge"}, headers=csrf).status_code == 422
+    # who decided is one plain line here too: a bidi override would disguise the audit trail
+    assert client.post(f"{BASE}/review-groups/1/decision", json={"verdict": "spam", "by": "eve\u202egnp.exe"},
+                       headers=csrf).status_code == 422
+    assert client.post(f"{BASE}/review-groups/1/decision", content=b'{"verdict": "spam", "note": "' + b"x" * 70000
+                       + b'"}', headers={**csrf, "content-type": "application/json"}).status_code == 413
     assert client.get(f"{BASE}/review-groups?per_page=1000", headers=AUTH).status_code == 400
     assert client.get(f"{BASE}/pictures?kind=campaign&ids=" + ",".join(["1"] * 501), headers=AUTH).status_code == 422
 
