@@ -81,11 +81,12 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         copies = np.bincount(inverse, minlength=n)
 
         strong, weak = self._text_edges(uf)
+        strong, weak = self._unbridge(uf, strong, weak)
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp)), size)
+        merged = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp), comp), size)
         final = _components(ncomp, merged)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -119,9 +120,34 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         P = rows[P]
         return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 
+    def _unbridge(self, uf: Sequence[Features], strong: np.ndarray,
+                  weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tier 1 under the bridge guard: a message alike to texts that are not alike to one another
+        (one carrying two runs' texts) links nothing by itself; its strong edges become weak evidence,
+        so it joins one group through `_merge` and cannot chain two."""
+        if not len(strong):
+            return strong, weak
+        both = np.concatenate([strong, strong[:, ::-1]])
+        both = both[np.lexsort((both[:, 1], both[:, 0]))]
+        # each message's neighbours against its first neighbour (the lowest in canonical order)
+        starts = np.flatnonzero(np.r_[True, both[1:, 0] != both[:-1, 0]])
+        anchor = np.repeat(both[starts, 1], np.diff(np.r_[starts, len(both)]))
+        nodes = np.unique(both)
+        S = np.array([uf[i].sketch for i in nodes.tolist()], dtype=np.uint32)
+        x, y = np.searchsorted(nodes, both[:, 1]), np.searchsorted(nodes, anchor)
+        alike = np.concatenate([(S[x[i:i + 65536]] == S[y[i:i + 65536]]).mean(axis=1)
+                                for i in range(0, len(x), 65536)])
+        bridges = np.unique(both[alike < self.weak_threshold, 0])
+        if not bridges.size:
+            return strong, weak
+        cut = np.isin(strong, bridges).any(axis=1)
+        return strong[~cut], np.concatenate([weak, strong[cut]])
+
     def _key_links(self, uf: Sequence[Features], comp: np.ndarray) -> np.ndarray:
         """Tier-2 links from invariant keys: within one template shape, every group sharing a key
-        links to the group holding most of that key's copies, as (group, owner, key number, message)."""
+        links to the group holding most of that key's copies, as (group, owner, key number, message)
+        rows, one per carrier on the group's side and up to two carriers on the owner's side (two are
+        all the guard needs to know)."""
         buckets: dict[str, list[int]] = defaultdict(list)
         for i, f in enumerate(uf):
             for k in f.keys:
@@ -134,6 +160,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             if len(groups) < 2:
                 continue
             owner = min(groups, key=lambda g: (-groups[g], g))
+            owned = [i for i in members if comp[i] == owner][:2]
+            for g in groups:
+                if g != owner:
+                    out.extend((g, owner, key_no, i) for i in owned)
             out.extend((int(comp[i]), owner, key_no, i) for i in members if comp[i] != owner)
         return np.array(out, dtype=np.int64).reshape(-1, 4)
 
@@ -142,8 +172,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
-        across them, or when they share at least two distinct keys: one bridging message, or one
-        URL that every run of a spamware kit carries, does not chain two runs. A smaller group
+        across them, or when they share at least two distinct keys carried by at least two messages on
+        each side: one bridging message, or one URL that every run of a spamware kit carries, does not
+        chain two runs. A smaller group
         joins only one partner: a big one if it has any, the best supported."""
         keep: list[tuple[int, int]] = []
         best: dict[int, tuple[bool, int, float, int]] = {}
@@ -184,19 +215,22 @@ def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], 
     return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
 
 
-def _key_support(links: np.ndarray) -> dict[tuple[int, int], int]:
-    """Per pair of groups, the fewer of: distinct keys they share, distinct messages of the group
-    that is not the keys' owner carrying them (one message that carries another run's keys is one)."""
+def _key_support(links: np.ndarray, comp: np.ndarray) -> dict[tuple[int, int], int]:
+    """Per pair of groups, the fewest of: distinct keys they share, and distinct messages carrying
+    them on either side. One message carrying another run's keys is one, whichever side owns a key
+    (a key only the bridge and one copy of the other run carry belongs to neither)."""
     if not links.size:
         return {}
     a = np.minimum(links[:, 0], links[:, 1])
     b = np.maximum(links[:, 0], links[:, 1])
+    msg = links[:, 3]
+    on_a = comp[msg] == a
     sides = []
-    for col in (2, 3):
-        trip = np.unique(np.stack([a, b, links[:, col]], axis=1), axis=0)
+    for col, keep in ((links[:, 2], slice(None)), (msg, on_a), (msg, ~on_a)):
+        trip = np.unique(np.stack([a[keep], b[keep], col[keep]], axis=1), axis=0)
         pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
         sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
-    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
+    return {p: min(n, sides[1].get(p, 0), sides[2].get(p, 0)) for p, n in sides[0].items()}
 
 
 def _components(n: int, edges: np.ndarray) -> np.ndarray:

@@ -90,6 +90,8 @@ class ParsedRecord(Model):
     bounce: bool = False
     bounced_original_text: str = ""
     bounced_original_sender: str | None = None
+    bounced_original_received: list[ReceivedHop] = Field(
+        default_factory=list, description="the topmost Received hops of the message a bounce quotes, newest first")
     defects: list[str] = Field(default_factory=list)
     envelope_inferred: list[str] = Field(default_factory=list, description="envelope fields read from headers")
     id: str = ""

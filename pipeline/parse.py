@@ -331,6 +331,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
         return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    rec.bounced_original_received = [parse_received(v) for v in (inner.headers.get("Received") or [])[:_MAX_HOPS]]
     obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
     rec.bounced_original_text = normalise(inner.subject or "", obody, SKETCH_TEXT)
     return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
@@ -448,6 +449,7 @@ def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
     osub = _header(original, "Subject")
     ofrom = getaddresses([str(original.get("From") or "")])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    rec.bounced_original_received = [parse_received(str(v)) for v in (original.get_all("Received") or [])[:_MAX_HOPS]]
     obody = ""
     texts: list[str] = []
     if not original.is_multipart() or original.get_content_type().startswith("text/"):

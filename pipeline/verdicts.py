@@ -36,6 +36,8 @@ class Context:
     local_rcpts: list[str]
     external_rcpts: list[str]
     forwarded: bool
+    # for a bounce: how the message it quotes reached us from our own side (None: no evidence that it did)
+    bounced_ours: str | None = None
     # derived once here: the campaign rules read them for every member, twice
     relayed: bool = field(init=False)
     forged_local: bool = field(init=False)
@@ -124,7 +126,24 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         local_rcpts=local,
         external_rcpts=external,
         forwarded=forwarded,
+        bounced_ours=bounced_from_our_side(rec, policy) if rec.bounce else None,
     )
+
+
+def bounced_from_our_side(rec: ParsedRecord, policy: SitePolicy) -> str | None:
+    """How the message a bounce quotes was handed to us by our own side, read from our Received hop
+    in the quoted copy (the topmost one by one of our servers: a spammer can write hops below it, not
+    it): an authenticated account, a trusted network, or a submission on the host. None otherwise."""
+    hop = next((h for h in rec.bounced_original_received if policy.is_our_host(h.by)), None)
+    if hop is None:
+        return None
+    if hop.authenticated:
+        return f"authenticated as {hop.auth_user or 'a local account'} on {hop.by}"
+    if hop.from_ip and policy.is_trusted(hop.from_ip):
+        return f"from {hop.from_ip} (a trusted network) to {hop.by}"
+    if hop.from_ip is None and hop.from_name is None:
+        return f"submitted on {hop.by} itself"
+    return None
 
 
 @dataclass(slots=True)
@@ -267,8 +286,14 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
         if backscatter_hit or (campaign is not None and campaign.verdict is Verdict.spam):
             return Decision(Verdict.spam, 0.9, [R("backscatter_local", "a bounce to a local address quoting "
                                                   "campaign spam that forged our domain as its sender", "spam")])
-        return Decision(Verdict.valid, 0.85, [R("bounce_to_local", "a bounce to a local user about their own "
-                                                "mail", "valid")])
+        if c.bounced_ours:
+            return Decision(Verdict.valid, 0.85, [R("bounce_to_local", "a bounce to a local user about their own "
+                                                    f"mail: the copy it quotes reached us {c.bounced_ours}", "valid")])
+        # spam that forged this address bounces here too: without evidence the quoted mail was ours, a human decides
+        return Decision(Verdict.review, 0.5, [R("bounce_to_local_unproven", "a bounce to a local address; nothing "
+                                                "shows the mail it quotes came from our side (no Received hop of ours "
+                                                "with authentication, a trusted network or a local submission), and "
+                                                "it matches no spam run: perhaps backscatter", "review")])
     if rec.bounce and c.external_rcpts and not c.local_rcpts and (c.local_origin or c.client_ip is None):
         if backscatter_hit:
             return Decision(Verdict.spam, 0.95, [R("backscatter", "our bounce to an external address quoting a "

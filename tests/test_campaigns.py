@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from pipeline.campaigns import CampaignClusterer, Features
+from pipeline.features import sketch
 from pipeline.models import Envelope, RawMessage
 from pipeline.normalise import html_to_text, normalise
 from pipeline.parse import parse_found
@@ -35,24 +38,29 @@ def _partition(labels) -> set[frozenset[int]]:
     return {frozenset(g) for g in groups.values()}
 
 
-@pytest.fixture(scope="module")
-def runs(corpus):
-    """Five campaigns of 40 hostile copies (4 of them image-only) from real spam, and 60 real ham."""
-    ham, spam = corpus
+def _build(corpus, seed: int, n: int = 5, ham: int = 60):
+    """`n` campaigns of 40 hostile copies (4 image-only) from real spam drawn with `seed`, then `ham` real ham."""
+    hams, spam = corpus
     texts = [spam_text(raw) for raw in spam]
     texts = [t for t in texts if len(t[1].split()) >= 120]
-    rng = random.Random(5)
-    camps = [Campaign(body, subject, seed=k) for k, (subject, body) in enumerate(rng.sample(texts, 5))]
+    rng = random.Random(seed)
+    camps = [Campaign(body, subject, seed=k) for k, (subject, body) in enumerate(rng.sample(texts, n))]
     data, truth = [], []
     for k, c in enumerate(camps):
         for j in range(COPIES):
             data.append(c.copy(f"{rng.choice(['ann', 'bo.li', 'cy'])}{j}@far{j % 7}.example", image_only=j < 4))
             truth.append(k)
-    for raw in ham[:60]:
+    for raw in hams[:ham]:
         data.append(raw)
         truth.append(-1)
     records = [_parse(d) for d in data]
     return camps, data, truth, records
+
+
+@pytest.fixture(scope="module")
+def runs(corpus):
+    """Five campaigns of 40 hostile copies (4 of them image-only) from real spam, and 60 real ham."""
+    return _build(corpus, 5)
 
 
 def test_normalise_erases_obfuscations() -> None:
@@ -96,18 +104,32 @@ def test_labels_do_not_depend_on_input_order(runs) -> None:
         assert _partition(back) == base
 
 
-def test_one_bridge_does_not_chain_two_runs(runs) -> None:
-    _, _, truth, records = runs
-    a = [r for r, t in zip(records, truth, strict=True) if t == 0][4:]
-    b = [r for r, t in zip(records, truth, strict=True) if t == 1][4:]
-    # a message carrying both runs' texts, URLs and Reply-To, in run a's template
-    bridge = Features(a[0].text + " " + b[0].text, (), [*a[0].keys, *b[0].keys], a[0].shape)
-    from pipeline.features import sketch
-
+def _bridged(a: list, b: list, template) -> np.ndarray:
+    """Labels of runs a and b with one message between them carrying both runs' texts, URLs and
+    Reply-To and subject key, in `template`'s shape."""
+    bridge = Features(a[0].text + " " + b[0].text, (), [*a[0].keys, *b[0].keys], template.shape)
     bridge = bridge._replace(sketch=sketch(bridge.text))
-    labels = CampaignClusterer().fit([*map(_feat, a), bridge, *map(_feat, b)]).labels_
-    assert len(set(labels[: len(a)])) == 1 and len(set(labels[len(a) + 1:])) == 1
-    assert labels[0] != labels[-1]
+    return CampaignClusterer().fit([*map(_feat, a), bridge, *map(_feat, b)]).labels_
+
+
+def test_one_bridge_does_not_chain_two_runs(runs, corpus) -> None:
+    # every pair of the fixture's runs, and runs drawn with other seeds; the bridge in either run's template
+    cases = [runs]
+    cases += [_build(corpus, seed, n=3, ham=0) for seed in (11, 23)]
+    checked = 0
+    for _, _, truth, records in cases:
+        by_run = defaultdict(list)
+        for r, t in zip(records, truth, strict=True):
+            if t >= 0:
+                by_run[t].append(r)
+        for x, y in itertools.combinations(sorted(by_run), 2):
+            a, b = by_run[x][4:], by_run[y][4:]
+            for template in (a[0], b[0]):
+                labels = _bridged(a, b, template)
+                assert len(set(labels[: len(a)])) == 1 and len(set(labels[len(a) + 1:])) == 1
+                assert labels[0] != labels[-1], (x, y)
+                checked += 1
+    assert checked == 2 * (10 + 3 + 3)
 
 
 def test_backscatter_follows_its_campaign(runs) -> None:

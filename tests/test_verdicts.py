@@ -67,8 +67,47 @@ def test_bounce_to_local_address_quoting_campaign_spam_is_spam() -> None:
     r.bounce = True
     ctx = [context(r, POLICY)]
     assert message_decision(0, [r], ctx, None, True, {}).verdict is Verdict.spam
-    # the same bounce quoting nothing we know is a user's own failed mail: valid
-    assert message_decision(0, [r], ctx, None, False, {}).verdict is Verdict.valid
+    # the same bounce quoting nothing we know: nothing shows it is a user's own mail, so a human decides
+    d = message_decision(0, [r], ctx, None, False, {})
+    assert (d.verdict, d.reasons[0].code) == (Verdict.review, "bounce_to_local_unproven")
+
+
+def _bounce_quoting(received: list[str]) -> bytes:
+    hops = "".join(f"Received: {h}\n" for h in received)
+    original = (f"{hops}From: Alice <alice@example.org>\nTo: bob@far.example\nSubject: minutes of the meeting\n"
+                "Message-ID: <m1@example.org>\n\nHere are the minutes of Tuesday's meeting, as promised.\n")
+    return ("From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\nTo: alice@example.org\n"
+            "Subject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\n\n'
+            "--b1\nContent-Type: text/plain\n\nYour message could not be delivered.\n\n"
+            "--b1\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx1.example.org\n\n"
+            f"--b1\nContent-Type: message/rfc822\n\n{original}\n--b1--\n").encode()
+
+
+def test_bounce_to_local_address_is_valid_only_when_the_quoted_mail_came_from_our_side() -> None:
+    from pipeline.models import RawMessage
+    from pipeline.parse import parse_found
+    from pipeline.readers.base import Found
+
+    def bounce_decision(received: list[str]) -> tuple[Verdict, str]:
+        data = _bounce_quoting(received)
+        r = parse_found(Found(RawMessage(path="b.eml", envelope=Envelope(mail_from="", rcpt_to=["alice@example.org"],
+                                                                         client_address="127.0.0.1")),
+                              data, "0" * 64, len(data)), POLICY)
+        assert r.bounce and len(r.bounced_original_received) == len(received)
+        return decide(r)
+
+    ours = "by mx1.example.org (Postfix) with ESMTP id 1; Tue, 1 Dec 2026 10:00:00 +0000"
+    assert bounce_decision([f"from pc.example.org (pc.example.org [192.0.2.40]) {ours}"]) == (
+        Verdict.valid, "bounce_to_local")
+    assert bounce_decision([f"from laptop (laptop [198.51.100.7]) (Authenticated sender: alice) {ours}"]) == (
+        Verdict.valid, "bounce_to_local")
+    # a botnet client handed it to us; the spammer's own hops below ours (even one claiming our name and an
+    # authenticated sender) are not evidence
+    forged = "from x (x [198.51.100.9]) (Authenticated sender: alice) " + ours
+    assert bounce_decision([f"from bot (bot [203.0.113.9]) {ours}", forged]) == (
+        Verdict.review, "bounce_to_local_unproven")
+    assert bounce_decision([]) == (Verdict.review, "bounce_to_local_unproven")
 
 
 def test_relayed_from_a_client_that_fed_no_campaign_is_review() -> None:
