@@ -52,11 +52,30 @@ class Sink:
         self.controller.stop()
 
 
+# Headers that belong to final delivery: an MTA may drop them from mail it receives (Exim does by default,
+# delivery_date_remove, envelope_to_remove and return_path_remove), so they say nothing about the replay.
+_DELIVERY_HEADERS = (b"delivery-date:", b"envelope-to:", b"return-path:")
+
+
 def body_of(data: bytes) -> bytes:
-    """The message without the trace headers an MTA adds on the way in (leading Received:), LF line ends, ending
-    in a line end (SMTP's DATA always does: a message without a final one gets it on the way)."""
+    """The message without the trace headers an MTA adds on the way in (leading Received:) and the
+    final-delivery headers it may remove, LF line ends, ending in a line end (SMTP's DATA always does: a
+    message without a final one gets it on the way)."""
     lines = data.replace(b"\r\n", b"\n").split(b"\n")
     while lines and (lines[0].startswith(b"Received:") or (lines[0][:1] in (b" ", b"\t"))):
         lines.pop(0)
-    out = b"\n".join(lines)
+    kept: list[bytes] = []
+    dropping = False
+    for i, line in enumerate(lines):
+        if not line:  # the end of the header block: the body is compared as it is
+            kept += lines[i:]
+            break
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.lower().startswith(_DELIVERY_HEADERS)
+        if not dropping:
+            kept.append(line)
+    out = b"\n".join(kept)
     return out if out.endswith(b"\n") else out + b"\n"
