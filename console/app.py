@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from console.data import RAW_LIMIT, Incidents, Loaded, message_view
+from console.data import RAW_LIMIT, Incidents, Loaded, message_row, message_view
 from console.fields import Who
 from console.review import review_routes
 from console.review import warm as warm_all
@@ -166,7 +166,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
             cd = d["campaigns"].get(str(c.id))
             camps.append({**c.model_dump(mode="json"), "triage_verdict": c.verdict.value,
                           "verdict": cd["verdict"] if cd else c.verdict.value, "decision": cd})
-        review = [_row(x, ov) for x in m.messages if ov.get(x.id, x.verdict) is Verdict.review][:200]
+        review = [message_row(x, ov) for x in m.messages if ov.get(x.id, x.verdict) is Verdict.review][:200]
         groups: dict[tuple[str, str], int] = {}
         for x in m.messages:
             if ov.get(x.id, x.verdict) is Verdict.valid:
@@ -210,7 +210,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
             hits.append(x)
         start = (page - 1) * per
         return JSONResponse({"total": len(hits), "page": page, "per_page": per,
-                             "messages": [_row(x, ov) for x in hits[start:start + per]]})
+                             "messages": [message_row(x, ov) for x in hits[start:start + per]]})
 
     @need
     async def message(request: Request, iid: str, loaded: Loaded) -> Response:
@@ -340,10 +340,3 @@ def _domain(addr: str | None) -> str:
     return addr.rpartition("@")[2].lower() or "<>"
 
 
-def _row(x: Any, ov: dict[str, Verdict]) -> dict[str, Any]:
-    e = x.envelope
-    return {"id": x.id, "subject": x.subject[:300], "from": e.mail_from, "rcpt": e.rcpt_to[:5],
-            "rcpt_count": len(e.rcpt_to), "client": e.client_address, "campaign": x.campaign,
-            "arrival": e.arrival_time.isoformat() if e.arrival_time else None,
-            "verdict": ov.get(x.id, x.verdict).value, "triage_verdict": x.verdict.value,
-            "reasons": [r.text for r in x.reasons][:5]}

@@ -355,6 +355,16 @@ def _decided(loaded: Loaded, d: dict[str, Any]) -> dict[str, Any]:
             "messages_by_verdict": dict(per_verdict), "lines": lines[:1000]}
 
 
+def message_row(x: ManifestMessage, ov: dict[str, Verdict]) -> dict[str, Any]:
+    """One message in a list: what a reviewer scans, with the verdict as decided so far."""
+    e = x.envelope
+    return {"id": x.id, "subject": x.subject[:300], "from": e.mail_from, "rcpt": e.rcpt_to[:5],
+            "rcpt_count": len(e.rcpt_to), "client": e.client_address, "campaign": x.campaign,
+            "arrival": e.arrival_time.isoformat() if e.arrival_time else None,
+            "verdict": ov.get(x.id, x.verdict).value, "triage_verdict": x.verdict.value,
+            "reasons": [r.text for r in x.reasons][:5]}
+
+
 def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dict[str, Any]:
     out: dict[str, Any] = {"id": m.id, "subject": m.subject, "from_header": m.from_header,
                            "envelope": m.envelope.model_dump(mode="json"), "verdict": verdict.value,

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from console.data import Incidents, Loaded
+from console.data import Incidents, Loaded, message_row
 from console.fields import Who
 from pipeline.errors import StoreError
-from pipeline.models import ManifestMessage, Verdict
+from pipeline.models import Verdict
 
 PER_PAGE = 20  # groups on one page
 SAMPLES = 5
@@ -129,15 +129,6 @@ def undecided(loaded: Loaded, d: dict[str, Any], ix: Index) -> dict[str, int]:
             "messages_total": sum(len(v) for v in ix.members.values())}
 
 
-def _row(x: ManifestMessage, ov: dict[str, Verdict]) -> dict[str, Any]:
-    e = x.envelope
-    return {"id": x.id, "subject": x.subject[:300], "from": e.mail_from, "rcpt": e.rcpt_to[:5],
-            "rcpt_count": len(e.rcpt_to), "client": e.client_address, "campaign": x.campaign,
-            "arrival": e.arrival_time.isoformat() if e.arrival_time else None,
-            "verdict": ov.get(x.id, x.verdict).value, "triage_verdict": x.verdict.value,
-            "reasons": [r.text for r in x.reasons][:5]}
-
-
 def _page(request: Request, default: int, most: int) -> tuple[int, int]:
     q = request.query_params
     page = int(q.get("page") or 1)
@@ -167,7 +158,7 @@ def review_routes(inc: Incidents, api: Callable[..., Any], need: Callable[..., A
             dec = d.get("groups", {}).get(str(g.id))
             out.append({**g.model_dump(mode="json"), "decision": dec,
                         "verdict": dec["verdict"] if dec else "review", "now": dict(now),
-                        "samples": [_row(msgs[i], ov) for i in idx[:SAMPLES]], **picture(ix, ("group", g.id))})
+                        "samples": [message_row(msgs[i], ov) for i in idx[:SAMPLES]], **picture(ix, ("group", g.id))})
         return JSONResponse({"page": page, "per_page": per, "total": len(loaded.manifest.review_groups),
                              "bucket_seconds": loaded.timeline.get("bucket_seconds"),
                              "start": loaded.timeline.get("start"), "undecided": undecided(loaded, d, ix),
@@ -184,7 +175,7 @@ def review_routes(inc: Incidents, api: Callable[..., Any], need: Callable[..., A
         idx = ix.members[gid]
         msgs = loaded.manifest.messages
         return JSONResponse({"group": gid, "total": len(idx), "page": page, "per_page": per,
-                             "messages": [_row(msgs[i], ov) for i in idx[(page - 1) * per:page * per]]})
+                             "messages": [message_row(msgs[i], ov) for i in idx[(page - 1) * per:page * per]]})
 
     @need
     async def decide(request: Request, iid: str, loaded: Loaded) -> Response:
