@@ -83,7 +83,7 @@ def test_scan_finds_each_kind(tmp_path: Path) -> None:
     bad = [f"{_SL}work{_SL}shared{_SL}corpus.tgz", f"..{_SL}shared{_SL}corpus", f"{_SL}home{_SL}ann{_SL}x",
            f"{_SL}root{_SL}.cache", f"{_SL}Users{_SL}ann", "C:\\Users\\ann", f"{_SL}builds{_SL}grp{_SL}proj",
            f"{_SL}tmp{_SL}corpus{_SL}spamassassin-dev", f"{_SL}tmp{_SL}x"]
-    fine = [f"{_SL}tmp{_SL}spoolsweep-postfix-*", f"mktemp {_SL}tmp{_SL}demo.XXXXXX", "a/work/b", "~/.cache/x",
+    fine = [f"{_SL}tmp{_SL}spoolsweep-postfix-*", f"mktemp {_SL}tmp{_SL}demo.XXXXXX", f"a{_SL}work{_SL}b", "~/.cache/x",
             f"{_SL}etc{_SL}postfix", f"{_SL}var{_SL}spool{_SL}postfix"]
     (tmp_path / "bad.py").write_text("\n".join(f"p = '{b}'" for b in bad) + "\n")
     (tmp_path / "fine.md").write_text("\n".join(fine) + "\n")
