@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import smtplib
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from spoolsweep.lab import free_port
+from spoolsweep.lab import daemon, free_port
 
 # the unpacked binaries run as root: kept under the user's own cache, not a /tmp path anyone could create first
 CACHE = Path(os.environ.get("SPOOLSWEEP_EXIM_CACHE") or Path.home() / ".cache" / "spoolsweep" / "exim-deb")
@@ -229,47 +227,15 @@ class EximInstance:
     def _start_daemon(self) -> None:
         self.daemon = subprocess.Popen(self.argv("-bdf"), env=self.env(), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE)
-        self._wait_listening()
-
-    def _wait_listening(self) -> None:
-        assert self.daemon is not None
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            if self.daemon.poll() is not None:
-                err = self.daemon.stderr.read().decode(errors="replace") if self.daemon.stderr else ""
-                raise RuntimeError(f"exim daemon exited: {err}\n{self.log()}")
-            with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", self.port, timeout=2) as s:
-                s.noop()
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"exim did not listen on {self.port}\n{self.log()}")
+        daemon.wait_listening(self.daemon, self.port, "exim", self.log)
 
     def stop(self) -> None:
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait(5)
+        daemon.stop(self.daemon)
 
     # -- mail in ----------------------------------------------------------------------------------
     def send_smtp(self, mail_from: str, rcpt_to: Sequence[str], data: bytes,
                   login: tuple[str, str] | None = None, helo: str = "client.example.net") -> str:
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
-            s.ehlo(helo)
-            if login:
-                s.login(*login)
-            opts = ["BODY=8BITMIME"] if any(b > 127 for b in data) else []
-            s.mail(mail_from, opts)
-            for r in rcpt_to:
-                code, msg = s.rcpt(r)
-                if code not in (250, 251):
-                    raise RuntimeError(f"RCPT {r}: {code} {msg!r}")
-            code, msg = s.data(data)
-            if code != 250:
-                raise RuntimeError(f"DATA: {code} {msg!r}")
-        return msg.decode().split("id=")[-1].strip()
+        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login).decode().split("id=")[-1].strip()
 
     def send_bs(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, *, client_address: str,
                 client_name: str | None = None, helo: str = "client.example.net", protocol: str | None = None,

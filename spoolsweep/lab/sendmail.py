@@ -21,14 +21,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import smtplib
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from spoolsweep.lab import free_port
+from spoolsweep.lab import daemon, free_port
 
 # the unpacked binaries run as root: kept under the user's own cache, not a /tmp path anyone could create first
 CACHE = Path(os.environ.get("SPOOLSWEEP_SENDMAIL_CACHE") or Path.home() / ".cache" / "spoolsweep" / "sendmail-deb")
@@ -175,25 +173,10 @@ class SendmailInstance:
     def _start_daemon(self) -> None:
         # -bD: the daemon in the foreground (ours to stop); no -q: no queue runner, nothing retried behind our back
         self.daemon = subprocess.Popen([str(self.wrapper), "-bD"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            if self.daemon.poll() is not None:
-                err = self.daemon.stderr.read().decode(errors="replace") if self.daemon.stderr else ""
-                raise RuntimeError(f"sendmail daemon exited: {err}")
-            with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", self.port, timeout=2) as s:
-                s.noop()
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"sendmail did not listen on {self.port}")
+        daemon.wait_listening(self.daemon, self.port, "sendmail")
 
     def stop(self) -> None:
-        if self.daemon and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait(5)
+        daemon.stop(self.daemon)
 
     def restart(self) -> None:
         """Rebuild sendmail.cf from the .mc and restart the daemon (what `sendmailconfig` + a restart do)."""
@@ -226,23 +209,9 @@ class SendmailInstance:
     def send_smtp(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str = "client.example.net",
                   login: tuple[str, str] | None = None) -> str:
         """One message over SMTP; returns its queue id (from the 250 reply to DATA)."""
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
-            s.ehlo(helo)
-            if login:
-                s.login(*login)
-            opts = ["BODY=8BITMIME"] if any(b > 127 for b in data) else []
-            code, msg = s.mail(mail_from, opts)
-            if code != 250:
-                raise RuntimeError(f"MAIL FROM: {code} {msg!r}")
-            for r in rcpt_to:
-                code, msg = s.rcpt(r)
-                if code not in (250, 251):
-                    raise RuntimeError(f"RCPT {r}: {code} {msg!r}")
-            code, msg = s.data(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
-            if code != 250:
-                raise RuntimeError(f"DATA: {code} {msg!r}")
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         # "2.0.0 6B1M5bE3012952 Message accepted for delivery"
-        return msg.decode().split()[1]
+        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login).decode().split()[1]
 
     # -- what Sendmail says -----------------------------------------------------------------------
     def bp(self, quarantined: bool = False) -> str:

@@ -1,0 +1,57 @@
+"""What the lab's private MTAs share: waiting for a daemon to listen, stopping it, handing it one message."""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, name: str,
+                   log: Callable[[], str] = lambda: "", seconds: float = 20) -> None:
+    """Return once 127.0.0.1:port answers SMTP; RuntimeError (with the daemon's stderr and log) if it exits or
+    does not listen in time."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{name} daemon exited: {err}\n{log()}".rstrip())
+        with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", port, timeout=2) as s:
+            s.noop()
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not listen on {port}\n{log()}".rstrip())
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a daemon we started, killing it if it does not go within ten seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str,
+           login: tuple[str, str] | None = None) -> bytes:
+    """One message over SMTP to 127.0.0.1:port; the text of the 250 reply to DATA (which names the queue id).
+    RuntimeError naming the command an MTA refused."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo(helo)
+        if login:
+            s.login(*login)
+        code, msg = s.mail(mail_from, ["BODY=8BITMIME"] if any(b > 127 for b in data) else [])
+        if code != 250:
+            raise RuntimeError(f"MAIL FROM: {code} {msg!r}")
+        for r in rcpt_to:
+            code, msg = s.rcpt(r)
+            if code not in (250, 251):
+                raise RuntimeError(f"RCPT {r}: {code} {msg!r}")
+        code, msg = s.data(data)
+        if code != 250:
+            raise RuntimeError(f"DATA: {code} {msg!r}")
+    return msg
