@@ -1,12 +1,16 @@
-"""What the lab's private MTAs share: waiting for a daemon to listen, stopping it, handing it one message."""
+"""What the lab's private MTAs share: unpacking Debian's packages, waiting for a daemon to listen, stopping it,
+handing it one message."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import smtplib
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, name: str,
@@ -55,3 +59,25 @@ def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo:
         if code != 250:
             raise RuntimeError(f"DATA: {code} {msg!r}")
     return msg
+
+
+def unpack_debs(cache: Path, packages: Sequence[str], needs: Sequence[str]) -> Path | None:
+    """Debian's packages downloaded into `cache` and unpacked under cache/root once (never installed: they
+    would replace the system's MTA); the root, or None if a path in `needs` is still missing there."""
+    root = cache / "root"
+    if all((root / n).exists() for n in needs):
+        return root
+    if os.geteuid() != 0 or not shutil.which("apt-get") or not shutil.which("unshare"):
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    cp = subprocess.run(["apt-get", "download", *packages], cwd=cache, capture_output=True, timeout=300, check=False)
+    if cp.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
+        cp = subprocess.run(["apt-get", "download", *packages], cwd=cache, capture_output=True, timeout=300,
+                            check=False)
+    debs = sorted(cache.glob("*.deb"))
+    if cp.returncode != 0 and len(debs) < len(packages):
+        return None
+    for deb in debs:
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=120)
+    return root if all((root / n).exists() for n in needs) else None

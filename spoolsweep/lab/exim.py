@@ -33,23 +33,7 @@ EXIM_UID = 64990
 
 def unpacked() -> Path | None:
     """The unpacked package root, downloading and unpacking it once; None if that is impossible."""
-    root = CACHE / "root"
-    if (root / "usr/sbin/exim4").exists():
-        return root
-    if os.geteuid() != 0 or not shutil.which("apt-get") or not shutil.which("unshare"):
-        return None
-    CACHE.mkdir(parents=True, exist_ok=True)
-    cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300, check=False)
-    if cp.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
-        cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300,
-                            check=False)
-    debs = sorted(CACHE.glob("*.deb"))
-    if cp.returncode != 0 and len(debs) < len(PACKAGES):
-        return None
-    for deb in debs:
-        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=120)
-    return root if (root / "usr/sbin/exim4").exists() else None
+    return daemon.unpack_debs(CACHE, PACKAGES, ["usr/sbin/exim4"])
 
 
 def available() -> str | None:

@@ -37,26 +37,10 @@ BINARY = "usr/libexec/sendmail/sendmail"
 
 def unpacked() -> Path | None:
     """The unpacked package root, downloading and unpacking it once; None if that is impossible."""
-    root = CACHE / "root"
-    if (root / BINARY).exists() and (root / "usr/bin/m4").exists():
-        return root
-    if os.geteuid() != 0 or not shutil.which("apt-get") or not shutil.which("unshare"):
-        return None
-    CACHE.mkdir(parents=True, exist_ok=True)
-    cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300, check=False)
-    if cp.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
-        cp = subprocess.run(["apt-get", "download", *PACKAGES], cwd=CACHE, capture_output=True, timeout=300,
-                            check=False)
-    debs = sorted(CACHE.glob("*.deb"))
-    if cp.returncode != 0 and len(debs) < len(PACKAGES):
-        return None
-    for deb in debs:
-        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=120)
-    if not (root / BINARY).exists():
-        return None
-    # a set-group-id binary runs with LD_LIBRARY_PATH ignored; this private copy needs no group
-    (root / BINARY).chmod(0o755)
+    root = daemon.unpack_debs(CACHE, PACKAGES, [BINARY, "usr/bin/m4"])
+    if root is not None:
+        # a set-group-id binary runs with LD_LIBRARY_PATH ignored; this private copy needs no group
+        (root / BINARY).chmod(0o755)
     return root
 
 
