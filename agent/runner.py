@@ -14,6 +14,7 @@ from agent.errors import JournalError
 from agent.journal import FINAL, ActionRow, Journal
 from agent.mta.base import Deliverer, Queue, QueuedMessage
 from agent.verify import Item, Lean, body_digest, check, parse_payload, signed_names
+from pipeline import queues
 from pipeline.errors import InstructionRefused, SpoolsweepError
 from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction
 from pipeline.manifest_io import atomic_write
@@ -80,7 +81,11 @@ class Agent:
             return self.known_incident(incident)
         if self.journal.known_incident(incident):
             return True
-        return next(iter(self.store.list(f"incoming/{incident}/{self.host}/")), None) is not None
+        try:
+            prefix = queues.incoming_prefix(incident, self.host)
+        except ValueError:
+            return False  # not a name any snapshot could have been uploaded under
+        return next(iter(self.store.list(prefix)), None) is not None
 
     # one instruction ----------------------------------------------------------------------
     def handle(self, body: str) -> Receipt:

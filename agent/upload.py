@@ -101,9 +101,11 @@ def to_dir(archive: Path, dest: Destination, name: str, sha256: str) -> str:
 
 
 def _s3() -> Any:
-    import boto3  # only here: the agent's base install has no boto3
+    from adapters.aws import client  # only here: the agent's base install has no boto3
+    from adapters.bootstrap import cloud_from_env
 
-    return boto3.client("s3", endpoint_url=os.environ.get("SPOOLSWEEP_S3_ENDPOINT") or None)
+    cloud = cloud_from_env()
+    return client("s3", cloud.endpoint_url, cloud.region)
 
 
 def to_s3(archive: Path, dest: Destination, name: str, sha256: str, state: dict,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -98,7 +97,6 @@ def main() -> None:
     from bench.functions_e2e import run
     from pipeline.generator import find_corpus, load_corpus
 
-    os.environ["SPOOLSWEEP_WORKERS"] = "1"
     corpus = load_corpus(find_corpus())
     times = run(a.messages, a.shard_size, 1, corpus)
     shards = math.ceil(a.messages / a.shard_size)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from functions import embedded  # noqa: E402
-from functions.runner import LocalRunner  # noqa: E402
+from adapters.bootstrap import embedded_settings  # noqa: E402
+from adapters.runtime import LocalRunner  # noqa: E402
 from pipeline import queues  # noqa: E402
 from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical  # noqa: E402
 from pipeline.models import Manifest  # noqa: E402
+from pipeline.service import incidents  # noqa: E402
 from pipeline.store import LocalChannel, LocalStore  # noqa: E402
 
 
@@ -31,27 +32,25 @@ def run(n: int, shard_size: int, workers: int | None, corpus: tuple[list[bytes],
         write_canonical(generate(*corpus, n=n, seed=1), snap)
         gen = time.perf_counter() - t
         root = Path(tmp) / "home"
-        embedded.keys_init(root)
-        os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
-        embedded.configure(root, workers)
+        incidents.keys_init(root)
         store = LocalStore(root)
-        embedded.put_policy(store, POLICY_TOML.encode())
+        incidents.put_policy(store, POLICY_TOML.encode())
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        keys = embedded.upload(store, snap, "bench", "mx1", shard_size=shard_size)
+        keys = incidents.upload(store, snap, "bench", "mx1", shard_size=shard_size)
         times["upload+split"] = time.perf_counter() - t0
-        runner = LocalRunner(root, settle=0)
+        runner = LocalRunner(root, settle=0, settings=embedded_settings(root, workers))
         runner.run_until_idle(timeout=7200)
         times |= {step: runner.timings.get(step, 0.0) for step in ("parse", "triage", "blocklist")}
         m = Manifest.model_validate_json(store.get(queues.manifest_key("bench")))
         t = time.perf_counter()
-        embedded.approve(store, "bench", by="bench")
+        incidents.approve(store, "bench", by="bench")
         runner.run_until_idle()
         times["approve+dispatch"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         assert m.totals.messages == n, m.totals
         parts = len(LocalChannel(root / "channel").receive("mx1", max_messages=100_000))
-        assert parts == len(list(store.list("instructions/mx1/"))) >= 1
+        assert parts == len(list(store.list(queues.instructions_prefix("mx1")))) >= 1
         dead = runner.dead()
         assert not dead, dead
         print(f"\n{n:,} messages in {len(keys)} shard(s) of <= {shard_size:,} "

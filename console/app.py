@@ -142,7 +142,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                                    "blocklist": _blocklist_state(inc.blocklists(iid))}
             if loaded:
                 m = loaded.manifest
-                row.update(host=m.snapshot.host, when=loaded.last_arrival,
+                row.update(host=", ".join(m.snapshot.hosts) or None, when=loaded.last_arrival,
                            size=m.totals.messages, bytes=m.totals.bytes, totals=m.totals.model_dump())
             out.append(row)
         return JSONResponse({"incidents": out})
@@ -175,7 +175,7 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
                     groups[(s, r)] = groups.get((s, r), 0) + 1
         valid = [{"sender_domain": s, "recipient_domain": r, "messages": n}
                  for (s, r), n in sorted(groups.items(), key=lambda kv: -kv[1])[:100]]
-        return JSONResponse({"id": iid, "host": m.snapshot.host, "status": inc.status(iid, loaded),
+        return JSONResponse({"id": iid, "host": ", ".join(m.snapshot.hosts) or None, "status": inc.status(iid, loaded),
                              "snapshot": m.snapshot.model_dump(mode="json"), "totals": totals,
                              "campaigns": camps, "campaigns_total": len(m.campaigns),
                              "accounts": [a.model_dump(mode="json") for a in m.accounts],

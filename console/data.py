@@ -18,10 +18,11 @@ from typing import Any
 from pipeline import queues
 from pipeline.archive import ArchiveReport, iter_members
 from pipeline.errors import StoreError
-from pipeline.instructions import Receipt, approval_from_manifest, effective_verdicts
+from pipeline.instructions import Receipt, effective_verdicts
 from pipeline.models import Manifest, ManifestMessage, Verdict
 from pipeline.policy import Limits
 from pipeline.review_groups import group_review
+from pipeline.service.incidents import approve, write_approval
 from pipeline.store import LocalStore, Store
 
 BODY_LIMIT = 200_000  # characters of body text sent to the page
@@ -42,10 +43,6 @@ class Loaded:
     version: str
     timeline: dict[str, Any] = field(default_factory=dict)
     last_arrival: str | None = None
-
-
-def decisions_key(incident: str) -> str:
-    return f"{queues.STATE}/{queues.check_name('incident', incident)}/decisions.json"
 
 
 class Incidents:
@@ -75,7 +72,7 @@ class Incidents:
             return [self._folder_incident()]
         names: set[str] = set()
         for q in (queues.MANIFESTS, queues.INCOMING):
-            for key in self.store.list(q + "/"):
+            for key in self.store.list(queues.prefix(q)):
                 parts = key.split("/")
                 if len(parts) >= 3 and _valid_name(parts[1]):
                     names.add(parts[1])
@@ -135,7 +132,7 @@ class Incidents:
 
     # --- decisions
     def decisions(self, incident: str) -> dict[str, Any]:
-        key = decisions_key(incident)
+        key = queues.decisions_key(incident)
         if self.store.exists(key):
             return json.loads(self.store.get(key))
         return {"campaigns": {}, "messages": {}, "groups": {}, "log": []}
@@ -156,7 +153,7 @@ class Incidents:
                 entry = {"verdict": verdict.value, "by": by, "at": at, "note": note}
                 bucket[target] = entry
                 d["log"].append({"kind": kind, "target": target, **entry})
-            self.store.put(decisions_key(incident), json.dumps(d, indent=1).encode())
+            self.store.put(queues.decisions_key(incident), json.dumps(d, indent=1).encode())
             return d
 
     def effective(self, loaded: Loaded, decisions: dict[str, Any]) -> dict[str, Verdict]:
@@ -190,38 +187,33 @@ class Incidents:
             return self._approve(incident, loaded, by, d)
 
     def _approve(self, incident: str, loaded: Loaded, by: str, d: dict[str, Any]) -> tuple[str, bool]:
-        from functions.embedded import approve as write
-
         ov = self.effective(loaded, d)
         host = self.host(incident, loaded)
         if not self.folder:
-            key, _, new = write(self.store, incident, by, host=host, overrides=ov, changes=d.get("log", []))
-            return key, new
-        # a plain triage folder: the same approval object, written once next to the manifest
-        aid = hashlib.sha256(f"{loaded.sha256}\n{host}\n{by}".encode()).hexdigest()[:24]
-        a = approval_from_manifest(loaded.manifest, loaded.sha256, host, by, datetime.now(UTC), aid,
-                                   changes=d.get("log", []), overrides=ov)
-        key = queues.approval_key(incident, aid)
-        return key, self.store.put_if_absent(key, a.model_dump_json(indent=1).encode())
+            done = approve(self.store, incident, by, host=host, overrides=ov, changes=d.get("log", []))
+        else:  # a plain triage folder: the same approval object, written once next to the manifest
+            done = write_approval(self.store, incident, loaded.manifest, loaded.sha256, host, by, datetime.now(UTC), ov,
+                                  d.get("log", []))
+        return done.key, done.new
 
     def host(self, incident: str, loaded: Loaded) -> str:
         """The manifest's host; else the one host that uploaded the snapshot; else 'local'."""
-        hosts = [h.strip() for h in (loaded.manifest.snapshot.host or "").split(",") if h.strip()]
+        hosts = loaded.manifest.snapshot.hosts
         if not hosts and not self.folder:
-            hosts = sorted({k.split("/")[2] for k in self.store.list(f"{queues.INCOMING}/{incident}/")
-                            if k.count("/") >= 3})
+            hosts = sorted({h for k in self.store.list(queues.incoming_prefix(incident))
+                            if (h := queues.host_of_incoming_key(k)) is not None})
         if len(hosts) > 1:
             raise ValueError(f"incident {incident} names hosts {hosts}; approve it with spoolsweep approve --host")
         return hosts[0] if hosts else "local"
 
     def approvals(self, incident: str) -> list[str]:
-        return list(self.store.list(f"{queues.APPROVALS}/{incident}/"))
+        return list(self.store.list(queues.approvals_prefix(incident)))
 
     # --- progress and reports
     def receipts(self, incident: str) -> dict[str, Any]:
         totals: Counter[str] = Counter()
         rows = []
-        for key in self.store.list(f"{queues.RECEIPTS}/{incident}/"):
+        for key in self.store.list(queues.receipts_prefix(incident)):
             try:
                 r = Receipt.model_validate_json(self.store.get(key))
             except ValueError:
@@ -256,7 +248,7 @@ class Incidents:
         """The message's bytes from the snapshot under incoming/, if it is there (and small enough to fetch)."""
         if self.folder:
             return None
-        keys = sorted(self.store.list(f"{queues.INCOMING}/{queues.check_name('incident', incident)}/"))
+        keys = sorted(self.store.list(queues.incoming_prefix(incident)))
         fallback: bytes | None = None  # same path, other bytes: two hosts can both have messages/0001.eml
 
         def same(data: bytes) -> bool:

@@ -6,28 +6,26 @@ the app's own token and CSRF check stay on behind it. `spoolsweep console --aws 
 
 from __future__ import annotations
 
-import os
-from functools import cache
 from typing import Any
 
 from mangum import Mangum
 
+from adapters.bootstrap import build_store
 from console.app import create_app
-from functions.root import build_store
-from functions.settings import ConsoleSettings, load
+from functions.common import ColdStart, Handler
+from functions.settings import ConsoleSettings
 
 
-@cache
-def app() -> Mangum:
-    s = load(ConsoleSettings)
+def build(s: ConsoleSettings) -> Handler:
     # warm=False: a thread would freeze between invocations; the first request parses the manifest
-    asgi = create_app(build_store(s), s.console_token.get_secret_value(), raw_limit=s.raw_limit_bytes, warm=False)
-    return Mangum(asgi, lifespan="off")
+    asgi = create_app(build_store(s.store, s.cloud), s.console_token.get_secret_value(), raw_limit=s.raw_limit_bytes,
+                      warm=False)
+    mangum = Mangum(asgi, lifespan="off")
+
+    def serve(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return dict(mangum(event, context))
+
+    return serve
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return app()(event, context)
-
-
-if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-    app()  # cold start: fail fast on bad settings
+handler = ColdStart(build, ConsoleSettings)

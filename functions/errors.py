@@ -1,16 +1,10 @@
-"""The errors of the function layer, under spoolsweep's one base error."""
+"""The errors of the function layer, under spoolsweep's one base error (the step errors are the service layer's)."""
 
 from __future__ import annotations
 
-from pipeline.errors import SpoolsweepError
+from pipeline.errors import NotReady, PoisonEvent, SpoolsweepError
 
-
-class PoisonEvent(SpoolsweepError):
-    """The event can never succeed and goes to the dead-letter queue:"""
-
-
-class NotReady(SpoolsweepError):
-    """An object this step needs is not there yet; the event is retried:"""
+__all__ = ["NotReady", "PoisonEvent", "SettingsError"]
 
 
 class SettingsError(SpoolsweepError):

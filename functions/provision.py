@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from functions import names
+from adapters import names
 
 RETENTION = str(14 * 24 * 3600)
 

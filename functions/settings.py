@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.bootstrap import Cloud
+from adapters.names import PREFIX
 from functions.errors import SettingsError
-from functions.names import PREFIX
+from pipeline import queues
 
 T = TypeVar("T", bound="Common")
 
@@ -20,11 +22,20 @@ class Common(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPOOLSWEEP_", extra="ignore", frozen=True)
 
     store: str = Field(description="a directory, or s3://bucket")
-    channel: str = Field("", description="a directory, or sqs:// (per-host queues named by functions/names.py)")
+    channel: str = Field("", description="a directory, or sqs://[prefix] (per-host queues named by adapters/names.py); "
+                         "empty: <store>/channel, or the stack's queues beside a bucket")
     name_prefix: str = PREFIX
     endpoint_url: str | None = Field(None, description="S3/SQS endpoint (moto, LocalStack); None means AWS")
     region: str = Field(default_factory=lambda: os.environ.get("AWS_REGION", "us-east-1"))
-    policy_key: str = Field("state/policy.toml", description="the site policy's key in the store")
+    policy_key: str = Field(queues.POLICY_KEY, description="the site policy's key in the store")
+    log_level: str | None = Field(None, description="the handlers' log level; None: Powertools' own "
+                                  "(POWERTOOLS_LOG_LEVEL, else INFO)")
+    metrics: bool = Field(True, description="write CloudWatch metrics (EMF lines on stdout); the local runtime "
+                          "turns them off")
+
+    @property
+    def cloud(self) -> Cloud:
+        return Cloud(endpoint_url=self.endpoint_url, region=self.region, name_prefix=self.name_prefix)
 
 
 class ParseSettings(Common):
@@ -54,10 +65,10 @@ class ConsoleSettings(Common):
     raw_limit_bytes: int = Field(256 * 2**20, ge=0, description="biggest snapshot downloaded for a drill-down")
 
 
-def load(model: type[T]) -> T:
-    """The settings from the environment, or one clear error naming every bad variable."""
+def load(model: type[T], **values: Any) -> T:
+    """The settings from the environment (values given here win), or one clear error naming every bad variable."""
     try:
-        return model()
+        return model(**values)
     except ValidationError as e:
         bad = ", ".join(f"SPOOLSWEEP_{'_'.join(str(x) for x in err['loc']).upper()}: {err['msg']}"
                         for err in e.errors())

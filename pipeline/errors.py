@@ -46,3 +46,11 @@ class InstructionRefused(SpoolsweepError):
 
 class CorpusNotFound(SpoolsweepError, FileNotFoundError):
     """No SpamAssassin corpus (easy_ham_1/ and spam_1/ .eml files, a folder or tarball) at"""
+
+
+class PoisonEvent(SpoolsweepError):
+    """The event can never succeed and goes to the dead-letter queue:"""
+
+
+class NotReady(SpoolsweepError):
+    """An object this step needs is not there yet; the event is retried:"""

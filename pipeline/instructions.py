@@ -241,3 +241,13 @@ def generate_keypair() -> tuple[bytes, bytes]:
                            serialization.NoEncryption())
     pub = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return priv, pub
+
+
+def key_id_of(public_raw: bytes) -> str:
+    """The id an Ed25519 public key (its 32 raw bytes) goes by in signed instructions."""
+    return "ed25519:" + hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def approval_id(manifest_sha256: str, host: str, by: str) -> str:
+    """One approval per manifest, host and person: approving twice is the same approval, not a second replay."""
+    return hashlib.sha256(f"{manifest_sha256}\n{host}\n{by}".encode()).hexdigest()[:24]

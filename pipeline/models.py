@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = "1"
 M = TypeVar("M", bound="BaseModel")
@@ -236,9 +236,19 @@ class SnapshotInfo(Model):
     source: str
     format: str
     sha256: str | None = None
-    host: str | None = None
+    hosts: list[str] = Field(default_factory=list, description="the mail hosts the snapshot's shards came from")
     members_read: int = 0
     skipped: list[str] = Field(default_factory=list, description="files that are not messages (logs, pid files)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hosts_of_old_manifests(cls, data: Any) -> Any:
+        """A manifest written before `hosts` named them in one string, "mx1, mx2", under `host`."""
+        if isinstance(data, dict) and "host" in data and "hosts" not in data:
+            data = dict(data)
+            old = data.pop("host")
+            data["hosts"] = [h.strip() for h in old.split(",") if h.strip()] if isinstance(old, str) else (old or [])
+        return data
 
 
 class PolicyInfo(Model):

@@ -5,6 +5,10 @@
     manifests/<incident>/manifest.json            the triage result
     blocklists/<incident>/report.json             the blocklist report
     state/<incident>/decisions.json               the review's verdict changes, oldest first
+    state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)
+    state/<incident>/triage.claim                 who claimed the incident's triage (write-once)
+    state/policy.toml                             the site policy
+    state/blocklists/latest.json                  the last scheduled blocklist report
     approvals/<incident>/<approval-id>.json       immutable approvals
     instructions/<host>/<instruction-id>.json     signed instructions (the local channel's copy)
     receipts/<incident>/<host>/<instruction-id>.json  what the agent did
@@ -39,12 +43,22 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def prefix(queue: str) -> str:
+    """Everything in one queue: `incoming/`, `manifests/`, ..."""
+    if queue not in ALL:
+        raise ValueError(f"{queue!r} is not a queue")
+    return f"{queue}/"
+
+
 def incoming_key(incident: str, host: str, name: str) -> str:
     return f"{INCOMING}/{check_name('incident', incident)}/{check_name('host', host)}/{check_name('file', name)}"
 
 
+_PARSED_SUFFIX = ".jsonl.zst"
+
+
 def parsed_key(incident: str, shard: str) -> str:
-    return f"{PARSED}/{check_name('incident', incident)}/{check_name('shard', shard)}.jsonl.zst"
+    return f"{PARSED}/{check_name('incident', incident)}/{check_name('shard', shard)}{_PARSED_SUFFIX}"
 
 
 def manifest_key(incident: str) -> str:
@@ -64,6 +78,61 @@ def decisions_key(incident: str) -> str:
     return f"{STATE}/{check_name('incident', incident)}/decisions.json"
 
 
+def shard_meta_key(incident: str, shard: str) -> str:
+    """What triage needs besides a shard's records: format, digests, defects (written before the records)."""
+    return f"{STATE}/{check_name('incident', incident)}/shards/{check_name('shard', shard)}.json"
+
+
+def claim_key(incident: str) -> str:
+    """The write-once marker of the one event that runs an incident's triage."""
+    return f"{STATE}/{check_name('incident', incident)}/triage.claim"
+
+
+POLICY_KEY = f"{STATE}/policy.toml"
+BLOCKLIST_STATE_KEY = f"{STATE}/blocklists/latest.json"
+
+
+def corrupt_key(incident: str, shard: str) -> str:
+    """Why a shard's snapshot could not be read, kept for a human (the snapshot itself stays in incoming/)."""
+    return f"{CORRUPT}/{check_name('incident', incident)}/{check_name('shard', shard)}.json"
+
+
+def incoming_prefix(incident: str, host: str | None = None) -> str:
+    """The prefix of an incident's snapshots, or of one host's."""
+    base = f"{INCOMING}/{check_name('incident', incident)}/"
+    return base if host is None else f"{base}{check_name('host', host)}/"
+
+
+def parsed_prefix(incident: str) -> str:
+    return f"{PARSED}/{check_name('incident', incident)}/"
+
+
+def shard_of_parsed_key(key: str) -> str | None:
+    """The shard a parsed/<incident>/<shard>.jsonl.zst key holds; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != PARSED or not parts[2].endswith(_PARSED_SUFFIX):
+        return None
+    return parts[2][: -len(_PARSED_SUFFIX)]
+
+
+def approvals_prefix(incident: str) -> str:
+    return f"{APPROVALS}/{check_name('incident', incident)}/"
+
+
+def receipts_prefix(incident: str) -> str:
+    return f"{RECEIPTS}/{check_name('incident', incident)}/"
+
+
+def host_of_incoming_key(key: str) -> str | None:
+    """The host an incoming/<incident>/<host>/... key was uploaded by; None for a key of another shape."""
+    parts = key.split("/")
+    return parts[2] if len(parts) >= 4 and parts[0] == INCOMING and parts[2] else None
+
+
+def instructions_prefix(host: str) -> str:
+    return f"{INSTRUCTIONS}/{check_name('host', host)}/"
+
+
 def instruction_key(host: str, instruction_id: str) -> str:
     return f"{INSTRUCTIONS}/{check_name('host', host)}/{check_name('instruction', instruction_id)}.json"
 
@@ -79,3 +148,11 @@ def split_key(key: str) -> tuple[str, list[str]]:
     if queue not in ALL or not rest:
         raise ValueError(f"key {key!r} is not under a known prefix")
     return queue, rest.split("/")
+
+
+def parts_of(key: str, queue: str, n: int) -> list[str]:
+    """The n non-empty parts after `queue/` of a key; ValueError for a key of any other shape."""
+    q, parts = split_key(key)
+    if q != queue or len(parts) != n or not all(parts):
+        raise ValueError(f"key {key!r} is not {queue}/" + "/".join(["…"] * n))
+    return parts

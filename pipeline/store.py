@@ -1,6 +1,6 @@
 """The two ports (object store, instruction channel) and their local-directory adapters.
 
-The S3/SQS adapters live in functions/adapters.py (boto3 is imported only there); the local ones
+The S3/SQS adapters live in adapters/aws.py (boto3 is never imported under pipeline/); the local ones
 here are the embedded default: durable on disk, a result object written last and renamed into
 place so that its presence means it is complete.
 """

@@ -432,6 +432,6 @@ def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: s
     name, records, report = read_and_parse(source, policy, fmt, progress, workers)
     used, pinfo = effective_policy(policy, policy_source, site_of(report.meta), records)
     info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
-                        skipped=report.skipped, host=str(report.meta["host"]) if report.meta.get("host") else None)
+                        skipped=report.skipped, hosts=[str(report.meta["host"])] if report.meta.get("host") else [])
     return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
                   policy_info=pinfo)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -40,10 +41,13 @@ def aws(moto_url, monkeypatch):
 
 @pytest.mark.slow
 def test_dqs_key_from_secrets_manager_is_used_and_never_shown(aws, monkeypatch):
+    from adapters.bootstrap import Cloud, secret_reader
+
+    secrets = secret_reader(Cloud(endpoint_url=os.environ["SPOOLSWEEP_ENDPOINT_URL"], region="us-east-1"))
     aws.create_secret(Name="spoolsweep/dqs", SecretString=json.dumps({"key": KEY}))
     monkeypatch.setenv("SPOOLSWEEP_SPAMHAUS_DQS_SECRET", "spoolsweep/dqs")
     with LocalDNS(ZoneResolver(_records(KEY), set(), set(), set())) as server:
-        rep = check_targets(["192.0.2.25"], server.nameserver, [DQS], timeout=1)
+        rep = check_targets(["192.0.2.25"], server.nameserver, [DQS], timeout=1, read_secret=secrets)
     (row,) = rep.results
     assert row.status is Status.listed and row.zone == "zen.dq.spamhaus.net"
     assert set(row.meanings) == {"XBL: exploited host (botnet, proxy, malware)",
@@ -51,7 +55,7 @@ def test_dqs_key_from_secrets_manager_is_used_and_never_shown(aws, monkeypatch):
     assert KEY not in rep.model_dump_json() and "<key>" in row.txt[0]
     monkeypatch.setenv("SPOOLSWEEP_SPAMHAUS_DQS_SECRET", "spoolsweep/missing")
     with pytest.raises(KeyUnavailable, match="spoolsweep/missing: ResourceNotFoundException"):
-        resolve_key("spamhaus_dqs")
+        resolve_key("spamhaus_dqs", secrets)
 
 
 def test_key_from_the_environment_and_bad_keys(monkeypatch):

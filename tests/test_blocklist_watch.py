@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from functions.watch_blocklists import STATE_KEY, watch
 from pipeline.blocklist import BlocklistReport
 from pipeline.policy import SitePolicy
+from pipeline.queues import BLOCKLIST_STATE_KEY as STATE_KEY
+from pipeline.service.blocklists import watch
 from pipeline.store import LocalStore
 from tests.support.dns_server import LocalDNS, ZoneResolver
 
@@ -29,8 +30,8 @@ def test_watch_publishes_changes_and_keeps_state(tmp_path):
 def test_a_misspelt_zone_in_the_policy_is_a_report_that_says_so(tmp_path):
     """The pipeline's blocklist step: a configuration error is written down for the console, not retried forever."""
     from console.app import _blocklist_state
-    from functions.check_blocklists import check_incident
     from pipeline import queues
+    from pipeline.service.blocklists import check_incident
 
     store = LocalStore(tmp_path / "store")
     policy = SitePolicy(server_ips=["192.0.2.25"], blocklist_zones=["zen.spamhuas.org"])

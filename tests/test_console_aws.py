@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from adapters.aws import S3Store
 from console.aws_proxy import Signer, canonical_target, create_proxy, region_of
-from functions.adapters import S3Store
 from pipeline.instructions import Approval
 from pipeline.models import Manifest
 from pipeline.queues import manifest_key
@@ -59,10 +59,10 @@ def bucket(moto_url, local_store, monkeypatch):
         monkeypatch.setenv(k, v)
     from functions import console
 
-    console.app.cache_clear()
+    console.handler.reset()
     yield {"s3": s3, "name": name, "store": S3Store(name, s3),
            "manifest": Manifest.model_validate_json((local_store / manifest_key(INCIDENT)).read_bytes())}
-    console.app.cache_clear()
+    console.handler.reset()
 
 
 def url_event(method: str, path: str, query: str = "", headers: dict | None = None, body: bytes = b"",
@@ -175,7 +175,7 @@ def test_message_drill_down_reads_the_snapshot_from_s3(bucket, monkeypatch):
     monkeypatch.setenv("SPOOLSWEEP_RAW_LIMIT_BYTES", "1000")
     from functions import console
 
-    console.app.cache_clear()
+    console.handler.reset()
     d = call("GET", f"{BASE}/messages/{x.id}")[1]
     assert d["source"] == "manifest" and d["subject"] == XSS_SUBJECTS[0] and d["body"] is None
 
@@ -194,9 +194,9 @@ def test_settings_refuse_a_short_token(bucket, monkeypatch):
     from functions.errors import SettingsError
 
     monkeypatch.setenv("SPOOLSWEEP_CONSOLE_TOKEN", "short")
-    console.app.cache_clear()
+    console.handler.reset()
     with pytest.raises(SettingsError, match="CONSOLE_TOKEN"):
-        console.app()
+        console.handler.built()
 
 
 # --- the signing proxy --------------------------------------------------------------------------
@@ -434,7 +434,7 @@ def test_cli_console_aws_prints_the_address_and_signs(stand_in, tmp_path):
 def test_split_snapshot_drill_down_downloads_little_and_keeps_within_budget(bucket, local_store, tmp_path):
     """A snapshot cut into parts: each message found in its part, a part fetched again only if evicted."""
     from console.data import CACHE_FACTOR, Incidents
-    from functions import embedded
+    from pipeline.service import incidents as embedded
 
     s3, m = bucket["s3"], bucket["manifest"]
     name = "split-" + uuid.uuid4().hex[:8]

@@ -156,9 +156,9 @@ def test_review_flip_approve(page, server, store_root):
     # the dispatch step turns the console's approval into a signed instruction on the host's channel
     from datetime import UTC, datetime
 
-    from functions import embedded
-    from functions.dispatch_approval import dispatch
     from pipeline.instructions import SignedInstruction, verify
+    from pipeline.service import incidents as embedded
+    from pipeline.service.dispatch import dispatch
     from pipeline.store import LocalChannel, LocalStore
 
     pub, kid = embedded.keys_init(store_root / "keys-test")

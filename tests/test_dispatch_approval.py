@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from functions.dispatch_approval import dispatch
-from functions.errors import PoisonEvent
 from pipeline import queues
+from pipeline.errors import PoisonEvent
 from pipeline.instructions import ApprovedMessage, approval_from_manifest, generate_keypair
 from pipeline.models import Envelope, Manifest, ManifestMessage, SnapshotInfo, Totals, Verdict
+from pipeline.service.dispatch import dispatch
 from pipeline.store import LocalChannel, LocalStore
 
 INC, HOST = "inc-disp", "mx1"
@@ -51,7 +51,7 @@ def _approval(m, sha, changes=None, aid="a1"):
 
 def test_an_honest_approval_is_signed(rig):
     store, channel, m, sha, priv = rig
-    assert "1 replay, 2 purge" in dispatch(store, channel, _put(store, _approval(m, sha)), priv, "k")
+    assert "1 replay, 2 purge" in dispatch(store, channel, _put(store, _approval(m, sha)), priv, "k").summary
     assert len(channel.receive(HOST)) == 1
 
 
@@ -96,7 +96,7 @@ def test_recorded_decisions_are_applied_and_may_continue_after_approval(rig):
     store.put(queues.decisions_key(INC), json.dumps({"campaigns": {}, "messages": {}, "log": [*ch, later]}).encode())
     a = _approval(m, sha, changes=ch)
     assert sorted(x.id for x in a.replay) == ["id0", "id1"] and [x.id for x in a.purge] == ["id2"]
-    assert "2 replay, 1 purge" in dispatch(store, channel, _put(store, a), priv, "k")
+    assert "2 replay, 1 purge" in dispatch(store, channel, _put(store, a), priv, "k").summary
 
 
 def test_an_approval_written_by_the_console_after_flips_is_signed(rig):
@@ -110,7 +110,7 @@ def test_an_approval_written_by_the_console_after_flips_is_signed(rig):
     inc.decide(INC, "message", "id0", Verdict.spam, "carol", "")
     key, new = inc.approve(INC, loaded, "carol", inc.summary(INC, loaded)["digest"])
     assert new
-    assert "2 replay, 1 purge" in dispatch(store, channel, key, priv, "k")
+    assert "2 replay, 1 purge" in dispatch(store, channel, key, priv, "k").summary
     [msg] = channel.receive(HOST)
     payload = json.loads(json.loads(msg.body)["payload"])
     assert sorted(x["id"] for x in payload["replay"]) == ["id1", "id2"] and [x["id"] for x in payload["purge"]] == [
@@ -147,4 +147,4 @@ def test_a_group_decision_and_an_undo_from_the_console_are_signed(tmp_path):
     assert inc.summary(INC, loaded)["purge"] == 3
     key, new = inc.approve(INC, loaded, "dana", inc.summary(INC, loaded)["digest"])
     assert new
-    assert "1 replay, 3 purge" in dispatch(store, channel, key, priv, "k")
+    assert "1 replay, 3 purge" in dispatch(store, channel, key, priv, "k").summary

@@ -10,7 +10,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"pipeline", "console", "functions", "agent", "spoolsweep"}
+OURS = {"pipeline", "adapters", "console", "functions", "agent", "spoolsweep"}
 
 
 def _third_party(path: Path) -> set[str]:

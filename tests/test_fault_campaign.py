@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from functions import names
+from adapters import names
 from pipeline.errors import StoreError
 from pipeline.generator import POLICY_TOML, generate, write_eml_folder
 from pipeline.instructions import Approval, Receipt, generate_keypair, instruction_from_approval, sign
@@ -75,18 +75,17 @@ class FlakyStore:
 
 
 def in_process(store: Path, work) -> None:  # type: ignore[no-untyped-def]
-    """Run `work(runner)` against the embedded default in this process (handlers configured from the environment)."""
-    from functions.embedded import configure
-    from functions.runner import LocalRunner
+    """Run `work(runner)` against the embedded default in this process (handlers given its settings)."""
+    from adapters.bootstrap import embedded_settings
+    from adapters.runtime import LocalRunner
 
     saved = dict(os.environ)
     try:
-        configure(store, 1)
-        work(LocalRunner(store, settle=0.0))
+        work(LocalRunner(store, settle=0.0, settings=embedded_settings(store, 1)))
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        from functions.runner import reset_handlers
+        from adapters.runtime import reset_handlers
 
         reset_handlers()
 

@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from functions import embedded, names
+from adapters import names
+from adapters.bootstrap import embedded_settings
+from adapters.runtime import LocalRunner, invoke, reset_handlers, s3_notification, sqs_record
 from functions.errors import PoisonEvent, SettingsError
-from functions.events import objects_in, s3_notification, sqs_record
-from functions.runner import LocalRunner, invoke
+from functions.events import objects_in
 from functions.settings import DispatchSettings, load
-from functions.shards import missing, parse_shard, shard_of
 from pipeline import queues
 from pipeline.instructions import SignedInstruction, verify
 from pipeline.models import Manifest
+from pipeline.service import incidents as embedded
+from pipeline.shards import missing, parse_shard, shard_of
 from pipeline.store import LocalChannel, LocalStore
 
 EVENTS = Path(__file__).parent / "events"
@@ -34,14 +36,16 @@ def _event(name: str) -> dict:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch, policy_file):
-    """A fresh embedded default: store dir, keys, policy, handlers configured for it."""
+    """A fresh embedded default: store dir, keys, policy; the handlers' environment set as Lambda's would be."""
     for k in ("SPOOLSWEEP_STORE", "SPOOLSWEEP_CHANNEL", "SPOOLSWEEP_ENDPOINT_URL", "SPOOLSWEEP_SIGNING_KEY_SECRET"):
         monkeypatch.delenv(k, raising=False)
     root = tmp_path / "home"
     embedded.keys_init(root)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
-    embedded.configure(root, workers=1)
+    for k, v in embedded_settings(root, workers=1).items():
+        monkeypatch.setenv(f"SPOOLSWEEP_{k.upper()}", str(v))
+    reset_handlers()
     embedded.put_policy(LocalStore(root), policy_file.read_bytes())
     yield root
     for k in ("SPOOLSWEEP_STORE", "SPOOLSWEEP_CHANNEL", "SPOOLSWEEP_SIGNING_KEY_FILE", "SPOOLSWEEP_WORKERS"):
@@ -164,13 +168,13 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     random.shuffle(events)
     assert not invoke("triage", events).failed  # one batch: duplicated and reordered
     # racing invocations (separate Lambda containers) on the write-once claim: exactly one triages
-    from functions.triage_incident import triage_incident
+    from pipeline.service.triage import triage_incident
 
     (home / queues.manifest_key("inc7")).unlink()
     (home / "state/inc7/triage.claim").unlink()
     results: list[str] = []
-    threads = [threading.Thread(target=lambda i=i: results.append(triage_incident(store, "inc7", policy, f"c{i}")))
-               for i in range(6)]
+    threads = [threading.Thread(target=lambda i=i: results.append(triage_incident(store, "inc7", policy, f"c{i}")
+                                                                  .summary)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -186,7 +190,6 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
 
 
 def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, policy, monkeypatch):
-    from functions.runner import reset_handlers
     from pipeline.triage import triage
 
     monkeypatch.setenv("SPOOLSWEEP_SPLIT_BYTES", "1000")
@@ -211,7 +214,8 @@ def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, p
 
 
 def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, policy):
-    from functions.triage_incident import claim_key, triage_incident
+    from pipeline.queues import claim_key
+    from pipeline.service.triage import triage_incident
 
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc8", "mx1", shard_size=0)
@@ -220,9 +224,9 @@ def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, pol
     # simulate: the claimant died after claiming, before writing the manifest
     claimant = (home / claim_key("inc8")).read_text()
     store_manifest.unlink()
-    assert triage_incident(store, "inc8", policy, "someone-else").startswith("skipped")
+    assert triage_incident(store, "inc8", policy, "someone-else").summary.startswith("skipped")
     assert not store_manifest.exists()
-    assert "messages" in triage_incident(store, "inc8", policy, claimant)
+    assert "messages" in triage_incident(store, "inc8", policy, claimant).summary
     assert store_manifest.exists()
 
 
@@ -250,7 +254,7 @@ def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
 
 
 def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_incident):
-    from functions.dispatch_approval import dispatch
+    from pipeline.service.dispatch import dispatch
 
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc12", "mx1", shard_size=0)
@@ -258,7 +262,7 @@ def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_inci
     key, approval, _ = embedded.approve(store, "inc12", by="dave")
     channel = LocalChannel(home / "channel")
     pem = (home / "keys/signing.pem").read_bytes()
-    results = {dispatch(store, channel, key, pem, "k1", budget=40_000) for _ in range(2)}  # 2nd: a duplicate
+    results = {dispatch(store, channel, key, pem, "k1", budget=40_000).summary for _ in range(2)}  # 2nd: a duplicate
     [result] = results
     n = int(result.split(" in ")[1].split(" part")[0])
     msgs = channel.receive("mx1", max_messages=100)
@@ -325,7 +329,7 @@ def test_cli_upload_up_approve(tmp_path, small_incident, policy_file):
 @pytest.mark.slow
 def test_logs_and_metrics_are_powertools_json(tmp_path):
     """Run a handler as Lambda would (a fresh process) and read what it prints: JSON logs and EMF metrics."""
-    code = ("from functions.runner import invoke; from functions.events import sqs_record; "
+    code = ("from adapters.runtime import invoke, sqs_record; "
             "print('OUTCOME', invoke('parse', [sqs_record('not json', 'q', message_id='p-1')]).failed)")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SPOOLSWEEP_STORE": str(tmp_path),
            "POWERTOOLS_METRICS_DISABLED": "false", "POWERTOOLS_TRACE_DISABLED": "true"}
@@ -363,18 +367,18 @@ def test_a_handler_that_dies_half_way_is_retried_and_completes(home, small_incid
                 raise OSError("killed after the write-once copy, before the send")
             return ok
 
-    s, _ = parse_snapshot.deps()
-    monkeypatch.setattr(parse_snapshot, "deps", lambda: (s, Dies(home)))
+    monkeypatch.setattr(parse_snapshot, "build_store", lambda url, cloud: Dies(home))
+    parse_snapshot.handler.reset()
     rec = _rec(home, key, "p1")
     assert "killed" in invoke("parse", [rec]).failed["p1"]
     assert not store.exists("parsed/crash/mx1.small.jsonl.zst")
     assert invoke("parse", [rec]).done == ["p1"]
     LocalRunner(home, settle=0).run_until_idle()
-    akey, approval, _ = embedded.approve(store, "crash", by="fay")
+    akey = embedded.approve(store, "crash", by="fay").key
 
-    d = dispatch_approval.deps()
     Dies.armed = True
-    monkeypatch.setattr(dispatch_approval, "deps", lambda: (d[0], Dies(home), *d[2:]))
+    monkeypatch.setattr(dispatch_approval, "build_store", lambda url, cloud: Dies(home))
+    dispatch_approval.handler.reset()
     arec = _rec(home, akey, "d1")
     assert "killed" in invoke("dispatch", [arec]).failed["d1"]
     channel = LocalChannel(home / "channel")

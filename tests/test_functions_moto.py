@@ -16,14 +16,15 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from functions import embedded, names
-from functions.adapters import S3Store, SqsChannel
+from adapters import names
+from adapters.aws import S3Store, SqsChannel
+from adapters.runtime import SqsRunner, reset_handlers
 from functions.provision import provision
-from functions.runner import SqsRunner, reset_handlers
 from pipeline import queues
 from pipeline.errors import StoreError
 from pipeline.instructions import SignedInstruction, verify
 from pipeline.models import Manifest
+from pipeline.service import incidents as embedded
 
 HOST = "mx1"
 BUCKET = "spoolsweep-test-evidence"
@@ -156,7 +157,7 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
     twins = [r | {"messageId": r["messageId"] + "-dup"} for r in batch]
     out = runner.deliver("parse", batch)
     assert not out.failed
-    from functions.runner import invoke
+    from adapters.runtime import invoke
 
     assert not invoke("parse", twins).failed  # duplicates: already parsed, same objects
 
@@ -167,7 +168,7 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
                                       VisibilityTimeout=0)
     runner.run_until_idle(quiet_rounds=2)
     manifest = Manifest.model_validate_json(store.get(queues.manifest_key("e2e")))
-    assert manifest.totals.messages == 1500 and manifest.snapshot.host == HOST
+    assert manifest.totals.messages == 1500 and manifest.snapshot.hosts == [HOST]
     assert store.exists(queues.blocklist_key("e2e"))
     versions = s3.list_object_versions(Bucket=stack["bucket"], Prefix=queues.manifest_key("e2e"))["Versions"]
     assert len(versions) == 1  # triage ran once although every shard event came at least twice

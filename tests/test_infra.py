@@ -1,4 +1,4 @@
-"""infra/ and localstack/ stay in lockstep with functions/names.py, and the SAM template lints clean."""
+"""infra/ and localstack/ stay in lockstep with adapters/names.py, and the SAM template lints clean."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from functions import names
+from adapters import names
 from tests.support.moto import moto_server
 
 ROOT = Path(__file__).resolve().parent.parent

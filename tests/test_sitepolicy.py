@@ -100,8 +100,8 @@ def test_shards_keep_the_snapshots_mta_and_site(tmp_path) -> None:
     from agent.mta.pickup import PickupQueue
     from agent.take import take
     from agent.upload import parse_destination
-    from functions.shards import split_snapshot
     from pipeline.policy import Limits
+    from pipeline.shards import split_snapshot
 
     q = tmp_path / "Queue"
     q.mkdir()

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -132,20 +132,21 @@ def query_name(target: str, zone: str) -> str:
     return f"{rev}.{zone}."
 
 
-def resolve_key(name: str) -> str | None:
-    """SPOOLSWEEP_<NAME>_KEY, or the secret named by SPOOLSWEEP_<NAME>_SECRET (Secrets Manager); never printed."""
+ReadSecret = Callable[[str], str]  # a secret's value by id (Secrets Manager: adapters.bootstrap.secret_reader)
+
+
+def resolve_key(name: str, read_secret: ReadSecret | None = None) -> str | None:
+    """SPOOLSWEEP_<NAME>_KEY, or the secret named by SPOOLSWEEP_<NAME>_SECRET, read with read_secret; never printed."""
     var = f"SPOOLSWEEP_{name.upper()}"
     value = os.environ.get(f"{var}_KEY", "").strip()
     if not value and (secret := os.environ.get(f"{var}_SECRET", "").strip()):
+        if read_secret is None:
+            raise KeyUnavailable(f"{var}_SECRET is set, but this command reads no secrets store")
         try:
-            import boto3
-            from botocore.exceptions import BotoCoreError, ClientError
-        except ImportError:
-            raise KeyUnavailable(f"{var}_SECRET needs boto3 (pip install 'spoolsweep[aws]')") from None
-        try:
-            client = boto3.client("secretsmanager", endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL") or None)
-            value = client.get_secret_value(SecretId=secret)["SecretString"].strip()
-        except (BotoCoreError, ClientError, KeyError) as e:
+            value = read_secret(secret).strip()
+        except SpoolsweepError as e:
+            raise KeyUnavailable(f"{var}_SECRET={secret}: {e}") from None
+        except Exception as e:  # whatever the store raises, the message names the secret, never its value
             raise KeyUnavailable(f"{var}_SECRET={secret}: {type(e).__name__}") from None
         if value.startswith("{"):  # a JSON secret: {"key": "..."}
             try:
@@ -208,7 +209,8 @@ def interpret(zone: Zone, addrs: Iterable[str]) -> Reading:
 
 class Checker:
     def __init__(self, nameserver: str | None = None, timeout: float = 2.0, retries: int = 1,
-                 concurrency: int = 64) -> None:
+                 concurrency: int = 64, read_secret: ReadSecret | None = None) -> None:
+        self.read_secret = read_secret
         if nameserver:
             host, port = parse_nameserver(nameserver)
             self.resolver = dns.asyncresolver.Resolver(configure=False)
@@ -240,7 +242,7 @@ class Checker:
         if zone.key is None:
             return zone.zone
         if zone.key not in self.keys:
-            key = resolve_key(zone.key)
+            key = resolve_key(zone.key, self.read_secret)
             if key is None:
                 return None
             self.keys[zone.key] = key
@@ -367,7 +369,7 @@ async def _run(targets: Sequence[str], zones: Sequence[Zone], checker: Checker, 
 
 
 def check_targets(targets: Iterable[str], nameserver: str | None = None, zones: Sequence[Zone] | None = None,
-                  timeout: float = 2.0, chosen: bool = False) -> BlocklistReport:
+                  timeout: float = 2.0, chosen: bool = False, read_secret: ReadSecret | None = None) -> BlocklistReport:
     """Check IPv4/IPv6 addresses and domains against the catalogue (or the given zones).
 
     chosen: the zones were named by the admin (policy blocklist_zones), so a keyed zone without its key
@@ -375,14 +377,15 @@ def check_targets(targets: Iterable[str], nameserver: str | None = None, zones: 
     """
     tlist = list(dict.fromkeys(t.strip().lower().rstrip(".") for t in targets if t.strip()))
     zlist = list(zones if zones is not None else load_catalogue())
-    return asyncio.run(_run(tlist, zlist, Checker(nameserver, timeout=timeout), chosen))
+    return asyncio.run(_run(tlist, zlist, Checker(nameserver, timeout=timeout, read_secret=read_secret), chosen))
 
 
-def check_policy(policy: SitePolicy, nameserver: str | None = None, timeout: float = 2.0) -> BlocklistReport:
+def check_policy(policy: SitePolicy, nameserver: str | None = None, timeout: float = 2.0,
+                 read_secret: ReadSecret | None = None) -> BlocklistReport:
     """The site's own addresses, HELO names and domains, against the policy's zones or the catalogue."""
     zones = select_zones(load_catalogue(), policy.blocklist_zones)
     return check_targets([*policy.server_ips, *policy.server_names, *policy.local_domains], nameserver, zones,
-                         timeout, chosen=policy.blocklist_zones is not None)
+                         timeout, chosen=policy.blocklist_zones is not None, read_secret=read_secret)
 
 
 async def _check_catalogue(zones: Sequence[Zone], checker: Checker) -> list[ZoneHealth]:
@@ -391,6 +394,7 @@ async def _check_catalogue(zones: Sequence[Zone], checker: Checker) -> list[Zone
     return list(await asyncio.gather(*(checker.health(z, fam) for z, fam in pairs)))
 
 
-def check_catalogue(zones: Sequence[Zone], nameserver: str, timeout: float = 2.0) -> list[ZoneHealth]:
+def check_catalogue(zones: Sequence[Zone], nameserver: str, timeout: float = 2.0,
+                    read_secret: ReadSecret | None = None) -> list[ZoneHealth]:
     """Every live zone's test entries, per address family, through the resolver the admin names."""
-    return asyncio.run(_check_catalogue(zones, Checker(nameserver, timeout=timeout)))
+    return asyncio.run(_check_catalogue(zones, Checker(nameserver, timeout=timeout, read_secret=read_secret)))

@@ -6,11 +6,14 @@ import logging
 import re
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from spoolsweep.console_out import err, fail, out, progress_bar
+
+if TYPE_CHECKING:
+    from pipeline.store import Channel, Store
 
 agent_app = typer.Typer(no_args_is_help=True, help="On the mail host: freeze and snapshot the queue, replay what "
                                                     "was approved.")
@@ -171,7 +174,7 @@ def run(
         h = _host(host)
         _logging(state_dir, verbose)
         quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
-        st, ch = _store(store), _channel(channel or str(Path(store) / "channel"), visibility)
+        st, ch = _store(store), _channel(channel or "", store, visibility)
         queue = make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config, sendmail, sendmail_config)
         agent = Agent(host=h, queue=queue, store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
@@ -194,25 +197,16 @@ def run(
                       highlight=False)
 
 
-def _store(spec: str):  # type: ignore[no-untyped-def]
-    if spec.startswith("s3://"):
-        from functions.adapters import S3Store  # boto3 only when asked for
+def _store(spec: str) -> Store:
+    from adapters.bootstrap import build_store, cloud_from_env
 
-        return S3Store(spec.removeprefix("s3://").strip("/"))
-    from pipeline.store import LocalStore
-
-    return LocalStore(spec)
+    return build_store(spec, cloud_from_env())  # boto3 only for s3://
 
 
-def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
-    if spec == "sqs" or spec.startswith("sqs://"):
-        from functions.adapters import SqsChannel
+def _channel(spec: str, store: str, visibility: float) -> Channel:
+    from adapters.bootstrap import build_channel, cloud_from_env
 
-        prefix = spec.removeprefix("sqs://").removeprefix("sqs").strip("/")
-        return SqsChannel(prefix=prefix) if prefix else SqsChannel()
-    from pipeline.store import LocalChannel
-
-    return LocalChannel(spec, visibility_timeout=visibility)
+    return build_channel(spec, store, cloud_from_env(), visibility)
 
 
 @agent_app.command()

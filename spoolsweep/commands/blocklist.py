@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -70,7 +71,7 @@ def blocklist(
     while True:
         try:
             report = check_targets(names, nameserver, zones, timeout=timeout,
-                                   chosen=pol is not None and pol.blocklist_zones is not None)
+                                   chosen=pol is not None and pol.blocklist_zones is not None, read_secret=_secrets())
         except (BadNameserver, KeyUnavailable) as e:
             _die(str(e), 2)
         except ResolverUnreachable as e:
@@ -110,7 +111,7 @@ def _check_catalogue(zones, nameserver, timeout, json_out, catalogue, write_to) 
     if not nameserver:
         _die("--check-catalogue needs --nameserver: the resolver whose view of the lists you want checked", 2)
     try:
-        health = run(zones, nameserver, timeout=timeout)
+        health = run(zones, nameserver, timeout=timeout, read_secret=_secrets())
     except (BadNameserver, KeyUnavailable) as e:
         _die(str(e), 2)
     except ResolverUnreachable as e:
@@ -180,3 +181,10 @@ def _table(report) -> None:  # type: ignore[no-untyped-def]
     for h in report.zones:
         fam = f" ({h.family})" if h.family else ""
         err.print(f"[dim]zone {h.zone}{fam} not used: {h.why}[/]", highlight=False)
+
+
+def _secrets() -> Callable[[str], str]:
+    """Keys named by SPOOLSWEEP_<ZONE>_SECRET, read from Secrets Manager (SPOOLSWEEP_ENDPOINT_URL: moto, LocalStack)."""
+    from adapters.bootstrap import cloud_from_env, secret_reader
+
+    return secret_reader(cloud_from_env())

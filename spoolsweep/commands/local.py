@@ -6,11 +6,15 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from spoolsweep.console_out import err, fail, out
+
+if TYPE_CHECKING:
+    from adapters.bootstrap import Cloud
+    from pipeline.store import Store
 
 StoreOpt = Annotated[str, typer.Option("--store", envvar="SPOOLSWEEP_HOME",
                                        help="the store: a directory (embedded default) or s3://bucket")]
@@ -26,11 +30,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
 
 
-def _store(store: str):  # type: ignore[no-untyped-def]
-    from functions.root import build_store
-    from functions.settings import Common
+def _cloud() -> Cloud:
+    from adapters.bootstrap import cloud_from_env
 
-    return build_store(Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL")))
+    return cloud_from_env(region="us-east-1")  # as the functions' settings default
+
+
+def _store(store: str) -> Store:
+    from adapters.bootstrap import build_store
+
+    return build_store(store, _cloud())
 
 
 def up(
@@ -50,12 +59,12 @@ def up(
     Each new object gets the event S3 and SQS would send, handed to the same Lambda handlers;
     what is done is journaled in STORE/.runner/, so a restart resumes where it stopped.
     """
-    from functions.embedded import configure, key_paths, keys_init, put_policy
-    from functions.runner import LocalRunner
+    from adapters.bootstrap import embedded_settings
+    from adapters.runtime import LocalRunner
     from pipeline.errors import SpoolsweepError
+    from pipeline.service.incidents import key_paths, keys_init, put_policy
 
     root = Path(store)
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     serving = not once if console is None else console
     if store.startswith("s3://"):
         server = _console(_store(store), console_port) if serving else None
@@ -75,14 +84,14 @@ def up(
         if not key_paths(root)[0].exists():
             pub, kid = keys_init(root)
             err.print(f"new signing key {kid}; agents verify with {pub}")
-        configure(root, workers)
     except (SpoolsweepError, OSError) as e:
         fail(str(e))
 
     def show(step: str, key: str, result: str) -> None:
         out.print(f"{step:<9} {key}  [{'green' if result == 'ok' else 'red'}]{result}[/]", highlight=False)
 
-    runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show)
+    runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show,
+                         settings=embedded_settings(root, workers))
     server = _console(root, console_port) if serving else None
     if once:
         runner.run_until_idle()
@@ -115,20 +124,18 @@ def _console(data: object, port: int):  # type: ignore[no-untyped-def]
 
 def _up_on_queues(store: str, once: bool, interval: float, steps: list[str]) -> None:
     """The same handlers fed from the stack's SQS queues (LocalStack, or AWS without Lambda)."""
-    from functions import names
-    from functions.adapters import client
-    from functions.runner import SqsRunner, reset_handlers
-    from functions.settings import Common
+    from adapters import names
+    from adapters.aws import client
+    from adapters.runtime import SqsRunner
 
-    os.environ.update({"SPOOLSWEEP_STORE": store, "SPOOLSWEEP_CHANNEL": "sqs://"})
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    reset_handlers()
-    s = Common(store=store, endpoint_url=os.environ.get("SPOOLSWEEP_ENDPOINT_URL"))
+    cloud = _cloud()
     unknown = set(steps) - set(names.STEPS)
     if unknown:
         fail(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(names.STEPS)}")
-    runner = SqsRunner(client("sqs", s.endpoint_url, s.region), prefix=s.name_prefix, region=s.region, steps=steps)
-    err.print(f"polling {', '.join(names.event_queue(x, s.name_prefix) for x in runner.steps)} for {store} "
+    runner = SqsRunner(client("sqs", cloud.endpoint_url, cloud.region), prefix=cloud.name_prefix,
+                       region=cloud.region or "us-east-1", steps=steps,
+                       settings={"store": store, "channel": "sqs://", "endpoint_url": cloud.endpoint_url})
+    err.print(f"polling {', '.join(names.event_queue(x, cloud.name_prefix) for x in runner.steps)} for {store} "
               "(Ctrl-C to stop)")
     try:
         while True:
@@ -149,8 +156,8 @@ def upload(
     shard_size: Annotated[int, typer.Option(help="messages per shard; 0 uploads the file as it is")] = 20000,
 ) -> None:
     """Put a snapshot into the store's incoming/ (cut into shards that parse in parallel)."""
-    from functions.embedded import upload as put
     from pipeline.errors import SpoolsweepError
+    from pipeline.service.incidents import upload as put
 
     try:
         keys = put(_store(store), file, incident, host, shard_size)
@@ -169,15 +176,16 @@ def approve(
     store: StoreOpt = _DEFAULT,
 ) -> None:
     """Approve the manifest: valid mail is replayed, spam purged, review held; written once, never changed."""
-    from functions.embedded import approve as write
     from pipeline.errors import SpoolsweepError
+    from pipeline.service.incidents import approve as write
 
     try:
-        key, a, new = write(_store(store), incident, by, host)
+        done = write(_store(store), incident, by, host)
     except (SpoolsweepError, ValueError) as e:
         fail(str(e))
         return
-    out.print(f"{'approved' if new else 'already approved'}: {key}", highlight=False)
+    key, a = done.key, done.approval
+    out.print(f"{'approved' if done.new else 'already approved'}: {key}", highlight=False)
     out.print(f"replay {len(a.replay):,}  purge {len(a.purge):,}  hold {len(a.hold):,}  host {a.host}  "
               f"by {a.approved_by}", highlight=False)
 
@@ -188,8 +196,8 @@ def keys_init(
     force: Annotated[bool, typer.Option("--force", help="replace an existing key")] = False,
 ) -> None:
     """Create STORE/keys/signing.pem (0600) and signing.pub.pem, the key agents verify instructions with."""
-    from functions.embedded import keys_init as make
     from pipeline.errors import SpoolsweepError
+    from pipeline.service.incidents import keys_init as make
 
     try:
         pub, kid = make(Path(store), force=force)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -192,11 +191,11 @@ def _blocklist_dns(st: Story) -> Iterator[None]:
     policy.write_text(policy.read_text() + f"blocklist_zones = {list(DEMO_ZONES)!r}\n".replace("'", '"'))
     with LocalDNS(ZoneResolver(dict(DEMO_LISTED), set(), set(), set())) as dns:
         say(f"   blocklist zones {', '.join(DEMO_ZONES)} served by a DNS fixture on {dns.nameserver}")
-        os.environ["SPOOLSWEEP_NAMESERVER"] = dns.nameserver  # read by the blocklist function's settings
+        st.env["SPOOLSWEEP_NAMESERVER"] = dns.nameserver  # the blocklist function's setting, for `spoolsweep up`
         try:
             yield
         finally:
-            os.environ.pop("SPOOLSWEEP_NAMESERVER", None)
+            st.env.pop("SPOOLSWEEP_NAMESERVER", None)
 
 
 def _say_blocklists(st: Story) -> None:

@@ -47,6 +47,7 @@ class Story:
     say: Say
     python: str = sys.executable
     commands: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # settings for the `spoolsweep` commands run (their environment)
 
     @property
     def store(self) -> Path:
@@ -61,7 +62,7 @@ class Story:
         shown = "spoolsweep " + " ".join(args)
         self.commands.append(shown)
         self.say(f"   [dim]$ {shown}[/]")
-        env = {**os.environ, "COLUMNS": "120", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "COLUMNS": "120", "POWERTOOLS_LOG_LEVEL": "WARNING", **self.env}
         cp = subprocess.run([self.python, "-m", "spoolsweep", *args], capture_output=True, text=True, env=env,
                             timeout=900, check=False)
         for line in (cp.stdout + cp.stderr).splitlines():

@@ -1,4 +1,4 @@
-"""The S3 and SQS adapters of pipeline/store.py's Store and Channel ports; the only place boto3 is imported."""
+"""The S3 and SQS adapters of pipeline/store.py's ports; every S3, SQS and Secrets Manager client is made here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from functions import names
+from adapters import names
 from pipeline.errors import StoreError
 from pipeline.store import ChannelMessage
 
@@ -97,7 +97,7 @@ class S3Store:
 
 
 class SqsChannel:
-    """One FIFO queue per host (functions/names.py names it); the dedup id makes a resend a no-op for 5 minutes."""
+    """One FIFO queue per host (adapters/names.py names it); the dedup id makes a resend a no-op for 5 minutes."""
 
     def __init__(self, sqs: Any = None, prefix: str = names.PREFIX) -> None:
         self.sqs = sqs or client("sqs")

@@ -2,7 +2,8 @@
 
 A shard is uploaded as incoming/<incident>/<host>/<base>.part-0003-of-0010.tar.zst; a file without the
 part suffix is a shard of one. The name alone says how many parts there are, so the fan-in needs no
-plan object that could arrive after its shards.
+plan object that could arrive after its shards. A parsed shard's metadata is a ShardMeta, written by the
+parse use case before the records and read by triage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.archive import ArchiveReport
 from pipeline.models import IndexEntry
@@ -35,6 +37,26 @@ class ShardName:
     group: str
     part: int
     parts: int
+
+
+class ShardMeta(BaseModel):
+    """What triage needs of a parsed shard besides its records (state/<incident>/shards/<shard>.json)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    incident: str
+    host: str
+    source: str = Field(description="the incoming/ key the shard was parsed from")
+    shard: str
+    part: int
+    parts: int
+    format: str = Field(description="the queue format read, or 'unreadable'")
+    sha256: str | None = None
+    members_read: int = 0
+    messages: int = 0
+    skipped: list[str] = Field(default_factory=list)
+    defects: list[str] = Field(default_factory=list)
+    site: dict | None = Field(None, description="the MTA configuration the agent recorded, with its host")
 
 
 def stem(filename: str) -> str:

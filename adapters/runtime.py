@@ -1,4 +1,7 @@
-"""Runtimes that feed the handlers the event JSON Lambda would: from a store directory, or from SQS queues.
+"""Local runtimes that feed the Lambda handlers the event JSON Lambda would: from a store directory, or SQS.
+
+Like Lambda itself, a runtime finds a step's handler by the module name adapters/names.py gives it
+(the template names the same), and hands it settings as values: `LocalRunner(root, settings={...})`.
 
 LocalRunner is the embedded default's engine: it watches the store's trigger prefixes, turns every
 new object into the S3-notification-in-an-SQS-record that AWS would deliver, and calls the step's
@@ -14,18 +17,59 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from functions import names
-from functions.events import s3_notification, sqs_record
+from adapters import names
 from pipeline.manifest_io import atomic_write
 
 Handler = Callable[[dict, Any], dict]
+# what a runtime on a terminal wants unless told otherwise: each step's result is shown by the runner, and
+# there is no CloudWatch to read metrics (EMF lines on stdout) from
+QUIET: dict[str, object] = {"log_level": "WARNING", "metrics": False}
+
+
+def s3_notification(bucket: str, key: str, size: int, etag: str, region: str = "local",
+                    when: datetime | None = None) -> dict:
+    """The notification S3 would send for a new object (AWS's full shape, key encoded as AWS does)."""
+    when = when or datetime.now(UTC)
+    seq = hashlib.sha256(f"{key}\n{etag}".encode()).hexdigest()[:16].upper()
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": region,
+        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "spoolsweep-local"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": seq, "x-amz-id-2": seq},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "spoolsweep-local",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "spoolsweep-local"},
+                          "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": seq}},
+    }]}
+
+
+def sqs_record(body: str, queue: str, message_id: str | None = None, receive_count: int = 1,
+               region: str = "local") -> dict:
+    """One record of the event Lambda's SQS poller hands a function."""
+    now = str(int(datetime.now(UTC).timestamp() * 1000))
+    return {
+        "messageId": message_id or str(uuid.uuid4()),
+        "receiptHandle": message_id or str(uuid.uuid4()),
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": now,
+                       "SenderId": "spoolsweep-local", "ApproximateFirstReceiveTimestamp": now},
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{region}:000000000000:{queue}",
+        "awsRegion": region,
+    }
 
 
 @dataclass
@@ -42,15 +86,17 @@ class LocalContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
-def handler_for(step: str) -> Handler:
-    return importlib.import_module(names.STEPS[step][1]).handler
+def handler_for(step: str, settings: Mapping[str, object] | None = None) -> Handler:
+    """A step's handler: the module's own (settings from the environment, as in Lambda), or one built with
+    these settings (values win over the environment; nothing is written to it)."""
+    entry = importlib.import_module(names.STEPS[step][1]).handler
+    return entry.configured(**settings) if settings else entry
 
 
 def reset_handlers() -> None:
     """Forget every handler's cold-start state (settings, clients), as a new Lambda container would."""
     for _, mod in names.STEPS.values():
-        m = importlib.import_module(mod)
-        m.deps.cache_clear()
+        importlib.import_module(mod).handler.reset()
 
 
 @dataclass
@@ -68,7 +114,8 @@ def invoke(step: str, records: list[dict], handler: Handler | None = None) -> Ou
         failed_ids = [f["itemIdentifier"] for f in resp.get("batchItemFailures", [])]
     except BatchProcessingError:
         failed_ids = [r["messageId"] for r in records]
-    proc = getattr(handler, "processor", None)
+    built = getattr(handler, "built", None)  # a module's handler, built at its cold start
+    proc = getattr(built() if callable(built) else handler, "processor", None)
     reasons: dict[str, str] = {}
     if proc is not None:
         for rec, exc in zip(proc.fail_messages, proc.exceptions, strict=False):
@@ -94,8 +141,11 @@ class LocalRunner:
     """Watches a store directory and drives new objects through the handlers, durably."""
 
     def __init__(self, root: Path, bucket: str = "spoolsweep-local", settle: float = 0.5, batch_size: int = 10,
-                 max_receives: int = names.MAX_RECEIVES, on_result: Callable[[str, str, str], None] | None = None):
+                 max_receives: int = names.MAX_RECEIVES, on_result: Callable[[str, str, str], None] | None = None,
+                 settings: Mapping[str, object] | None = None):
         self.root = Path(root)
+        self.settings = {**QUIET, **(settings or {})}
+        self._handlers: dict[str, Handler] = {}
         self.bucket = bucket
         self.settle = settle
         self.batch_size = batch_size
@@ -109,6 +159,11 @@ class LocalRunner:
             self.done = {json.loads(line)["id"] for line in self.journal.read_text().splitlines() if line.strip()}
         self.attempts: dict[str, int] = {}
         self.timings: dict[str, float] = {}
+
+    def handler(self, step: str) -> Handler:
+        if step not in self._handlers:
+            self._handlers[step] = handler_for(step, self.settings)
+        return self._handlers[step]
 
     def dead(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted((self.state / "dlq").glob("*/*.json"))]
@@ -146,7 +201,7 @@ class LocalRunner:
     def deliver(self, step: str, records: list[dict]) -> Outcome:
         """Hand one batch to a step; journal the successes, count the failures, dead-letter the hopeless."""
         t0 = time.perf_counter()
-        out = invoke(step, records)
+        out = invoke(step, records, self.handler(step))
         self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - t0
         with open(self.journal, "a", encoding="utf-8") as fh:
             for mid in out.done:
@@ -189,12 +244,19 @@ class SqsRunner:
     """Polls each step's SQS queue and hands the messages to the handler, as Lambda's event source mapping does."""
 
     def __init__(self, sqs: Any, prefix: str = names.PREFIX, region: str = "us-east-1",
-                 steps: Iterable[str] = ()) -> None:
+                 steps: Iterable[str] = (), settings: Mapping[str, object] | None = None) -> None:
         self.sqs = sqs
+        self.settings = {**QUIET, **(settings or {})}
+        self._handlers: dict[str, Handler] = {}
         self.prefix = prefix
         self.region = region
         self.steps = [s for s in names.STEPS if s in set(steps)] if steps else list(names.STEPS)
         self.urls = {s: sqs.get_queue_url(QueueName=names.event_queue(s, prefix))["QueueUrl"] for s in self.steps}
+
+    def handler(self, step: str) -> Handler:
+        if step not in self._handlers:
+            self._handlers[step] = handler_for(step, self.settings)
+        return self._handlers[step]
 
     def _lambda_record(self, step: str, m: dict) -> dict:
         rec = sqs_record(m["Body"], names.event_queue(step, self.prefix), message_id=m["MessageId"],
@@ -210,7 +272,7 @@ class SqsRunner:
 
     def deliver(self, step: str, records: Iterable[dict]) -> Outcome:
         records = list(records)
-        out = invoke(step, records)
+        out = invoke(step, records, self.handler(step))
         handles = {r["messageId"]: r["receiptHandle"] for r in records}
         for mid in out.done:
             self.sqs.delete_message(QueueUrl=self.urls[step], ReceiptHandle=handles[mid])

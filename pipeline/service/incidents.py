@@ -1,0 +1,123 @@
+"""Use cases around an incident's store: the site policy, uploading a snapshot, approving, the signing key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from pipeline import queues
+from pipeline.errors import PolicyError, SpoolsweepError, StoreError
+from pipeline.instructions import Approval, approval_from_manifest, approval_id, generate_keypair, key_id_of
+from pipeline.models import Manifest, Verdict
+from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
+from pipeline.shards import split_snapshot
+from pipeline.store import Store
+
+
+class AlreadyExists(SpoolsweepError):
+    """It already exists and is never overwritten:"""
+
+
+class Approved(NamedTuple):
+    key: str
+    approval: Approval
+    new: bool  # False: the same approval was already written
+
+
+def load_site_policy(store: Store, key: str = queues.POLICY_KEY) -> SitePolicy:
+    """The site policy kept in the store; the built-in default (everything unknown is review) if there is none."""
+    if not store.exists(key):
+        return SitePolicy()
+    try:
+        return policy_from_dict(tomllib.loads(store.get(key).decode("utf-8-sig")), source=key)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{key}: not TOML: {e}") from None
+
+
+def put_policy(store: Store, policy_toml: bytes, key: str = queues.POLICY_KEY) -> None:
+    """Keep a site policy in the store, refusing a bad one here rather than at triage."""
+    try:
+        text = policy_toml.decode("utf-8-sig")  # a byte-order mark is not part of the TOML
+    except UnicodeDecodeError:
+        raise PolicyError("policy: not UTF-8 text; save it as UTF-8") from None
+    policy_from_toml(text, source="policy")
+    store.put(key, text.encode())
+
+
+def upload(store: Store, source: Path, incident: str, host: str, shard_size: int = 20000,
+           policy: SitePolicy | None = None) -> list[str]:
+    """Put a snapshot under incoming/, cut into shards of shard_size messages (0: as it is); the keys."""
+    queues.check_name("incident", incident)
+    queues.check_name("host", host)
+    if shard_size <= 0:
+        if not source.is_file():
+            raise StoreError(f"{source}: only a file can be uploaded whole; give a shard size for a folder")
+        key = queues.incoming_key(incident, host, source.name)
+        store.put(key, source.read_bytes())
+        return [key]
+    keys = []
+    with tempfile.TemporaryDirectory(prefix="spoolsweep-upload-") as tmp:
+        for part in split_snapshot(source, Path(tmp), host, shard_size, (policy or SitePolicy()).limits):
+            key = queues.incoming_key(incident, host, part.name)
+            store.put(key, part.read_bytes())
+            keys.append(key)
+    return keys
+
+
+def approve(store: Store, incident: str, by: str, host: str | None = None, now: datetime | None = None,
+            overrides: dict[str, Verdict] | None = None, changes: list[dict] | None = None) -> Approved:
+    """Write the approval of an incident's current manifest once."""
+    mkey = queues.manifest_key(incident)
+    data = store.get(mkey)
+    manifest = Manifest.model_validate_json(data)
+    if host is None:
+        hosts = manifest.snapshot.hosts
+        if len(hosts) != 1:
+            raise StoreError(f"{mkey} names hosts {hosts or 'none'}; say which with --host")
+        host = hosts[0]
+    return write_approval(store, incident, manifest, hashlib.sha256(data).hexdigest(), host, by,
+                          now or datetime.now(UTC), overrides, changes)
+
+
+def write_approval(store: Store, incident: str, manifest: Manifest, manifest_sha256: str, host: str, by: str,
+                   now: datetime, overrides: dict[str, Verdict] | None = None,
+                   changes: list[dict] | None = None) -> Approved:
+    """The approval object, written once under its deterministic key (a second writer reads the first's)."""
+    aid = approval_id(manifest_sha256, host, by)
+    approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,
+                                      overrides=overrides)
+    key = queues.approval_key(incident, aid)
+    if store.exists(key):
+        return Approved(key, Approval.model_validate_json(store.get(key)), False)
+    if store.put_if_absent(key, approval.model_dump_json(indent=1).encode()):
+        return Approved(key, approval, True)
+    return Approved(key, Approval.model_validate_json(store.get(key)), False)
+
+
+def key_paths(root: Path) -> tuple[Path, Path]:
+    """Where the embedded default keeps its signing key pair: <root>/keys/signing.pem and signing.pub.pem."""
+    return root / "keys" / "signing.pem", root / "keys" / "signing.pub.pem"
+
+
+def keys_init(root: Path, force: bool = False) -> tuple[Path, str]:
+    """Create the signing key pair (private key 0600); (public key path, key id)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    priv_path, pub_path = key_paths(root)
+    if priv_path.exists() and not force:
+        raise AlreadyExists(str(priv_path))
+    priv, pub = generate_keypair()
+    priv_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(priv_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(priv)
+    os.replace(priv_path.with_suffix(".tmp"), priv_path)
+    pub_path.write_bytes(pub)
+    raw = load_pem_public_key(pub).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return pub_path, key_id_of(raw)
