@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from console.data import RAW_LIMIT, Incidents, Loaded, message_row, message_view
 from console.fields import Who
@@ -61,7 +61,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        async def wrapped(message: dict[str, Any]) -> None:
+        async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] += [(k.encode(), v.encode()) for k, v in HEADERS.items()]

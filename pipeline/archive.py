@@ -46,7 +46,7 @@ class ArchiveReport:
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
-    meta: dict = field(default_factory=dict)  # a canonical snapshot's spoolsweep-snapshot.json (mta, host, site)
+    meta: dict[str, Any] = field(default_factory=dict)  # a canonical snapshot's spoolsweep-snapshot.json
 
 
 def unsafe_name(name: str) -> str | None:
@@ -71,7 +71,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b):  # noqa: ANN001 - io.RawIOBase's signature
+    def readinto(self, b: Any) -> int:  # io.RawIOBase's signature: any writable buffer
         data = self.raw.read(len(b))
         n = len(data)
         b[:n] = data

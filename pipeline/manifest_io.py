@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pipeline.models import Manifest
 
@@ -39,5 +40,5 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.model_validate(json.loads(Path(path).read_bytes()))
 
 
-def manifest_schema() -> dict:
+def manifest_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()

@@ -7,6 +7,7 @@ import ipaddress
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -176,7 +177,7 @@ def policy_from_toml(text: str, source: str = "policy") -> SitePolicy:
     return policy_from_dict(data, source=source)
 
 
-def policy_from_dict(data: dict, source: str = "policy") -> SitePolicy:
+def policy_from_dict(data: dict[str, Any], source: str = "policy") -> SitePolicy:
     try:
         return SitePolicy.model_validate(data)
     except ValidationError as e:

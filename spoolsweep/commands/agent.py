@@ -194,7 +194,7 @@ def run(
                       highlight=False)
 
 
-def _store(spec: str):  # type: ignore[no-untyped-def]
+def _store(spec: str):
     if spec.startswith("s3://"):
         from functions.adapters import S3Store  # boto3 only when asked for
 
@@ -204,7 +204,7 @@ def _store(spec: str):  # type: ignore[no-untyped-def]
     return LocalStore(spec)
 
 
-def _channel(spec: str, visibility: float):  # type: ignore[no-untyped-def]
+def _channel(spec: str, visibility: float):
     if spec == "sqs" or spec.startswith("sqs://"):
         from functions.adapters import SqsChannel
 

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
 
 
-def _store(store: str):  # type: ignore[no-untyped-def]
+def _store(store: str):
     from functions.root import build_store
     from functions.settings import Common
 
@@ -100,7 +100,7 @@ def up(
         server.should_exit = True
 
 
-def _console(data: object, port: int):  # type: ignore[no-untyped-def]
+def _console(data: object, port: int):
     """The review console beside the pipeline, in a thread; None (and why) if it cannot run here."""
     try:
         from spoolsweep.commands.console import serve_in_thread
