@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from functions import embedded  # noqa: E402
-from functions.runner import LocalRunner  # noqa: E402
-from pipeline import queues  # noqa: E402
-from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical  # noqa: E402
-from pipeline.models import Manifest  # noqa: E402
-from pipeline.store import LocalChannel, LocalStore  # noqa: E402
+from functions import embedded
+from functions.runner import LocalRunner
+from pipeline import queues
+from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical
+from pipeline.models import Manifest
+from pipeline.store import LocalChannel, LocalStore
 
 
 def run(n: int, shard_size: int, workers: int | None, corpus: tuple[list[bytes], list[bytes]]) -> dict[str, float]:

@@ -289,7 +289,7 @@ class Incidents:
                         if same(member.data):
                             return member.data
                         fallback = fallback or member.data
-            except Exception:  # noqa: BLE001, S112 - an unreadable snapshot falls back to manifest data
+            except Exception:  # noqa: S112 - an unreadable snapshot falls back to manifest data
                 continue
         return fallback
 

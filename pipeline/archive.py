@@ -80,7 +80,7 @@ class _HashingReader(io.RawIOBase):
 
 
 def _open_stream(path: Path) -> tuple[IO[bytes], _HashingReader, list[IO[bytes]]]:
-    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned list
+    fh = open(path, "rb")  # closed by the caller via the returned list
     head = fh.read(4)
     fh.seek(0)
     hashed = _HashingReader(fh)
@@ -113,7 +113,7 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
     stream, hashed, closers = _open_stream(src)
     try:
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115
+            tf = tarfile.open(fileobj=stream, mode="r|*")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise SnapshotError(f"{src}: not a tar archive ({e})") from None
         yield from _iter_tar(tf, limits, report)
@@ -125,7 +125,7 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
         for c in closers:
             try:
                 c.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken stream must not mask the real error
+            except Exception:  # noqa: S110 - closing a broken stream must not mask the real error
                 pass
 
 
