@@ -134,7 +134,7 @@ def test_token_is_required_behind_the_function_url(bucket):
     assert data["incidents"][0]["size"] == m.totals.messages and data["incidents"][0]["status"] == "triaged"
     assert "script-src 'self'" in r["headers"]["content-security-policy"]
     status, page, r = call("GET", "/", token=None, query=f"token={TOKEN}")
-    # the cookie's name carries the port the browser used (443 behind the function URL): see console.app.cookie_name
+    # the cookie's name carries the port the browser used (443 behind the function URL): see console.web.cookie_name
     assert status == 303 and any(c.startswith("spoolsweep_token_443=") and "HttpOnly" in c for c in r["cookies"])
     assert call("GET", "/api/incidents", token=None, cookies=[f"spoolsweep_token_443={TOKEN}"])[0] == 200
 
