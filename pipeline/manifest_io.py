@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,10 +33,6 @@ def write_manifest(manifest: Manifest, out: Path) -> Path:
     path = Path(out) / "manifest.json"
     atomic_write(path, manifest_bytes(manifest))
     return path
-
-
-def read_manifest(path: Path) -> Manifest:
-    return Manifest.model_validate(json.loads(Path(path).read_bytes()))
 
 
 def manifest_schema() -> dict[str, Any]:

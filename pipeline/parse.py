@@ -17,7 +17,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
-from pipeline.models import Envelope, ParsedRecord, ReceivedHop
+from pipeline.models import ParsedRecord, ReceivedHop
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
@@ -496,7 +496,3 @@ def addr_domain(addr: str | None) -> str:
     if not addr or "@" not in addr:
         return ""
     return addr.rsplit("@", 1)[1].lower().strip(">").rstrip(".")
-
-
-def envelope_summary(env: Envelope) -> str:
-    return f"from <{env.mail_from or ''}> to {len(env.rcpt_to)} recipient(s)"

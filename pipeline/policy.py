@@ -109,9 +109,6 @@ class SitePolicy(BaseModel):
                 any(d == rd or d.endswith("." + rd) for rd in self.relay_domains))
         return hit
 
-    def is_local_domain(self, domain: str) -> bool:
-        return self._domain(domain)[0]
-
     def is_local_address(self, address: str | None) -> bool:
         if not address or "@" not in address:
             return False
@@ -122,11 +119,6 @@ class SitePolicy(BaseModel):
         if "@" not in address:
             return False, False
         return self._domain(address.rsplit("@", 1)[1])
-
-    def is_relay_domain(self, address: str) -> bool:
-        if "@" not in address:
-            return False
-        return self._domain(address.rsplit("@", 1)[1])[1]
 
     @cached_property
     def _short_names(self) -> frozenset[str]:
