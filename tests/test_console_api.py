@@ -248,6 +248,7 @@ def test_large_incident_pages_are_summarised_on_the_server(client, store_root, t
     assert c.get("/api/incidents/big/approval-summary", headers=AUTH).json()["purge"] == spam
 
 
+@pytest.mark.slow
 def test_cli_prints_the_address_and_serves(store_root):
     import socket
     import subprocess

@@ -304,6 +304,7 @@ def test_region_and_canonical_url():
 
 # --- the stack --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_template_console_is_iam_only_and_grants_the_permissions_table():
     import re
 
@@ -392,6 +393,7 @@ def test_browser_proxy_function_url_handler_chain(bucket):
         fn.stop()
 
 
+@pytest.mark.slow
 def test_cli_console_aws_prints_the_address_and_signs(stand_in, tmp_path):
     import os
     import subprocess
