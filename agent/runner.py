@@ -103,7 +103,7 @@ class Agent:
             return self._refuse(body, started, e.detail)
         except JournalError:
             raise
-        except Exception as e:  # noqa: BLE001 - see the docstring
+        except Exception as e:  # see the docstring
             return self._refuse(body, started, f"unreadable: {type(e).__name__}: {_first_line(e)}")
         return self._execute(ins)
 

@@ -136,7 +136,7 @@ def signed_names(body: str, public_key_pem: bytes) -> tuple[str, str] | None:
         check_signature(signed, public_key_pem)
         head = json.loads(signed.payload)
         return check_name("incident", str(head["incident"])), check_name("instruction", str(head["instruction_id"]))
-    except Exception:  # noqa: BLE001 - whatever went wrong, the names are not trustworthy
+    except Exception:  # whatever went wrong, the names are not trustworthy
         return None
 
 

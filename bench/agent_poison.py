@@ -75,7 +75,7 @@ def main() -> int:
                "--public-key", str(base / "pub.pem"), "--wait", "1"]
         t0 = time.monotonic()
         # its stderr to a file: a pipe nobody reads fills up and blocks the agent's logging
-        errlog = open(base / "agent.stderr", "w")  # noqa: SIM115 - closed after the agent stops
+        errlog = open(base / "agent.stderr", "w")  # closed after the agent stops
         agent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errlog)
         fed = feed(a.messages, private, chan)
         print(f"fed {fed:,} fuzzed channel messages in {time.monotonic() - t0:.0f} s")

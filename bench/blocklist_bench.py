@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.blocklist import check as check_mod  # noqa: E402
-from pipeline.blocklist import load_catalogue  # noqa: E402
-from pipeline.blocklist.check import check_targets, query_name  # noqa: E402
-from tests.support.dns_server import LocalDNS, ZoneResolver  # noqa: E402
-from tests.support.dnsbl_replay import KEYS, plan  # noqa: E402
+from pipeline.blocklist import check as check_mod
+from pipeline.blocklist import load_catalogue
+from pipeline.blocklist.check import check_targets, query_name
+from tests.support.dns_server import LocalDNS, ZoneResolver
+from tests.support.dnsbl_replay import KEYS, plan
 
 V4, V6 = "192.0.2.25", "2001:db8::25"
 

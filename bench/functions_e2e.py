@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.bootstrap import embedded_settings  # noqa: E402
-from adapters.runtime import LocalRunner  # noqa: E402
-from pipeline import queues  # noqa: E402
-from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical  # noqa: E402
-from pipeline.models import Manifest  # noqa: E402
-from pipeline.service import incidents  # noqa: E402
-from pipeline.store import LocalChannel, LocalStore  # noqa: E402
+from adapters.bootstrap import embedded_settings
+from adapters.runtime import LocalRunner
+from pipeline import queues
+from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical
+from pipeline.models import Manifest
+from pipeline.service import incidents
+from pipeline.store import LocalChannel, LocalStore
 
 
 def run(n: int, shard_size: int, workers: int | None, corpus: tuple[list[bytes], list[bytes]]) -> dict[str, float]:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.archive import ArchiveReport, iter_members  # noqa: E402
-from pipeline.policy import Limits  # noqa: E402
-from pipeline.readers import READERS  # noqa: E402
+from pipeline.archive import ArchiveReport, iter_members
+from pipeline.policy import Limits
+from pipeline.readers import READERS
 
 Files = Iterator[tuple[str, bytes]]
 T0 = 1_700_000_000

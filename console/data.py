@@ -212,7 +212,7 @@ class Incidents:
     # --- progress and reports
     def receipts(self, incident: str) -> dict[str, Any]:
         totals: Counter[str] = Counter()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for key in self.store.list(queues.receipts_prefix(incident)):
             try:
                 r = Receipt.model_validate_json(self.store.get(key))
@@ -275,11 +275,13 @@ class Incidents:
                     continue
                 for member in iter_members(path, Limits(), ArchiveReport()):
                     self._where[(incident, member.path)] = key
+                    if member.data is None:
+                        continue  # too big to hold: nothing to show from it, and the scan goes on
                     if member.path == m.path or member.path.endswith("/" + m.path):
                         if same(member.data):
                             return member.data
                         fallback = fallback or member.data
-            except Exception:  # noqa: BLE001, S112 - an unreadable snapshot falls back to manifest data
+            except Exception:  # noqa: S112 - an unreadable snapshot falls back to manifest data
                 continue
         return fallback
 
@@ -377,7 +379,9 @@ def message_view(m: ManifestMessage, raw: bytes | None, verdict: Verdict) -> dic
             continue
         ctype = part.get_content_type()
         fn = part.get_filename()
-        payload = part.get_payload(decode=True) or b""
+        # decode=True gives the bytes of a non-multipart part (the stubs also allow a Message)
+        payload = part.get_payload(decode=True)
+        payload = payload if isinstance(payload, bytes) else b""
         if fn or not ctype.startswith("text/"):
             atts.append({"filename": fn or "", "content_type": ctype, "size": len(payload)})
             continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from starlette.routing import Route
 
 from console.data import Incidents, Loaded, message_row
 from console.fields import Who
+from console.web import Console, incident_api, who
 from pipeline.errors import StoreError
 from pipeline.models import Verdict
 
@@ -138,72 +138,67 @@ def _page(request: Request, default: int, most: int) -> tuple[int, int]:
     return page, per
 
 
-def review_routes(inc: Incidents, api: Callable[..., Any], need: Callable[..., Any],
-                  who: Callable[[Request, str], str]) -> list[Route]:
-    """Routes under /api/incidents/{iid}/review-groups; `api`, `need` and `who` are create_app's auth,
-    incident lookup and audit-name helpers."""
+async def groups(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:
+    page, per = _page(request, PER_PAGE, 100)
+    d = c.inc.decisions(iid)
+    ov = c.inc.effective(loaded, d)
+    ix = index(loaded)
+    msgs = loaded.manifest.messages
+    out = []
+    # review_groups are stored largest first
+    for g in loaded.manifest.review_groups[(page - 1) * per:page * per]:
+        idx = ix.members.get(g.id, [])
+        now = Counter(ov.get(msgs[i].id, msgs[i].verdict).value for i in idx)
+        dec = d.get("groups", {}).get(str(g.id))
+        out.append({**g.model_dump(mode="json"), "decision": dec,
+                    "verdict": dec["verdict"] if dec else "review", "now": dict(now),
+                    "samples": [message_row(msgs[i], ov) for i in idx[:SAMPLES]], **picture(ix, ("group", g.id))})
+    return JSONResponse({"page": page, "per_page": per, "total": len(loaded.manifest.review_groups),
+                         "bucket_seconds": loaded.timeline.get("bucket_seconds"),
+                         "start": loaded.timeline.get("start"), "undecided": undecided(loaded, d, ix),
+                         "groups": out})
 
-    @need
-    async def groups(request: Request, iid: str, loaded: Loaded) -> Response:
-        page, per = _page(request, PER_PAGE, 100)
-        d = inc.decisions(iid)
-        ov = inc.effective(loaded, d)
-        ix = index(loaded)
-        msgs = loaded.manifest.messages
-        out = []
-        # review_groups are stored largest first
-        for g in loaded.manifest.review_groups[(page - 1) * per:page * per]:
-            idx = ix.members.get(g.id, [])
-            now = Counter(ov.get(msgs[i].id, msgs[i].verdict).value for i in idx)
-            dec = d.get("groups", {}).get(str(g.id))
-            out.append({**g.model_dump(mode="json"), "decision": dec,
-                        "verdict": dec["verdict"] if dec else "review", "now": dict(now),
-                        "samples": [message_row(msgs[i], ov) for i in idx[:SAMPLES]], **picture(ix, ("group", g.id))})
-        return JSONResponse({"page": page, "per_page": per, "total": len(loaded.manifest.review_groups),
-                             "bucket_seconds": loaded.timeline.get("bucket_seconds"),
-                             "start": loaded.timeline.get("start"), "undecided": undecided(loaded, d, ix),
-                             "groups": out})
 
-    @need
-    async def members(request: Request, iid: str, loaded: Loaded) -> Response:
-        gid = int(request.path_params["gid"])
-        ix = index(loaded)
-        if gid not in ix.members:
-            return JSONResponse({"error": "no such review group"}, status_code=404)
-        page, per = _page(request, 50, 500)
-        ov = inc.effective(loaded, inc.decisions(iid))
-        idx = ix.members[gid]
-        msgs = loaded.manifest.messages
-        return JSONResponse({"group": gid, "total": len(idx), "page": page, "per_page": per,
-                             "messages": [message_row(msgs[i], ov) for i in idx[(page - 1) * per:page * per]]})
+async def members(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:
+    gid = int(request.path_params["gid"])
+    ix = index(loaded)
+    if gid not in ix.members:
+        return JSONResponse({"error": "no such review group"}, status_code=404)
+    page, per = _page(request, 50, 500)
+    ov = c.inc.effective(loaded, c.inc.decisions(iid))
+    idx = ix.members[gid]
+    msgs = loaded.manifest.messages
+    return JSONResponse({"group": gid, "total": len(idx), "page": page, "per_page": per,
+                         "messages": [message_row(msgs[i], ov) for i in idx[(page - 1) * per:page * per]]})
 
-    @need
-    async def decide(request: Request, iid: str, loaded: Loaded) -> Response:
-        gid = int(request.path_params["gid"])
-        ix = index(loaded)
-        if gid not in ix.members:
-            return JSONResponse({"error": "no such review group"}, status_code=404)
-        body = GroupDecision.model_validate_json(request.state.body)
-        if body.verdict is None and str(gid) not in inc.decisions(iid).get("groups", {}):
-            return JSONResponse({"error": "this group has no decision to undo"}, status_code=409)
-        d = inc.decide(iid, "group", str(gid), body.verdict, who(request, body.by), body.note)
-        return JSONResponse({"ok": True, "log": d["log"][-1], "undecided": undecided(loaded, d, ix),
-                             "summary": inc.summary(iid, loaded, d)})
 
-    @need
-    async def pictures(request: Request, iid: str, loaded: Loaded) -> Response:
-        q = request.query_params
-        ids = [int(x) for x in (q.get("ids") or "").split(",") if x.strip()]
-        query = PicturesQuery.model_validate({"kind": q.get("kind") or "campaign", "ids": ids})
-        ix = index(loaded)
-        return JSONResponse({"bucket_seconds": loaded.timeline.get("bucket_seconds"),
-                             "start": loaded.timeline.get("start"),
-                             "pictures": {str(i): picture(ix, (query.kind, i)) for i in query.ids}})
+async def decide(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:
+    gid = int(request.path_params["gid"])
+    ix = index(loaded)
+    if gid not in ix.members:
+        return JSONResponse({"error": "no such review group"}, status_code=404)
+    body = GroupDecision.model_validate_json(request.state.body)
+    if body.verdict is None and str(gid) not in c.inc.decisions(iid).get("groups", {}):
+        return JSONResponse({"error": "this group has no decision to undo"}, status_code=409)
+    d = c.inc.decide(iid, "group", str(gid), body.verdict, who(request, body.by), body.note)
+    return JSONResponse({"ok": True, "log": d["log"][-1], "undecided": undecided(loaded, d, ix),
+                         "summary": c.inc.summary(iid, loaded, d)})
 
-    base = "/api/incidents/{iid}"
-    return [
-        Route(base + "/review-groups", api(groups)),
-        Route(base + "/review-groups/{gid:int}/messages", api(members)),
-        Route(base + "/review-groups/{gid:int}/decision", api(decide, post=True), methods=["POST"]),
-        Route(base + "/pictures", api(pictures)),
-    ]
+
+async def pictures(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:
+    q = request.query_params
+    ids = [int(x) for x in (q.get("ids") or "").split(",") if x.strip()]
+    query = PicturesQuery.model_validate({"kind": q.get("kind") or "campaign", "ids": ids})
+    ix = index(loaded)
+    return JSONResponse({"bucket_seconds": loaded.timeline.get("bucket_seconds"),
+                         "start": loaded.timeline.get("start"),
+                         "pictures": {str(i): picture(ix, (query.kind, i)) for i in query.ids}})
+
+
+BASE = "/api/incidents/{iid}"
+routes = [
+    Route(BASE + "/review-groups", incident_api(groups)),
+    Route(BASE + "/review-groups/{gid:int}/messages", incident_api(members)),
+    Route(BASE + "/review-groups/{gid:int}/decision", incident_api(decide, post=True), methods=["POST"]),
+    Route(BASE + "/pictures", incident_api(pictures)),
+]

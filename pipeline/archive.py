@@ -46,7 +46,7 @@ class ArchiveReport:
     members: int = 0
     bytes: int = 0
     sha256: str | None = None
-    meta: dict = field(default_factory=dict)  # a canonical snapshot's spoolsweep-snapshot.json (mta, host, site)
+    meta: dict[str, Any] = field(default_factory=dict)  # a canonical snapshot's spoolsweep-snapshot.json
 
 
 def unsafe_name(name: str) -> str | None:
@@ -71,7 +71,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b):  # noqa: ANN001 - io.RawIOBase's signature
+    def readinto(self, b: Any) -> int:  # io.RawIOBase's signature: any writable buffer
         data = self.raw.read(len(b))
         n = len(data)
         b[:n] = data
@@ -80,7 +80,7 @@ class _HashingReader(io.RawIOBase):
 
 
 def _open_stream(path: Path) -> tuple[IO[bytes], _HashingReader, list[IO[bytes]]]:
-    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller via the returned list
+    fh = open(path, "rb")  # closed by the caller via the returned list
     head = fh.read(4)
     fh.seek(0)
     hashed = _HashingReader(fh)
@@ -113,7 +113,7 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
     stream, hashed, closers = _open_stream(src)
     try:
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115
+            tf = tarfile.open(fileobj=stream, mode="r|*")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise SnapshotError(f"{src}: not a tar archive ({e})") from None
         yield from _iter_tar(tf, limits, report)
@@ -125,7 +125,7 @@ def iter_members(source: str | Path, limits: Limits, report: ArchiveReport) -> I
         for c in closers:
             try:
                 c.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken stream must not mask the real error
+            except Exception:  # noqa: S110 - closing a broken stream must not mask the real error
                 pass
 
 

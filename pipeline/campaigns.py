@@ -35,7 +35,7 @@ def as_features(x: Features | str) -> Features:
     return x if isinstance(x, Features) else Features(x, sketch(x))
 
 
-class CampaignClusterer(ClusterMixin, BaseEstimator):
+class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn has no stubs
     """Connected components of near-duplicate texts and shared invariants, in two tiers.
 
     Tier 1 links texts whose estimated Jaccard similarity (MinHash, candidates from LSH bands) is at
@@ -243,12 +243,8 @@ def _components(n: int, edges: np.ndarray) -> np.ndarray:
     low = np.full(int(lab.max()) + 1, n, dtype=np.int64)
     np.minimum.at(low, lab, np.arange(n))
     _, ranked = np.unique(low, return_inverse=True)
-    return ranked[lab].astype(np.int64)
-
-
-def group_campaigns(texts: Sequence[Features | str], threshold: float = 0.5) -> np.ndarray:
-    """Plain-function twin of CampaignClusterer: the cluster label of each message."""
-    return CampaignClusterer(threshold=threshold).fit(texts).labels_
+    out: np.ndarray = ranked[lab].astype(np.int64)
+    return out
 
 
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:

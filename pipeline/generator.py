@@ -587,7 +587,7 @@ def write_canonical(inc: Incident | Iterable[GenMessage], out: Path, host: str =
         meta = json.dumps({"format": "spoolsweep-snapshot", "version": 1, "host": host, "mta": "generated",
                            "messages": count})
         with open(out, "wb") as raw:
-            zw = None
+            zw: Any = None
             fileobj: Any = raw
             mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
             if out.name.endswith(".zst"):
@@ -642,7 +642,7 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(ti, io.BytesIO(data))
 
 
-def score(manifest_messages: list, truth_path: Path) -> dict[str, float]:
+def score(manifest_messages: list[Any], truth_path: Path) -> dict[str, float]:
     """Compare a manifest with ground truth: the figures the issue asks for."""
     truth = {}
     with open(truth_path, encoding="utf-8") as fh:

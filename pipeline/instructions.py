@@ -7,6 +7,7 @@ import hashlib
 import json
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -40,12 +41,7 @@ class Approval(Strict):
     replay: list[ApprovedMessage]
     purge: list[ApprovedMessage]
     hold: list[ApprovedMessage] = Field(default_factory=list, description="left frozen for a human (review)")
-    changes: list[dict] = Field(default_factory=list, description="verdict changes made during review")
-
-
-class Action(StrEnum):
-    replay = "replay"
-    purge = "purge"
+    changes: list[dict[str, Any]] = Field(default_factory=list, description="verdict changes made during review")
 
 
 class Instruction(Strict):
@@ -104,7 +100,7 @@ def canonical_json(model: BaseModel) -> str:
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def effective_verdicts(manifest: Manifest, changes: list[dict]) -> dict[str, Verdict]:
+def effective_verdicts(manifest: Manifest, changes: list[dict[str, Any]]) -> dict[str, Verdict]:
     """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage.
 
     A decision targets a campaign, a review group or a message; the last one for a target stands, and one
@@ -143,7 +139,7 @@ def effective_verdicts(manifest: Manifest, changes: list[dict]) -> dict[str, Ver
 
 
 def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, approved_by: str,
-                           approved_at: datetime, approval_id: str, changes: list[dict] | None = None,
+                           approved_at: datetime, approval_id: str, changes: list[dict[str, Any]] | None = None,
                            overrides: dict[str, Verdict] | None = None) -> Approval:
     """Turn a reviewed manifest into an approval; `review` messages stay held, never replayed or purged.
 

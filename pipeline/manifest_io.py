@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pipeline.models import Manifest
 
@@ -35,9 +35,5 @@ def write_manifest(manifest: Manifest, out: Path) -> Path:
     return path
 
 
-def read_manifest(path: Path) -> Manifest:
-    return Manifest.model_validate(json.loads(Path(path).read_bytes()))
-
-
-def manifest_schema() -> dict:
+def manifest_schema() -> dict[str, Any]:
     return Manifest.model_json_schema()

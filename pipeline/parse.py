@@ -17,7 +17,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
-from pipeline.models import Envelope, ParsedRecord, ReceivedHop
+from pipeline.models import ParsedRecord, ReceivedHop
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
@@ -159,7 +159,7 @@ def _mailparser_rescue(data: bytes) -> tuple[str, list[str]]:
         return "", []
     try:
         mp = mailparser.parse_from_bytes(data)
-    except Exception as e:  # noqa: BLE001 - a parser crash is itself the defect to report
+    except Exception as e:  # a parser crash is itself the defect to report
         return "", [f"mail-parser failed: {type(e).__name__}: {e}"[:200]]
     text = "\n".join(mp.text_plain or []) or html_to_text("\n".join(mp.text_html or []))
     return text, sorted({str(c) for c in (mp.defects_categories or [])})
@@ -177,7 +177,7 @@ def over_budget(data: bytes) -> str | None:
     return None
 
 
-class _OutOfTime(BaseException):  # noqa: N818 - not an error: the budget ran out
+class _OutOfTime(BaseException):  # not an error: the budget ran out
     pass
 
 
@@ -216,7 +216,7 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
         try:
             _fill_fast(rec, _fast(found.data), policy, found.data)
             return rec
-        except Exception:  # noqa: BLE001, S110 - whatever the fast parser refuses, the careful path reads
+        except Exception:  # noqa: S110 - whatever the fast parser refuses, the careful path reads
             pass
         # (the envelope is untouched: _infer_envelope, the fast path's last step, changes it all at once)
         rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
@@ -244,14 +244,14 @@ def _careful(rec: ParsedRecord, found: Found, policy: SitePolicy) -> ParsedRecor
     assert found.data is not None
     try:
         msg = email.message_from_bytes(found.data, policy=email_policy.compat32)
-    except Exception as e:  # noqa: BLE001 - never drop a message because the parser failed
+    except Exception as e:  # never drop a message because the parser failed
         rec.defects.append(f"unparseable: {type(e).__name__}: {e}"[:300])
         rec.text = normalise("", found.data[:4000].decode("latin-1"))
         rec.sketch = sketch(rec.text)
         return rec
     try:
         _fill(rec, msg, policy, found.data)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         rec.defects.append(f"parse error: {type(e).__name__}: {e}"[:300])
     return rec
 
@@ -327,7 +327,7 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
     raw = bytes(orig.content)
     try:
         inner = _fast(raw)
-    except Exception:  # noqa: BLE001 - the quoted spam is often broken; the standard library reads it
+    except Exception:  # the quoted spam is often broken; the standard library reads it
         return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
     ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
@@ -475,7 +475,7 @@ def _original_from(p: Message) -> Message | None:
     if isinstance(payload, str):
         try:
             return email.message_from_string(payload, policy=email_policy.compat32)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
     return None
 
@@ -496,7 +496,3 @@ def addr_domain(addr: str | None) -> str:
     if not addr or "@" not in addr:
         return ""
     return addr.rsplit("@", 1)[1].lower().strip(">").rstrip(".")
-
-
-def envelope_summary(env: Envelope) -> str:
-    return f"from <{env.mail_from or ''}> to {len(env.rcpt_to)} recipient(s)"

@@ -7,6 +7,7 @@ import ipaddress
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -108,9 +109,6 @@ class SitePolicy(BaseModel):
                 any(d == rd or d.endswith("." + rd) for rd in self.relay_domains))
         return hit
 
-    def is_local_domain(self, domain: str) -> bool:
-        return self._domain(domain)[0]
-
     def is_local_address(self, address: str | None) -> bool:
         if not address or "@" not in address:
             return False
@@ -121,11 +119,6 @@ class SitePolicy(BaseModel):
         if "@" not in address:
             return False, False
         return self._domain(address.rsplit("@", 1)[1])
-
-    def is_relay_domain(self, address: str) -> bool:
-        if "@" not in address:
-            return False
-        return self._domain(address.rsplit("@", 1)[1])[1]
 
     @cached_property
     def _short_names(self) -> frozenset[str]:
@@ -176,7 +169,7 @@ def policy_from_toml(text: str, source: str = "policy") -> SitePolicy:
     return policy_from_dict(data, source=source)
 
 
-def policy_from_dict(data: dict, source: str = "policy") -> SitePolicy:
+def policy_from_dict(data: dict[str, Any], source: str = "policy") -> SitePolicy:
     try:
         return SitePolicy.model_validate(data)
     except ValidationError as e:

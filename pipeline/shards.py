@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +57,7 @@ class ShardMeta(BaseModel):
     messages: int = 0
     skipped: list[str] = Field(default_factory=list)
     defects: list[str] = Field(default_factory=list)
-    site: dict | None = Field(None, description="the MTA configuration the agent recorded, with its host")
+    site: dict[str, Any] | None = Field(None, description="the MTA configuration the agent recorded, with its host")
 
 
 def stem(filename: str) -> str:

@@ -14,6 +14,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.models import ParsedRecord, PolicyInfo
 from pipeline.policy import SitePolicy, policy_from_dict
@@ -98,7 +99,7 @@ def _address(d: Derived, value: str, why: str) -> None:
         d.add("server_ips", str(ip), why)
 
 
-def from_site(site: dict) -> Derived:
+def from_site(site: dict[str, Any]) -> Derived:
     """Policy values from the MTA configuration the agent recorded (see agent/siteconf.py)."""
     d = Derived()
     mta = str(site.get("mta", ""))
@@ -199,7 +200,7 @@ def from_queue(records: Sequence[ParsedRecord], server_names: Sequence[str] | No
     return d
 
 
-def effective_policy(explicit: SitePolicy, explicit_source: str | None, site: dict | None,
+def effective_policy(explicit: SitePolicy, explicit_source: str | None, site: dict[str, Any] | None,
                      records: Sequence[ParsedRecord]) -> tuple[SitePolicy, PolicyInfo]:
     """The policy for this snapshot, per key: the explicit file's value if it sets the key, else the MTA's
     recorded configuration, else (server_names and local_domains only) the queue; else the default."""
@@ -268,7 +269,7 @@ def origin_warnings(records: Sequence[ParsedRecord], policy: SitePolicy) -> list
     return out
 
 
-def site_of(meta: dict) -> dict | None:
+def site_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded MTA configuration of a canonical snapshot's meta, with the host it came from."""
     site = meta.get("site")
     if not isinstance(site, dict):

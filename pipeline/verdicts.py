@@ -154,7 +154,7 @@ class Decision:
     accounts: set[str] = field(default_factory=set)  # accounts this decision implicates
 
 
-def R(code: str, text: str, weight: str = "info") -> Reason:  # noqa: N802 - reads like a constructor
+def R(code: str, text: str, weight: str = "info") -> Reason:  # reads like a constructor
     return Reason.model_validate({"code": code, "text": text, "weight": weight})
 
 

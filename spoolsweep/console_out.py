@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 out = Console()
@@ -30,7 +30,7 @@ def progress_bar(enabled: bool = True) -> Iterator:
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as p:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def cb(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
@@ -54,13 +54,13 @@ def check_out(folder: Path) -> None:
         raise OutputError(f"{folder}: {e.strerror or e}") from None
 
 
-def warn_all(manifest) -> None:  # type: ignore[no-untyped-def]
+def warn_all(manifest) -> None:
     """What the admin must read before approving, on stderr even with --quiet."""
     for w in getattr(manifest, "warnings", []) or []:
         err.print(f"[bold yellow]warning:[/] {w}", highlight=False)
 
 
-def summary_table(manifest) -> None:  # type: ignore[no-untyped-def]
+def summary_table(manifest) -> None:
     t = manifest.totals
     out.print(f"[bold]{manifest.incident}[/]: {t.messages:,} messages ({t.bytes / 2**20:,.1f} MiB), "
               f"format {manifest.snapshot.format}")

@@ -227,6 +227,7 @@ def test_digest_mismatch_and_unknown_id_touch_nothing_for_them(frozen, keys, sin
     assert "digest mismatch" in caplog.text
 
 
+@pytest.mark.slow
 def test_agent_install_stays_light(tmp_path):
     """The agent's modules and `spoolsweep agent` import without scikit-learn, mail-parser, boto3, starlette."""
     code = f"""
@@ -250,6 +251,7 @@ main()
     assert "dry run" in cp.stdout and "0 messages (0 bytes)" in cp.stdout
 
 
+@pytest.mark.slow
 def test_cli_snapshot_and_run(tmp_path, mail_corpus, keys, sink):
     out = tmp_path / "Out"
     write_pickup(out, real_messages(mail_corpus, 6))

@@ -88,6 +88,7 @@ def test_refusal_of_an_unsigned_body_is_not_named_from_its_claims(rig, keys):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies)
+@pytest.mark.slow
 def test_fuzzed_channel_bodies_are_refused_not_fatal(rig, body):
     agent = rig[0]
     r = agent.handle(body)
@@ -97,6 +98,7 @@ def test_fuzzed_channel_bodies_are_refused_not_fatal(rig, body):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=payloads)
+@pytest.mark.slow
 def test_fuzzed_signed_payloads_never_crash_the_agent(rig, keys, payload):
     """Signed with the real key (a bug or a stolen key in the cloud): still checked field by field."""
     agent = rig[0]

@@ -49,6 +49,7 @@ class FlakyClient:
         return self.real.upload_part(**kw)
 
 
+@pytest.mark.slow
 def test_s3_multipart_upload_resumes_and_confirms(tmp_path, s3, monkeypatch):
     monkeypatch.setattr("agent.upload.PART", 5 * 2**20)
     out = tmp_path / "Out"

@@ -145,6 +145,7 @@ def test_index_may_exceed_the_message_cap(incident_tar: Path, policy) -> None:
     assert m.archive_defects and all(x.verdict is Verdict.review for x in m.messages)
 
 
+@pytest.mark.slow
 def test_both_readers_agree_on_a_real_snapshot(incident_tar: Path, tar_reader: str, monkeypatch) -> None:
     """Same members, bytes, digests and archive digest whichever reader walks the tarball."""
     from pipeline.archive import ArchiveReport, iter_members

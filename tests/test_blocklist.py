@@ -72,6 +72,7 @@ def _by_zone(report, target):
     return {r.zone: r for r in report.results if r.target == target}
 
 
+@pytest.mark.slow
 def test_every_answer_kind(dns_server):
     rep = check_targets(["192.0.2.9", V6, "spammy.example", "clean.example"], dns_server.nameserver, ZONES,
                         timeout=0.5)
@@ -205,6 +206,7 @@ def _cli(*args, timeout=120, env=None):
     return r, time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_cli_json_and_exit_status(dns_server):
     r, _ = _cli("192.0.2.9", "--nameserver", dns_server.nameserver, "--json", "--timeout", "0.5")
     rep = json.loads(r.stdout)
@@ -235,6 +237,7 @@ def test_cli_unreachable_resolver_is_one_line_and_exit_3_within_seconds():
         assert took < 20, took  # the process start dominates; the resolver verdict takes at most --timeout
 
 
+@pytest.mark.slow
 def test_watch_posts_changes_to_a_webhook(tmp_path):
     import http.server
     import threading
@@ -242,7 +245,7 @@ def test_watch_posts_changes_to_a_webhook(tmp_path):
     got: list[dict] = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the http.server API
+        def do_POST(self):  # the http.server API
             got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()

@@ -70,6 +70,7 @@ def test_key_from_the_environment_and_bad_keys(monkeypatch):
     assert resolve_key("abusix") is None
 
 
+@pytest.mark.slow
 def test_cli_keyed_zone_never_prints_the_key(monkeypatch, tmp_path):
     key = "envkey0123456789abcdefgh"
     pol = tmp_path / "site.toml"
@@ -84,6 +85,7 @@ def test_cli_keyed_zone_never_prints_the_key(monkeypatch, tmp_path):
     assert key not in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_check_catalogue_marks_zones_that_stopped_answering(tmp_path):
     cat = tmp_path / "cat.toml"
     cat.write_text("# my catalogue\n" + "".join(

@@ -29,7 +29,7 @@ def test_watch_publishes_changes_and_keeps_state(tmp_path):
 
 def test_a_misspelt_zone_in_the_policy_is_a_report_that_says_so(tmp_path):
     """The pipeline's blocklist step: a configuration error is written down for the console, not retried forever."""
-    from console.app import _blocklist_state
+    from console.incidents import blocklist_state as _blocklist_state
     from pipeline import queues
     from pipeline.service.blocklists import check_incident
 

@@ -74,6 +74,7 @@ def test_normalise_erases_obfuscations() -> None:
     assert normalise("", "call now! 2026 a8f3k2x") == "call now! ztokz ztokz"
 
 
+@pytest.mark.slow
 def test_hostile_copies_group_and_valid_mail_stays_apart(runs) -> None:
     camps, _, truth, records = runs
     labels = CampaignClusterer().fit([_feat(r) for r in records]).labels_
@@ -112,6 +113,7 @@ def _bridged(a: list, b: list, template) -> np.ndarray:
     return CampaignClusterer().fit([*map(_feat, a), bridge, *map(_feat, b)]).labels_
 
 
+@pytest.mark.slow
 def test_one_bridge_does_not_chain_two_runs(runs, corpus) -> None:
     # every pair of the fixture's runs, and runs drawn with other seeds; the bridge in either run's template
     cases = [runs]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -15,6 +17,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_triage_writes_manifest_and_summary(incident_tar: Path, policy_file: Path, tmp_path: Path) -> None:
     r = run("triage", str(incident_tar), "--policy", str(policy_file), "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
@@ -23,6 +26,7 @@ def test_triage_writes_manifest_and_summary(incident_tar: Path, policy_file: Pat
     assert m["totals"]["messages"] == 1500
 
 
+@pytest.mark.slow
 def test_bad_policy_names_key(incident_tar: Path, tmp_path: Path) -> None:
     p = tmp_path / "bad.toml"
     p.write_text('local_domains = "example.org"\n')
@@ -32,11 +36,13 @@ def test_bad_policy_names_key(incident_tar: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_missing_snapshot(tmp_path: Path) -> None:
     r = run("triage", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "no such file" in r.stderr
 
 
+@pytest.mark.slow
 def test_damaged_archive_exit_2(incident_tar: Path, policy_file: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.tar.gz"
     data = incident_tar.read_bytes()

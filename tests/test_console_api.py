@@ -248,6 +248,7 @@ def test_large_incident_pages_are_summarised_on_the_server(client, store_root, t
     assert c.get("/api/incidents/big/approval-summary", headers=AUTH).json()["purge"] == spam
 
 
+@pytest.mark.slow
 def test_cli_prints_the_address_and_serves(store_root):
     import socket
     import subprocess
@@ -302,3 +303,38 @@ def test_stale_summary_is_refused(client, csrf, store_root):
     r = client.post(f"{BASE}/approve", json={"digest": old["digest"]}, headers=h)
     assert r.status_code == 409 and "changed" in r.json()["error"]
     assert not list(store_root.glob("approvals/*/*.json"))
+
+
+def test_raw_scan_goes_past_an_oversize_member_of_the_same_name(tmp_path):
+    """An oversize member (held as data=None) named like the message must not end the archive scan."""
+    import hashlib
+    import io
+    import tarfile
+    from types import SimpleNamespace
+
+    from console.data import Incidents
+    from pipeline.policy import Limits
+
+    wanted = b"Subject: the real one\n\nhello\n"
+    snap = tmp_path / "incoming" / INCIDENT / "mail.example.net" / "snapshot.tar"
+    snap.parent.mkdir(parents=True)
+    with tarfile.open(snap, "w") as tf:
+        for name, size, data in (("a/messages/0001.eml", Limits().max_member_bytes + 1, None),
+                                 ("b/messages/0001.eml", len(wanted), wanted)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, io.BytesIO(data) if data is not None else _Zeros(size))
+    m = SimpleNamespace(path="messages/0001.eml", sha256=hashlib.sha256(wanted).hexdigest())
+    assert Incidents(tmp_path).raw(INCIDENT, m) == wanted
+
+
+class _Zeros:
+    """A file of `size` zero bytes that is never held in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)

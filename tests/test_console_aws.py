@@ -134,7 +134,7 @@ def test_token_is_required_behind_the_function_url(bucket):
     assert data["incidents"][0]["size"] == m.totals.messages and data["incidents"][0]["status"] == "triaged"
     assert "script-src 'self'" in r["headers"]["content-security-policy"]
     status, page, r = call("GET", "/", token=None, query=f"token={TOKEN}")
-    # the cookie's name carries the port the browser used (443 behind the function URL): see console.app.cookie_name
+    # the cookie's name carries the port the browser used (443 behind the function URL): see console.web.cookie_name
     assert status == 303 and any(c.startswith("spoolsweep_token_443=") and "HttpOnly" in c for c in r["cookies"])
     assert call("GET", "/api/incidents", token=None, cookies=[f"spoolsweep_token_443={TOKEN}"])[0] == 200
 
@@ -304,6 +304,7 @@ def test_region_and_canonical_url():
 
 # --- the stack --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_template_console_is_iam_only_and_grants_the_permissions_table():
     import re
 
@@ -392,6 +393,7 @@ def test_browser_proxy_function_url_handler_chain(bucket):
         fn.stop()
 
 
+@pytest.mark.slow
 def test_cli_console_aws_prints_the_address_and_signs(stand_in, tmp_path):
     import os
     import subprocess

@@ -52,6 +52,7 @@ def counter(pg) -> str:
     return pg.inner_text("#undecided")
 
 
+@pytest.mark.slow
 def test_one_key_decides_a_whole_group(browser, corpus, tmp_path):
     root = review_store(tmp_path / "store", corpus, INCIDENT)
     m = json.loads((root / f"manifests/{INCIDENT}/manifest.json").read_text())

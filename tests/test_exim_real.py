@@ -25,7 +25,7 @@ _BP_RCPT = re.compile(r"^\s+(D\s+)?(\S+)\s*$")
 
 
 class Sink:
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd hook
         return "250 OK"
 
 
@@ -134,7 +134,7 @@ def test_known_envelopes_come_back(exim_queue) -> None:
     assert "ok@delivered.example" not in reason
 
 
-def _rewrite(tar: Path, dest: Path, edit) -> Path:  # noqa: ANN001 - edit(name, data) -> bytes | None
+def _rewrite(tar: Path, dest: Path, edit) -> Path:  # edit(name, data) -> bytes | None
     with tarfile.open(tar) as src, tarfile.open(dest, "w:gz") as out:
         for ti in src:
             data = src.extractfile(ti).read() if ti.isfile() else None  # type: ignore[union-attr]

@@ -107,6 +107,7 @@ def _agent_snapshot(queue: Path, tmp_path: Path, site: dict | None = None) -> Pa
     return tmp_path / "store/incoming/inc1/mx1/snapshot.tar.zst"
 
 
+@pytest.mark.slow
 def test_agent_pickup_route_without_server_names_replays_no_junk(tmp_path: Path, corpus) -> None:
     """The issue's case: an IIS pickup queue snapshotted by the agent, a site.toml without server_names.
     Before: 90 % of the junk came out valid ("submitted from a trusted network or locally")."""
@@ -124,6 +125,7 @@ def test_agent_pickup_route_without_server_names_replays_no_junk(tmp_path: Path,
     assert s["review"] <= 0.05 * len(m.messages), s
 
 
+@pytest.mark.slow
 def test_agent_pickup_route_warns_when_no_hop_is_ours(tmp_path: Path, corpus) -> None:
     """A wrong server name (not a missing one): nothing is inferred, every message whose origin rests on our
     hop is held for review, and triage says why before anyone approves."""

@@ -54,6 +54,7 @@ class FlakyStore:
 
     def __init__(self, n: int, injected: Counter) -> None:
         self.n, self.injected = n, injected
+        self.refused: list[str] = []  # the keys whose write was refused, once per refusal
         self.put, self.put_if_absent = LocalStore.put, LocalStore.put_if_absent
 
     def _wrap(self, real):  # type: ignore[no-untyped-def]
@@ -61,6 +62,7 @@ class FlakyStore:
             if self.n > 0 and not key.startswith("state/"):
                 self.n -= 1
                 self.injected["store refused a write"] += 1
+                self.refused.append(key)
                 raise StoreError(f"{key}: injected: the store refuses writes for a moment")
             return real(store, key, data, *a, **kw)
         return write
@@ -90,8 +92,9 @@ def in_process(store: Path, work) -> None:  # type: ignore[no-untyped-def]
         reset_handlers()
 
 
-def redeliver(runner, injected: Counter) -> None:  # type: ignore[no-untyped-def]
-    """Every event of the finished pipeline again, later steps first (reordered), each twice (duplicated)."""
+def redeliver(runner, injected: Counter, survived: Counter) -> None:  # type: ignore[no-untyped-def]
+    """Every event of the finished pipeline again, later steps first (reordered), each twice (duplicated); an
+    event survived when its handler reported it done and nothing failed."""
     runner.done.clear()  # forget what was handled: every object is new again
     todo = runner.pending()
     for step in ("triage", "parse"):  # triage's events first: out of order
@@ -100,8 +103,9 @@ def redeliver(runner, injected: Counter) -> None:  # type: ignore[no-untyped-def
                 continue
             for copy in range(2):
                 out = runner.deliver(step, [runner.record(s, key, size, etag, message_id=f"dup{copy}-{key}")])
-                assert out.done, out.failed
-                injected["duplicate event" if copy else "reordered event"] += 1
+                kind = "duplicate event" if copy else "reordered event"
+                injected[kind] += 1
+                survived[kind] += bool(out.done) and not out.failed
 
 
 def test_fault_campaign(tmp_path, mail_corpus):
@@ -133,28 +137,27 @@ def test_fault_campaign(tmp_path, mail_corpus):
         p.wait()
     # a kill can land before `up` has copied the policy into the store: the admin runs it again as before
     cli("up", "--store", store, "--policy", tmp_path / "site.toml", "--once")
-    assert verdicts(store) == want, "a killed function changed the manifest"
-    survived["function killed mid-step"] = injected["function killed mid-step"]
+    if verdicts(store) == want:  # else a killed function changed the manifest
+        survived["function killed mid-step"] = injected["function killed mid-step"]
 
     # 2. the store refusing writes for a moment: a copy of the snapshot through the handlers in this process
     flaky = tmp_path / "flaky"
     shutil.copytree(store / "incoming", flaky / "incoming")
     (flaky / "state").mkdir()
     shutil.copy(ref / "state" / "policy.toml", flaky / "state" / "policy.toml")
-    with FlakyStore(names.MAX_RECEIVES - 1, injected):  # one fewer than would dead-letter the event
+    with FlakyStore(names.MAX_RECEIVES - 1, injected) as fs:  # one fewer than would dead-letter the event
         in_process(flaky, lambda r: r.run_until_idle())
-    assert verdicts(flaky) == want and not list((flaky / ".runner" / "dlq").glob("*/*.json"))
-    survived["store refused a write"] = injected["store refused a write"]
+    # a refused write survived when the object was written after all, and the result is the reference's
+    if verdicts(flaky) == want and not list((flaky / ".runner" / "dlq").glob("*/*.json")):
+        survived["store refused a write"] = sum((flaky / key).is_file() for key in fs.refused)
 
     # 3. duplicate and reordered events
     before = (store / "manifests" / INC / "manifest.json").read_bytes()
-    in_process(store, lambda r: redeliver(r, injected))
+    in_process(store, lambda r: redeliver(r, injected, survived))
     assert verdicts(store) == want
     assert not list((store / ".runner" / "dlq").glob("*/*.json")), "nothing dead-lettered"
     assert json.loads((store / "manifests" / INC / "manifest.json").read_bytes())["messages"] == \
         json.loads(before)["messages"], "same result however often and in whatever order"
-    for k in ("duplicate event", "reordered event"):
-        survived[k] = injected[k]
 
     # approve; dispatch twice (a duplicate S3 event for the approval)
     cli("approve", INC, "--by", "tester", "--store", store)
@@ -208,25 +211,22 @@ def test_fault_campaign(tmp_path, mail_corpus):
     # a forged body's claims never name its receipt: it is filed by digest under receipts/unverified/
     forged_receipts = [Receipt.model_validate_json(p.read_bytes())
                        for p in (store / "receipts" / "unverified" / HOST).glob("*.json")]
-    assert any(r.refused == "bad signature" for r in forged_receipts), [r.refused for r in forged_receipts]
-    assert not any("forged-1" == r.instruction_id for r in refused)
-    assert any("expired-1" == r.instruction_id for r in refused), [r.refused for r in refused]
-    survived["forged instruction"] = survived["expired instruction"] = 1
-    counts = done.counts()
-    assert counts["replayed"] == len(approval.replay) - 1 and counts["purged"] == len(approval.purge)
-    assert [i.outcome.value for i in done.items if "digest mismatch" in (i.detail or "")] == ["refused"]
-    assert tampered.exists(), "the changed message is left untouched, not purged"
-    assert tampered_id not in got, "the changed message is not replayed"
-    survived["message changed after review"] = 1
+    # each fault survived by what the channel, the receipts and the sink show afterwards
+    survived["forged instruction"] = sum(r.refused == "bad signature" for r in forged_receipts) \
+        if not any("forged-1" == r.instruction_id for r in refused) else 0
+    survived["expired instruction"] = sum("expired-1" == r.instruction_id for r in refused)
+    refused_changed = [i.outcome.value for i in done.items if "digest mismatch" in (i.detail or "")] == ["refused"]
+    # left untouched (not purged) and not replayed
+    survived["message changed after review"] = int(refused_changed and tampered.exists() and tampered_id not in got)
     # nothing twice, nothing lost, no spam out, the rest byte for byte
-    assert set(got.values()) == {1}, {k: v for k, v in got.items() if v > 1}
     valid_ids = {k for k, m in truth.items() if m.label == "valid"}
-    assert set(got) == valid_ids - {tampered_id}
-    for k in got:
-        assert body_of(received[k].data) == body_of(truth[k].data)
-    assert sorted(p.name for p in aside.iterdir()) == [tampered.name]
-    survived["agent killed mid-replay"] = injected["agent killed mid-replay"]
-    survived["duplicate instruction"] = 1
+    counts = done.counts()
+    whole = (set(got) == valid_ids - {tampered_id} and counts["replayed"] == len(approval.replay) - 1
+             and counts["purged"] == len(approval.purge) and sorted(p.name for p in aside.iterdir()) == [tampered.name]
+             and all(body_of(received[k].data) == body_of(truth[k].data) for k in got))
+    once = set(got.values()) <= {1}
+    survived["agent killed mid-replay"] = len(at_kill) if whole and once else 0
+    survived["duplicate instruction"] = int(once)  # the instruction sent twice replayed nothing twice
     print("\nfault campaign: injected / survived")
     for k in sorted(injected):
         print(f"  {k:<32} {injected[k]:>3} / {survived[k]}")

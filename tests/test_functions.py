@@ -112,6 +112,7 @@ def _rec(root: Path, key: str, mid: str | None = None) -> dict:
     return sqs_record(body, "q", message_id=mid)
 
 
+@pytest.mark.slow
 def test_captured_aws_event_drives_the_parse_handler(home, small_incident):
     store = LocalStore(home)
     key = "incoming/INC-2026-11/mx1.example.org/snapshot.part-0001-of-0002.tar.zst"
@@ -129,6 +130,7 @@ def test_captured_aws_event_drives_the_parse_handler(home, small_incident):
     assert not store.exists(queues.manifest_key("INC-2026-11"))
 
 
+@pytest.mark.slow
 def test_poison_is_reported_per_record_and_dead_lettered(home, small_incident):
     store = LocalStore(home)
     good = queues.incoming_key("inc", "mx1", "small.tar.gz")
@@ -154,6 +156,7 @@ def test_unreadable_snapshot_is_kept_and_named(home):
     assert store.exists(key) and store.exists("corrupt/broken/mx1.snap.json")
 
 
+@pytest.mark.slow
 def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(home, small_incident, policy):
     from pipeline.triage import triage
 
@@ -189,6 +192,7 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
 
 
+@pytest.mark.slow
 def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, policy, monkeypatch):
     from pipeline.triage import triage
 
@@ -213,6 +217,7 @@ def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, p
     assert sorted(store.list("incoming/big/mx1/")) == incoming
 
 
+@pytest.mark.slow
 def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, policy):
     from pipeline.queues import claim_key
     from pipeline.service.triage import triage_incident
@@ -230,6 +235,7 @@ def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, pol
     assert store_manifest.exists()
 
 
+@pytest.mark.slow
 def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc9", "mx1", shard_size=200, policy=policy)
@@ -253,6 +259,7 @@ def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
     assert sorted(store.get(k) for k in copies) == sorted(m.body.encode() for m in msgs)
 
 
+@pytest.mark.slow
 def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_incident):
     from pipeline.service.dispatch import dispatch
 
@@ -275,6 +282,7 @@ def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_inci
     assert sorted(m.id for p in parts for m in p.purge) == sorted(m.id for m in approval.purge)
 
 
+@pytest.mark.slow
 def test_dispatch_refuses_an_approval_of_another_manifest(home, small_incident):
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc10", "mx1", shard_size=0)
@@ -290,6 +298,7 @@ def test_dispatch_refuses_an_approval_of_another_manifest(home, small_incident):
     assert LocalChannel(home / "channel").receive("mx1") == []
 
 
+@pytest.mark.slow
 def test_runner_resumes_after_restart(home, small_incident):
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc11", "mx1", shard_size=300)
@@ -344,6 +353,7 @@ def test_logs_and_metrics_are_powertools_json(tmp_path):
     assert "OUTCOME {'p-1': 'PoisonEvent:" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_handler_that_dies_half_way_is_retried_and_completes(home, small_incident, monkeypatch):
     """Crash parse after its shard metadata, and dispatch after signing but before sending: retries finish."""
     from functions import dispatch_approval, parse_snapshot

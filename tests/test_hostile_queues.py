@@ -93,6 +93,7 @@ def test_postfix_defects_are_named(name: str, data: bytes, expect: str) -> None:
     assert any(expect in d for d in f.raw.defects), f.raw.defects
 
 
+@pytest.mark.slow
 def test_hostile_postfix_spool_is_all_review(tmp_path: Path, policy_file: Path) -> None:
     bad = {
         "truncated": queue_file(*GOOD)[:-9],
@@ -150,6 +151,7 @@ def mutate(data: bytes, m: tuple) -> bytes:
 @pytest.mark.parametrize("fmt", sorted(SEEDS))
 @settings(max_examples=150, deadline=timedelta(seconds=3), suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 def test_mutated_queue_files_never_crash_or_hang(fmt: str, data: st.DataObject) -> None:
     members = list(SEEDS[fmt])
     i = data.draw(st.integers(0, len(members) - 1))

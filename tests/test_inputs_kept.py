@@ -131,6 +131,7 @@ def test_windows_style_unsafe_names_are_flagged(tmp_path: Path, name: str) -> No
     assert x.verdict is Verdict.review and any(d.startswith("unsafe member name") for d in x.defects)
 
 
+@pytest.mark.slow
 def test_verdicts_do_not_depend_on_member_order(tmp_path: Path, corpus) -> None:
     from pipeline.generator import generate
 

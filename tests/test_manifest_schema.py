@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.manifest_io import manifest_schema
 
 SCHEMA = Path(__file__).resolve().parent.parent / "pipeline" / "schema" / "manifest.schema.json"
@@ -15,6 +17,7 @@ def test_checked_in_schema_is_current() -> None:
         "regenerate: python -m spoolsweep schema > pipeline/schema/manifest.schema.json")
 
 
+@pytest.mark.slow
 def test_manifest_fields(incident_tar, policy) -> None:
     from pipeline.triage import triage
 

@@ -21,6 +21,7 @@ def careful(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parse, "_fast", None)
 
 
+@pytest.mark.slow
 def test_paths_agree_on_real_mail(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     ham, spam = corpus
     sample = ham[:150] + spam[:150]

@@ -29,7 +29,7 @@ def corpus_sample(n: int) -> list[bytes]:
 
 
 class Sink:
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd hook
         return "250 OK"
 
 

@@ -50,6 +50,7 @@ def triage_cli(src: Path, policy_file: Path, out: Path) -> dict:
 
 
 # -- mbox -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mbox_written_by_python_mailbox(tmp_path: Path, policy_file: Path) -> None:
     box = mailbox.mbox(tmp_path / "queue.mbox")
     senders = ["alice@example.org", "spam@bad.example", "MAILER-DAEMON"]
@@ -84,6 +85,7 @@ def test_mboxrd_unescapes_one_level_and_flags_junk(tmp_path: Path) -> None:
 
 
 # -- maildir --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_maildir_written_by_python_mailbox(tmp_path: Path, policy_file: Path) -> None:
     md = mailbox.Maildir(tmp_path / "Maildir", create=True)
     keys = []
@@ -127,6 +129,7 @@ QF = (b"V8\nT1700000000\nK1700000100\nN2\nP120453\nI8/1/1234\n"
       b"H?F?From: ceo@example.org\nH??Subject: Cheap meds\n.\n")
 
 
+@pytest.mark.slow
 def test_sendmail_qf_df_pairs(tmp_path: Path, policy_file: Path) -> None:
     files = {
         "var/spool/mqueue/df3AMDXa01234567": b"Buy now\n",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
+
 from agent.siteconf import parse_settings
 from pipeline.generator import LOCAL_DOMAINS, SERVER_NAME, write_canonical
 from pipeline.policy import SitePolicy, load_policy
@@ -65,6 +67,7 @@ def test_explicit_wins_per_key_then_mta_then_queue(tmp_path) -> None:
     assert pol == SitePolicy() and set(info.origins.values()) == {"default"}
 
 
+@pytest.mark.slow
 def test_suggest_recovers_a_generated_incidents_policy(incident_tar) -> None:
     from spoolsweep.commands.policy import render
 
@@ -76,6 +79,7 @@ def test_suggest_recovers_a_generated_incidents_policy(incident_tar) -> None:
     assert "topmost Received line of" in text and "SMTP AUTH accounts send as themselves" in text
 
 
+@pytest.mark.slow
 def test_triage_without_a_policy_uses_the_queue_and_says_so(tmp_path, corpus) -> None:
     from pipeline.generator import generate
 

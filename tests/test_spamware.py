@@ -256,6 +256,7 @@ def _truth(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_truth_names_every_copys_campaign(corpus, tmp_path):
     ham, spam = corpus
     out = write_canonical(iter_incident(ham, spam, n=500, seed=3, style="spamware"), tmp_path / "inc.tar.gz")
@@ -297,6 +298,7 @@ def test_deterministic_per_seed(corpus):
     assert [m.data for m in a] != [m.data for m in c]
 
 
+@pytest.mark.slow
 def test_switch_off_reaches_the_copies(corpus):
     ham, spam = corpus
     on = generate(ham, spam, n=300, seed=2, style="spamware", techniques=["greeting", "leet"], technique_rate=1.0)
@@ -308,6 +310,7 @@ def test_switch_off_reaches_the_copies(corpus):
     assert not any("greeting" in m.techniques for m in off_less.messages)
 
 
+@pytest.mark.slow
 def test_spamware_copies_parse_and_triage_reads_them(corpus, policy):
     """Every generated copy is mail the pipeline's parser reads without a defect of the generator's making."""
     from pipeline.models import RawMessage
@@ -357,6 +360,7 @@ def test_same_bytes_across_processes(tmp_path):
     assert outs[0] == outs[1]
 
 
+@pytest.mark.slow
 def test_cli_lists_techniques_and_needs_out():
     r = subprocess.run([sys.executable, "-m", "spoolsweep", "generate", "--list-techniques"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

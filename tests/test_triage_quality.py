@@ -10,6 +10,7 @@ from pipeline.models import Verdict
 from pipeline.triage import triage
 
 
+@pytest.mark.slow
 def test_quality_bars(incident_tar, policy):
     m = triage(incident_tar, policy, workers=2)
     s = score(m.messages, incident_tar.with_name("incident.truth.jsonl"))
@@ -27,6 +28,7 @@ def test_quality_bars(incident_tar, policy):
     assert not next(a for a in m.accounts if a.account == "news").compromised
 
 
+@pytest.mark.slow
 def test_every_verdict_has_reasons(incident_tar, policy):
     m = triage(incident_tar, policy, workers=1)
     for msg in m.messages:
@@ -36,6 +38,7 @@ def test_every_verdict_has_reasons(incident_tar, policy):
         assert c.label and c.size >= policy.thresholds.campaign_min_size
 
 
+@pytest.mark.slow
 def test_deterministic(incident_tar, policy):
     a = triage(incident_tar, policy, workers=2)
     b = triage(incident_tar, policy, workers=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -45,11 +44,6 @@ class FreezeReport:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def snapshot_name(path: str) -> str:
-    """The queue name of a snapshot path (`messages/ABC123` -> `ABC123`)."""
-    return posixpath.basename(path)
 
 
 class Queue(ABC):

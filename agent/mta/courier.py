@@ -124,7 +124,7 @@ def _record(log: IO[bytes], rec: dict, sync: bool) -> None:
 def serve(host: str, port: int, results: Path, lock: Path) -> None:
     from agent.mta.smtp import SmtpDeliverer
 
-    lock_fh = open(lock, "a+b")  # noqa: SIM115 - held for the life of the process
+    lock_fh = open(lock, "a+b")  # held for the life of the process
     fcntl.flock(lock_fh, fcntl.LOCK_EX)
     smtp = SmtpDeliverer(host, port)
     with open(results, "ab") as log:
@@ -150,7 +150,7 @@ def serve(host: str, port: int, results: Path, lock: Path) -> None:
                 sys.stdout.write(json.dumps(rec) + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the agent is gone; it will read the record
+                sys.stdout = open(os.devnull, "w")  # the agent is gone; it will read the record
     smtp.close()
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -110,7 +111,7 @@ def target_kind(target: str) -> str:
 
 
 @cache
-def _psl():
+def _psl() -> Any:
     from publicsuffixlist import PublicSuffixList
 
     return PublicSuffixList()  # the list shipped inside the package: nothing is fetched at run time

@@ -55,7 +55,7 @@ def check_incident(store: Store, incident: str, policy: SitePolicy, nameserver: 
 
 
 def watch(store: Store, policy: SitePolicy, publish: Publish | None, nameserver: str | None = None,
-          read_secret: ReadSecret | None = None) -> list[dict]:
+          read_secret: ReadSecret | None = None) -> list[dict[str, Any]]:
     """Check, compare with the last report, publish what moved, keep this report for next time."""
     from pipeline.blocklist import BlocklistReport, check_policy
     from pipeline.blocklist.watch import changes

@@ -8,7 +8,7 @@ import tempfile
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline import queues
 from pipeline.errors import PolicyError, SpoolsweepError, StoreError
@@ -70,7 +70,7 @@ def upload(store: Store, source: Path, incident: str, host: str, shard_size: int
 
 
 def approve(store: Store, incident: str, by: str, host: str | None = None, now: datetime | None = None,
-            overrides: dict[str, Verdict] | None = None, changes: list[dict] | None = None) -> Approved:
+            overrides: dict[str, Verdict] | None = None, changes: list[dict[str, Any]] | None = None) -> Approved:
     """Write the approval of an incident's current manifest once."""
     mkey = queues.manifest_key(incident)
     data = store.get(mkey)
@@ -86,7 +86,7 @@ def approve(store: Store, incident: str, by: str, host: str | None = None, now: 
 
 def write_approval(store: Store, incident: str, manifest: Manifest, manifest_sha256: str, host: str, by: str,
                    now: datetime, overrides: dict[str, Verdict] | None = None,
-                   changes: list[dict] | None = None) -> Approved:
+                   changes: list[dict[str, Any]] | None = None) -> Approved:
     """The approval object, written once under its deterministic key (a second writer reads the first's)."""
     aid = approval_id(manifest_sha256, host, by)
     approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,

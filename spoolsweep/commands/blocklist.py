@@ -100,7 +100,7 @@ def blocklist(
         raise typer.Exit(3)
 
 
-def _check_catalogue(zones, nameserver, timeout, json_out, catalogue, write_to) -> None:  # type: ignore[no-untyped-def]
+def _check_catalogue(zones, nameserver, timeout, json_out, catalogue, write_to) -> None:
     """Every live zone, every family it claims: does it still answer its test entries through this resolver?"""
     import json
     from importlib import resources
@@ -160,7 +160,7 @@ def _post(url: str, changes: list[dict]) -> None:
 _STYLE = {"listed": "bold red", "unknown": "yellow", "reputation": "cyan", "allowlisted": "green"}
 
 
-def _table(report) -> None:  # type: ignore[no-untyped-def]
+def _table(report) -> None:
     from rich.table import Table
 
     tab = Table(title=f"DNS blocklists ({len(report.results)} checks)")

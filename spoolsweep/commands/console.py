@@ -77,7 +77,7 @@ def console(
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _aws_proxy(url: str, token: str | None, region: str | None, profile: str | None):  # type: ignore[no-untyped-def]
+def _aws_proxy(url: str, token: str | None, region: str | None, profile: str | None):
     from console.aws_proxy import Signer, create_proxy, region_of, session_credentials
     from pipeline.errors import SpoolsweepError
 

@@ -109,7 +109,7 @@ def up(
         server.should_exit = True
 
 
-def _console(data: object, port: int):  # type: ignore[no-untyped-def]
+def _console(data: object, port: int):
     """The review console beside the pipeline, in a thread; None (and why) if it cannot run here."""
     try:
         from spoolsweep.commands.console import serve_in_thread

@@ -37,7 +37,7 @@ def suggest(
     typer.echo(render(snapshot.name, records, report.meta), nl=False)
 
 
-def render(name: str, records: list, meta: dict) -> str:  # type: ignore[type-arg]
+def render(name: str, records: list, meta: dict) -> str:
     """The suggested site.toml: per key, the MTA's recorded value, else the queue's evidence, else a comment."""
     from pipeline.sitepolicy import KEYS, Derived, from_queue, from_site, site_of
 

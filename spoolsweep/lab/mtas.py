@@ -34,6 +34,14 @@ def relay_probe(port: int, rcpt: str = "victim@example.com") -> tuple[int, str]:
     return code, msg.decode(errors="replace")
 
 
+def every_500(say: Callable[[str], None]) -> Callable[[int], None]:
+    """A progress callback that says how many messages were sent, every 500."""
+    def progress(i: int) -> None:
+        if i % 500 == 0:
+            say(f"   … {i:,} sent")
+    return progress
+
+
 def _push(send: Callable[[GenMessage], str], messages: list[GenMessage], progress: Callable[[int], object],
           threads: int = 4) -> None:
     with ThreadPoolExecutor(threads) as ex:
@@ -42,7 +50,7 @@ def _push(send: Callable[[GenMessage], str], messages: list[GenMessage], progres
 
 
 @contextlib.contextmanager
-def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Callable[[str], None],  # type: ignore[no-untyped-def]
+def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Callable[[str], None],
                   incident: str, host: str) -> Iterator[LabMta]:
     from spoolsweep.lab.exim import private_exim
 
@@ -59,7 +67,7 @@ def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Call
                               client_name=e.client_name, helo=e.helo or "localhost", auth_id=e.sasl_username,
                               authenticator="plain" if e.sasl_username else None)
 
-        _push(send, inc.messages, lambda i: (i % 500 == 0) and say(f"   … {i:,} sent"))
+        _push(send, inc.messages, every_500(say))
         say(f"   {len(inc.messages):,} messages queued: `exim -bpc` says {ex.run('-bpc').stdout.decode().strip()}")
         step(4, "stop the bleeding: close the relay")
         before = relay_probe(ex.port)
@@ -86,7 +94,7 @@ def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Call
 
 
 @contextlib.contextmanager
-def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],  # type: ignore[no-untyped-def]
+def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],
                       say: Callable[[str], None], incident: str, host: str) -> Iterator[LabMta]:
     from spoolsweep.lab.sendmail import private_sendmail
 
@@ -100,7 +108,7 @@ def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],  # ty
         # 127.0.0.1, and the client each message really came from is its own Received: line
         _push(lambda m: sm.send_smtp(m.envelope.mail_from or "", m.envelope.rcpt_to, m.data,
                                      helo=m.envelope.helo or "localhost"),
-              inc.messages, lambda i: (i % 500 == 0) and say(f"   … {i:,} sent"))
+              inc.messages, every_500(say))
         queued_now = sum(1 for p in sm.queue.iterdir() if p.name.startswith("qf"))
         say(f"   {len(inc.messages):,} messages sent; {queued_now:,} in the queue")
         step(4, "stop the bleeding: close the relay")

@@ -323,9 +323,6 @@ class PostfixInstance:
         """e.g. postsuper("-h", qid) puts a message on hold."""
         self.run("/usr/sbin/postsuper", "-c", str(self.etc), *args)
 
-    def queue_files(self) -> list[Path]:
-        return sorted(p for q in QUEUES for p in (self.spool / q).rglob("*") if p.is_file())
-
     def wait_queued(self, n: int, timeout: float = 30,
                     queues: Sequence[str] = ("deferred", "hold")) -> list[dict]:
         """Wait until postqueue -j lists n messages, all in one of `queues` (deferred: delivery tried)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.generator import POLICY_TOML, Incident, find_corpus, generate, load_corpus, score, write_eml_folder
 from pipeline.instructions import Receipt
 from spoolsweep.console_out import out, summary_table
-from spoolsweep.lab.mtas import LabMta
+from spoolsweep.lab.mtas import LabMta, every_500
 from spoolsweep.lab.postfix import PostfixInstance, private_postfix
 from spoolsweep.lab.sink import Sink, free_port
 from spoolsweep.lab.story import HOST, INCIDENT, Story, message_id, password_of, push_smtp, save_sink, tally, wait_sink
@@ -79,7 +79,7 @@ def _postfix_incident(st: Story, inc: Incident) -> Iterator[PostfixInstance]:
             f"accounts; the relayhost is down, so everything piles up in the queue")
         step(3, "the incident: spammers, a stolen password and the organisation's own mail, over SMTP")
         t = time.monotonic()
-        ways = push_smtp(pf, inc.messages, progress=lambda i: (i % 500 == 0) and say(f"   … {i:,} sent"))
+        ways = push_smtp(pf, inc.messages, progress=every_500(say))
         queued = pf.wait_queued(len(inc.messages), timeout=120 + len(inc.messages) / 20)
         say(f"   {len(inc.messages):,} messages accepted in {time.monotonic() - t:.1f} s "
             f"({', '.join(f'{k} {v}' for k, v in sorted(ways.items()))}); "
@@ -237,7 +237,7 @@ def _open_console(st: Story) -> subprocess.Popen | None:
     return proc
 
 
-def _truth_by_path(st: Story, inc: Incident, manifest) -> Path:  # type: ignore[no-untyped-def]
+def _truth_by_path(st: Story, inc: Incident, manifest) -> Path:
     """The generator's truth keyed by the manifest's paths (the queue gave the messages new names)."""
     label = {message_id(m.data): m for m in inc.messages}
     p = st.workdir / "truth-by-path.jsonl"
@@ -293,7 +293,7 @@ def _approve_and_replay(st: Story, inc: Incident, pf: PostfixInstance | LabMta |
     return bool(t["ok"])
 
 
-def _left(st: Story, manifest, pf: PostfixInstance | LabMta | None) -> set[str]:  # type: ignore[no-untyped-def]
+def _left(st: Story, manifest, pf: PostfixInstance | LabMta | None) -> set[str]:
     """Message-IDs of what is still queued after the replay (should be exactly the review ones)."""
     if isinstance(pf, LabMta):
         by_qid = {m.queue_id: m.message_id for m in manifest.messages}

@@ -76,7 +76,7 @@ class Story:
         return Manifest.model_validate_json((self.store / "manifests" / INCIDENT / "manifest.json").read_bytes())
 
 
-def push_smtp(pf, messages: list[GenMessage], progress: Callable[[int], None] | None = None,  # type: ignore[no-untyped-def]
+def push_smtp(pf, messages: list[GenMessage], progress: Callable[[int], None] | None = None,
               threads: int = 8) -> Counter:
     """Send each message into Postfix over SMTP as its client did: XCLIENT for the client address, name and HELO,
     a real SMTP AUTH login for the authenticated ones. Returns how many went in by which way."""
