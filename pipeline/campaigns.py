@@ -246,11 +246,6 @@ def _components(n: int, edges: np.ndarray) -> np.ndarray:
     return ranked[lab].astype(np.int64)
 
 
-def group_campaigns(texts: Sequence[Features | str], threshold: float = 0.5) -> np.ndarray:
-    """Plain-function twin of CampaignClusterer: the cluster label of each message."""
-    return CampaignClusterer(threshold=threshold).fit(texts).labels_
-
-
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
     """Words that at least half the members of a group share, commonest first."""
     df: Counter[str] = Counter()

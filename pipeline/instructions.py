@@ -43,11 +43,6 @@ class Approval(Strict):
     changes: list[dict] = Field(default_factory=list, description="verdict changes made during review")
 
 
-class Action(StrEnum):
-    replay = "replay"
-    purge = "purge"
-
-
 class Instruction(Strict):
     """What the agent will do; valid only with a good signature, for this host, before expiry, once."""
 

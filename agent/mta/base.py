@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.journal import Phase
 from pipeline.models import Envelope
 
 Commit = Callable[[], None]
@@ -78,7 +79,7 @@ class Queue(ABC):
     def remove(self, qm: QueuedMessage) -> None:
         """Delete a frozen message; deleting one that is already gone is not an error."""
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         """Let the MTA itself deliver the message (only for queues with releases_natively)."""
         raise NotImplementedError(f"{self.name} cannot release natively; use SMTP re-injection")
 
