@@ -22,7 +22,7 @@ class NoRulesSection(SpoolsweepError):
 
 def _item(k: int, rule: Rule[Any]) -> str:
     code = f"`{rule.code.value}`" if rule.code is not None else "the campaign's reasons"
-    name = "" if rule.code is not None and rule.name == rule.code.value else f" ({rule.name})"
+    name = f" ({rule.alias})" if rule.alias else ""
     verdict = f"`{rule.verdict.value}`" if rule.verdict is not None else "the campaign's verdict"
     head = f"{INDENT}{k}. "
     return textwrap.fill(f"{code}{name} → {verdict}: {rule.summary}", WIDTH, initial_indent=head,

@@ -194,7 +194,7 @@ class AccountProfile:
 F = TypeVar("F")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What a rule says about the one message or campaign it decided."""
 
@@ -206,20 +206,29 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Rule(Generic[F]):
-    """One row of a verdict table."""
+    """One row of a verdict table: when `when` holds, the verdict is `verdict`, for the reason `code`
+    in the words `then` finds."""
 
-    name: str
     code: ReasonCode | None  # None: the message takes its campaign's decision, reasons and all
     verdict: Verdict | None  # None: its campaign's verdict
     when: Callable[[F], bool]
-    then: Callable[[F], Outcome] | None
+    then: Callable[[F], Outcome] | None  # None with code None
     summary: str  # the rule in one line an admin reads (the README)
     after_campaign: bool = False  # the message's campaign's reasons come first (a campaign left to review)
+    alias: str = ""  # a name of its own, for a rule that shares its code or has none
+
+    @property
+    def name(self) -> str:
+        return self.alias or (self.code.value if self.code is not None else "")
 
 
-def _first(table: Sequence[Rule[F]], facts: F) -> Rule[F]:
-    for rule in table:
-        if rule.when(facts):
+_WEIGHT = {v: v.value for v in Verdict}  # a rule's reason weighs for its verdict
+
+
+def _first(table: Sequence[tuple[Callable[[F], bool], Rule[F]]], facts: F) -> Rule[F]:
+    # (predicate, rule) pairs: this runs for every message of a million-message queue
+    for when, rule in table:
+        if when(facts):
             return rule
     raise AssertionError("a verdict table ends with a rule that always holds")
 
@@ -230,8 +239,8 @@ def _decision(rule: Rule[F], facts: F, campaign: Decision | None = None) -> Deci
         return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
     out = rule.then(facts)
     first = list(campaign.reasons) if rule.after_campaign and campaign is not None else []
-    return Decision(rule.verdict, out.confidence, [*first, R(rule.code, out.text, rule.verdict.value), *out.more],
-                    accounts=set(out.accounts))
+    return Decision(rule.verdict, out.confidence, [*first, R(rule.code, out.text, _WEIGHT[rule.verdict]), *out.more],
+                    accounts=set(out.accounts) if out.accounts else set())
 
 
 class CampaignFacts:
@@ -329,7 +338,7 @@ CampaignRule = Rule[CampaignFacts]
 CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
     # One client, one sender domain: a botnet run uses many; this is as likely our own web shop or CRM on
     # an address missing from trusted_networks as one abused server. A human decides.
-    Rule("relayed_single_source", ReasonCode.relayed_single_source, Verdict.review,
+    Rule(ReasonCode.relayed_single_source, Verdict.review,
          lambda f: f.abused and f.one_source,
          lambda f: Outcome(0.5, f"{f.abusive} of {f.n} copies relayed, all from {f.ctxs[f.abusers[0]].client_ip} "
                            "with one sender domain: an application of ours missing from trusted_networks, or one "
@@ -337,85 +346,77 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
          "at least 10% of the copies relayed or forging a local sender from outside, all from one client "
          "under one sender domain (also what our own web shop on an address missing from trusted_networks "
          "looks like)"),
-    Rule("relayed_campaign", ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused, _relayed_campaign,
+    Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused, _relayed_campaign,
          "at least 10% of the copies relayed (unauthenticated, client outside trusted networks, no local "
          "recipient) or forging a local sender from outside: the whole run, inbound copies included; an account "
          "that sent copies of the same run from many addresses is named as stolen"),
-    Rule("backscatter_campaign", ReasonCode.backscatter_campaign, Verdict.spam,
+    Rule(ReasonCode.backscatter_campaign, Verdict.spam,
          lambda f: f.bounces_out >= max(2, 0.5 * f.n),
          lambda f: Outcome(0.95, f"{f.bounces_out} of {f.n} are our bounces to external addresses quoting the same "
                            "message: backscatter to forged senders"),
          "at least half the copies are our bounces to external addresses quoting the same message"),
-    Rule("stolen_account", ReasonCode.stolen_account, Verdict.spam, lambda f: f.authed_bulk and bool(f.stolen),
+    Rule(ReasonCode.stolen_account, Verdict.spam, lambda f: f.authed_bulk and bool(f.stolen),
          lambda f: Outcome(0.9, "authenticated bulk unlike a newsletter, like a stolen password: "
                            + "; ".join(f.stolen.values()), accounts=frozenset(f.stolen)),
          "at least half the copies authenticated, and one account's own copies (at least campaign_min_size) come "
          "from compromised_min_client_ips or more client IPs outside trusted networks, or mostly carry a "
          "non-local sender: a stolen password"),
-    Rule("authenticated_bulk", ReasonCode.authenticated_bulk, Verdict.valid,
+    Rule(ReasonCode.authenticated_bulk, Verdict.valid,
          lambda f: f.authed_bulk and f.newsletter_like, _authenticated_bulk,
          "at least half authenticated, and mostly with List-Unsubscribe or Precedence: bulk, or from several "
          "accounts, or from an address the main account also uses outside campaigns, or through at most two "
          "addresses: a newsletter, however big"),
-    Rule("authenticated_bulk_unclear", ReasonCode.authenticated_bulk_unclear, Verdict.review,
+    Rule(ReasonCode.authenticated_bulk_unclear, Verdict.review,
          lambda f: f.authed_bulk,
          lambda f: Outcome(0.5, f"bulk through account {f.main_account[0]!r} from {len(f.main_account[1])} client "
                            "IPs; cannot tell a newsletter from a stolen password"),
          "any other campaign at least half authenticated: cannot tell a newsletter from a stolen password"),
-    Rule("trusted_bulk", ReasonCode.trusted_bulk, Verdict.valid, lambda f: f.trusted_plain >= 0.5 * f.n,
+    Rule(ReasonCode.trusted_bulk, Verdict.valid, lambda f: f.trusted_plain >= 0.5 * f.n,
          lambda f: Outcome(0.85, f"{f.trusted_plain} of {f.n} submitted from trusted networks or locally"),
          "at least half submitted from trusted networks or on the host, unauthenticated, not bounces"),
     # Not judged on content: delivering it to our own users does not touch the server's reputation, and
     # the same shape is a list or newsletter they subscribed to.
-    Rule("inbound_bulk", ReasonCode.inbound_bulk, Verdict.valid, lambda f: f.inbound >= 0.5 * f.n,
+    Rule(ReasonCode.inbound_bulk, Verdict.valid, lambda f: f.inbound >= 0.5 * f.n,
          lambda f: Outcome(0.8, f"{f.inbound} of {f.n} are inbound to local recipients and none relayed: mail for "
                            "our own users (a list or newsletter they receive)"),
          "at least half inbound to local recipients from outside, none relayed: delivering it does not touch the "
          "server's reputation, and a list our users subscribed to has the same shape (their own spam filter "
          "still sees it)"),
-    Rule("campaign_unclear", ReasonCode.campaign_unclear, Verdict.review, lambda f: True,
+    Rule(ReasonCode.campaign_unclear, Verdict.review, lambda f: True,
          lambda f: Outcome(0.4, "a campaign with no clear origin"), "any other campaign"),
 )
 
+_CAMPAIGN_WHEN = tuple((r.when, r) for r in CAMPAIGN_RULES)
 
 def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
                       policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> Decision:
     """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages)."""
     facts = CampaignFacts(members, recs, ctxs, policy, profiles)
-    return _decision(_first(CAMPAIGN_RULES, facts), facts)
+    return _decision(_first(_CAMPAIGN_WHEN, facts), facts)
 
 
-@dataclass(slots=True)
 class MessageFacts:
-    """What the message rules read about one message."""
+    """What the message rules read about one message; the conditions several rules share, worked out once."""
 
-    rec: ParsedRecord
-    c: Context
-    campaign: Decision | None
-    backscatter_hit: bool  # a bounce grouped with a spam campaign's message
-    profiles: Mapping[str, AccountProfile]
-    abusive_ips: set[str] | None  # None: not known
+    __slots__ = ("rec", "c", "campaign", "backscatter_hit", "profiles", "abusive_ips", "in_spam_campaign",
+                 "bounce_to_local", "our_bounce_out", "relayed_out")
+
+    def __init__(self, rec: ParsedRecord, c: Context, campaign: Decision | None, backscatter_hit: bool,
+                 profiles: Mapping[str, AccountProfile], abusive_ips: set[str] | None) -> None:
+        self.rec, self.c, self.campaign, self.profiles = rec, c, campaign, profiles
+        self.backscatter_hit = backscatter_hit  # a bounce grouped with a spam campaign's message
+        self.abusive_ips = abusive_ips  # None: not known
+        self.in_spam_campaign = campaign is not None and campaign.verdict is Verdict.spam
+        bounce = rec.bounce
+        self.bounce_to_local = bounce and bool(c.local_rcpts) and not c.external_rcpts
+        # a bounce of ours: the client is trusted or local, or there is none
+        self.our_bounce_out = (bounce and bool(c.external_rcpts) and not c.local_rcpts
+                               and (c.local_origin or c.client_ip is None))
+        self.relayed_out = c.relayed and not c.sender_local
 
     @property
     def profile(self) -> AccountProfile | None:
         return self.profiles.get(self.c.account) if self.c.account else None
-
-
-def _in_spam_campaign(f: MessageFacts) -> bool:
-    return f.campaign is not None and f.campaign.verdict is Verdict.spam
-
-
-def _bounce_to_local(f: MessageFacts) -> bool:
-    return f.rec.bounce and bool(f.c.local_rcpts) and not f.c.external_rcpts
-
-
-def _our_bounce_out(f: MessageFacts) -> bool:
-    c = f.c
-    return f.rec.bounce and bool(c.external_rcpts) and not c.local_rcpts and (c.local_origin or c.client_ip is None)
-
-
-def _relayed_out(f: MessageFacts) -> bool:
-    return f.c.relayed and not f.c.sender_local
 
 
 def _compromised(f: MessageFacts) -> bool:
@@ -441,106 +442,108 @@ def _authenticated(f: MessageFacts) -> Outcome:
 
 MessageRule = Rule[MessageFacts]
 MESSAGE_RULES: tuple[MessageRule, ...] = (
-    Rule("defect", ReasonCode.defect, Verdict.review, lambda f: bool(integrity_defects(f.rec.defects)),
+    Rule(ReasonCode.defect, Verdict.review, lambda f: bool(integrity_defects(f.rec.defects)),
          lambda f: Outcome(0.3, f"cannot vouch for this message: {'; '.join(integrity_defects(f.rec.defects))}"),
          "an archive or reader defect (unsafe name, duplicate, digest mismatch, truncation, unparseable, "
          "oversize): the bytes themselves are in doubt"),
-    Rule("no_recipients", ReasonCode.no_recipients, Verdict.review,
+    Rule(ReasonCode.no_recipients, Verdict.review,
          lambda f: not (f.rec.envelope.rcpt_to or f.rec.envelope.done_rcpt_to),
          lambda f: Outcome(0.3, "no recipient known"), "no recipient known"),
-    Rule("backscatter_local", ReasonCode.backscatter_local, Verdict.spam,
-         lambda f: _bounce_to_local(f) and (f.backscatter_hit or _in_spam_campaign(f)),
+    Rule(ReasonCode.backscatter_local, Verdict.spam,
+         lambda f: f.bounce_to_local and (f.backscatter_hit or f.in_spam_campaign),
          lambda f: Outcome(0.9, "a bounce to a local address quoting campaign spam that forged our domain as its "
                            "sender"),
          "a bounce to local addresses quoting campaign spam (spam that forged our domain)"),
-    Rule("bounce_to_local", ReasonCode.bounce_to_local, Verdict.valid,
-         lambda f: _bounce_to_local(f) and bool(f.c.bounced_ours),
+    Rule(ReasonCode.bounce_to_local, Verdict.valid,
+         lambda f: f.bounce_to_local and bool(f.c.bounced_ours),
          lambda f: Outcome(0.85, "a bounce to a local user about their own mail: the copy it quotes reached us "
                            f"{f.c.bounced_ours}"),
          "a bounce to local addresses whose quoted copy reached us from our own side (our Received hop in it: "
          "an authenticated account, a trusted network or a submission on the host; a spammer can write hops "
          "below ours, not ours)"),
     # spam that forged this address bounces here too: without evidence the quoted mail was ours, a human decides
-    Rule("bounce_to_local_unproven", ReasonCode.bounce_to_local_unproven, Verdict.review, _bounce_to_local,
+    Rule(ReasonCode.bounce_to_local_unproven, Verdict.review, lambda f: f.bounce_to_local,
          lambda f: Outcome(0.5, "a bounce to a local address; nothing shows the mail it quotes came from our side "
                            "(no Received hop of ours with authentication, a trusted network or a local "
                            "submission), and it matches no spam run: perhaps backscatter"),
          "any other bounce to local addresses"),
-    Rule("backscatter", ReasonCode.backscatter, Verdict.spam, lambda f: _our_bounce_out(f) and f.backscatter_hit,
+    Rule(ReasonCode.backscatter, Verdict.spam, lambda f: f.our_bounce_out and f.backscatter_hit,
          lambda f: Outcome(0.95, "our bounce to an external address quoting a message of a spam campaign: "
                            "backscatter"),
          "our bounce to external addresses quoting a message of a spam campaign"),
-    Rule("bounce_in_spam_campaign", None, Verdict.spam, lambda f: _our_bounce_out(f) and _in_spam_campaign(f), None,
-         "our bounce to external addresses that is itself in a spam campaign: the campaign's verdict and reasons"),
-    Rule("bounce_external", ReasonCode.bounce_external, Verdict.review, _our_bounce_out,
+    Rule(None, Verdict.spam, lambda f: f.our_bounce_out and f.in_spam_campaign, None,
+         "our bounce to external addresses that is itself in a spam campaign: the campaign's verdict and reasons",
+         alias="bounce_in_spam_campaign"),
+    Rule(ReasonCode.bounce_external, Verdict.review, lambda f: f.our_bounce_out,
          lambda f: Outcome(0.5, "our bounce to an external address; the bounced message is not recognised as spam"),
          "any other bounce of ours to external addresses"),
-    Rule("contradiction_account", ReasonCode.contradiction, Verdict.review,
-         lambda f: _in_spam_campaign(f) and _account_not_abused(f),
+    Rule(ReasonCode.contradiction, Verdict.review,
+         lambda f: f.in_spam_campaign and _account_not_abused(f),
          lambda f: Outcome(0.4, f"in a spam campaign but sent by account {f.c.account!r}, not seen abused"),
-         "in a spam campaign, but sent by an authenticated account not seen abused", after_campaign=True),
-    Rule("contradiction_local", ReasonCode.contradiction, Verdict.review,
-         lambda f: (_in_spam_campaign(f) and f.c.local_origin and not f.c.authenticated and not f.rec.bounce
+         "in a spam campaign, but sent by an authenticated account not seen abused", after_campaign=True,
+         alias="contradiction_account"),
+    Rule(ReasonCode.contradiction, Verdict.review,
+         lambda f: (f.in_spam_campaign and f.c.local_origin and not f.c.authenticated and not f.rec.bounce
                     and f.c.sender_local),
          lambda f: Outcome(0.4, "in a spam campaign but submitted locally by a local sender"),
          "in a spam campaign, but submitted from a trusted network or on the host by a local sender",
-         after_campaign=True),
-    Rule("campaign", None, None, lambda f: f.campaign is not None and f.campaign.verdict is not Verdict.review, None,
-         "in a campaign decided `spam` or `valid`: the campaign's verdict and reasons"),
+         after_campaign=True, alias="contradiction_local"),
+    Rule(None, None, lambda f: f.campaign is not None and f.campaign.verdict is not Verdict.review, None,
+         "in a campaign decided `spam` or `valid`: the campaign's verdict and reasons", alias="campaign"),
     # From here on, a message in a campaign left to review carries the campaign's reasons first.
-    Rule("relayed_unknown_source", ReasonCode.relayed_unknown_source, Verdict.review,
-         lambda f: _relayed_out(f) and f.abusive_ips is not None and f.c.client_ip not in f.abusive_ips,
+    Rule(ReasonCode.relayed_unknown_source, Verdict.review,
+         lambda f: f.relayed_out and f.abusive_ips is not None and f.c.client_ip not in f.abusive_ips,
          lambda f: Outcome(0.5, f"relayed (sender and all recipients non-local, not authenticated) from "
                            f"{f.c.client_ip}, which sent no spam campaign and one sender domain: perhaps an "
                            "application of ours missing from trusted_networks"),
          "relayed (sender and all recipients non-local, unauthenticated, client outside trusted networks) from "
          "a client that fed no spam campaign and forged at most two sender domains: perhaps our own application",
          after_campaign=True),
-    Rule("relayed", ReasonCode.relayed, Verdict.spam, lambda f: _relayed_out(f) and f.c.auth_known,
+    Rule(ReasonCode.relayed, Verdict.spam, lambda f: f.relayed_out and f.c.auth_known,
          lambda f: Outcome(0.9, f"relayed: sender and all recipients non-local, client {f.c.client_ip} not trusted, "
                            "not authenticated"),
          "relayed from a client that fed a spam campaign or forged several sender domains", after_campaign=True),
-    Rule("relayed_auth_unrecorded", ReasonCode.relayed, Verdict.spam, _relayed_out,
+    Rule(ReasonCode.relayed, Verdict.spam, lambda f: f.relayed_out,
          lambda f: Outcome(0.8, f"relayed: sender and all recipients non-local, client {f.c.client_ip} not trusted, "
                            "not authenticated (authentication not recorded by this queue format)"),
          "the same, from a queue format that does not record authentication (lower confidence)",
-         after_campaign=True),
-    Rule("stolen_account_source", ReasonCode.stolen_account_source, Verdict.spam,
-         _from_attacker,
+         after_campaign=True, alias="relayed_auth_unrecorded"),
+    Rule(ReasonCode.stolen_account_source, Verdict.spam, _from_attacker,
          lambda f: Outcome(0.85, f"sent through compromised account {f.c.account!r} from {f.c.client_ip}, a client "
                            "IP that fed its spam campaigns"),
          "through a compromised account, from a client address that fed its spam campaigns", after_campaign=True),
-    Rule("compromised_account", ReasonCode.compromised_account, Verdict.review, _compromised,
+    Rule(ReasonCode.compromised_account, Verdict.review, _compromised,
          lambda f: Outcome(0.5, f"account {f.c.account!r} is compromised; this message came from {f.c.client_ip}, "
                            "not one of the attacker's IPs"),
          "through a compromised account from any other address: its owner, or the attacker from elsewhere",
          after_campaign=True),
-    Rule("authenticated", ReasonCode.authenticated, Verdict.valid, lambda f: f.c.authenticated and bool(f.c.account),
+    Rule(ReasonCode.authenticated, Verdict.valid, lambda f: f.c.authenticated and bool(f.c.account),
          _authenticated, "authenticated by SMTP AUTH", after_campaign=True),
     # A local sender from outside without AUTH may be spoofed, or one of our own users whose client never
     # authenticated because the server never asked: outside a spam campaign, a human decides.
-    Rule("forged_local_sender", ReasonCode.forged_local_sender, Verdict.review, lambda f: f.c.forged_local,
+    Rule(ReasonCode.forged_local_sender, Verdict.review, lambda f: f.c.forged_local,
          lambda f: Outcome(0.5, f"local sender <{f.rec.envelope.mail_from}> from outside ({f.c.client_ip}), not "
                            "authenticated: forged, or a network missing from trusted_networks"),
          "a local sender from a client outside trusted networks, unauthenticated: forged, or a network "
          "missing from trusted_networks", after_campaign=True),
-    Rule("trusted_origin", ReasonCode.trusted_origin, Verdict.valid, lambda f: f.c.local_origin,
+    Rule(ReasonCode.trusted_origin, Verdict.valid, lambda f: f.c.local_origin,
          lambda f: Outcome(0.85, "submitted from a trusted network or locally"
                            + (f" ({f.c.client_ip})" if f.c.client_ip else "")),
          "submitted from a trusted network or on the host", after_campaign=True),
-    Rule("inbound", ReasonCode.inbound, Verdict.valid, lambda f: bool(f.c.local_rcpts) and not f.c.external_rcpts,
+    Rule(ReasonCode.inbound, Verdict.valid, lambda f: bool(f.c.local_rcpts) and not f.c.external_rcpts,
          lambda f: Outcome(0.85, f"inbound to {len(f.c.local_rcpts)} local recipient(s), not relayed"),
          "inbound to local recipients only", after_campaign=True),
-    Rule("mixed_recipients", ReasonCode.mixed_recipients, Verdict.review,
+    Rule(ReasonCode.mixed_recipients, Verdict.review,
          lambda f: bool(f.c.local_rcpts) and bool(f.c.external_rcpts),
          lambda f: Outcome(0.5, f"unauthenticated from {f.c.client_ip or 'an unknown client'} to local and "
                            f"{len(f.c.external_rcpts)} external recipient(s)"),
          "unauthenticated, to local and external recipients at once", after_campaign=True),
-    Rule("origin_unknown", ReasonCode.origin_unknown, Verdict.review, lambda f: True,
+    Rule(ReasonCode.origin_unknown, Verdict.review, lambda f: True,
          lambda f: Outcome(0.4, "the queue does not say where this message came from"),
          "anything else: the queue does not say where it came from", after_campaign=True),
 )
 
+_MESSAGE_WHEN = tuple((r.when, r) for r in MESSAGE_RULES)
 
 def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign: Decision | None,
                      backscatter_hit: bool, profiles: Mapping[str, AccountProfile],
@@ -548,4 +551,4 @@ def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Contex
     """The verdict for one message. abusive_ips: clients that fed a spam campaign or forged several sender
     domains; a relayed message from any other client may be an application of ours (review, not spam)."""
     facts = MessageFacts(recs[i], ctxs[i], campaign, backscatter_hit, profiles, abusive_ips)
-    return _decision(_first(MESSAGE_RULES, facts), facts, campaign)
+    return _decision(_first(_MESSAGE_WHEN, facts), facts, campaign)
