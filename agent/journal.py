@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from agent.errors import JournalError
@@ -62,7 +63,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
-FINAL = ("done", "missing", "refused", "failed")
+
+class Phase(StrEnum):
+    """Where one action stands (the `phase` column of `actions`)."""
+
+    pending = "pending"  # planned; nothing done yet
+    intent = "intent"  # about to act: it may or may not have happened
+    commit = "commit"  # past its point of no return
+    done = "done"
+    missing = "missing"  # not in the queue
+    refused = "refused"  # never attempted: unsafe, done by another instruction, or not the message reviewed
+    failed = "failed"
+
+
+FINAL = frozenset({Phase.done, Phase.missing, Phase.refused, Phase.failed})
+STARTED = (Phase.intent, Phase.commit, Phase.done)  # the action may have happened
 
 
 def _now() -> str:
@@ -78,7 +93,7 @@ class ActionRow:
     path: str
     queue_id: str | None
     sha256: str
-    phase: str
+    phase: Phase
     detail: str
 
 
@@ -129,7 +144,7 @@ class Journal:
         return None if row is None else (row[0], row[1])
 
     def begin(self, instruction_id: str, incident: str, body: str,
-              plan: list[tuple[str, str, str, str | None, str, str, str]]) -> None:
+              plan: list[tuple[str, str, str, str | None, str, Phase, str]]) -> None:
         """Record a verified instruction and its plan (msg_id, action, path, queue_id, sha256, phase, detail)."""
         now = _now()
         with self.batch():
@@ -140,7 +155,7 @@ class Journal:
                 "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(instruction_id, i, *p, now) for i, p in enumerate(plan)])
 
-    def set_phase(self, instruction_id: str, seq: int, phase: str, detail: str = "") -> None:
+    def set_phase(self, instruction_id: str, seq: int, phase: Phase, detail: str = "") -> None:
         self.db.execute("UPDATE actions SET phase=?, detail=?, updated_at=? WHERE instruction_id=? AND seq=?",
                         (phase, detail, _now(), instruction_id, seq))
 
@@ -158,7 +173,7 @@ class Journal:
             "ORDER BY received_at")]
 
     def actions(self, instruction_id: str) -> list[ActionRow]:
-        return [ActionRow(*r) for r in self.db.execute(
+        return [ActionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], Phase(r[7]), r[8]) for r in self.db.execute(
             "SELECT instruction_id, seq, msg_id, action, path, queue_id, sha256, phase, detail FROM actions "
             "WHERE instruction_id=? ORDER BY seq", (instruction_id,))]
 
@@ -170,8 +185,8 @@ class Journal:
     def done_elsewhere(self, path: str, sha256: str, action: str, instruction_id: str) -> str | None:
         """The instruction that already did this action to this message (same place, same digest), if any."""
         r = self.db.execute("SELECT instruction_id FROM actions WHERE sha256=? AND path=? AND action=? AND phase "
-                            "IN ('intent','commit','done') AND instruction_id!=? LIMIT 1",
-                            (sha256, path, action, instruction_id)).fetchone()
+                            "IN (?,?,?) AND instruction_id!=? LIMIT 1",
+                            (sha256, path, action, *STARTED, instruction_id)).fetchone()
         return None if r is None else r[0]
 
     def record_refusal(self, body_sha256: str, instruction_id: str | None, reason: str) -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.errors import JournalError
-from agent.journal import FINAL, ActionRow, Journal
+from agent.journal import FINAL, ActionRow, Journal, Phase
 from agent.mta.base import Deliverer, Queue, QueuedMessage
 from agent.verify import Item, Lean, body_digest, check, parse_payload, signed_names
 from pipeline import queues
@@ -58,9 +58,9 @@ class Agent:
     batch: int = 100  # native releases per MTA command
     dead_letters: Path | None = None  # refused bodies; default: dead-letter/ beside the journal
     # `done` marks wait here and ride along with the next write: one fsync per message, not three
-    _deferred: list[tuple[str, int, str, str]] = field(default_factory=list, init=False, repr=False)
+    _deferred: list[tuple[str, int, Phase, str]] = field(default_factory=list, init=False, repr=False)
 
-    def _set(self, row: ActionRow, phase: str, detail: str = "", defer: bool = False) -> None:
+    def _set(self, row: ActionRow, phase: Phase, detail: str = "", defer: bool = False) -> None:
         """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk
         (`intent` or `commit`) leads the resumed run to the same end."""
         if defer:
@@ -136,10 +136,10 @@ class Agent:
 
     def _plan(self, ins: Lean, body: str) -> None:
         """Check every message against the frozen queue before touching any; record the plan in one go."""
-        plan: list[tuple[str, str, str, str | None, str, str, str]] = []
+        plan: list[tuple[str, str, str, str | None, str, Phase, str]] = []
         for action, items in (("replay", ins.replay), ("purge", ins.purge)):
             for m in items:
-                phase, detail = "pending", ""
+                phase, detail = Phase.pending, ""
                 other = self.journal.done_elsewhere(m.path, m.sha256, action, ins.instruction_id)
                 try:
                     qm = self.queue.locate(m.path, m.queue_id)
@@ -147,23 +147,23 @@ class Agent:
                 except SpoolsweepError as e:  # a link or a device where the message was: never touched
                     qm, unsafe = None, str(e)
                 if other is not None:
-                    phase, detail = "refused", f"already {action}ed by instruction {other}"
+                    phase, detail = Phase.refused, f"already {action}ed by instruction {other}"
                 elif unsafe:
-                    phase, detail = "refused", unsafe
+                    phase, detail = Phase.refused, unsafe
                 elif qm is None:
-                    phase, detail = "missing", f"not in the frozen queue ({m.queue_id or m.path})"
+                    phase, detail = Phase.missing, f"not in the frozen queue ({m.queue_id or m.path})"
                 elif qm.sha256 != m.sha256:
-                    phase, detail = "refused", (f"digest mismatch: reviewed {m.sha256[:16]}…, "
+                    phase, detail = Phase.refused, (f"digest mismatch: reviewed {m.sha256[:16]}…, "
                                                 f"on disk {qm.sha256[:16]}…; left untouched")
                 elif action == "replay" and not (m.rcpt_to if m.rcpt_to is not None
                                                  else self.queue.full_envelope(qm).rcpt_to):
-                    phase, detail = "refused", "no recipients in the envelope"
-                if phase != "pending":
+                    phase, detail = Phase.refused, "no recipients in the envelope"
+                if phase != Phase.pending:
                     log.warning("%s %s: %s", action, m.id, detail)
                 plan.append((m.id, action, m.path, m.queue_id, m.sha256, phase, detail))
         self.journal.begin(ins.instruction_id, ins.incident, body, plan)
         log.info("instruction %s verified: %d to replay, %d to purge, %d refused or missing", ins.instruction_id,
-                 len(ins.replay), len(ins.purge), sum(1 for p in plan if p[5] != "pending"))
+                 len(ins.replay), len(ins.purge), sum(1 for p in plan if p[5] is not Phase.pending))
 
     def _execute(self, ins: Lean) -> Receipt:
         envelopes = {m.id: m for m in ins.replay}
@@ -185,10 +185,10 @@ class Agent:
                     self._purge(row, ins.quarantine)
             except SpoolsweepError as e:
                 log.error("%s %s failed: %s", row.action, row.msg_id, e)
-                self._set(row, "failed", str(e))
+                self._set(row, Phase.failed, str(e))
             except OSError as e:
                 log.error("%s %s failed: %s", row.action, row.msg_id, e)
-                self._set(row, "failed", f"{type(e).__name__}: {e}")
+                self._set(row, Phase.failed, f"{type(e).__name__}: {e}")
         if self.deliverer is not None:
             self.deliverer.close()
         self.queue.flush()
@@ -198,7 +198,7 @@ class Agent:
         return self._receipt(ins.instruction_id, ins.incident)
 
     def _batchable(self, row: ActionRow) -> bool:
-        return (row.action == "replay" and row.phase == "pending" and self.deliverer is None
+        return (row.action == "replay" and row.phase == Phase.pending and self.deliverer is None
                 and hasattr(self.queue, "release_many"))
 
     def _release_batch(self, rows: list[ActionRow]) -> None:
@@ -207,7 +207,7 @@ class Agent:
         for row in rows:
             qm = self._current(row)
             if qm is None:
-                self._set(row, "missing", "gone from the queue before replay")
+                self._set(row, Phase.missing, "gone from the queue before replay")
                 continue
             self.rate.wait()
             ready.append((row, qm))
@@ -216,7 +216,7 @@ class Agent:
         with self.journal.batch():
             self._flush()
             for row, _ in ready:
-                self.journal.set_phase(row.instruction_id, row.seq, "intent")
+                self.journal.set_phase(row.instruction_id, row.seq, Phase.intent)
         try:
             self.queue.release_many([qm for _, qm in ready])  # type: ignore[attr-defined]
         except (SpoolsweepError, OSError) as e:
@@ -224,13 +224,13 @@ class Agent:
             log.error("releasing %d messages at once failed (%s); one by one", len(ready), e)
             for row, qm in ready:
                 try:
-                    self.queue.release(qm, lambda: None, "intent")
-                    self._set(row, "done", "released to the MTA", defer=True)
+                    self.queue.release(qm, lambda: None, Phase.intent)
+                    self._set(row, Phase.done, "released to the MTA", defer=True)
                 except (SpoolsweepError, OSError) as e1:
-                    self._set(row, "failed", f"release failed: {e1}")
+                    self._set(row, Phase.failed, f"release failed: {e1}")
             return
         for row, _ in ready:
-            self._set(row, "done", "released to the MTA", defer=True)
+            self._set(row, Phase.done, "released to the MTA", defer=True)
         log.info("released %d messages", len(ready))
 
     def _current(self, row: ActionRow) -> QueuedMessage | None:
@@ -241,18 +241,18 @@ class Agent:
 
     def _replay(self, row: ActionRow, item: Item | None) -> None:
         qm = self._current(row)
-        if row.phase == "pending":
+        if row.phase == Phase.pending:
             if qm is None:
-                self._set(row, "missing", "gone from the queue before replay")
+                self._set(row, Phase.missing, "gone from the queue before replay")
                 return
             self.rate.wait()
             if self.deliverer is None:
                 # a native release leaves no trace in the queue to tell "released by us" from "gone": say so first
-                self._set(row, "intent")
-        resumed = None if row.phase == "pending" else row.phase
+                self._set(row, Phase.intent)
+        resumed = None if row.phase is Phase.pending else row.phase
 
         def commit() -> None:
-            self._set(row, "commit")
+            self._set(row, Phase.commit)
 
         if self.deliverer is None:
             stub = qm or QueuedMessage(row.path, row.queue_id, Envelope(), row.sha256, 0)
@@ -260,10 +260,10 @@ class Agent:
             detail = "released to the MTA"
         else:
             key = f"{row.instruction_id}/{row.seq}"
-            status, detail = ("unsent", "") if resumed != "commit" else self.deliverer.resolve(key)
+            status, detail = ("unsent", "") if resumed is not Phase.commit else self.deliverer.resolve(key)
             if status == "unsent":
                 if qm is None:
-                    self._set(row, "missing", "gone from the queue before replay")
+                    self._set(row, Phase.missing, "gone from the queue before replay")
                     return
                 if item is not None and item.rcpt_to:
                     env = Envelope(mail_from=item.mail_from, rcpt_to=list(item.rcpt_to))
@@ -273,27 +273,27 @@ class Agent:
                 detail = f"re-injected: {answer.strip()[:120]}"
             elif status != "delivered":
                 log.error("replay %s %s: %s", row.msg_id, status, detail)
-                self._set(row, "failed", f"{status}: {detail}")
+                self._set(row, Phase.failed, f"{status}: {detail}")
                 return
             if qm is not None:
                 self.queue.after_reinjection(qm)
-        self._set(row, "done", detail, defer=True)
+        self._set(row, Phase.done, detail, defer=True)
         log.info("replayed %s (%s)", row.msg_id, detail)
 
     def _purge(self, row: ActionRow, quarantine: bool) -> None:
         qm = self._current(row)
-        if row.phase == "pending":
+        if row.phase == Phase.pending:
             if qm is None:
-                self._set(row, "missing", "gone from the queue before purge")
+                self._set(row, Phase.missing, "gone from the queue before purge")
                 return
-            self._set(row, "intent")
+            self._set(row, Phase.intent)
         detail = "purged"
         if qm is not None:
             if quarantine and self.quarantine is not None:
                 dest = self.queue.quarantine(qm, self.quarantine)
                 detail = f"purged (quarantined as {dest.name})"
             self.queue.remove(qm)
-        self._set(row, "done", detail, defer=True)
+        self._set(row, Phase.done, detail, defer=True)
         log.info("purged %s", row.msg_id)
 
     # receipts -----------------------------------------------------------------------------
@@ -301,8 +301,8 @@ class Agent:
         started, finished = self.journal.times(instruction_id)
         items = []
         for a in self.journal.actions(instruction_id):
-            outcome = {"done": Outcome.replayed if a.action == "replay" else Outcome.purged,
-                       "missing": Outcome.missing, "refused": Outcome.refused}.get(a.phase, Outcome.failed)
+            outcome = {Phase.done: Outcome.replayed if a.action == "replay" else Outcome.purged,
+                       Phase.missing: Outcome.missing, Phase.refused: Outcome.refused}.get(a.phase, Outcome.failed)
             items.append(ReceiptItem(id=a.msg_id, sha256=a.sha256, outcome=outcome, detail=a.detail))
         receipt = Receipt(instruction_id=instruction_id, incident=incident, host=self.host,
                           started_at=datetime.fromisoformat(started),

@@ -52,6 +52,31 @@ class RawMessage(Model):
     mta: str | None = Field(None, description="the MTA a canonical snapshot was taken from (its meta's `mta`)")
 
 
+class DefectKind(StrEnum):
+    """What a defect puts in doubt. Defects are kept as lines of text (the manifest's `defects`); a MIME
+    defect is written `mime: <what>` (mime_defect), any other line is an integrity defect."""
+
+    integrity = "integrity"  # from the archive or the reader: the bytes themselves are in doubt
+    mime = "mime"  # the MIME structure, which the parser read around: not blocking
+
+
+MIME_PREFIX = "mime: "
+
+
+def mime_defect(what: str) -> str:
+    """The line that records a MIME defect."""
+    return MIME_PREFIX + what
+
+
+def defect_kind(defect: str) -> DefectKind:
+    return DefectKind.mime if defect.startswith(MIME_PREFIX.rstrip()) else DefectKind.integrity
+
+
+def integrity_defects(defects: list[str]) -> list[str]:
+    """The defects that put the message's bytes in doubt, in order."""
+    return [d for d in defects if defect_kind(d) is DefectKind.integrity]
+
+
 class ReceivedHop(Model):
     from_name: str | None = None
     from_ip: str | None = None
@@ -126,8 +151,46 @@ def message_id(path: str, sha256: str) -> str:
     return hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:24]
 
 
+class ReasonCode(StrEnum):
+    """Every reason a verdict gives, by the rule that gave it (pipeline.verdicts: MESSAGE_RULES, CAMPAIGN_RULES)."""
+
+    # a message's own rules
+    defect = "defect"
+    no_recipients = "no_recipients"
+    backscatter_local = "backscatter_local"
+    bounce_to_local = "bounce_to_local"
+    bounce_to_local_unproven = "bounce_to_local_unproven"
+    backscatter = "backscatter"
+    bounce_external = "bounce_external"
+    contradiction = "contradiction"
+    relayed_unknown_source = "relayed_unknown_source"
+    relayed = "relayed"
+    stolen_account_source = "stolen_account_source"
+    compromised_account = "compromised_account"
+    authenticated = "authenticated"
+    forged_local_sender = "forged_local_sender"
+    trusted_origin = "trusted_origin"
+    inbound = "inbound"
+    mixed_recipients = "mixed_recipients"
+    origin_unknown = "origin_unknown"
+    # a campaign's rules
+    relayed_single_source = "relayed_single_source"
+    relayed_campaign = "relayed_campaign"
+    stolen_account = "stolen_account"
+    backscatter_campaign = "backscatter_campaign"
+    authenticated_bulk = "authenticated_bulk"
+    authenticated_bulk_unclear = "authenticated_bulk_unclear"
+    trusted_bulk = "trusted_bulk"
+    inbound_bulk = "inbound_bulk"
+    campaign_unclear = "campaign_unclear"
+    # notes beside a verdict (weight `info`)
+    mime_defects = "mime_defects"
+    envelope_inferred = "envelope_inferred"
+    mixed = "mixed"
+
+
 class Reason(Model):
-    code: str = Field(description="machine-readable reason, e.g. 'relayed', 'backscatter'")
+    code: ReasonCode = Field(description="machine-readable reason, e.g. 'relayed', 'backscatter'")
     text: str = Field(description="the reason in words an admin reads")
     weight: Literal["spam", "valid", "review", "info"] = "info"
 
@@ -184,7 +247,7 @@ class ReviewGroup(Model):
     """Messages held for review by the same rule on the same evidence: one decision for all of them."""
 
     id: int
-    rule: str = Field(description="the reason code that held these messages ('mixed': several small rules)")
+    rule: ReasonCode = Field(description="the reason code that held these messages ('mixed': several small rules)")
     shared: dict[str, str] = Field(description="evidence every member shares, e.g. {'client address': "
                                    "'198.51.100.80'}; empty when only the rule is shared")
     summary: str = Field(description="the group in a sentence an admin understands")

@@ -17,7 +17,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
-from pipeline.models import ParsedRecord, ReceivedHop
+from pipeline.models import ParsedRecord, ReceivedHop, mime_defect
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
@@ -313,7 +313,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     _set_grouping(rec, grouping)
     if mail.warnings:
         # the parser repaired something (its warnings name the stdlib's defects): say what
-        rec.defects.extend(f"mime: {k}" for k in sorted({str(getattr(w, "kind", "warning")) for w in mail.warnings}))
+        rec.defects.extend(mime_defect(k) for k in sorted({str(getattr(w, "kind", "warning")) for w in mail.warnings}))
     _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
 
 
@@ -396,10 +396,10 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
             htmltext = html_to_text(rawhtml)
     body = plain or htmltext
     if defects:
-        rec.defects.extend(f"mime: {d}" for d in sorted(defects))
+        rec.defects.extend(mime_defect(d) for d in sorted(defects))
         if not body.strip():
             body, more = _mailparser_rescue(data)
-            rec.defects.extend(f"mime: mail-parser {c}" for c in more if c not in defects)
+            rec.defects.extend(mime_defect(f"mail-parser {c}") for c in more if c not in defects)
 
     env = rec.envelope
     sender = (env.mail_from if env.mail_from is not None else "") or ""

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline.models import ManifestMessage, ReviewGroup, Spread, Verdict
+from pipeline.models import ManifestMessage, ReasonCode, ReviewGroup, Spread, Verdict, integrity_defects
 
 # The evidence a group may share, in the words the console shows.
 DIMENSIONS = {"network": "client network", "client": "client address", "sender_domain": "sender domain",
@@ -24,23 +24,24 @@ DIMENSIONS = {"network": "client network", "client": "client address", "sender_d
               "campaign": "campaign", "quoted": "bounced mail from", "defect": "defect",
               "recipient_domain": "recipient domain"}
 # Which evidence splits a rule's messages, most telling first. A code not listed (a new rule) uses DEFAULT.
-ORDER: dict[str, tuple[str, ...]] = {
-    "defect": ("defect", "client"),
-    "no_recipients": ("network", "client", "sender_domain"),
-    "bounce_external": ("quoted", "recipient_domain"),
-    "relayed_single_source": ("network", "client", "sender_domain"),
-    "relayed_unknown_source": ("network", "client", "sender_domain"),
-    "forged_local_sender": ("network", "client", "sender_domain"),
-    "mixed_recipients": ("network", "client", "sender_domain"),
-    "compromised_account": ("account", "client"),
-    "authenticated_bulk_unclear": ("account", "campaign"),
-    "contradiction": ("account", "campaign", "client"),
-    "campaign_unclear": ("campaign", "client"),
-    "origin_unknown": ("sender_domain", "campaign"),
-    "mixed": (),  # MIXED: already the coarsest
+ORDER: dict[ReasonCode, tuple[str, ...]] = {
+    ReasonCode.defect: ("defect", "client"),
+    ReasonCode.no_recipients: ("network", "client", "sender_domain"),
+    ReasonCode.bounce_external: ("quoted", "recipient_domain"),
+    ReasonCode.relayed_single_source: ("network", "client", "sender_domain"),
+    ReasonCode.relayed_unknown_source: ("network", "client", "sender_domain"),
+    ReasonCode.forged_local_sender: ("network", "client", "sender_domain"),
+    ReasonCode.mixed_recipients: ("network", "client", "sender_domain"),
+    ReasonCode.compromised_account: ("account", "client"),
+    ReasonCode.authenticated_bulk_unclear: ("account", "campaign"),
+    ReasonCode.contradiction: ("account", "campaign", "client"),
+    ReasonCode.campaign_unclear: ("campaign", "client"),
+    ReasonCode.origin_unknown: ("sender_domain", "campaign"),
+    ReasonCode.mixed: (),  # MIXED: already the coarsest
 }
 DEFAULT = ("campaign", "client", "sender_domain")
-MIXED = "mixed"  # the rule of the one group that takes the smallest rules when there are more rules than budget
+# the rule of the one group that takes the smallest rules when there are more rules than budget
+MIXED = ReasonCode.mixed
 SAMPLES = 5
 MIN_RUN = 20  # messages sharing evidence that always make a group of their own, budget allowing
 
@@ -50,12 +51,13 @@ def budget(review: int) -> int:
     return review // 20 + 10
 
 
-def held_by(m: ManifestMessage) -> str:
-    """The rule that held a message: its last review reason (the one that decided), else its first reason."""
+def held_by(m: ManifestMessage) -> ReasonCode:
+    """The rule that held a message: its last review reason (the one that decided), else its first reason
+    (a message without reasons, which triage never writes, is put with the messages of unknown origin)."""
     codes = [r.code for r in m.reasons if r.weight == "review"]
     if codes:
         return codes[-1]
-    return m.reasons[0].code if m.reasons else "unknown"
+    return m.reasons[0].code if m.reasons else ReasonCode.origin_unknown
 
 
 def _domain(addr: str | None) -> str:
@@ -78,7 +80,7 @@ def _network(ip: str | None) -> str:
 
 
 def _defect_kind(m: ManifestMessage) -> str:
-    integ = [d for d in m.defects if not d.startswith("mime:")] or m.defects
+    integ = integrity_defects(m.defects) or m.defects
     if not integ:
         return ""
     # the kind of defect, not its offsets and bytes: "bad record length at offset 12: ..." -> "... offset #"
@@ -98,7 +100,7 @@ def evidence(m: ManifestMessage, quoted: str | None = None) -> dict[str, str]:
 
 @dataclass
 class _Node:
-    rule: str
+    rule: ReasonCode
     key: list[tuple[str, str]]
     members: list[int]
     level: int = 0  # the first of the rule's dimensions not yet tried
@@ -125,7 +127,7 @@ def group_review(messages: Sequence[ManifestMessage], quoted: Sequence[str | Non
         return []
     cap = budget(len(idx))
     ev = {i: evidence(messages[i], quoted[i] if quoted is not None else None) for i in idx}
-    by_rule: dict[str, list[int]] = defaultdict(list)
+    by_rule: dict[ReasonCode, list[int]] = defaultdict(list)
     for i in idx:
         by_rule[held_by(messages[i])].append(i)
     rules = sorted(by_rule.items(), key=lambda kv: (-len(kv[1]), kv[0]))
@@ -228,7 +230,7 @@ def _under(s: Spread) -> str:
     return f"under {s.distinct:,} sender domains" if s.distinct else "with no sender known"
 
 
-def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage], evs: list[dict[str, str]],
+def _describe(gid: int, rule: ReasonCode, key: dict[str, str], ms: list[ManifestMessage], evs: list[dict[str, str]],
               spam_ips: set[str]) -> ReviewGroup:
     n = len(ms)
     clients = _spread(e["client"] for e in evs)
@@ -244,42 +246,42 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
     msgs = f"{n:,} message" + ("s" if n != 1 else "")
     ip, acct, camp = _one(clients), _one(accounts), (next(iter(camps)) if len(camps) == 1 else None)
     camp_s = f"campaign #{camp}" if camp is not None else f"{len(camps):,} campaigns" if camps else "no campaign"
-    if rule in ("relayed_single_source", "relayed_unknown_source"):
+    if rule in (ReasonCode.relayed_single_source, ReasonCode.relayed_unknown_source):
         text = f"{msgs} relayed {_from(clients, no_client, net)} {_under(senders)}"
         if ip:
             text += " — your own web shop or CRM if that address is yours"
-    elif rule == "forged_local_sender":
+    elif rule == ReasonCode.forged_local_sender:
         ours = f"under our sender domain {senders.top[0][0]}" if senders.distinct == 1 else (
             f"under {senders.distinct:,} of our sender domains")
         text = (f"{msgs} {ours}, sent {_from(clients, no_client, net)} without authentication — "
                 "forged, or a network of yours missing from trusted_networks")
-    elif rule == "mixed_recipients":
+    elif rule == ReasonCode.mixed_recipients:
         text = f"{msgs} to local and external recipients at once, unauthenticated, {_from(clients, no_client, net)}"
-    elif rule == "bounce_external":
+    elif rule == ReasonCode.bounce_external:
         q = _one(quoted)
         text = (f"{msgs}: our bounces to external addresses" + (f" quoting mail of {q}" if q else
                 f" quoting {quoted.distinct:,} different runs of mail" if quoted.distinct else "")
                 + " — backscatter if what they quote was spam")
-    elif rule == "defect":
+    elif rule == ReasonCode.defect:
         d = _one(defects)
         text = f"{msgs} whose bytes are in doubt" + (f" ({d})" if d else f" ({defects.distinct:,} kinds of defect)")
-    elif rule == "no_recipients":
+    elif rule == ReasonCode.no_recipients:
         text = f"{msgs} with no recipient known, {_from(clients, no_client, net)}"
-    elif rule == "compromised_account":
+    elif rule == ReasonCode.compromised_account:
         text = (f"{msgs} through the stolen account {acct or 'of several accounts'} {_from(clients, no_client, net)}, "
                 "not from the attacker's addresses — its real owner, or the attacker from elsewhere")
-    elif rule == "authenticated_bulk_unclear":
+    elif rule == ReasonCode.authenticated_bulk_unclear:
         text = (f"{msgs} of bulk mail through account {acct or '(several)'} {_from(clients, no_client, net)} — "
                 "a newsletter or a stolen password")
-    elif rule == "contradiction":
+    elif rule == ReasonCode.contradiction:
         who = (f"through account {acct}, not seen abused" if acct else
                f"through {accounts.distinct:,} accounts not seen abused" if accounts.distinct else
                "by a local sender submitting locally")
         spam_camps = f"spam campaign #{camp}" if camp is not None else f"{len(camps):,} spam campaigns"
         text = f"{msgs} in {spam_camps} but sent {who}, {_from(clients, no_client, net)}"
-    elif rule == "campaign_unclear":
+    elif rule == ReasonCode.campaign_unclear:
         text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client, net)}"
-    elif rule == "origin_unknown":
+    elif rule == ReasonCode.origin_unknown:
         text = f"{msgs} whose queue does not say where they came from, {_under(senders)}"
     elif rule == MIXED:
         rules = Counter(held_by(m) for m in ms)
@@ -303,21 +305,21 @@ def _describe(gid: int, rule: str, key: dict[str, str], ms: list[ManifestMessage
         suggested_reason=why)
 
 
-def _suggest(rule: str, ms: list[ManifestMessage], clients: Spread, accounts: Spread, spam_ips: set[str],
+def _suggest(rule: ReasonCode, ms: list[ManifestMessage], clients: Spread, accounts: Spread, spam_ips: set[str],
              ip: str | None) -> tuple[Verdict, str]:
     """The engine's lean for a group. Never `valid` without positive evidence: when in doubt, keep held."""
     ips = {m.envelope.client_address for m in ms}
-    if ips and None not in ips and "" not in ips and ips <= spam_ips and rule != "defect":
+    if ips and None not in ips and "" not in ips and ips <= spam_ips and rule != ReasonCode.defect:
         return Verdict.spam, ("every client address here also fed mail the engine calls spam"
                               + (f" ({ip})" if ip else f" ({len(ips):,} addresses)"))
-    if rule == "defect":
+    if rule == ReasonCode.defect:
         return Verdict.review, "keep held: the bytes are in doubt; open a sample and release only what you recognise"
-    if rule in ("relayed_single_source", "relayed_unknown_source") and ip:
+    if rule in (ReasonCode.relayed_single_source, ReasonCode.relayed_unknown_source) and ip:
         return Verdict.review, (f"valid if {ip} is yours (then add it to trusted_networks), spam if it is not; "
                                 "open one sample to see whose mail it is")
-    if rule == "compromised_account":
+    if rule == ReasonCode.compromised_account:
         acct = _one(accounts) or "the account"
         return Verdict.review, f"ask the owner of {acct} whether they sent these"
-    if rule == "bounce_external":
+    if rule == ReasonCode.bounce_external:
         return Verdict.review, "open one: spam if the bounced mail was spam (backscatter), valid if it was your users'"
     return Verdict.review, "no evidence either way: open a sample, then decide the group"

@@ -20,6 +20,7 @@ from pipeline.models import (
     ManifestMessage,
     ParsedRecord,
     PolicyInfo,
+    ReasonCode,
     SnapshotInfo,
     SourceReport,
     Spread,
@@ -44,6 +45,7 @@ from pipeline.verdicts import (
     context,
     message_decision,
     resolve_origin,
+    resolved,
 )
 
 Progress = Callable[[str, int, int | None], None]
@@ -168,11 +170,18 @@ def _spread(values: Iterable[str], k: int = 5) -> Spread:
 
 def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
            archive_defects: Sequence[str] = (), progress: Progress = _noop,
-           policy_info: PolicyInfo | None = None) -> Manifest:
-    """Group and decide: the pure heart of triage, records and policy in, manifest out."""
+           policy_info: PolicyInfo | None = None, consume: bool = False) -> Manifest:
+    """Group and decide: the pure heart of triage, records and policy in, manifest out.
+
+    The records are left as they were, unless `consume`: then they are the caller's to give up, and
+    what grouping alone needed (texts, sketches, Received chains) is dropped from them as soon as the
+    campaigns are known, which bounds memory at a million messages."""
     n = len(records)
-    for r in records:
-        resolve_origin(r, policy)
+    if consume:
+        for r in records:
+            resolve_origin(r, policy)
+    else:
+        records = [resolved(r, policy) for r in records]
     warnings = origin_warnings(records, policy)
     th = policy.thresholds
     progress("campaigns", 0, n)
@@ -185,14 +194,14 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         groups[int(lab)].append(i)
     # numbered by size, then by the clusterer's label, which follows the messages' content, not their order
     big = [g for _, _, g in sorted((-len(g), lab, g) for lab, g in groups.items() if len(g) >= th.campaign_min_size)]
-    # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
-    # Releasing the rest bounds memory at a million messages (records are this step's own).
-    keep = {i for g in big for i in g[:LABEL_SAMPLE]}
-    for i, r in enumerate(records):
-        if i not in keep:
-            r.text = ""
-        r.received = []
-        r.sketch = []
+    if consume:
+        # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
+        keep = {i for g in big for i in g[:LABEL_SAMPLE]}
+        for i, r in enumerate(records):
+            if i not in keep:
+                r.text = ""
+            r.received = []
+            r.sketch = []
     campaign_of: dict[int, int] = {}
     for cid, members in enumerate(big, 1):
         for i in members:
@@ -221,9 +230,9 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         d = message_decision(i, records, ctxs, decisions.get(camp) if camp else None, i in hits, profiles,
                              abusive_ips)
         if r.defects and d.verdict is not Verdict.review:
-            d.reasons.append(R("mime_defects", "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
+            d.reasons.append(R(ReasonCode.mime_defects, "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
         if r.envelope_inferred:
-            d.reasons.append(R("envelope_inferred", "envelope fields read from headers: "
+            d.reasons.append(R(ReasonCode.envelope_inferred, "envelope fields read from headers: "
                                + ", ".join(r.envelope_inferred), "info"))
         # every value here comes from validated models: construct without validating them again
         messages.append(construct_all(ManifestMessage,
@@ -330,7 +339,7 @@ def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord],
     counts = Counter([messages[i].verdict for i in members])
     verdict = d.verdict
     if counts and len(counts) > 1:
-        d.reasons.append(R("mixed", "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
+        d.reasons.append(R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
                                                                      counts.most_common()), "info"))
     subject, phrase = describe_campaign([r.subject for r in recs[:LABEL_SAMPLE]], [r.text for r in recs[:LABEL_SAMPLE]])
     return Campaign(
@@ -434,4 +443,4 @@ def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: s
     info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
                         skipped=report.skipped, hosts=[str(report.meta["host"])] if report.meta.get("host") else [])
     return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
-                  policy_info=pinfo)
+                  policy_info=pinfo, consume=True)

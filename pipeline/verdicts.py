@@ -1,24 +1,21 @@
 """Decide valid / spam / review per campaign and per message from what the MTA knew and the campaigns.
 
-The rules, strongest first. Anything they cannot settle is `review`; nothing becomes `spam` on size
-or content alone, because a newsletter is a big near-identical cluster too.
+The rules are two ordered tables, strongest first (CAMPAIGN_RULES, MESSAGE_RULES): the first rule that
+holds decides. Anything they cannot settle is `review`; nothing becomes `spam` on size or content alone,
+because a newsletter is a big near-identical cluster too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Generic, TypeVar
 
-from pipeline.models import ParsedRecord, Reason, Verdict
+from pipeline.models import ParsedRecord, Reason, ReasonCode, Verdict, integrity_defects
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
-
-
-# Defects from the archive or the reader rather than the MIME structure (those start "mime:"): the
-# bytes themselves are in doubt, so a human must look whatever else we know.
-def integrity_defects(rec: ParsedRecord) -> list[str]:
-    return [d for d in rec.defects if not d.startswith("mime:")]
 
 
 @dataclass(slots=True)
@@ -67,24 +64,41 @@ def records_client(rec: ParsedRecord) -> bool:
     return queue_kind(rec) in RECORDS_CLIENT
 
 
-def resolve_origin(rec: ParsedRecord, policy: SitePolicy) -> None:
-    """Settle which Received hop is ours under the final policy, and take the client address and the
-    SMTP AUTH account from that hop when the queue did not store them, saying so. A hop that is not
-    ours never supplies them: anyone can write a Received line below ours, and a foreign server's
-    client is not the client that handed the message to us."""
-    if rec.received:
-        rec.our_hop = next((h for h in rec.received if policy.is_our_host(h.by)), None)
-    hop, env = rec.our_hop, rec.envelope
+def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
+    """What settling a record's origin under the final policy changes: which Received hop is ours, and
+    the client address and the SMTP AUTH account from that hop when the queue did not store them, saying
+    so (`envelope_inferred`). A hop that is not ours never supplies them: anyone can write a Received
+    line below ours, and a foreign server's client is not the client that handed the message to us."""
+    hop = next((h for h in rec.received if policy.is_our_host(h.by)), None) if rec.received else rec.our_hop
+    update: dict[str, object] = {}
+    if hop is not rec.our_hop and hop != rec.our_hop:
+        update["our_hop"] = hop
+    env = rec.envelope
     if hop is None or records_client(rec):
-        return
-    inferred = rec.envelope_inferred
+        return update
+    fill: dict[str, object] = {}
+    inferred: list[str] = []
     if env.client_address is None and hop.from_ip:
-        env.client_address = hop.from_ip
-        env.client_name = env.client_name or hop.from_name
+        fill.update(client_address=hop.from_ip, client_name=env.client_name or hop.from_name)
         inferred.append(f"client_address (our Received hop, by {hop.by})")
     if env.sasl_username is None and hop.authenticated:
-        env.sasl_username = hop.auth_user or "(authenticated)"
+        fill["sasl_username"] = hop.auth_user or "(authenticated)"
         inferred.append(f"sasl_username (our Received hop, by {hop.by})")
+    if fill:
+        update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
+    return update
+
+
+def resolved(rec: ParsedRecord, policy: SitePolicy) -> ParsedRecord:
+    """The record with its origin settled (see _origin_update): itself when nothing changes, else a copy."""
+    update = _origin_update(rec, policy)
+    return rec.model_copy(update=update) if update else rec
+
+
+def resolve_origin(rec: ParsedRecord, policy: SitePolicy) -> None:
+    """Settle a record's origin in place (see _origin_update), for a record the caller owns."""
+    for name, value in _origin_update(rec, policy).items():
+        setattr(rec, name, value)
 
 
 def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
@@ -154,7 +168,7 @@ class Decision:
     accounts: set[str] = field(default_factory=set)  # accounts this decision implicates
 
 
-def R(code: str, text: str, weight: str = "info") -> Reason:  # reads like a constructor
+def R(code: ReasonCode, text: str, weight: str = "info") -> Reason:  # reads like a constructor
     return Reason.model_validate({"code": code, "text": text, "weight": weight})
 
 
@@ -172,188 +186,369 @@ class AccountProfile:
     why: str = ""
 
 
+# The rules ----------------------------------------------------------------------------------------
+# Each table is read top to bottom and the first rule whose predicate holds decides; its last row
+# always holds. A rule's verdict and code come from its row, so the README, generated from the rows
+# (rules_markdown), says what the code does.
+
+F = TypeVar("F")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a rule says about the one message or campaign it decided."""
+
+    confidence: float
+    text: str
+    more: tuple[Reason, ...] = ()  # reasons after the rule's own
+    accounts: frozenset[str] = frozenset()  # accounts the decision implicates (a stolen password)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule(Generic[F]):
+    """One row of a verdict table: when `when` holds, the verdict is `verdict`, for the reason `code`
+    in the words `then` finds."""
+
+    code: ReasonCode | None  # None: the message takes its campaign's decision, reasons and all
+    verdict: Verdict | None  # None: its campaign's verdict
+    when: Callable[[F], bool]
+    then: Callable[[F], Outcome] | None  # None with code None
+    summary: str  # the rule in one line an admin reads (the README)
+    after_campaign: bool = False  # the message's campaign's reasons come first (a campaign left to review)
+    alias: str = ""  # a name of its own, for a rule that shares its code or has none
+
+    @property
+    def name(self) -> str:
+        return self.alias or (self.code.value if self.code is not None else "")
+
+
+_WEIGHT = {v: v.value for v in Verdict}  # a rule's reason weighs for its verdict
+
+
+def _first(table: Sequence[tuple[Callable[[F], bool], Rule[F]]], facts: F) -> Rule[F]:
+    # (predicate, rule) pairs: this runs for every message of a million-message queue
+    for when, rule in table:
+        if when(facts):
+            return rule
+    raise AssertionError("a verdict table ends with a rule that always holds")
+
+
+def _decision(rule: Rule[F], facts: F, campaign: Decision | None = None) -> Decision:
+    if rule.code is None or rule.verdict is None or rule.then is None:
+        assert campaign is not None, rule.name
+        return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
+    out = rule.then(facts)
+    first = list(campaign.reasons) if rule.after_campaign and campaign is not None else []
+    return Decision(rule.verdict, out.confidence, [*first, R(rule.code, out.text, _WEIGHT[rule.verdict]), *out.more],
+                    accounts=set(out.accounts) if out.accounts else set())
+
+
+class CampaignFacts:
+    """What the campaign rules read about one campaign (a cluster of at least campaign_min_size
+    near-identical messages), each figure worked out once, when a rule first asks."""
+
+    def __init__(self, members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
+                 policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> None:
+        self.members, self.recs, self.ctxs, self.policy, self.profiles = members, recs, ctxs, policy, profiles
+        self.n = n = len(members)
+        self.relayed = sum(1 for i in members if ctxs[i].relayed)
+        self.forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
+        self.bounces_out = sum(1 for i in members if recs[i].bounce and ctxs[i].external_rcpts
+                               and not ctxs[i].local_rcpts)
+        self.authed = [i for i in members if ctxs[i].authenticated]
+        self.trusted_plain = sum(1 for i in members if ctxs[i].local_origin and not ctxs[i].authenticated
+                                 and not recs[i].bounce)
+        self.inbound = sum(1 for i in members if ctxs[i].inbound)
+        self.ips = {ctxs[i].client_ip for i in members if ctxs[i].client_ip and not ctxs[i].trusted}
+        self.abusive = self.relayed + self.forged
+        self.abusers = [i for i in members if ctxs[i].relayed or (ctxs[i].forged_local and ctxs[i].external_rcpts)]
+        self.abused = self.abusive >= max(2, 0.1 * n)
+        self.authed_bulk = bool(self.authed) and len(self.authed) >= 0.5 * n
+
+    @cached_property
+    def one_source(self) -> bool:
+        ab = self.abusers
+        return (len({self.ctxs[i].client_ip for i in ab}) == 1
+                and len({addr_domain(self.recs[i].envelope.mail_from) for i in ab}) == 1)
+
+    @cached_property
+    def stolen(self) -> dict[str, str]:
+        """Accounts whose own copies (at least campaign_min_size) come from many client IPs outside
+        trusted networks, or mostly carry a non-local envelope sender: why, per account."""
+        th, ctxs, policy = self.policy.thresholds, self.ctxs, self.policy
+        bad: dict[str, str] = {}
+        for account, idx in self.by_account.items():
+            if len(idx) < th.campaign_min_size:
+                continue
+            ips = {ctxs[i].client_ip for i in idx if ctxs[i].client_ip and not ctxs[i].trusted}
+            nonlocal_senders = sum(1 for i in idx if not policy.is_local_address(self.recs[i].envelope.mail_from))
+            if len(ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(idx):
+                bad[account] = (f"account {account!r}: {len(idx)} copies from {len(ips)} client IPs outside trusted "
+                                f"networks, {nonlocal_senders} with a non-local sender")
+        return bad
+
+    @cached_property
+    def by_account(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i in self.authed:
+            out.setdefault(self.ctxs[i].account or "", []).append(i)
+        return out
+
+    @cached_property
+    def main_account(self) -> tuple[str, set[str | None]]:
+        """The account with most copies, and its client IPs outside trusted networks."""
+        account, idx = max(self.by_account.items(), key=lambda kv: len(kv[1]))
+        return account, {self.ctxs[i].client_ip for i in idx if self.ctxs[i].client_ip and not self.ctxs[i].trusted}
+
+    @cached_property
+    def bulk_marks(self) -> int:
+        return sum(1 for i in self.authed if self.recs[i].list_unsubscribe or self.recs[i].precedence_bulk)
+
+    @cached_property
+    def newsletter_like(self) -> bool:
+        """A newsletter and a stolen password look alike in size; they differ in where they come from."""
+        account, a_ips = self.main_account
+        prof = self.profiles.get(account)
+        known_ip = prof is not None and (not a_ips or bool(a_ips & prof.normal_ips))
+        return (self.bulk_marks >= 0.5 * len(self.authed) or known_ip or len(a_ips) <= 2
+                or len(self.by_account) > 1)
+
+
+def _relayed_campaign(f: CampaignFacts) -> Outcome:
+    # the same run may also go out through a stolen password: its account is named, so its copies are
+    # spam too rather than a contradiction
+    stolen = f.stolen
+    more = (R(ReasonCode.stolen_account, "the same run through a stolen password: " + "; ".join(stolen.values()),
+              "spam"),) if stolen else ()
+    return Outcome(min(0.99, 0.8 + 0.19 * f.abusive / f.n),
+                   f"{f.relayed} of {f.n} copies relayed (unauthenticated client outside trusted networks, no local "
+                   f"recipient); {f.forged} forged a local sender from outside; {len(f.ips)} client IPs",
+                   more, frozenset(stolen))
+
+
+def _authenticated_bulk(f: CampaignFacts) -> Outcome:
+    account, a_ips = f.main_account
+    return Outcome(0.9 if f.bulk_marks else 0.8,
+                   f"near-identical mail from {len(f.by_account)} authenticated local account(s), mostly {account!r} "
+                   f"through {max(1, len(a_ips))} client IP(s), local sender"
+                   + (", with List-Unsubscribe/Precedence: a newsletter" if f.bulk_marks else ""))
+
+
+CampaignRule = Rule[CampaignFacts]
+CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
+    # One client, one sender domain: a botnet run uses many; this is as likely our own web shop or CRM on
+    # an address missing from trusted_networks as one abused server. A human decides.
+    Rule(ReasonCode.relayed_single_source, Verdict.review,
+         lambda f: f.abused and f.one_source,
+         lambda f: Outcome(0.5, f"{f.abusive} of {f.n} copies relayed, all from {f.ctxs[f.abusers[0]].client_ip} "
+                           "with one sender domain: an application of ours missing from trusted_networks, or one "
+                           "abused server"),
+         "at least 10% of the copies relayed or forging a local sender from outside, all from one client "
+         "under one sender domain (also what our own web shop on an address missing from trusted_networks "
+         "looks like)"),
+    Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused, _relayed_campaign,
+         "at least 10% of the copies relayed (unauthenticated, client outside trusted networks, no local "
+         "recipient) or forging a local sender from outside: the whole run, inbound copies included; an account "
+         "that sent copies of the same run from many addresses is named as stolen"),
+    Rule(ReasonCode.backscatter_campaign, Verdict.spam,
+         lambda f: f.bounces_out >= max(2, 0.5 * f.n),
+         lambda f: Outcome(0.95, f"{f.bounces_out} of {f.n} are our bounces to external addresses quoting the same "
+                           "message: backscatter to forged senders"),
+         "at least half the copies are our bounces to external addresses quoting the same message"),
+    Rule(ReasonCode.stolen_account, Verdict.spam, lambda f: f.authed_bulk and bool(f.stolen),
+         lambda f: Outcome(0.9, "authenticated bulk unlike a newsletter, like a stolen password: "
+                           + "; ".join(f.stolen.values()), accounts=frozenset(f.stolen)),
+         "at least half the copies authenticated, and one account's own copies (at least campaign_min_size) come "
+         "from compromised_min_client_ips or more client IPs outside trusted networks, or mostly carry a "
+         "non-local sender: a stolen password"),
+    Rule(ReasonCode.authenticated_bulk, Verdict.valid,
+         lambda f: f.authed_bulk and f.newsletter_like, _authenticated_bulk,
+         "at least half authenticated, and mostly with List-Unsubscribe or Precedence: bulk, or from several "
+         "accounts, or from an address the main account also uses outside campaigns, or through at most two "
+         "addresses: a newsletter, however big"),
+    Rule(ReasonCode.authenticated_bulk_unclear, Verdict.review,
+         lambda f: f.authed_bulk,
+         lambda f: Outcome(0.5, f"bulk through account {f.main_account[0]!r} from {len(f.main_account[1])} client "
+                           "IPs; cannot tell a newsletter from a stolen password"),
+         "any other campaign at least half authenticated: cannot tell a newsletter from a stolen password"),
+    Rule(ReasonCode.trusted_bulk, Verdict.valid, lambda f: f.trusted_plain >= 0.5 * f.n,
+         lambda f: Outcome(0.85, f"{f.trusted_plain} of {f.n} submitted from trusted networks or locally"),
+         "at least half submitted from trusted networks or on the host, unauthenticated, not bounces"),
+    # Not judged on content: delivering it to our own users does not touch the server's reputation, and
+    # the same shape is a list or newsletter they subscribed to.
+    Rule(ReasonCode.inbound_bulk, Verdict.valid, lambda f: f.inbound >= 0.5 * f.n,
+         lambda f: Outcome(0.8, f"{f.inbound} of {f.n} are inbound to local recipients and none relayed: mail for "
+                           "our own users (a list or newsletter they receive)"),
+         "at least half inbound to local recipients from outside, none relayed: delivering it does not touch the "
+         "server's reputation, and a list our users subscribed to has the same shape (their own spam filter "
+         "still sees it)"),
+    Rule(ReasonCode.campaign_unclear, Verdict.review, lambda f: True,
+         lambda f: Outcome(0.4, "a campaign with no clear origin"), "any other campaign"),
+)
+
+_CAMPAIGN_WHEN = tuple((r.when, r) for r in CAMPAIGN_RULES)
+
 def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                      policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
+                      policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> Decision:
     """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages)."""
-    n = len(members)
-    relayed = sum(1 for i in members if ctxs[i].relayed)
-    forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
-    bounces_out = sum(1 for i in members if recs[i].bounce and ctxs[i].external_rcpts and not ctxs[i].local_rcpts)
-    authed = [i for i in members if ctxs[i].authenticated]
-    trusted_plain = [i for i in members if ctxs[i].local_origin and not ctxs[i].authenticated and not recs[i].bounce]
-    inbound = sum(1 for i in members if ctxs[i].inbound)
-    ips = {ctxs[i].client_ip for i in members if ctxs[i].client_ip and not ctxs[i].trusted}
-
-    abusive = relayed + forged
-    abusers = [i for i in members if ctxs[i].relayed or (ctxs[i].forged_local and ctxs[i].external_rcpts)]
-    one_source = len({ctxs[i].client_ip for i in abusers}) == 1 and len(
-        {addr_domain(recs[i].envelope.mail_from) for i in abusers}) == 1
-    if abusive >= max(2, 0.1 * n) and one_source:
-        # One client, one sender domain: a botnet run uses many; this is as likely our own web shop or
-        # CRM on an address missing from trusted_networks as one abused server. A human decides.
-        ip = ctxs[abusers[0]].client_ip
-        return Decision(Verdict.review, 0.5, [
-            R("relayed_single_source", f"{abusive} of {n} copies relayed, all from {ip} with one sender domain: "
-              "an application of ours missing from trusted_networks, or one abused server", "review")])
-    if abusive >= max(2, 0.1 * n):
-        # the same run may also go out through a stolen password: its account is named, so its
-        # copies are spam too rather than a contradiction
-        stolen = _stolen_accounts(authed, recs, ctxs, policy)
-        return Decision(Verdict.spam, min(0.99, 0.8 + 0.19 * abusive / n), [
-            R("relayed_campaign", f"{relayed} of {n} copies relayed (unauthenticated client outside trusted "
-              f"networks, no local recipient); {forged} forged a local sender from outside; "
-              f"{len(ips)} client IPs", "spam"),
-            *([R("stolen_account", "the same run through a stolen password: " + "; ".join(stolen.values()),
-                 "spam")] if stolen else [])], accounts=set(stolen))
-    if bounces_out >= max(2, 0.5 * n):
-        return Decision(Verdict.spam, 0.95, [
-            R("backscatter_campaign", f"{bounces_out} of {n} are our bounces to external addresses quoting "
-              "the same message: backscatter to forged senders", "spam")])
-    if authed and len(authed) >= 0.5 * n:
-        return _authenticated_bulk(authed, recs, ctxs, policy, profiles)
-    if len(trusted_plain) >= 0.5 * n:
-        return Decision(Verdict.valid, 0.85, [
-            R("trusted_bulk", f"{len(trusted_plain)} of {n} submitted from trusted networks or locally", "valid")])
-    if inbound >= 0.5 * n:
-        # Not judged on content: delivering it to our own users does not touch the server's reputation,
-        # and the same shape is a list or newsletter they subscribed to.
-        return Decision(Verdict.valid, 0.8, [
-            R("inbound_bulk", f"{inbound} of {n} are inbound to local recipients and none relayed: "
-              "mail for our own users (a list or newsletter they receive)", "valid")])
-    return Decision(Verdict.review, 0.4, [R("campaign_unclear", "a campaign with no clear origin", "review")])
+    facts = CampaignFacts(members, recs, ctxs, policy, profiles)
+    return _decision(_first(_CAMPAIGN_WHEN, facts), facts)
 
 
-def _stolen_accounts(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                     policy: SitePolicy) -> dict[str, str]:
-    """Accounts whose own copies in a campaign (at least campaign_min_size) come from many client IPs
-    outside trusted networks, or mostly carry a non-local envelope sender: why, per account."""
-    th = policy.thresholds
-    by_account: dict[str, list[int]] = {}
-    for i in authed:
-        by_account.setdefault(ctxs[i].account or "", []).append(i)
-    bad: dict[str, str] = {}
-    for account, idx in by_account.items():
-        if len(idx) < th.campaign_min_size:
-            continue
-        ips = {ctxs[i].client_ip for i in idx if ctxs[i].client_ip and not ctxs[i].trusted}
-        nonlocal_senders = sum(1 for i in idx if not policy.is_local_address(recs[i].envelope.mail_from))
-        if len(ips) >= th.compromised_min_client_ips or nonlocal_senders >= 0.5 * len(idx):
-            bad[account] = (f"account {account!r}: {len(idx)} copies from {len(ips)} client IPs outside trusted "
-                            f"networks, {nonlocal_senders} with a non-local sender")
-    return bad
+class MessageFacts:
+    """What the message rules read about one message; the conditions several rules share, worked out once."""
+
+    __slots__ = ("rec", "c", "campaign", "backscatter_hit", "profiles", "abusive_ips", "in_spam_campaign",
+                 "bounce_to_local", "our_bounce_out", "relayed_out")
+
+    def __init__(self, rec: ParsedRecord, c: Context, campaign: Decision | None, backscatter_hit: bool,
+                 profiles: Mapping[str, AccountProfile], abusive_ips: set[str] | None) -> None:
+        self.rec, self.c, self.campaign, self.profiles = rec, c, campaign, profiles
+        self.backscatter_hit = backscatter_hit  # a bounce grouped with a spam campaign's message
+        self.abusive_ips = abusive_ips  # None: not known
+        self.in_spam_campaign = campaign is not None and campaign.verdict is Verdict.spam
+        bounce = rec.bounce
+        self.bounce_to_local = bounce and bool(c.local_rcpts) and not c.external_rcpts
+        # a bounce of ours: the client is trusted or local, or there is none
+        self.our_bounce_out = (bounce and bool(c.external_rcpts) and not c.local_rcpts
+                               and (c.local_origin or c.client_ip is None))
+        self.relayed_out = c.relayed and not c.sender_local
+
+    @property
+    def profile(self) -> AccountProfile | None:
+        return self.profiles.get(self.c.account) if self.c.account else None
 
 
-def _authenticated_bulk(authed: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                        policy: SitePolicy, profiles: dict[str, AccountProfile]) -> Decision:
-    """A newsletter and a stolen password look alike in size; they differ in where they come from
-    (see _stolen_accounts)."""
-    by_account: dict[str, list[int]] = {}
-    for i in authed:
-        by_account.setdefault(ctxs[i].account or "", []).append(i)
-    bad = _stolen_accounts(authed, recs, ctxs, policy)
-    if bad:
-        return Decision(Verdict.spam, 0.9, [R("stolen_account", "authenticated bulk unlike a newsletter, like a "
-                                              "stolen password: " + "; ".join(bad.values()), "spam")],
-                        accounts=set(bad))
-    account, idx = max(by_account.items(), key=lambda kv: len(kv[1]))
-    prof = profiles.get(account)
-    a_ips = {ctxs[i].client_ip for i in idx if ctxs[i].client_ip and not ctxs[i].trusted}
-    bulk_marks = sum(1 for i in authed if recs[i].list_unsubscribe or recs[i].precedence_bulk)
-    known_ip = prof is not None and (not a_ips or bool(a_ips & prof.normal_ips))
-    if bulk_marks >= 0.5 * len(authed) or known_ip or len(a_ips) <= 2 or len(by_account) > 1:
-        return Decision(Verdict.valid, 0.9 if bulk_marks else 0.8, [
-            R("authenticated_bulk", f"near-identical mail from {len(by_account)} authenticated local account(s), "
-              f"mostly {account!r} through {max(1, len(a_ips))} client IP(s), local sender"
-              + (", with List-Unsubscribe/Precedence: a newsletter" if bulk_marks else ""), "valid")])
-    return Decision(Verdict.review, 0.5, [
-        R("authenticated_bulk_unclear", f"bulk through account {account!r} from {len(a_ips)} client IPs; "
-          "cannot tell a newsletter from a stolen password", "review")])
+def _compromised(f: MessageFacts) -> bool:
+    p = f.profile
+    return f.c.authenticated and p is not None and p.compromised
 
+
+def _from_attacker(f: MessageFacts) -> bool:
+    p = f.profile
+    return f.c.authenticated and p is not None and p.compromised and f.c.client_ip in p.attacker_ips
+
+
+def _account_not_abused(f: MessageFacts) -> bool:
+    c = f.c
+    return (c.authenticated and c.account is not None and c.account in f.profiles
+            and not f.profiles[c.account].compromised and not c.relayed)
+
+
+def _authenticated(f: MessageFacts) -> Outcome:
+    from_header = any(x.startswith("sasl_username") for x in f.rec.envelope_inferred)
+    return Outcome(0.9, f"authenticated as {f.c.account!r}" + (" (from Received header)" if from_header else ""))
+
+
+MessageRule = Rule[MessageFacts]
+MESSAGE_RULES: tuple[MessageRule, ...] = (
+    Rule(ReasonCode.defect, Verdict.review, lambda f: bool(integrity_defects(f.rec.defects)),
+         lambda f: Outcome(0.3, f"cannot vouch for this message: {'; '.join(integrity_defects(f.rec.defects))}"),
+         "an archive or reader defect (unsafe name, duplicate, digest mismatch, truncation, unparseable, "
+         "oversize): the bytes themselves are in doubt"),
+    Rule(ReasonCode.no_recipients, Verdict.review,
+         lambda f: not (f.rec.envelope.rcpt_to or f.rec.envelope.done_rcpt_to),
+         lambda f: Outcome(0.3, "no recipient known"), "no recipient known"),
+    Rule(ReasonCode.backscatter_local, Verdict.spam,
+         lambda f: f.bounce_to_local and (f.backscatter_hit or f.in_spam_campaign),
+         lambda f: Outcome(0.9, "a bounce to a local address quoting campaign spam that forged our domain as its "
+                           "sender"),
+         "a bounce to local addresses quoting campaign spam (spam that forged our domain)"),
+    Rule(ReasonCode.bounce_to_local, Verdict.valid,
+         lambda f: f.bounce_to_local and bool(f.c.bounced_ours),
+         lambda f: Outcome(0.85, "a bounce to a local user about their own mail: the copy it quotes reached us "
+                           f"{f.c.bounced_ours}"),
+         "a bounce to local addresses whose quoted copy reached us from our own side (our Received hop in it: "
+         "an authenticated account, a trusted network or a submission on the host; a spammer can write hops "
+         "below ours, not ours)"),
+    # spam that forged this address bounces here too: without evidence the quoted mail was ours, a human decides
+    Rule(ReasonCode.bounce_to_local_unproven, Verdict.review, lambda f: f.bounce_to_local,
+         lambda f: Outcome(0.5, "a bounce to a local address; nothing shows the mail it quotes came from our side "
+                           "(no Received hop of ours with authentication, a trusted network or a local "
+                           "submission), and it matches no spam run: perhaps backscatter"),
+         "any other bounce to local addresses"),
+    Rule(ReasonCode.backscatter, Verdict.spam, lambda f: f.our_bounce_out and f.backscatter_hit,
+         lambda f: Outcome(0.95, "our bounce to an external address quoting a message of a spam campaign: "
+                           "backscatter"),
+         "our bounce to external addresses quoting a message of a spam campaign"),
+    Rule(None, Verdict.spam, lambda f: f.our_bounce_out and f.in_spam_campaign, None,
+         "our bounce to external addresses that is itself in a spam campaign: the campaign's verdict and reasons",
+         alias="bounce_in_spam_campaign"),
+    Rule(ReasonCode.bounce_external, Verdict.review, lambda f: f.our_bounce_out,
+         lambda f: Outcome(0.5, "our bounce to an external address; the bounced message is not recognised as spam"),
+         "any other bounce of ours to external addresses"),
+    Rule(ReasonCode.contradiction, Verdict.review,
+         lambda f: f.in_spam_campaign and _account_not_abused(f),
+         lambda f: Outcome(0.4, f"in a spam campaign but sent by account {f.c.account!r}, not seen abused"),
+         "in a spam campaign, but sent by an authenticated account not seen abused", after_campaign=True,
+         alias="contradiction_account"),
+    Rule(ReasonCode.contradiction, Verdict.review,
+         lambda f: (f.in_spam_campaign and f.c.local_origin and not f.c.authenticated and not f.rec.bounce
+                    and f.c.sender_local),
+         lambda f: Outcome(0.4, "in a spam campaign but submitted locally by a local sender"),
+         "in a spam campaign, but submitted from a trusted network or on the host by a local sender",
+         after_campaign=True, alias="contradiction_local"),
+    Rule(None, None, lambda f: f.campaign is not None and f.campaign.verdict is not Verdict.review, None,
+         "in a campaign decided `spam` or `valid`: the campaign's verdict and reasons", alias="campaign"),
+    # From here on, a message in a campaign left to review carries the campaign's reasons first.
+    Rule(ReasonCode.relayed_unknown_source, Verdict.review,
+         lambda f: f.relayed_out and f.abusive_ips is not None and f.c.client_ip not in f.abusive_ips,
+         lambda f: Outcome(0.5, f"relayed (sender and all recipients non-local, not authenticated) from "
+                           f"{f.c.client_ip}, which sent no spam campaign and one sender domain: perhaps an "
+                           "application of ours missing from trusted_networks"),
+         "relayed (sender and all recipients non-local, unauthenticated, client outside trusted networks) from "
+         "a client that fed no spam campaign and forged at most two sender domains: perhaps our own application",
+         after_campaign=True),
+    Rule(ReasonCode.relayed, Verdict.spam, lambda f: f.relayed_out and f.c.auth_known,
+         lambda f: Outcome(0.9, f"relayed: sender and all recipients non-local, client {f.c.client_ip} not trusted, "
+                           "not authenticated"),
+         "relayed from a client that fed a spam campaign or forged several sender domains", after_campaign=True),
+    Rule(ReasonCode.relayed, Verdict.spam, lambda f: f.relayed_out,
+         lambda f: Outcome(0.8, f"relayed: sender and all recipients non-local, client {f.c.client_ip} not trusted, "
+                           "not authenticated (authentication not recorded by this queue format)"),
+         "the same, from a queue format that does not record authentication (lower confidence)",
+         after_campaign=True, alias="relayed_auth_unrecorded"),
+    Rule(ReasonCode.stolen_account_source, Verdict.spam, _from_attacker,
+         lambda f: Outcome(0.85, f"sent through compromised account {f.c.account!r} from {f.c.client_ip}, a client "
+                           "IP that fed its spam campaigns"),
+         "through a compromised account, from a client address that fed its spam campaigns", after_campaign=True),
+    Rule(ReasonCode.compromised_account, Verdict.review, _compromised,
+         lambda f: Outcome(0.5, f"account {f.c.account!r} is compromised; this message came from {f.c.client_ip}, "
+                           "not one of the attacker's IPs"),
+         "through a compromised account from any other address: its owner, or the attacker from elsewhere",
+         after_campaign=True),
+    Rule(ReasonCode.authenticated, Verdict.valid, lambda f: f.c.authenticated and bool(f.c.account),
+         _authenticated, "authenticated by SMTP AUTH", after_campaign=True),
+    # A local sender from outside without AUTH may be spoofed, or one of our own users whose client never
+    # authenticated because the server never asked: outside a spam campaign, a human decides.
+    Rule(ReasonCode.forged_local_sender, Verdict.review, lambda f: f.c.forged_local,
+         lambda f: Outcome(0.5, f"local sender <{f.rec.envelope.mail_from}> from outside ({f.c.client_ip}), not "
+                           "authenticated: forged, or a network missing from trusted_networks"),
+         "a local sender from a client outside trusted networks, unauthenticated: forged, or a network "
+         "missing from trusted_networks", after_campaign=True),
+    Rule(ReasonCode.trusted_origin, Verdict.valid, lambda f: f.c.local_origin,
+         lambda f: Outcome(0.85, "submitted from a trusted network or locally"
+                           + (f" ({f.c.client_ip})" if f.c.client_ip else "")),
+         "submitted from a trusted network or on the host", after_campaign=True),
+    Rule(ReasonCode.inbound, Verdict.valid, lambda f: bool(f.c.local_rcpts) and not f.c.external_rcpts,
+         lambda f: Outcome(0.85, f"inbound to {len(f.c.local_rcpts)} local recipient(s), not relayed"),
+         "inbound to local recipients only", after_campaign=True),
+    Rule(ReasonCode.mixed_recipients, Verdict.review,
+         lambda f: bool(f.c.local_rcpts) and bool(f.c.external_rcpts),
+         lambda f: Outcome(0.5, f"unauthenticated from {f.c.client_ip or 'an unknown client'} to local and "
+                           f"{len(f.c.external_rcpts)} external recipient(s)"),
+         "unauthenticated, to local and external recipients at once", after_campaign=True),
+    Rule(ReasonCode.origin_unknown, Verdict.review, lambda f: True,
+         lambda f: Outcome(0.4, "the queue does not say where this message came from"),
+         "anything else: the queue does not say where it came from", after_campaign=True),
+)
+
+_MESSAGE_WHEN = tuple((r.when, r) for r in MESSAGE_RULES)
 
 def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign: Decision | None,
-                     backscatter_hit: bool, profiles: dict[str, AccountProfile],
+                     backscatter_hit: bool, profiles: Mapping[str, AccountProfile],
                      abusive_ips: set[str] | None = None) -> Decision:
     """The verdict for one message. abusive_ips: clients that fed a spam campaign or forged several sender
     domains; a relayed message from any other client may be an application of ours (review, not spam)."""
-    rec, c = recs[i], ctxs[i]
-    reasons: list[Reason] = []
-    if integ := integrity_defects(rec):
-        return Decision(Verdict.review, 0.3, [R("defect", f"cannot vouch for this message: {'; '.join(integ)}",
-                                                "review")])
-    if not (rec.envelope.rcpt_to or rec.envelope.done_rcpt_to):
-        return Decision(Verdict.review, 0.3, [R("no_recipients", "no recipient known", "review")])
-    if rec.bounce and c.local_rcpts and not c.external_rcpts:
-        if backscatter_hit or (campaign is not None and campaign.verdict is Verdict.spam):
-            return Decision(Verdict.spam, 0.9, [R("backscatter_local", "a bounce to a local address quoting "
-                                                  "campaign spam that forged our domain as its sender", "spam")])
-        if c.bounced_ours:
-            return Decision(Verdict.valid, 0.85, [R("bounce_to_local", "a bounce to a local user about their own "
-                                                    f"mail: the copy it quotes reached us {c.bounced_ours}", "valid")])
-        # spam that forged this address bounces here too: without evidence the quoted mail was ours, a human decides
-        return Decision(Verdict.review, 0.5, [R("bounce_to_local_unproven", "a bounce to a local address; nothing "
-                                                "shows the mail it quotes came from our side (no Received hop of ours "
-                                                "with authentication, a trusted network or a local submission), and "
-                                                "it matches no spam run: perhaps backscatter", "review")])
-    if rec.bounce and c.external_rcpts and not c.local_rcpts and (c.local_origin or c.client_ip is None):
-        if backscatter_hit:
-            return Decision(Verdict.spam, 0.95, [R("backscatter", "our bounce to an external address quoting a "
-                                                   "message of a spam campaign: backscatter", "spam")])
-        if campaign and campaign.verdict is Verdict.spam:
-            return Decision(Verdict.spam, campaign.confidence, [*campaign.reasons])
-        return Decision(Verdict.review, 0.5, [R("bounce_external", "our bounce to an external address; the "
-                                                "bounced message is not recognised as spam", "review")])
-    if campaign is not None:
-        if campaign.verdict is Verdict.spam and c.authenticated and c.account in profiles and not (
-                profiles[c.account].compromised) and not c.relayed:
-            return Decision(Verdict.review, 0.4, [*campaign.reasons, R(
-                "contradiction", f"in a spam campaign but sent by account {c.account!r}, not seen abused", "review")])
-        if campaign.verdict is Verdict.spam and c.local_origin and not c.authenticated and not rec.bounce and (
-                c.sender_local):
-            return Decision(Verdict.review, 0.4, [*campaign.reasons, R(
-                "contradiction", "in a spam campaign but submitted locally by a local sender", "review")])
-        if campaign.verdict is not Verdict.review:
-            return Decision(campaign.verdict, campaign.confidence, list(campaign.reasons))
-        reasons.extend(campaign.reasons)
-    # A local sender from outside without AUTH may be spoofed, or one of our own users whose client
-    # never authenticated because the server never asked: outside a spam campaign, a human decides.
-    if c.relayed and not c.sender_local and abusive_ips is not None and c.client_ip not in abusive_ips:
-        return Decision(Verdict.review, 0.5, [*reasons, R(
-            "relayed_unknown_source", f"relayed (sender and all recipients non-local, not authenticated) from "
-            f"{c.client_ip}, which sent no spam campaign and one sender domain: perhaps an application of ours "
-            "missing from trusted_networks", "review")])
-    if c.relayed and not c.sender_local:
-        extra = "" if c.auth_known else " (authentication not recorded by this queue format)"
-        return Decision(Verdict.spam, 0.9 if c.auth_known else 0.8, [*reasons, R(
-            "relayed", f"relayed: sender and all recipients non-local, client {c.client_ip} not trusted, "
-            f"not authenticated{extra}", "spam")])
-    if c.authenticated and c.account:
-        prof = profiles.get(c.account)
-        if prof and prof.compromised and c.client_ip in prof.attacker_ips:
-            return Decision(Verdict.spam, 0.85, [*reasons, R(
-                "stolen_account_source", f"sent through compromised account {c.account!r} from {c.client_ip}, "
-                "a client IP that fed its spam campaigns", "spam")])
-        if prof and prof.compromised:
-            return Decision(Verdict.review, 0.5, [*reasons, R(
-                "compromised_account", f"account {c.account!r} is compromised; this message came from "
-                f"{c.client_ip}, not one of the attacker's IPs", "review")])
-        from_header = any(f.startswith("sasl_username") for f in rec.envelope_inferred)
-        return Decision(Verdict.valid, 0.9, [*reasons, R(
-            "authenticated", f"authenticated as {c.account!r}" + (" (from Received header)" if from_header else ""),
-            "valid")])
-    if c.forged_local:
-        return Decision(Verdict.review, 0.5, [*reasons, R(
-            "forged_local_sender", f"local sender <{rec.envelope.mail_from}> from outside ({c.client_ip}), "
-            "not authenticated: forged, or a network missing from trusted_networks", "review")])
-    if c.local_origin:
-        return Decision(Verdict.valid, 0.85, [*reasons, R("trusted_origin", "submitted from a trusted network "
-                                                          "or locally" + (f" ({c.client_ip})" if c.client_ip else ""),
-                                                          "valid")])
-    if c.local_rcpts and not c.external_rcpts:
-        return Decision(Verdict.valid, 0.85, [*reasons, R("inbound", f"inbound to {len(c.local_rcpts)} local "
-                                                          "recipient(s), not relayed", "valid")])
-    if c.local_rcpts and c.external_rcpts:
-        return Decision(Verdict.review, 0.5, [*reasons, R(
-            "mixed_recipients", f"unauthenticated from {c.client_ip or 'an unknown client'} to local and "
-            f"{len(c.external_rcpts)} external recipient(s)", "review")])
-    return Decision(Verdict.review, 0.4, [*reasons, R("origin_unknown", "the queue does not say where this "
-                                                      "message came from", "review")])
+    facts = MessageFacts(recs[i], ctxs[i], campaign, backscatter_hit, profiles, abusive_ips)
+    return _decision(_first(_MESSAGE_WHEN, facts), facts, campaign)

@@ -6,11 +6,13 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from pipeline.campaign_labels import describe, shared_phrase, typical_subject
-from pipeline.models import Envelope, ManifestMessage, Reason, Verdict
+from pipeline.models import Envelope, ManifestMessage, Reason, ReasonCode, Verdict
 from pipeline.normalise import normalise
-from pipeline.review_groups import budget, group_review
+from pipeline.review_groups import ORDER, budget, group_review
 
 T0 = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
+# codes this module has no case for, read generically (as a new rule's code would be)
+GENERIC = [c.value for c in ReasonCode if c not in ORDER]
 
 
 def msg(k: int, verdict: str = "review", code: str = "relayed_unknown_source", ip: str | None = "203.0.113.9",
@@ -59,7 +61,7 @@ def test_the_shop_is_one_group_with_a_sentence_a_person_reads() -> None:
 def test_the_bound_holds_on_scattered_input() -> None:
     rng = random.Random(3)
     codes = ["relayed_unknown_source", "forged_local_sender", "mixed_recipients", "defect", "no_recipients",
-             "origin_unknown", "compromised_account", "brand_new_rule"]
+             "origin_unknown", "compromised_account", GENERIC[0]]
     messages = [msg(k, code=rng.choice(codes), ip=f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.0.{k % 250 + 1}",
                     sender=f"s@d{rng.randint(0, 400)}.example", campaign=rng.choice([None, 1, 2, 3]),
                     account=rng.choice([None, "bob"]), defects=[f"truncated at offset {k}"])
@@ -77,7 +79,7 @@ def test_the_bound_holds_on_scattered_input() -> None:
 
 def test_more_rules_than_budget_share_one_mixed_group() -> None:
     # fifteen messages, each held by a rule of its own: the budget is 10 groups
-    messages = [msg(k, code=f"rule_{k}") for k in range(15)]
+    messages = [msg(k, code=c) for k, c in enumerate([c for c in ReasonCode if c is not ReasonCode.mixed][:15])]
     groups = group_review(messages)
     check_partition(messages, groups)
     assert len(groups) == 10
@@ -85,14 +87,15 @@ def test_more_rules_than_budget_share_one_mixed_group() -> None:
     assert len(mixed) == 1 and mixed[0].messages == 6 and "6 different reasons" in mixed[0].summary
 
 
-def test_a_new_reason_code_is_grouped_by_its_evidence() -> None:
-    messages = [msg(k, code="greylist_suspect", ip="198.51.100.7", campaign=4) for k in range(40)]
-    messages += [msg(100 + k, code="greylist_suspect", ip=f"10.9.{k}.1", campaign=None) for k in range(3)]
+def test_a_reason_code_without_words_of_its_own_is_grouped_by_its_evidence() -> None:
+    code = GENERIC[0]
+    messages = [msg(k, code=code, ip="198.51.100.7", campaign=4) for k in range(40)]
+    messages += [msg(100 + k, code=code, ip=f"10.9.{k}.1", campaign=None) for k in range(3)]
     groups = group_review(messages)
     check_partition(messages, groups)
-    assert groups[0].rule == "greylist_suspect" and groups[0].messages == 40
+    assert groups[0].rule == code and groups[0].messages == 40
     assert groups[0].shared == {"campaign": "4", "client address": "198.51.100.7", "sender domain": "example.com"}
-    assert "greylist_suspect" in groups[0].summary and "held by greylist_suspect" in groups[0].summary
+    assert code in groups[0].summary and f"held by {code}" in groups[0].summary
 
 
 def test_clients_that_fed_spam_lean_to_spam_and_defects_stay_held() -> None:
@@ -148,7 +151,7 @@ def test_no_two_groups_read_alike() -> None:
 
 def test_a_dimension_of_tiny_parts_is_skipped() -> None:
     # 200 messages of a new rule in 100 campaigns of two, from four clients: grouped by client, not left whole
-    messages = [msg(k, code="new_rule", campaign=k // 2, ip=f"198.51.100.{k % 4 + 1}") for k in range(200)]
+    messages = [msg(k, code=GENERIC[0], campaign=k // 2, ip=f"198.51.100.{k % 4 + 1}") for k in range(200)]
     groups = group_review(messages)
     check_partition(messages, groups)
     assert sorted((g.messages, g.shared["client address"]) for g in groups) == [

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.journal import Phase
 from pipeline.models import Envelope
 
 Commit = Callable[[], None]
@@ -72,7 +73,7 @@ class Queue(ABC):
     def remove(self, qm: QueuedMessage) -> None:
         """Delete a frozen message; deleting one that is already gone is not an error."""
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         """Let the MTA itself deliver the message (only for queues with releases_natively)."""
         raise NotImplementedError(f"{self.name} cannot release natively; use SMTP re-injection")
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import MtaError
+from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.exim import parse_h
@@ -98,7 +99,7 @@ class EximQueue(Queue):
         if self._files(qm.name) is not None:
             self._run("-Mrm", qm.name)
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         if qm.source is not None and self._files(qm.name) is not None:
             self._run("-Mt", qm.name, done=("is not frozen",))  # thawed before a crash: go on
             commit()

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from agent import safefs
 from agent.errors import FreezeError
+from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, fsync_dir, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.eml import _NOT_MESSAGES, split_iis_envelope
@@ -132,14 +133,14 @@ class PickupQueue(Queue):
         with safefs.folder(self.aside) as fd:
             safefs.unlink(fd, self._rel(qm))
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         """Stage the file beside the pickup folder, then rename it in: the MTA never sees half a message."""
         stem = _SAFE.sub("_", PurePosixPath(qm.name).stem)[:60]
         name = f"{stem}-{qm.sha256[:16]}.eml"
         if not os.path.lexists(self.staging):
             self.staging.mkdir(mode=0o700)
         with safefs.folder(self.staging) as sfd, safefs.folder(self.pickup) as pfd:
-            if resumed != "commit":
+            if resumed is not Phase.commit:
                 data = self.content(qm)
                 eol = b"\r\n" if b"\r\n" in data[:4096] else b"\n"
                 safefs.write_new(sfd, name, envelope_lines(qm.envelope, eol) + data)

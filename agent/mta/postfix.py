@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent import safefs
 from agent.errors import FreezeError, MtaError
+from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
 
@@ -173,7 +174,7 @@ class PostfixQueue(Queue):
         if qm.queue_id and self._path(qm.queue_id) is not None:
             self._run("postsuper", "-d", qm.queue_id, "hold")
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         # postsuper -H is its own idempotence: a message no longer on hold is not touched again
         if qm.queue_id and qm.source is not None and self._path(qm.queue_id) is not None:
             self._run("postsuper", "-H", qm.queue_id)

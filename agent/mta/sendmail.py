@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import FreezeError, MtaError
+from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.sendmail import parse_qf
@@ -257,7 +258,7 @@ class SendmailQueue(Queue):
             _wait_unlocked(self._sub(qdir, kind), f"{kind}{qid}")
         return self._pair(qid, (kind,)) is not None
 
-    def release(self, qm: QueuedMessage, commit: Commit, resumed: str | None) -> None:
+    def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
         if self._settled(qm.name, "hf"):
             self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name], self._quarantined())))
         commit()

@@ -79,6 +79,6 @@ def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: s
     if len({json.dumps(x, sort_keys=True) for x in sites}) > 1:
         defects.append(f"{len(sites)} shards recorded different MTA configurations; the first one's is used")
     used, pinfo = effective_policy(policy, policy_source, sites[0] if sites else None, records)
-    manifest = decide(records, used, incident, snapshot_info(metas), defects, policy_info=pinfo)
+    manifest = decide(records, used, incident, snapshot_info(metas), defects, policy_info=pinfo, consume=True)
     store.put(out, manifest_bytes(manifest))
     return StepResult(f"{len(records)} messages from {len(shards)} shard(s) -> {out}", len(records))
