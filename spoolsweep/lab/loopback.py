@@ -6,7 +6,7 @@ On Linux all of 127.0.0.0/8 is routed to `lo`, so a socket may bind() to any 127
 The mapping keeps what triage looks at: every client /24 (IPv6: /64) gets its own loopback /24, in the order
 first seen, so distinct clients stay distinct and a botnet's networks stay apart (the console groups by /24);
 127.0.0.0/24 stays itself (mail made on the host, like bounces, comes from 127.0.0.1 as before). A trusted
-network of the policy becomes the loopback /24s of the clients seen in it, so the same verdicts follow.
+network of the policy also names the loopback /24s of the clients seen in it, so the same verdicts follow.
 
     lb = Loopback(a.envelope.client_address for a in messages); lb.source("203.0.113.9")  # '127.0.1.9'
 """
@@ -57,17 +57,21 @@ class Loopback:
         return str(self._slot_net(self.slots[net])[host])
 
     def trusted_networks(self, networks: Iterable[str]) -> list[str]:
-        """The policy's trusted networks on the loopback side: the host's own /24 where the network holds
-        127.0.0.1, and the loopback /24 of every client seen in it."""
+        """The policy's trusted networks for the lab: a network holding 127.0.0.1 shrinks to the host's own /24
+        (the rest of 127.0.0.0/8 is the clients'); every other one stays, for the addresses written inside the
+        mail (a bounce quotes the Received lines of the message it returns), joined by the loopback /24 of every
+        client seen in it."""
         out: list[str] = []
         for n in networks:
             net = ipaddress.ip_network(n, strict=False)
             if ipaddress.ip_address("127.0.0.1") in net:
                 out.append(str(_LOOPBACK))
+                continue
+            out.append(str(net))
             for client_net, slot in self.slots.items():
                 if client_net.version == net.version and client_net.subnet_of(net):  # type: ignore[arg-type]
                     out.append(str(self._slot_net(slot)))
-        return sorted(set(out), key=lambda s: ipaddress.ip_network(s))
+        return list(dict.fromkeys(out))
 
     def policy(self, toml: str) -> str:
         """The site policy text with its trusted_networks moved onto the loopback side (server_ips stay: they
@@ -76,5 +80,5 @@ class Loopback:
 
         nets = self.trusted_networks(tomllib.loads(toml).get("trusted_networks", []))
         return re.sub(r"(?m)^trusted_networks\s*=.*$",
-                      "# the clients' networks as this lab's loopback addresses (spoolsweep.lab.loopback)\n"
+                      "# and the loopback /24s this lab's clients connect from (spoolsweep.lab.loopback)\n"
                       f"trusted_networks = {json.dumps(nets)}", toml)
