@@ -10,6 +10,8 @@ Every queue file is listed, opened and unlinked through agent.safefs, relative t
 descriptor: whoever can write the queue (Sendmail's user, a compromised submission program) may plant a symlink,
 a hard link to another file, a FIFO or a stranger's file there; none is read, released or followed, and a
 message whose qf/hf or df is such a thing is left out of the snapshot (said in the log) or refused by the agent.
+Sendmail itself may hard-link one df for the envelopes it splits (across queue groups, or past a group's r=
+limit): such messages are left out the same way, untouched, for the admin to release by hand.
 """
 
 from __future__ import annotations
