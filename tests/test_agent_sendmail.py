@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from agent.journal import Journal
+from agent.mta.base import QueuedMessage
 from agent.mta.sendmail import SendmailQueue
 from agent.runner import Agent
+from agent.safefs import UnsafePath
 from agent.take import take
 from agent.upload import parse_destination
 from pipeline.instructions import Receipt
+from pipeline.models import Envelope
 from pipeline.policy import Limits
 from pipeline.queues import receipt_key
 from pipeline.readers import read_snapshot
@@ -161,19 +164,25 @@ def test_sendmail_smtp_reinjection_through_the_courier(tmp_path, mail_corpus, ke
     assert [c["state"] for c in courier] == ["dot", "ok"] * 3
 
 
-def test_symlink_in_the_queue_is_not_followed(tmp_path, sendmail):
+@pytest.mark.parametrize(("kind", "plant"), [("df", "hardlink"), ("hf", "symlink")])
+def test_a_link_planted_in_the_queue_is_refused(tmp_path, sendmail, kind, plant):
+    """Whoever writes the queue swaps a frozen message's df (its body) or hf (its envelope and headers) for a link to
+    another file: the agent neither snapshots nor releases that file's bytes, and the other messages go on."""
     sm = sendmail
-    qid = sm.send_smtp("a@example.net", ["b@example.org"], b"Subject: s\r\n\r\nbody\r\n")
+    qid = sm.send_smtp("a@example.net", ["b@example.org"], b"Subject: s\r\nMessage-ID: <linked@x>\r\n\r\nbody\r\n")
+    other = sm.send_smtp("a@example.net", ["b@example.org"], b"Subject: t\r\nMessage-ID: <clean@x>\r\n\r\nok\r\n")
     q = SendmailQueue(command=sm.argv())
     q.freeze()
-    secret = tmp_path / "secret"
-    secret.write_bytes(b"not mail\n")
-    (sm.queue / f"df{qid}").unlink()
-    (sm.queue / f"df{qid}").symlink_to(secret)
-    from agent.errors import MtaError
-
-    with pytest.raises(MtaError, match="symbolic link"):
+    victim = sm.queue / f"{kind}{qid}"
+    secret = sm.root / "secret"  # beside the queue, on its file system (a hard link cannot cross one)
+    secret.write_bytes(victim.read_bytes().replace(b"<linked@x>", b"<SECRET@x>") if kind == "hf" else b"SECRET\n")
+    victim.unlink()
+    (victim.symlink_to if plant == "symlink" else victim.hardlink_to)(secret)
+    assert [m.queue_id for m in q.list()] == [other], "the planted file is left out of the snapshot"
+    with pytest.raises(UnsafePath):
         q.locate(qid, qid)
+    q.remove(QueuedMessage(qid, qid, Envelope(), "", 0))  # a purge unlinks the link, never its target
+    assert secret.read_bytes().count(b"SECRET") == 1 and not victim.is_symlink() and not victim.exists()
 
 
 def test_qI_substring_clash_is_refused():

@@ -6,14 +6,19 @@ Quarantine (Sendmail 8.13 and later) keeps the message in Sendmail's own queue w
 queue runner that is still running never delivers a frozen message, and a release is Sendmail's own delivery
 (its qf records each recipient done: a run repeated after a crash does not deliver twice). `-qI` matches
 queue-id substrings: an id that is part of another queued id is refused rather than risk touching both.
-Queue files are opened relative to the queue directory's descriptor with O_NOFOLLOW (`_open_at`), so a
-symlink planted in the queue is never followed.
+Every queue file is listed, opened and unlinked through agent.safefs, relative to its queue directory's
+descriptor: whoever can write the queue (Sendmail's user, a compromised submission program) may plant a symlink,
+a hard link to another file, a FIFO or a stranger's file there; none is read, released or followed, and a
+message whose qf/hf or df is such a thing is left out of the snapshot (said in the log) or refused by the agent.
+Sendmail itself may hard-link one df for the envelopes it splits (across queue groups, or past a group's r=
+limit): such messages are left out the same way, untouched, for the admin to release by hand.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import fcntl
+import logging
 import os
 import re
 import subprocess
@@ -21,12 +26,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from agent import safefs
 from agent.errors import FreezeError, MtaError
 from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.sendmail import parse_qf
 
+log = logging.getLogger("spoolsweep.agent")
 REASON = "spoolsweep: frozen for incident review"
 _ID = re.compile(r"^[0-9A-Za-z]{8,32}$")
 _CONTROL = re.compile(r"^(qf|hf)([0-9A-Za-z]{8,32})$")
@@ -53,54 +60,46 @@ def _smtp_headers(control: bytes) -> bytes:
     return _HEADER.sub(keep, control)
 
 
+@contextlib.contextmanager
+def _queue_folder(dir_path: Path) -> Iterator[int | None]:
+    """A handle on a queue (sub)directory, not followed if it is a link; None if it is not there."""
+    if not dir_path.exists() and not dir_path.is_symlink():
+        yield None
+        return
+    with safefs.folder(dir_path) as fd:
+        yield fd
+
+
 def _open_at(dir_path: Path, name: str) -> bytes | None:
-    """A queue file's bytes, opened relative to its directory's descriptor without following a symlink at either
-    level; None if it is not there. (One primitive, so it can become the shared safe-file module's.)"""
-    try:
-        dfd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise MtaError(f"{dir_path / name} is a symbolic link; not read") from None
-        raise
-    finally:
-        os.close(dfd)
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+    """A queue file's bytes (a regular file of one link, owned by the queue's owner, no link followed on the way);
+    None if it is not there, safefs.UnsafePath if it is anything else."""
+    with _queue_folder(dir_path) as fd:
+        if fd is None:
+            return None
+        try:
+            return safefs.read_file(fd, name)
+        except FileNotFoundError:
+            return None
 
 
 def _unlink_at(dir_path: Path, name: str) -> None:
-    try:
-        dfd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.unlink(name, dir_fd=dfd)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(dfd)
+    # unlink never follows a link: a link planted in a queue file's place is what goes, not its target
+    with _queue_folder(dir_path) as fd:
+        if fd is not None:
+            safefs.unlink(fd, name)
 
 
 def _wait_unlocked(dir_path: Path, name: str, timeout: float = 300) -> None:
     """Wait until no Sendmail process holds the control file's lock (Sendmail flock()s it while it works on the
     message). A run of ours started before a crash may still be delivering it; a second run now would find it
     locked, skip it and report success, leaving it queued."""
-    try:
-        dfd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-    except FileNotFoundError:
-        return
-    finally:
-        os.close(dfd)
+    with _queue_folder(dir_path) as dfd:
+        if dfd is None:
+            return
+        try:
+            fd, _ = safefs.open_file(dfd, name)
+        except FileNotFoundError:
+            return
     try:
         end = time.monotonic() + timeout
         while True:
@@ -162,10 +161,10 @@ class SendmailQueue(Queue):
     def _controls(self, kind: str) -> Iterator[tuple[Path, str]]:
         """(queue directory, id) of every control file of this kind (qf live, hf quarantined), in id order."""
         for qdir in self.queue_dirs:
-            try:
-                names = os.listdir(self._sub(qdir, kind))
-            except FileNotFoundError:
-                continue
+            with _queue_folder(self._sub(qdir, kind)) as fd:
+                if fd is None:
+                    continue
+                names = os.listdir(fd)
             for n in sorted(names):
                 if (m := _CONTROL.match(n)) and m.group(1) == kind:
                     yield qdir, m.group(2)
@@ -233,24 +232,40 @@ class SendmailQueue(Queue):
 
     def list(self) -> Iterator[QueuedMessage]:
         for _, qid in self._controls("hf"):
-            if (qm := self._message(qid, ("hf",))) is not None:
+            try:
+                qm = self._message(qid, ("hf",))
+            except safefs.UnsafePath as e:
+                log.warning("skipped in the Sendmail queue: %s", e.detail)
+                continue
+            if qm is not None:
                 yield qm
 
     def locate(self, name: str, queue_id: str | None) -> QueuedMessage | None:
         return self._message(queue_id or name.rsplit("/", 1)[-1])
 
+    @staticmethod
+    def _qid(qm: QueuedMessage) -> str:
+        """The queue id of a message; a resumed action's stand-in (the message already gone) is named by its path
+        in the snapshot. MtaError for anything that is not a queue id (it would name another file)."""
+        qid = qm.queue_id or qm.name.rsplit("/", 1)[-1]
+        if not _ID.match(qid):
+            raise MtaError(f"{qid!r} is not a Sendmail queue id")
+        return qid
+
     def content(self, qm: QueuedMessage) -> bytes:
-        pair = self._pair(qm.name)
+        qid = self._qid(qm)
+        pair = self._pair(qid)
         if pair is None:
-            raise MtaError(f"{qm.name} is gone from the queue")
-        return _read_pair(pair[2], pair[3], qm.name)[0]
+            raise MtaError(f"{qid} is gone from the queue")
+        return _read_pair(pair[2], pair[3], qid)[0]
 
     def remove(self, qm: QueuedMessage) -> None:
         # the control file first: without it Sendmail no longer sees the message; then its data file
+        qid = self._qid(qm)
         for qdir in self.queue_dirs:
             for kind in ("hf", "qf", "xf"):
-                _unlink_at(self._sub(qdir, kind), f"{kind}{qm.name}")
-            _unlink_at(self._sub(qdir, "df"), f"df{qm.name}")
+                _unlink_at(self._sub(qdir, kind), f"{kind}{qid}")
+            _unlink_at(self._sub(qdir, "df"), f"df{qid}")
 
     def _settled(self, qid: str, kind: str) -> bool:
         """Whether the message has a control file of this kind, once no Sendmail process is working on it."""
@@ -259,22 +274,23 @@ class SendmailQueue(Queue):
         return self._pair(qid, (kind,)) is not None
 
     def release(self, qm: QueuedMessage, commit: Commit, resumed: Phase | None) -> None:
-        if self._settled(qm.name, "hf"):
-            self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qm.name], self._quarantined())))
+        qid = self._qid(qm)
+        if self._settled(qid, "hf"):
+            self._run("-qQ", "-Q", *(f"-qI{i}" for i in self._unique([qid], self._quarantined())))
         commit()
         # a foreground queue run for this id: Sendmail delivers it (or defers it, then its own runner retries);
         # MinQueueAge=0, or a run of ours cut short before a crash (an attempt, to Sendmail) would make it wait
         for _ in range(3):
-            if not self._settled(qm.name, "qf"):
+            if not self._settled(qid, "qf"):
                 return  # delivered (or bounced): gone from the queue
             started = int(time.time())
             # no quarantined message is reached by this run; a live one whose id holds ours is delivered as its
             # own queue runner would
-            self._run("-qf", "-OMinQueueAge=0", f"-qI{qm.name}")
-            if self._last_attempt(qm.name) >= started:
+            self._run("-qf", "-OMinQueueAge=0", f"-qI{qid}")
+            if self._last_attempt(qid) >= started:
                 return  # tried now and deferred: Sendmail's own queue runner retries it
             time.sleep(0.2)  # not tried at all (locked by a process of Sendmail's own): ask again
-        raise MtaError(f"sendmail -qf -qI{qm.name} did not try to deliver it; it stays in the queue, released")
+        raise MtaError(f"sendmail -qf -qI{qid} did not try to deliver it; it stays in the queue, released")
 
     def _last_attempt(self, qid: str) -> int:
         """The control file's K line (time of the last delivery attempt), 0 if none or gone."""

@@ -41,10 +41,11 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str,
-           login: tuple[str, str] | None = None) -> bytes:
-    """One message over SMTP to 127.0.0.1:port; the text of the 250 reply to DATA (which names the queue id).
-    RuntimeError naming the command an MTA refused."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+           login: tuple[str, str] | None = None, source: str | None = None) -> bytes:
+    """One message over SMTP to 127.0.0.1:port, from the loopback address `source` if given (the client the MTA
+    records); the text of the 250 reply to DATA (which names the queue id). RuntimeError naming the command an
+    MTA refused."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0) if source else None) as s:
         s.ehlo(helo)
         if login:
             s.login(*login)

@@ -96,6 +96,7 @@ def exim_incident(st, inc: Incident, step: Callable[[int, str], None], say: Call
 @contextlib.contextmanager
 def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],
                       say: Callable[[str], None], incident: str, host: str) -> Iterator[LabMta]:
+    from spoolsweep.lab.loopback import Loopback
     from spoolsweep.lab.sendmail import private_sendmail
 
     with private_sendmail(open_relay=True) as sm:
@@ -104,10 +105,15 @@ def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],
         say(f"   daemon 127.0.0.1:{sm.port}, config {sm.cf} (from {sm.mc.name}), queue {sm.queue}; the smart host is "
             f"down, so everything piles up in the queue")
         step(3, "the incident: spammers, a stolen password and the organisation's own mail, over SMTP")
-        # Sendmail 8.17 has no XCLIENT and ignores -M for the client of `-bs`: every session comes from
-        # 127.0.0.1, and the client each message really came from is its own Received: line
+        # Sendmail 8.17 has no XCLIENT (and `-bs` ignores -M for the client): each message comes from its own
+        # client's loopback address instead, and the site policy names those addresses
+        lb = Loopback(m.envelope.client_address for m in inc.messages)
+        policy = st.workdir / "site.toml"
+        policy.write_text(lb.policy(policy.read_text()))
+        say(f"   each client connects from its own loopback address ({len(lb.slots):,} client /24s on 127.0.0.0/8); "
+            f"trusted_networks in site.toml moved the same way")
         _push(lambda m: sm.send_smtp(m.envelope.mail_from or "", m.envelope.rcpt_to, m.data,
-                                     helo=m.envelope.helo or "localhost"),
+                                     helo=m.envelope.helo or "localhost", source=lb.source(m.envelope.client_address)),
               inc.messages, every_500(say))
         queued_now = sum(1 for p in sm.queue.iterdir() if p.name.startswith("qf"))
         say(f"   {len(inc.messages):,} messages sent; {queued_now:,} in the queue")

@@ -125,13 +125,6 @@ def _after_snapshot(st: Story, inc: Incident, yes: bool, console: bool, pf: Post
         f"{s['spam_as_valid']}, review {s['review']}")
     _say_blocklists(st)
     step(7, "review")
-    if isinstance(pf, LabMta) and pf.name == "sendmail":
-        # Sendmail 8.17 cannot be told a session's real client (no XCLIENT; `-bs` ignores -M for it), so every
-        # message of this lab came from 127.0.0.1: the verdicts rest on a client address that is not the real one
-        say("   [yellow]stopping before approval on Sendmail:[/] every message reached this private Sendmail from "
-            "127.0.0.1 (Sendmail 8.17 has no XCLIENT), so the engine cannot tell the clients apart and its verdicts "
-            "must not be replayed; the agent's replay and purge on Sendmail are shown by tests/test_agent_sendmail.py")
-        return False
     proc = _open_console(st) if console else None
     if proc is not None and not yes and wait_approval <= 0:
         wait_approval = 3600.0  # the console is open for the review: wait for its Approve

@@ -191,11 +191,12 @@ class SendmailInstance:
 
     # -- mail in ----------------------------------------------------------------------------------
     def send_smtp(self, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str = "client.example.net",
-                  login: tuple[str, str] | None = None) -> str:
-        """One message over SMTP; returns its queue id (from the 250 reply to DATA)."""
+                  login: tuple[str, str] | None = None, source: str | None = None) -> str:
+        """One message over SMTP, from the loopback address `source` if given (spoolsweep.lab.loopback: Sendmail
+        records it as the client); returns its queue id (from the 250 reply to DATA)."""
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         # "2.0.0 6B1M5bE3012952 Message accepted for delivery"
-        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login).decode().split()[1]
+        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login, source).decode().split()[1]
 
     # -- what Sendmail says -----------------------------------------------------------------------
     def bp(self, quarantined: bool = False) -> str:

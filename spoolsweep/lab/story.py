@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import smtplib
 import subprocess
 import sys
@@ -61,6 +62,8 @@ class Story:
         """Run one `spoolsweep` command as an admin would, showing the command and what it printed."""
         shown = "spoolsweep " + " ".join(args)
         self.commands.append(shown)
+        with (self.workdir / "commands.txt").open("a") as fh:  # what a test compares with the README's walkthroughs
+            fh.write(shlex.join(["spoolsweep", *args]) + "\n")
         self.say(f"   [dim]$ {shown}[/]")
         env = {**os.environ, "COLUMNS": "120", "POWERTOOLS_LOG_LEVEL": "WARNING", **self.env}
         cp = subprocess.run([self.python, "-m", "spoolsweep", *args], capture_output=True, text=True, env=env,
