@@ -96,6 +96,8 @@ def incident_api(fn: IncidentHandler, post: bool = False) -> Endpoint:
 
 
 class SecurityHeaders:
+    """ASGI middleware: HEADERS (the CSP first) on every HTTP response, errors and static files included."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 

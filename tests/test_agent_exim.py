@@ -22,7 +22,6 @@ from tests.support.exim import available, private_exim
 
 pytestmark = pytest.mark.exim
 keys, mail_corpus, sink = support.keys, support.mail_corpus, support.sink
-pytestmark = pytest.mark.exim
 INC, HOST = "inc-exim", "mx1"
 
 

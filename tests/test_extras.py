@@ -36,3 +36,10 @@ def test_console_extra_carries_what_console_aws_imports():
     imported = set().union(*(_third_party(p) for p in (ROOT / "console").glob("*.py")))
     needed = {dists[m][0].lower() for m in imported}
     assert needed <= _extra("console"), needed - _extra("console")
+
+
+def test_mypy_checks_every_package_we_ship():
+    """`./run test` runs bare `mypy`: its package list must name every package the wheel ships."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+    shipped = {p.rstrip("*") for p in cfg["setuptools"]["packages"]["find"]["include"]}
+    assert shipped == set(cfg["mypy"]["packages"]), shipped ^ set(cfg["mypy"]["packages"])
