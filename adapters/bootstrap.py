@@ -5,7 +5,7 @@
                 empty: DIR/channel beside a directory store, the stack's queues beside a bucket
 
 Settings come in as values (a Lambda's settings model read once at cold start, a CLI's options); nothing
-here reads or writes the environment but `endpoint_from_env`, which reads SPOOLSWEEP_ENDPOINT_URL.
+here writes the environment, and only `endpoint_from_env` and `cloud_from_env` read it, for the CLI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.names import PREFIX
-from pipeline.errors import SpoolsweepError
+from pipeline.errors import SpoolsweepError, StoreError
 from pipeline.instructions import key_id_of
 from pipeline.store import Channel, LocalChannel, LocalStore, Store
 
@@ -45,10 +45,6 @@ class StoreUrl:
     bucket: str | None  # s3://BUCKET
     path: Path | None  # a directory
 
-    @property
-    def text(self) -> str:
-        return f"s3://{self.bucket}" if self.bucket is not None else str(self.path)
-
 
 @dataclass(frozen=True)
 class ChannelUrl:
@@ -70,7 +66,12 @@ def cloud_from_env(region: str | None = None) -> Cloud:
 
 def parse_store(url: str) -> StoreUrl:
     if url.startswith("s3://"):
-        return StoreUrl(bucket=url.removeprefix("s3://").strip("/"), path=None)
+        bucket = url.removeprefix("s3://").strip("/")
+        if not bucket or "/" in bucket:
+            raise StoreError(f"store {url!r}: give s3://BUCKET (a bucket name, no folder in it)")
+        return StoreUrl(bucket=bucket, path=None)
+    if not url:
+        raise StoreError("no store: give a directory or s3://BUCKET")
     return StoreUrl(bucket=None, path=Path(url))
 
 

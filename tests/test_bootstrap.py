@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapters.bootstrap import Cloud, build_channel, build_store, cloud_from_env, parse_channel, parse_store
+from pipeline.errors import StoreError
 from pipeline.models import SnapshotInfo
 from pipeline.store import LocalChannel, LocalStore
 
@@ -14,6 +15,9 @@ from pipeline.store import LocalChannel, LocalStore
 def test_store_urls() -> None:
     assert parse_store("s3://evidence/").bucket == "evidence"
     assert parse_store("data").path == Path("data") and parse_store("data").bucket is None
+    for bad in ("s3://", "s3://bucket/folder", ""):
+        with pytest.raises(StoreError, match="store"):
+            parse_store(bad)
 
 
 @pytest.mark.parametrize(("url", "prefix"), [("sqs", "stack"), ("sqs://", "stack"), ("sqs://other", "other"),

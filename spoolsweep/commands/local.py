@@ -67,7 +67,12 @@ def up(
     root = Path(store)
     serving = not once if console is None else console
     if store.startswith("s3://"):
-        server = _console(_store(store), console_port) if serving else None
+        try:
+            data = _store(store)
+        except SpoolsweepError as e:
+            fail(str(e))
+            return
+        server = _console(data, console_port) if serving else None
         try:
             _up_on_queues(store, once, interval, step or [])
         finally:
