@@ -112,6 +112,7 @@ def test_one_key_decides_a_whole_group(browser, corpus, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.scale
 # spamware at 20k; at 100k the plain style, since spamware copies are bigger and slower to make (about 11 min for
 # 20k on the shared 2 cores)
 @pytest.mark.parametrize(("n", "style"), [(20_000, "spamware"), (100_000, "plain")])
