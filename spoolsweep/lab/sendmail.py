@@ -58,6 +58,8 @@ def available() -> str | None:
         return "a private Sendmail needs root (mount namespace for its own hosts and resolver files)"
     if not Path("/etc/nsswitch.conf").exists() or not Path("/etc/resolv.conf").exists():
         return "no /etc/nsswitch.conf or /etc/resolv.conf to stand in for"
+    if not Path(f"/{SASL_DIR}").is_dir():
+        return f"no /{SASL_DIR} (Debian's libsasl2-modules) to mount the private SASL folder over"
     if unpacked() is None:
         return "could not apt-get download + dpkg -x sendmail-bin (no network or no apt?)"
     return None
