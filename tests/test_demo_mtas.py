@@ -126,7 +126,8 @@ def test_demo_on_exim(tmp_path, mail_corpus):
 @pytest.mark.sendmail
 def test_demo_on_sendmail(tmp_path, mail_corpus):
     """Sendmail 8.17 has no XCLIENT: each client connects from its own loopback address, and the engine reads
-    those addresses from the queue files against the policy's networks moved the same way."""
+    those addresses from the queue files against the policy's networks moved the same way; the authenticated ones
+    log in (SMTP AUTH against a private sasldb) and their accounts are read back from the qf files."""
     if why := lab_sendmail.available():
         pytest.skip(why)
     cp = run_demo(tmp_path / "demo", "sendmail")
@@ -138,3 +139,7 @@ def test_demo_on_sendmail(tmp_path, mail_corpus):
     manifest = Manifest.model_validate_json((tmp_path / "demo/store/manifests/demo/manifest.json").read_bytes())
     clients = {m.envelope.client_address for m in manifest.messages if m.envelope.client_address}
     assert len(clients) > 20 and all(c.startswith("127.") for c in clients), "the clients were told apart"
+    ham, spam = mail_corpus
+    accounts = {message_id(m.data): m.envelope.sasl_username for m in demo_incident(ham, spam, N, SEED).messages}
+    assert {m.message_id: m.envelope.sasl_username for m in manifest.messages} == accounts, \
+        "each message's SMTP AUTH account read back from the qf file (the A line of an authenticated session)"

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
+from pipeline.readers.sendmail import parse_qf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +128,18 @@ QF = (b"V8\nT1700000000\nK1700000100\nN2\nP120453\nI8/1/1234\n"
       b"H?P?Return-Path: <\x01g>\nH??Received: from spammer.example.com (spam.example.com [203.0.113.9])\n"
       b"\tby mx1.example.org (8.17.1/8.17.1) with ESMTPA id 3AMDXa01234567\n"
       b"H?F?From: ceo@example.org\nH??Subject: Cheap meds\n.\n")
+
+
+def test_sendmail_auth_account_from_the_a_line_of_an_authenticated_session() -> None:
+    """Sendmail 8.17 keeps no ${auth_authen} in the qf: an authenticated session shows as $rESMTPA, its account in
+    the A line; an unauthenticated client's AUTH= claim is kept as A<> (trust_auth), and an A line in a session
+    that did not authenticate names nobody."""
+    base = QF.replace(b"${auth_type}LOGIN\n${auth_authen}bob\n", b"")
+    assert parse_qf(base.replace(b"Aceo@example.org\n", b"Abob+2Bsales\n"))[0].sasl_username == "bob+sales"
+    assert parse_qf(base.replace(b"Aceo@example.org\n", b"A<>\n"))[0].sasl_username is None
+    unauth = base.replace(b"$rESMTPA\n", b"$rESMTP\n")
+    assert parse_qf(unauth)[0].sasl_username is None, "an A line without an authenticated session is a claim"
+    assert parse_qf(QF)[0].sasl_username == "bob", "${auth_authen} when the qf has it"
 
 
 @pytest.mark.slow

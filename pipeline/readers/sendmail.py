@@ -3,8 +3,12 @@
 A qf file is lines that start with a code letter (V version, T creation time, S sender, R recipient
 with `flags:` before the address, H header with optional `?flags?`, M why it is queued, `$x` and
 `${name}` saved macros: `$_` the client as `ident@host [ip]`, `$r` protocol, `$s` HELO name,
-`${auth_type}`/`${auth_authen}` SMTP AUTH; the `A` line, AUTH= of MAIL FROM, is a claim and not
-used), continuation lines start with white space, `.` ends it.
+`${auth_type}`/`${auth_authen}` SMTP AUTH; `A` the AUTH= of MAIL FROM as Sendmail kept it),
+continuation lines start with white space, `.` ends it.
+Sendmail 8.17 keeps no `${auth_authen}` in the qf file: an authenticated session shows as `$r` ESMTPA (RFC 3848),
+and the account only in `A`, where Sendmail's trust_auth rules have already turned the AUTH= of a client that did
+not authenticate as that identity into `<>`. So `A` names the account only with `$r` saying the session
+authenticated; on its own it is a claim and not used.
 Qf is a control file sendmail gave up on, tf one it was still writing; both are read, flagged.
 A qf without its df or a df without its qf is a message with a defect (review), never dropped.
 The message bytes are the H lines (without their `?flags?`), a blank line, then the df file.
@@ -33,11 +37,17 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
+def _xtext_decode(v: str) -> str:
+    """RFC 3461 xtext (`+XX` for a byte) back to text, as AUTH= carries it."""
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), v)
+
+
 def parse_qf(data: bytes) -> tuple[Envelope, bytes, list[str]]:
     """(envelope, the header block as RFC 822 bytes, defects) from one control file."""
     env = Envelope()
     defects: list[str] = []
     macros: dict[str, str] = {}
+    auth_param = ""
     messages: list[str] = []
     end = _END.search(data)
     ended = end is not None
@@ -65,6 +75,8 @@ def parse_qf(data: bytes) -> tuple[Envelope, bytes, list[str]]:
             env.orig_rcpt_to.append(_text(rest).split(";", 1)[-1].strip())
         elif code == "M":
             messages.append(_text(rest))
+        elif code == "A":
+            auth_param = _text(rest).strip()
         elif code == "$":
             text = _text(rest)
             if text.startswith("{") and "}" in text:
@@ -93,6 +105,8 @@ def parse_qf(data: bytes) -> tuple[Envelope, bytes, list[str]]:
     env.helo = macros.get("s") or None
     env.sasl_method = macros.get("auth_type") or None
     env.sasl_username = macros.get("auth_authen") or env.sasl_username
+    if not env.sasl_username and auth_param not in ("", "<>") and (env.protocol or "").upper().endswith("A"):
+        env.sasl_username = _xtext_decode(auth_param.strip("<>")) or None
     env.deferred_reason = "; ".join(messages) or None
     head = b"\n".join(headers) + b"\n" if headers else b""
     return env, head, defects

@@ -41,15 +41,19 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo: str,
-           login: tuple[str, str] | None = None, source: str | None = None) -> bytes:
+           login: tuple[str, str] | None = None, source: str | None = None, auth_param: bool = False) -> bytes:
     """One message over SMTP to 127.0.0.1:port, from the loopback address `source` if given (the client the MTA
     records); the text of the 250 reply to DATA (which names the queue id). RuntimeError naming the command an
-    MTA refused."""
+    MTA refused. `auth_param`: MAIL FROM carries AUTH=<the login> (RFC 4954), which Sendmail keeps in its qf
+    file once its trust_auth rules accept it (the identity this session authenticated as)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0) if source else None) as s:
         s.ehlo(helo)
         if login:
             s.login(*login)
-        code, msg = s.mail(mail_from, ["BODY=8BITMIME"] if any(b > 127 for b in data) else [])
+        options = ["BODY=8BITMIME"] if any(b > 127 for b in data) else []
+        if login and auth_param:
+            options.append(f"AUTH={xtext(login[0])}")
+        code, msg = s.mail(mail_from, options)
         if code != 250:
             raise RuntimeError(f"MAIL FROM: {code} {msg!r}")
         for r in rcpt_to:
@@ -60,6 +64,11 @@ def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo:
         if code != 250:
             raise RuntimeError(f"DATA: {code} {msg!r}")
     return msg
+
+
+def xtext(v: str) -> str:
+    """RFC 3461 xtext, as AUTH= and XCLIENT want their values."""
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in v)
 
 
 def unpack_debs(cache: Path, packages: Sequence[str], needs: Sequence[str]) -> Path | None:

@@ -98,12 +98,15 @@ def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],
                       say: Callable[[str], None], incident: str, host: str) -> Iterator[LabMta]:
     from spoolsweep.lab.loopback import Loopback
     from spoolsweep.lab.sendmail import private_sendmail
+    from spoolsweep.lab.story import password_of
 
-    with private_sendmail(open_relay=True) as sm:
+    users = {m.envelope.sasl_username: password_of(m.envelope.sasl_username)
+             for m in inc.messages if m.envelope.sasl_username}
+    with private_sendmail(open_relay=True, users=users) as sm:
         step(2, "the mail server: a private Sendmail on 127.0.0.1 (Debian's packages, unpacked), "
                 "FEATURE(`promiscuous_relay')")
-        say(f"   daemon 127.0.0.1:{sm.port}, config {sm.cf} (from {sm.mc.name}), queue {sm.queue}; the smart host is "
-            f"down, so everything piles up in the queue")
+        say(f"   daemon 127.0.0.1:{sm.port}, config {sm.cf} (from {sm.mc.name}), queue {sm.queue}; SMTP AUTH for "
+            f"{len(users)} accounts; the smart host is down, so everything piles up in the queue")
         step(3, "the incident: spammers, a stolen password and the organisation's own mail, over SMTP")
         # Sendmail 8.17 has no XCLIENT (and `-bs` ignores -M for the client): each message comes from its own
         # client's loopback address instead, and the site policy names those addresses
@@ -112,8 +115,12 @@ def sendmail_incident(st, inc: Incident, step: Callable[[int, str], None],
         policy.write_text(lb.policy(policy.read_text()))
         say(f"   each client connects from its own loopback address ({len(lb.slots):,} client /24s on 127.0.0.0/8); "
             f"trusted_networks in site.toml moved the same way")
+        # a real SMTP AUTH login for the authenticated ones, with AUTH=<account> on MAIL FROM: 8.17 keeps the account
+        # in its qf file only that way (the A line), and the reader takes it only from an authenticated session
         _push(lambda m: sm.send_smtp(m.envelope.mail_from or "", m.envelope.rcpt_to, m.data,
-                                     helo=m.envelope.helo or "localhost", source=lb.source(m.envelope.client_address)),
+                                     helo=m.envelope.helo or "localhost", source=lb.source(m.envelope.client_address),
+                                     login=(m.envelope.sasl_username, password_of(m.envelope.sasl_username))
+                                     if m.envelope.sasl_username else None),
               inc.messages, every_500(say))
         queued_now = sum(1 for p in sm.queue.iterdir() if p.name.startswith("qf"))
         say(f"   {len(inc.messages):,} messages sent; {queued_now:,} in the queue")

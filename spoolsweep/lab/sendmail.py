@@ -1,7 +1,7 @@
 """A private Sendmail from Debian's packages (unpacked, never installed: sendmail-bin and postfix conflict) for the
 demo and the tests.
 
-The .debs come from `apt-get download sendmail-bin sendmail-base sendmail-cf m4 libwrap0` into a cache dir
+The .debs come from `apt-get download` of PACKAGES below into a cache dir
 and are unpacked with `dpkg -x`; the set-group-id bit of the unpacked copy is dropped so the loader honours
 LD_LIBRARY_PATH (libwrap). The configuration is built from a .mc with the packages' own m4 files.
 
@@ -11,6 +11,8 @@ anything not in its hosts file, so every call runs in a private mount namespace 
 file, and the only name server is 127.0.0.1 (no query leaves the machine). The daemon (`-bD`, in the
 foreground) listens on 127.0.0.1 only; its smart host is `sink.spoolsweep.test` (127.0.0.1 in that hosts
 file) on a closed port, so mail stays queued, until `relay_to(port)` points it at a live sink. Needs root.
+With `users`, it offers SMTP AUTH (PLAIN, LOGIN) against a private sasldb made with saslpasswd2: the folder with
+the plugins, Sendmail.conf and that sasldb is bind-mounted over the system's SASL plugin folder in the namespace.
 
     with private_sendmail() as sm:
         sm.send_smtp("a@example.net", ["b@example.org"], data); sm.bp(); sm.argv("-qQ", "-bp")
@@ -31,13 +33,20 @@ from spoolsweep.lab import daemon, free_port
 # the unpacked binaries run as root: kept under the user's own cache, not a /tmp path anyone could create first
 CACHE = Path(os.environ.get("SPOOLSWEEP_SENDMAIL_CACHE") or Path.home() / ".cache" / "spoolsweep" / "sendmail-deb")
 # libwrap0 is sendmail-bin's one library a minimal Debian may lack (unpacked beside it, via LD_LIBRARY_PATH)
-PACKAGES = ("sendmail-bin", "sendmail-base", "sendmail-cf", "m4", "libwrap0")
+# sasl2-bin (saslpasswd2) and the Cyrus SASL plugins: real SMTP AUTH against a private sasldb
+PACKAGES = ("sendmail-bin", "sendmail-base", "sendmail-cf", "m4", "libwrap0", "sasl2-bin", "libsasl2-modules",
+            "libsasl2-modules-db")
 BINARY = "usr/libexec/sendmail/sendmail"
+SASLPASSWD = "usr/sbin/saslpasswd2"
+# where Cyrus SASL looks for its plugins and, among other folders, for Sendmail.conf (Debian's multiarch path)
+SASL_DIR = "usr/lib/x86_64-linux-gnu/sasl2"
+SASL_PLUGINS = ("libplain.so", "liblogin.so", "libsasldb.so")
 
 
 def unpacked() -> Path | None:
     """The unpacked package root, downloading and unpacking it once; None if that is impossible."""
-    root = daemon.unpack_debs(CACHE, PACKAGES, [BINARY, "usr/bin/m4"])
+    root = daemon.unpack_debs(CACHE, PACKAGES, [BINARY, "usr/bin/m4", SASLPASSWD,
+                                                *(f"{SASL_DIR}/{p}" for p in SASL_PLUGINS)])
     if root is not None:
         # a set-group-id binary runs with LD_LIBRARY_PATH ignored; this private copy needs no group
         (root / BINARY).chmod(0o755)
@@ -49,6 +58,8 @@ def available() -> str | None:
         return "a private Sendmail needs root (mount namespace for its own hosts and resolver files)"
     if not Path("/etc/nsswitch.conf").exists() or not Path("/etc/resolv.conf").exists():
         return "no /etc/nsswitch.conf or /etc/resolv.conf to stand in for"
+    if not Path(f"/{SASL_DIR}").is_dir():
+        return f"no /{SASL_DIR} (Debian's libsasl2-modules) to mount the private SASL folder over"
     if unpacked() is None:
         return "could not apt-get download + dpkg -x sendmail-bin (no network or no apt?)"
     return None
@@ -81,7 +92,7 @@ define(`RELAY_MAILER_ARGS', `TCP $h {relay_port}')dnl
 FEATURE(`nocanonify')dnl
 FEATURE(`no_default_msa')dnl
 FEATURE(`accept_unresolvable_domains')dnl
-{features}DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
+{features}{auth}DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
 MAILER(`smtp')dnl
 {local_config}"""
 
@@ -92,8 +103,10 @@ class SendmailInstance:
     as `--sendmail`)."""
 
     def __init__(self, root: Path, relay_port: int | None = None, open_relay: bool = True,
-                 features: Sequence[str] = (), mode: str = "background", local_config: str = "") -> None:
+                 features: Sequence[str] = (), mode: str = "background", local_config: str = "",
+                 users: dict[str, str] | None = None) -> None:
         self.root = root
+        self.users = users or {}
         pkg = unpacked()
         if pkg is None:
             raise RuntimeError("sendmail packages not available")
@@ -116,6 +129,8 @@ class SendmailInstance:
         features = [*(["promiscuous_relay"] if self.open_relay else []), *self.features]
         return MC.format(root=self.root, mode=self.mode, sink_host=SINK_HOST, relay_port=self.relay_port,
                          port=self.port, features="".join(f"FEATURE(`{f}')dnl\n" for f in features),
+                         auth="define(`confAUTH_MECHANISMS', `PLAIN LOGIN')dnl\nTRUST_AUTH_MECH(`PLAIN LOGIN')dnl\n"
+                         if self.users else "",
                          local_config=f"LOCAL_CONFIG\n{self.local_config}\n" if self.local_config else "")
 
     def build_cf(self) -> None:
@@ -140,14 +155,37 @@ class SendmailInstance:
         (self.root / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         (self.root / "service.switch").write_text("hosts files\naliases files\n")
         self.build_cf()
-        mounts = " && ".join(f"mount --bind {self.root / src} /etc/{dst}" for src, dst in (
-            ("etc-hosts", "hosts"), ("nsswitch.conf", "nsswitch.conf"), ("resolv.conf", "resolv.conf")))
+        binds = [(self.root / src, f"/etc/{dst}") for src, dst in (
+            ("etc-hosts", "hosts"), ("nsswitch.conf", "nsswitch.conf"), ("resolv.conf", "resolv.conf"))]
+        if self.users:
+            binds.append((self._sasl(), f"/{SASL_DIR}"))
+        mounts = " && ".join(f"mount --bind {src} {dst}" for src, dst in binds)
         libs = self.pkg / "usr/lib/x86_64-linux-gnu"
         self.wrapper.write_text(
             "#!/bin/sh\n# the private Sendmail of spoolsweep's lab: its own hosts/resolver files, its own sendmail.cf\n"
             f"exec unshare -m sh -c '{mounts} && LD_LIBRARY_PATH={libs} exec {self.binary} -C {self.cf} \"$@\"' "
             "sh \"$@\"\n")
         self.wrapper.chmod(0o755)
+
+    def _sasl(self) -> Path:
+        """root/sasl2: the plugins, Sendmail.conf and a sasldb of `users` (realm: the server's name, as Sendmail
+        asks for a user without one), to stand in for the system's SASL folder."""
+        if not Path(f"/{SASL_DIR}").is_dir():
+            raise RuntimeError(f"no /{SASL_DIR} on this system to mount the private SASL folder over")
+        sasl = self.root / "sasl2"
+        sasl.mkdir(mode=0o755, exist_ok=True)
+        for p in (self.pkg / SASL_DIR).iterdir():
+            if p.name.startswith(tuple(n.removesuffix(".so") for n in SASL_PLUGINS)):
+                shutil.copy2(p, sasl / p.name, follow_symlinks=True)
+        (sasl / "Sendmail.conf").write_text(f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\n"
+                                            f"sasldb_path: /{SASL_DIR}/sasldb2\nmech_list: PLAIN LOGIN\n")
+        for user, password in self.users.items():
+            cp = subprocess.run([str(self.pkg / SASLPASSWD), "-f", str(sasl / "sasldb2"), "-c", "-p", "-u",
+                                 "mx1.example.org", user], input=password.encode(), capture_output=True, timeout=30,
+                                check=False)
+            if cp.returncode != 0:
+                raise RuntimeError(f"saslpasswd2 {user}: {cp.stderr.decode(errors='replace')}")
+        return sasl
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,7 +234,8 @@ class SendmailInstance:
         records it as the client); returns its queue id (from the 250 reply to DATA)."""
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         # "2.0.0 6B1M5bE3012952 Message accepted for delivery"
-        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login, source).decode().split()[1]
+        return daemon.submit(self.port, mail_from, rcpt_to, data, helo, login, source,
+                             auth_param=True).decode().split()[1]
 
     # -- what Sendmail says -----------------------------------------------------------------------
     def bp(self, quarantined: bool = False) -> str:
@@ -208,9 +247,10 @@ class SendmailInstance:
 
 @contextlib.contextmanager
 def private_sendmail(relay_port: int | None = None, open_relay: bool = True, features: Sequence[str] = (),
-                     mode: str = "background", local_config: str = "") -> Iterator[SendmailInstance]:
+                     mode: str = "background", local_config: str = "",
+                     users: dict[str, str] | None = None) -> Iterator[SendmailInstance]:
     root = Path(tempfile.mkdtemp(prefix="spoolsweep-sendmail-"))
-    sm = SendmailInstance(root, relay_port, open_relay, features, mode, local_config)
+    sm = SendmailInstance(root, relay_port, open_relay, features, mode, local_config, users)
     try:
         sm.start()
         yield sm
