@@ -29,7 +29,6 @@ class Context:
     auth_known: bool
     account: str | None
     sender_local: bool
-    null_sender: bool
     local_rcpts: list[str]
     external_rcpts: list[str]
     forwarded: bool
@@ -136,7 +135,6 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
             f.startswith("sasl_username") for f in rec.envelope_inferred),
         account=env.sasl_username or None,
         sender_local=policy.is_local_address(env.mail_from),
-        null_sender=env.mail_from == "",
         local_rcpts=local,
         external_rcpts=external,
         forwarded=forwarded,
@@ -178,12 +176,10 @@ class AccountProfile:
     messages: int = 0
     external: set[str] = field(default_factory=set)
     ips: Counter[str] = field(default_factory=Counter)
-    untrusted_ips: set[str] = field(default_factory=set)
     normal_ips: set[str] = field(default_factory=set)
     campaigns: set[int] = field(default_factory=set)
     compromised: bool = False
     attacker_ips: set[str] = field(default_factory=set)
-    why: str = ""
 
 
 # The rules ----------------------------------------------------------------------------------------

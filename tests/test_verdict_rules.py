@@ -53,3 +53,21 @@ def test_decide_leaves_the_records_it_is_given_as_they_were() -> None:
     given = _records()
     assert decide(given, POLICY, "inc", SnapshotInfo(source="x", format="eml"), consume=True) == m
     assert all(r.text == "" and r.sketch == [] for r in given)
+
+
+def test_the_schema_command_rewrites_the_rules_section_and_refuses_a_file_without_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spoolsweep.cli import app
+
+    text = README.read_text(encoding="utf-8")
+    stale = tmp_path / "README.md"
+    stale.write_text(text.replace(section(text), section(text).replace("→ `spam`", "→ `valid`")), encoding="utf-8")
+    assert stale.read_text(encoding="utf-8") != text
+    r = CliRunner().invoke(app, ["schema", "--rules", str(stale)])
+    assert r.exit_code == 0, r.output
+    assert stale.read_text(encoding="utf-8") == text
+    bare = tmp_path / "NOTES.md"
+    bare.write_text("# notes\n", encoding="utf-8")
+    assert CliRunner().invoke(app, ["schema", "--rules", str(bare)]).exit_code == 1
+    assert bare.read_text(encoding="utf-8") == "# notes\n"
