@@ -185,7 +185,7 @@ class AccountProfile:
 # The rules ----------------------------------------------------------------------------------------
 # Each table is read top to bottom and the first rule whose predicate holds decides; its last row
 # always holds. A rule's verdict and code come from its row, so the README, generated from the rows
-# (rules_markdown), says what the code does.
+# (pipeline.rules_doc), says what the code does.
 
 F = TypeVar("F")
 
@@ -245,7 +245,7 @@ class CampaignFacts:
 
     def __init__(self, members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
                  policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> None:
-        self.members, self.recs, self.ctxs, self.policy, self.profiles = members, recs, ctxs, policy, profiles
+        self.recs, self.ctxs, self.policy, self.profiles = recs, ctxs, policy, profiles
         self.n = n = len(members)
         self.relayed = sum(1 for i in members if ctxs[i].relayed)
         self.forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
