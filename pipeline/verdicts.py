@@ -166,7 +166,7 @@ class Decision:
     accounts: set[str] = field(default_factory=set)  # accounts this decision implicates
 
 
-def R(code: ReasonCode, text: str, weight: str = "info") -> Reason:  # noqa: N802 - reads like a constructor
+def R(code: ReasonCode, text: str, weight: str = "info") -> Reason:
     return Reason.model_validate({"code": code, "text": text, "weight": weight})
 
 
