@@ -28,6 +28,9 @@ def test_each_table_ends_with_a_rule_that_always_holds_and_names_each_rule_once(
         assert table[-1].verdict is Verdict.review  # what cannot be settled is held for a human
     # only a message may take its campaign's decision: a campaign has no campaign to defer to
     assert all(r.code is not None and r.verdict is not None and r.then is not None for r in CAMPAIGN_RULES)
+    # a rule gives a reason of its own (code and words), or takes its campaign's decision whole
+    for r in MESSAGE_RULES:
+        assert (r.code is None) == (r.then is None) and not (r.code is None and r.after_campaign), r.name
 
 
 def _records() -> list[ParsedRecord]:
