@@ -173,9 +173,15 @@ class Journal:
             "ORDER BY received_at")]
 
     def actions(self, instruction_id: str) -> list[ActionRow]:
-        return [ActionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], Phase(r[7]), r[8]) for r in self.db.execute(
+        return [ActionRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], self._phase(r[7]), r[8]) for r in self.db.execute(
             "SELECT instruction_id, seq, msg_id, action, path, queue_id, sha256, phase, detail FROM actions "
             "WHERE instruction_id=? ORDER BY seq", (instruction_id,))]
+
+    def _phase(self, value: str) -> Phase:
+        try:
+            return Phase(value)
+        except ValueError:
+            raise JournalError(f"{self.path}: unknown phase {value!r} (a journal of another version?)") from None
 
     def times(self, instruction_id: str) -> tuple[str, str | None]:
         r = self.db.execute("SELECT received_at, finished_at FROM instructions WHERE instruction_id=?",

@@ -154,7 +154,7 @@ class Agent:
                     phase, detail = Phase.missing, f"not in the frozen queue ({m.queue_id or m.path})"
                 elif qm.sha256 != m.sha256:
                     phase, detail = Phase.refused, (f"digest mismatch: reviewed {m.sha256[:16]}…, "
-                                                f"on disk {qm.sha256[:16]}…; left untouched")
+                                                    f"on disk {qm.sha256[:16]}…; left untouched")
                 elif action == "replay" and not (m.rcpt_to if m.rcpt_to is not None
                                                  else self.queue.full_envelope(qm).rcpt_to):
                     phase, detail = Phase.refused, "no recipients in the envelope"

@@ -17,7 +17,7 @@ WIDTH = 110
 
 
 class NoRulesSection(SpoolsweepError):
-    """The file has no verdict rules section (the two marker lines) to write into:"""
+    """No verdict rules section to write into; it lies between the lines"""
 
 
 def _item(k: int, rule: Rule[Any]) -> str:
@@ -51,7 +51,7 @@ def section(text: str) -> str:
     """The rules section of a README's text, markers included."""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
-        raise NoRulesSection(f"{BEGIN!r} ... {END!r}")
+        raise NoRulesSection(f"{BEGIN.strip()} ... {END.strip()}")
     return text[start:end + len(END)]
 
 

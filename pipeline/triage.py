@@ -288,8 +288,6 @@ def _profiles(ctxs: Sequence[Context], campaign_of: dict[int, int]) -> dict[str,
         p.external.update(c.external_rcpts)
         if c.client_ip:
             p.ips[c.client_ip] += 1
-            if not c.trusted:
-                p.untrusted_ips.add(c.client_ip)
             if i not in campaign_of:
                 p.normal_ips.add(c.client_ip)
         if i in campaign_of:
@@ -311,7 +309,6 @@ def _mark_compromised(big: Sequence[Sequence[int]], decisions: dict[int, Decisio
                 p.compromised = True
                 if c.client_ip:
                     p.attacker_ips.add(c.client_ip)
-                p.why = d.reasons[0].text if d.reasons else ""
 
 
 def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord], d: Decision,

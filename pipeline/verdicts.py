@@ -29,7 +29,6 @@ class Context:
     auth_known: bool
     account: str | None
     sender_local: bool
-    null_sender: bool
     local_rcpts: list[str]
     external_rcpts: list[str]
     forwarded: bool
@@ -136,7 +135,6 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
             f.startswith("sasl_username") for f in rec.envelope_inferred),
         account=env.sasl_username or None,
         sender_local=policy.is_local_address(env.mail_from),
-        null_sender=env.mail_from == "",
         local_rcpts=local,
         external_rcpts=external,
         forwarded=forwarded,
@@ -168,7 +166,7 @@ class Decision:
     accounts: set[str] = field(default_factory=set)  # accounts this decision implicates
 
 
-def R(code: ReasonCode, text: str, weight: str = "info") -> Reason:  # reads like a constructor
+def R(code: ReasonCode, text: str, weight: str = "info") -> Reason:
     return Reason.model_validate({"code": code, "text": text, "weight": weight})
 
 
@@ -178,18 +176,16 @@ class AccountProfile:
     messages: int = 0
     external: set[str] = field(default_factory=set)
     ips: Counter[str] = field(default_factory=Counter)
-    untrusted_ips: set[str] = field(default_factory=set)
     normal_ips: set[str] = field(default_factory=set)
     campaigns: set[int] = field(default_factory=set)
     compromised: bool = False
     attacker_ips: set[str] = field(default_factory=set)
-    why: str = ""
 
 
 # The rules ----------------------------------------------------------------------------------------
 # Each table is read top to bottom and the first rule whose predicate holds decides; its last row
 # always holds. A rule's verdict and code come from its row, so the README, generated from the rows
-# (rules_markdown), says what the code does.
+# (pipeline.rules_doc), says what the code does.
 
 F = TypeVar("F")
 
@@ -249,7 +245,7 @@ class CampaignFacts:
 
     def __init__(self, members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
                  policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> None:
-        self.members, self.recs, self.ctxs, self.policy, self.profiles = members, recs, ctxs, policy, profiles
+        self.recs, self.ctxs, self.policy, self.profiles = recs, ctxs, policy, profiles
         self.n = n = len(members)
         self.relayed = sum(1 for i in members if ctxs[i].relayed)
         self.forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)

@@ -87,6 +87,21 @@ def test_journal_is_wal_and_full_sync(tmp_path):
     assert j.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_journal_phases_are_read_as_phases_and_a_foreign_one_is_refused(tmp_path):
+    from agent.errors import JournalError
+    from agent.journal import Phase
+
+    j = Journal(tmp_path / "journal.db")
+    j.begin("ins1", "inc", "{}", [("m1", "replay", "p", None, "0" * 64, Phase.pending, "")])
+    assert j.done_elsewhere("p", "0" * 64, "replay", "ins2") is None
+    j.set_phase("ins1", 0, Phase.commit)
+    assert [a.phase for a in j.actions("ins1")] == [Phase.commit]
+    assert j.done_elsewhere("p", "0" * 64, "replay", "ins2") == "ins1"
+    j.db.execute("UPDATE actions SET phase='paused'")  # a journal written by another version
+    with pytest.raises(JournalError, match="unknown phase 'paused'"):
+        j.actions("ins1")
+
+
 def test_replay_over_smtp_and_purge(frozen, keys, sink, tmp_path, caplog):
     q, journal, store, _, msgs = frozen
     qms = list(q.list())

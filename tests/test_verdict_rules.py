@@ -28,6 +28,9 @@ def test_each_table_ends_with_a_rule_that_always_holds_and_names_each_rule_once(
         assert table[-1].verdict is Verdict.review  # what cannot be settled is held for a human
     # only a message may take its campaign's decision: a campaign has no campaign to defer to
     assert all(r.code is not None and r.verdict is not None and r.then is not None for r in CAMPAIGN_RULES)
+    # a rule gives a reason of its own (code and words), or takes its campaign's decision whole
+    for r in MESSAGE_RULES:
+        assert (r.code is None) == (r.then is None) and not (r.code is None and r.after_campaign), r.name
 
 
 def _records() -> list[ParsedRecord]:
@@ -53,3 +56,21 @@ def test_decide_leaves_the_records_it_is_given_as_they_were() -> None:
     given = _records()
     assert decide(given, POLICY, "inc", SnapshotInfo(source="x", format="eml"), consume=True) == m
     assert all(r.text == "" and r.sketch == [] for r in given)
+
+
+def test_the_schema_command_rewrites_the_rules_section_and_refuses_a_file_without_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spoolsweep.cli import app
+
+    text = README.read_text(encoding="utf-8")
+    stale = tmp_path / "README.md"
+    stale.write_text(text.replace(section(text), section(text).replace("→ `spam`", "→ `valid`")), encoding="utf-8")
+    assert stale.read_text(encoding="utf-8") != text
+    r = CliRunner().invoke(app, ["schema", "--rules", str(stale)])
+    assert r.exit_code == 0, r.output
+    assert stale.read_text(encoding="utf-8") == text
+    bare = tmp_path / "NOTES.md"
+    bare.write_text("# notes\n", encoding="utf-8")
+    assert CliRunner().invoke(app, ["schema", "--rules", str(bare)]).exit_code == 1
+    assert bare.read_text(encoding="utf-8") == "# notes\n"

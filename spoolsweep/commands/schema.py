@@ -39,5 +39,7 @@ def schema(
         new = with_rules(text)
         if new != text:
             readme.write_text(new, encoding="utf-8")
-    except (OSError, SpoolsweepError) as e:
+    except OSError as e:
+        fail(f"{readme}: {e.strerror}")
+    except SpoolsweepError as e:
         fail(f"{readme}: {e}")
