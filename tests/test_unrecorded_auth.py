@@ -8,25 +8,13 @@ sharing a footer) was decided `spam` by the relayed-campaign rule, and so were o
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 
 import pytest
 
-from pipeline.generator import GenMessage, generate, write_canonical
+from pipeline.generator import generate, without_account, write_canonical
 from pipeline.models import Verdict
 from pipeline.triage import triage
-
-
-def without_account(m: GenMessage) -> GenMessage:
-    """The message as a queue that records no SMTP AUTH account holds it: none in the envelope, and no
-    trace of one in our Received hop ("with ESMTPSA", "(Authenticated sender: ...)")."""
-    env = m.envelope.model_copy(update={
-        "sasl_username": None, "sasl_method": None,
-        "protocol": "ESMTP" if m.envelope.protocol == "ESMTPSA" else m.envelope.protocol})
-    data = re.sub(rb"\n\t\(Authenticated sender: [^)]*\)", b"", m.data).replace(b"with ESMTPSA", b"with ESMTP")
-    return dataclasses.replace(m, data=data, envelope=env)
 
 
 @pytest.mark.slow
