@@ -176,6 +176,7 @@ class ReasonCode(StrEnum):
     # a campaign's rules
     relayed_single_source = "relayed_single_source"
     relayed_campaign = "relayed_campaign"
+    relayed_unattributed = "relayed_unattributed"
     stolen_account = "stolen_account"
     backscatter_campaign = "backscatter_campaign"
     authenticated_bulk = "authenticated_bulk"

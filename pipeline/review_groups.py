@@ -253,8 +253,9 @@ def _describe(gid: int, rule: ReasonCode, key: dict[str, str], ms: list[Manifest
     elif rule == ReasonCode.forged_local_sender:
         ours = f"under our sender domain {senders.top[0][0]}" if senders.distinct == 1 else (
             f"under {senders.distinct:,} of our sender domains")
-        text = (f"{msgs} {ours}, sent {_from(clients, no_client, net)} without authentication — "
-                "forged, or a network of yours missing from trusted_networks")
+        text = (f"{msgs} {ours}, sent {_from(clients, no_client, net)} with no account recorded — "
+                "forged, your users' own mail if the queue does not record their SMTP AUTH account, or a network "
+                "of yours missing from trusted_networks")
     elif rule == ReasonCode.mixed_recipients:
         text = f"{msgs} to local and external recipients at once, unauthenticated, {_from(clients, no_client, net)}"
     elif rule == ReasonCode.bounce_external:

@@ -46,6 +46,7 @@ from pipeline.verdicts import (
     message_decision,
     resolve_origin,
     resolved,
+    senders_seen_ours,
 )
 
 Progress = Callable[[str, int, int | None], None]
@@ -209,14 +210,15 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
 
     ctxs: list[Context] = [context(r, policy) for r in records]
     profiles = _profiles(ctxs, campaign_of)
+    ours = senders_seen_ours(records, ctxs)
 
     decisions: dict[int, Decision] = {}
     for cid, members in enumerate(big, 1):
-        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles)
+        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles, ours)
     _mark_compromised(big, decisions, records, ctxs, profiles)
     # a second pass, now that compromised accounts are known, lets their campaigns see it
     for cid, members in enumerate(big, 1):
-        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles)
+        decisions[cid] = campaign_decision(members, records, ctxs, policy, profiles, ours)
 
     # a bounce is grouped by the message it quotes: one in a spam campaign's group quotes its spam,
     # even when that group is too small to be a campaign of its own

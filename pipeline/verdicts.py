@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
@@ -158,6 +159,22 @@ def bounced_from_our_side(rec: ParsedRecord, policy: SitePolicy) -> str | None:
     return None
 
 
+def senders_seen_ours(recs: Sequence[ParsedRecord], ctxs: Sequence[Context]) -> frozenset[str]:
+    """Local envelope senders the queue itself shows to be our users: they sent a message with an SMTP AUTH
+    account, from a trusted network or on the host, or received a bounce of mail that reached us from our
+    side. Such a sender from outside with no account recorded may be the same user whose account the queue
+    does not record; a made-up local sender (what spam forging our domain uses) is seen nowhere else."""
+    seen: set[str] = set()
+    for rec, c in zip(recs, ctxs, strict=True):
+        if not c.sender_local and not c.local_rcpts:
+            continue
+        if c.sender_local and (c.authenticated or c.local_origin) and not rec.bounce:
+            seen.add((rec.envelope.mail_from or "").lower())
+        if rec.bounce and c.bounced_ours:
+            seen.update(r.lower() for r in c.local_rcpts)
+    return frozenset(seen)
+
+
 @dataclass(slots=True)
 class Decision:
     verdict: Verdict
@@ -244,8 +261,9 @@ class CampaignFacts:
     near-identical messages), each figure worked out once, when a rule first asks."""
 
     def __init__(self, members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                 policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> None:
-        self.recs, self.ctxs, self.policy, self.profiles = recs, ctxs, policy, profiles
+                 policy: SitePolicy, profiles: Mapping[str, AccountProfile],
+                 our_senders: AbstractSet[str] = frozenset()) -> None:
+        self.members, self.recs, self.ctxs, self.policy, self.profiles = members, recs, ctxs, policy, profiles
         self.n = n = len(members)
         self.relayed = sum(1 for i in members if ctxs[i].relayed)
         self.forged = sum(1 for i in members if ctxs[i].forged_local and ctxs[i].external_rcpts)
@@ -258,7 +276,15 @@ class CampaignFacts:
         self.ips = {ctxs[i].client_ip for i in members if ctxs[i].client_ip and not ctxs[i].trusted}
         self.abusive = self.relayed + self.forged
         self.abusers = [i for i in members if ctxs[i].relayed or (ctxs[i].forged_local and ctxs[i].external_rcpts)]
-        self.abused = self.abusive >= max(2, 0.1 * n)
+        # Positive evidence of a spam run: copies relayed for a sender that is not ours. A local sender
+        # from outside with no account is also what our own users' mail looks like when the queue records
+        # no SMTP AUTH account (Sendmail keeps none; many configurations log none): on its own it is not
+        # evidence of spam, and a run of them alone is held for review (relayed_unattributed).
+        self.relayed_foreign = sum(1 for i in members if ctxs[i].relayed and not ctxs[i].sender_local)
+        self.forged_unknown = sum(1 for i in members if ctxs[i].forged_local and bool(ctxs[i].external_rcpts)
+                                  and (recs[i].envelope.mail_from or "").lower() not in our_senders)
+        self.abused = self.relayed_foreign + self.forged_unknown >= max(2, 0.1 * n)
+        self.unattributed = self.abusive >= max(2, 0.1 * n)
         self.authed_bulk = bool(self.authed) and len(self.authed) >= 0.5 * n
 
     @cached_property
@@ -318,7 +344,8 @@ def _relayed_campaign(f: CampaignFacts) -> Outcome:
               "spam"),) if stolen else ()
     return Outcome(min(0.99, 0.8 + 0.19 * f.abusive / f.n),
                    f"{f.relayed} of {f.n} copies relayed (unauthenticated client outside trusted networks, no local "
-                   f"recipient); {f.forged} forged a local sender from outside; {len(f.ips)} client IPs",
+                   f"recipient), {f.relayed_foreign} for a sender not ours; {f.forged} forged a local sender from "
+                   f"outside, {f.forged_unknown} of them one never seen sending from our side; {len(f.ips)} client IPs",
                    more, frozenset(stolen))
 
 
@@ -344,8 +371,9 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
          "looks like)"),
     Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused, _relayed_campaign,
          "at least 10% of the copies relayed (unauthenticated, client outside trusted networks, no local "
-         "recipient) or forging a local sender from outside: the whole run, inbound copies included; an account "
-         "that sent copies of the same run from many addresses is named as stolen"),
+         "recipient) for a sender not ours, or forging a local sender the queue never shows sending from our "
+         "side: the whole run, inbound copies included; an account that sent copies of the same run from many "
+         "addresses is named as stolen"),
     Rule(ReasonCode.backscatter_campaign, Verdict.spam,
          lambda f: f.bounces_out >= max(2, 0.5 * f.n),
          lambda f: Outcome(0.95, f"{f.bounces_out} of {f.n} are our bounces to external addresses quoting the same "
@@ -357,6 +385,17 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
          "at least half the copies authenticated, and one account's own copies (at least campaign_min_size) come "
          "from compromised_min_client_ips or more client IPs outside trusted networks, or mostly carry a "
          "non-local sender: a stolen password"),
+    # Relaying with no account recorded, but only by local senders the queue shows as ours: the run of
+    # authenticated mail of our own users through a queue that records no SMTP AUTH account looks like
+    # this too. Without evidence of spam, a human decides; never purged.
+    Rule(ReasonCode.relayed_unattributed, Verdict.review, lambda f: f.unattributed,
+         lambda f: Outcome(0.5, f"relayed with no account recorded: {f.abusive} of {f.n} copies from local senders "
+                           f"outside trusted networks; {f.forged - f.forged_unknown} of them from senders this queue "
+                           "shows sending from our side, and too few relayed for a foreign sender to call it spam: "
+                           "our users whose SMTP AUTH account the queue does not record, or spam forging them"),
+         "at least 10% of the copies relayed with no account recorded, but too few of them for a sender not ours "
+         "or a made-up local sender (one the queue never shows sending from our side): our own users' mail looks "
+         "like this when the queue records no SMTP AUTH account"),
     Rule(ReasonCode.authenticated_bulk, Verdict.valid,
          lambda f: f.authed_bulk and f.newsletter_like, _authenticated_bulk,
          "at least half authenticated, and mostly with List-Unsubscribe or Precedence: bulk, or from several "
@@ -385,9 +424,11 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
 _CAMPAIGN_WHEN = tuple((r.when, r) for r in CAMPAIGN_RULES)
 
 def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs: Sequence[Context],
-                      policy: SitePolicy, profiles: Mapping[str, AccountProfile]) -> Decision:
-    """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages)."""
-    facts = CampaignFacts(members, recs, ctxs, policy, profiles)
+                      policy: SitePolicy, profiles: Mapping[str, AccountProfile],
+                      our_senders: AbstractSet[str] = frozenset()) -> Decision:
+    """The verdict for a campaign (a cluster of at least campaign_min_size near-identical messages).
+    our_senders: local addresses the queue shows sending from our side (see senders_seen_ours)."""
+    facts = CampaignFacts(members, recs, ctxs, policy, profiles, our_senders)
     return _decision(_first(_CAMPAIGN_WHEN, facts), facts)
 
 
@@ -518,8 +559,9 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     # A local sender from outside without AUTH may be spoofed, or one of our own users whose client never
     # authenticated because the server never asked: outside a spam campaign, a human decides.
     Rule(ReasonCode.forged_local_sender, Verdict.review, lambda f: f.c.forged_local,
-         lambda f: Outcome(0.5, f"local sender <{f.rec.envelope.mail_from}> from outside ({f.c.client_ip}), not "
-                           "authenticated: forged, or a network missing from trusted_networks"),
+         lambda f: Outcome(0.5, f"relayed with no account recorded: local sender <{f.rec.envelope.mail_from}> from "
+                           f"outside ({f.c.client_ip}): forged, one of our users whose SMTP AUTH account the queue "
+                           "does not record, or a network missing from trusted_networks"),
          "a local sender from a client outside trusted networks, unauthenticated: forged, or a network "
          "missing from trusted_networks", after_campaign=True),
     Rule(ReasonCode.trusted_origin, Verdict.valid, lambda f: f.c.local_origin,

@@ -130,3 +130,31 @@ def test_a_relayed_campaign_from_one_client_and_one_sender_domain_is_review() ->
                   client_address=f"203.0.113.{i + 1}") for i in range(8)]
     d = campaign_decision(range(8), botnet, [context(r, POLICY) for r in botnet], POLICY, {})
     assert (d.verdict, d.reasons[0].code) == (Verdict.spam, "relayed_campaign")
+
+
+def test_a_campaign_of_our_users_mail_with_no_account_recorded_is_review_not_spam() -> None:
+    """Our users' replies in one thread, through a queue that records no SMTP AUTH account: local senders from
+    home addresses, no account. The queue shows the same senders submitting from the office (a trusted
+    network), so nothing is evidence of spam; made-up local senders from a botnet are."""
+    from pipeline.verdicts import campaign_decision, senders_seen_ours
+
+    users = ["alice", "bob", "carol", "dave"]
+    thread = [rec(mail_from=f"{u}@example.org", rcpt_to=[f"partner{i}@far.example"],
+                  client_address=f"198.51.100.{i + 1}") for i, u in enumerate(users * 2)]
+    office = [rec(mail_from=f"{u}@example.org", rcpt_to=["x@far.example"], client_address="192.0.2.20")
+              for u in users]
+    recs = thread + office
+    ctxs = [context(r, POLICY) for r in recs]
+    ours = senders_seen_ours(recs, ctxs)
+    assert ours == {f"{u}@example.org" for u in users}
+    d = campaign_decision(range(8), recs, ctxs, POLICY, {}, ours)
+    assert (d.verdict, d.reasons[0].code) == (Verdict.review, "relayed_unattributed")
+    assert d.reasons[0].text.startswith("relayed with no account recorded")
+    # without the queue showing them as ours, the same copies are a run forging our domain
+    assert campaign_decision(range(8), recs, ctxs, POLICY, {}).verdict is Verdict.spam
+    forged = [rec(mail_from=f"q{i}x@example.org", rcpt_to=[f"v{i}@else.example"], client_address=f"203.0.113.{i + 1}")
+              for i in range(8)]
+    recs2 = forged + office
+    ctxs2 = [context(r, POLICY) for r in recs2]
+    d = campaign_decision(range(8), recs2, ctxs2, POLICY, {}, senders_seen_ours(recs2, ctxs2))
+    assert (d.verdict, d.reasons[0].code) == (Verdict.spam, "relayed_campaign")
