@@ -41,7 +41,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
     Tier 1 links texts whose estimated Jaccard similarity (MinHash, candidates from LSH bands) is at
     least `threshold`. Tier 2 merges tier-1 groups through weaker evidence: texts at least
     `weak_threshold` alike, or invariant keys (a URL's registered domain and path, Reply-To, an
-    attachment or image digest) shared within one template shape, under the guard of `_merge`.
+    attachment or image digest) shared within one template shape, under the guard of `_merge`; a
+    weak link never joins two groups that are `large` already (`_guarded`).
 
     Exact duplicates are folded first and the rest is put in a canonical order (by content), so the
     labels do not depend on the input order. Cost: one sort, `bands` hash groupings and a
@@ -49,11 +50,13 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, threshold: float = 0.5, weak_threshold: float = 0.3, bands: int = 21,
-                 small: int = 2) -> None:
+                 small: int = 2, large: int = 20, strong: int = 4) -> None:
         self.threshold = threshold
         self.weak_threshold = weak_threshold
         self.bands = bands
         self.small = small
+        self.large = large
+        self.strong = strong
 
     def fit(self, X: Sequence[Features | str], y: object = None) -> CampaignClusterer:
         feats = [as_features(x) for x in X]
@@ -86,8 +89,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp), comp), size)
-        final = _components(ncomp, merged)[comp]
+        merged, support = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp), comp), size)
+        final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels[inverse].astype(np.int64)
@@ -168,7 +171,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         return np.array(out, dtype=np.int64).reshape(-1, 4)
 
     def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
-               size: np.ndarray) -> np.ndarray:
+               size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
@@ -177,6 +180,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
         chain two runs. A smaller group
         joins only one partner: a big one if it has any, the best supported."""
         keep: list[tuple[int, int]] = []
+        strength: list[int] = []
         best: dict[int, tuple[bool, int, float, int]] = {}
         for pair in sorted(set(text) | set(key)):
             s_text, s_key = text.get(pair, 0), key.get(pair, 0)
@@ -184,6 +188,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
             if size[x] > self.small and size[y] > self.small:
                 if s_text >= 2 or s_key >= 2:
                     keep.append(pair)
+                    # shared invariants already passed their own guard (two keys, two carriers a side)
+                    strength.append(max(s_text, s_key + self.strong if s_key >= 2 else 0))
                 continue
             for me, other in ((x, y), (y, x)):
                 if size[me] <= self.small:
@@ -192,7 +198,37 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):
                     if me not in best or cand < best[me]:
                         best[me] = cand
         keep.extend((me, c[3]) for me, c in best.items())
-        return np.array(keep, dtype=np.int64).reshape(-1, 2)
+        strength.extend(-c[1] for c in best.values())
+        return np.array(keep, dtype=np.int64).reshape(-1, 2), np.array(strength, dtype=np.int64)
+
+    def _guarded(self, n: int, edges: np.ndarray, support: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """Components of the tier-2 merges, strongest first, where a weak link (less than `strong`)
+        never joins two groups that are each `large` already: a few bounces or copies alike across
+        two big runs (one kit's markup, one bridging message) leave them two. Deterministic: the
+        order is by support, then by the groups' canonical numbers."""
+        if not len(edges):
+            return np.arange(n, dtype=np.int64)
+        parent = np.arange(n)
+        mass = size.astype(np.float64).copy()
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = int(parent[x])
+            return x
+
+        kept: list[int] = []
+        for e in np.lexsort((edges[:, 1], edges[:, 0], -support)).tolist():
+            a, b = find(int(edges[e, 0])), find(int(edges[e, 1]))
+            if a == b:
+                continue
+            if support[e] < self.strong and mass[a] >= self.large and mass[b] >= self.large:
+                continue
+            lo, hi = min(a, b), max(a, b)
+            parent[hi] = lo
+            mass[lo] += mass[hi]
+            kept.append(e)
+        return _components(n, edges[kept])
 
 
 def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], int]:

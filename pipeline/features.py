@@ -36,6 +36,10 @@ _TRACE = frozenset({"received", "return-path", "delivered-to", "x-original-to", 
                     "x-envelope-to", "dkim-signature", "arc-seal", "arc-message-signature",
                     "arc-authentication-results", "authentication-results", "received-spf", "x-received",
                     "x-spam-status", "x-spam-flag", "x-spam-score", "x-virus-scanned", "x-sender", "x-receiver"})
+# headers a copy's MIME structure adds or drops (a single-part copy carries its encoding at the top,
+# an image-only or attached copy of the same run is multipart and does not): not the template's
+_MIME_PART = frozenset({"content-transfer-encoding", "content-disposition", "content-id", "content-description",
+                        "content-language", "content-location", "content-length"})
 
 
 @lru_cache(maxsize=1)
@@ -129,12 +133,12 @@ def _shape_of_names(names: bytes, mailer: str) -> str:
 
 def shape_of(names: Iterable[str], mailer: str) -> str:
     """The template's fingerprint: header names in order (trace headers left out) and X-Mailer with its
-    digits erased. Boundaries, encodings, content types (a copy may carry an attachment or not) and
-    per-copy values are not in it."""
+    digits erased. Boundaries, encodings and the headers that come with them, content types (a copy may
+    carry an attachment or not) and per-copy values are not in it."""
     seq: list[str] = []
     for n in names:
         n = n.strip().lower()
-        if n in _TRACE or (seq and seq[-1] == n):
+        if n in _TRACE or n in _MIME_PART or (seq and seq[-1] == n):
             continue
         seq.append(n)
     mailer = re.sub(r"[\d.]+", "#", mailer.strip().lower())[:100]

@@ -29,6 +29,10 @@ _HIDDEN_END = {t: re.compile(rf"(?is).{{0,4000}}?</{t}\s*>")
 # Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
 _INLINE = re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
+# A copy cut short (a bounce quotes the first few KB) can end inside a comment, a style or script
+# block or a tag: from where that opens, the rest is markup, not text. (Not <head>: its end tag is optional.)
+_OPEN = re.compile(r"(?i)<!--|<(?:script|style|title)\b")
+_OPEN_TAG = re.compile(r"<[a-zA-Z/!][^>]*$")
 # Characters that render as nothing: zero-width spaces and joiners, soft hyphens, BOMs, bidi marks.
 _INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
                         "\u2060-\u206f\u3164\ufeff\uffa0]+")
@@ -56,9 +60,13 @@ def html_to_text(s: str) -> str:
     if "<!--" in s:
         s = _COMMENT.sub("", s)
     s = _HTML_DROP.sub(" ", s)
+    if m := _OPEN.search(s):
+        s = s[: m.start()]
     s = _drop_hidden(s)
     s = _INLINE.sub("", s)
     s = _TAG.sub(" ", s)
+    if (i := s.rfind("<")) >= 0 and (m := _OPEN_TAG.match(s, i)):
+        s = s[:i]
     return html.unescape(s)
 
 

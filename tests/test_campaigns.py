@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline.campaigns import CampaignClusterer, Features
-from pipeline.features import sketch
+from pipeline.features import shape, sketch
 from pipeline.models import Envelope, RawMessage
 from pipeline.normalise import html_to_text, normalise
 from pipeline.parse import parse_found
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
-from tests.support.spamware import Campaign, bounce, spam_text
+from tests.support.spamware import KIT, Campaign, bounce, spam_text
 
 POLICY = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"])
 COPIES = 40
@@ -165,3 +165,62 @@ def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
     labels = CampaignClusterer().fit(feats).labels_
     run3 = {int(lab) for lab, t in zip(labels, truth, strict=False) if t == 3}
     assert not run3 & {int(x) for x in labels[len(records):]}
+
+
+def test_backscatter_of_two_runs_of_one_kit_stays_with_each_run(corpus) -> None:
+    """Two runs sent with one kit's page, and bounces quoting each cut short inside the kit's markup:
+    the bounces link by what the quoted copy says, not by the kit's style sheet, so the runs stay two."""
+    texts = [t for t in (spam_text(raw) for raw in corpus[1]) if len(t[1].split()) >= 120]
+    rng = random.Random(7)
+    camps = [Campaign(body, subject, seed=40 + k, kit=KIT) for k, (subject, body) in enumerate(rng.sample(texts, 2))]
+    data, truth = [], []
+    for k, c in enumerate(camps):
+        copies = [c.copy(f"ann{j}@far{j % 5}.example") for j in range(30)]
+        data.extend(copies)
+        for j, d in enumerate(copies[:8]):
+            # cut a few hundred bytes into the HTML part: in the kit's head, whatever the encoding
+            cut = d.index(b"Content-Type: text/html") + 300 + 60 * j
+            data.append(bounce(d, f"b{j}@far.example", truncate=cut))
+        truth.extend([k] * 38)
+    records = [_parse(d, mail_from="" if b"MAILER-DAEMON" in d[:60] else None) for d in data]
+    assert sum(r.bounce for r in records) == 16
+    labels = CampaignClusterer().fit([_feat(r) for r in records]).labels_
+    assert _partition(labels) == _partition(truth)
+
+
+def test_html_cut_short_leaves_no_markup() -> None:
+    """A copy a bounce cut short ends inside a style sheet, a comment or a tag: none of it is text."""
+    assert html_to_text("<html><head><style>p.MsoNormal {margin:0in").split() == []
+    assert html_to_text("<p>Hello <b>world</b></p><!-- p.x {font").split() == ["Hello", "world"]
+    assert html_to_text('<p>Hello world</p><img src="http://x.example/a.gif" width="3').split() == ["Hello", "world"]
+    # a head without its (optional) end tag still shows its body
+    assert html_to_text("<html><head><title>x</title><body>text here").split() == ["text", "here"]
+
+
+
+def test_a_weak_link_between_two_large_groups_does_not_merge_them() -> None:
+    """Tier 2's components: run A (group 0) and its bounces (group 1), run B (3) and its bounces (2);
+    the two bounce groups are alike through two messages only (one kit's markup): A and B stay two,
+    while a small group still joins, and groups that share two invariant keys still merge."""
+    cl = CampaignClusterer()
+    size = np.array([300, 59, 3, 250, 2, 40, 30])
+    edges = np.array([[0, 1], [2, 3], [1, 2], [4, 0], [5, 6]])
+    support = np.array([cl.strong + 2, cl.strong + 2, 2, 1, cl.strong + 2])
+    comp = cl._guarded(len(size), edges, support, size)
+    assert comp[0] == comp[1] == comp[4] and comp[2] == comp[3] and comp[0] != comp[3] and comp[5] == comp[6]
+    # the same link, strong: one run after all
+    comp = cl._guarded(len(size), edges, np.where(support == 2, cl.strong, support), size)
+    assert comp[0] == comp[3]
+    # in any order of the edges
+    rev = cl._guarded(len(size), edges[::-1].copy(), support[::-1].copy(), size)
+    assert _partition(rev) == _partition(cl._guarded(len(size), edges, support, size))
+
+
+def test_shape_ignores_the_headers_a_copys_mime_structure_adds() -> None:
+    """One run's single-part copy carries Content-Transfer-Encoding at the top, its image-only
+    (multipart) copy does not: one template all the same. Another header order is another template."""
+    head = b"To: a@x.example\nFrom: b@y.example\nSubject: hi\nContent-Type: text/html\n"
+    single = head + b"Content-Transfer-Encoding: base64\nMIME-Version: 1.0\n\nPGI+\n"
+    multi = head.replace(b"text/html", b"multipart/related; boundary=q") + b"MIME-Version: 1.0\n\n--q--\n"
+    other = b"From: b@y.example\nTo: a@x.example\nSubject: hi\nContent-Type: text/html\nMIME-Version: 1.0\n\nx\n"
+    assert shape(single) == shape(multi) != shape(other)

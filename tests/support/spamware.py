@@ -39,8 +39,9 @@ def spam_text(raw: bytes) -> tuple[str, str]:
 class Campaign:
     """One run: a text, a URL host pool, a Reply-To, a mailer; copies vary the rest."""
 
-    def __init__(self, text: str, subject: str, seed: int, hosts: int = 5) -> None:
+    def __init__(self, text: str, subject: str, seed: int, hosts: int = 5, kit: str = "") -> None:
         self.rng = random.Random(seed)
+        self.kit = kit  # the spamware kit's HTML around the body ({body}), the same in every run it sends
         paras = [p.strip() for p in re.split(r"\n\s*\n", text) if len(p.split()) >= 3]
         words = text.split()
         if len(paras) < 3:  # a one-block text: cut it into paragraphs of 25 words
@@ -105,6 +106,9 @@ class Campaign:
         msg["X-Mailer"] = self.mailer
         cte = "base64" if r.random() < 0.5 else "quoted-printable"
         msg.set_content(re.sub(r"(?s)<[^>]*>", " ", body_html), cte=cte)
+        if self.kit:
+            inner = body_html.removeprefix("<html><body>").removesuffix("</body></html>")
+            body_html = self.kit.replace("{body}", inner)
         msg.add_alternative(body_html, subtype="html", cte=cte)
         if image_only or r.random() < 0.3:
             msg.add_attachment(r.randbytes(r.randint(200, 400)), maintype="image", subtype="gif",
@@ -113,6 +117,20 @@ class Campaign:
 
     def _subject(self) -> str:
         return " ".join(self._vary_word(w, leet=False) for w in self.subject.split())
+
+
+# A kit's page: a long style sheet in the head and a row of images before the body, as the big kits send
+KIT = ("<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\">\n<html><head>"
+       "<meta http-equiv=\"Content-Type\" content=\"text/html; charset=utf-8\"><style type=\"text/css\">"
+       + "".join(f"td.{c}{{background:#003366;color:#ffffff;font-family:Arial,Helvetica,sans-serif;"
+                 f"font-size:{12 + i}px;padding:14px;border-top:1px solid #eeeeee;"
+                 "text-decoration:none;font-weight:bold}\n"
+                 for i, c in enumerate(("head", "body", "foot", "side", "menu", "note", "logo", "copy")))
+       + "</style></head>\n<body bgcolor=\"#ffffff\"><table class=\"main\" width=\"600\"><tr>"
+       + "".join(f"<td><img src=\"images/{p}.gif\" width=\"{24 + i}\" height=\"24\" "
+                 f"alt=\"{p}\" border=\"0\" style=\"display:block\"></td>"
+                 for i, p in enumerate(("home", "shop", "news")))
+       + "</tr></table>\n{body}\n</body></html>\n")
 
 
 def bounce(original: bytes, to: str, truncate: int | None = None, reencode: bool = False) -> bytes:
