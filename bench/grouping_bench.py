@@ -33,6 +33,7 @@ import sys
 import tarfile
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from statistics import mean
 
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "grouping")
     ap.add_argument("--json", type=Path, default=None, help="write every run here (default DIR/grouping.json)")
     ap.add_argument("--keep", action="store_true", help="keep the generated incidents (they are deleted after use)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="generate the incidents first, this many at a time in processes of their own, then measure")
+    ap.add_argument("--generate-only", action="store_true", help="generate the incidents (with --jobs) and stop")
     a = ap.parse_args(argv)
     sets: list[str] = []
     for t in a.techniques:
@@ -273,29 +277,41 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     ham_spam: list = []
     out_json = a.json or a.dir / "grouping.json"
-    for size in a.sizes:
-        for tech in sets:
-            for seed in a.seeds:
-                snap = a.dir / (f"{tech}-{size}-{seed}" + (".tar.gz" if a.format == "canonical" else "-eml"))
-                gen_s = make_incident(snap, size, seed, tech, a.technique_rate, ham_spam)
-                row = {"techniques": tech, "size": size, "seed": seed, "generate_seconds": gen_s,
-                       "generate_msgs_per_s": size / gen_s if gen_s else None,
-                       **run_one(snap, policy, a.workers)}
-                rows.append(row)
-                print(f"{tech:>14} {size:>7,} seed {seed}: H {row['homogeneity']:.3f} C {row['completeness']:.3f} "
-                      f"C>={BIG} {row['completeness_big']:.3f} ungrouped {row['ungrouped_share']:.2%} "
-                      f"valid lost {row['valid_lost']} junk replayed {row['junk_replayed_share']:.2%} "
-                      f"review {row['review_share']:.2%} triage {row['triage_seconds']:.1f}s "
-                      f"({row['ratio_to_floor']:.0f}x floor {row['floor_seconds']:.2f}s; generated in "
-                      f"{gen_s:.1f}s, {row['mb']:.0f} MB); stages "
-                      + ", ".join(f"{k} {v:.1f}s" for k, v in row["stages"].items()), file=sys.stderr, flush=True)
-                if not a.keep:
-                    if snap.is_dir():
-                        shutil.rmtree(snap)
-                    snap.unlink(missing_ok=True)
-                    truth_of(snap).unlink(missing_ok=True)
-                out_json.parent.mkdir(parents=True, exist_ok=True)
-                out_json.write_text(json.dumps(rows, indent=1))  # after every run: a long bench cut off keeps its rows
+    runs = [(a.dir / (f"{tech}-{size}-{seed}" + (".tar.gz" if a.format == "canonical" else "-eml")), size, seed, tech)
+            for size in a.sizes for tech in sets for seed in a.seeds]
+    gen_seconds: dict[Path, float] = {}
+    if a.jobs > 1 or a.generate_only:
+        # every incident first, a process each (one incident stays one seeded stream: the same bytes);
+        # then the measurements one at a time, so they do not compete with each other
+        todo = [r for r in runs if not (r[0].exists() and truth_of(r[0]).exists())]
+        with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+            futures = {ex.submit(make_incident, snap, size, seed, tech, a.technique_rate, []): snap
+                       for snap, size, seed, tech in todo}
+            for f in as_completed(futures):
+                gen_seconds[futures[f]] = f.result()
+                print(f"generated {futures[f].name} in {gen_seconds[futures[f]]:.1f}s", file=sys.stderr, flush=True)
+        if a.generate_only:
+            return
+    for snap, size, seed, tech in runs:
+        gen_s = gen_seconds.get(snap) or make_incident(snap, size, seed, tech, a.technique_rate, ham_spam)
+        row = {"techniques": tech, "size": size, "seed": seed, "generate_seconds": gen_s,
+               "generate_msgs_per_s": size / gen_s if gen_s else None,
+               **run_one(snap, policy, a.workers)}
+        rows.append(row)
+        print(f"{tech:>14} {size:>7,} seed {seed}: H {row['homogeneity']:.3f} C {row['completeness']:.3f} "
+              f"C>={BIG} {row['completeness_big']:.3f} ungrouped {row['ungrouped_share']:.2%} "
+              f"valid lost {row['valid_lost']} junk replayed {row['junk_replayed_share']:.2%} "
+              f"review {row['review_share']:.2%} triage {row['triage_seconds']:.1f}s "
+              f"({row['ratio_to_floor']:.0f}x floor {row['floor_seconds']:.2f}s; generated in "
+              f"{gen_s:.1f}s, {row['mb']:.0f} MB); stages "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in row["stages"].items()), file=sys.stderr, flush=True)
+        if not a.keep:
+            if snap.is_dir():
+                shutil.rmtree(snap)
+            snap.unlink(missing_ok=True)
+            truth_of(snap).unlink(missing_ok=True)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(rows, indent=1))  # after every run: a long bench cut off keeps its rows
     print(table(rows))
 
 

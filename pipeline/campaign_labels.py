@@ -15,6 +15,7 @@ SAMPLE = 200  # members read: a campaign's wording is settled long before that
 PHRASE_WORDS = 8
 _PLACEHOLDER = re.compile(r"ztokz|zurlz")
 _WORD = re.compile(r"[a-z][a-z'’-]*[a-z]|[a-z]")
+_ASCII_DIGIT = re.compile("[0-9]")  # what str.isdigit finds in an ASCII token
 
 
 def typical_subject(subjects: Sequence[str]) -> str:
@@ -40,22 +41,15 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     if not texts:
         return ""
     runs: list[list[str]] = []
+    words_of = _Words()  # the members of a run share most of their tokens: each is read once
     for k, t in enumerate(texts):
         subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
         body = t[len(subject):] if subject and t.startswith(subject) else t
-        # words only, and a placeholder or number breaks a run: those vary from copy to copy
-        words: list[str] = []
-        for tok in body.split():
-            if _PLACEHOLDER.search(tok) or any(c.isdigit() for c in tok):
-                words.append("")
-                continue
-            m = _WORD.search(tok)
-            words.append(m.group(0) if m else "")
-        runs.append(words)
+        runs.append([words_of[tok] for tok in body.split()])
     n = min(PHRASE_WORDS, 4)
     df: Counter[tuple[str, ...]] = Counter()
     for words in runs:
-        df.update({tuple(words[i:i + n]) for i in range(len(words) - n + 1) if all(words[i:i + n])})
+        df.update({g for g in zip(*(words[j:] for j in range(n)), strict=False) if all(g)})  # n-word runs
     if not df:
         return ""
     first = runs[0]
@@ -70,6 +64,19 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     while end < len(first) and end - start < PHRASE_WORDS and first[end]:
         end += 1
     return " ".join(first[start:end])
+
+
+class _Words(dict[str, str]):
+    """Token -> the word it counts as: a placeholder or number breaks a run (those vary from copy to copy)."""
+
+    def __missing__(self, tok: str) -> str:
+        if _PLACEHOLDER.search(tok) or (_ASCII_DIGIT.search(tok) if tok.isascii() else any(c.isdigit() for c in tok)):
+            word = ""
+        else:
+            m = _WORD.search(tok)
+            word = m.group(0) if m else ""
+        self[tok] = word
+        return word
 
 
 def describe(subjects: Sequence[str], texts: Sequence[str]) -> tuple[str, str]:

@@ -21,11 +21,16 @@ MIN_TOKENS = 8  # fewer distinct words than this say too little to link texts by
 # case-sensitive, so the engine can skip to each candidate; upper-case links get a second look
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
 _URL_ANY_CASE = re.compile(r"(?i)(?:https?://|www\.)[^\s<>\"'()\[\]{}]{1,2000}")
+# a text without "www." can only hold the first kind, and a pattern that opens with a literal is skipped to
+_URL_HTTP = re.compile(r"https?://[^\s<>\"'()\[\]{}]{1,2000}")
 _TOKEN = re.compile(r"[^\W\d_]{2,}")
+_TOKEN_ASCII = re.compile(r"[A-Za-z]{2,}")  # the same words in an ASCII text, at half the cost of the Unicode class
 _STOP = frozenset(ENGLISH_STOP_WORDS) | {"zurlz", "ztokz"}
 # a path segment that carries a per-copy token rather than the run's fixed path
 _VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^.{16}")
 _HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]{1,100}):")
+# the first header line (lines end at \n, \r\n or \r, as bytes.splitlines sees them) naming the mailer
+_MAILER = re.compile(rb"(?im)(?:^|(?<=\r))(?:x-mailer|user-agent):([^\r\n]*)")
 # trace and per-copy headers: the relays and the copy write them, not the run's template
 _TRACE = frozenset({"received", "return-path", "delivered-to", "x-original-to", "envelope-to", "x-envelope-from",
                     "x-envelope-to", "dkim-signature", "arc-seal", "arc-message-signature",
@@ -62,27 +67,50 @@ def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]
         upper = "HTTP" in t or "WWW." in t or "Http" in t
         if not upper and "http" not in t and "www." not in t:
             continue
-        for m in (_URL_ANY_CASE if upper else _URL).finditer(t):
+        for m in (_URL_ANY_CASE if upper else _URL if "www." in t else _URL_HTTP).finditer(t):
             u = m.group(0).rstrip(".,;:!?")
             if u in seen:  # the plain and the HTML part carry the same links
                 continue
             seen.add(u)
             if len(seen) > scan:
                 return list(out)
-            if not u.lower().startswith("http"):
-                u = "http://" + u
-            try:
-                parts = urlsplit(u)
-                host = parts.hostname or ""
-            except ValueError:
+            key = _url_key(u)
+            if key is None:
                 continue
-            if "." not in host:
-                continue
-            segs = [("*" if _VAR_SEGMENT.search(s) else s) for s in parts.path.lower().split("/")[1:5] if s]
-            out.setdefault("u:" + registered_domain(host) + "".join("/" + s for s in segs), None)
+            out.setdefault(key, None)
             if len(out) >= limit:
                 return list(out)
     return list(out)
+
+
+@lru_cache(maxsize=65536)
+def _url_key(u: str) -> str | None:
+    """The key of one URL as matched by _URL (None: no host with a dot); a run's fixed links repeat
+    from copy to copy, hence the cache."""
+    if not u.lower().startswith("http"):
+        u = "http://" + u
+    if u.isascii():
+        # what urlsplit gives for such a URL (a scheme, "//", no brackets, no white space), without
+        # its general parsing: the host is what precedes the first of / ? # after the last @, up to
+        # a colon; the path ends at the first ? or #
+        rest = u[u.index("://") + 3:]
+        end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        name, pct, zone = rest[:end].rpartition("@")[2].partition(":")[0].partition("%")
+        host = name.lower() + pct + zone
+        tail = rest[end:]
+        cut = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=len(tail))
+        path = tail[:cut]
+    else:
+        try:
+            parts = urlsplit(u)
+            host = parts.hostname or ""
+        except ValueError:
+            return None
+        path = parts.path
+    if "." not in host:
+        return None
+    segs = [("*" if _VAR_SEGMENT.search(s) else s) for s in path.lower().split("/")[1:5] if s]
+    return "u:" + registered_domain(host) + "".join("/" + s for s in segs)
 
 
 def shape(data: bytes) -> str:
@@ -93,12 +121,14 @@ def shape(data: bytes) -> str:
     if end2 >= 0 and (end < 0 or end2 < end):
         end = end2
     head = head[: end if end >= 0 else len(head)]
-    mailer = ""
-    for line in head.splitlines():
-        if line[:12].lower().startswith((b"x-mailer:", b"user-agent:")):
-            mailer = line.split(b":", 1)[1].decode("latin-1")
-            break
-    return shape_of((m.group(1).decode("latin-1") for m in _HEADER_NAME.finditer(head)), mailer)
+    m = _MAILER.search(head)
+    return _shape_of_names(b"\n".join(_HEADER_NAME.findall(head)), m.group(1).decode("latin-1") if m else "")
+
+
+@lru_cache(maxsize=4096)
+def _shape_of_names(names: bytes, mailer: str) -> str:
+    # the copies of a run share their header names and mailer: one fingerprint computed per run
+    return shape_of([n.decode("latin-1") for n in names.split(b"\n")] if names else [], mailer)
 
 
 def shape_of(names: Iterable[str], mailer: str) -> str:
@@ -132,7 +162,7 @@ def digest_key(kind: str, payload: bytes) -> str:
 def tokens(text: str) -> set[str]:
     """The words a sketch is made of, stop words and placeholders left out. Single words, not
     pairs or shingles: spintax and shuffled sentences change pairs far more than words."""
-    return set(_TOKEN.findall(text)) - _STOP
+    return set((_TOKEN_ASCII if text.isascii() else _TOKEN).findall(text)) - _STOP
 
 
 def sketch(text: str) -> list[int]:

@@ -299,13 +299,15 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     rec.precedence_bulk = first("precedence").strip().lower() in ("bulk", "list", "junk")
     rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
     _fill_received(rec, heads.get("received", []), policy)
-    rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in mail.attachments][:200]
+    # each read of these attributes converts the parser's data again: read once
+    attachments, text_html, text_plain = mail.attachments, mail.text_html, mail.text_plain
+    rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in attachments][:200]
     # grouping reads what a reader sees: the HTML part when there is one, its hidden text dropped
     # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
-    seen = html_to_text(mail.text_html[0]) if mail.text_html else ""
-    body = mail.text_plain[0] if mail.text_plain else seen
-    grouping = _Grouping(shape(data), [*mail.text_plain[:2], *mail.text_html[:2]], first("reply-to"),
-                         [bytes(a.content) for a in mail.attachments[:_MAX_DIGESTS]], subject)
+    seen = html_to_text(text_html[0]) if text_html else ""
+    body = text_plain[0] if text_plain else seen
+    grouping = _Grouping(shape(data), [*text_plain[:2], *text_html[:2]], first("reply-to"),
+                         [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
         grouping = _fast_bounced_original(rec, mail, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
