@@ -89,7 +89,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged, support = self._merge(_text_support(comp, weak), _key_support(self._key_links(uf, comp), comp), size)
+        merged, support = self._merge(_text_support(comp, weak), *_key_support(self._key_links(uf, comp), comp), size)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -171,19 +171,21 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         return np.array(out, dtype=np.int64).reshape(-1, 4)
 
     def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
-               size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               keys: dict[tuple[int, int], int], size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
         across them, or when they share at least two distinct keys carried by at least two messages on
         each side: one bridging message, or one URL that every run of a spamware kit carries, does not
         chain two runs. A smaller group
-        joins only one partner: a big one if it has any, the best supported."""
+        joins only one partner: a big one if it has any, the best supported, counting every distinct
+        key it shares (`keys`): one group cannot chain two, so a key many runs of one kit carry (a
+        common link path) is outweighed by the keys only its own run shares."""
         keep: list[tuple[int, int]] = []
         strength: list[int] = []
-        best: dict[int, tuple[bool, int, float, int]] = {}
+        best: dict[int, tuple[bool, int, float, int, int]] = {}
         for pair in sorted(set(text) | set(key)):
-            s_text, s_key = text.get(pair, 0), key.get(pair, 0)
+            s_text, s_key, n_keys = text.get(pair, 0), key.get(pair, 0), keys.get(pair, 0)
             x, y = pair
             if size[x] > self.small and size[y] > self.small:
                 if s_text >= 2 or s_key >= 2:
@@ -194,11 +196,11 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
             for me, other in ((x, y), (y, x)):
                 if size[me] <= self.small:
                     # a big partner first: through a small one (a bridge) it could reach anywhere
-                    cand = (size[other] <= self.small, -(s_text + s_key), -float(size[other]), other)
+                    cand = (size[other] <= self.small, -(s_text + n_keys), -float(size[other]), other, s_text + s_key)
                     if me not in best or cand < best[me]:
                         best[me] = cand
         keep.extend((me, c[3]) for me, c in best.items())
-        strength.extend(-c[1] for c in best.values())
+        strength.extend(c[4] for c in best.values())
         return np.array(keep, dtype=np.int64).reshape(-1, 2), np.array(strength, dtype=np.int64)
 
     def _guarded(self, n: int, edges: np.ndarray, support: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -251,12 +253,14 @@ def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], 
     return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
 
 
-def _key_support(links: np.ndarray, comp: np.ndarray) -> dict[tuple[int, int], int]:
-    """Per pair of groups, the fewest of: distinct keys they share, and distinct messages carrying
-    them on either side. One message carrying another run's keys is one, whichever side owns a key
-    (a key only the bridge and one copy of the other run carry belongs to neither)."""
+def _key_support(links: np.ndarray, comp: np.ndarray) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+    """Per pair of groups, the fewest of: distinct keys they share, distinct messages carrying them on
+    either side, and keys carried by two messages or more on each side. One message carrying another
+    run's keys is one, whichever side owns a key (a key only the bridge and one copy of the other run
+    carry belongs to neither), and adds no key to one both runs of a kit carry. Also, per pair, the
+    distinct keys alone (what a small group, which joins one partner only, is ranked by)."""
     if not links.size:
-        return {}
+        return {}, {}
     a = np.minimum(links[:, 0], links[:, 1])
     b = np.maximum(links[:, 0], links[:, 1])
     msg = links[:, 3]
@@ -266,7 +270,14 @@ def _key_support(links: np.ndarray, comp: np.ndarray) -> dict[tuple[int, int], i
         trip = np.unique(np.stack([a[keep], b[keep], col[keep]], axis=1), axis=0)
         pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
         sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
-    return {p: min(n, sides[1].get(p, 0), sides[2].get(p, 0)) for p, n in sides[0].items()}
+    # keys carried by two messages or more on each side: one message cannot make a key count
+    per_key = np.unique(np.stack([a, b, links[:, 2], on_a, msg], axis=1), axis=0)
+    sided, carriers = np.unique(per_key[:, :4], axis=0, return_counts=True)
+    sided = sided[carriers >= 2]
+    ab_key, twice = np.unique(sided[:, :3], axis=0, return_counts=True)
+    pairs, n = np.unique(ab_key[twice == 2, :2], axis=0, return_counts=True)
+    held = dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True))
+    return {p: min(n, sides[1].get(p, 0), sides[2].get(p, 0), held.get(p, 0)) for p, n in sides[0].items()}, sides[0]
 
 
 def _components(n: int, edges: np.ndarray) -> np.ndarray:

@@ -28,6 +28,11 @@ _TOKEN_ASCII = re.compile(r"[A-Za-z]{2,}")  # the same words in an ASCII text, a
 _STOP = frozenset(ENGLISH_STOP_WORDS) | {"zurlz", "ztokz"}
 # a path segment that carries a per-copy token rather than the run's fixed path
 _VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^.{16}")
+# per-copy parts of a subject (see subject_core): leading Re:/Fwd: or a greeting name, trailing
+# ` for Name`, and one hash-buster at the end
+_SUBJ_LEAD = re.compile(r"^(?:(?:re|fw|fwd|aw|sv)\s*:\s*|[^\W\d_]+[,:]\s+)", re.I)
+_SUBJ_FOR = re.compile(r"\s+for\s+[A-Z][^\W\d_]*$")
+_SUBJ_TAIL = re.compile(r"\s*(?:#\d+|\[\w+\]|\(\d+\)|\s-\s+[^\W\d_]+|\b[0-9a-f]*\d[0-9a-f]*)$", re.I)
 _HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]{1,100}):")
 # the first header line (lines end at \n, \r\n or \r, as bytes.splitlines sees them) naming the mailer
 _MAILER = re.compile(rb"(?im)(?:^|(?<=\r))(?:x-mailer|user-agent):([^\r\n]*)")
@@ -60,7 +65,8 @@ def registered_domain(host: str) -> str:
 
 
 def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]:
-    """`u:<registered domain><path with per-copy segments as *>` of each distinct URL, first `limit`."""
+    """`u:<registered domain><path with per-copy segments as *>` of each distinct URL, and `p:` with
+    the path's fixed segments alone where it has any; the first `limit`."""
     out: dict[str, None] = {}
     seen: set[str] = set()
     for t in texts:
@@ -78,6 +84,9 @@ def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]
             if key is None:
                 continue
             out.setdefault(key, None)
+            # the fixed part of the path alone: a run rotating its hosts per copy keeps its paths
+            if fixed := [s for s in key.split("/")[1:] if s != "*"]:
+                out.setdefault("p:" + "/".join(fixed), None)
             if len(out) >= limit:
                 return list(out)
     return list(out)
@@ -146,12 +155,30 @@ def shape_of(names: Iterable[str], mailer: str) -> str:
     return h.hexdigest()
 
 
+def subject_core(subject: str) -> str:
+    """A subject without what spamware writes per copy around the run's own: reply and forward
+    prefixes, a greeting name before it (`Ken, ` `Ken: `) or after it (` for Ken`), and one trailing
+    hash-buster (`#123`, `[a3f0]`, `(12)`, `- word`, a hex token)."""
+    s = " ".join(subject.split())
+    for _ in range(4):
+        s2 = _SUBJ_LEAD.sub("", s)
+        if s2 == s:
+            break
+        s = s2
+    s = _SUBJ_FOR.sub("", s)
+    return _SUBJ_TAIL.sub("", s).strip()
+
+
 def subject_key(subject: str) -> str:
-    """`s:` and the three longest words of a normalised subject (at least three of five letters or
-    more): a per-recipient name or suffix rarely outgrows a template's own words. What a bounce that
-    quotes only the headers still shares with its run."""
-    words = sorted({w for w in _TOKEN.findall(subject) if len(w) >= 5 and w not in _STOP}, key=lambda w: (-len(w), w))
-    return "s:" + " ".join(sorted(words[:3])) if len(words) >= 3 else ""
+    """What a bounce that quotes only the headers still shares with its run, from a normalised
+    subject_core: `s:` and its three longest words when it has three of five letters or more, else
+    `t:` and all its words in order (a short subject: `memory loss`). Keys are compared only within
+    one template shape (pipeline.campaigns), so a short one cannot join unrelated runs."""
+    toks = [w for w in _TOKEN.findall(subject) if w not in ("zurlz", "ztokz")]
+    words = sorted({w for w in toks if len(w) >= 5 and w not in _STOP}, key=lambda w: (-len(w), w))
+    if len(words) >= 3:
+        return "s:" + " ".join(sorted(words[:3]))
+    return "t:" + " ".join(toks) if toks else ""
 
 
 def digest_key(kind: str, payload: bytes) -> str:

@@ -16,7 +16,7 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-from pipeline.features import digest_key, shape, shape_of, sketch, subject_key, url_keys
+from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
 from pipeline.models import ParsedRecord, ReceivedHop, mime_defect
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
@@ -61,7 +61,7 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     if g.reply_to and (addr := getaddresses([g.reply_to])) and addr[0][1]:
         keys.append("r:" + addr[0][1].lower())
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
-    if sk := subject_key(normalise(g.subject, "")):
+    if sk := subject_key(normalise(subject_core(g.subject), "")):
         keys.append(sk)
     rec.keys = keys
     rec.shape = g.shape

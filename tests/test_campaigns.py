@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.campaigns import CampaignClusterer, Features
-from pipeline.features import shape, sketch
+from pipeline.features import shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage
 from pipeline.normalise import html_to_text, normalise
 from pipeline.parse import parse_found
@@ -226,3 +226,34 @@ def test_shape_ignores_the_headers_a_copys_mime_structure_adds() -> None:
     multi = head.replace(b"text/html", b"multipart/related; boundary=q") + b"MIME-Version: 1.0\n\n--q--\n"
     other = b"From: b@y.example\nTo: a@x.example\nSubject: hi\nContent-Type: text/html\nMIME-Version: 1.0\n\nx\n"
     assert shape(single) == shape(multi) != shape(other)
+
+
+def test_a_short_subject_keys_a_headers_only_bounce_to_its_run() -> None:
+    """A subject too short for three long words ("Memory loss?") still keys a run once what spamware
+    writes per copy around it is gone (Re:/Fwd:, a greeting name, a hash-buster), so a bounce quoting
+    only the headers shares a key with the run's copies; another short subject keys apart."""
+    head = "From: x@y.example\nTo: {to}\nSubject: {subject}\nX-Mailer: Kit 4.1\nMessage-ID: <{to}>\n"
+    body = "Content-Type: text/plain\n\nThis is the memory product page, visit today for the offer.\n"
+    copies = [head.format(to=f"u{i}@far.example", subject=s) + body
+              for i, s in enumerate(["Re: Memory loss? [31ff02a5] for Ken", "Ana: Fwd: Memory loss? #15869",
+                                     "Memory loss? 1d6180", "Raj, Re: Memory loss? - gonna"])]
+    quoted = head.format(to="w@far.example", subject="Ken: RE: Memory loss? (45)") + "Content-Type: text/plain\n"
+    report = (f"From: MAILER-DAEMON@mx1.example.org\nSubject: Undelivered Mail Returned to Sender\nTo: x@y.example\n"
+              f"MIME-Version: 1.0\nContent-Type: multipart/report; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n"
+              f"Could not be delivered.\n\n--b\nContent-Type: text/rfc822-headers\n\n{quoted}\n--b--\n")
+    recs = [_parse(c.encode()) for c in copies]
+    bounced = _parse(report.encode(), mail_from="")
+    assert bounced.bounce and not bounced.sketch
+    assert all("t:memory loss" in r.keys for r in [*recs, bounced])
+    assert bounced.shape == recs[0].shape
+    other = _parse((head.format(to="v@far.example", subject="Re: Memory gain? [31ff02a5]") + body).encode())
+    assert "t:memory loss" not in other.keys and "t:memory gain" in other.keys
+
+
+def test_a_run_rotating_its_hosts_keeps_its_paths() -> None:
+    """Copies whose link hosts change per copy still share the path's fixed segments as a key;
+    per-copy segments and a bare host give none."""
+    a = url_keys(["http://aa.pragmatic91.example/x7y2k/cover/abc123 http://n.example/images/nav.gif"])
+    b = url_keys(["http://bridge.other.example/cover/zz9q1"])
+    assert "p:cover" in a and "p:cover" in b and "p:images/nav.gif" in a
+    assert not [k for k in url_keys(["http://a.example/ http://b.example/q1w2e3r4"]) if k.startswith("p:")]
