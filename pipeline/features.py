@@ -122,14 +122,19 @@ def _url_key(u: str) -> str | None:
     return "u:" + registered_domain(host) + "".join("/" + s for s in segs)
 
 
-def shape(data: bytes) -> str:
-    """The template's fingerprint of a raw message (see shape_of), read from its header block."""
+def header_block(data: bytes) -> bytes:
+    """A raw message's header block (at most its first 16 KiB), up to the first blank line."""
     head = data[:16384]
     end = head.find(b"\n\n")
     end2 = head.find(b"\r\n\r\n")
     if end2 >= 0 and (end < 0 or end2 < end):
         end = end2
-    head = head[: end if end >= 0 else len(head)]
+    return head[: end if end >= 0 else len(head)]
+
+
+def shape(data: bytes) -> str:
+    """The template's fingerprint of a raw message (see shape_of), read from its header block."""
+    head = header_block(data)
     m = _MAILER.search(head)
     return _shape_of_names(b"\n".join(_HEADER_NAME.findall(head)), m.group(1).decode("latin-1") if m else "")
 

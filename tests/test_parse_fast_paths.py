@@ -39,12 +39,7 @@ def url_key_by_urlsplit(u: str) -> str | None:
 
 
 def shape_by_lines(data: bytes) -> str:
-    head = data[:16384]
-    end = head.find(b"\n\n")
-    end2 = head.find(b"\r\n\r\n")
-    if end2 >= 0 and (end < 0 or end2 < end):
-        end = end2
-    head = head[: end if end >= 0 else len(head)]
+    head = features.header_block(data)
     mailer = ""
     for line in head.splitlines():
         if line[:12].lower().startswith((b"x-mailer:", b"user-agent:")):
