@@ -50,19 +50,26 @@ def submit(port: int, mail_from: str, rcpt_to: Sequence[str], data: bytes, helo:
         s.ehlo(helo)
         if login:
             s.login(*login)
-        options = ["BODY=8BITMIME"] if any(b > 127 for b in data) else []
-        if login and auth_param:
-            options.append(f"AUTH={xtext(login[0])}")
-        code, msg = s.mail(mail_from, options)
-        if code != 250:
-            raise RuntimeError(f"MAIL FROM: {code} {msg!r}")
-        for r in rcpt_to:
-            code, msg = s.rcpt(r)
-            if code not in (250, 251):
-                raise RuntimeError(f"RCPT {r}: {code} {msg!r}")
-        code, msg = s.data(data)
-        if code != 250:
-            raise RuntimeError(f"DATA: {code} {msg!r}")
+        return transaction(s, mail_from, rcpt_to, data, [f"AUTH={xtext(login[0])}"] if login and auth_param else [])
+
+
+def transaction(s: smtplib.SMTP, mail_from: str, rcpt_to: Sequence[str], data: bytes,
+                options: Sequence[str] = ()) -> bytes:
+    """MAIL FROM (with BODY=8BITMIME added for 8-bit data), RCPT TO each, DATA on an open session; the text of
+    the 250 reply to DATA. RuntimeError naming the command the MTA refused."""
+    opts = list(options)
+    if any(b > 127 for b in data) and "BODY=8BITMIME" not in opts:
+        opts.append("BODY=8BITMIME")
+    code, msg = s.mail(mail_from, opts)
+    if code != 250:
+        raise RuntimeError(f"MAIL FROM refused: {code} {msg!r}")
+    for r in rcpt_to:
+        code, msg = s.rcpt(r)
+        if code not in (250, 251):
+            raise RuntimeError(f"RCPT TO {r} refused: {code} {msg!r}")
+    code, msg = s.data(data)
+    if code != 250:
+        raise RuntimeError(f"DATA refused: {code} {msg!r}")
     return msg
 
 

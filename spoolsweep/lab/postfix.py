@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from spoolsweep.lab import free_port
+from spoolsweep.lab import daemon, free_port
 
 POSTFIX = "/usr/sbin/postfix"
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
@@ -361,19 +361,7 @@ class PostfixInstance:
                 s.ehlo(helo)
             if login:
                 s.login(*login)
-            opts = list(mail_options)
-            if any(b > 127 for b in data) and "BODY=8BITMIME" not in opts:
-                opts.append("BODY=8BITMIME")
-            code, msg = s.mail(mail_from, opts)
-            if code != 250:
-                raise RuntimeError(f"MAIL FROM refused: {code} {msg!r}")
-            for r in rcpt_to:
-                code, msg = s.rcpt(r)
-                if code not in (250, 251):
-                    raise RuntimeError(f"RCPT TO {r} refused: {code} {msg!r}")
-            code, msg = s.data(data)
-            if code != 250:
-                raise RuntimeError(f"DATA refused: {code} {msg!r}")
+            msg = daemon.transaction(s, mail_from, rcpt_to, data, mail_options)
         # "2.0.0 Ok: queued as 4Xyz..."
         return msg.decode().rsplit(" ", 1)[-1]
 
