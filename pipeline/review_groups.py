@@ -239,7 +239,9 @@ def _describe(gid: int, rule: ReasonCode, key: dict[str, str], ms: list[Manifest
     no_client = sum(1 for e in evs if not e["client"])
     senders = _spread(e["sender_domain"] for e in evs)
     accounts = _spread(e["account"] for e in evs)
-    rdomains = _spread(d for m in ms for d in {_domain(a) for a in (m.envelope.rcpt_to or m.envelope.done_rcpt_to)})
+    # each message's domains once, in the order it lists them (a set's order changes with the hash seed)
+    rdomains = _spread(d for m in ms
+                       for d in dict.fromkeys(_domain(a) for a in (m.envelope.rcpt_to or m.envelope.done_rcpt_to)))
     camps = Counter(m.campaign for m in ms if m.campaign is not None)
     defects = _spread(e["defect"] for e in evs)
     quoted = _spread(e["quoted"] for e in evs)

@@ -172,3 +172,14 @@ def test_an_office_network_is_one_group_apart_from_a_botnet() -> None:
     assert len(first) == 1 and not first & {m.review_group for m in botnet}
     g = next(g for g in groups if g.id in first)
     assert g.shared["client network"] == "192.0.2.0/24" and "from 60 client addresses in 192.0.2.0/24" in g.summary
+
+
+def test_recipient_domains_tie_in_the_order_the_messages_list_them() -> None:
+    # one message to eight domains: each counts once; a set would list them in the process's hash order,
+    # so the same manifest would differ between two runs (or two shards' processes)
+    domains = [f"d{k}.example" for k in (7, 3, 5, 0, 6, 1, 4, 2)]
+    m = msg(1)
+    m.envelope.rcpt_to = [f"u@{d}" for d in domains] + [f"v@{domains[0]}"]
+    (group,) = group_review([m])
+    assert group.recipient_domains.distinct == 8
+    assert [d for d, _ in group.recipient_domains.top] == domains[:5]
