@@ -1,0 +1,87 @@
+"""Triage as map/reduce steps: the manifest is byte-identical to the one-process decide, however the shards are cut."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from pipeline.generator import SAMPLE_CORPUS, generate, without_account, write_canonical
+from pipeline.manifest_io import manifest_bytes
+from pipeline.models import ParsedRecord, SnapshotInfo
+from pipeline.policy import SitePolicy
+from pipeline.sitepolicy import effective_policy
+from pipeline.triage import decide, prepare, read_and_parse
+from tests import reference_decide
+
+SHARDS = (1, 3, 7)
+
+
+def _copy(records: list[ParsedRecord]) -> list[ParsedRecord]:
+    return [r.model_copy(deep=True) for r in records]
+
+
+def _parsed(path: Path, policy: SitePolicy) -> tuple[list[ParsedRecord], SitePolicy, object]:
+    _, records, report = read_and_parse(path, policy, workers=1)
+    used, pinfo = effective_policy(policy, None, None, records)
+    return records, used, pinfo
+
+
+def _with_duplicates_and_defects(records: list[ParsedRecord]) -> list[ParsedRecord]:
+    """Copies stored under one name (one of them with other bytes), and integrity and MIME defects."""
+    rng = random.Random(5)
+    out = _copy(records)
+    for r in rng.sample(out, 15):
+        out.append(r.model_copy(deep=True))  # the same member stored twice
+    for r in rng.sample(out, 5):
+        out.append(r.model_copy(update={"sha256": "f" * 64}, deep=True))  # same name, other bytes
+    for r in rng.sample(out, 20):
+        r.defects = [*r.defects, "mime: missing boundary"]
+    for r in rng.sample(out, 10):
+        r.defects = [*r.defects, "truncated at byte 12"]
+    rng.shuffle(out)
+    prepare(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def incidents(corpus, policy: SitePolicy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    ham, spam = corpus
+    tmp = tmp_path_factory.mktemp("staged")
+    out: dict[str, tuple] = {}
+    out["corpus600"] = _parsed(SAMPLE_CORPUS, policy)
+    plain = generate(ham, spam, n=2000, seed=3)
+    out["plain2k"] = _parsed(write_canonical(plain, tmp / "plain.tar.gz"), policy)
+    out["spamware2k"] = _parsed(write_canonical(generate(ham, spam, n=2000, seed=4, style="spamware", shop=20),
+                                                tmp / "sw.tar.gz"), policy)
+    recs, used, pinfo = out["plain2k"]
+    out["defects"] = (_with_duplicates_and_defects(recs), used, pinfo)
+    stripped = generate(ham, spam, n=1200, seed=6)
+    stripped.messages = [without_account(m) for m in stripped.messages]
+    out["stripped"] = _parsed(write_canonical(stripped, tmp / "stripped.tar.gz"), policy)
+    return out
+
+
+def _oracle(records: list[ParsedRecord], used: SitePolicy, pinfo) -> bytes:
+    m = reference_decide.decide(_copy(records), used, "inc", SnapshotInfo(source="x", format="canonical"),
+                                ["an archive defect"], policy_info=pinfo, consume=True)
+    return manifest_bytes(m)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped"])
+def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, name: str) -> None:
+    from pipeline.staged import decide_in_shards
+
+    records, used, pinfo = incidents[name]
+    want = _oracle(records, used, pinfo)
+    snap = SnapshotInfo(source="x", format="canonical")
+    got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
+                                consume=True))
+    assert got == want
+    rng = random.Random(len(records))
+    for n in SHARDS:
+        got = manifest_bytes(decide_in_shards(_copy(records), used, "inc", snap, ["an archive defect"], shards=n,
+                                              policy_info=pinfo, shuffle=rng))
+        assert got == want, f"{name}: {n} shard(s) differ"
