@@ -7,6 +7,8 @@
     state/<incident>/decisions.json               the review's verdict changes, oldest first
     state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)
     state/<incident>/triage.claim                 who claimed the incident's triage (write-once)
+    state/<incident>/triage/<step>.zst            a triage step's output (plan, decisions)
+    state/<incident>/triage/<step>/<shard>.zst    a triage map step's output per shard (facts, verdicts)
     state/policy.toml                             the site policy
     state/blocklists/latest.json                  the last scheduled blocklist report
     approvals/<incident>/<approval-id>.json       immutable approvals
@@ -86,6 +88,17 @@ def shard_meta_key(incident: str, shard: str) -> str:
 def claim_key(incident: str) -> str:
     """The write-once marker of the one event that runs an incident's triage."""
     return f"{STATE}/{check_name('incident', incident)}/triage.claim"
+
+
+TRIAGE_STEPS = ("plan", "facts", "decide", "verdicts", "summary")
+
+
+def triage_step_key(incident: str, step: str, shard: str | None = None) -> str:
+    """Where a triage step keeps its output (pipeline.staged): per shard for the map steps."""
+    if step not in TRIAGE_STEPS:
+        raise ValueError(f"{step!r} is not a triage step ({', '.join(TRIAGE_STEPS)})")
+    base = f"{STATE}/{check_name('incident', incident)}/triage/{step}"
+    return f"{base}.zst" if shard is None else f"{base}/{check_name('shard', shard)}.zst"
 
 
 POLICY_KEY = f"{STATE}/policy.toml"

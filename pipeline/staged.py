@@ -397,26 +397,27 @@ class ColumnFacts(CampaignFacts):
 
     def __init__(self, members: np.ndarray, t: Table, policy: SitePolicy,
                  profiles: Mapping[str, AccountProfile]) -> None:
-        self.members, self.policy, self.profiles, self.t = members, policy, profiles, t
-        self.recs = ()  # type: ignore[assignment]  # nothing reads records: the columns say it all
+        self.members = members  # type: ignore[assignment]  # an index array, not a list
+        self.policy, self.profiles, self.t = policy, profiles, t
+        self.recs = ()  # nothing reads records: the columns say it all
         self.ctxs = _Rows(t)  # type: ignore[assignment]
         f = t.flags[members]
         self.n = n = len(members)
 
         def has(bit: int) -> np.ndarray:
-            return (f & bit) != 0
+            return np.asarray((f & bit) != 0)
 
         relayed, forged = has(RELAYED), has(FORGED_EXT)
         self.relayed = int(relayed.sum())
         self.forged = int(forged.sum())
         self.bounces_out = int(has(BOUNCE_OUT).sum())
-        self.authed = members[has(AUTHED)]  # type: ignore[assignment]
+        self.authed = members[has(AUTHED)]
         self.trusted_plain = int(has(TRUSTED_PLAIN).sum())
         self.inbound = int(has(INBOUND).sum())
         # only their number is read
         self.ips = range(len(np.unique(t.ip[members[has(UNTRUSTED_IP)]])))  # type: ignore[assignment]
         self.abusive = self.relayed + self.forged
-        self.abusers = members[relayed | forged]  # type: ignore[assignment]
+        self.abusers = members[relayed | forged]
         self.relayed_foreign = int(has(RELAYED_FOREIGN).sum())
         self.forged_unknown = int((forged & ~t.ours[members]).sum())
         self.abused = self.relayed_foreign + self.forged_unknown >= max(2, 0.1 * n)
@@ -575,7 +576,7 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan, progress: Progress = _n
             external[t.accounts[int(a)]] = int(c)
 
     def decide_all() -> dict[int, Decision]:
-        return {c: _decision(_first(_CAMPAIGN_WHEN, f), f)
+        return {c: _decision(_first(_CAMPAIGN_WHEN, f), f)  # type: ignore[arg-type]  # a CampaignFacts
                 for c, m in members.items() for f in [ColumnFacts(m, t, policy, profiles)]}
 
     decisions = decide_all()
@@ -728,8 +729,8 @@ class CampaignPart:
 
     @classmethod
     def of_json(cls, v: dict[str, Any]) -> CampaignPart:
-        tallies = (Tally.of_json(v[k]) for k in ("senders", "rcpt_domains", "ips", "accounts", "verdicts"))
-        return cls(v["size"], *tallies,
+        t = {k: Tally.of_json(v[k]) for k in ("senders", "rcpt_domains", "ips", "accounts", "verdicts")}
+        return cls(v["size"], t["senders"], t["rcpt_domains"], t["ips"], t["accounts"], t["verdicts"],
                    Span.of_json(v["times"]),
                    [(p, s) for p, s in v["subjects"]], [(p, s, x) for p, s, x in v["sample"]])
 
