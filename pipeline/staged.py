@@ -199,10 +199,11 @@ def group_labels(records: Sequence[ParsedRecord], policy: SitePolicy) -> np.ndar
 
 
 def plan_records(records: Sequence[ParsedRecord], policy: SitePolicy, info: PolicyInfo | None,
-                 parts: Sequence[tuple[str, np.ndarray]] | None = None) -> Plan:
+                 parts: Sequence[tuple[str, np.ndarray]] | None = None, labels: np.ndarray | None = None) -> Plan:
     """The plan of records already in global order with their ids (what `decide` is given); `parts`
-    cuts them into shards (name, global positions of its rows), else one shard "0"."""
-    labels = group_labels(records, policy)
+    cuts them into shards (name, global positions of its rows), else one shard "0". `labels`: the
+    records' grouping labels when already known."""
+    labels = group_labels(records, policy) if labels is None else labels
     n = len(records)
     if parts is None:
         parts = [("0", np.arange(n, dtype=np.int64))]
@@ -996,7 +997,8 @@ def run_in_memory(shards: Mapping[str, Sequence[ParsedRecord]], plan: Plan, inci
 
 def decide_in_shards(records: list[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
                      archive_defects: Sequence[str] = (), shards: int = 1, policy_info: PolicyInfo | None = None,
-                     shuffle: random.Random | None = None, through_bytes: bool = True) -> Manifest:
+                     shuffle: random.Random | None = None, through_bytes: bool = True,
+                     labels: np.ndarray | None = None) -> Manifest:
     """`decide` over the records (in global order, ids given) cut into `shards` parts, each part's records
     in any order (`shuffle`): the manifest must not depend on the cut."""
     n = len(records)
@@ -1004,6 +1006,6 @@ def decide_in_shards(records: list[ParsedRecord], policy: SitePolicy, incident: 
     if shuffle is not None:
         shuffle.shuffle(idx)
     cut = [np.asarray(idx[k * n // shards:(k + 1) * n // shards], dtype=np.int64) for k in range(shards)]
-    plan = plan_records(records, policy, policy_info, [(f"s{k}", pos) for k, pos in enumerate(cut)])
+    plan = plan_records(records, policy, policy_info, [(f"s{k}", pos) for k, pos in enumerate(cut)], labels)
     parts = {f"s{k}": [records[i] for i in pos.tolist()] for k, pos in enumerate(cut)}
     return run_in_memory(parts, plan, incident, snapshot, archive_defects, through_bytes=through_bytes)
