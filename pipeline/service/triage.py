@@ -13,7 +13,7 @@ import zstandard
 
 from pipeline import queues
 from pipeline.errors import StoreError
-from pipeline.manifest_io import manifest_bytes
+from pipeline.manifest_io import put_manifest
 from pipeline.models import ParsedRecord, SnapshotInfo
 from pipeline.policy import SitePolicy
 from pipeline.service import StepResult
@@ -80,5 +80,5 @@ def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: s
         defects.append(f"{len(sites)} shards recorded different MTA configurations; the first one's is used")
     used, pinfo = effective_policy(policy, policy_source, sites[0] if sites else None, records)
     manifest = decide(records, used, incident, snapshot_info(metas), defects, policy_info=pinfo, consume=True)
-    store.put(out, manifest_bytes(manifest))
+    put_manifest(store, manifest)  # the parts, then manifest.json last
     return StepResult(f"{len(records)} messages from {len(shards)} shard(s) -> {out}", len(records))
