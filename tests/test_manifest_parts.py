@@ -168,3 +168,52 @@ def test_a_summary_whose_parts_do_not_add_up_is_refused(parted) -> None:
     store.put(key, json.dumps(s).encode())
     with pytest.raises(ManifestError, match="holds 12 messages; its totals say 13"):
         ManifestReader(store, INC)
+
+
+TOKEN = "t0ken-for-parts"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _console(root):
+    from starlette.testclient import TestClient
+
+    from console.app import create_app
+
+    return TestClient(create_app(root, TOKEN, warm=False))
+
+
+def test_console_pages_and_approves_over_parts(tmp_path) -> None:
+    m = _manifest(29)
+    put_manifest(LocalStore(tmp_path), m, per_part=4)  # 8 parts
+    c = _console(tmp_path)
+    base = f"/api/incidents/{INC}"
+    spam = [x.id for x in m.messages if x.verdict is Verdict.spam]
+    d = c.get(f"{base}/messages?verdict=spam&page=2&per_page=5", headers=AUTH).json()
+    assert d["total"] == len(spam) and [x["id"] for x in d["messages"]] == spam[5:10]
+    d = c.get(f"{base}/messages?q=s%C3%BCbject%2017", headers=AUTH).json()  # searched in the parts' text
+    assert [x["id"] for x in d["messages"]] == ["id0017"]
+    assert c.get(f"{base}/messages/id0021", headers=AUTH).json()["subject"] == m.messages[21].subject
+    d = c.get(f"{base}/review-groups/1/messages?per_page=3&page=2", headers=AUTH).json()
+    assert [x["id"] for x in d["messages"]] == [x.id for x in m.messages if x.review_group == 1][3:6]
+    detail = c.get(base, headers=AUTH).json()
+    assert detail["totals"]["spam"] == len(spam)
+    s = c.get(f"{base}/approval-summary", headers=AUTH).json()
+    assert (s["replay"], s["purge"], s["hold"]) == (m.totals.valid, m.totals.spam, m.totals.review)
+    assert s["recipients"] == len({r for x in m.messages if x.verdict is Verdict.valid for r in x.envelope.rcpt_to})
+    csrf = c.get("/api/session", headers=AUTH).json()["csrf"]
+    r = c.post(f"{base}/approve", headers={**AUTH, "X-CSRF-Token": csrf}, json={"digest": s["digest"], "by": "al"})
+    assert r.status_code == 201, r.text
+    [key] = list(LocalStore(tmp_path).list(queues.approvals_prefix(INC)))
+    a = json.loads(LocalStore(tmp_path).get(key))
+    assert (len(a["replay"]), len(a["purge"]), len(a["hold"])) == (m.totals.valid, m.totals.spam, m.totals.review)
+
+
+def test_console_says_which_part_is_missing(tmp_path) -> None:
+    put_manifest(LocalStore(tmp_path), _manifest(), per_part=4)
+    key = f"manifests/{INC}/messages/00001.parquet"
+    (tmp_path / key).unlink()
+    c = _console(tmp_path)
+    r = c.get(f"/api/incidents/{INC}/messages", headers=AUTH)
+    assert r.status_code == 500 and key in r.json()["error"]
+    [row] = c.get("/api/incidents", headers=AUTH).json()["incidents"]
+    assert row["status"] == "unreadable manifest" and key in row["error"]
