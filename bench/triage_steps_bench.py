@@ -68,11 +68,10 @@ def _prepare(args: argparse.Namespace, out: Path) -> Path:
 
 
 def _child(step: str, root: str, shard: str | None, policy_path: str | None) -> None:
+    import pipeline.service.triage  # imports are not the step's time
+    import pipeline.staged  # noqa: F401
     from pipeline.policy import load_policy
     from pipeline.store import LocalStore
-
-    import pipeline.service.triage  # noqa: F401  # imports are not the step's time
-    import pipeline.staged  # noqa: F401
 
     policy = load_policy(policy_path)
     store = LocalStore(Path(root) / "store")
@@ -147,7 +146,7 @@ def main() -> None:
     from pipeline.store import LocalStore
 
     store = LocalStore(root / "store")
-    for k in list(store.list(f"state/{INCIDENT}/triage/")) + [queues.manifest_key(INCIDENT)]:
+    for k in [*store.list(f"state/{INCIDENT}/triage/"), *store.list(f"manifests/{INCIDENT}/")]:
         p = root / "store" / k
         p.unlink(missing_ok=True)
     results = [_run("plan", root, None, args.policy)]
@@ -162,7 +161,10 @@ def main() -> None:
     if not args.skip_today:
         today = _run("today", root, None, args.policy)
         results.append(today)
-        same = (root / "today.json").read_bytes() == store.get(queues.manifest_key(INCIDENT))
+        from pipeline.manifest_io import manifest_bytes, read_manifest
+
+        # the steps write a summary and parts (pipeline.manifest_io): read whole, as one file it is today's
+        same = (root / "today.json").read_bytes() == manifest_bytes(read_manifest(store, INCIDENT))
         print(f"manifest identical to today's: {same}; time steps/today {total / today['seconds']:.2f}, "
               f"largest step RSS / today's {max(r['peak_rss_mb'] for r in results[:-1]) / today['peak_rss_mb']:.2f}")
     if args.json:

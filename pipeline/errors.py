@@ -40,6 +40,10 @@ class StoreError(SpoolsweepError):
     """The store refused the operation:"""
 
 
+class ManifestError(SpoolsweepError):
+    """The manifest cannot be read whole (nothing is approved or dispatched from it):"""
+
+
 class InstructionRefused(SpoolsweepError):
     """The instruction was refused:"""
 

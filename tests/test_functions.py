@@ -21,7 +21,7 @@ from functions.events import objects_in
 from functions.settings import DispatchSettings, load
 from pipeline import queues
 from pipeline.instructions import SignedInstruction, verify
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from pipeline.service import incidents as embedded
 from pipeline.shards import missing, parse_shard, shard_of
 from pipeline.store import LocalChannel, LocalStore
@@ -151,7 +151,7 @@ def test_unreadable_snapshot_is_kept_and_named(home):
     store.put(key, b"this is not a tarball")
     runner = LocalRunner(home, settle=0)
     runner.run_until_idle()
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("broken")))
+    m = read_manifest(store, "broken")
     assert m.totals.messages == 0 and any("snap.tar.gz" in d for d in m.archive_defects)
     assert store.exists(key) and store.exists("corrupt/broken/mx1.snap.json")
 
@@ -186,7 +186,7 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     assert all(r.startswith(("skipped: triage already claimed", "already triaged")) for r in results
                if "messages from" not in r), results
     assert (home / "state/inc7/triage.claim").exists()
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("inc7")))
+    m = read_manifest(store, "inc7")
     whole = triage(small_incident, policy, workers=1)
     assert m.totals == whole.totals
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
@@ -208,7 +208,7 @@ def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, p
     assert whole in incoming and len(incoming) == 4  # the evidence, and its three parts
     assert sorted(store.list("parsed/big/")) == [
         f"parsed/big/mx1.small.part-000{i}-of-0003.jsonl.zst" for i in (1, 2, 3)]
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("big")))
+    m = read_manifest(store, "big")
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in triage(small_incident, policy,
                                                                                       workers=1).messages}
     # a duplicate of the whole snapshot's event writes no new part and parses nothing twice

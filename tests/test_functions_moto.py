@@ -23,7 +23,7 @@ from functions.provision import provision
 from pipeline import queues
 from pipeline.errors import StoreError
 from pipeline.instructions import SignedInstruction, verify
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from pipeline.service import incidents as embedded
 
 HOST = "mx1"
@@ -167,7 +167,7 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
         sqs.change_message_visibility(QueueUrl=runner.urls["triage"], ReceiptHandle=m["receiptHandle"],
                                       VisibilityTimeout=0)
     runner.run_until_idle(quiet_rounds=2)
-    manifest = Manifest.model_validate_json(store.get(queues.manifest_key("e2e")))
+    manifest = read_manifest(store, "e2e")
     assert manifest.totals.messages == 1500 and manifest.snapshot.hosts == [HOST]
     assert store.exists(queues.blocklist_key("e2e"))
     versions = s3.list_object_versions(Bucket=stack["bucket"], Prefix=queues.manifest_key("e2e"))["Versions"]

@@ -8,14 +8,13 @@ re-sends that same copy (same bytes, same dedup id), never a newly signed one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
 from pipeline import queues
-from pipeline.errors import NotReady, PoisonEvent
+from pipeline.errors import ManifestError, NotReady, PoisonEvent
 from pipeline.instructions import (
     Approval,
     ApprovedMessage,
@@ -26,6 +25,7 @@ from pipeline.instructions import (
     instruction_from_approval,
     sign,
 )
+from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest
 from pipeline.service import StepResult
 from pipeline.store import Channel, Store
@@ -54,7 +54,7 @@ def split(ins: Instruction, budget: int = MAX_BODY) -> list[Instruction]:
             for i, part in enumerate(parts, 1)]
 
 
-def check_approval(store: Store, key: str, approval: Approval, manifest: Manifest) -> None:
+def check_approval(store: Store, key: str, approval: Approval, manifest: Manifest | ManifestReader) -> None:
     """Sign only what the manifest and the recorded decisions say: the approval's decision log must be what
     state/<incident>/decisions.json recorded (the start of it: review may go on after approving), its host
     one the manifest names, and its replay, purge and hold lists exactly what they make. PoisonEvent if not."""
@@ -67,7 +67,7 @@ def check_approval(store: Store, key: str, approval: Approval, manifest: Manifes
             raise PoisonEvent(f"{key}: {dkey} is unreadable; the approval's changes cannot be checked") from None
         if recorded[:len(changes)] != changes:
             raise PoisonEvent(f"{key}: its {len(changes)} verdict changes are not the decisions recorded in {dkey}")
-    hosts = manifest.snapshot.hosts
+    hosts = (manifest if isinstance(manifest, Manifest) else manifest.summary).snapshot.hosts
     if hosts and approval.host not in hosts:
         raise PoisonEvent(f"{key}: is for host {approval.host!r}; the manifest's snapshot is from {hosts}")
     try:
@@ -96,10 +96,16 @@ def dispatch(store: Store, channel: Channel, key: str, private_pem: bytes, key_i
     mkey = queues.manifest_key(incident)
     if not store.exists(mkey):
         raise NotReady(f"{mkey} (approval {approval.approval_id})")
-    data = store.get(mkey)
-    if hashlib.sha256(data).hexdigest() != approval.manifest_sha256:
+    try:
+        manifest = ManifestReader(store, incident)
+    except ManifestError as e:
+        raise PoisonEvent(f"{key}: {e}") from None
+    if manifest.sha256 != approval.manifest_sha256:
         raise PoisonEvent(f"{key}: approves a manifest other than {mkey}'s current one; review again")
-    check_approval(store, key, approval, Manifest.model_validate_json(data))
+    try:
+        check_approval(store, key, approval, manifest)
+    except ManifestError as e:  # a part missing or changed since: nothing is signed from a manifest read short
+        raise PoisonEvent(f"{key}: {e}") from None
     whole = instruction_from_approval(approval, issued_at=now or datetime.now(UTC), ttl=ttl)
     pieces = split(whole, budget)
     for ins in pieces:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import tomllib
@@ -13,6 +12,7 @@ from typing import Any, NamedTuple
 from pipeline import queues
 from pipeline.errors import PolicyError, SpoolsweepError, StoreError
 from pipeline.instructions import Approval, approval_from_manifest, approval_id, generate_keypair, key_id_of
+from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, Verdict
 from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
 from pipeline.shards import split_snapshot
@@ -73,27 +73,29 @@ def approve(store: Store, incident: str, by: str, host: str | None = None, now: 
             overrides: dict[str, Verdict] | None = None, changes: list[dict[str, Any]] | None = None) -> Approved:
     """Write the approval of an incident's current manifest once."""
     mkey = queues.manifest_key(incident)
-    data = store.get(mkey)
-    manifest = Manifest.model_validate_json(data)
+    reader = ManifestReader(store, incident)
     if host is None:
-        hosts = manifest.snapshot.hosts
+        hosts = reader.summary.snapshot.hosts
         if len(hosts) != 1:
             raise StoreError(f"{mkey} names hosts {hosts or 'none'}; say which with --host")
         host = hosts[0]
-    return write_approval(store, incident, manifest, hashlib.sha256(data).hexdigest(), host, by,
-                          now or datetime.now(UTC), overrides, changes)
+    return write_approval(store, incident, reader, reader.sha256, host, by, now or datetime.now(UTC), overrides,
+                          changes)
 
 
-def write_approval(store: Store, incident: str, manifest: Manifest, manifest_sha256: str, host: str, by: str,
-                   now: datetime, overrides: dict[str, Verdict] | None = None,
+def write_approval(store: Store, incident: str, manifest: Manifest | ManifestReader, manifest_sha256: str, host: str,
+                   by: str, now: datetime, overrides: dict[str, Verdict] | None = None,
                    changes: list[dict[str, Any]] | None = None) -> Approved:
-    """The approval object, written once under its deterministic key (a second writer reads the first's)."""
+    """The approval object, written once under its deterministic key (a second writer reads the first's).
+
+    Every message of the manifest is read to make it: a missing or corrupt part is a ManifestError, and
+    nothing is written."""
     aid = approval_id(manifest_sha256, host, by)
-    approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,
-                                      overrides=overrides)
     key = queues.approval_key(incident, aid)
     if store.exists(key):
         return Approved(key, Approval.model_validate_json(store.get(key)), False)
+    approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,
+                                      overrides=overrides)
     if store.put_if_absent(key, approval.model_dump_json(indent=1).encode()):
         return Approved(key, approval, True)
     return Approved(key, Approval.model_validate_json(store.get(key)), False)

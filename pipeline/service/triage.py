@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from pipeline import queues, staged
 from pipeline.errors import StoreError
-from pipeline.manifest_io import manifest_bytes
+from pipeline.manifest_io import write_manifest_parts
 from pipeline.models import ParsedRecord, SnapshotInfo, Verdict
 from pipeline.policy import SitePolicy
 from pipeline.service import StepResult
@@ -151,9 +151,8 @@ def run_step(step: str, store: Store, incident: str, shard: str | None, policy: 
     if len({json.dumps(x, sort_keys=True) for x in sites}) > 1:
         defects.append(f"{len(sites)} shards recorded different MTA configurations; the first one's is used")
     s = staged.summarize(vs, dec, plan, incident, snapshot_info(metas), defects)
-    s.manifest.messages = list(staged.messages_of(vs, s))
-    out_key = queues.manifest_key(incident)
-    store.put(out_key, manifest_bytes(s.manifest))
+    # the message parts streamed in global order, then manifest.json, last
+    out_key = write_manifest_parts(store, s.manifest, staged.messages_of(vs, s))
     return StepOutput(message=f"{plan.n} messages from {len(shards)} shard(s) -> {out_key}", count=plan.n)
 
 
