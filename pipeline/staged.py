@@ -740,9 +740,9 @@ class CampaignPart:
 class Verdicts:
     """One shard's verdicts: its messages in global order, and its share of the manifest's reports."""
 
-    pos: list[int]
-    messages: list[ManifestMessage]
-    quoted: dict[int, str | None]  # per review message (by position): the sender a bounce quotes
+    pos: np.ndarray  # int64: the positions of the shard's messages, ascending
+    messages: list[ManifestMessage]  # in memory; read from bytes they stay compressed (`blob`) until iterated
+    review: list[tuple[int, ManifestMessage, str | None]]  # review messages: (position, message, sender quoted)
     counts: Counter[str] = field(default_factory=Counter)
     size: int = 0
     campaigns: dict[int, CampaignPart] = field(default_factory=dict)
@@ -751,25 +751,38 @@ class Verdicts:
     needs: int = 0  # messages whose queue stores no client address and that have Received lines
     missed: int = 0  # ... in which no hop is ours
     hop_names: Tally = field(default_factory=Tally)  # topmost `by` names of those missed
+    blob: bytes = b""  # the messages as zstd-compressed JSON lines
+
+    def iter_messages(self) -> Iterator[ManifestMessage]:
+        """The shard's messages in order, parsed one at a time when read from bytes."""
+        if self.messages or not self.blob:
+            yield from self.messages
+            return
+        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(self.blob)))
+        for line in reader:
+            yield ManifestMessage.model_validate_json(line)
 
     def to_bytes(self) -> bytes:
-        meta = {"pos": self.pos, "quoted": [[p, q] for p, q in self.quoted.items()], "counts": dict(self.counts),
+        ser = ManifestMessage.__pydantic_serializer__.to_json
+        meta = {"review": [[p, ser(m).decode(), q] for p, m, q in self.review], "counts": dict(self.counts),
                 "size": self.size, "campaigns": {str(c): p.to_json() for c, p in self.campaigns.items()},
                 "account_spam": dict(self.account_spam),
                 "sources": {ip: [a, b, sorted(c)] for ip, (a, b, c) in self.sources.items()},
                 "needs": self.needs, "missed": self.missed, "hop_names": self.hop_names.to_json()}
-        lines = b"\n".join(ManifestMessage.__pydantic_serializer__.to_json(m) for m in self.messages)
-        return _pack(meta, {"messages": np.frombuffer(lines, dtype=np.uint8)})
+        head = _pack(meta, {"pos": np.asarray(self.pos, dtype=np.int64)})
+        blob = self.blob if not self.messages else zstandard.ZstdCompressor(level=3).compress(
+            b"".join(ser(m) + b"\n" for m in self.messages))
+        return len(head).to_bytes(8, "little") + head + blob
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Verdicts:
-        m, a = _unpack(data)
-        raw = a["messages"].tobytes()
-        msgs = [ManifestMessage.model_validate_json(x) for x in raw.split(b"\n")] if raw else []
-        return cls(m["pos"], msgs, {p: q for p, q in m["quoted"]}, Counter(m["counts"]), m["size"],
+        k = int.from_bytes(data[:8], "little")
+        m, a = _unpack(data[8:8 + k])
+        review = [(p, ManifestMessage.model_validate_json(x), q) for p, x, q in m["review"]]
+        return cls(a["pos"], [], review, Counter(m["counts"]), m["size"],
                    {int(c): CampaignPart.of_json(v) for c, v in m["campaigns"].items()}, Counter(m["account_spam"]),
                    {ip: [x, y, set(z)] for ip, (x, y, z) in m["sources"].items()}, m["needs"], m["missed"],
-                   Tally.of_json(m["hop_names"]))
+                   Tally.of_json(m["hop_names"]), data[8 + k:])
 
 
 def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decisions) -> Verdicts:
@@ -783,7 +796,7 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
     pos, recs, ctxs = _resolved(records, sp, policy)
     # the abusive clients this shard can ask about (the set may be large; a lookup needs only these)
     abusive = {c.client_ip for c in ctxs if c.client_ip in dec.abusive_ips}
-    out = Verdicts(pos, [], {})
+    out = Verdicts(np.asarray(pos, dtype=np.int64), [], [])
     for k, (r, c) in enumerate(zip(recs, ctxs, strict=True)):
         at = pos[k]
         camp = cids[k] or None
@@ -804,7 +817,7 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
         out.counts[d.verdict.value] += 1
         out.size += r.size
         if d.verdict is Verdict.review:
-            out.quoted[at] = r.bounced_original_sender if r.bounce else None
+            out.review.append((at, m, r.bounced_original_sender if r.bounce else None))
         if camp:
             _campaign_part(out.campaigns.setdefault(camp, CampaignPart()), at, r, d.verdict)
         if c.account and d.verdict is Verdict.spam:
@@ -847,9 +860,8 @@ def _campaign_part(p: CampaignPart, at: int, r: ParsedRecord, verdict: Verdict) 
 
 def merge_verdicts(parts: Iterable[Verdicts]) -> Verdicts:
     """The shards' report partials merged (their messages left out)."""
-    out = Verdicts([], [], {})
+    out = Verdicts(np.zeros(0, dtype=np.int64), [], [])
     for v in parts:
-        out.quoted.update(v.quoted)
         out.counts.update(v.counts)
         out.size += v.size
         for c, p in v.campaigns.items():
@@ -924,8 +936,8 @@ def _source_reports(sources: dict[str, list[Any]]) -> list[SourceReport]:
 
 
 def merged_messages(parts: Sequence[Verdicts]) -> Iterator[tuple[int, ManifestMessage]]:
-    """Every message in global order: a k-way merge of the shards' sorted lists."""
-    return heapq.merge(*(zip(v.pos, v.messages, strict=True) for v in parts), key=lambda pm: pm[0])
+    """Every message in global order: a k-way merge of the shards' sorted streams."""
+    return heapq.merge(*(zip(map(int, v.pos), v.iter_messages(), strict=True) for v in parts), key=lambda pm: pm[0])
 
 
 @dataclass(slots=True)
@@ -942,11 +954,11 @@ def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: s
     v = merge_verdicts(parts)
     policy = plan.policy
     # the review messages only, in global order: what the review groups are made of
-    review = [(at, m) for at, m in merged_messages(parts) if m.verdict is Verdict.review]
+    review = list(heapq.merge(*(p.review for p in parts), key=lambda r: r[0]))
     sources = _source_reports(v.sources)
-    review_groups = group_review([m for _, m in review], quoted=[v.quoted[at] for at, _ in review],
+    review_groups = group_review([m for _, m, _ in review], quoted=[q for _, _, q in review],
                                  spam_ips={s.client_ip for s in sources})
-    groups = {at: m.review_group for at, m in review if m.review_group is not None}
+    groups = {at: m.review_group for at, m, _ in review if m.review_group is not None}
     campaigns = [_campaign(c, v.campaigns[c], dec.campaigns[c]) for c in range(1, len(plan.campaign_labels) + 1)]
     manifest = Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),

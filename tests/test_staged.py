@@ -100,3 +100,51 @@ def test_a_campaigns_phrase_does_not_change_with_the_processs_hash_seed() -> Non
     seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 5)}
     assert seen == {"aaaa bbbb cccc dddd\n"}
+
+
+@pytest.mark.slow
+def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_again(
+        corpus, policy: SitePolicy, tmp_path: Path) -> None:
+    import zstandard
+
+    from pipeline import queues
+    from pipeline.manifest_io import read_manifest
+    from pipeline.service.triage import run_step, triage_incident
+    from pipeline.shards import ShardMeta
+    from pipeline.store import LocalStore
+
+    ham, spam = corpus
+    snap = write_canonical(generate(ham, spam, n=400, seed=11), tmp_path / "snap.tar.gz")
+    _, records, _ = read_and_parse(snap, policy)
+    store = LocalStore(tmp_path / "store")
+    rng = random.Random(2)
+    raw = _copy(records)
+    rng.shuffle(raw)  # the shards hold the messages in no particular order
+    for r in raw:
+        r.id = ""  # as the parse step writes them: ids are the plan's
+    shards = [f"mx1.snap.part-{i:04d}-of-0003" for i in (1, 2, 3)]
+    for i, shard in enumerate(shards):
+        part = raw[i::3]
+        store.put(queues.shard_meta_key("inc", shard), ShardMeta(
+            incident="inc", host="mx1", source="incoming/inc/mx1/x", shard=shard, part=i + 1, parts=3,
+            format="canonical", members_read=len(part), messages=len(part)).model_dump_json().encode())
+        store.put(queues.parsed_key("inc", shard), zstandard.ZstdCompressor().compress(
+            b"".join(r.model_dump_json().encode() + b"\n" for r in part)))
+    assert "messages from 3 shard(s)" in triage_incident(store, "inc", policy, "me").summary
+    used, pinfo = effective_policy(policy, None, None, records)
+    oracle = reference_decide.decide(_copy(records), used, "inc", read_manifest(store, "inc").snapshot, [],
+                                     policy_info=pinfo)
+    assert manifest_bytes(read_manifest(store, "inc")) == manifest_bytes(oracle)
+    # every step again: the same keys, the same bytes
+    before = {k: store.get(k) for k in store.list("state/inc/triage/")}
+    before.update({k: store.get(k) for k in store.list("manifests/inc/")})
+    assert run_step("plan", store, "inc", None, policy).shards == shards
+    for step in ("facts", "decide", "verdicts", "summary"):
+        for s in (shards if step in ("facts", "verdicts") else [None]):
+            run_step(step, store, "inc", s, policy)
+    after = {k: store.get(k) for k in [*store.list("state/inc/triage/"), *store.list("manifests/inc/")]}
+    assert after == before and len(before) == 1 + 3 + 1 + 3 + 2
+    with pytest.raises(ValueError, match="needs a shard"):
+        run_step("facts", store, "inc", None, policy)
+    with pytest.raises(ValueError, match="not a triage step"):
+        run_step("bogus", store, "inc", None, policy)
