@@ -40,6 +40,10 @@ class StoreError(SpoolsweepError):
     """The store refused the operation:"""
 
 
+class ShardError(SpoolsweepError):
+    """The parsed shard cannot be read:"""
+
+
 class InstructionRefused(SpoolsweepError):
     """The instruction was refused:"""
 

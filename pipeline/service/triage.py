@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 
-import zstandard
-
 from pipeline import queues
+from pipeline.columnar import read_records
 from pipeline.errors import StoreError
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
@@ -25,7 +24,7 @@ from pipeline.triage import decide, prepare
 
 def parsed_shards(store: Store, incident: str) -> list[str]:
     """The shards of an incident parsed so far, in part order."""
-    found = (queues.shard_of_parsed_key(k) for k in store.list(queues.parsed_prefix(incident)))
+    found = {queues.shard_of_parsed_key(k) for k in store.list(queues.parsed_prefix(incident))}
     return sorted((s for s in found if s is not None), key=_order)
 
 
@@ -34,11 +33,21 @@ def _order(shard: str) -> tuple[str, int]:
     return n.group, n.part
 
 
+def shard_data(store: Store, incident: str, shard: str) -> bytes:
+    """A parsed shard's bytes: its Parquet file, or the JSON lines of a shard parsed before (pipeline.columnar
+    reads both)."""
+    key = queues.parsed_key(incident, shard)
+    if not store.exists(key):
+        legacy = queues.legacy_parsed_key(incident, shard)
+        if store.exists(legacy):
+            key = legacy
+    return store.get(key)
+
+
 def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedRecord]:
     out: list[ParsedRecord] = []
     for shard in shards:
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(store.get(queues.parsed_key(incident, shard)))
-        out.extend(ParsedRecord.model_validate_json(line) for line in data.splitlines() if line.strip())
+        out.extend(read_records(shard_data(store, incident, shard)))
     return out
 
 
