@@ -95,8 +95,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
     attachment or image digest) shared within one template shape, under the guard of `_merge`; a
     weak link never joins two groups that are `large` already (`_guarded`).
 
-    Exact duplicates are folded first and the rest is put in a canonical order (by content), so the
-    labels do not depend on the input order. Cost: one sort, `bands` hash groupings and a
+    Exact duplicates are folded first and the rest is put in a canonical order (by the digest of its
+    features, `feature_digest`), so the labels do not depend on the input order or on how the
+    input was cut into shards. Cost: one sort, `bands` hash groupings and a
     fixed-size comparison per message and band: linear in the number of distinct messages.
     """
 
@@ -156,24 +157,33 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         empty = np.empty((0, 2), dtype=np.int64)
         if rows.size < 2:
             return empty, empty
-        S = sketches if rows.size == len(sketches) else sketches[rows]
+        whole = rows.size == len(sketches)
+        n = len(rows)
         r = SKETCH_PERM // self.bands
-        pairs: list[np.ndarray] = []
+        # candidate pairs as one number each (message * n + its bucket's head), deduplicated band by
+        # band: memory follows the distinct pairs, not bands x messages
+        found = np.empty(0, dtype=np.int64)
         for b in range(self.bands):
-            band = np.ascontiguousarray(S[:, b * r:(b + 1) * r]).view(np.dtype((np.void, 4 * r))).ravel()
+            cols = sketches[:, b * r:(b + 1) * r] if whole else sketches[rows, b * r:(b + 1) * r]
+            band = np.ascontiguousarray(cols).view(np.dtype((np.void, 4 * r))).ravel()
             _, bucket = np.unique(band, return_inverse=True)
             bucket = bucket.ravel()
+            del band
             # each message is compared with its bucket's first member (rows are in canonical order)
-            head = np.full(int(bucket.max()) + 1, len(rows), dtype=np.int64)
-            np.minimum.at(head, bucket, np.arange(len(rows)))
+            head = np.full(int(bucket.max()) + 1, n, dtype=np.int64)
+            np.minimum.at(head, bucket, np.arange(n))
             rep = head[bucket]
-            cand = np.flatnonzero(rep != np.arange(len(rows)))
+            cand = np.flatnonzero(rep != np.arange(n))
             if cand.size:
-                pairs.append(np.stack([cand, rep[cand]], axis=1))
-        if not pairs:
+                found = np.unique(np.concatenate([found, cand * n + rep[cand]]))
+        if not found.size:
             return empty, empty
-        P = np.unique(np.concatenate(pairs), axis=0)
-        sim = (S[P[:, 0]] == S[P[:, 1]]).mean(axis=1)
+        P = np.stack([found // n, found % n], axis=1)
+        del found
+        # the sketches compared a slice of pairs at a time: two rows of 64 values a pair would be
+        # hundreds of megabytes at a million messages
+        sim = np.concatenate([(sketches[rows[P[i:i + 65536, 0]]] == sketches[rows[P[i:i + 65536, 1]]]).mean(axis=1)
+                              for i in range(0, len(P), 65536)])
         P = rows[P]
         return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 

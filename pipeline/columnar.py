@@ -76,30 +76,44 @@ def _packed_sketch(sketch: Sequence[int]) -> bytes | None:
     return np.asarray(sketch, dtype="<u4").tobytes()
 
 
-def _columns(records: Sequence[ParsedRecord]) -> dict[str, list[object]]:
-    cols: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
+def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str, list[object]]:
+    cols: dict[str, list[object]] = {name: [] for name in names}
+    want = set(names)
+    policy = want & set(POLICY)
     for r in records:
-        packed = _packed_sketch(r.sketch)
-        top_by, account, domain, hops = message_evidence(r)
-        cols["path"].append(r.path)
-        cols["sha256"].append(r.sha256)
-        cols["digest"].append(feature_digest(r.text, r.keys, r.shape, r.sketch))
-        cols["sketch"].append(packed)
-        cols["keys"].append(list(r.keys))
-        cols["shape"].append(r.shape)
-        cols["text"].append(r.text)
-        cols["top_by"].append(top_by)
-        cols["account"].append(account)
-        cols["domain"].append(domain)
-        cols["hop_by"].append([b for b, _ in hops] if hops else None)
-        cols["hop_user"].append([u for _, u in hops] if hops else None)
-        cols["record"].append(r.model_dump_json(exclude=set(_OWN) if packed is not None else set(_OWN[:-1])))
+        packed = _packed_sketch(r.sketch) if want & {"sketch", "record"} else None
+        if "path" in want:
+            cols["path"].append(r.path)
+        if "sha256" in want:
+            cols["sha256"].append(r.sha256)
+        if "digest" in want:
+            cols["digest"].append(feature_digest(r.text, r.keys, r.shape, r.sketch))
+        if "sketch" in want:
+            cols["sketch"].append(packed)
+        if "keys" in want:
+            cols["keys"].append(list(r.keys))
+        if "shape" in want:
+            cols["shape"].append(r.shape)
+        if "text" in want:
+            cols["text"].append(r.text)
+        if policy:
+            top_by, account, domain, hops = message_evidence(r)
+            for name, value in (("top_by", top_by), ("account", account), ("domain", domain),
+                                ("hop_by", [b for b, _ in hops] if hops else None),
+                                ("hop_user", [u for _, u in hops] if hops else None)):
+                if name in want:
+                    cols[name].append(value)
+        if "record" in want:
+            cols["record"].append(r.model_dump_json(exclude=set(_OWN) if packed is not None else set(_OWN[:-1])))
     return cols
 
 
-def table_of(records: Sequence[ParsedRecord]) -> pa.Table:
-    """The shard's columns as an Arrow table (what `shard_bytes` writes)."""
-    return pa.Table.from_pydict(_columns(records), schema=SCHEMA)
+def table_of(records: Sequence[ParsedRecord], columns: Sequence[str] | None = None) -> pa.Table:
+    """The shard's columns (all, or those named) as an Arrow table: what `shard_bytes` writes, or
+    what a reduce reads of records held in memory (pipeline.plan.plan_step takes either)."""
+    names = list(SCHEMA.names if columns is None else columns)
+    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(n) for n in names])
+    return pa.Table.from_pydict(_columns(records, names), schema=schema)
 
 
 def shard_bytes(records: Sequence[ParsedRecord]) -> bytes:

@@ -17,7 +17,7 @@ from pipeline.errors import ShardError
 from pipeline.generator import generate, write_canonical
 from pipeline.models import Envelope, ParsedRecord, RawMessage, ReceivedHop
 from pipeline.parse import parse_found
-from pipeline.plan import apply, load_plan, plan_step, write_plan
+from pipeline.plan import COLUMNS, apply, load_plan, plan_step, rows_bytes, summary_bytes, write_plan
 from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
@@ -172,6 +172,11 @@ def test_the_plan_is_stored_and_loaded(corpus_records, policy, tmp_path) -> None
         a, b = plan.rows[s], back.rows[s]
         assert a.ids() == b.ids() and all((getattr(a, f) == getattr(b, f)).all()
                                           for f in ("position", "names", "label", "campaign"))
+    # records held in memory, as tables of the plan's columns: the same plan
+    tables = {s: columnar.table_of(columnar.read_records(d), COLUMNS) for s, d in shards.items()}
+    mem = plan_step("inc", list(shards), tables.__getitem__, policy, "site.toml")
+    assert summary_bytes(mem) == summary_bytes(plan) and all(rows_bytes(mem.rows[s]) == rows_bytes(plan.rows[s])
+                                                             for s in shards)
     one = load_plan(store, "inc", [plan.shards[1]])
     assert list(one.rows) == [plan.shards[1]]
     # written again, the same bytes

@@ -16,32 +16,11 @@ from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
 from pipeline.policy import SitePolicy
 from pipeline.service import StepResult
-from pipeline.shards import ShardMeta, missing, parse_shard
+from pipeline.service.plan import parsed_shards, shard_data
+from pipeline.shards import ShardMeta, missing
 from pipeline.sitepolicy import effective_policy
 from pipeline.store import Store
 from pipeline.triage import decide, prepare
-
-
-def parsed_shards(store: Store, incident: str) -> list[str]:
-    """The shards of an incident parsed so far, in part order."""
-    found = {queues.shard_of_parsed_key(k) for k in store.list(queues.parsed_prefix(incident))}
-    return sorted((s for s in found if s is not None), key=_order)
-
-
-def _order(shard: str) -> tuple[str, int]:
-    n = parse_shard(shard)
-    return n.group, n.part
-
-
-def shard_data(store: Store, incident: str, shard: str) -> bytes:
-    """A parsed shard's bytes: its Parquet file, or the JSON lines of a shard parsed before (pipeline.columnar
-    reads both)."""
-    key = queues.parsed_key(incident, shard)
-    if not store.exists(key):
-        legacy = queues.legacy_parsed_key(incident, shard)
-        if store.exists(legacy):
-            key = legacy
-    return store.get(key)
 
 
 def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedRecord]:
