@@ -31,9 +31,8 @@ def _rss_mb() -> float:
 
 def _prepare(args: argparse.Namespace, out: Path) -> Path:
     """The store with the incident's parsed shards (made once per size, style and shard count)."""
-    import zstandard
-
     from pipeline import queues
+    from pipeline.columnar import shard_bytes
     from pipeline.generator import find_corpus, iter_incident, load_corpus, write_canonical
     from pipeline.policy import load_policy
     from pipeline.shards import ShardMeta
@@ -61,8 +60,7 @@ def _prepare(args: argparse.Namespace, out: Path) -> Path:
                          part=i + 1, parts=k, format="canonical", members_read=len(part), messages=len(part),
                          skipped=[], defects=[], site=None)
         store.put(queues.shard_meta_key(INCIDENT, shard), meta.model_dump_json().encode())
-        store.put(queues.parsed_key(INCIDENT, shard), zstandard.ZstdCompressor(level=3).compress(
-            b"".join(r.model_dump_json().encode() + b"\n" for r in part)))
+        store.put(queues.parsed_key(INCIDENT, shard), shard_bytes(part))
     done.write_text("ok")
     return root
 

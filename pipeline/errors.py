@@ -44,6 +44,10 @@ class ManifestError(SpoolsweepError):
     """The manifest cannot be read whole (nothing is approved or dispatched from it):"""
 
 
+class ShardError(SpoolsweepError):
+    """The parsed shard cannot be read:"""
+
+
 class InstructionRefused(SpoolsweepError):
     """The instruction was refused:"""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zstandard
@@ -67,9 +67,11 @@ from pipeline.verdicts import (
     resolved,
 )
 
+if TYPE_CHECKING:
+    from pipeline.plan import Plan as StoredPlan
+
 LABEL_SAMPLE = 100  # members whose words make a campaign's label
 SUBJECT_SAMPLE = 1000  # members whose subjects give a campaign's sample subjects
-DUPLICATE = "duplicate member name in archive"
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -132,19 +134,24 @@ class ShardPlan:
 
     pos: np.ndarray  # int64: each row's position in the global order
     label: np.ndarray  # int64: each row's grouping label
-    ids: list[str] | None = None  # each row's id (None: the records carry theirs already)
-    dup: np.ndarray | None = None  # int64: members named like this row when more than one, else 0
 
 
 @dataclass(slots=True)
 class Plan:
-    """What every step needs to know of the whole incident: order, labels, campaigns, the policy."""
+    """What every step needs to know of the whole incident: order, labels, campaigns, the policy (the
+    plan step's, pipeline.plan.Plan, as the steps read it: `Plan.of`)."""
 
     n: int
     policy: SitePolicy
     info: PolicyInfo | None
     campaign_labels: list[int]  # the label of campaign id c is campaign_labels[c - 1]
-    shards: dict[str, ShardPlan]
+    shards: dict[str, ShardPlan]  # the rows of the shards loaded
+    names: list[str] = field(default_factory=list)  # every shard of the incident, in part order
+
+    @classmethod
+    def of(cls, p: StoredPlan) -> Plan:
+        return cls(p.total, p.policy, p.policy_info, list(p.campaign_labels),
+                   {s: ShardPlan(r.position, r.label) for s, r in p.rows.items()}, list(p.shards))
 
     def cids(self, label: np.ndarray) -> np.ndarray:
         """Each row's campaign id (0: in no campaign)."""
@@ -157,30 +164,6 @@ class Plan:
             hit = labs[order][at] == label
             out[hit] = order[at[hit]] + 1
         return out
-
-    def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"n": self.n, "policy": self.policy.model_dump(mode="json"),
-                                "fields_set": sorted(self.policy.model_fields_set),
-                                "info": self.info.model_dump(mode="json") if self.info else None,
-                                "campaign_labels": self.campaign_labels, "shards": {}}
-        for k, (name, sp) in enumerate(self.shards.items()):
-            meta["shards"][name] = {"k": k, "ids": sp.ids}
-            arrays[f"pos{k}"], arrays[f"label{k}"] = sp.pos, sp.label
-            if sp.dup is not None:
-                arrays[f"dup{k}"] = sp.dup
-        return _pack(meta, arrays)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Plan:
-        meta, arrays = _unpack(data)
-        policy = SitePolicy.model_validate(meta["policy"])
-        # which keys were given matters to nothing downstream, but keep the policy as it was
-        object.__setattr__(policy, "__pydantic_fields_set__", set(meta["fields_set"]))
-        shards = {name: ShardPlan(arrays[f"pos{v['k']}"], arrays[f"label{v['k']}"], v["ids"],
-                                  arrays.get(f"dup{v['k']}")) for name, v in meta["shards"].items()}
-        return cls(meta["n"], policy, PolicyInfo.model_validate(meta["info"]) if meta["info"] else None,
-                   list(meta["campaign_labels"]), shards)
 
 
 def campaign_labels(labels: np.ndarray, min_size: int) -> list[int]:
@@ -208,20 +191,7 @@ def plan_records(records: Sequence[ParsedRecord], policy: SitePolicy, info: Poli
     if parts is None:
         parts = [("0", np.arange(n, dtype=np.int64))]
     shards = {name: ShardPlan(np.asarray(pos, dtype=np.int64), labels[pos]) for name, pos in parts}
-    return Plan(n, policy, info, campaign_labels(labels, policy.thresholds.campaign_min_size), shards)
-
-
-def apply_plan(records: Sequence[ParsedRecord], sp: ShardPlan) -> None:
-    """Give a shard's freshly read records the ids and duplicate-name defects the plan found (see
-    pipeline.triage.prepare)."""
-    if sp.ids is not None:
-        for r, rid in zip(records, sp.ids, strict=True):
-            r.id = rid
-    if sp.dup is not None:
-        for r, k in zip(records, sp.dup.tolist(), strict=True):
-            if k > 1:
-                r.defects = [d for d in r.defects if d != DUPLICATE]
-                r.defects.append(f"{DUPLICATE}: {k} members are named {r.path!r}")
+    return Plan(n, policy, info, campaign_labels(labels, policy.thresholds.campaign_min_size), shards, list(shards))
 
 
 # ---- facts (map) ----------------------------------------------------------------------------------------

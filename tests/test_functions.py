@@ -207,7 +207,7 @@ def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, p
     incoming = sorted(store.list("incoming/big/mx1/"))
     assert whole in incoming and len(incoming) == 4  # the evidence, and its three parts
     assert sorted(store.list("parsed/big/")) == [
-        f"parsed/big/mx1.small.part-000{i}-of-0003.jsonl.zst" for i in (1, 2, 3)]
+        f"parsed/big/mx1.small.part-000{i}-of-0003.parquet" for i in (1, 2, 3)]
     m = read_manifest(store, "big")
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in triage(small_incident, policy,
                                                                                       workers=1).messages}
@@ -381,7 +381,7 @@ def test_a_handler_that_dies_half_way_is_retried_and_completes(home, small_incid
     parse_snapshot.handler.reset()
     rec = _rec(home, key, "p1")
     assert "killed" in invoke("parse", [rec]).failed["p1"]
-    assert not store.exists("parsed/crash/mx1.small.jsonl.zst")
+    assert not store.exists("parsed/crash/mx1.small.parquet")
     assert invoke("parse", [rec]).done == ["p1"]
     LocalRunner(home, settle=0).run_until_idle()
     akey = embedded.approve(store, "crash", by="fay").key

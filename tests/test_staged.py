@@ -105,9 +105,8 @@ def test_a_campaigns_phrase_does_not_change_with_the_processs_hash_seed() -> Non
 @pytest.mark.slow
 def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_again(
         corpus, policy: SitePolicy, tmp_path: Path) -> None:
-    import zstandard
-
     from pipeline import queues
+    from pipeline.columnar import shard_bytes
     from pipeline.manifest_io import read_manifest
     from pipeline.service.triage import run_step, triage_incident
     from pipeline.shards import ShardMeta
@@ -128,8 +127,7 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
         store.put(queues.shard_meta_key("inc", shard), ShardMeta(
             incident="inc", host="mx1", source="incoming/inc/mx1/x", shard=shard, part=i + 1, parts=3,
             format="canonical", members_read=len(part), messages=len(part)).model_dump_json().encode())
-        store.put(queues.parsed_key("inc", shard), zstandard.ZstdCompressor().compress(
-            b"".join(r.model_dump_json().encode() + b"\n" for r in part)))
+        store.put(queues.parsed_key("inc", shard), shard_bytes(part))
     assert "messages from 3 shard(s)" in triage_incident(store, "inc", policy, "me").summary
     used, pinfo = effective_policy(policy, None, None, records)
     oracle = reference_decide.decide(_copy(records), used, "inc", read_manifest(store, "inc").snapshot, [],
@@ -143,7 +141,8 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
         for s in (shards if step in ("facts", "verdicts") else [None]):
             run_step(step, store, "inc", s, policy)
     after = {k: store.get(k) for k in [*store.list("state/inc/triage/"), *store.list("manifests/inc/")]}
-    assert after == before and len(before) == 1 + 3 + 1 + 3 + 2
+    # the plan (summary, rows of 3 shards), facts of 3, decide, verdicts of 3; the manifest's summary and part
+    assert after == before and len(before) == 4 + 3 + 1 + 3 + 2
     with pytest.raises(ValueError, match="needs a shard"):
         run_step("facts", store, "inc", None, policy)
     with pytest.raises(ValueError, match="not a triage step"):

@@ -12,42 +12,28 @@ that made it: when that same event is retried after a crash, it may finish the w
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-
-import numpy as np
-import zstandard
 from pydantic import BaseModel, Field
 
+from pipeline import plan as plans
 from pipeline import queues, staged
+from pipeline.columnar import read_records
 from pipeline.errors import StoreError
 from pipeline.manifest_io import write_manifest_parts
 from pipeline.models import ParsedRecord, SnapshotInfo, Verdict
 from pipeline.policy import SitePolicy
 from pipeline.service import StepResult
-from pipeline.shards import ShardMeta, missing, parse_shard
-from pipeline.sitepolicy import effective_policy
-from pipeline.staged import Decisions, Facts, Plan, ShardPlan, Verdicts, apply_plan, campaign_labels, group_labels
+from pipeline.service.plan import first_site, parsed_shards, plan_incident, shard_data, shard_metas
+from pipeline.shards import ShardMeta, missing
+from pipeline.staged import Decisions, Facts, Verdicts
 from pipeline.store import Store
-from pipeline.triage import prepare
 
-
-def parsed_shards(store: Store, incident: str) -> list[str]:
-    """The shards of an incident parsed so far, in part order."""
-    found = (queues.shard_of_parsed_key(k) for k in store.list(queues.parsed_prefix(incident)))
-    return sorted((s for s in found if s is not None), key=_order)
-
-
-def _order(shard: str) -> tuple[str, int]:
-    n = parse_shard(shard)
-    return n.group, n.part
+__all__ = ["StepOutput", "load_records", "parsed_shards", "run_step", "snapshot_info", "triage_incident"]
 
 
 def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedRecord]:
     out: list[ParsedRecord] = []
     for shard in shards:
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(store.get(queues.parsed_key(incident, shard)))
-        out.extend(ParsedRecord.model_validate_json(line) for line in data.splitlines() if line.strip())
+        out.extend(read_records(shard_data(store, incident, shard)))
     return out
 
 
@@ -70,48 +56,10 @@ class StepOutput(BaseModel):
     count: int = 0
 
 
-def _plan(store: Store, incident: str, policy: SitePolicy, policy_source: str | None) -> StepOutput:
-    """Today's plan over every record of every shard (order, ids, duplicates, the effective policy,
-    grouping labels). The one place the records of the whole incident are loaded at once."""
-    shards = parsed_shards(store, incident)
-    todo = missing(shards)
-    if todo:
-        return StepOutput(message=f"waiting for {len(todo)} shard(s), e.g. {todo[0]}")
-    metas = _metas(store, incident, shards)
-    per = [load_records(store, incident, [s]) for s in shards]
-    flat = [r for recs in per for r in recs]
-    where = {id(r): (k, i) for k, recs in enumerate(per) for i, r in enumerate(recs)}
-    prepare(flat)
-    sites = [m.site for m in metas if m.site]
-    used, pinfo = effective_policy(policy, policy_source, sites[0] if sites else None, flat)
-    labels = group_labels(flat, used)
-    names = Counter(r.path for r in flat)
-    pos = [np.zeros(len(recs), dtype=np.int64) for recs in per]
-    lab = [np.zeros(len(recs), dtype=np.int64) for recs in per]
-    dup = [np.zeros(len(recs), dtype=np.int64) for recs in per]
-    ids: list[list[str]] = [[""] * len(recs) for recs in per]
-    for g, r in enumerate(flat):
-        k, i = where[id(r)]
-        pos[k][i], lab[k][i], ids[k][i] = g, labels[g], r.id
-        dup[k][i] = names[r.path] if names[r.path] > 1 else 0
-    plan = Plan(len(flat), used, pinfo, campaign_labels(labels, used.thresholds.campaign_min_size),
-                {s: ShardPlan(pos[k], lab[k], ids[k], dup[k]) for k, s in enumerate(shards)})
-    store.put(queues.triage_step_key(incident, "plan"), plan.to_bytes())
-    return StepOutput(shards=shards, message=f"planned {len(flat)} messages in {len(shards)} shard(s), "
-                      f"{len(plan.campaign_labels)} campaign(s)", count=len(flat))
-
-
-def _metas(store: Store, incident: str, shards: list[str]) -> list[ShardMeta]:
-    return [ShardMeta.model_validate_json(store.get(queues.shard_meta_key(incident, s))) for s in shards]
-
-
-def load_plan(store: Store, incident: str) -> Plan:
-    return Plan.from_bytes(store.get(queues.triage_step_key(incident, "plan")))
-
-
-def _shard_records(store: Store, incident: str, shard: str, plan: Plan) -> list[ParsedRecord]:
-    records = load_records(store, incident, [shard])
-    apply_plan(records, plan.shards[shard])
+def _shard_records(store: Store, incident: str, shard: str, stored: plans.Plan) -> list[ParsedRecord]:
+    """A shard's records with the ids and duplicate-name defects the plan gave them."""
+    records = read_records(shard_data(store, incident, shard))
+    plans.apply(records, stored.rows[shard])
     return records
 
 
@@ -124,12 +72,16 @@ def run_step(step: str, store: Store, incident: str, shard: str | None, policy: 
     if (shard is None) == (step in ("facts", "verdicts")):
         raise ValueError(f"triage step {step!r} " + ("needs a shard" if shard is None else "takes no shard"))
     if step == "plan":
-        return _plan(store, incident, policy, policy_source)
-    plan = load_plan(store, incident)
-    shards = list(plan.shards)
+        p = plan_incident(store, incident, policy, policy_source)
+        return StepOutput(shards=p.shards, message=f"planned {p.total} messages in {len(p.shards)} shard(s), "
+                          f"{len(p.campaign_labels)} campaign(s)", count=p.total)
+    # a map step needs its shard's rows of the plan; `decide` every shard's; `summary` none
+    stored = plans.load_plan(store, incident, [shard] if shard else () if step == "summary" else None)
+    plan = staged.Plan.of(stored)
+    shards = plan.names
     if step == "facts":
         assert shard is not None
-        out = staged.facts(_shard_records(store, incident, shard, plan), plan, shard)
+        out = staged.facts(_shard_records(store, incident, shard, stored), plan, shard)
         store.put(queues.triage_step_key(incident, "facts", shard), out.to_bytes())
         return StepOutput(message=f"facts of {len(out.pos)} messages of {shard}", count=len(out.pos))
     if step == "decide":
@@ -141,15 +93,12 @@ def run_step(step: str, store: Store, incident: str, shard: str | None, policy: 
     dec = Decisions.from_bytes(store.get(queues.triage_step_key(incident, "decide")))
     if step == "verdicts":
         assert shard is not None
-        v = staged.verdicts(_shard_records(store, incident, shard, plan), plan, shard, dec)
+        v = staged.verdicts(_shard_records(store, incident, shard, stored), plan, shard, dec)
         store.put(queues.triage_step_key(incident, "verdicts", shard), v.to_bytes())
         return StepOutput(message=f"verdicts of {len(v.pos)} messages of {shard}", count=len(v.pos))
     vs = [Verdicts.from_bytes(store.get(queues.triage_step_key(incident, "verdicts", s))) for s in shards]
-    metas = _metas(store, incident, shards)
-    defects = [d for m in metas for d in m.defects]
-    sites = [m.site for m in metas if m.site]
-    if len({json.dumps(x, sort_keys=True) for x in sites}) > 1:
-        defects.append(f"{len(sites)} shards recorded different MTA configurations; the first one's is used")
+    metas = shard_metas(store, incident, shards)
+    defects = [d for m in metas for d in m.defects] + first_site(metas)[1]
     s = staged.summarize(vs, dec, plan, incident, snapshot_info(metas), defects)
     # the message parts streamed in global order, then manifest.json, last
     out_key = write_manifest_parts(store, s.manifest, staged.messages_of(vs, s))
