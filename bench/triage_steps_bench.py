@@ -26,6 +26,13 @@ INCIDENT = "bench"
 
 
 def _rss_mb() -> float:
+    """This process's own peak RSS: VmHWM, which exec resets (ru_maxrss keeps the forking parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
