@@ -530,7 +530,7 @@ def _profiles(t: Table) -> dict[str, AccountProfile]:
     return profiles
 
 
-def decide_campaigns(parts: Sequence[Facts], plan: Plan, progress: Progress = _noop) -> Decisions:
+def decide_campaigns(parts: Sequence[Facts], plan: Plan) -> Decisions:
     """The reduce step `decide`: campaign decisions (twice: the second sees the accounts found stolen),
     account profiles, the clients that fed spam, and the labels of spam campaigns."""
     t, ext_a, ext_r = _table(parts, plan)
@@ -574,7 +574,6 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan, progress: Progress = _n
     ipc, nd = np.unique(pair[:, 0], return_counts=True)
     forging = ipc[nd > 2]
     abusive = {t.ips[int(i)] for i in np.union1d(fed, forging.astype(np.int64)).tolist()}
-    del progress
     return Decisions(decisions, profiles, external, abusive, spam_labels)
 
 
