@@ -124,7 +124,6 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         n = len(first)
         copies = np.bincount(inverse, minlength=n)
         has = g.has_sketch[first]
-        S = g.sketch[first]
         # the keys of each distinct message, as (template-and-key bucket, message) pairs
         canon = np.full(len(g.digest), -1, dtype=np.int64)
         canon[first] = np.arange(n)
@@ -137,8 +136,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         else:
             bucket = np.empty(0, dtype=np.int64)
 
-        strong, weak = self._text_edges(S, has)
-        strong, weak = self._unbridge(S, strong, weak)
+        # sketches are read where they are (g.sketch[first[i]] is distinct message i's): no copy of them
+        strong, weak = self._text_edges(g.sketch, first, has)
+        strong, weak = self._unbridge(g.sketch, first, strong, weak)
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
@@ -151,20 +151,21 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         self.labels_ = labels.ravel()[inverse].astype(np.int64)
         return self
 
-    def _text_edges(self, sketches: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(strong, weak) edges (i, j) between distinct messages, from LSH candidates verified on the sketches."""
+    def _text_edges(self, sketches: np.ndarray, at: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(strong, weak) edges (i, j) between distinct messages, from LSH candidates verified on the
+        sketches (message i's is sketches[at[i]], if has[i])."""
         rows = np.flatnonzero(has)
         empty = np.empty((0, 2), dtype=np.int64)
         if rows.size < 2:
             return empty, empty
-        whole = rows.size == len(sketches)
+        src = at[rows]
         n = len(rows)
         r = SKETCH_PERM // self.bands
         # candidate pairs as one number each (message * n + its bucket's head), deduplicated band by
         # band: memory follows the distinct pairs, not bands x messages
         found = np.empty(0, dtype=np.int64)
         for b in range(self.bands):
-            cols = sketches[:, b * r:(b + 1) * r] if whole else sketches[rows, b * r:(b + 1) * r]
+            cols = sketches[src, b * r:(b + 1) * r]
             band = np.ascontiguousarray(cols).view(np.dtype((np.void, 4 * r))).ravel()
             _, bucket = np.unique(band, return_inverse=True)
             bucket = bucket.ravel()
@@ -182,12 +183,12 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         del found
         # the sketches compared a slice of pairs at a time: two rows of 64 values a pair would be
         # hundreds of megabytes at a million messages
-        sim = np.concatenate([(sketches[rows[P[i:i + 65536, 0]]] == sketches[rows[P[i:i + 65536, 1]]]).mean(axis=1)
+        sim = np.concatenate([(sketches[src[P[i:i + 65536, 0]]] == sketches[src[P[i:i + 65536, 1]]]).mean(axis=1)
                               for i in range(0, len(P), 65536)])
         P = rows[P]
         return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 
-    def _unbridge(self, S: np.ndarray, strong: np.ndarray,
+    def _unbridge(self, sketches: np.ndarray, at: np.ndarray, strong: np.ndarray,
                   weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tier 1 under the bridge guard: a message alike to texts that are not alike to one another
         (one carrying two runs' texts) links nothing by itself; its strong edges become weak evidence,
@@ -199,8 +200,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # each message's neighbours against its first neighbour (the lowest in canonical order)
         starts = np.flatnonzero(np.r_[True, both[1:, 0] != both[:-1, 0]])
         anchor = np.repeat(both[starts, 1], np.diff(np.r_[starts, len(both)]))
-        x, y = both[:, 1], anchor
-        alike = np.concatenate([(S[x[i:i + 65536]] == S[y[i:i + 65536]]).mean(axis=1)
+        x, y = at[both[:, 1]], at[anchor]
+        alike = np.concatenate([(sketches[x[i:i + 65536]] == sketches[y[i:i + 65536]]).mean(axis=1)
                                 for i in range(0, len(x), 65536)])
         bridges = np.unique(both[alike < self.weak_threshold, 0])
         if not bridges.size:

@@ -183,3 +183,22 @@ def test_the_plan_is_stored_and_loaded(corpus_records, policy, tmp_path) -> None
     before = {k: store.get(k) for k in keys}
     write_plan(store, plan_step("inc", list(shards), shards.__getitem__, policy, "site.toml"))
     assert {k: store.get(k) for k in keys} == before
+
+
+def test_a_plan_over_an_empty_shard_and_one_written_before(corpus_records, policy) -> None:
+    """An unreadable snapshot's shard holds no record; a shard parsed before is JSON lines: neither changes
+    the plan of the others."""
+    recs = corpus_records[:120]
+    new = _cut(recs, 2)
+    legacy = dict(new)
+    first = next(iter(legacy))
+    legacy[first] = zstandard.ZstdCompressor().compress(b"".join(r.model_dump_json().encode() + b"\n"
+                                                                 for r in recs[:60]))
+    legacy["mx1.empty"] = columnar.shard_bytes([])
+    a = plan_step("inc", list(new), new.__getitem__, policy)
+    b = plan_step("inc", list(legacy), legacy.__getitem__, policy)
+    assert b.messages == [60, 60, 0] and len(b.rows["mx1.empty"]) == 0
+    assert a.campaign_sizes == b.campaign_sizes and a.policy_info == b.policy_info
+    for s in new:
+        assert rows_bytes(a.rows[s]) == rows_bytes(b.rows[s])
+    assert plan_step("inc", [], {}.__getitem__, policy).total == 0
