@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import queues
 from pipeline.errors import ManifestError, PoisonEvent
-from pipeline.instructions import effective_verdicts, generate_keypair
+from pipeline.instructions import Approval, approval_from_manifest, effective_verdicts, generate_keypair
 from pipeline.manifest_io import ManifestReader, manifest_bytes, put_manifest, read_manifest, write_manifest
 from pipeline.models import (
     Campaign,
@@ -124,8 +124,11 @@ def test_approve_and_dispatch_over_parts(parted, tmp_path) -> None:
     ov = effective_verdicts(ManifestReader(store, INC), changes)
     assert ov == effective_verdicts(m, changes) and len(ov) == 3
     done = approve(store, INC, "alice", overrides=ov, changes=changes)
-    assert (len(done.approval.replay), len(done.approval.purge), len(done.approval.hold)) == (4, 9, 0)
+    assert (done.approval.replay, done.approval.purge, done.approval.hold) == (4, 9, 0)
     assert done.approval.manifest_sha256 == hashlib.sha256(store.get(queues.manifest_key(INC))).hexdigest()
+    a = Approval.model_validate_json(store.get(done.key))  # written as a stream: the same approval as made whole
+    assert store.get(done.key) == Approval.__pydantic_serializer__.to_json(approval_from_manifest(
+        m, a.manifest_sha256, HOST, "alice", a.approved_at, a.approval_id, changes=changes))
     store.put(queues.decisions_key(INC), json.dumps({"log": changes}).encode())
     priv, _ = generate_keypair()
     chan = LocalChannel(tmp_path / "chan")
@@ -217,3 +220,28 @@ def test_console_says_which_part_is_missing(tmp_path) -> None:
     assert r.status_code == 500 and key in r.json()["error"]
     [row] = c.get("/api/incidents", headers=AUTH).json()["incidents"]
     assert row["status"] == "unreadable manifest" and key in row["error"]
+
+
+def test_dispatch_cuts_the_same_instructions_as_a_whole_approval(parted, tmp_path) -> None:
+    """Streamed, an approval of many messages becomes the same signed parts as the whole one did; an honest
+    approval in an older layout (indented) is still read whole and signed."""
+    from pipeline.instructions import instruction_from_approval
+    from pipeline.service.dispatch import split
+
+    store, m = parted
+    done = approve(store, INC, "alice")
+    a = Approval.model_validate_json(store.get(done.key))
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    want = split(instruction_from_approval(a, issued_at=now, ttl=timedelta(hours=48)), budget=4_000)
+    assert len(want) > 2
+    priv, _ = generate_keypair()
+    for layout in ("canonical", "indented"):
+        if layout == "indented":
+            store.put(done.key, a.model_dump_json(indent=1).encode())
+            for k in list(store.list("instructions/")):
+                (store.root / k).unlink()
+        chan = LocalChannel(tmp_path / layout)
+        r = dispatch(store, chan, done.key, priv, "k", now=now, budget=4_000)
+        assert f"in {len(want)} part(s)" in r.summary
+        got = [json.loads(json.loads(x.body)["payload"]) for x in chan.receive(HOST, max_messages=100)]
+        assert sorted(got, key=lambda x: x["instruction_id"]) == [json.loads(x.model_dump_json()) for x in want]
