@@ -104,6 +104,9 @@ def stage(name: str, root: Path, n: int, per_part: int) -> dict:
         token = "bench-token-" + "x" * 20
         c = TestClient(create_app(root, token, warm=False))
         auth = {"Authorization": f"Bearer {token}"}
+        t1 = time.perf_counter()
+        assert c.get("/api/incidents", headers=auth).status_code == 200
+        out["first load (index)"] = round(time.perf_counter() - t1, 2)
         for path in (f"/api/incidents/{INC}/messages?verdict=spam&page=40", f"/api/incidents/{INC}",
                      f"/api/incidents/{INC}/review-groups", f"/api/incidents/{INC}/messages?q=invoice%204999",
                      f"/api/incidents/{INC}/approval-summary"):
