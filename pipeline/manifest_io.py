@@ -213,8 +213,8 @@ class ManifestReader:
             self._inline, m.messages = m.messages, []
         self.summary = m
         self.parts: list[ManifestPart] = m.parts.items if m.parts else []
-        counted = len(self._inline) if self._inline is not None else sum(p.messages for p in self.parts)
-        if counted != m.totals.messages:
+        counted = sum(p.messages for p in self.parts)
+        if self._inline is None and counted != m.totals.messages:  # a part left out of the list, or one too many
             raise ManifestError(f"{self.key}: holds {counted} messages; its totals say {m.totals.messages}")
         at = 0
         for p in self.parts:
@@ -224,7 +224,7 @@ class ManifestReader:
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # the last parts read, checked
 
     def __len__(self) -> int:
-        return self.summary.totals.messages
+        return len(self._inline) if self._inline is not None else self.summary.totals.messages
 
     @property
     def parted(self) -> bool:
