@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import tempfile
 from collections.abc import Iterator
@@ -80,7 +81,11 @@ def approval_chunks(head: Approval, lists: Lists) -> Iterator[bytes]:
 
 
 def approval_bytes(head: Approval, lists: Lists) -> bytes:
-    return b"".join(approval_chunks(head, lists))
+    # into one growing buffer: b"".join of a generator would hold every piece as an object, then the whole
+    buf = io.BytesIO()
+    for chunk in approval_chunks(head, lists):
+        buf.write(chunk)
+    return buf.getvalue()
 
 
 def head_of(data: bytes) -> Approval | None:
