@@ -123,6 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--per-part", type=int, default=50_000)
+    ap.add_argument("--stages", nargs="+", default=["write", "approve", "dispatch", "console"],
+                    help="which stages, in order (each needs the ones before it)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -131,7 +133,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="spoolsweep-parts-bench-") as tmp:
         print(f"{a.messages:,} synthetic messages, parts of {a.per_part:,}; each stage in its own process")
-        for name in ("write", "approve", "dispatch", "console"):
+        for name in a.stages:
             cp = subprocess.run([sys.executable, __file__, "--stage", name, "--root", tmp, "--messages",
                                  str(a.messages), "--per-part", str(a.per_part)], capture_output=True, text=True,
                                 check=False)
