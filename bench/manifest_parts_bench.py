@@ -81,7 +81,7 @@ def stage(name: str, root: Path, n: int, per_part: int) -> dict:
         from pipeline.manifest_io import write_manifest_parts
 
         write_manifest_parts(store, _summary(n), _messages(n), per_part=per_part)
-        out["parts"] = sum(1 for _ in store.list(f"manifests/{INC}/messages/"))
+        out["parts"] = sum(1 for k in store.list(f"manifests/{INC}/") if k.endswith(".parquet"))
         out["mb"] = sum(f.stat().st_size for f in (root / "manifests" / INC).rglob("*") if f.is_file()) / 2**20
     elif name == "approve":
         from pipeline.service.incidents import approve

@@ -3,7 +3,7 @@
     incoming/<incident>/<host>/<snapshot>          the snapshot (agent or human upload)
     parsed/<incident>/<shard>.jsonl.zst           ParsedRecord lines, one object per shard
     manifests/<incident>/manifest.json            the triage result's summary, written last
-    manifests/<incident>/messages/<n>.parquet     its messages in parts (pipeline.manifest_io), written first
+    manifests/<incident>/messages-<n>.parquet     its messages in parts (pipeline.manifest_io), written first
     blocklists/<incident>/report.json             the blocklist report
     state/<incident>/decisions.json               the review's verdict changes, oldest first
     state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)

@@ -65,7 +65,7 @@ def test_summary_plus_parts_is_the_manifest_of_one_file(tmp_path) -> None:
     key = put_manifest(store, m, per_part=3)
     assert key == queues.manifest_key(INC)
     parts = sorted(k for k in store.list(f"manifests/{INC}/") if k != key)
-    assert parts == [f"manifests/{INC}/messages/{i:05d}.parquet" for i in range(4)]
+    assert parts == [f"manifests/{INC}/messages-{i:05d}.parquet" for i in range(4)]
     # the summary is the one file without `messages`, `parts` in their place: its content is the manifest's
     summary = json.loads(store.get(key))
     whole = json.loads(manifest_bytes(m))
@@ -139,7 +139,7 @@ def test_approve_and_dispatch_over_parts(parted, tmp_path) -> None:
 @pytest.mark.parametrize("harm", ["missing", "changed"])
 def test_a_bad_part_refuses_the_approval_naming_it(parted, harm) -> None:
     store, _ = parted
-    key = f"manifests/{INC}/messages/00002.parquet"
+    key = f"manifests/{INC}/messages-00002.parquet"
     if harm == "missing":
         (store.root / key).unlink()
     else:
@@ -155,7 +155,7 @@ def test_a_bad_part_refuses_the_approval_naming_it(parted, harm) -> None:
 def test_dispatch_refuses_an_approval_whose_manifest_lost_a_part(parted, tmp_path) -> None:
     store, _ = parted
     done = approve(store, INC, "alice")
-    key = f"manifests/{INC}/messages/00001.parquet"
+    key = f"manifests/{INC}/messages-00001.parquet"
     (store.root / key).unlink()
     chan = LocalChannel(tmp_path / "chan")
     with pytest.raises(PoisonEvent, match=key):
@@ -213,7 +213,7 @@ def test_console_pages_and_approves_over_parts(tmp_path) -> None:
 
 def test_console_says_which_part_is_missing(tmp_path) -> None:
     put_manifest(LocalStore(tmp_path), _manifest(), per_part=4)
-    key = f"manifests/{INC}/messages/00001.parquet"
+    key = f"manifests/{INC}/messages-00001.parquet"
     (tmp_path / key).unlink()
     c = _console(tmp_path)
     r = c.get(f"/api/incidents/{INC}/messages", headers=AUTH)
