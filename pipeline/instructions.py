@@ -42,10 +42,11 @@ class Approval(Strict):
     manifest_sha256: str
     approved_by: str
     approved_at: datetime
+    # before the lists: dispatch reads everything up to them without parsing a million messages
+    changes: list[dict[str, Any]] = Field(default_factory=list, description="verdict changes made during review")
     replay: list[ApprovedMessage]
     purge: list[ApprovedMessage]
     hold: list[ApprovedMessage] = Field(default_factory=list, description="left frozen for a human (review)")
-    changes: list[dict[str, Any]] = Field(default_factory=list, description="verdict changes made during review")
 
 
 class Instruction(Strict):

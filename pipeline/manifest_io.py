@@ -1,7 +1,9 @@
 """Write and read manifests: a summary (manifest.json) plus its messages in Parquet parts, complete objects only.
 
     manifest.json               the Manifest without `messages`, with `parts` naming the files that hold them
-    messages/00000.parquet      the first PART_MESSAGES messages in manifest order, then 00001.parquet, ...
+    messages-00000.parquet      the first PART_MESSAGES messages in manifest order, then messages-00001.parquet, ...
+
+Beside the summary, not in a folder under it: a store's manifests/<incident>/<name> keys keep their shape.
 
 Parts are written first and the summary last, so that its presence means the manifest is complete; each part's
 sha256 is in the summary, so the summary's own digest (what an approval names) pins every message. A reader
@@ -144,7 +146,7 @@ def write_manifest_parts(target: Store | str | Path, summary: Manifest, messages
     def flush() -> None:
         nonlocal first, rows
         data = _part_bytes(rows)
-        key = f"messages/{len(items):05d}.parquet"
+        key = f"messages-{len(items):05d}.parquet"
         store.put(base + key, data)
         items.append(ManifestPart(key=key, first=first, messages=len(rows), bytes=len(data),
                                   sha256=hashlib.sha256(data).hexdigest()))
@@ -176,7 +178,7 @@ def put_manifest(target: Store | str | Path, manifest: Manifest, per_part: int =
 
 
 def write_manifest(manifest: Manifest, out: Path, per_part: int = PART_MESSAGES) -> Path:
-    """A manifest into a folder: out/manifest.json plus out/messages/*.parquet."""
+    """A manifest into a folder: out/manifest.json plus out/messages-*.parquet."""
     return Path(out) / put_manifest(Path(out), manifest, per_part)
 
 
@@ -213,8 +215,8 @@ class ManifestReader:
             self._inline, m.messages = m.messages, []
         self.summary = m
         self.parts: list[ManifestPart] = m.parts.items if m.parts else []
-        counted = len(self._inline) if self._inline is not None else sum(p.messages for p in self.parts)
-        if counted != m.totals.messages:
+        counted = sum(p.messages for p in self.parts)
+        if self._inline is None and counted != m.totals.messages:  # a part left out of the list, or one too many
             raise ManifestError(f"{self.key}: holds {counted} messages; its totals say {m.totals.messages}")
         at = 0
         for p in self.parts:
@@ -224,7 +226,7 @@ class ManifestReader:
         self._cache: OrderedDict[int, bytes] = OrderedDict()  # the last parts read, checked
 
     def __len__(self) -> int:
-        return self.summary.totals.messages
+        return len(self._inline) if self._inline is not None else self.summary.totals.messages
 
     @property
     def parted(self) -> bool:

@@ -327,7 +327,7 @@ class PolicyInfo(Model):
 class ManifestPart(Model):
     """One part of a manifest's messages: a Parquet file beside manifest.json."""
 
-    key: str = Field(pattern=r"^messages/[0-9]{5}\.parquet$",
+    key: str = Field(pattern=r"^messages-[0-9]{5}\.parquet$",
                      description="where it is, relative to the folder manifest.json is in")
     first: int = Field(ge=0, description="the position of its first message in the manifest's message order")
     messages: int = Field(ge=1)

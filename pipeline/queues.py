@@ -4,7 +4,7 @@
     parsed/<incident>/<shard>.parquet             a shard's records as columns (pipeline.columnar)
     parsed/<incident>/<shard>.jsonl.zst           the same as ParsedRecord lines (written before; still read)
     manifests/<incident>/manifest.json            the triage result's summary, written last
-    manifests/<incident>/messages/<n>.parquet     its messages in parts (pipeline.manifest_io), written first
+    manifests/<incident>/messages-<n>.parquet     its messages in parts (pipeline.manifest_io), written first
     blocklists/<incident>/report.json             the blocklist report
     state/<incident>/decisions.json               the review's verdict changes, oldest first
     state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)

@@ -234,7 +234,8 @@ def test_large_incident_pages_are_summarised_on_the_server(client, store_root, t
     takes is measured by bench/console_bench.py, not here)."""
     m = manifest(store_root)
     msgs = [x.model_copy(update={"id": f"{i:024x}"}) for i in range(100_000) for x in [m.messages[i % len(m.messages)]]]
-    big = m.model_copy(update={"incident": "big", "messages": msgs})
+    big = m.model_copy(update={"incident": "big", "messages": msgs,
+                               "totals": m.totals.model_copy(update={"messages": len(msgs)})})
     write_manifest(big, tmp_path / "manifests/big", per_part=30_000)  # 4 parts
     c = TestClient(create_app(tmp_path, TOKEN))
     spam = sum(1 for x in msgs if x.verdict.value == "spam")

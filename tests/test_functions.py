@@ -20,7 +20,7 @@ from functions.errors import PoisonEvent, SettingsError
 from functions.events import objects_in
 from functions.settings import DispatchSettings, load
 from pipeline import queues
-from pipeline.instructions import SignedInstruction, verify
+from pipeline.instructions import Approval, SignedInstruction, verify
 from pipeline.manifest_io import read_manifest
 from pipeline.service import incidents as embedded
 from pipeline.shards import missing, parse_shard, shard_of
@@ -242,7 +242,8 @@ def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
     runner = LocalRunner(home, settle=0)
     runner.run_until_idle()
     assert store.exists(queues.blocklist_key("inc9"))
-    key, approval, new = embedded.approve(store, "inc9", by="alice")
+    key, _, new = embedded.approve(store, "inc9", by="alice")
+    approval = Approval.model_validate_json(store.get(key))
     assert new and not embedded.approve(store, "inc9", by="alice")[2]  # immutable, same id
     runner.run_until_idle()
     dup = sqs_record(json.dumps(s3_notification("b", key, 1, "e")), "q")
@@ -266,7 +267,8 @@ def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_inci
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc12", "mx1", shard_size=0)
     LocalRunner(home, settle=0).run_until_idle()
-    key, approval, _ = embedded.approve(store, "inc12", by="dave")
+    key, _, _ = embedded.approve(store, "inc12", by="dave")
+    approval = Approval.model_validate_json(store.get(key))
     channel = LocalChannel(home / "channel")
     pem = (home / "keys/signing.pem").read_bytes()
     results = {dispatch(store, channel, key, pem, "k1", budget=40_000).summary for _ in range(2)}  # 2nd: a duplicate

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import queues
 from pipeline.errors import ManifestError, PoisonEvent
-from pipeline.instructions import effective_verdicts, generate_keypair
+from pipeline.instructions import Approval, approval_from_manifest, effective_verdicts, generate_keypair
 from pipeline.manifest_io import ManifestReader, manifest_bytes, put_manifest, read_manifest, write_manifest
 from pipeline.models import (
     Campaign,
@@ -65,7 +65,7 @@ def test_summary_plus_parts_is_the_manifest_of_one_file(tmp_path) -> None:
     key = put_manifest(store, m, per_part=3)
     assert key == queues.manifest_key(INC)
     parts = sorted(k for k in store.list(f"manifests/{INC}/") if k != key)
-    assert parts == [f"manifests/{INC}/messages/{i:05d}.parquet" for i in range(4)]
+    assert parts == [f"manifests/{INC}/messages-{i:05d}.parquet" for i in range(4)]
     # the summary is the one file without `messages`, `parts` in their place: its content is the manifest's
     summary = json.loads(store.get(key))
     whole = json.loads(manifest_bytes(m))
@@ -124,8 +124,11 @@ def test_approve_and_dispatch_over_parts(parted, tmp_path) -> None:
     ov = effective_verdicts(ManifestReader(store, INC), changes)
     assert ov == effective_verdicts(m, changes) and len(ov) == 3
     done = approve(store, INC, "alice", overrides=ov, changes=changes)
-    assert (len(done.approval.replay), len(done.approval.purge), len(done.approval.hold)) == (4, 9, 0)
+    assert (done.approval.replay, done.approval.purge, done.approval.hold) == (4, 9, 0)
     assert done.approval.manifest_sha256 == hashlib.sha256(store.get(queues.manifest_key(INC))).hexdigest()
+    a = Approval.model_validate_json(store.get(done.key))  # written as a stream: the same approval as made whole
+    assert store.get(done.key) == Approval.__pydantic_serializer__.to_json(approval_from_manifest(
+        m, a.manifest_sha256, HOST, "alice", a.approved_at, a.approval_id, changes=changes))
     store.put(queues.decisions_key(INC), json.dumps({"log": changes}).encode())
     priv, _ = generate_keypair()
     chan = LocalChannel(tmp_path / "chan")
@@ -136,7 +139,7 @@ def test_approve_and_dispatch_over_parts(parted, tmp_path) -> None:
 @pytest.mark.parametrize("harm", ["missing", "changed"])
 def test_a_bad_part_refuses_the_approval_naming_it(parted, harm) -> None:
     store, _ = parted
-    key = f"manifests/{INC}/messages/00002.parquet"
+    key = f"manifests/{INC}/messages-00002.parquet"
     if harm == "missing":
         (store.root / key).unlink()
     else:
@@ -152,7 +155,7 @@ def test_a_bad_part_refuses_the_approval_naming_it(parted, harm) -> None:
 def test_dispatch_refuses_an_approval_whose_manifest_lost_a_part(parted, tmp_path) -> None:
     store, _ = parted
     done = approve(store, INC, "alice")
-    key = f"manifests/{INC}/messages/00001.parquet"
+    key = f"manifests/{INC}/messages-00001.parquet"
     (store.root / key).unlink()
     chan = LocalChannel(tmp_path / "chan")
     with pytest.raises(PoisonEvent, match=key):
@@ -210,10 +213,35 @@ def test_console_pages_and_approves_over_parts(tmp_path) -> None:
 
 def test_console_says_which_part_is_missing(tmp_path) -> None:
     put_manifest(LocalStore(tmp_path), _manifest(), per_part=4)
-    key = f"manifests/{INC}/messages/00001.parquet"
+    key = f"manifests/{INC}/messages-00001.parquet"
     (tmp_path / key).unlink()
     c = _console(tmp_path)
     r = c.get(f"/api/incidents/{INC}/messages", headers=AUTH)
     assert r.status_code == 500 and key in r.json()["error"]
     [row] = c.get("/api/incidents", headers=AUTH).json()["incidents"]
     assert row["status"] == "unreadable manifest" and key in row["error"]
+
+
+def test_dispatch_cuts_the_same_instructions_as_a_whole_approval(parted, tmp_path) -> None:
+    """Streamed, an approval of many messages becomes the same signed parts as the whole one did; an honest
+    approval in an older layout (indented) is still read whole and signed."""
+    from pipeline.instructions import instruction_from_approval
+    from pipeline.service.dispatch import split
+
+    store, m = parted
+    done = approve(store, INC, "alice")
+    a = Approval.model_validate_json(store.get(done.key))
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+    want = split(instruction_from_approval(a, issued_at=now, ttl=timedelta(hours=48)), budget=4_000)
+    assert len(want) > 2
+    priv, _ = generate_keypair()
+    for layout in ("canonical", "indented"):
+        if layout == "indented":
+            store.put(done.key, a.model_dump_json(indent=1).encode())
+            for k in list(store.list("instructions/")):
+                (store.root / k).unlink()
+        chan = LocalChannel(tmp_path / layout)
+        r = dispatch(store, chan, done.key, priv, "k", now=now, budget=4_000)
+        assert f"in {len(want)} part(s)" in r.summary
+        got = [json.loads(json.loads(x.body)["payload"]) for x in chan.receive(HOST, max_messages=100)]
+        assert sorted(got, key=lambda x: x["instruction_id"]) == [json.loads(x.model_dump_json()) for x in want]

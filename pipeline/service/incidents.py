@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline import queues
+from pipeline.approval_stream import approval_bytes, approved_lists
 from pipeline.errors import PolicyError, SpoolsweepError, StoreError
-from pipeline.instructions import Approval, approval_from_manifest, approval_id, generate_keypair, key_id_of
+from pipeline.instructions import Approval, approval_id, effective_verdicts, generate_keypair, key_id_of
 from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, Verdict
 from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
@@ -23,9 +24,21 @@ class AlreadyExists(SpoolsweepError):
     """It already exists and is never overwritten:"""
 
 
+class Counts(NamedTuple):
+    """What an approval says, in numbers (the approval itself lists every message: read it from its key)."""
+
+    approval_id: str
+    host: str
+    approved_by: str
+    manifest_sha256: str
+    replay: int
+    purge: int
+    hold: int
+
+
 class Approved(NamedTuple):
     key: str
-    approval: Approval
+    approval: Counts
     new: bool  # False: the same approval was already written
 
 
@@ -88,17 +101,29 @@ def write_approval(store: Store, incident: str, manifest: Manifest | ManifestRea
                    changes: list[dict[str, Any]] | None = None) -> Approved:
     """The approval object, written once under its deterministic key (a second writer reads the first's).
 
-    Every message of the manifest is read to make it: a missing or corrupt part is a ManifestError, and
-    nothing is written."""
+    Made as a stream (pipeline.approval_stream): every message of the manifest is read, none held. A missing
+    or corrupt part is a ManifestError, and nothing is written."""
     aid = approval_id(manifest_sha256, host, by)
     key = queues.approval_key(incident, aid)
     if store.exists(key):
-        return Approved(key, Approval.model_validate_json(store.get(key)), False)
-    approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,
-                                      overrides=overrides)
-    if store.put_if_absent(key, approval.model_dump_json(indent=1).encode()):
-        return Approved(key, approval, True)
-    return Approved(key, Approval.model_validate_json(store.get(key)), False)
+        return _existing(store, key)
+    changes = changes or []
+    if overrides is None:
+        overrides = effective_verdicts(manifest, changes)
+    head = Approval(approval_id=aid, incident=incident, host=host, manifest_sha256=manifest_sha256, approved_by=by,
+                    approved_at=now, changes=changes, replay=[], purge=[], hold=[])
+    with approved_lists(manifest, overrides) as lists:
+        data = approval_bytes(head, lists)
+        counts = Counts(aid, host, by, manifest_sha256, **lists.counts)
+    if store.put_if_absent(key, data):
+        return Approved(key, counts, True)
+    return _existing(store, key)
+
+
+def _existing(store: Store, key: str) -> Approved:
+    a = Approval.model_validate_json(store.get(key))
+    return Approved(key, Counts(a.approval_id, a.host, a.approved_by, a.manifest_sha256, len(a.replay), len(a.purge),
+                                len(a.hold)), False)
 
 
 def key_paths(root: Path) -> tuple[Path, Path]:
