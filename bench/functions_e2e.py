@@ -20,7 +20,7 @@ from adapters.bootstrap import embedded_settings
 from adapters.runtime import LocalRunner
 from pipeline import queues
 from pipeline.generator import POLICY_TOML, find_corpus, generate, load_corpus, write_canonical
-from pipeline.models import Manifest
+from pipeline.manifest_io import ManifestReader
 from pipeline.service import incidents
 from pipeline.store import LocalChannel, LocalStore
 
@@ -42,7 +42,7 @@ def run(n: int, shard_size: int, workers: int | None, corpus: tuple[list[bytes],
         runner = LocalRunner(root, settle=0, settings=embedded_settings(root, workers))
         runner.run_until_idle(timeout=7200)
         times |= {step: runner.timings.get(step, 0.0) for step in ("parse", "triage", "blocklist")}
-        m = Manifest.model_validate_json(store.get(queues.manifest_key("bench")))
+        m = ManifestReader(store, "bench").summary
         t = time.perf_counter()
         incidents.approve(store, "bench", by="bench")
         runner.run_until_idle()

@@ -7,9 +7,12 @@ import email.policy
 import hashlib
 import hmac
 import json
+import math
 import tempfile
 import threading
+from array import array
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +21,8 @@ from typing import Any
 from pipeline import queues
 from pipeline.archive import ArchiveReport, iter_members
 from pipeline.errors import StoreError
-from pipeline.instructions import Receipt, effective_verdicts
+from pipeline.instructions import Receipt, effective_over, standing_decisions
+from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, ManifestMessage, Verdict
 from pipeline.policy import Limits
 from pipeline.review_groups import group_review
@@ -32,17 +36,88 @@ RAW_LIMIT = 256 * 2**20
 CACHE_FACTOR = 2  # downloads kept on disk: at most this many times RAW_LIMIT (the stack gives /tmp 1 GiB)
 
 
+VERDICTS = list(Verdict)
+
+
+@dataclass
+class MessageIndex:
+    """Per message, in manifest order, what the pages filter and count on: an id and a few numbers (about
+    100 bytes a message), never the messages themselves, which are read from the parts a page at a time."""
+
+    ids: list[str] = field(default_factory=list)
+    verdict: bytearray = field(default_factory=bytearray)  # positions in VERDICTS
+    campaign: array = field(default_factory=lambda: array("q"))  # -1: in no campaign
+    group: array = field(default_factory=lambda: array("q"))  # -1: in no review group
+    arrival: array = field(default_factory=lambda: array("d"))  # epoch seconds; nan: unknown
+
+    def add(self, t: Any) -> None:
+        self.ids.extend(t.column("id").to_pylist())
+        self.verdict.extend(VERDICTS.index(Verdict(v)) for v in t.column("verdict").to_pylist())
+        self.campaign.extend(-1 if c is None else c for c in t.column("campaign").to_pylist())
+        self.group.extend(-1 if g is None else g for g in t.column("review_group").to_pylist())
+        self.arrival.extend(math.nan if a is None else a for a in t.column("arrival").to_pylist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> Iterator[tuple[str, Verdict, int | None, int | None]]:
+        for mid, v, c, g in zip(self.ids, self.verdict, self.campaign, self.group, strict=True):
+            yield mid, VERDICTS[v], None if c < 0 else c, None if g < 0 else g
+
+    def position(self, mid: str) -> int | None:
+        try:
+            return self.ids.index(mid)
+        except ValueError:
+            return None
+
+    def verdicts(self, ov: dict[str, Verdict]) -> list[Verdict]:
+        """Every message's verdict as decided so far."""
+        out = [VERDICTS[v] for v in self.verdict]
+        if ov:
+            for i, mid in enumerate(self.ids):
+                if mid in ov:
+                    out[i] = ov[mid]
+        return out
+
+
 @dataclass
 class Loaded:
-    """A parsed manifest plus what the pages ask for again and again."""
+    """A manifest's summary, its reader (the messages, part by part) and the index the pages ask for again and
+    again."""
 
-    manifest: Manifest
+    manifest: Manifest  # the summary: `messages` is empty, the reader reads them
+    reader: ManifestReader
     sha256: str
-    by_id: dict[str, ManifestMessage]
-    haystack: list[str]
+    ix: MessageIndex
     version: str
     timeline: dict[str, Any] = field(default_factory=dict)
     last_arrival: str | None = None
+
+    def messages(self, positions: Sequence[int]) -> list[ManifestMessage]:
+        return self.reader.at(list(positions))
+
+    def columns(self, names: list[str]) -> Iterator[tuple[int, list[Any]]]:
+        """(position of the first, values) of a column per part, or (with several names) rows of them."""
+        at = 0
+        for t in self.reader.columns(names):
+            cols = [t.column(n).to_pylist() for n in names]
+            yield at, cols[0] if len(cols) == 1 else list(zip(*cols, strict=True))
+            at += t.num_rows
+
+    def search(self, needle: str) -> set[int]:
+        """Positions of the messages whose subject, senders, recipients, client or id hold `needle`
+        (lowercase), or whose campaign's terms do."""
+        import pyarrow.compute as pc
+
+        camps = {c.id for c in self.manifest.campaigns if needle in c.label.lower()}
+        out: set[int] = set()
+        at = 0
+        for t in self.reader.columns(["search"]):
+            out.update(at + i for i in pc.indices_nonzero(pc.match_substring(t.column(0), needle)).to_pylist())
+            at += t.num_rows
+        if camps:
+            out.update(i for i, c in enumerate(self.ix.campaign) if c in camps)
+        return out
 
 
 class Incidents:
@@ -97,22 +172,23 @@ class Incidents:
                 data = self.store.get(key)
             except StoreError:
                 return None  # removed since the version check
-            m = Manifest.model_validate_json(data)
-            # a campaign's normalised terms are not shown (its subject and phrase are): search still finds them
-            terms = {c.id: c.label for c in m.campaigns}
-            loaded = Loaded(manifest=m, sha256=hashlib.sha256(data).hexdigest(),
-                            by_id={x.id: x for x in m.messages},
-                            haystack=[" ".join((x.subject, x.from_header, x.envelope.mail_from or "",
-                                                " ".join(x.envelope.rcpt_to), x.envelope.client_address or "",
-                                                x.id, terms.get(x.campaign, "") if x.campaign is not None else "",
-                                                )).lower() for x in m.messages],
-                            version=version)
+            reader = ManifestReader(self.store, key=key, data=data)
+            m = reader.summary
             if m.totals.review and not m.review_groups:
-                # a manifest from before review groups: group it here, the same way triage does
-                m.review_groups = group_review(m.messages, spam_ips={s.client_ip for s in m.sources})
-            loaded.timeline = _timeline(m)
-            times = [x.envelope.arrival_time for x in m.messages if x.envelope.arrival_time]
-            loaded.last_arrival = max(times).isoformat() if times else None
+                # a manifest from before review groups (one file, messages held): group it here, as triage does
+                m.review_groups = group_review(list(reader.iter_messages()), spam_ips={s.client_ip for s in m.sources})
+            ix = MessageIndex()
+            for t in reader.columns(["id", "verdict", "campaign", "review_group", "arrival"]):
+                ix.add(t)
+            loaded = Loaded(manifest=m, reader=reader, sha256=reader.sha256, ix=ix, version=version)
+            loaded.timeline = _timeline(m, ix)
+            latest, when = -1, -math.inf
+            for i, a in enumerate(ix.arrival):
+                if a > when:  # nan (unknown) never is
+                    latest, when = i, a
+            if latest >= 0:
+                t = reader.at([latest])[0].envelope.arrival_time
+                loaded.last_arrival = t.isoformat() if t else None
             self._cache[key] = loaded
             return loaded
 
@@ -158,19 +234,19 @@ class Incidents:
 
     def effective(self, loaded: Loaded, decisions: dict[str, Any]) -> dict[str, Verdict]:
         """Overrides that differ from triage, read from the decision log exactly as dispatch reads it."""
-        return effective_verdicts(loaded.manifest, decisions.get("log", []))
+        return effective_over(loaded.ix.rows(), standing_decisions(decisions.get("log", [])))
 
     # --- approval
     def summary(self, incident: str, loaded: Loaded, d: dict[str, Any] | None = None) -> dict[str, Any]:
         d = self.decisions(incident) if d is None else d
         ov = self.effective(loaded, d)
-        counts: Counter[str] = Counter()
+        now = loaded.ix.verdicts(ov)
+        counts: Counter[str] = Counter(v.value for v in now)
         rcpts: set[str] = set()
-        for m in loaded.manifest.messages:
-            v = ov.get(m.id, m.verdict)
-            counts[v.value] += 1
-            if v is Verdict.valid:
-                rcpts.update(m.envelope.rcpt_to)
+        for at, rcpt in loaded.columns(["rcpt_to"]):
+            for i, r in enumerate(rcpt):
+                if now[at + i] is Verdict.valid:
+                    rcpts.update(r)
         digest = hashlib.sha256((loaded.sha256 + json.dumps(sorted((k, v.value) for k, v in ov.items()))).encode())
         n, k, r = counts["valid"], counts["spam"], counts["review"]
         return {"replay": n, "recipients": len(rcpts), "purge": k, "hold": r, "overrides": len(ov),
@@ -192,7 +268,7 @@ class Incidents:
         if not self.folder:
             done = approve(self.store, incident, by, host=host, overrides=ov, changes=d.get("log", []))
         else:  # a plain triage folder: the same approval object, written once next to the manifest
-            done = write_approval(self.store, incident, loaded.manifest, loaded.sha256, host, by, datetime.now(UTC), ov,
+            done = write_approval(self.store, incident, loaded.reader, loaded.sha256, host, by, datetime.now(UTC), ov,
                                   d.get("log", []))
         return done.key, done.new
 
@@ -404,19 +480,19 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def _timeline(m: Manifest, buckets: int = 48, top: int = 8) -> dict[str, Any]:
-    times = [(x.envelope.arrival_time, x.campaign) for x in m.messages if x.envelope.arrival_time]
+def _timeline(m: Manifest, ix: MessageIndex, buckets: int = 48, top: int = 8) -> dict[str, Any]:
+    times = [(t, None if c < 0 else c) for t, c in zip(ix.arrival, ix.campaign, strict=True) if not math.isnan(t)]
     if not times:
         return {"start": None, "bucket_seconds": 0, "series": []}
-    t0 = min(t for t, _ in times).timestamp()
-    t1 = max(t for t, _ in times).timestamp()
+    t0 = min(t for t, _ in times)
+    t1 = max(t for t, _ in times)
     width = max(60.0, (t1 - t0) / buckets)
     n = int((t1 - t0) // width) + 1
     big = [c.id for c in sorted(m.campaigns, key=lambda c: -c.size)[:top]]
     series: dict[str, list[int]] = defaultdict(lambda: [0] * n)
     for t, c in times:
         name = str(c) if c in big else "other"
-        series[name][int((t.timestamp() - t0) // width)] += 1
+        series[name][int((t - t0) // width)] += 1
     labels = {str(c.id): c.subject or c.label for c in m.campaigns}  # readable; the terms are for search
     return {"start": datetime.fromtimestamp(t0, UTC).isoformat(), "bucket_seconds": width, "buckets": n,
             "series": [{"campaign": k, "label": labels.get(k, "not in a campaign"), "counts": v}

@@ -37,24 +37,23 @@ async def messages(request: Request, c: Console, iid: str, loaded: Loaded) -> Re
     if page < 1 or not 1 <= per <= 500:
         raise ValueError("page must be >= 1 and per_page 1..500")
     ov = c.inc.effective(loaded, c.inc.decisions(iid))
-    hits = []
-    for x, hay in zip(loaded.manifest.messages, loaded.haystack, strict=True):
-        if verdict and ov.get(x.id, x.verdict).value != verdict:
-            continue
-        if camp_id is not None and (x.campaign if x.campaign is not None else -1) != camp_id:
-            continue
-        if needle and needle not in hay:
-            continue
-        hits.append(x)
+    found = loaded.search(needle) if needle else None
+    want = None if verdict is None else Verdict(verdict)
+    ix = loaded.ix
+    now = ix.verdicts(ov) if want is not None else None
+    hits = [i for i in range(len(ix))
+            if (now is None or now[i] is want) and (camp_id is None or ix.campaign[i] == camp_id)
+            and (found is None or i in found)]
     start = (page - 1) * per
     return JSONResponse({"total": len(hits), "page": page, "per_page": per,
-                         "messages": [message_row(x, ov) for x in hits[start:start + per]]})
+                         "messages": [message_row(x, ov) for x in loaded.messages(hits[start:start + per])]})
 
 
 async def message(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:
-    m = loaded.by_id.get(request.path_params["mid"])
-    if m is None:
+    pos = loaded.ix.position(request.path_params["mid"])
+    if pos is None:
         return err(404, "no such message")
+    m = loaded.messages([pos])[0]
     ov = c.inc.effective(loaded, c.inc.decisions(iid))
     return JSONResponse(message_view(m, c.inc.raw(iid, m), ov.get(m.id, m.verdict)))
 
@@ -64,7 +63,7 @@ async def verdicts(request: Request, c: Console, iid: str, loaded: Loaded) -> Re
     if body.kind == "campaign":
         if not any(str(camp.id) == body.target for camp in loaded.manifest.campaigns):
             return err(404, "no such campaign")
-    elif body.target not in loaded.by_id:
+    elif loaded.ix.position(body.target) is None:
         return err(404, "no such message")
     d = c.inc.decide(iid, body.kind, body.target, body.verdict, who(request, body.by), body.note)
     return JSONResponse({"ok": True, "log": d["log"][-1], "summary": c.inc.summary(iid, loaded)})

@@ -62,19 +62,19 @@ def index(loaded: Loaded) -> Index:
     t0 = datetime.fromisoformat(tl["start"]).timestamp() if tl.get("start") else None
     width = tl.get("bucket_seconds") or 60.0
     n = tl.get("buckets") or 1
-    for i, m in enumerate(loaded.manifest.messages):
-        keys = []
-        if m.review_group is not None:
-            ix.members.setdefault(m.review_group, []).append(i)
-            keys.append(("group", m.review_group))
-        if m.campaign is not None:
-            keys.append(("campaign", m.campaign))
-        t = m.envelope.arrival_time
-        for k in keys:
-            if t is not None and t0 is not None:
-                b = min(n - 1, max(0, int((t.timestamp() - t0) // width)))
-                ix.arrivals.setdefault(k, [0] * n)[b] += 1
-            ix.ips.setdefault(k, Counter())[m.envelope.client_address or "unknown"] += 1
+    for at, rows in loaded.columns(["review_group", "campaign", "arrival", "client"]):
+        for j, (group, campaign, arrival, client) in enumerate(rows):
+            keys = []
+            if group is not None:
+                ix.members.setdefault(group, []).append(at + j)
+                keys.append(("group", group))
+            if campaign is not None:
+                keys.append(("campaign", campaign))
+            for k in keys:
+                if arrival is not None and t0 is not None:
+                    b = min(n - 1, max(0, int((arrival - t0) // width)))
+                    ix.arrivals.setdefault(k, [0] * n)[b] += 1
+                ix.ips.setdefault(k, Counter())[client or "unknown"] += 1
     with _lock:
         _cache[loaded.sha256] = ix
         while len(_cache) > 4:
@@ -120,8 +120,8 @@ def undecided(loaded: Loaded, d: dict[str, Any], ix: Index) -> dict[str, int]:
     for gid, idx in ix.members.items():
         if str(gid) in groups:
             continue
-        left = sum(1 for i in idx if (m := loaded.manifest.messages[i]).id not in msgs
-                   and (m.campaign is None or str(m.campaign) not in camps))
+        left = sum(1 for i in idx if loaded.ix.ids[i] not in msgs
+                   and (loaded.ix.campaign[i] < 0 or str(loaded.ix.campaign[i]) not in camps))
         if left:
             open_groups += 1
             open_messages += left
@@ -143,16 +143,17 @@ async def groups(request: Request, c: Console, iid: str, loaded: Loaded) -> Resp
     d = c.inc.decisions(iid)
     ov = c.inc.effective(loaded, d)
     ix = index(loaded)
-    msgs = loaded.manifest.messages
+    now_all = loaded.ix.verdicts(ov)
     out = []
     # review_groups are stored largest first
     for g in loaded.manifest.review_groups[(page - 1) * per:page * per]:
         idx = ix.members.get(g.id, [])
-        now = Counter(ov.get(msgs[i].id, msgs[i].verdict).value for i in idx)
+        now = Counter(now_all[i].value for i in idx)
         dec = d.get("groups", {}).get(str(g.id))
         out.append({**g.model_dump(mode="json"), "decision": dec,
                     "verdict": dec["verdict"] if dec else "review", "now": dict(now),
-                    "samples": [message_row(msgs[i], ov) for i in idx[:SAMPLES]], **picture(ix, ("group", g.id))})
+                    "samples": [message_row(x, ov) for x in loaded.messages(idx[:SAMPLES])],
+                    **picture(ix, ("group", g.id))})
     return JSONResponse({"page": page, "per_page": per, "total": len(loaded.manifest.review_groups),
                          "bucket_seconds": loaded.timeline.get("bucket_seconds"),
                          "start": loaded.timeline.get("start"), "undecided": undecided(loaded, d, ix),
@@ -167,9 +168,8 @@ async def members(request: Request, c: Console, iid: str, loaded: Loaded) -> Res
     page, per = _page(request, 50, 500)
     ov = c.inc.effective(loaded, c.inc.decisions(iid))
     idx = ix.members[gid]
-    msgs = loaded.manifest.messages
     return JSONResponse({"group": gid, "total": len(idx), "page": page, "per_page": per,
-                         "messages": [message_row(msgs[i], ov) for i in idx[(page - 1) * per:page * per]]})
+                         "messages": [message_row(x, ov) for x in loaded.messages(idx[(page - 1) * per:page * per])]})
 
 
 async def decide(request: Request, c: Console, iid: str, loaded: Loaded) -> Response:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from console.data import Incidents, Loaded
+from pipeline.errors import ManifestError
 
 COOKIE = "spoolsweep_token"  # the cookie's name is this plus _<port>: see cookie_name
 MAX_POST = 64 * 1024  # a verdict or an approval is a few hundred bytes; more is not a console's request
@@ -78,6 +79,8 @@ def api(fn: Handler, post: bool = False) -> Endpoint:
                 include_url=False, include_input=False, include_context=False)}, status_code=422)
         except ValueError as e:
             return err(400, str(e))
+        except ManifestError as e:  # a part missing or changed: said, never a page of what could be read
+            return err(500, str(e))
     return endpoint
 
 

@@ -49,7 +49,9 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     n = min(PHRASE_WORDS, 4)
     df: Counter[tuple[str, ...]] = Counter()
     for words in runs:
-        df.update({g for g in zip(*(words[j:] for j in range(n)), strict=False) if all(g)})  # n-word runs
+        # n-word runs, each counted once per member, in the order read: a set's order would change with the
+        # process's hash seed and, through the ties of max() below, the phrase with it
+        df.update(dict.fromkeys((g for g in zip(*(words[j:] for j in range(n)), strict=False) if all(g)), 1))
     if not df:
         return ""
     first = runs[0]

@@ -7,7 +7,8 @@ the reduce half. The result depends on the messages, not on the order they come 
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -35,6 +36,56 @@ def as_features(x: Features | str) -> Features:
     return x if isinstance(x, Features) else Features(x, sketch(x))
 
 
+def feature_digest(text: str, keys: Sequence[str], shape: str, sketch: Sequence[int]) -> bytes:
+    """16 bytes that are equal exactly when two messages' grouping features are (the exact-duplicate
+    fold), computed where a message is parsed so the reduce never holds the texts. Every part is
+    length-prefixed: no two different feature sets write the same bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (text, shape, *keys):
+        b = part.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    h.update(len(keys).to_bytes(8, "little"))
+    h.update(np.asarray(sketch, dtype="<u8").tobytes())
+    return h.digest()
+
+
+class Grouping(NamedTuple):
+    """What the clusterer reads of n messages, as arrays (no Python object per message).
+
+    digest: (n,) bytes16 (`feature_digest`); sketch: (n, SKETCH_PERM) uint32, rows without a sketch
+    anything; has_sketch: (n,) bool; shape: (n,) int template ids; key_msg, key_id: one entry per
+    invariant key a message carries (key_msg the message's index, key_id the key's number), key ids
+    and shape ids numbered in any way that is the same for equal strings."""
+
+    digest: np.ndarray
+    sketch: np.ndarray
+    has_sketch: np.ndarray
+    shape: np.ndarray
+    key_msg: np.ndarray
+    key_id: np.ndarray
+
+    @classmethod
+    def of(cls, feats: Sequence[Features]) -> Grouping:
+        n = len(feats)
+        sketches = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
+        has = np.zeros(n, dtype=bool)
+        shapes: dict[str, int] = {}
+        keys: dict[str, int] = {}
+        key_msg: list[int] = []
+        key_id: list[int] = []
+        for i, f in enumerate(feats):
+            if len(f.sketch) == SKETCH_PERM:
+                sketches[i] = f.sketch
+                has[i] = True
+            for k in f.keys:
+                key_msg.append(i)
+                key_id.append(keys.setdefault(k, len(keys)))
+        return cls(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
+                   sketches, has, np.array([shapes.setdefault(f.shape, len(shapes)) for f in feats], dtype=np.int64),
+                   np.array(key_msg, dtype=np.int64), np.array(key_id, dtype=np.int64))
+
+
 class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn has no stubs
     """Connected components of near-duplicate texts and shared invariants, in two tiers.
 
@@ -44,8 +95,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
     attachment or image digest) shared within one template shape, under the guard of `_merge`; a
     weak link never joins two groups that are `large` already (`_guarded`).
 
-    Exact duplicates are folded first and the rest is put in a canonical order (by content), so the
-    labels do not depend on the input order. Cost: one sort, `bands` hash groupings and a
+    Exact duplicates are folded first and the rest is put in a canonical order (by the digest of its
+    features, `feature_digest`), so the labels do not depend on the input order or on how the
+    input was cut into shards. Cost: one sort, `bands` hash groupings and a
     fixed-size comparison per message and band: linear in the number of distinct messages.
     """
 
@@ -59,71 +111,84 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         self.strong = strong
 
     def fit(self, X: Sequence[Features | str], y: object = None) -> CampaignClusterer:
-        feats = [as_features(x) for x in X]
-        unique: dict[tuple[str, tuple[str, ...], str, tuple[int, ...]], int] = {}
-        first: list[Features] = []
-        inverse = np.empty(len(feats), dtype=np.int64)
-        for i, f in enumerate(feats):
-            k = (f.text, tuple(f.keys), f.shape, tuple(f.sketch))
-            u = unique.setdefault(k, len(unique))
-            if u == len(first):
-                first.append(f)
-            inverse[i] = u
-        n = len(first)
-        if n == 0:
+        return self.fit_grouping(Grouping.of([as_features(x) for x in X]))
+
+    def fit_grouping(self, g: Grouping) -> CampaignClusterer:
+        """Labels for n messages given as arrays (what the plan step reads from the parsed shards' columns)."""
+        if not len(g.digest):
             self.labels_ = np.empty(0, dtype=np.int64)
             return self
-        # canonical order: by content, so every later tie-break is independent of the input order
-        keys = list(unique)
-        del unique
-        order = sorted(range(n), key=keys.__getitem__)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        uf = [first[u] for u in order]
-        inverse = rank[inverse]
+        # exact duplicates folded, the rest in a canonical order: by the digest of the features, so
+        # every later tie-break is independent of the input order and of how the input was cut
+        first, inverse = _fold(g.digest)
+        n = len(first)
         copies = np.bincount(inverse, minlength=n)
+        has = g.has_sketch[first]
+        # the keys of each distinct message, as (template-and-key bucket, message) pairs
+        canon = np.full(len(g.digest), -1, dtype=np.int64)
+        canon[first] = np.arange(n)
+        kmsg = canon[g.key_msg] if len(g.key_msg) else np.empty(0, dtype=np.int64)
+        keep = kmsg >= 0
+        kmsg, kid = kmsg[keep], g.key_id[keep]
+        if len(kmsg):
+            _, bucket = np.unique(np.stack([g.shape[first][kmsg], kid], axis=1), axis=0, return_inverse=True)
+            bucket = bucket.ravel()
+        else:
+            bucket = np.empty(0, dtype=np.int64)
 
-        strong, weak = self._text_edges(uf)
-        strong, weak = self._unbridge(uf, strong, weak)
+        # sketches are read where they are (g.sketch[first[i]] is distinct message i's): no copy of them
+        strong, weak = self._text_edges(g.sketch, first, has)
+        strong, weak = self._unbridge(g.sketch, first, strong, weak)
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged, support = self._merge(_text_support(comp, weak), *_key_support(self._key_links(uf, comp), comp), size)
+        merged, support = self._merge(_text_support(comp, weak),
+                                      *_key_support(self._key_links(bucket, kmsg, comp), comp), size)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
-        self.labels_ = labels[inverse].astype(np.int64)
+        self.labels_ = labels.ravel()[inverse].astype(np.int64)
         return self
 
-    def _text_edges(self, uf: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
-        """(strong, weak) edges (i, j) between distinct messages, from LSH candidates verified on the sketches."""
-        rows = np.array([i for i, f in enumerate(uf) if len(f.sketch) == SKETCH_PERM], dtype=np.int64)
+    def _text_edges(self, sketches: np.ndarray, at: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(strong, weak) edges (i, j) between distinct messages, from LSH candidates verified on the
+        sketches (message i's is sketches[at[i]], if has[i])."""
+        rows = np.flatnonzero(has)
         empty = np.empty((0, 2), dtype=np.int64)
         if rows.size < 2:
             return empty, empty
-        S = np.array([uf[i].sketch for i in rows], dtype=np.uint32)
+        src = at[rows]
+        n = len(rows)
         r = SKETCH_PERM // self.bands
-        pairs: list[np.ndarray] = []
+        # candidate pairs as one number each (message * n + its bucket's head), deduplicated band by
+        # band: memory follows the distinct pairs, not bands x messages
+        found = np.empty(0, dtype=np.int64)
         for b in range(self.bands):
-            band = np.ascontiguousarray(S[:, b * r:(b + 1) * r]).view(np.dtype((np.void, 4 * r))).ravel()
+            cols = sketches[src, b * r:(b + 1) * r]
+            band = np.ascontiguousarray(cols).view(np.dtype((np.void, 4 * r))).ravel()
             _, bucket = np.unique(band, return_inverse=True)
             bucket = bucket.ravel()
+            del band
             # each message is compared with its bucket's first member (rows are in canonical order)
-            head = np.full(int(bucket.max()) + 1, len(rows), dtype=np.int64)
-            np.minimum.at(head, bucket, np.arange(len(rows)))
+            head = np.full(int(bucket.max()) + 1, n, dtype=np.int64)
+            np.minimum.at(head, bucket, np.arange(n))
             rep = head[bucket]
-            cand = np.flatnonzero(rep != np.arange(len(rows)))
+            cand = np.flatnonzero(rep != np.arange(n))
             if cand.size:
-                pairs.append(np.stack([cand, rep[cand]], axis=1))
-        if not pairs:
+                found = np.unique(np.concatenate([found, cand * n + rep[cand]]))
+        if not found.size:
             return empty, empty
-        P = np.unique(np.concatenate(pairs), axis=0)
-        sim = (S[P[:, 0]] == S[P[:, 1]]).mean(axis=1)
+        P = np.stack([found // n, found % n], axis=1)
+        del found
+        # the sketches compared a slice of pairs at a time: two rows of 64 values a pair would be
+        # hundreds of megabytes at a million messages
+        sim = np.concatenate([(sketches[src[P[i:i + 65536, 0]]] == sketches[src[P[i:i + 65536, 1]]]).mean(axis=1)
+                              for i in range(0, len(P), 65536)])
         P = rows[P]
         return P[sim >= self.threshold], P[(sim >= self.weak_threshold) & (sim < self.threshold)]
 
-    def _unbridge(self, uf: Sequence[Features], strong: np.ndarray,
+    def _unbridge(self, sketches: np.ndarray, at: np.ndarray, strong: np.ndarray,
                   weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tier 1 under the bridge guard: a message alike to texts that are not alike to one another
         (one carrying two runs' texts) links nothing by itself; its strong edges become weak evidence,
@@ -135,10 +200,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # each message's neighbours against its first neighbour (the lowest in canonical order)
         starts = np.flatnonzero(np.r_[True, both[1:, 0] != both[:-1, 0]])
         anchor = np.repeat(both[starts, 1], np.diff(np.r_[starts, len(both)]))
-        nodes = np.unique(both)
-        S = np.array([uf[i].sketch for i in nodes.tolist()], dtype=np.uint32)
-        x, y = np.searchsorted(nodes, both[:, 1]), np.searchsorted(nodes, anchor)
-        alike = np.concatenate([(S[x[i:i + 65536]] == S[y[i:i + 65536]]).mean(axis=1)
+        x, y = at[both[:, 1]], at[anchor]
+        alike = np.concatenate([(sketches[x[i:i + 65536]] == sketches[y[i:i + 65536]]).mean(axis=1)
                                 for i in range(0, len(x), 65536)])
         bridges = np.unique(both[alike < self.weak_threshold, 0])
         if not bridges.size:
@@ -146,29 +209,45 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         cut = np.isin(strong, bridges).any(axis=1)
         return strong[~cut], np.concatenate([weak, strong[cut]])
 
-    def _key_links(self, uf: Sequence[Features], comp: np.ndarray) -> np.ndarray:
-        """Tier-2 links from invariant keys: within one template shape, every group sharing a key
-        links to the group holding most of that key's copies, as (group, owner, key number, message)
-        rows, one per carrier on the group's side and up to two carriers on the owner's side (two are
-        all the guard needs to know)."""
-        buckets: dict[str, list[int]] = defaultdict(list)
-        for i, f in enumerate(uf):
-            for k in f.keys:
-                buckets[f"{f.shape}|{k}"].append(i)
-        out: list[tuple[int, int, int, int]] = []
-        for key_no, members in enumerate(buckets.values()):
-            if len(members) < 2:
-                continue
-            groups = Counter(int(comp[i]) for i in members)
-            if len(groups) < 2:
-                continue
-            owner = min(groups, key=lambda g: (-groups[g], g))
-            owned = [i for i in members if comp[i] == owner][:2]
-            for g in groups:
-                if g != owner:
-                    out.extend((g, owner, key_no, i) for i in owned)
-            out.extend((int(comp[i]), owner, key_no, i) for i in members if comp[i] != owner)
-        return np.array(out, dtype=np.int64).reshape(-1, 4)
+    def _key_links(self, bucket: np.ndarray, msg: np.ndarray, comp: np.ndarray) -> np.ndarray:
+        """Tier-2 links from invariant keys: within one template shape (a bucket is one template's
+        key; `msg` the message carrying it, as often as it carries it), every group sharing a key
+        links to the group holding most of that key's copies (ties: the lowest group), as
+        (group, owner, key number, message) rows, one per carrier on the group's side and up to two
+        carriers on the owner's side (two are all the guard needs to know)."""
+        if not len(bucket):
+            return np.empty((0, 4), dtype=np.int64)
+        o = np.lexsort((msg, bucket))
+        b, m = bucket[o], msg[o]
+        g = comp[m]
+        nb = int(b.max()) + 1
+        # per bucket and group: how many of the bucket's entries the group holds
+        bg, held = np.unique(np.stack([b, g], axis=1), axis=0, return_counts=True)
+        ngroups = np.bincount(bg[:, 0], minlength=nb)
+        # the owner: most entries, then the lowest group
+        best = np.lexsort((bg[:, 1], -held, bg[:, 0]))
+        firsts = best[np.r_[True, bg[best[1:], 0] != bg[best[:-1], 0]]]
+        owner = np.full(nb, -1, dtype=np.int64)
+        owner[bg[firsts, 0]] = bg[firsts, 1]
+        shared = ngroups >= 2  # a key in one group links nothing (nor one carried by one message only)
+        ob = owner[b]
+        # the owner's first two carriers, in canonical order
+        mine = (g == ob) & shared[b]
+        mb, mm = b[mine], m[mine]
+        rank = np.arange(len(mb)) - np.searchsorted(mb, mb)
+        mb, mm = mb[rank < 2], mm[rank < 2]
+        # every other group's side: one row per carrier
+        other = (g != ob) & shared[b]
+        rows = [np.stack([g[other], ob[other], b[other], m[other]], axis=1)]
+        # the owner's side: each other group of a bucket with each of the owner's (up to two) carriers
+        og = bg[(bg[:, 1] != owner[bg[:, 0]]) & shared[bg[:, 0]]]
+        starts = np.searchsorted(mb, og[:, 0])
+        for k in (0, 1):
+            at = starts + k
+            ok = at < len(mb)
+            ok[ok] = mb[at[ok]] == og[ok, 0]
+            rows.append(np.stack([og[ok, 1], owner[og[ok, 0]], og[ok, 0], mm[at[ok]]], axis=1))
+        return np.concatenate(rows).astype(np.int64)
 
     def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
                keys: dict[tuple[int, int], int], size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +310,18 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
             mass[lo] += mass[hi]
             kept.append(e)
         return _components(n, edges[kept])
+
+
+def _fold(digest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first message of each distinct digest, in digest order, and each
+    message's distinct number. Digests are compared as two big-endian integers (byte order)."""
+    d = np.frombuffer(np.ascontiguousarray(digest, dtype="S16").tobytes(), dtype=">u8").reshape(-1, 2)
+    order = np.lexsort((d[:, 1], d[:, 0]))  # stable: the first of equal digests is the first given
+    ds = d[order]
+    new = np.r_[True, (ds[1:] != ds[:-1]).any(axis=1)]
+    inverse = np.empty(len(d), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
 
 
 def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], int]:

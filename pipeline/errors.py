@@ -40,6 +40,14 @@ class StoreError(SpoolsweepError):
     """The store refused the operation:"""
 
 
+class ManifestError(SpoolsweepError):
+    """The manifest cannot be read whole (nothing is approved or dispatched from it):"""
+
+
+class ShardError(SpoolsweepError):
+    """The parsed shard cannot be read:"""
+
+
 class InstructionRefused(SpoolsweepError):
     """The instruction was refused:"""
 

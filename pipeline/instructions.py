@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from pipeline.errors import InstructionRefused
 from pipeline.models import Envelope, Manifest, Verdict
+
+if TYPE_CHECKING:
+    from pipeline.manifest_io import ManifestReader
 
 
 class Strict(BaseModel):
@@ -38,10 +42,11 @@ class Approval(Strict):
     manifest_sha256: str
     approved_by: str
     approved_at: datetime
+    # before the lists: dispatch reads everything up to them without parsing a million messages
+    changes: list[dict[str, Any]] = Field(default_factory=list, description="verdict changes made during review")
     replay: list[ApprovedMessage]
     purge: list[ApprovedMessage]
     hold: list[ApprovedMessage] = Field(default_factory=list, description="left frozen for a human (review)")
-    changes: list[dict[str, Any]] = Field(default_factory=list, description="verdict changes made during review")
 
 
 class Instruction(Strict):
@@ -100,15 +105,15 @@ def canonical_json(model: BaseModel) -> str:
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def effective_verdicts(manifest: Manifest, changes: list[dict[str, Any]]) -> dict[str, Verdict]:
-    """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage.
+Decisions = tuple[dict[int, Verdict], dict[int, Verdict], dict[str, Verdict]]
 
-    A decision targets a campaign, a review group or a message; the last one for a target stands, and one
-    whose verdict is None undoes the standing decision for its target. A message's own decision beats its
-    review group's, which beats its campaign's (the group is the narrower, decided looking at exactly those
-    messages). This is the one reading of the log: the console shows it and dispatch checks against it.
-    ValueError if an entry is malformed."""
-    standing: dict[str, dict[object, Verdict]] = {"campaign": {}, "group": {}, "message": {}}
+
+def standing_decisions(changes: list[dict[str, Any]]) -> Decisions:
+    """(campaign, review group, message) -> verdict: what a decision log (oldest first) leaves standing.
+
+    The last decision for a target stands, and one whose verdict is None undoes the standing one for its
+    target. ValueError if an entry is malformed."""
+    standing: dict[str, dict[Any, Verdict]] = {"campaign": {}, "group": {}, "message": {}}
     for i, c in enumerate(changes):
         try:
             kind, target, verdict = c["kind"], c["target"], c["verdict"]
@@ -126,19 +131,58 @@ def effective_verdicts(manifest: Manifest, changes: list[dict[str, Any]]) -> dic
                 standing[kind][key] = Verdict(verdict)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"decision {i} is malformed: {e}") from None
-    camp, grp, msg = standing["campaign"], standing["group"], standing["message"]
+    return standing["campaign"], standing["group"], standing["message"]
+
+
+Row = tuple[str, Verdict, int | None, int | None]  # (id, triage verdict, campaign, review group)
+
+
+def effective_over(rows: Iterable[Row], decided: Decisions) -> dict[str, Verdict]:
+    """The verdicts standing decisions set that differ from triage, over (id, verdict, campaign, group) rows."""
+    camp, grp, msg = decided
     out: dict[str, Verdict] = {}
     if not camp and not grp and not msg:
         return out
-    for m in manifest.messages:
-        v = (msg.get(m.id) or (grp.get(m.review_group) if m.review_group is not None else None)
-             or (camp.get(m.campaign) if m.campaign is not None else None))
-        if v is not None and v is not m.verdict:
-            out[m.id] = v
+    for mid, verdict, campaign, group in rows:
+        v = (msg.get(mid) or (grp.get(group) if group is not None else None)
+             or (camp.get(campaign) if campaign is not None else None))
+        if v is not None and v is not verdict:
+            out[mid] = v
     return out
 
 
-def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, approved_by: str,
+def effective_verdicts(manifest: Manifest | ManifestReader, changes: list[dict[str, Any]]) -> dict[str, Verdict]:
+    """The verdicts a review's decision log (`changes`, oldest first) sets that differ from triage.
+
+    A decision targets a campaign, a review group or a message; the last one for a target stands, and one
+    whose verdict is None undoes the standing decision for its target. A message's own decision beats its
+    review group's, which beats its campaign's (the group is the narrower, decided looking at exactly those
+    messages). This is the one reading of the log: the console shows it and dispatch checks against it.
+    ValueError if an entry is malformed."""
+    decided = standing_decisions(changes)
+    if not any(decided):
+        return {}
+    if isinstance(manifest, Manifest):
+        _whole(manifest)
+        return effective_over(((m.id, m.verdict, m.campaign, m.review_group) for m in manifest.messages), decided)
+    return effective_over(_rows(manifest), decided)
+
+
+def _whole(manifest: Manifest) -> Manifest:
+    """A manifest with its messages in it: a summary's are in parts, which only a ManifestReader reads."""
+    if manifest.parts is not None:
+        raise ValueError("a manifest summary holds no messages; pass its ManifestReader")
+    return manifest
+
+
+def _rows(reader: ManifestReader) -> Iterator[Row]:
+    """(id, verdict, campaign, review group) of every message, from the parts' small columns."""
+    for t in reader.columns(["id", "verdict", "campaign", "review_group"]):
+        yield from zip(t.column(0).to_pylist(), map(Verdict, t.column(1).to_pylist()), t.column(2).to_pylist(),
+                       t.column(3).to_pylist(), strict=True)
+
+
+def approval_from_manifest(manifest: Manifest | ManifestReader, manifest_sha256: str, host: str, approved_by: str,
                            approved_at: datetime, approval_id: str, changes: list[dict[str, Any]] | None = None,
                            overrides: dict[str, Verdict] | None = None) -> Approval:
     """Turn a reviewed manifest into an approval; `review` messages stay held, never replayed or purged.
@@ -152,11 +196,13 @@ def approval_from_manifest(manifest: Manifest, manifest_sha256: str, host: str, 
     replay: list[ApprovedMessage] = []
     purge: list[ApprovedMessage] = []
     hold: list[ApprovedMessage] = []
-    for m in manifest.messages:
+    messages = _whole(manifest).messages if isinstance(manifest, Manifest) else manifest.iter_messages()
+    incident = manifest.incident if isinstance(manifest, Manifest) else manifest.summary.incident
+    for m in messages:
         v = overrides.get(m.id, m.verdict)
         am = ApprovedMessage(id=m.id, path=m.path, sha256=m.sha256, queue_id=m.queue_id, envelope=m.envelope)
         (replay if v is Verdict.valid else purge if v is Verdict.spam else hold).append(am)
-    return Approval(approval_id=approval_id, incident=manifest.incident, host=host, manifest_sha256=manifest_sha256,
+    return Approval(approval_id=approval_id, incident=incident, host=host, manifest_sha256=manifest_sha256,
                     approved_by=approved_by, approved_at=approved_at, replay=replay, purge=purge, hold=hold,
                     changes=changes)
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 SCHEMA_VERSION = "1"
 M = TypeVar("M", bound="BaseModel")
@@ -324,6 +324,28 @@ class PolicyInfo(Model):
     notes: list[str] = Field(default_factory=list, description="values left out, and why")
 
 
+class ManifestPart(Model):
+    """One part of a manifest's messages: a Parquet file beside manifest.json."""
+
+    key: str = Field(pattern=r"^messages-[0-9]{5}\.parquet$",
+                     description="where it is, relative to the folder manifest.json is in")
+    first: int = Field(ge=0, description="the position of its first message in the manifest's message order")
+    messages: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the part's bytes: read nothing else")
+
+
+class ManifestParts(Model):
+    """Where a summary's messages are: parts in message order, each a Parquet table of one row per message
+    whose `message` column holds the message exactly as `messages` would (ManifestMessage JSON)."""
+
+    format: Literal["parquet"] = "parquet"
+    per_part: int = Field(ge=1, description="messages in every part but the last")
+    columns: list[str] = Field(description="the table's columns; `message` is the whole message, the others "
+                               "copies of its fields to filter on without reading it")
+    items: list[ManifestPart]
+
+
 class Manifest(Model):
     schema_version: str = SCHEMA_VERSION
     incident: str
@@ -335,10 +357,26 @@ class Manifest(Model):
     campaigns: list[Campaign]
     accounts: list[AccountReport]
     sources: list[SourceReport]
-    messages: list[ManifestMessage]
+    messages: list[ManifestMessage] = Field(
+        default_factory=list, description="every message, in one file; absent from a summary, whose `parts` "
+        "name the files that hold them (pipeline.manifest_io.ManifestReader reads both)")
+    parts: ManifestParts | None = Field(None, exclude=True, description="a summary's message parts (written by "
+                                        "pipeline.manifest_io; a manifest in one file has none)")
     review_groups: list[ReviewGroup] = Field(default_factory=list, description="every review message is in "
                                              "exactly one; at most one group per 20 review messages plus 10")
     archive_defects: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _summary_read_as_a_summary(self, info: ValidationInfo) -> Manifest:
+        # a summary read as a whole manifest would be one with no messages: approving that purges nothing and
+        # replays nothing, silently. Only the reader, which reads the parts too, may take one.
+        if self.parts is not None:
+            if self.messages:
+                raise ValueError("a manifest has its messages inline or in parts, not both")
+            if not (info.context or {}).get("summary"):
+                raise ValueError("this manifest.json is a summary whose messages are in parts; "
+                                 "read it with pipeline.manifest_io.ManifestReader")
+        return self
 
 
 class IndexEntry(Model):

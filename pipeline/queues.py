@@ -1,12 +1,18 @@
 """The object-store prefixes an incident moves through, named in one place, like Postfix's queue names.
 
     incoming/<incident>/<host>/<snapshot>          the snapshot (agent or human upload)
-    parsed/<incident>/<shard>.jsonl.zst           ParsedRecord lines, one object per shard
-    manifests/<incident>/manifest.json            the triage result
+    parsed/<incident>/<shard>.parquet             a shard's records as columns (pipeline.columnar)
+    parsed/<incident>/<shard>.jsonl.zst           the same as ParsedRecord lines (written before; still read)
+    manifests/<incident>/manifest.json            the triage result's summary, written last
+    manifests/<incident>/messages-<n>.parquet     its messages in parts (pipeline.manifest_io), written first
     blocklists/<incident>/report.json             the blocklist report
     state/<incident>/decisions.json               the review's verdict changes, oldest first
     state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)
     state/<incident>/triage.claim                 who claimed the incident's triage (write-once)
+    state/<incident>/triage/plan.json             the plan step's summary (pipeline.plan)
+    state/<incident>/triage/plan/<shard>.parquet  the plan's rows of one shard
+    state/<incident>/triage/decide.zst            the decide step's output (pipeline.staged.Decisions)
+    state/<incident>/triage/<step>/<shard>.zst    a map step's output per shard (facts, verdicts)
     state/policy.toml                             the site policy
     state/blocklists/latest.json                  the last scheduled blocklist report
     approvals/<incident>/<approval-id>.json       immutable approvals
@@ -54,11 +60,17 @@ def incoming_key(incident: str, host: str, name: str) -> str:
     return f"{INCOMING}/{check_name('incident', incident)}/{check_name('host', host)}/{check_name('file', name)}"
 
 
-_PARSED_SUFFIX = ".jsonl.zst"
+_PARSED_SUFFIX = ".parquet"
+_LEGACY_PARSED_SUFFIX = ".jsonl.zst"  # shards parsed before the columnar form, still read
 
 
 def parsed_key(incident: str, shard: str) -> str:
     return f"{PARSED}/{check_name('incident', incident)}/{check_name('shard', shard)}{_PARSED_SUFFIX}"
+
+
+def legacy_parsed_key(incident: str, shard: str) -> str:
+    """Where a shard parsed before the columnar form lies (ParsedRecord JSON lines, zstd)."""
+    return f"{PARSED}/{check_name('incident', incident)}/{check_name('shard', shard)}{_LEGACY_PARSED_SUFFIX}"
 
 
 def manifest_key(incident: str) -> str:
@@ -88,6 +100,17 @@ def claim_key(incident: str) -> str:
     return f"{STATE}/{check_name('incident', incident)}/triage.claim"
 
 
+TRIAGE_STEPS = ("plan", "facts", "decide", "verdicts", "summary")
+
+
+def triage_step_key(incident: str, step: str, shard: str | None = None) -> str:
+    """Where a triage step keeps its output (pipeline.staged): per shard for the map steps."""
+    if step not in TRIAGE_STEPS:
+        raise ValueError(f"{step!r} is not a triage step ({', '.join(TRIAGE_STEPS)})")
+    base = f"{STATE}/{check_name('incident', incident)}/triage/{step}"
+    return f"{base}.zst" if shard is None else f"{base}/{check_name('shard', shard)}.zst"
+
+
 POLICY_KEY = f"{STATE}/policy.toml"
 BLOCKLIST_STATE_KEY = f"{STATE}/blocklists/latest.json"
 
@@ -108,11 +131,24 @@ def parsed_prefix(incident: str) -> str:
 
 
 def shard_of_parsed_key(key: str) -> str | None:
-    """The shard a parsed/<incident>/<shard>.jsonl.zst key holds; None for any other key."""
+    """The shard a parsed/<incident>/<shard>.parquet (or .jsonl.zst) key holds; None for any other key."""
     parts = key.split("/")
-    if len(parts) != 3 or parts[0] != PARSED or not parts[2].endswith(_PARSED_SUFFIX):
+    if len(parts) != 3 or parts[0] != PARSED:
         return None
-    return parts[2][: -len(_PARSED_SUFFIX)]
+    for suffix in (_PARSED_SUFFIX, _LEGACY_PARSED_SUFFIX):
+        if parts[2].endswith(suffix) and len(parts[2]) > len(suffix):
+            return parts[2][: -len(suffix)]
+    return None
+
+
+def plan_key(incident: str) -> str:
+    """The plan step's summary: shards, policy, campaigns (written after every shard's rows)."""
+    return f"{STATE}/{check_name('incident', incident)}/triage/plan.json"
+
+
+def plan_rows_key(incident: str, shard: str) -> str:
+    """The plan's rows of one shard: each row's global position, id, duplicate count, label, campaign."""
+    return f"{STATE}/{check_name('incident', incident)}/triage/plan/{check_name('shard', shard)}.parquet"
 
 
 def approvals_prefix(incident: str) -> str:

@@ -158,7 +158,103 @@ def top_hop_names(records: Iterable[ParsedRecord]) -> tuple[Counter[str], int]:
     return names, with_hops
 
 
-def from_queue(records: Sequence[ParsedRecord], server_names: Sequence[str] | None = None) -> Derived:
+Hops = tuple[tuple[str | None, str | None], ...]
+
+
+@dataclass
+class QueueEvidence:
+    """What `from_queue` reads of a queue, gathered message by message (or shard by shard, from the
+    parsed shards' columns: pipeline.columnar) and added up; a few entries per host name and domain,
+    not per message.
+
+    names: the topmost Received hop's `by` name -> [messages, the first one's position] (ties are
+    broken by the first position, as Counter.most_common breaks them by first insertion).
+    accounts: domain -> account -> messages, where the queue stored an account sending as itself.
+    hops: (domain, hops) -> messages, for a message whose queue stored no account: its Received hops
+    up to the last one authenticated as the sender (by name, that account or None); which one is
+    ours is only known once the server names are."""
+
+    names: dict[str, list[int]] = field(default_factory=dict)
+    with_hops: int = 0
+    accounts: dict[str, Counter[str]] = field(default_factory=dict)
+    hops: Counter[tuple[str, Hops]] = field(default_factory=Counter)
+
+    def add_message(self, position: int, top_by: str | None, account: str | None, domain: str | None,
+                    hops: Hops | None) -> None:
+        """One message's part (see `message_evidence`): top_by None when it has no Received line."""
+        if top_by is not None:
+            self.with_hops += 1
+            if top_by:
+                seen = self.names.setdefault(top_by, [0, position])
+                seen[0] += 1
+                seen[1] = min(seen[1], position)
+        if domain is None:
+            return
+        if account:
+            self.accounts.setdefault(domain, Counter())[account] += 1
+        elif hops:
+            self.hops[domain, hops] += 1
+
+    def merge(self, other: QueueEvidence) -> None:
+        for name, (n, pos) in other.names.items():
+            seen = self.names.setdefault(name, [0, pos])
+            seen[0] += n
+            seen[1] = min(seen[1], pos)
+        self.with_hops += other.with_hops
+        for domain, users in other.accounts.items():
+            self.accounts.setdefault(domain, Counter()).update(users)
+        self.hops.update(other.hops)
+
+    def top_names(self) -> list[tuple[str, int]]:
+        return [(name, n) for name, (n, _) in sorted(self.names.items(), key=lambda kv: (-kv[1][0], kv[1][1]))]
+
+    def senders(self, ours: SitePolicy) -> tuple[dict[str, set[str]], Counter[str]]:
+        """Per domain, the accounts sending as themselves from it, and their messages, given our names."""
+        accounts: dict[str, set[str]] = defaultdict(set)
+        counts: Counter[str] = Counter()
+        for domain, users in self.accounts.items():
+            accounts[domain].update(users)
+            counts[domain] += sum(users.values())
+        for (domain, hops), n in self.hops.items():
+            # the topmost hop of ours is the one that counts, as in a queue that stored the account
+            user = next((u for by, u in hops if ours.is_our_host(by)), None)
+            if user:
+                accounts[domain].add(user)
+                counts[domain] += n
+        return accounts, counts
+
+    @classmethod
+    def of(cls, records: Iterable[ParsedRecord]) -> QueueEvidence:
+        ev = cls()
+        for i, r in enumerate(records):
+            ev.add_message(i, *message_evidence(r))
+        return ev
+
+
+def message_evidence(r: ParsedRecord) -> tuple[str | None, str | None, str | None, Hops | None]:
+    """(top_by, account, domain, hops) of one message, for QueueEvidence.add_message: the topmost
+    Received hop's `by` name ('' if it has none, None without Received lines); and, when it sends
+    from an address, the sender's domain with the account the queue stored if it sends as itself,
+    else the hops that could show one (None when none could)."""
+    top_by = (r.received[0].by or "") if r.received else None
+    sender = (r.envelope.mail_from or "").lower()
+    if "@" not in sender:
+        return top_by, None, None, None
+    local, domain = sender.rsplit("@", 1)
+    user = (r.envelope.sasl_username or "").lower()
+    if user:
+        return top_by, user if user in (local, sender) else None, domain, None
+    hops: list[tuple[str | None, str | None]] = []
+    last = -1
+    for h in r.received:
+        u = (h.auth_user or "").lower() if h.authenticated else ""
+        hops.append((h.by, u if u and u in (local, sender) else None))
+        if hops[-1][1]:
+            last = len(hops)
+    return top_by, None, domain, tuple(hops[:last]) if last > 0 else None
+
+
+def from_queue(records: Sequence[ParsedRecord] | QueueEvidence, server_names: Sequence[str] | None = None) -> Derived:
     """What the queue itself shows, where the evidence is strong.
 
     server_names: the `by` name of the topmost Received line of most messages. Every message in our
@@ -168,28 +264,15 @@ def from_queue(records: Sequence[ParsedRecord], server_names: Sequence[str] | No
     as anyone@gmail.com, and gmail.com must never become local.
     """
     d = Derived()
-    names, with_hops = top_hop_names(records)
-    for name, n in names.most_common(3):
+    ev = records if isinstance(records, QueueEvidence) else QueueEvidence.of(records)
+    with_hops = ev.with_hops
+    for name, n in ev.top_names()[:3]:
         if n >= SERVER_NAME_MIN and n >= SERVER_NAME_SHARE * with_hops:
             d.add("server_names", name, f"queue: the topmost Received line of {n:,} of {with_hops:,} messages "
                   f"with Received lines is 'by {name}'")
     ours = SitePolicy(server_names=list(server_names if server_names is not None
                                                  else d.values.get("server_names", [])))
-    accounts: dict[str, set[str]] = defaultdict(set)
-    counts: Counter[str] = Counter()
-    for r in records:
-        env = r.envelope
-        user = (env.sasl_username or "").lower()
-        if not user and r.received:  # a queue that stores no account: our own hop's "(Authenticated sender: x)"
-            hop = next((h for h in r.received if ours.is_our_host(h.by)), None)
-            user = (hop.auth_user or "").lower() if hop and hop.authenticated else ""
-        sender = (env.mail_from or "").lower()
-        if not user or "@" not in sender:
-            continue
-        local, domain = sender.rsplit("@", 1)
-        if user in (local, sender):
-            accounts[domain].add(user)
-            counts[domain] += 1
+    accounts, counts = ev.senders(ours)
     for domain in sorted(accounts):
         users = accounts[domain]
         if len(users) >= LOCAL_DOMAIN_MIN_ACCOUNTS:
@@ -201,9 +284,10 @@ def from_queue(records: Sequence[ParsedRecord], server_names: Sequence[str] | No
 
 
 def effective_policy(explicit: SitePolicy, explicit_source: str | None, site: dict[str, Any] | None,
-                     records: Sequence[ParsedRecord]) -> tuple[SitePolicy, PolicyInfo]:
+                     records: Sequence[ParsedRecord] | QueueEvidence) -> tuple[SitePolicy, PolicyInfo]:
     """The policy for this snapshot, per key: the explicit file's value if it sets the key, else the MTA's
-    recorded configuration, else (server_names and local_domains only) the queue; else the default."""
+    recorded configuration, else (server_names and local_domains only) the queue; else the default.
+    `records`: the queue's records in triage order, or the QueueEvidence gathered from them."""
     chosen: dict[str, object] = {}
     origins: dict[str, str] = {}
     kinds: set[str] = set()

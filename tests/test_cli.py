@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.manifest_io import manifest_bytes, read_manifest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,7 +24,7 @@ def test_triage_writes_manifest_and_summary(incident_tar: Path, policy_file: Pat
     r = run("triage", str(incident_tar), "--policy", str(policy_file), "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout and "spam" in r.stdout and "campaigns" in r.stdout
-    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    m = json.loads(manifest_bytes(read_manifest(tmp_path / "o")))
     assert m["totals"]["messages"] == 1500
 
 
@@ -49,7 +51,7 @@ def test_damaged_archive_exit_2(incident_tar: Path, policy_file: Path, tmp_path:
     cut.write_bytes(data[: len(data) // 3])
     r = run("triage", str(cut), "--policy", str(policy_file), "--out", str(tmp_path / "o"), "-q")
     assert r.returncode == 2, r.stderr
-    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    m = json.loads(manifest_bytes(read_manifest(tmp_path / "o")))
     assert m["archive_defects"]
     # the index names every message, so those cut off are still listed, as review
     assert m["totals"]["messages"] == 1500

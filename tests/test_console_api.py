@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,8 +13,10 @@ from starlette.testclient import TestClient
 from console.app import create_app
 from pipeline.blocklist.models import BlocklistReport, Status, ZoneResult
 from pipeline.instructions import Approval, Receipt, ReceiptItem
+from pipeline.manifest_io import read_manifest, write_manifest
 from pipeline.models import Manifest
 from pipeline.queues import manifest_key
+from pipeline.store import LocalStore
 from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store
 
 TOKEN = "t0ken-for-tests"
@@ -46,7 +49,7 @@ def store_root_of(client):
 
 
 def manifest(root) -> Manifest:
-    return Manifest.model_validate_json((root / manifest_key(INCIDENT)).read_bytes())
+    return read_manifest(LocalStore(root), INCIDENT)
 
 
 GETS = ["/api/session", "/api/incidents", BASE, f"{BASE}/messages", f"{BASE}/timeline", f"{BASE}/approval-summary",
@@ -231,10 +234,9 @@ def test_large_incident_pages_are_summarised_on_the_server(client, store_root, t
     takes is measured by bench/console_bench.py, not here)."""
     m = manifest(store_root)
     msgs = [x.model_copy(update={"id": f"{i:024x}"}) for i in range(100_000) for x in [m.messages[i % len(m.messages)]]]
-    big = m.model_copy(update={"incident": "big", "messages": msgs})
-    p = tmp_path / "manifests/big/manifest.json"
-    p.parent.mkdir(parents=True)
-    p.write_text(big.model_dump_json())
+    big = m.model_copy(update={"incident": "big", "messages": msgs,
+                               "totals": m.totals.model_copy(update={"messages": len(msgs)})})
+    write_manifest(big, tmp_path / "manifests/big", per_part=30_000)  # 4 parts
     c = TestClient(create_app(tmp_path, TOKEN))
     spam = sum(1 for x in msgs if x.verdict.value == "spam")
     for path in ("/api/incidents", "/api/incidents/big", "/api/incidents/big/messages?verdict=spam&page=40",
@@ -280,7 +282,7 @@ def test_cli_prints_the_address_and_serves(store_root):
 
 
 def test_plain_triage_folder_is_one_incident(store_root, tmp_path):
-    (tmp_path / "manifest.json").write_bytes((store_root / manifest_key(INCIDENT)).read_bytes())
+    shutil.copytree((store_root / manifest_key(INCIDENT)).parent, tmp_path, dirs_exist_ok=True)  # summary + parts
     c = TestClient(create_app(tmp_path, TOKEN))
     assert [i["id"] for i in c.get("/api/incidents", headers=AUTH).json()["incidents"]] == [INCIDENT]
     assert c.get("/api/incidents/other", headers=AUTH).status_code == 404

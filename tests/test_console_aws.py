@@ -27,8 +27,9 @@ from starlette.routing import Route
 from adapters.aws import S3Store
 from console.aws_proxy import Signer, canonical_target, create_proxy, region_of
 from pipeline.instructions import Approval
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from pipeline.queues import manifest_key
+from pipeline.store import LocalStore
 from spoolsweep.lab import free_port
 from tests.support.console import HOST, INCIDENT, XSS_SUBJECTS, build_store
 
@@ -61,7 +62,7 @@ def bucket(moto_url, local_store, monkeypatch):
 
     console.handler.reset()
     yield {"s3": s3, "name": name, "store": S3Store(name, s3),
-           "manifest": Manifest.model_validate_json((local_store / manifest_key(INCIDENT)).read_bytes())}
+           "manifest": read_manifest(LocalStore(local_store), INCIDENT)}
     console.handler.reset()
 
 
@@ -441,7 +442,8 @@ def test_split_snapshot_drill_down_downloads_little_and_keeps_within_budget(buck
     s3, m = bucket["s3"], bucket["manifest"]
     name = "split-" + uuid.uuid4().hex[:8]
     s3.create_bucket(Bucket=name)
-    s3.put_object(Bucket=name, Key=manifest_key(INCIDENT), Body=(local_store / manifest_key(INCIDENT)).read_bytes())
+    for key in LocalStore(local_store).list(f"manifests/{INCIDENT}/"):  # the summary and its parts
+        s3.put_object(Bucket=name, Key=key, Body=(local_store / key).read_bytes())
     fetched: list[str] = []
 
     class Counting(S3Store):

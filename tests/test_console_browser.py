@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from pipeline.instructions import Approval
+from pipeline.manifest_io import read_manifest
 from tests.support.console import INCIDENT, XSS_SUBJECTS, build_store, served
 
 CHROMIUM = "/usr/bin/chromium"
@@ -203,9 +204,8 @@ def test_hostile_subjects_stay_text(page, server):
 
 def test_many_campaigns_come_in_steps(browser, store_root, tmp_path):
     """An incident with 150 campaigns: the page shows the 60 largest, 'Show 200 more' brings the rest, largest first."""
-    from pipeline.models import Manifest
 
-    m = Manifest.model_validate_json((store_root / f"manifests/{INCIDENT}/manifest.json").read_bytes())
+    m = read_manifest(store_root / f"manifests/{INCIDENT}")
     base = m.campaigns[0]
     camps = [base.model_copy(update={"id": i, "size": 1000 - i, "label": f"run {i}"}) for i in range(1, 151)]
     big = m.model_copy(update={"incident": "many", "campaigns": camps})

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from pipeline.manifest_io import manifest_bytes, read_manifest
 from tests.support.console import served
 from tests.support.review import review_store
 from tests.test_console_browser import ARGS, CHROMIUM, open_hash, shot
@@ -55,7 +56,7 @@ def counter(pg) -> str:
 @pytest.mark.slow
 def test_one_key_decides_a_whole_group(browser, corpus, tmp_path):
     root = review_store(tmp_path / "store", corpus, INCIDENT)
-    m = json.loads((root / f"manifests/{INCIDENT}/manifest.json").read_text())
+    m = json.loads(manifest_bytes(read_manifest(root / f"manifests/{INCIDENT}")))
     groups = m["review_groups"]
     review = m["totals"]["review"]
     assert len(groups) >= 2
@@ -121,7 +122,7 @@ def test_review_page_at_scale(browser, corpus, tmp_path, n, style):
     review message in one group within the bound; the review page, the incident page and the approval page stay
     bounded and render; screenshots for a person."""
     root = review_store(tmp_path / "store", corpus, INCIDENT, n=n, shop=n // 100, seed=n, workers=None, style=style)
-    m = json.loads((root / f"manifests/{INCIDENT}/manifest.json").read_text())
+    m = json.loads(manifest_bytes(read_manifest(root / f"manifests/{INCIDENT}")))
     review = m["totals"]["review"]
     print(f"{m['totals']['messages']:,} messages ({style}): {review:,} review in {len(m['review_groups'])} groups")
     assert sum(g["messages"] for g in m["review_groups"]) == review

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.instructions import Receipt
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from spoolsweep.lab.postfix import available
 from spoolsweep.lab.run import demo_incident
 from spoolsweep.lab.sink import body_of
@@ -52,7 +52,7 @@ def check_ground_truth(workdir: Path, corpus) -> dict:
         orig = truth[e["message_id"]]
         assert body_of((workdir / "sink" / e["file"]).read_bytes()) == body_of(orig.data), e["message_id"]
         assert sorted(e["rcpt_to"]) == sorted(orig.envelope.rcpt_to)
-    manifest = Manifest.model_validate_json((workdir / "store" / "manifests" / "demo" / "manifest.json").read_bytes())
+    manifest = read_manifest(workdir / "store" / "manifests" / "demo")
     n_spam = sum(1 for m in manifest.messages if m.verdict.value == "spam")
     receipts = [Receipt.model_validate_json(p.read_bytes())
                 for p in (workdir / "store" / "receipts" / "demo" / "mx1").glob("*.json")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.instructions import Receipt
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from spoolsweep.lab import exim as lab_exim
 from spoolsweep.lab import sendmail as lab_sendmail
 from spoolsweep.lab.run import demo_incident
@@ -31,7 +31,7 @@ N, SEED = 100, 3
 def check(workdir: Path, corpus) -> None:
     ham, spam = corpus
     truth = {message_id(m.data): m for m in demo_incident(ham, spam, N, SEED).messages}
-    manifest = Manifest.model_validate_json((workdir / "store/manifests/demo/manifest.json").read_bytes())
+    manifest = read_manifest(workdir / "store/manifests/demo")
     verdict = {m.message_id: m.verdict.value for m in manifest.messages}
     sink = [json.loads(line) for line in (workdir / "sink/envelopes.jsonl").read_text().splitlines()]
     got = Counter(e["message_id"] for e in sink)
@@ -136,7 +136,7 @@ def test_demo_on_sendmail(tmp_path, mail_corpus):
     check_walkthrough(tmp_path / "demo", "Sendmail")
     site = (tmp_path / "demo/site.toml").read_text()
     assert "127.0.0.0/8" not in site and '"127.0.0.0/24"' in site, "the clients' loopback addresses are not all trusted"
-    manifest = Manifest.model_validate_json((tmp_path / "demo/store/manifests/demo/manifest.json").read_bytes())
+    manifest = read_manifest(tmp_path / "demo/store/manifests/demo")
     clients = {m.envelope.client_address for m in manifest.messages if m.envelope.client_address}
     assert len(clients) > 20 and all(c.startswith("127.") for c in clients), "the clients were told apart"
     ham, spam = mail_corpus

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from pipeline.manifest_io import manifest_bytes, read_manifest
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
 from tests.support.exim import available, private_exim
@@ -174,7 +175,7 @@ def test_orphans_and_lying_line_count_are_review(exim_queue, tmp_path: Path, pol
     cp = subprocess.run([sys.executable, "-m", "spoolsweep", "triage", str(broken), "--policy", str(policy_file),
                          "--out", str(out), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(manifest_bytes(read_manifest(out)))
     assert manifest["snapshot"]["format"] == "exim"
     assert all(m["verdict"] == "review" for m in manifest["messages"]), [m["verdict"] for m in manifest["messages"]]
 

@@ -5,7 +5,6 @@ twice, or with a clear refusal; the test prints how many faults of each kind it 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -23,7 +22,7 @@ from adapters import names
 from pipeline.errors import StoreError
 from pipeline.generator import POLICY_TOML, generate, write_eml_folder
 from pipeline.instructions import Approval, Receipt, generate_keypair, instruction_from_approval, sign
-from pipeline.models import Manifest
+from pipeline.manifest_io import read_manifest
 from pipeline.queues import receipt_key
 from pipeline.store import LocalChannel, LocalStore
 from spoolsweep.lab.sink import Sink, body_of
@@ -45,7 +44,7 @@ def cli(*args: str) -> str:
 
 
 def verdicts(store: Path) -> dict[str, tuple[str, str]]:
-    m = Manifest.model_validate_json((store / "manifests" / INC / "manifest.json").read_bytes())
+    m = read_manifest(store / "manifests" / INC)
     return {x.path: (x.sha256, x.verdict.value) for x in m.messages}
 
 
@@ -152,12 +151,12 @@ def test_fault_campaign(tmp_path, mail_corpus):
         survived["store refused a write"] = sum((flaky / key).is_file() for key in fs.refused)
 
     # 3. duplicate and reordered events
-    before = (store / "manifests" / INC / "manifest.json").read_bytes()
+    before = read_manifest(store / "manifests" / INC)
     in_process(store, lambda r: redeliver(r, injected, survived))
     assert verdicts(store) == want
     assert not list((store / ".runner" / "dlq").glob("*/*.json")), "nothing dead-lettered"
-    assert json.loads((store / "manifests" / INC / "manifest.json").read_bytes())["messages"] == \
-        json.loads(before)["messages"], "same result however often and in whatever order"
+    assert read_manifest(store / "manifests" / INC).messages == before.messages, \
+        "same result however often and in whatever order"
 
     # approve; dispatch twice (a duplicate S3 event for the approval)
     cli("approve", INC, "--by", "tester", "--store", store)

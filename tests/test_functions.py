@@ -20,8 +20,8 @@ from functions.errors import PoisonEvent, SettingsError
 from functions.events import objects_in
 from functions.settings import DispatchSettings, load
 from pipeline import queues
-from pipeline.instructions import SignedInstruction, verify
-from pipeline.models import Manifest
+from pipeline.instructions import Approval, SignedInstruction, verify
+from pipeline.manifest_io import read_manifest
 from pipeline.service import incidents as embedded
 from pipeline.shards import missing, parse_shard, shard_of
 from pipeline.store import LocalChannel, LocalStore
@@ -151,7 +151,7 @@ def test_unreadable_snapshot_is_kept_and_named(home):
     store.put(key, b"this is not a tarball")
     runner = LocalRunner(home, settle=0)
     runner.run_until_idle()
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("broken")))
+    m = read_manifest(store, "broken")
     assert m.totals.messages == 0 and any("snap.tar.gz" in d for d in m.archive_defects)
     assert store.exists(key) and store.exists("corrupt/broken/mx1.snap.json")
 
@@ -186,7 +186,7 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     assert all(r.startswith(("skipped: triage already claimed", "already triaged")) for r in results
                if "messages from" not in r), results
     assert (home / "state/inc7/triage.claim").exists()
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("inc7")))
+    m = read_manifest(store, "inc7")
     whole = triage(small_incident, policy, workers=1)
     assert m.totals == whole.totals
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in whole.messages}
@@ -207,8 +207,8 @@ def test_a_big_whole_snapshot_is_split_by_the_parse_step(home, small_incident, p
     incoming = sorted(store.list("incoming/big/mx1/"))
     assert whole in incoming and len(incoming) == 4  # the evidence, and its three parts
     assert sorted(store.list("parsed/big/")) == [
-        f"parsed/big/mx1.small.part-000{i}-of-0003.jsonl.zst" for i in (1, 2, 3)]
-    m = Manifest.model_validate_json(store.get(queues.manifest_key("big")))
+        f"parsed/big/mx1.small.part-000{i}-of-0003.parquet" for i in (1, 2, 3)]
+    m = read_manifest(store, "big")
     assert {x.id: x.verdict for x in m.messages} == {x.id: x.verdict for x in triage(small_incident, policy,
                                                                                       workers=1).messages}
     # a duplicate of the whole snapshot's event writes no new part and parses nothing twice
@@ -242,7 +242,8 @@ def test_approve_dispatch_signs_once_and_verifies(home, small_incident, policy):
     runner = LocalRunner(home, settle=0)
     runner.run_until_idle()
     assert store.exists(queues.blocklist_key("inc9"))
-    key, approval, new = embedded.approve(store, "inc9", by="alice")
+    key, _, new = embedded.approve(store, "inc9", by="alice")
+    approval = Approval.model_validate_json(store.get(key))
     assert new and not embedded.approve(store, "inc9", by="alice")[2]  # immutable, same id
     runner.run_until_idle()
     dup = sqs_record(json.dumps(s3_notification("b", key, 1, "e")), "q")
@@ -266,7 +267,8 @@ def test_big_approvals_are_split_into_signed_parts_that_fit_sqs(home, small_inci
     store = LocalStore(home)
     embedded.upload(store, small_incident, "inc12", "mx1", shard_size=0)
     LocalRunner(home, settle=0).run_until_idle()
-    key, approval, _ = embedded.approve(store, "inc12", by="dave")
+    key, _, _ = embedded.approve(store, "inc12", by="dave")
+    approval = Approval.model_validate_json(store.get(key))
     channel = LocalChannel(home / "channel")
     pem = (home / "keys/signing.pem").read_bytes()
     results = {dispatch(store, channel, key, pem, "k1", budget=40_000).summary for _ in range(2)}  # 2nd: a duplicate
@@ -381,7 +383,7 @@ def test_a_handler_that_dies_half_way_is_retried_and_completes(home, small_incid
     parse_snapshot.handler.reset()
     rec = _rec(home, key, "p1")
     assert "killed" in invoke("parse", [rec]).failed["p1"]
-    assert not store.exists("parsed/crash/mx1.small.jsonl.zst")
+    assert not store.exists("parsed/crash/mx1.small.parquet")
     assert invoke("parse", [rec]).done == ["p1"]
     LocalRunner(home, settle=0).run_until_idle()
     akey = embedded.approve(store, "crash", by="fay").key

@@ -22,8 +22,8 @@ from adapters.runtime import SqsRunner, reset_handlers
 from functions.provision import provision
 from pipeline import queues
 from pipeline.errors import StoreError
-from pipeline.instructions import SignedInstruction, verify
-from pipeline.models import Manifest
+from pipeline.instructions import Approval, SignedInstruction, verify
+from pipeline.manifest_io import read_manifest
 from pipeline.service import incidents as embedded
 
 HOST = "mx1"
@@ -167,13 +167,14 @@ def test_end_to_end_sharded_with_duplicates_and_reordering(stack, incident_tar, 
         sqs.change_message_visibility(QueueUrl=runner.urls["triage"], ReceiptHandle=m["receiptHandle"],
                                       VisibilityTimeout=0)
     runner.run_until_idle(quiet_rounds=2)
-    manifest = Manifest.model_validate_json(store.get(queues.manifest_key("e2e")))
+    manifest = read_manifest(store, "e2e")
     assert manifest.totals.messages == 1500 and manifest.snapshot.hosts == [HOST]
     assert store.exists(queues.blocklist_key("e2e"))
     versions = s3.list_object_versions(Bucket=stack["bucket"], Prefix=queues.manifest_key("e2e"))["Versions"]
     assert len(versions) == 1  # triage ran once although every shard event came at least twice
 
-    key, approval, _ = embedded.approve(store, "e2e", by="alice")
+    key, _, _ = embedded.approve(store, "e2e", by="alice")
+    approval = Approval.model_validate_json(store.get(key))
     # the approval's notification, plus a duplicate of it
     runner.run_until_idle(quiet_rounds=2)
     rec = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.archive import ArchiveReport, Member
+from pipeline.manifest_io import manifest_bytes, read_manifest
 from pipeline.readers import READERS
 from pipeline.readers.postfix import parse_queue_file
 
@@ -112,7 +113,7 @@ def test_hostile_postfix_spool_is_all_review(tmp_path: Path, policy_file: Path) 
                          "--out", str(tmp_path / "o"), "-q", "--format", "postfix"], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    msgs = json.loads((tmp_path / "o" / "manifest.json").read_text())["messages"]
+    msgs = json.loads(manifest_bytes(read_manifest(tmp_path / "o")))["messages"]
     assert len(msgs) == len(bad)
     assert all(m["verdict"] == "review" and m["defects"] for m in msgs)
 

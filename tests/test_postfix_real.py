@@ -13,6 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from pipeline.generator import find_corpus, load_corpus
+from pipeline.manifest_io import manifest_bytes, read_manifest
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
 from tests.support.postfix import PostfixInstance, available, free_port, private_postfix
@@ -167,7 +168,7 @@ def test_triage_cli_on_spool_tarball(real_queue, tmp_path: Path, policy_file: Pa
     cp = subprocess.run([sys.executable, "-m", "spoolsweep", "triage", str(tar), "--policy", str(policy_file),
                          "--out", str(out), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(manifest_bytes(read_manifest(out)))
     assert manifest["snapshot"]["format"] == "postfix"
     assert {m["queue_id"] for m in manifest["messages"]} == set(truth)
     by_qid = {m["queue_id"]: m for m in manifest["messages"]}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.manifest_io import manifest_bytes, read_manifest
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
 from pipeline.readers.sendmail import parse_qf
@@ -47,7 +48,7 @@ def triage_cli(src: Path, policy_file: Path, out: Path) -> dict:
     cp = subprocess.run([sys.executable, "-m", "spoolsweep", "triage", str(src), "--policy", str(policy_file),
                          "--out", str(out), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    return json.loads((out / "manifest.json").read_text())
+    return json.loads(manifest_bytes(read_manifest(out)))
 
 
 # -- mbox -----------------------------------------------------------------------------------------

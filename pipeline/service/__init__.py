@@ -2,6 +2,7 @@
 typed results out; no AWS and no MTA code here, only pipeline/store.py's ports.
 
     parse.py       a snapshot or shard under incoming/ -> its parsed shard (or its parts)
+    plan.py        every shard of an incident parsed -> the plan (order, ids, policy, campaigns)
     triage.py      every shard of an incident parsed -> the manifest
     blocklists.py  a manifest -> the blocklist report; the scheduled re-check
     incidents.py   put a policy, upload a snapshot, approve a manifest, make the signing key

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import tomllib
@@ -11,8 +10,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline import queues
+from pipeline.approval_stream import approval_bytes, approved_lists
 from pipeline.errors import PolicyError, SpoolsweepError, StoreError
-from pipeline.instructions import Approval, approval_from_manifest, approval_id, generate_keypair, key_id_of
+from pipeline.instructions import Approval, approval_id, effective_verdicts, generate_keypair, key_id_of
+from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, Verdict
 from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
 from pipeline.shards import split_snapshot
@@ -23,9 +24,21 @@ class AlreadyExists(SpoolsweepError):
     """It already exists and is never overwritten:"""
 
 
+class Counts(NamedTuple):
+    """What an approval says, in numbers (the approval itself lists every message: read it from its key)."""
+
+    approval_id: str
+    host: str
+    approved_by: str
+    manifest_sha256: str
+    replay: int
+    purge: int
+    hold: int
+
+
 class Approved(NamedTuple):
     key: str
-    approval: Approval
+    approval: Counts
     new: bool  # False: the same approval was already written
 
 
@@ -73,30 +86,44 @@ def approve(store: Store, incident: str, by: str, host: str | None = None, now: 
             overrides: dict[str, Verdict] | None = None, changes: list[dict[str, Any]] | None = None) -> Approved:
     """Write the approval of an incident's current manifest once."""
     mkey = queues.manifest_key(incident)
-    data = store.get(mkey)
-    manifest = Manifest.model_validate_json(data)
+    reader = ManifestReader(store, incident)
     if host is None:
-        hosts = manifest.snapshot.hosts
+        hosts = reader.summary.snapshot.hosts
         if len(hosts) != 1:
             raise StoreError(f"{mkey} names hosts {hosts or 'none'}; say which with --host")
         host = hosts[0]
-    return write_approval(store, incident, manifest, hashlib.sha256(data).hexdigest(), host, by,
-                          now or datetime.now(UTC), overrides, changes)
+    return write_approval(store, incident, reader, reader.sha256, host, by, now or datetime.now(UTC), overrides,
+                          changes)
 
 
-def write_approval(store: Store, incident: str, manifest: Manifest, manifest_sha256: str, host: str, by: str,
-                   now: datetime, overrides: dict[str, Verdict] | None = None,
+def write_approval(store: Store, incident: str, manifest: Manifest | ManifestReader, manifest_sha256: str, host: str,
+                   by: str, now: datetime, overrides: dict[str, Verdict] | None = None,
                    changes: list[dict[str, Any]] | None = None) -> Approved:
-    """The approval object, written once under its deterministic key (a second writer reads the first's)."""
+    """The approval object, written once under its deterministic key (a second writer reads the first's).
+
+    Made as a stream (pipeline.approval_stream): every message of the manifest is read, none held. A missing
+    or corrupt part is a ManifestError, and nothing is written."""
     aid = approval_id(manifest_sha256, host, by)
-    approval = approval_from_manifest(manifest, manifest_sha256, host, by, now, aid, changes=changes,
-                                      overrides=overrides)
     key = queues.approval_key(incident, aid)
     if store.exists(key):
-        return Approved(key, Approval.model_validate_json(store.get(key)), False)
-    if store.put_if_absent(key, approval.model_dump_json(indent=1).encode()):
-        return Approved(key, approval, True)
-    return Approved(key, Approval.model_validate_json(store.get(key)), False)
+        return _existing(store, key)
+    changes = changes or []
+    if overrides is None:
+        overrides = effective_verdicts(manifest, changes)
+    head = Approval(approval_id=aid, incident=incident, host=host, manifest_sha256=manifest_sha256, approved_by=by,
+                    approved_at=now, changes=changes, replay=[], purge=[], hold=[])
+    with approved_lists(manifest, overrides) as lists:
+        data = approval_bytes(head, lists)
+        counts = Counts(aid, host, by, manifest_sha256, **lists.counts)
+    if store.put_if_absent(key, data):
+        return Approved(key, counts, True)
+    return _existing(store, key)
+
+
+def _existing(store: Store, key: str) -> Approved:
+    a = Approval.model_validate_json(store.get(key))
+    return Approved(key, Counts(a.approval_id, a.host, a.approved_by, a.manifest_sha256, len(a.replay), len(a.purge),
+                                len(a.hold)), False)
 
 
 def key_paths(root: Path) -> tuple[Path, Path]:

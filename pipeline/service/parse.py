@@ -1,4 +1,4 @@
-"""Parse a snapshot or shard under incoming/<incident>/<host>/ into parsed/<incident>/<shard>.jsonl.zst.
+"""Parse a snapshot or shard under incoming/<incident>/<host>/ into parsed/<incident>/<shard>.parquet.
 
 A whole snapshot larger than the split size is not parsed here: it is cut into part files beside it
 (incoming/.../<stem>.part-0001-of-0050.tar.zst), whose own events parse them in parallel. The whole
@@ -12,10 +12,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
-
 from pipeline import queues
 from pipeline.archive import ArchiveReport
+from pipeline.columnar import shard_bytes
 from pipeline.errors import PoisonEvent, SnapshotError
 from pipeline.models import ParsedRecord
 from pipeline.policy import SitePolicy
@@ -80,7 +79,7 @@ def split_object(store: Store, obj: Incoming, policy: SitePolicy, shard_size: in
 
 
 def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: ParseOptions = ParseOptions()) -> StepResult:
-    """Parse one snapshot object into its shard of ParsedRecord lines (or split it); a second run finds it done."""
+    """Parse one snapshot object into its shard of records, as columns (or split it); a second run finds it done."""
     incident, host, filename = obj.parts
     if filename.startswith("."):
         return StepResult("skipped: hidden file", done=False)
@@ -91,8 +90,9 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
     if options.split_bytes and name.parts == 1 and obj.size is not None and obj.size > options.split_bytes:
         return split_object(store, obj, policy, options.shard_size)
     out = queues.parsed_key(incident, name.shard)
-    if store.exists(out):
-        return StepResult(f"already parsed: {out}", done=False)
+    for done in (out, queues.legacy_parsed_key(incident, name.shard)):
+        if store.exists(done):
+            return StepResult(f"already parsed: {done}", done=False)
     where = {"incident": incident, "host": host, "source": obj.key, "shard": name.shard, "part": name.part,
              "parts": name.parts}
     report = ArchiveReport()
@@ -114,6 +114,5 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
                      site=site_of(report.meta))
     store.put(queues.shard_meta_key(incident, name.shard), meta.model_dump_json().encode())
     # written last: its presence (and its S3 event) means the shard is complete
-    store.put(out, zstandard.ZstdCompressor(level=3).compress(b"".join(r.model_dump_json().encode() + b"\n"
-                                                                        for r in records)))
+    store.put(out, shard_bytes(records))
     return StepResult(f"{len(records)} messages -> {out}", len(records))

@@ -191,7 +191,7 @@ def approve(
         return
     key, a = done.key, done.approval
     out.print(f"{'approved' if done.new else 'already approved'}: {key}", highlight=False)
-    out.print(f"replay {len(a.replay):,}  purge {len(a.purge):,}  hold {len(a.hold):,}  host {a.host}  "
+    out.print(f"replay {a.replay:,}  purge {a.purge:,}  hold {a.hold:,}  host {a.host}  "
               f"by {a.approved_by}", highlight=False)
 
 

@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
 def triage(
     snapshot: Annotated[Path, typer.Argument(help="a .tar, .tar.gz, .tgz, .tar.zst or a directory")],
     policy: Annotated[Path | None, typer.Option(help="site policy (TOML)")] = None,
-    out: Annotated[Path, typer.Option(help="folder for manifest.json")] = Path("triage-out"),
+    out: Annotated[Path, typer.Option(help="folder for manifest.json and its parts")] = Path("triage-out"),
     fmt: Annotated[str | None, typer.Option("--format", help="queue format; detected when omitted")] = None,
     incident: Annotated[str | None, typer.Option(help="incident name (default: the snapshot's name)")] = None,
     workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, no summary")] = False,
 ) -> None:
-    """Decide for every message of SNAPSHOT whether it is valid, spam or to review; write DIR/manifest.json."""
+    """Decide for every message of SNAPSHOT whether it is valid, spam or to review; write DIR/manifest.json + parts."""
     from pipeline.errors import SpoolsweepError
     from pipeline.manifest_io import write_manifest
     from pipeline.policy import load_policy
@@ -44,7 +44,7 @@ def triage(
         return
     if not quiet:
         summary_table(manifest)
-        typer.echo(f"manifest: {path}")
+        typer.echo(f"manifest: {path} (messages in {path.parent}/messages-*.parquet)")
     else:
         warn_all(manifest)
     if manifest.archive_defects:

@@ -76,7 +76,11 @@ class Story:
         return cp
 
     def manifest(self) -> Manifest:
-        return Manifest.model_validate_json((self.store / "manifests" / INCIDENT / "manifest.json").read_bytes())
+        """The incident's manifest, summary and parts, whole: the lab's incidents are small."""
+        from pipeline.manifest_io import read_manifest
+        from pipeline.store import LocalStore
+
+        return read_manifest(LocalStore(self.store), INCIDENT)
 
 
 def push_smtp(pf, messages: list[GenMessage], progress: Callable[[int], None] | None = None,

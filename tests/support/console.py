@@ -41,7 +41,7 @@ def build_store(root: Path, corpus: tuple[list[bytes], list[bytes]], policy: Sit
     work = root.parent / (root.name + "-work")
     tar = write_canonical(inc, work / "snapshot.tar", host=HOST)
     manifest = triage(tar, policy, incident=INCIDENT, workers=1)
-    write_manifest(manifest, root / "manifests" / INCIDENT)
+    write_manifest(manifest, root / "manifests" / INCIDENT, per_part=100)  # several parts, as a big one has
     dest = root / "incoming" / INCIDENT / HOST
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(tar, dest / "snapshot.tar")

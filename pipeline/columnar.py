@@ -1,0 +1,272 @@
+"""Parsed shards as columns: one Parquet file a shard, so a reduce reads only the columns it needs.
+
+A shard's records are written by the parse step (`shard_bytes`) and read back whole by the map
+steps (`read_records`, which gives back exactly the records written: `model_dump()` is equal). The
+plan step reads small columns only (`read_columns`, `grouping`, `queue_evidence`, `ids`); the
+campaign labels read `text` for a sample of rows.
+
+Columns (one row per message, in the order the parse step wrote them):
+
+    path, sha256       string: the triage order is (path, sha256) over every shard
+    digest             binary(16): pipeline.campaigns.feature_digest, the exact-duplicate fold
+    sketch             binary(256): 64 little-endian uint32, null without a sketch
+    keys               list<string>: invariant keys, in the record's order
+    shape              string: template fingerprint
+    text               string: normalised text (read for a label's sample only)
+    top_by             string: the topmost Received hop's `by` ('' none), null without Received lines
+    account, domain    string: what pipeline.sitepolicy.message_evidence gives (the queue's policy
+    hop_by, hop_user   list<string>: evidence), hop_* only for a message whose queue stored no account
+    record             string: the ParsedRecord's JSON without path, sha256, text, keys, shape and
+                       (when it is in its column) sketch
+
+Shards written before (`<shard>.jsonl.zst`, ParsedRecord JSON lines) are read by every function
+here as well: `read_records` reads them as they are, the column readers build the same columns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zstandard
+
+from pipeline.campaigns import Grouping, feature_digest
+from pipeline.errors import ShardError
+from pipeline.features import SKETCH_PERM
+from pipeline.models import ParsedRecord, message_id
+from pipeline.sitepolicy import QueueEvidence, message_evidence
+
+
+def _returning_allocator() -> None:
+    """Arrow's default allocator in the wheels (mimalloc) keeps the pages it freed, so a reduce
+    reading shard after shard holds its high-water mark; jemalloc gives them back (a fifth less peak
+    at 100k messages). An allocator named in ARROW_DEFAULT_MEMORY_POOL is left as it is."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a build without jemalloc (Windows)
+        pass
+
+
+_returning_allocator()
+
+FORMAT = "spoolsweep-parsed"
+VERSION = "1"
+_MAGIC = b"PAR1"
+_SKETCH_BYTES = 4 * SKETCH_PERM
+# fields with a column of their own, left out of `record`
+_OWN = ("path", "sha256", "text", "keys", "shape", "sketch")
+
+SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("sha256", pa.string()),
+    ("digest", pa.binary(16)),
+    ("sketch", pa.binary(_SKETCH_BYTES)),
+    ("keys", pa.list_(pa.string())),
+    ("shape", pa.string()),
+    ("text", pa.string()),
+    ("top_by", pa.string()),
+    ("account", pa.string()),
+    ("domain", pa.string()),
+    ("hop_by", pa.list_(pa.string())),
+    ("hop_user", pa.list_(pa.string())),
+    ("record", pa.string()),
+], metadata={b"format": FORMAT.encode(), b"version": VERSION.encode()})
+
+GROUPING = ("digest", "sketch", "keys", "shape")
+POLICY = ("top_by", "account", "domain", "hop_by", "hop_user")
+ORDER = ("path", "sha256")
+
+
+def _packed_sketch(sketch: Sequence[int]) -> bytes | None:
+    """A standard sketch as its column's bytes; None for any other (kept in `record`, exact)."""
+    if len(sketch) != SKETCH_PERM or not all(isinstance(x, int) and 0 <= x < 1 << 32 for x in sketch):
+        return None
+    return np.asarray(sketch, dtype="<u4").tobytes()
+
+
+def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str, list[object]]:
+    cols: dict[str, list[object]] = {name: [] for name in names}
+    want = set(names)
+    policy = want & set(POLICY)
+    for r in records:
+        packed = _packed_sketch(r.sketch) if want & {"sketch", "record"} else None
+        if "path" in want:
+            cols["path"].append(r.path)
+        if "sha256" in want:
+            cols["sha256"].append(r.sha256)
+        if "digest" in want:
+            cols["digest"].append(feature_digest(r.text, r.keys, r.shape, r.sketch))
+        if "sketch" in want:
+            cols["sketch"].append(packed)
+        if "keys" in want:
+            cols["keys"].append(list(r.keys))
+        if "shape" in want:
+            cols["shape"].append(r.shape)
+        if "text" in want:
+            cols["text"].append(r.text)
+        if policy:
+            top_by, account, domain, hops = message_evidence(r)
+            for name, value in (("top_by", top_by), ("account", account), ("domain", domain),
+                                ("hop_by", [b for b, _ in hops] if hops else None),
+                                ("hop_user", [u for _, u in hops] if hops else None)):
+                if name in want:
+                    cols[name].append(value)
+        if "record" in want:
+            cols["record"].append(r.model_dump_json(exclude=set(_OWN) if packed is not None else set(_OWN[:-1])))
+    return cols
+
+
+def table_of(records: Sequence[ParsedRecord], columns: Sequence[str] | None = None) -> pa.Table:
+    """The shard's columns (all, or those named) as an Arrow table: what `shard_bytes` writes, or
+    what a reduce reads of records held in memory (pipeline.plan.plan_step takes either)."""
+    names = list(SCHEMA.names if columns is None else columns)
+    schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(n) for n in names])
+    return pa.Table.from_pydict(_columns(records, names), schema=schema)
+
+
+def shard_bytes(records: Sequence[ParsedRecord]) -> bytes:
+    """One shard's records as a Parquet file (zstd, one row group): the bytes depend on the records only."""
+    sink = io.BytesIO()
+    # statistics of texts and JSON would only weigh the footer: no reader filters on them
+    pq.write_table(table_of(records), sink, compression="zstd", compression_level=3,
+                   write_statistics=["path", "sha256", "shape"], row_group_size=max(1, len(records)))
+    return sink.getvalue()
+
+
+def is_parquet(data: bytes) -> bool:
+    return data[:4] == _MAGIC
+
+
+def _legacy(data: bytes) -> list[ParsedRecord]:
+    try:
+        text = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return [ParsedRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+    except (zstandard.ZstdError, ValueError) as e:
+        raise ShardError(f"neither Parquet nor zstd JSON lines: {str(e).splitlines()[0][:200]}") from None
+
+
+def read_columns(data: bytes, columns: Sequence[str], rows: Sequence[int] | np.ndarray | None = None) -> pa.Table:
+    """Some columns of a shard (any of SCHEMA's names), all rows or those given (in that order)."""
+    unknown = [c for c in columns if c not in SCHEMA.names]
+    if unknown:
+        raise ValueError(f"no column {', '.join(unknown)} in a parsed shard")
+    if is_parquet(data):
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=list(columns))
+        except (pa.ArrowException, OSError) as e:
+            raise ShardError(str(e).splitlines()[0][:200]) from None
+    else:
+        table = table_of(_legacy(data)).select(list(columns))
+    if rows is not None:
+        table = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+    return table.combine_chunks()
+
+
+def num_rows(data: bytes) -> int:
+    """How many messages a shard holds, from the Parquet footer alone."""
+    if is_parquet(data):
+        return int(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows)
+    return len(_legacy(data))
+
+
+def read_records(data: bytes, rows: Sequence[int] | np.ndarray | None = None) -> list[ParsedRecord]:
+    """A shard's records, exactly as they were written, all or the rows given (in that order)."""
+    if not is_parquet(data):
+        recs = _legacy(data)
+        return recs if rows is None else [recs[int(i)] for i in rows]
+    t = read_columns(data, ["path", "sha256", "text", "keys", "shape", "sketch", "record"], rows)
+    out: list[ParsedRecord] = []
+    dumps = json.dumps
+    sketches = t.column("sketch")
+    valid = sketches.is_valid().to_numpy(zero_copy_only=False)
+    for i, (path, sha, text, keys, shape, rec) in enumerate(zip(
+            *(t.column(c).to_pylist() for c in ("path", "sha256", "text", "keys", "shape", "record")), strict=True)):
+        head = (f'{{"path":{dumps(path)},"sha256":{dumps(sha)},"text":{dumps(text)},"keys":{dumps(keys)},'
+                f'"shape":{dumps(shape)},')
+        if valid[i]:
+            head += '"sketch":[' + ",".join(map(str, np.frombuffer(sketches[i].as_py(), dtype="<u4").tolist())) + "],"
+        out.append(ParsedRecord.model_validate_json(head + rec[1:]))
+    return out
+
+
+def _sketch_into(column: pa.Array | pa.ChunkedArray, out: np.ndarray, has: np.ndarray) -> None:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    has[:] = arr.is_valid().to_numpy(zero_copy_only=False)
+    if has.any():
+        flat = np.frombuffer(arr.buffers()[1], dtype="<u4", count=(arr.offset + n) * SKETCH_PERM)
+        out[has] = flat[arr.offset * SKETCH_PERM:].reshape(n, SKETCH_PERM)[has]
+
+
+def sketch_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A `sketch` column as an (n, 64) uint32 matrix (zeros where null) and the mask of rows that have one."""
+    out = np.zeros((len(column), SKETCH_PERM), dtype=np.uint32)
+    has = np.zeros(len(column), dtype=bool)
+    _sketch_into(column, out, has)
+    return out, has
+
+
+def digests(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A `digest` column as an (n,) array of 16-byte values."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    buf = arr.buffers()[1]
+    raw = np.frombuffer(buf, dtype="S16", count=arr.offset + len(arr))[arr.offset:]
+    return raw.copy()
+
+
+def ids(paths: Sequence[str], sha256s: Sequence[str]) -> list[str]:
+    """Each message's base id (pipeline.models.message_id); the plan renames repeated ones."""
+    return [message_id(p, s) for p, s in zip(paths, sha256s, strict=True)]
+
+
+def grouping(tables: list[pa.Table]) -> Grouping:
+    """The clusterer's input from the GROUPING columns of shards, concatenated in the order given;
+    key and template strings become numbers here (equal strings, equal numbers, across shards).
+    The list is emptied as its tables are copied, so their sketches are not held twice."""
+    n = sum(len(t) for t in tables)
+    digest = np.empty(n, dtype="S16")
+    sketch = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
+    has_sketch = np.zeros(n, dtype=bool)
+    shapes: list[pa.Array] = []
+    keys: list[pa.Array] = []
+    at = 0
+    while tables:
+        t = tables.pop(0)
+        m = len(t)
+        digest[at:at + m] = digests(t.column("digest"))
+        _sketch_into(t.column("sketch"), sketch[at:at + m], has_sketch[at:at + m])
+        shapes.append(t.column("shape").combine_chunks())
+        keys.append(t.column("keys").combine_chunks())
+        at += m
+        del t
+    shape = pa.chunked_array(shapes, pa.string())
+    shape_ids = pc.index_in(shape, value_set=pc.unique(shape)).to_numpy().astype(np.int64)
+    key_lists = pa.chunked_array(keys, pa.list_(pa.string()))
+    flat = pc.list_flatten(key_lists)
+    key_ids = pc.index_in(flat, value_set=pc.unique(flat)).to_numpy().astype(np.int64)
+    # the message of each key: its row within its shard, plus the rows of the shards before it
+    parents, base = [], 0
+    for chunk in key_lists.chunks:
+        parents.append(pc.list_parent_indices(chunk).to_numpy().astype(np.int64) + base)
+        base += len(chunk)
+    key_msg = np.concatenate(parents) if parents else np.empty(0, np.int64)
+    return Grouping(digest, sketch, has_sketch, shape_ids, key_msg, key_ids)
+
+
+def queue_evidence(table: pa.Table, positions: np.ndarray) -> QueueEvidence:
+    """pipeline.sitepolicy.QueueEvidence of one shard from its POLICY columns, its rows at the given
+    global positions (the triage order: ties between host names are broken by it)."""
+    ev = QueueEvidence()
+    cols = [table.column(c).to_pylist() for c in POLICY]
+    for pos, top_by, account, domain, hop_by, hop_user in zip(positions.tolist(), *cols, strict=True):
+        hops = tuple(zip(hop_by, hop_user, strict=True)) if hop_by else None
+        ev.add_message(pos, top_by, account, domain, hops)
+    return ev

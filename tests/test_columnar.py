@@ -1,0 +1,204 @@
+"""Parsed shards as columns: records round-trip exactly, and the plan step gives prepare's order and
+ids, the effective policy and the grouping labels, however the incident is cut into shards."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import zstandard
+
+from pipeline import columnar
+from pipeline.archive import ArchiveReport
+from pipeline.campaigns import CampaignClusterer, Features
+from pipeline.errors import ShardError
+from pipeline.generator import generate, write_canonical
+from pipeline.models import Envelope, ParsedRecord, RawMessage, ReceivedHop
+from pipeline.parse import parse_found
+from pipeline.plan import COLUMNS, apply, load_plan, plan_step, rows_bytes, summary_bytes, write_plan
+from pipeline.policy import SitePolicy
+from pipeline.readers import read_snapshot
+from pipeline.readers.base import Found
+from pipeline.sitepolicy import effective_policy
+from pipeline.store import LocalStore
+from pipeline.triage import parse_all, prepare
+
+
+@pytest.fixture(scope="module")
+def corpus_records(corpus, policy) -> list[ParsedRecord]:
+    """The packaged corpus's 600 real messages, parsed."""
+    ham, spam = corpus
+    out = []
+    for kind, msgs in (("ham", ham), ("spam", spam)):
+        for i, data in enumerate(msgs):
+            found = Found(RawMessage(path=f"{kind}/{i:04d}.eml"), data, hashlib.sha256(data).hexdigest(), len(data))
+            out.append(parse_found(found, policy))
+    return out
+
+
+@pytest.fixture(scope="module")
+def spamware(corpus, policy, tmp_path_factory) -> list[ParsedRecord]:
+    """A 2,000-message spamware incident (campaigns, bounces, a stolen account), parsed in archive order."""
+    ham, spam = corpus
+    tar = write_canonical(generate(ham, spam, n=2000, seed=3, style="spamware"),
+                          tmp_path_factory.mktemp("sw") / "sw.tar.gz")
+    _, found, _ = read_snapshot(tar, policy.limits, report=ArchiveReport())
+    return parse_all(found, policy, workers=1)
+
+
+def _same(a: list[ParsedRecord], b: list[ParsedRecord]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.model_dump() == y.model_dump(), x.path
+
+
+def test_records_round_trip_exactly(corpus_records) -> None:
+    data = columnar.shard_bytes(corpus_records)
+    assert columnar.is_parquet(data) and columnar.num_rows(data) == len(corpus_records)
+    _same(columnar.read_records(data), corpus_records)
+    # some rows, in the order asked
+    assert [r.path for r in columnar.read_records(data, [5, 2])] == [corpus_records[5].path, corpus_records[2].path]
+    # the bytes depend on the records only
+    assert columnar.shard_bytes(corpus_records) == data
+
+
+@pytest.mark.slow
+def test_spamware_records_round_trip_exactly(spamware) -> None:
+    _same(columnar.read_records(columnar.shard_bytes(spamware)), spamware)
+
+
+def test_odd_values_round_trip() -> None:
+    """A sketch that is not a standard one stays in the record; quotes, newlines, non-ASCII, nulls."""
+    base = dict(path='q/"x"\n\u00e9', sha256="0" * 64, size=1, format="eml", envelope=Envelope(mail_from=""))
+    recs = [ParsedRecord(**base, sketch=[1, 2, 3], text="caf\u00e9 \U0001f600 \\ \"", keys=["u:a", "u:a"]),
+            ParsedRecord(**base, sketch=[2**32 - 1] * 64, received=[ReceivedHop(by=None)]),
+            ParsedRecord(**{**base, "path": "m2"})]
+    _same(columnar.read_records(columnar.shard_bytes(recs)), recs)
+    assert columnar.read_records(columnar.shard_bytes([])) == []
+
+
+def test_shards_written_before_are_read(corpus_records) -> None:
+    legacy = zstandard.ZstdCompressor().compress(b"".join(r.model_dump_json().encode() + b"\n"
+                                                          for r in corpus_records[:50]))
+    _same(columnar.read_records(legacy), corpus_records[:50])
+    new = columnar.read_columns(columnar.shard_bytes(corpus_records[:50]), columnar.SCHEMA.names)
+    assert columnar.read_columns(legacy, columnar.SCHEMA.names).equals(new)
+
+
+def test_a_bad_shard_is_named() -> None:
+    with pytest.raises(ShardError, match="parsed shard cannot be read"):
+        columnar.read_records(b"PAR1 not really")
+    with pytest.raises(ShardError, match="parsed shard cannot be read"):
+        columnar.read_records(b"junk")
+
+
+def test_sketches_and_digests_come_back_as_arrays(corpus_records) -> None:
+    t = columnar.read_columns(columnar.shard_bytes(corpus_records), ["sketch", "digest"], rows=range(10, 40))
+    S, has = columnar.sketch_matrix(t.column("sketch"))
+    for i, r in enumerate(corpus_records[10:40]):
+        assert has[i] == bool(r.sketch) and (not r.sketch or S[i].tolist() == r.sketch)
+    assert len(set(columnar.digests(t.column("digest")).tolist())) == len({(r.text, tuple(r.keys), r.shape,
+                                                                             tuple(r.sketch))
+                                                                            for r in corpus_records[10:40]})
+
+
+def _cut(records: list[ParsedRecord], n: int) -> dict[str, bytes]:
+    step = -(-len(records) // n)
+    return {f"mx1.s.part-{i + 1:04d}-of-{n:04d}": columnar.shard_bytes(records[i * step:(i + 1) * step])
+            for i in range(n)}
+
+
+def _plan_per_id(shards: dict[str, bytes], policy: SitePolicy):
+    plan = plan_step("inc", list(shards), shards.__getitem__, policy)
+    out = {}
+    for s, data in shards.items():
+        recs = columnar.read_records(data)
+        rows = plan.rows[s]
+        apply(recs, rows)
+        for r, pos, lab, camp in zip(recs, rows.position.tolist(), rows.label.tolist(), rows.campaign.tolist(),
+                                     strict=True):
+            out[r.id] = (pos, lab, camp, r.defects)
+    return plan, out
+
+
+def _partition(labels_by_id: dict[str, int]) -> set[frozenset[str]]:
+    groups = defaultdict(set)
+    for i, lab in labels_by_id.items():
+        groups[lab].add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+@pytest.mark.slow
+def test_plan_is_prepare_and_the_clusterer_however_cut(spamware, policy) -> None:
+    records = [r.model_copy(deep=True) for r in spamware]
+    # two members under one name, and one member stored twice: prepare's duplicate flags and ids
+    records.append(records[7].model_copy(update={"sha256": "f" * 64}))
+    records.append(records[9].model_copy(deep=True))
+    plan1, one = _plan_per_id(_cut(records, 1), policy)
+    plan5, five = _plan_per_id(_cut(records, 5), policy)
+    assert one == five
+    assert plan1.campaign_sizes == plan5.campaign_sizes and plan1.policy_info == plan5.policy_info
+
+    ref = [r.model_copy(deep=True) for r in records]
+    prepare(ref)
+    assert len(one) == len(ref) == len(records)
+    for pos, r in enumerate(ref):
+        assert one[r.id][0] == pos and one[r.id][3] == r.defects
+    assert sum("duplicate member name" in " ".join(d) for *_, d in one.values()) == 4
+    used, info = effective_policy(policy, None, None, ref)
+    assert plan1.policy == used and plan1.policy_info == info
+    labels = CampaignClusterer(threshold=used.thresholds.campaign_similarity).fit(
+        [Features(r.text, r.sketch, r.keys, r.shape) for r in ref]).labels_
+    assert {r.id: one[r.id][1] for r in ref} == {r.id: int(lab) for r, lab in zip(ref, labels, strict=True)}
+    # campaigns: the groups of at least campaign_min_size, numbered by size
+    sizes = np.bincount(labels)
+    assert plan1.campaign_sizes == sorted(sizes[sizes >= used.thresholds.campaign_min_size].tolist(), reverse=True)
+    assert len(_partition({i: v[1] for i, v in one.items()})) == len(set(labels.tolist()))
+
+
+def test_the_plan_is_stored_and_loaded(corpus_records, policy, tmp_path) -> None:
+    shards = _cut(corpus_records, 3)
+    plan = plan_step("inc", list(shards), shards.__getitem__, policy, "site.toml")
+    store = LocalStore(tmp_path)
+    keys = write_plan(store, plan)
+    assert keys[-1] == "state/inc/triage/plan.json"
+    back = load_plan(store, "inc")
+    assert (back.shards, back.messages, back.policy, back.policy_info, back.campaign_sizes) == (
+        plan.shards, plan.messages, plan.policy, plan.policy_info, plan.campaign_sizes)
+    assert back.policy.digest() == plan.policy.digest()
+    for s in shards:
+        a, b = plan.rows[s], back.rows[s]
+        assert a.ids() == b.ids() and all((getattr(a, f) == getattr(b, f)).all()
+                                          for f in ("position", "names", "label", "campaign"))
+    # records held in memory, as tables of the plan's columns: the same plan
+    tables = {s: columnar.table_of(columnar.read_records(d), COLUMNS) for s, d in shards.items()}
+    mem = plan_step("inc", list(shards), tables.__getitem__, policy, "site.toml")
+    assert summary_bytes(mem) == summary_bytes(plan) and all(rows_bytes(mem.rows[s]) == rows_bytes(plan.rows[s])
+                                                             for s in shards)
+    one = load_plan(store, "inc", [plan.shards[1]])
+    assert list(one.rows) == [plan.shards[1]]
+    # written again, the same bytes
+    before = {k: store.get(k) for k in keys}
+    write_plan(store, plan_step("inc", list(shards), shards.__getitem__, policy, "site.toml"))
+    assert {k: store.get(k) for k in keys} == before
+
+
+def test_a_plan_over_an_empty_shard_and_one_written_before(corpus_records, policy) -> None:
+    """An unreadable snapshot's shard holds no record; a shard parsed before is JSON lines: neither changes
+    the plan of the others."""
+    recs = corpus_records[:120]
+    new = _cut(recs, 2)
+    legacy = dict(new)
+    first = next(iter(legacy))
+    legacy[first] = zstandard.ZstdCompressor().compress(b"".join(r.model_dump_json().encode() + b"\n"
+                                                                 for r in recs[:60]))
+    legacy["mx1.empty"] = columnar.shard_bytes([])
+    a = plan_step("inc", list(new), new.__getitem__, policy)
+    b = plan_step("inc", list(legacy), legacy.__getitem__, policy)
+    assert b.messages == [60, 60, 0] and len(b.rows["mx1.empty"]) == 0
+    assert a.campaign_sizes == b.campaign_sizes and a.policy_info == b.policy_info
+    for s in new:
+        assert rows_bytes(a.rows[s]) == rows_bytes(b.rows[s])
+    assert plan_step("inc", [], {}.__getitem__, policy).total == 0
