@@ -7,6 +7,7 @@
     state/<incident>/decisions.json               the review's verdict changes, oldest first
     state/<incident>/shards/<shard>.json          a parsed shard's metadata (pipeline.shards.ShardMeta)
     state/<incident>/triage.claim                 who claimed the incident's triage (write-once)
+    state/<incident>/triage/run/<step>[.<shard>].json  a triage step's output, run on one machine (the journal)
     state/policy.toml                             the site policy
     state/blocklists/latest.json                  the last scheduled blocklist report
     approvals/<incident>/<approval-id>.json       immutable approvals
@@ -86,6 +87,12 @@ def shard_meta_key(incident: str, shard: str) -> str:
 def claim_key(incident: str) -> str:
     """The write-once marker of the one event that runs an incident's triage."""
     return f"{STATE}/{check_name('incident', incident)}/triage.claim"
+
+
+def workflow_journal_key(incident: str, step: str, shard: str | None = None) -> str:
+    """What one step of the triage workflow returned, when run on one machine (adapters/workflow.py resumes from it)."""
+    item = "" if shard is None else f".{check_name('shard', shard)}"
+    return f"{STATE}/{check_name('incident', incident)}/triage/run/{check_name('step', step)}{item}.json"
 
 
 POLICY_KEY = f"{STATE}/policy.toml"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 
 import zstandard
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import queues
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, TriageStepError
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
 from pipeline.policy import SitePolicy
@@ -82,3 +83,50 @@ def triage_incident(store: Store, incident: str, policy: SitePolicy, claimant: s
     manifest = decide(records, used, incident, snapshot_info(metas), defects, policy_info=pinfo, consume=True)
     store.put(out, manifest_bytes(manifest))
     return StepResult(f"{len(records)} messages from {len(shards)} shard(s) -> {out}", len(records))
+
+
+# ---- the five triage steps (issue 19) -------------------------------------------------------------
+# INTERIM, to be replaced by 19b's steps at merge: `plan` checks the fan-in and names the shards,
+# `facts`/`verdicts` write a marker per shard, `decide` does nothing and `summary` runs the whole
+# triage above. Only the signature and StepOutput are what the callers (the state machine's
+# handlers, the embedded runner, the CLI) rely on.
+
+STEPS = ("plan", "facts", "decide", "verdicts", "summary")
+MAP_STEPS = ("facts", "verdicts")
+
+
+class StepOutput(BaseModel):
+    """What one triage step hands on: the map's items (from plan) and a line for the log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: str
+    incident: str
+    shard: str | None = None
+    shards: list[str] = Field(default_factory=list, description="plan: the shards the map steps run over")
+    message: str = ""
+    count: int = 0
+
+
+def run_step(step: str, store: Store, incident: str, shard: str | None, policy: SitePolicy,
+             policy_source: str | None) -> StepOutput:
+    """Run one triage step of an incident; idempotent (deterministic keys, a re-run rewrites the same bytes)."""
+    if step not in STEPS:
+        raise TriageStepError(f"unknown triage step {step!r}; steps: {', '.join(STEPS)}")
+    if (shard is not None) != (step in MAP_STEPS):
+        raise TriageStepError(f"triage step {step!r} {'needs' if step in MAP_STEPS else 'takes no'} shard")
+    if step == "plan":
+        shards = parsed_shards(store, incident)
+        todo = missing(shards)
+        if todo:
+            raise TriageStepError(f"incident {incident}: {len(todo)} shard(s) not parsed yet, e.g. {todo[0]}")
+        return StepOutput(step=step, incident=incident, shards=shards, message=f"{len(shards)} shard(s)")
+    if step in MAP_STEPS:
+        assert shard is not None
+        store.put(f"{queues.STATE}/{queues.check_name('incident', incident)}/triage/{step}/"
+                  f"{queues.check_name('shard', shard)}.done", b"interim\n")
+        return StepOutput(step=step, incident=incident, shard=shard, message=f"{step} {shard}")
+    if step == "decide":
+        return StepOutput(step=step, incident=incident, message="decide: nothing yet")
+    r = triage_incident(store, incident, policy, f"workflow:{incident}", policy_source)
+    return StepOutput(step=step, incident=incident, message=r.summary, count=r.count)
