@@ -324,21 +324,43 @@ def call_step(step: str, settings: Mapping[str, object], payload: dict, worker: 
     return out, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}
 
 
+def call_run_step(root: str, step: str, payload: dict, policy: Any, policy_source: str | None,
+                  worker: bool = True) -> tuple[dict, dict]:
+    """Run one step straight through the service (no handler): the CLI's route, with its own policy object."""
+    from pipeline.service.triage import run_step
+    from pipeline.store import LocalStore
+
+    if worker:
+        _reset_peak()
+    t0 = time.perf_counter()
+    out = run_step(step, LocalStore(root), payload["incident"], payload.get("shard"), policy, policy_source)
+    return out.model_dump(mode="json"), {"pid": os.getpid(), "seconds": time.perf_counter() - t0,
+                                         "peak_rss_mb": _peak_rss_mb()}
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # not fork: the map's threads are running when the pool starts its workers
     method = "forkserver" if sys.platform.startswith("linux") else "spawn"
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
-def run_locally(store: Store, incident: str, settings: Mapping[str, object], workers: int = 1,
+def run_locally(store: Store, incident: str, settings: Mapping[str, object] | None, workers: int = 1,
                 pool: ProcessPoolExecutor | None = None, isolate: bool | None = None,
-                on_step: Callable[[StepRun], None] | None = None) -> WorkflowRun:
+                on_step: Callable[[StepRun], None] | None = None,
+                direct: tuple[Any, str | None] | None = None) -> WorkflowRun:
     """Run the triage workflow of an incident here: the definition the state machine runs, steps on a pool.
 
     Each finished step's output is journaled under the incident's state/ before the next one starts, so a
     second run (a restart, a duplicated event) skips what is done and redoes only the rest. The steps run
-    in worker processes when there are several workers (or `isolate`), else in this process.
+    in worker processes when there are several workers (or `isolate`), else in this process. Each step is
+    its function's handler built with `settings`, or, with `direct=(policy, policy_source)` and a store
+    folder, the service's run_step itself (the CLI, whose policy is a file of its own).
     """
+    from pipeline.store import LocalStore
+
+    if direct is not None and not isinstance(store, LocalStore):
+        raise WorkflowError("run_step straight through the service needs a store folder")
+    root = str(store.root) if isinstance(store, LocalStore) else ""
     runs: list[StepRun] = []
     isolate = workers > 1 or pool is not None if isolate is None else isolate
     owned = pool is None and isolate
@@ -352,10 +374,14 @@ def run_locally(store: Store, incident: str, settings: Mapping[str, object], wor
             done = json.loads(store.get(key))
             run = StepRun(step, shard, os.getpid(), 0.0, None, resumed=True)
         else:
-            if ex is None:
-                done, stats = call_step(step, dict(settings), payload, worker=False)
+            if direct is not None:
+                args: tuple = (call_run_step, root, step, payload, *direct)
             else:
-                fut: Future = ex.submit(call_step, step, dict(settings), payload)
+                args = (call_step, step, dict(settings or {}), payload)
+            if ex is None:
+                done, stats = args[0](*args[1:], worker=False)
+            else:
+                fut: Future = ex.submit(*args)
                 done, stats = fut.result()
             store.put(key, json.dumps(done, sort_keys=True).encode())
             run = StepRun(step, shard, stats["pid"], stats["seconds"], stats["peak_rss_mb"])
@@ -374,3 +400,63 @@ def run_locally(store: Store, incident: str, settings: Mapping[str, object], wor
         if owned and ex is not None:
             ex.shutdown()
     return WorkflowRun(incident, output, runs, time.perf_counter() - t0)
+
+
+# ---- the CLI on a big snapshot: parsed shard by shard into a store, then the same workflow -----------
+
+def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, incident: str, shard_size: int,
+                   workers: int | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> int:
+    """Parse a snapshot into parsed shards of at most shard_size messages in the store; how many messages.
+
+    One shard's records are in memory at a time. Every shard's metadata names the snapshot itself (its
+    file name, format and digest), as if it had been uploaded whole, so the manifest says what was read.
+    """
+    import itertools
+    import re
+    import tempfile
+    from pathlib import Path
+
+    import zstandard
+
+    from pipeline.archive import ArchiveReport
+    from pipeline.readers import read_snapshot
+    from pipeline.shards import ShardMeta
+    from pipeline.sitepolicy import site_of
+    from pipeline.triage import check_read, parse_all, parse_pool
+
+    progress = progress or (lambda stage, done, total: None)
+    report = ArchiveReport()
+    total = 0
+    with tempfile.TemporaryDirectory(prefix="spoolsweep-spill-") as tmp:
+        parts: list[tuple[Path, int]] = []
+        with parse_pool(source, workers) as pool:
+            name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
+            it = iter(found)
+            while chunk := list(itertools.islice(it, shard_size)):
+                records = parse_all(chunk, policy, workers=workers, pool=pool)
+                del chunk
+                path = Path(tmp) / f"{len(parts)}.jsonl.zst"
+                path.write_bytes(zstandard.ZstdCompressor(level=3).compress(
+                    b"".join(r.model_dump_json().encode() + b"\n" for r in records)))
+                parts.append((path, len(records)))
+                total += len(records)
+                del records
+                progress("parse", total, None)
+        check_read(name, fmt, range(total), report)
+        host = str(report.meta.get("host") or "local")
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).name).lstrip("._-") or "snapshot"
+        n = max(1, len(parts))
+        if not parts:
+            empty = Path(tmp) / "empty.jsonl.zst"
+            empty.write_bytes(zstandard.ZstdCompressor(level=3).compress(b""))
+            parts.append((empty, 0))
+        for i, (path, count) in enumerate(parts, 1):
+            shard = queues.check_name("shard", f"{host}.{base}"[:100] + f".part-{i:04d}-of-{n:04d}")
+            last = i == n  # the snapshot's counts and defects are told once
+            meta = ShardMeta(incident=incident, host=host, source=Path(source).name, shard=shard, part=i, parts=n,
+                             format=name, sha256=report.sha256, members_read=report.members if last else 0,
+                             messages=count, skipped=report.skipped if last else [],
+                             defects=report.defects if last else [], site=site_of(report.meta))
+            store.put(queues.shard_meta_key(incident, shard), meta.model_dump_json().encode())
+            store.put(queues.parsed_key(incident, shard), path.read_bytes())
+    return total
