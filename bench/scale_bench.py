@@ -33,35 +33,49 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process under pid, from /proc/<pid>/stat's parent ids."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
 class Sampler:
-    """Every descendant's VmHWM, sampled: pid -> (peak MB, command)."""
+    """Every descendant's VmHWM, sampled: pid -> (peak MB, what it is)."""
 
     def __init__(self, interval: float = 0.1) -> None:
-        import psutil
-
-        self._me = psutil.Process()
         self.peaks: dict[int, tuple[float, str]] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
     def _run(self, interval: float) -> None:
-        import psutil
-
+        me = os.getpid()
         while not self._stop.wait(interval):
-            for p in self._me.children(recursive=True):
+            for pid in _descendants(me):
                 try:
-                    with open(f"/proc/{p.pid}/status", encoding="ascii") as fh:
-                        hwm = next((int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:")), 0.0)
-                    cmd = " ".join(p.cmdline())
-                except (OSError, psutil.Error):  # gone between the listing and the read
-                    hwm, cmd = -1.0, ""
-                if hwm < 0:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:  # gone between the listing and the read
                     continue
+                hwm = next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                            if line.startswith("VmHWM:")), 0.0)
                 name = ("parse pool worker (a fork of the route's process)" if "--child" in cmd else
                         "forkserver" if "forkserver" in cmd else "resource tracker" if "resource_tracker" in cmd
                         else cmd[:60])
-                old = self.peaks.get(p.pid, (0.0, name))
-                self.peaks[p.pid] = (max(old[0], hwm), name)
+                old = self.peaks.get(pid, (0.0, name))
+                self.peaks[pid] = (max(old[0], hwm), name)
 
     def __enter__(self) -> Sampler:
         self._t.start()
