@@ -75,7 +75,7 @@ class Sampler:
                         "forkserver" if "forkserver" in cmd else "resource tracker" if "resource_tracker" in cmd
                         else cmd[:60])
                 old = self.peaks.get(pid, (0.0, name))
-                self.peaks[pid] = (max(old[0], hwm), name)
+                self.peaks[pid] = (max(old[0], hwm), old[1] if not cmd.strip() else name)  # an exiting one has none
 
     def __enter__(self) -> Sampler:
         self._t.start()
