@@ -225,9 +225,9 @@ def main() -> None:
                     print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
                     continue
                 rows.append(report(route, n, json.loads(line[7:])))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rows, indent=1))
+                if a.json:  # after every route: a long run cut short keeps what it measured
+                    a.json.parent.mkdir(parents=True, exist_ok=True)
+                    a.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
