@@ -69,12 +69,14 @@ def model(n: int, measured: dict[str, float], measured_n: int, shard_size: int, 
     t_dispatch = measured["dispatch"] * (n / measured_n)
     t_blocklist = measured["blocklist"]
     step_rows, sfn_wall, step_gb_s, fits = {}, 0.0, 0.0, True
+    # an idle worker's size (interpreter, libraries): what a step holds beyond it grows with the incident
+    base = min(m["peak_rss_mb"] for m in steps.values()) if len(steps) > 1 else 0.0
     for step, m in steps.items():
         if step in ("facts", "verdicts"):  # one invocation per shard, at most `concurrency` at once
             secs, mb, calls = m["seconds"], m["peak_rss_mb"], shards
             wall = waves * secs
         else:
-            secs, mb, calls = m["seconds"] * scale, m["peak_rss_mb"] * max(1.0, n / measured_n), 1
+            secs, mb, calls = m["seconds"] * scale, base + (m["peak_rss_mb"] - base) * max(1.0, n / measured_n), 1
             wall = secs
         step_rows[step] = {"seconds": secs, "peak_rss_mb": mb, "invocations": calls}
         fits = fits and mb < STEP_MB * 0.9 and secs < LAMBDA_MAX_S * 0.8
@@ -125,16 +127,19 @@ def main() -> None:
                     "the Distributed Maps' MaxConcurrency")
     ap.add_argument("--scale", type=Path, default=ROOT / "bench-out" / "scale.json")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--reuse", type=Path, help="a --json of an earlier run: its measured times, not measured again")
     a = ap.parse_args()
 
-    from bench.functions_e2e import run
-    from pipeline.generator import find_corpus, load_corpus
+    if a.reuse:
+        measured = json.loads(a.reuse.read_text())["measured"]
+    else:
+        from bench.functions_e2e import run
+        from pipeline.generator import find_corpus, load_corpus
 
-    corpus = load_corpus(find_corpus())
-    times = run(a.messages, a.shard_size, 1, corpus)
-    shards = math.ceil(a.messages / a.shard_size)
-    measured = {"parse_per_shard": times["parse"] / shards, "triage": times["triage"],
-                "blocklist": times.get("blocklist", 0.0), "dispatch": times["approve+dispatch"]}
+        times = run(a.messages, a.shard_size, 1, load_corpus(find_corpus()))
+        shards = math.ceil(a.messages / a.shard_size)
+        measured = {"parse_per_shard": times["parse"] / shards, "triage": times["triage"],
+                    "blocklist": times.get("blocklist", 0.0), "dispatch": times["approve+dispatch"]}
     steps, steps_n, steps_why = _steps(a.scale, measured["triage"])
     ref = ROOT / "bench-out" / "incident100000.tar.gz"  # MB per message of a snapshot (stored thrice: in, parsed, out)
     snap_mb = ref.stat().st_size / 2**20 / 100_000 if ref.exists() else 0.002
