@@ -25,6 +25,7 @@ TRIAGE_STEPS: dict[str, str] = {
     "verdicts": "functions.triage_verdicts",
     "summary": "functions.triage_summary",
 }
+TRIAGE_MAP_STEPS = ("facts", "verdicts")  # run once per shard (the state machine's Distributed Maps)
 
 # how many times SQS hands a message out before the redrive moves it to the dead-letter queue
 MAX_RECEIVES = 3

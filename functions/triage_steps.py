@@ -6,12 +6,13 @@ and passes on what they return: plan's `shards` become the map's items.
 
 from __future__ import annotations
 
+from adapters.names import TRIAGE_MAP_STEPS
 from functions.common import Powertools, StepHandler, step_handler
 from functions.errors import PoisonEvent
 from functions.settings import TriageStepSettings
 from pipeline import queues
 from pipeline.service.incidents import load_site_policy
-from pipeline.service.triage import MAP_STEPS, run_step
+from pipeline.service.triage import run_step
 
 
 def build_step(step: str, pt: Powertools, s: TriageStepSettings) -> StepHandler:
@@ -22,7 +23,7 @@ def build_step(step: str, pt: Powertools, s: TriageStepSettings) -> StepHandler:
     def run(event: dict) -> dict:
         try:
             incident = queues.check_name("incident", event["incident"])
-            shard = queues.check_name("shard", event["shard"]) if step in MAP_STEPS else None
+            shard = queues.check_name("shard", event["shard"]) if step in TRIAGE_MAP_STEPS else None
         except (KeyError, TypeError, ValueError) as e:
             raise PoisonEvent(f"triage {step}: bad payload {event!r}: {e}") from None
         source = s.policy_key if store.exists(s.policy_key) else None
