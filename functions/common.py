@@ -134,6 +134,44 @@ class Powertools:
         return BatchHandler(logger.inject_lambda_context(clear_state=True)(handler), processor)
 
 
+class StepHandler:
+    """A Lambda handler a Step Functions Task invokes directly: the state's payload in, the step's output out."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def __call__(self, event: dict, context: Any) -> dict:
+        return self._handler(event, context)
+
+
+def step_handler(pt: Powertools, run: Callable[[dict], dict], s: Common) -> StepHandler:
+    """A handler for one workflow step: logs what it did; an error fails the Task (Step Functions says which).
+
+    Not retried here: the state machine retries Lambda's own transient errors, and a step's own error
+    (a missing shard, a bad policy) would fail again the same way.
+    """
+    logger, tracer = pt.logger, pt.tracer
+    if s.log_level:
+        logger.setLevel(s.log_level.upper())
+    traced = tracer.capture_method(run)
+
+    @tracer.capture_lambda_handler(capture_response=False)
+    def handler(event: dict, context: Any) -> dict:
+        try:
+            out = traced(event)
+        except SpoolsweepError as e:
+            logger.error("step failed", reason=str(e), payload=event)
+            raise
+        logger.info("done", payload=event, result=out.get("message", ""))
+        if s.metrics and pt.counted and out.get("count"):
+            pt.metrics.add_metric(name=pt.counted, unit=MetricUnit.Count, value=int(out["count"]))
+        return out
+
+    if s.metrics:
+        handler = pt.metrics.log_metrics(handler)
+    return StepHandler(logger.inject_lambda_context(clear_state=True)(handler))
+
+
 def _receives(record: SQSRecord) -> int:
     try:
         return int(record.attributes.approximate_receive_count)

@@ -45,6 +45,12 @@ class ParseSettings(Common):
 
 
 class TriageSettings(Common):
+    state_machine_arn: str | None = Field(None, description="the triage workflow's state machine: the last parsed "
+                                          "shard starts it; None runs the workflow here (adapters/workflow.py)")
+    workers: int = Field(1, ge=1, le=64, description="processes the workflow's steps run on, when run here")
+
+
+class TriageStepSettings(Common):
     pass
 
 

@@ -62,3 +62,7 @@ class PoisonEvent(SpoolsweepError):
 
 class NotReady(SpoolsweepError):
     """An object this step needs is not there yet; the event is retried:"""
+
+
+class TriageStepError(SpoolsweepError):
+    """The triage step cannot run:"""

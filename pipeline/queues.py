@@ -13,6 +13,7 @@
     state/<incident>/triage/plan/<shard>.parquet  the plan's rows of one shard
     state/<incident>/triage/decide.zst            the decide step's output (pipeline.staged.Decisions)
     state/<incident>/triage/<step>/<shard>.zst    a map step's output per shard (facts, verdicts)
+    state/<incident>/triage/run/<step>[.<shard>].json  a triage step's output, run on one machine (the journal)
     state/policy.toml                             the site policy
     state/blocklists/latest.json                  the last scheduled blocklist report
     approvals/<incident>/<approval-id>.json       immutable approvals
@@ -109,6 +110,10 @@ def triage_step_key(incident: str, step: str, shard: str | None = None) -> str:
         raise ValueError(f"{step!r} is not a triage step ({', '.join(TRIAGE_STEPS)})")
     base = f"{STATE}/{check_name('incident', incident)}/triage/{step}"
     return f"{base}.zst" if shard is None else f"{base}/{check_name('shard', shard)}.zst"
+def workflow_journal_key(incident: str, step: str, shard: str | None = None) -> str:
+    """What one step of the triage workflow returned, when run on one machine (adapters/workflow.py resumes from it)."""
+    item = "" if shard is None else f".{check_name('shard', shard)}"
+    return f"{STATE}/{check_name('incident', incident)}/triage/run/{check_name('step', step)}{item}.json"
 
 
 POLICY_KEY = f"{STATE}/policy.toml"

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "infra" / "template.yaml"
 SCRIPT = ROOT / "localstack" / "init" / "ready.d" / "10-spoolsweep.sh"
 STEP_RESOURCE = {"parse": "Parse", "triage": "Triage", "blocklist": "Blocklist", "dispatch": "Dispatch"}
+# the triage workflow's step functions, invoked by the state machine (not by a queue)
+WORKFLOW_RESOURCE = {f"triage-{s}": names.triage_step_resource(s).removesuffix("Function") for s in names.TRIAGE_STEPS}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def _table() -> dict[str, tuple[set[str], set[str]]]:
     rows = {}
     for line in (ROOT / "infra" / "permissions.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and cells[0] in STEP_RESOURCE:
+        if len(cells) == 5 and (cells[0] in STEP_RESOURCE or cells[0] in WORKFLOW_RESOURCE):
             grab = lambda c: set(re.findall(r"`([^`]+)`", c))  # noqa: E731
             rows[cells[0]] = (grab(cells[2]), grab(cells[3]))
     return rows
@@ -111,8 +113,8 @@ def _table() -> dict[str, tuple[set[str], set[str]]]:
 
 def test_function_grants_are_the_permissions_table(template):
     table = _table()
-    assert set(table) == set(STEP_RESOURCE)
-    for step, title in STEP_RESOURCE.items():
+    assert set(table) == set(STEP_RESOURCE) | set(WORKFLOW_RESOURCE)
+    for step, title in {**STEP_RESOURCE, **WORKFLOW_RESOURCE}.items():
         stmts = template["Resources"][f"{title}Function"]["Properties"]["Policies"][0]["Statement"]
         grants: dict[str, set[str]] = {"s3:GetObject": set(), "s3:PutObject": set()}
         for s in stmts:
@@ -238,3 +240,54 @@ def test_the_key_is_used_only_through_services_and_for_this_account(template):
         elif any(a in crypto or a.startswith("kms:GenerateDataKey") for a in acts):
             cond = s.get("Condition", {})
             assert "aws:SourceAccount" in str(cond) or "kms:EncryptionContext:aws:logs:arn" in str(cond), s["Sid"]
+
+
+# -- the triage workflow: the state machine the last parsed shard starts -------------------------------
+
+def test_state_machine_is_the_runners_definition_over_the_step_functions(template):
+    from adapters.workflow import definition
+
+    res, p = template["Resources"], _params(template)
+    sm = res["TriageStateMachine"]["Properties"]
+    assert _sub(sm["Name"], p) == names.state_machine()
+    assert sm["Definition"] == definition()  # what `spoolsweep up` interprets is what AWS runs
+    assert sm["DefinitionSubstitutions"] == {names.triage_step_resource(s): {"Fn::GetAtt": [
+        names.triage_step_resource(s), "Arn"]} for s in names.TRIAGE_STEPS}
+    for step, module in names.TRIAGE_STEPS.items():
+        fn = res[names.triage_step_resource(step)]["Properties"]
+        assert _sub(fn["FunctionName"], p) == names.triage_step_function(step)
+        assert fn["ImageConfig"]["Command"] == [module + ".handler"]
+        assert fn["MemorySize"] <= 3008 and "Events" not in fn  # invoked by the state machine only
+    assert sm["Logging"]["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"] == {
+        "Fn::GetAtt": ["TriageWorkflowLogs", "Arn"]}
+    alarm = res["TriageWorkflowAlarm"]["Properties"]
+    assert {m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"] if "MetricStat" in m} >= {
+        "ExecutionsFailed"}
+    assert all(m["MetricStat"]["Metric"]["Dimensions"][0]["Value"] == {"Ref": "TriageStateMachine"}
+               for m in alarm["Metrics"] if "MetricStat" in m)
+
+
+def test_state_machine_and_fan_in_hold_only_their_own_rights(template):
+    res = template["Resources"]
+    stmts = res["TriageStateMachine"]["Properties"]["Policies"][0]["Statement"]
+    invoke = [s for s in stmts if s["Action"] == "lambda:InvokeFunction"]
+    assert len(invoke) == 1 and invoke[0]["Resource"] == [
+        {"Fn::GetAtt": [names.triage_step_resource(s), "Arn"]} for s in names.TRIAGE_STEPS]
+    starts = [s for s in stmts if "states:StartExecution" in str(s["Action"])]
+    assert len(starts) == 1 and starts[0]["Resource"]["Fn::Sub"].endswith(":stateMachine:${NamePrefix}-triage")
+    wide = [s for s in stmts if s["Resource"] == "*"]
+    assert all(a.startswith(("logs:", "xray:")) for s in wide for a in s["Action"])
+    fan_in = res["TriageFunction"]["Properties"]
+    assert fan_in["Environment"]["Variables"]["SPOOLSWEEP_STATE_MACHINE_ARN"] == {"Ref": "TriageStateMachine"}
+    states = [s for s in fan_in["Policies"][0]["Statement"] if str(s["Action"]).startswith("states:")]
+    assert states == [{"Effect": "Allow", "Action": "states:StartExecution", "Resource": {"Ref": "TriageStateMachine"}}]
+    for other in ("Parse", "Blocklist", "Dispatch", "Console"):
+        assert "states:" not in str(res[f"{other}Function"]["Properties"]["Policies"])
+
+
+def test_execution_name_is_one_per_incident_and_always_valid():
+    assert names.execution_name("inc1") == "triage-inc1"
+    long_a, long_b = "a" * 100 + "x", "a" * 100 + "y"
+    assert names.execution_name(long_a) != names.execution_name(long_b)
+    assert all(len(names.execution_name(i)) <= 80 for i in (long_a, long_b, "b" * 128))
+    assert names.execution_name(long_a) == names.execution_name(long_a)

@@ -46,7 +46,8 @@ def up(
     store: StoreOpt = _DEFAULT,
     policy: Annotated[Path | None, typer.Option(help="site policy (TOML), copied into the store")] = None,
     once: Annotated[bool, typer.Option("--once", help="handle what is pending, then exit")] = False,
-    workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
+    workers: Annotated[int | None, typer.Option(help="parser processes, and the processes the triage workflow's "
+                                                     "steps run on (default: one per core)")] = None,
     interval: Annotated[float, typer.Option(help="seconds between looks at the store")] = 0.5,
     step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
                                                         "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
@@ -57,7 +58,9 @@ def up(
     """Run the pipeline on this machine: watch STORE/incoming/ and drive every snapshot to a manifest.
 
     Each new object gets the event S3 and SQS would send, handed to the same Lambda handlers;
-    what is done is journaled in STORE/.runner/, so a restart resumes where it stopped.
+    what is done is journaled in STORE/.runner/, so a restart resumes where it stopped. Once the last
+    shard of an incident is parsed, the triage workflow the state machine runs on AWS runs here, its
+    steps on a process pool, each journaled under STORE/state/<incident>/triage/run/.
     """
     from adapters.bootstrap import embedded_settings
     from adapters.runtime import LocalRunner

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create spoolsweep's bucket, per-step event queues with dead-letter queues, S3 -> SQS notifications per
 # prefix, per-host FIFO instruction queues and the signing-key secret: the resources of infra/template.yaml.
+# Not the triage state machine: its steps are functions that LocalStack would run in Docker; with no
+# SPOOLSWEEP_STATE_MACHINE_ARN, `spoolsweep up --store s3://...` runs the same workflow itself.
 set -euo pipefail
 prefix=${SPOOLSWEEP_PREFIX:-spoolsweep}
 hosts=${SPOOLSWEEP_HOSTS:-mx1}
