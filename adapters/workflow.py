@@ -223,8 +223,8 @@ class Interpreter:
     def _state(self, name: str, st: Mapping[str, Any], doc: Any, ctx: Mapping[str, Any] | None) -> Any:
         kind = st["Type"]
         if kind == "Pass":
-            result = resolve(st["Parameters"], doc, ctx) if "Parameters" in st else st.get("Result", doc)
-            return _put_result(doc, result, st.get("ResultPath", "$"))
+            passed = resolve(st["Parameters"], doc, ctx) if "Parameters" in st else st.get("Result", doc)
+            return _put_result(doc, passed, st.get("ResultPath", "$"))
         if kind == "Task":
             if st["Resource"] != LAMBDA_INVOKE:
                 raise WorkflowError(f"state {name}: only {LAMBDA_INVOKE} tasks run here, not {st['Resource']}")
@@ -416,9 +416,8 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
     import tempfile
     from pathlib import Path
 
-    import zstandard
-
     from pipeline.archive import ArchiveReport
+    from pipeline.columnar import shard_bytes
     from pipeline.readers import read_snapshot
     from pipeline.shards import ShardMeta
     from pipeline.sitepolicy import site_of
@@ -435,9 +434,8 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
             while chunk := list(itertools.islice(it, shard_size)):
                 records = parse_all(chunk, policy, workers=workers, pool=pool)
                 del chunk
-                path = Path(tmp) / f"{len(parts)}.jsonl.zst"
-                path.write_bytes(zstandard.ZstdCompressor(level=3).compress(
-                    b"".join(r.model_dump_json().encode() + b"\n" for r in records)))
+                path = Path(tmp) / f"{len(parts)}.parquet"
+                path.write_bytes(shard_bytes(records))
                 parts.append((path, len(records)))
                 total += len(records)
                 del records
@@ -447,8 +445,8 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
         base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).name).lstrip("._-") or "snapshot"
         n = max(1, len(parts))
         if not parts:
-            empty = Path(tmp) / "empty.jsonl.zst"
-            empty.write_bytes(zstandard.ZstdCompressor(level=3).compress(b""))
+            empty = Path(tmp) / "empty.parquet"
+            empty.write_bytes(shard_bytes([]))
             parts.append((empty, 0))
         for i, (path, count) in enumerate(parts, 1):
             shard = queues.check_name("shard", f"{host}.{base}"[:100] + f".part-{i:04d}-of-{n:04d}")

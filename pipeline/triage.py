@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,7 +210,7 @@ def read_and_parse(source: str | Path, policy: SitePolicy, fmt: str | None = Non
     return name, records, report
 
 
-def check_read(name: str, fmt: str | None, records: Sequence[ParsedRecord], report: ArchiveReport) -> None:
+def check_read(name: str, fmt: str | None, records: Sized, report: ArchiveReport) -> None:
     """A format named with --format that finds no message among the members is the wrong format: an
     empty manifest would tell the admin the queue was empty."""
     if fmt is not None and not records and report.members:
