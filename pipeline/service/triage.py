@@ -38,11 +38,13 @@ def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedR
 
 
 def snapshot_info(metas: list[ShardMeta]) -> SnapshotInfo:
-    """The manifest's account of the snapshot, over all its shards."""
+    """The manifest's account of the snapshot, over all its shards: its digest when every shard names the
+    same one (the parts of one snapshot file the CLI cut), none when they are files of their own."""
+    digests = {m.sha256 for m in metas}
     return SnapshotInfo(
         source=", ".join(sorted({m.source.rsplit("/", 1)[-1] for m in metas}))[:500],
         format=", ".join(sorted({m.format for m in metas})),
-        sha256=metas[0].sha256 if len(metas) == 1 else None,
+        sha256=digests.pop() if len(digests) == 1 else None,
         hosts=sorted({m.host for m in metas}),
         members_read=sum(m.members_read for m in metas),
         skipped=[s for m in metas for s in m.skipped])

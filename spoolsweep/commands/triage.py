@@ -53,11 +53,12 @@ def triage(
         with progress_bar(not quiet) as cb:
             if _spill(snapshot, shard_size):
                 manifest = _sharded(snapshot, pol, fmt, incident, cb, workers, str(policy) if policy else None,
-                                    shard_size or SHARD_SIZE)
+                                    shard_size or SHARD_SIZE, out)
+                path = out / "manifest.json"
             else:
                 manifest = run(snapshot, pol, fmt=fmt, incident=incident, progress=cb, workers=workers,
                                policy_source=str(policy) if policy else None)
-        path = write_manifest(manifest, out)
+                path = write_manifest(manifest, out)
     except SpoolsweepError as e:
         fail(str(e))
         return
@@ -83,14 +84,14 @@ def _spill(snapshot: Path, shard_size: int | None) -> bool:
 
 
 def _sharded(snapshot: Path, policy: SitePolicy, fmt: str | None, incident: str | None, progress: Callable,
-             workers: int | None, policy_source: str | None, shard_size: int) -> Manifest:
-    """Parse into shards in a temporary store, run the triage workflow over them, and read its manifest."""
+             workers: int | None, policy_source: str | None, shard_size: int, out: Path) -> Manifest:
+    """Parse into shards in a temporary store, run the triage workflow over them, and move its manifest
+    (parts first, the summary last) into `out`; the summary is returned, the messages stay on disk."""
     import os
     import tempfile
 
     from adapters.workflow import run_locally, spill_snapshot
-    from pipeline import queues
-    from pipeline.models import Manifest
+    from pipeline.manifest_io import ManifestReader, atomic_write
     from pipeline.queues import check_name
     from pipeline.store import LocalStore
 
@@ -111,6 +112,11 @@ def _sharded(snapshot: Path, policy: SitePolicy, fmt: str | None, incident: str 
             progress("triage steps", done, None)
 
         run_locally(store, name, None, workers=n, direct=(policy, policy_source), on_step=step)
-        manifest = Manifest.model_validate_json(store.get(queues.manifest_key(name)))
+        reader = ManifestReader(store, name)
+        summary = reader.summary
+        out.mkdir(parents=True, exist_ok=True)
+        for part in summary.parts.items if summary.parts else []:
+            atomic_write(out / part.key, store.get(reader.base + part.key))
+        atomic_write(out / "manifest.json", store.get(reader.key))
     progress("triage", total, total)
-    return manifest
+    return summary
