@@ -27,7 +27,9 @@ for pair in $steps; do
     "{\"VisibilityTimeout\":\"900\",\"RedrivePolicy\":\"{\\\"deadLetterTargetArn\\\":\\\"${dlq_arn}\\\",\\\"maxReceiveCount\\\":\\\"3\\\"}\"}" \
     --query QueueUrl --output text)
   arn=$(queue_arn "$url")
-  configs="${configs}${configs:+,}{\"Id\":\"${step}-on-${input}\",\"QueueArn\":\"${arn}\",\"Events\":[\"s3:ObjectCreated:*\"],\"Filter\":{\"Key\":{\"FilterRules\":[{\"Name\":\"prefix\",\"Value\":\"${input}/\"}]}}}"
+  # a manifest's summary is written after its message parts: only it says the manifest is complete
+  suffix=""; [ "$input" = manifests ] && suffix=",{\"Name\":\"suffix\",\"Value\":\"manifest.json\"}"
+  configs="${configs}${configs:+,}{\"Id\":\"${step}-on-${input}\",\"QueueArn\":\"${arn}\",\"Events\":[\"s3:ObjectCreated:*\"],\"Filter\":{\"Key\":{\"FilterRules\":[{\"Name\":\"prefix\",\"Value\":\"${input}/\"}${suffix}]}}}"
 done
 awslocal s3api put-bucket-notification-configuration --bucket "$bucket" \
   --notification-configuration "{\"QueueConfigurations\":[${configs}]}"
