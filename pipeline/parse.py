@@ -125,7 +125,8 @@ def parse_received(value: str) -> ReceivedHop:
         by = m.group(1).lower()
     if m := _RCVD_WITH.search(value):
         protocol = m.group(1).upper()
-    if m := _RCVD_AUTH.search(value):
+    # both ways of naming the account say "auth"; (?i) over a hop without it costs a third of reading the hop
+    if ("auth" in value.lower() or not value.isascii()) and (m := _RCVD_AUTH.search(value)):
         authenticated = True
         auth_user = m.group(1) or m.group(2)
     elif protocol and protocol.endswith("A"):
@@ -167,14 +168,21 @@ def _mailparser_rescue(data: bytes) -> tuple[str, list[str]]:
 
 def over_budget(data: bytes) -> str | None:
     """Why a message is too heavy for the fast parser, or None. Looks at the header block only."""
-    end = min((i for i in (data.find(b"\n\n", 0, MAX_HEADER_BYTES), data.find(b"\n\r\n", 0, MAX_HEADER_BYTES))
-               if i >= 0), default=-1)
+    end = header_end(data)
     if end < 0 and len(data) > MAX_HEADER_BYTES:
         return f"header block over {MAX_HEADER_BYTES // 1024} KiB"
     words = data.count(b"=?", 0, end if end >= 0 else len(data))
     if words > MAX_ENCODED_WORDS:
         return f"{words:,} encoded words in the header (more than {MAX_ENCODED_WORDS:,})"
     return None
+
+
+def header_end(data: bytes) -> int:
+    """Where the first blank line (\\n\\n or \\n\\r\\n) of the first MAX_HEADER_BYTES starts, or -1."""
+    end = data.find(b"\n\n", 0, MAX_HEADER_BYTES)
+    # the other kind only up to that one (one may end inside it): a message without CRs is not read to its end
+    end2 = data.find(b"\n\r\n", 0, end + 2 if end >= 0 else MAX_HEADER_BYTES)
+    return end2 if end2 >= 0 else end
 
 
 class _OutOfTime(BaseException):  # not an error: the budget ran out
