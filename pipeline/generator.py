@@ -434,8 +434,8 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     # to any reader, and the truth could not say which copy belongs to which. The corpus holds
     # several versions of some runs (the sample's "Custom Websites for $399" comes with three
     # subjects and openings): a spam whose words (of 4+ letters) are 30 % the same as one already in
-    # use is passed over. The 300 spams of the sample hold about 290 runs (the 500 of the public
-    # corpus's spam_1 about 270), fewer than a 100k incident's campaigns: later runs reuse a text.
+    # use is passed over. The 300 spams of the sample hold about 175 runs, fewer than a 100k
+    # incident's campaigns (319 to 835 over seeds 1-5): later runs reuse a text.
     # Each run's text is recorded as its `source` (s1, s2, ... in order of first use; a reused spam,
     # or a version passed over, is the source it is most alike to), so the truth can say which runs
     # no reader could tell apart.
