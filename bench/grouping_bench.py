@@ -7,7 +7,10 @@ Each incident is generated (spoolsweep's spamware generator, ground truth beside
 same process the tarfile+sha256 floor is measured (the standard library streams the archive and
 hashes every member) and triage runs on it. Per run: homogeneity and completeness of the campaigns
 triage found against the true ones (scikit-learn's metrics; a message triage left out of every
-campaign counts as a campaign of its own), completeness over the true campaigns of >= 20 copies,
+campaign counts as a campaign of its own), homogeneity again with the runs built from one source text
+counted as one (the truth records each run's source: past the corpus's distinct spams, later runs
+reuse a text, and two runs of one text and link paths are one run to any reader, the truth's split of
+them none the grouping could find), completeness over the true campaigns of >= 20 copies,
 the share of campaign copies left ungrouped, the share of backscatter put in the campaign its
 quoted copy's siblings went to (and the share called spam), the triage outcome (valid lost, junk
 replayed, review) and the time of each stage. The JSON adds, per technique, the ungrouped share of
@@ -83,6 +86,7 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
     sizes = Counter(t["campaign"] for t in truth.values() if is_copy(t))
     true_l: list[str] = []
     pred_l: list[str] = []
+    text_l: list[str] = []  # the run's source text where the truth records it (else the run)
     big_true: list[str] = []
     big_pred: list[str] = []
     ungrouped = copies = 0
@@ -105,6 +109,7 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
             by_tech[x][1] += m.campaign is None
         true_l.append(cid)
         pred_l.append(p)
+        text_l.append(t.get("source") or cid)
         if sizes[cid] >= BIG:
             big_true.append(cid)
             big_pred.append(p)
@@ -125,6 +130,8 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
     return {"campaign_copies": copies, "true_campaigns": len(sizes),
             "largest_campaign": max(sizes.values(), default=0),
             "homogeneity": homogeneity_score(true_l, pred_l) if true_l else 1.0,
+            "homogeneity_text": homogeneity_score(text_l, pred_l) if true_l else 1.0,
+            "runs_sharing_text": _runs_sharing_text(truth),
             "completeness": completeness_score(true_l, pred_l) if true_l else 1.0,
             "completeness_big": completeness_score(big_true, big_pred) if big_true else 1.0,
             "ungrouped_share": ungrouped / max(1, copies),
@@ -134,6 +141,15 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
                                        sorted(by_tech.items())},
             "backscatter_with_campaign_by_way": {k: {"bounces": n, "with_campaign_share": w / n} for k, (n, w) in
                                                  sorted(by_way.items())}}
+
+
+def _runs_sharing_text(truth: dict[str, dict]) -> int:
+    """How many runs were built from a source text another run of the incident also used."""
+    runs: dict[str, set[str]] = defaultdict(set)
+    for t in truth.values():
+        if t.get("source"):
+            runs[t["source"]].add(t["campaign"])
+    return sum(len(r) for r in runs.values() if len(r) > 1)
 
 
 def run_one(snap: Path, policy_path: Path, workers: int) -> dict:
@@ -208,12 +224,19 @@ def _share(rs: list[dict], key: str) -> str:
     return _fmt_share([r[key] for r in rs], min(r[key] for r in rs))
 
 
+def _worst(rs: list[dict], key: str) -> str:
+    """Mean over seeds and the lowest in brackets, of a score runs made before it existed may lack."""
+    vals = [r[key] for r in rs if key in r]
+    return f"{mean(vals):.3f} ({min(vals):.3f})" if vals else "-"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one line per technique set and size, mean over seeds (worst seed in brackets)."""
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["techniques"], r["size"])].append(r)
-    head = ("| techniques | messages | seeds | homogeneity | completeness | completeness ≥20 | ungrouped | "
+    head = ("| techniques | messages | seeds | homogeneity | homogeneity, runs of one text as one | "
+            "runs sharing a text | completeness | completeness ≥20 | ungrouped | "
             "valid lost | junk replayed | review | backscatter with campaign / spam | triage s | floor s | × floor | "
             "stages (s) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -224,7 +247,10 @@ def table(rows: list[dict]) -> str:
                 stages[k].append(v)
         out.append(
             f"| {tech} | {size:,} | {len(rs)} | {mean(r['homogeneity'] for r in rs):.3f} "
-            f"({min(r['homogeneity'] for r in rs):.3f}) | {mean(r['completeness'] for r in rs):.3f} "
+            f"({min(r['homogeneity'] for r in rs):.3f}) | {_worst(rs, 'homogeneity_text')} | "
+            f"{mean(r.get('runs_sharing_text', 0) for r in rs):.0f} "
+            f"({max(r.get('runs_sharing_text', 0) for r in rs)}) | "
+            f"{mean(r['completeness'] for r in rs):.3f} "
             f"({min(r['completeness'] for r in rs):.3f}) | {mean(r['completeness_big'] for r in rs):.3f} "
             f"({min(r['completeness_big'] for r in rs):.3f}) | "
             f"{_fmt_share([r['ungrouped_share'] for r in rs], max(r['ungrouped_share'] for r in rs))} | "
@@ -298,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
                "generate_msgs_per_s": size / gen_s if gen_s else None,
                **run_one(snap, policy, a.workers)}
         rows.append(row)
-        print(f"{tech:>14} {size:>7,} seed {seed}: H {row['homogeneity']:.3f} C {row['completeness']:.3f} "
+        print(f"{tech:>14} {size:>7,} seed {seed}: H {row['homogeneity']:.3f} (runs of one text as one "
+              f"{row['homogeneity_text']:.3f}, {row['runs_sharing_text']} runs share a text) "
+              f"C {row['completeness']:.3f} "
               f"C>={BIG} {row['completeness_big']:.3f} ungrouped {row['ungrouped_share']:.2%} "
               f"valid lost {row['valid_lost']} junk replayed {row['junk_replayed_share']:.2%} "
               f"review {row['review_share']:.2%} triage {row['triage_seconds']:.1f}s "

@@ -54,6 +54,7 @@ class GenMessage:
     kind: str
     campaign: str | None = None  # the true campaign (a bounce: the campaign of the copy it quotes)
     techniques: tuple[str, ...] = ()  # spamware techniques this copy used (bounces: how it quotes)
+    source: str | None = None  # spamware: the corpus text its run was built from (runs of one text share it)
 
 
 @dataclass
@@ -433,27 +434,39 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     # to any reader, and the truth could not say which copy belongs to which. The corpus holds
     # several versions of some runs (the sample's "Custom Websites for $399" comes with three
     # subjects and openings): a spam whose words (of 4+ letters) are 30 % the same as one already in
-    # use is passed over. The 500 spams of the sample hold about 270 runs.
+    # use is passed over. The 300 spams of the sample hold about 175 runs, fewer than a 100k
+    # incident's campaigns (319 to 835 over seeds 1-5): later runs reuse a text.
+    # Each run's text is recorded as its `source` (s1, s2, ... in order of first use; a reused spam,
+    # or a version passed over, is the source it is most alike to), so the truth can say which runs
+    # no reader could tell apart.
     order = iter(r.sample(range(len(g.spam)), len(g.spam)))
     used: list[set[str]] = []
-    templates: dict[int, Any] = {}
+    templates: dict[int, tuple[Any, str]] = {}
 
-    def template() -> Any:
+    def vocabulary(t: Any) -> set[str]:
+        return {w.lower().strip(".,!?:;()\"'") for w in t.words if len(w) >= 4} | {t.subject.lower()}
+
+    def template() -> tuple[Any, str]:
         for i in order:
             t = extract_template(g.spam[i])
-            vocab = {w.lower().strip(".,!?:;()\"'") for w in t.words if len(w) >= 4} | {t.subject.lower()}
+            vocab = vocabulary(t)
             if all(len(vocab & u) < 0.3 * len(vocab | u) for u in used):
                 used.append(vocab)
-                return t
+                templates[i] = t, f"s{len(used)}"
+                return templates[i]
         # the corpus is used up: runs of one text again (a bigger corpus avoids it)
         i = r.randrange(len(g.spam))
         if i not in templates:
-            templates[i] = extract_template(g.spam[i])
+            t = extract_template(g.spam[i])
+            vocab = vocabulary(t)
+            alike = max(range(len(used)), key=lambda k: len(vocab & used[k]) / max(1, len(vocab | used[k])))
+            templates[i] = t, f"s{alike + 1}"
         return templates[i]
 
     def campaign(cid: str, n_ips: int, forge_local: bool = False, account: str | None = None) -> _SwCampaign:
-        sc = SpamCampaign.draw(cid, template(), techs, r, words, rate=rate)
-        return _SwCampaign(sc, [_pool_ip(r) for _ in range(n_ips)], forge_local, account)
+        t, source = template()
+        sc = SpamCampaign.draw(cid, t, techs, r, words, rate=rate)
+        return _SwCampaign(sc, [_pool_ip(r) for _ in range(n_ips)], forge_local, account, source)
 
     sizes = campaign_sizes(r, n_relayed)
     camps: list[_SwCampaign] = []
@@ -546,6 +559,7 @@ class _SwCampaign:
     ips: list[str]
     forge_local: bool = False
     account: str | None = None
+    source: str | None = None  # see GenMessage.source
 
 
 def _sw_copy(g: _Gen, c: _SwCampaign, sender: str, rcpts: list[str], ip: str, user: str | None, kind: str,
@@ -555,7 +569,7 @@ def _sw_copy(g: _Gen, c: _SwCampaign, sender: str, rcpts: list[str], ip: str, us
     copy = render(c.sc, rcpts, sender, when)
     data = f"Received: {_received(helo, ip, qid, rcpts[0], when, user)}\n".encode() + copy.data
     return GenMessage(data, g.envelope(sender, rcpts, ip, when, qid, user, helo), "spam", kind, c.sc.id,
-                      copy.techniques)
+                      copy.techniques, c.source)
 
 
 def generate(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0,
@@ -649,9 +663,12 @@ def write_eml_folder(inc: Incident | Iterable[GenMessage], out: Path, iis_envelo
 
 
 def _truth_line(path: str, m: GenMessage) -> str:
-    """The ground truth of one message: its label, kind, true campaign and the techniques it used."""
-    return json.dumps({"path": path, "label": m.label, "kind": m.kind, "campaign": m.campaign,
-                       "techniques": list(m.techniques)}) + "\n"
+    """The ground truth of one message: its label, kind, true campaign, the techniques it used and (spamware
+    copies) the source text of its run."""
+    line = {"path": path, "label": m.label, "kind": m.kind, "campaign": m.campaign, "techniques": list(m.techniques)}
+    if m.source is not None:
+        line["source"] = m.source
+    return json.dumps(line) + "\n"
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -49,6 +49,22 @@ def test_ungrouped_and_merged():
     assert grouping_figures(_manifest(split), TRUTH)["completeness_big"] < 0.8
 
 
+def test_runs_of_one_text_merged():
+    """Two runs built from one source text, grouped as one: homogeneity counts the merge, the score with
+    runs of one text as one does not; two runs of two texts merged count in both."""
+    truth = {p: dict(t, source="s1") if t["campaign"] in ("c1", "c2") else t for p, t in TRUTH.items()}
+    truth["bs"].pop("source")
+    merged = {p: 1 for p in truth}
+    f = grouping_figures(_manifest(merged), truth)
+    assert f["homogeneity"] < 0.5 and f["homogeneity_text"] == pytest.approx(1) and f["runs_sharing_text"] == 2
+    truth.update({p: dict(t, source="s2") for p, t in truth.items() if t["campaign"] == "c2" and "source" in t})
+    g = grouping_figures(_manifest(merged), truth)
+    assert g["homogeneity_text"] < 0.5 and g["runs_sharing_text"] == 0
+    # without sources in the truth (the original generator), the two scores agree
+    h = grouping_figures(_manifest(merged), TRUTH)
+    assert h["homogeneity_text"] == pytest.approx(h["homogeneity"]) and h["runs_sharing_text"] == 0
+
+
 def test_detail_by_technique_and_way_of_quoting():
     truth = {p: dict(t, techniques=["leet"] if t["campaign"] == "c2" else ["greeting"]) for p, t in TRUTH.items()}
     truth["bs"]["techniques"] = ["quoted_gone", "truncated"]

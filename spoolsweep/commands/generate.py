@@ -33,7 +33,7 @@ def generate(
     """Generate an incident (relayed campaigns, stolen account, backscatter, real mail) with its ground truth.
 
     The truth file beside it names every message's label, kind, true campaign and the techniques
-    its copy used."""
+    its copy used, and each spamware copy's source text (runs past the corpus's distinct spams reuse one)."""
     from pipeline.errors import CorpusNotFound
     from pipeline.generator import (
         POLICY_TOML,
