@@ -104,9 +104,11 @@ def model(n: int, measured: dict[str, float], measured_n: int, shard_size: int, 
 
 
 def _steps(path: Path, triage_seconds: float) -> tuple[dict[str, dict[str, float]], int | None, str]:
-    """Per step kind: seconds (max over shards for the maps) and peak RSS, from scale_bench's functions route."""
+    """Per step kind: seconds (max over shards for the maps) and peak RSS, from scale_bench's biggest
+    incident: its functions route, else its CLI route (the same step functions, in the same workers)."""
     try:
-        rows = [r for r in json.loads(path.read_text()) if r["route"] == "functions"]
+        every = json.loads(path.read_text())
+        rows = [r for r in every if r["route"] == "functions"] or [r for r in every if r["route"] == "cli"]
         row = max(rows, key=lambda r: r["messages"])
     except (OSError, ValueError, KeyError):
         return ({"summary": {"seconds": triage_seconds, "peak_rss_mb": 0.0}}, None,
@@ -116,7 +118,8 @@ def _steps(path: Path, triage_seconds: float) -> tuple[dict[str, dict[str, float
         m = out.setdefault(st["step"], {"seconds": 0.0, "peak_rss_mb": 0.0})
         m["seconds"] = max(m["seconds"], st["seconds"])
         m["peak_rss_mb"] = max(m["peak_rss_mb"], st["peak_rss_mb"])
-    return out, int(row["messages"]), f"steps measured by bench/scale_bench.py at {row['messages']:,} messages"
+    return out, int(row["messages"]), (f"steps measured by bench/scale_bench.py at {row['messages']:,} messages "
+                                        f"({row['route']} route)")
 
 
 def main() -> None:
