@@ -174,7 +174,8 @@ def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(ho
     from pipeline.service.triage import triage_incident
 
     (home / queues.manifest_key("inc7")).unlink()
-    (home / "state/inc7/triage.claim").unlink()
+    # the handler ran the workflow (its steps journaled, no claim); a direct triage_incident claims
+    assert not (home / "state/inc7/triage.claim").exists()
     results: list[str] = []
     threads = [threading.Thread(target=lambda i=i: results.append(triage_incident(store, "inc7", policy, f"c{i}")
                                                                   .summary)) for i in range(6)]
@@ -226,8 +227,9 @@ def test_triage_claimant_retry_completes_after_a_crash(home, small_incident, pol
     embedded.upload(store, small_incident, "inc8", "mx1", shard_size=0)
     LocalRunner(home, settle=0).run_until_idle()
     store_manifest = home / queues.manifest_key("inc8")
-    # simulate: the claimant died after claiming, before writing the manifest
-    claimant = (home / claim_key("inc8")).read_text()
+    # simulate: a claimant of triage_incident died after claiming, before writing the manifest
+    claimant = "claimant-that-died"
+    assert store.put_if_absent(claim_key("inc8"), claimant.encode())
     store_manifest.unlink()
     assert triage_incident(store, "inc8", policy, "someone-else").summary.startswith("skipped")
     assert not store_manifest.exists()
