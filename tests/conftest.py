@@ -14,6 +14,20 @@ from pipeline.policy import SitePolicy, load_policy
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# `./run test` spreads the suite over two processes (pytest-xdist, `--dist loadgroup`). A module's tests stay
+# together, so its module fixtures (a moto server, generated incidents) are built once; every test that runs a
+# real MTA or the lab's network namespace is in one group, so no two of them run side by side (they unpack
+# Debian's packages into one cache, and each starts daemons of its own).
+_MTA_MARKS = {"postfix", "exim", "sendmail"}
+_MTA_MODULES = {"test_lab_loopback"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        mta = module in _MTA_MODULES or any(m.name in _MTA_MARKS for m in item.iter_markers())
+        item.add_marker(pytest.mark.xdist_group("mta" if mta else module))
+
 @pytest.fixture(scope="session")
 def corpus() -> tuple[list[bytes], list[bytes]]:
     return load_corpus(find_corpus())

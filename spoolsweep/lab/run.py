@@ -225,9 +225,29 @@ def _open_console(st: Story) -> subprocess.Popen | None:
     proc = subprocess.Popen([sys.executable, "-m", "spoolsweep", "console", "--data", str(st.store),
                              "--port", str(port), "--token", token], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/?token={token}"
+    # the address is told (and console.url written) only once the console answers: on a busy machine its
+    # imports take seconds, and a browser sent there earlier finds nothing listening
+    if not _listening(proc, port, 60):
+        proc.terminate()
+        proc.wait(10)
+        say(f"   console: did not start (it exited, or did not answer within 60 s); review "
+            f"{st.store}/manifests/{INCIDENT}/manifest.json, then `spoolsweep approve {INCIDENT} --store {st.store}`")
+        return None
     say(f"   console: {url} (incident {INCIDENT} ready to review)")
     (st.workdir / "console.url").write_text(url + "\n")
     return proc
+
+
+def _listening(proc: subprocess.Popen, port: int, seconds: float) -> bool:
+    """Whether 127.0.0.1:port accepts a connection within `seconds`, while `proc` is still running."""
+    import socket
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _truth_by_path(st: Story, inc: Incident, manifest) -> Path:
