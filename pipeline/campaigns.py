@@ -71,19 +71,27 @@ class Grouping(NamedTuple):
         n = len(feats)
         sketches = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
         has = np.zeros(n, dtype=bool)
-        shapes: dict[str, int] = {}
-        keys: dict[str, int] = {}
-        key_msg: list[int] = []
-        key_id: list[int] = []
         for i, f in enumerate(feats):
             if len(f.sketch) == SKETCH_PERM:
                 sketches[i] = f.sketch
                 has[i] = True
-            for k in f.keys:
+        return cls.assemble(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
+                            sketches, has, [f.shape for f in feats], [f.keys for f in feats])
+
+    @classmethod
+    def assemble(cls, digest: np.ndarray, sketch: np.ndarray, has_sketch: np.ndarray, shapes: Sequence[str],
+                 keys: Sequence[Sequence[str]]) -> Grouping:
+        """The arrays, given each message's digest and sketch, and its template shape and keys as strings."""
+        shape_ids: dict[str, int] = {}
+        key_ids: dict[str, int] = {}
+        key_msg: list[int] = []
+        key_id: list[int] = []
+        for i, ks in enumerate(keys):
+            for k in ks:
                 key_msg.append(i)
-                key_id.append(keys.setdefault(k, len(keys)))
-        return cls(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
-                   sketches, has, np.array([shapes.setdefault(f.shape, len(shapes)) for f in feats], dtype=np.int64),
+                key_id.append(key_ids.setdefault(k, len(key_ids)))
+        return cls(digest, sketch, has_sketch,
+                   np.array([shape_ids.setdefault(s, len(shape_ids)) for s in shapes], dtype=np.int64),
                    np.array(key_msg, dtype=np.int64), np.array(key_id, dtype=np.int64))
 
 
