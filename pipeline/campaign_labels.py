@@ -45,7 +45,7 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     for k, t in enumerate(texts):
         subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
         body = t[len(subject):] if subject and t.startswith(subject) else t
-        runs.append([words_of[tok] for tok in body.split()])
+        runs.append(list(map(words_of.__getitem__, body.split())))  # __missing__ still applies
     n = min(PHRASE_WORDS, 4)
     first = runs[0]
     # the earliest shared 4-word run of the first member that at least half hold (else the most held one)
