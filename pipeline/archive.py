@@ -197,8 +197,9 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
         kept: list[bytes] | None = [] if size <= _cap(name, limits) else None
         got = 0
         try:
-            # one buffer the member's size: libarchive-c copies the whole buffer on every block
-            for block in e.get_blocks(min(max(size, 4096), _CHUNK)):
+            # one buffer at least the member's size (libarchive-c copies the whole buffer on every
+            # block), a power of two: ctypes makes a new array type for every new size, 20 µs each
+            for block in e.get_blocks(min(max(1 << max(size - 1, 0).bit_length(), 4096), _CHUNK)):
                 got += len(block)
                 h.update(block)
                 if kept is not None:

@@ -45,21 +45,27 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     for k, t in enumerate(texts):
         subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
         body = t[len(subject):] if subject and t.startswith(subject) else t
-        runs.append([words_of[tok] for tok in body.split()])
+        runs.append(list(map(words_of.__getitem__, body.split())))  # __missing__ still applies
     n = min(PHRASE_WORDS, 4)
-    df: Counter[tuple[str, ...]] = Counter()
-    for words in runs:
-        # n-word runs, each counted once per member, in the order read: a set's order would change with the
-        # process's hash seed and, through the ties of max() below, the phrase with it
-        df.update(dict.fromkeys((g for g in zip(*(words[j:] for j in range(n)), strict=False) if all(g)), 1))
-    if not df:
-        return ""
     first = runs[0]
     # the earliest shared 4-word run of the first member that at least half hold (else the most held one)
     need = max(2, len(runs) // 2) if len(runs) > 1 else 1
-    start = next((i for i in range(len(first) - n + 1) if all(first[i:i + n]) and df[tuple(first[i:i + n])] >= need
-                  and len(" ".join(first[i:i + n])) > 12), None)
+    grams = list(zip(*(first[j:] for j in range(n)), strict=False))
+    # only the first member's runs can be that one: count those alone (each once per member) first
+    wanted = {g for g in grams if all(g) and len(" ".join(g)) > 12}
+    held: Counter[tuple[str, ...]] = Counter()
+    if wanted:
+        for words in runs:
+            held.update(wanted.intersection(zip(*(words[j:] for j in range(n)), strict=False)))
+    start = next((i for i, g in enumerate(grams) if g in wanted and held[g] >= need), None)
     if start is None:
+        df: Counter[tuple[str, ...]] = Counter()
+        for words in runs:
+            # n-word runs, each counted once per member, in the order read: a set's order would change with
+            # the process's hash seed and, through the ties of max() below, the phrase with it
+            df.update(dict.fromkeys((g for g in zip(*(words[j:] for j in range(n)), strict=False) if all(g)), 1))
+        if not df:
+            return ""
         gram, _ = max(df.items(), key=lambda kv: (kv[1], len(" ".join(kv[0]))))
         return " ".join(gram)
     end = start + n

@@ -8,11 +8,15 @@ the reduce half. The result depends on the messages, not on the order they come 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple
+from itertools import chain
+from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
@@ -70,20 +74,29 @@ class Grouping(NamedTuple):
         n = len(feats)
         sketches = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
         has = np.zeros(n, dtype=bool)
-        shapes: dict[str, int] = {}
-        keys: dict[str, int] = {}
-        key_msg: list[int] = []
-        key_id: list[int] = []
         for i, f in enumerate(feats):
             if len(f.sketch) == SKETCH_PERM:
                 sketches[i] = f.sketch
                 has[i] = True
-            for k in f.keys:
-                key_msg.append(i)
-                key_id.append(keys.setdefault(k, len(keys)))
-        return cls(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
-                   sketches, has, np.array([shapes.setdefault(f.shape, len(shapes)) for f in feats], dtype=np.int64),
-                   np.array(key_msg, dtype=np.int64), np.array(key_id, dtype=np.int64))
+        return cls.assemble(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
+                            sketches, has, [f.shape for f in feats], [f.keys for f in feats])
+
+    @classmethod
+    def assemble(cls, digest: np.ndarray, sketch: np.ndarray, has_sketch: np.ndarray, shapes: Sequence[str],
+                 keys: Sequence[Sequence[str]]) -> Grouping:
+        """The arrays, given each message's digest and sketch, and its template shape and keys as strings."""
+        # strings numbered in the order first met, by Arrow's dictionary encoding: a Python loop over
+        # every key of every message was a tenth of the serial part of a triage
+        flat = pa.array(list(chain.from_iterable(keys)), pa.string())
+        per = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        return cls(digest, sketch, has_sketch, _first_met(pa.array(shapes, pa.string())),
+                   np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat))
+
+
+def _first_met(strings: pa.Array) -> np.ndarray:
+    """Each string's number, equal strings alike, numbered in the order first met."""
+    out: np.ndarray = pc.dictionary_encode(strings).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return out
 
 
 class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn has no stubs
@@ -131,8 +144,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         keep = kmsg >= 0
         kmsg, kid = kmsg[keep], g.key_id[keep]
         if len(kmsg):
-            _, bucket = np.unique(np.stack([g.shape[first][kmsg], kid], axis=1), axis=0, return_inverse=True)
-            bucket = bucket.ravel()
+            _, bucket = _unique_rows(np.stack([g.shape[first][kmsg], kid], axis=1), inverse=True)
         else:
             bucket = np.empty(0, dtype=np.int64)
 
@@ -143,8 +155,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged, support = self._merge(_text_support(comp, weak),
-                                      *_key_support(self._key_links(bucket, kmsg, comp), comp), size)
+        merged, support = self._merge(_text_support(comp, weak, ncomp),
+                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -165,18 +177,11 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # band: memory follows the distinct pairs, not bands x messages
         found = np.empty(0, dtype=np.int64)
         for b in range(self.bands):
-            cols = sketches[src, b * r:(b + 1) * r]
-            band = np.ascontiguousarray(cols).view(np.dtype((np.void, 4 * r))).ravel()
-            _, bucket = np.unique(band, return_inverse=True)
-            bucket = bucket.ravel()
-            del band
             # each message is compared with its bucket's first member (rows are in canonical order)
-            head = np.full(int(bucket.max()) + 1, n, dtype=np.int64)
-            np.minimum.at(head, bucket, np.arange(n))
-            rep = head[bucket]
+            rep = _bucket_heads(sketches[src, b * r:(b + 1) * r])
             cand = np.flatnonzero(rep != np.arange(n))
             if cand.size:
-                found = np.unique(np.concatenate([found, cand * n + rep[cand]]))
+                found = _unique(np.concatenate([found, cand * n + rep[cand]]))
         if not found.size:
             return empty, empty
         P = np.stack([found // n, found % n], axis=1)
@@ -203,7 +208,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         x, y = at[both[:, 1]], at[anchor]
         alike = np.concatenate([(sketches[x[i:i + 65536]] == sketches[y[i:i + 65536]]).mean(axis=1)
                                 for i in range(0, len(x), 65536)])
-        bridges = np.unique(both[alike < self.weak_threshold, 0])
+        bridges = _unique(both[alike < self.weak_threshold, 0])
         if not bridges.size:
             return strong, weak
         cut = np.isin(strong, bridges).any(axis=1)
@@ -222,7 +227,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         g = comp[m]
         nb = int(b.max()) + 1
         # per bucket and group: how many of the bucket's entries the group holds
-        bg, held = np.unique(np.stack([b, g], axis=1), axis=0, return_counts=True)
+        bg, held = _unique_rows(np.stack([b, g], axis=1), counts=True)
         ngroups = np.bincount(bg[:, 0], minlength=nb)
         # the owner: most entries, then the lowest group
         best = np.lexsort((bg[:, 1], -held, bg[:, 0]))
@@ -249,8 +254,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
             rows.append(np.stack([og[ok, 1], owner[og[ok, 0]], og[ok, 0], mm[at[ok]]], axis=1))
         return np.concatenate(rows).astype(np.int64)
 
-    def _merge(self, text: dict[tuple[int, int], int], key: dict[tuple[int, int], int],
-               keys: dict[tuple[int, int], int], size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _merge(self, text: tuple[np.ndarray, np.ndarray], key: tuple[np.ndarray, np.ndarray],
+               keys: tuple[np.ndarray, np.ndarray], size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
@@ -259,28 +264,27 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         chain two runs. A smaller group
         joins only one partner: a big one if it has any, the best supported, counting every distinct
         key it shares (`keys`): one group cannot chain two, so a key many runs of one kit carry (a
-        common link path) is outweighed by the keys only its own run shares."""
-        keep: list[tuple[int, int]] = []
-        strength: list[int] = []
-        best: dict[int, tuple[bool, int, float, int, int]] = {}
-        for pair in sorted(set(text) | set(key)):
-            s_text, s_key, n_keys = text.get(pair, 0), key.get(pair, 0), keys.get(pair, 0)
-            x, y = pair
-            if size[x] > self.small and size[y] > self.small:
-                if s_text >= 2 or s_key >= 2:
-                    keep.append(pair)
-                    # shared invariants already passed their own guard (two keys, two carriers a side)
-                    strength.append(max(s_text, s_key + self.strong if s_key >= 2 else 0))
-                continue
-            for me, other in ((x, y), (y, x)):
-                if size[me] <= self.small:
-                    # a big partner first: through a small one (a bridge) it could reach anywhere
-                    cand = (size[other] <= self.small, -(s_text + n_keys), -float(size[other]), other, s_text + s_key)
-                    if me not in best or cand < best[me]:
-                        best[me] = cand
-        keep.extend((me, c[3]) for me, c in best.items())
-        strength.extend(c[4] for c in best.values())
-        return np.array(keep, dtype=np.int64).reshape(-1, 2), np.array(strength, dtype=np.int64)
+        common link path) is outweighed by the keys only its own run shares.
+
+        Each evidence is (pair codes, value): pairs of groups x < y as x * len(size) + y, sorted."""
+        ng = len(size)
+        codes = _unique(np.concatenate([text[0], key[0], keys[0]]))
+        s_text, s_key, n_keys = (_lookup(c, v, codes) for c, v in (text, key, keys))
+        x, y = codes // ng, codes % ng
+        small_x, small_y = size[x] <= self.small, size[y] <= self.small
+        big = ~small_x & ~small_y & ((s_text >= 2) | (s_key >= 2))
+        # shared invariants already passed their own guard (two keys, two carriers a side)
+        big_strength = np.maximum(s_text, np.where(s_key >= 2, s_key + self.strong, 0))[big]
+        # a small group's one partner: a big one first (through a small one, a bridge, it could reach
+        # anywhere), then the most distinct texts and keys, the biggest, the lowest number
+        me = np.r_[x[small_x], y[small_y]]
+        other = np.r_[y[small_x], x[small_y]]
+        evidence = np.r_[(s_text + n_keys)[small_x], (s_text + n_keys)[small_y]]
+        strength = np.r_[(s_text + s_key)[small_x], (s_text + s_key)[small_y]]
+        o = np.lexsort((other, -size[other], -evidence, size[other] <= self.small, me))
+        first = o[np.r_[True, me[o][1:] != me[o][:-1]]] if len(o) else o
+        edges = np.concatenate([np.stack([x[big], y[big]], axis=1), np.stack([me[first], other[first]], axis=1)])
+        return edges.astype(np.int64), np.r_[big_strength, strength[first]].astype(np.int64)
 
     def _guarded(self, n: int, edges: np.ndarray, support: np.ndarray, size: np.ndarray) -> np.ndarray:
         """Components of the tier-2 merges, strongest first, where a weak link (less than `strong`)
@@ -289,21 +293,23 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         order is by support, then by the groups' canonical numbers."""
         if not len(edges):
             return np.arange(n, dtype=np.int64)
-        parent = np.arange(n)
-        mass = size.astype(np.float64).copy()
+        # Python lists: the walk reads one element at a time, which numpy makes a hundred times dearer
+        parent = list(range(n))
+        mass = size.astype(np.float64).tolist()
+        lo_end, hi_end, sup = edges[:, 0].tolist(), edges[:, 1].tolist(), support.tolist()
 
         def find(x: int) -> int:
             while parent[x] != x:
                 parent[x] = parent[parent[x]]
-                x = int(parent[x])
+                x = parent[x]
             return x
 
         kept: list[int] = []
         for e in np.lexsort((edges[:, 1], edges[:, 0], -support)).tolist():
-            a, b = find(int(edges[e, 0])), find(int(edges[e, 1]))
+            a, b = find(lo_end[e]), find(hi_end[e])
             if a == b:
                 continue
-            if support[e] < self.strong and mass[a] >= self.large and mass[b] >= self.large:
+            if sup[e] < self.strong and mass[a] >= self.large and mass[b] >= self.large:
                 continue
             lo, hi = min(a, b), max(a, b)
             parent[hi] = lo
@@ -324,51 +330,133 @@ def _fold(digest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new], inverse
 
 
-def _text_support(comp: np.ndarray, edges: np.ndarray) -> dict[tuple[int, int], int]:
-    """Per pair of groups, how many distinct messages on its poorer side are alike to the other:
-    a single message alike to many of another group is still one."""
+def _bucket_heads(cols: np.ndarray) -> np.ndarray:
+    """For each row of an (n, r) uint32 array, the first row equal to it (itself if none comes before):
+    a stable sort on the columns packed two to a uint64, then each run's first row (numpy's unique
+    of the rows as one opaque value each compares them byte by byte, several times slower)."""
+    n, r = cols.shape
+    c = cols.astype(np.uint64)
+    keys = [(c[:, j] << np.uint64(32)) | c[:, j + 1] if j + 1 < r else c[:, j] for j in range(0, r, 2)]
+    order = np.lexsort(keys[::-1])  # the last key given is the primary one
+    new = np.ones(n, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        new[1:] &= ks[1:] == ks[:-1]
+    new = ~new
+    new[0] = True
+    starts = np.flatnonzero(new)
+    rep = np.empty(n, dtype=np.int64)
+    rep[order] = np.repeat(order[starts], np.diff(np.r_[starts, n]))
+    return rep
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) of a 1-D array, by a sort: numpy 2's hash table for it is some thirty times slower
+    on these integers."""
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
+def _unique_rows(a: np.ndarray, inverse: bool = False, counts: bool = False) -> Any:
+    """np.unique(a, axis=0) of integer rows, in the same (lexicographic) order, with the inverse or
+    the counts if asked: each row packed into one int64 when the columns' ranges allow (numpy sorts
+    rows as structured values, an order of magnitude slower), else a lexsort of the columns."""
+    m, k = a.shape
+    if m == 0:
+        none = np.empty(0, dtype=np.int64)
+        return (np.empty((0, k), dtype=a.dtype), *[none for x in (inverse, counts) if x]) if inverse or counts \
+            else np.empty((0, k), dtype=a.dtype)
+    low = a.min(axis=0)
+    span = [int(x) + 1 for x in a.max(axis=0) - low]
+    if math.prod(span) < 2**63:
+        key = np.zeros(m, dtype=np.int64)
+        for j in range(k):
+            key = key * span[j] + (a[:, j] - low[j])
+        if not (inverse or counts):
+            uk = _unique(key)
+            rows = np.empty((len(uk), k), dtype=a.dtype)
+            for j in range(k - 1, -1, -1):
+                uk, rows[:, j] = np.divmod(uk, span[j])
+            return rows + low
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        new = np.r_[True, ks[1:] != ks[:-1]]
+    else:
+        order = np.lexsort(a.T[::-1])  # the last key given is the primary one
+        s = a[order]
+        new = np.r_[True, (s[1:] != s[:-1]).any(axis=1)]
+    res: list[np.ndarray] = [a[order[new]]]
+    if inverse:
+        inv = np.empty(m, dtype=np.int64)
+        inv[order] = np.cumsum(new) - 1
+        res.append(inv)
+    if counts:
+        res.append(np.diff(np.r_[np.flatnonzero(new), m]))
+    return res[0] if len(res) == 1 else tuple(res)
+
+
+def _lookup(codes: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """values[k] where codes[k] (sorted) is each of `at`, else 0."""
+    i = np.searchsorted(codes, at)
+    found = i < len(codes)
+    found[found] = codes[i[found]] == at[found]
+    out = np.zeros(len(at), dtype=np.int64)
+    out[found] = values[i[found]]
+    return out
+
+
+def _distinct_per_pair(pair: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pair codes, how many distinct items each pair has), the codes sorted."""
+    trip = _unique_rows(np.stack([pair, item], axis=1))
+    codes, n = np.unique(trip[:, 0], return_counts=True)
+    return codes, n
+
+
+def _text_support(comp: np.ndarray, edges: np.ndarray, ng: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of groups (x * ng + y, x < y), how many distinct messages on its poorer side are alike
+    to the other: a single message alike to many of another group is still one."""
     ga, gb = comp[edges[:, 0]], comp[edges[:, 1]]
     cross = ga != gb
     ga, gb, ia, ib = ga[cross], gb[cross], edges[cross, 0], edges[cross, 1]
     swap = ga > gb
     ga, gb = np.where(swap, gb, ga), np.where(swap, ga, gb)
     ia, ib = np.where(swap, ib, ia), np.where(swap, ia, ib)
-    out: dict[tuple[int, int], int] = {}
     if not ga.size:
-        return out
-    sides = []
-    for items in (ia, ib):
-        trip = np.unique(np.stack([ga, gb, items], axis=1), axis=0)
-        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
-        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
-    return {p: min(n, sides[1][p]) for p, n in sides[0].items()}
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    pair = ga * ng + gb
+    codes, na = _distinct_per_pair(pair, ia)
+    _, nb = _distinct_per_pair(pair, ib)  # the same pairs, in the same order
+    return codes, np.minimum(na, nb)
 
 
-def _key_support(links: np.ndarray, comp: np.ndarray) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
-    """Per pair of groups, the fewest of: distinct keys they share, distinct messages carrying them on
-    either side, and keys carried by two messages or more on each side. One message carrying another
-    run's keys is one, whichever side owns a key (a key only the bridge and one copy of the other run
-    carry belongs to neither), and adds no key to one both runs of a kit carry. Also, per pair, the
-    distinct keys alone (what a small group, which joins one partner only, is ranked by)."""
+def _key_support(links: np.ndarray, comp: np.ndarray, ng: int
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Per pair of groups (x * ng + y, x < y), the fewest of: distinct keys they share, distinct
+    messages carrying them on either side, and keys carried by two messages or more on each side. One
+    message carrying another run's keys is one, whichever side owns a key (a key only the bridge and
+    one copy of the other run carry belongs to neither), and adds no key to one both runs of a kit
+    carry. Also, per pair, the distinct keys alone (what a small group, which joins one partner only,
+    is ranked by)."""
     if not links.size:
-        return {}, {}
+        none = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+        return none, none
     a = np.minimum(links[:, 0], links[:, 1])
     b = np.maximum(links[:, 0], links[:, 1])
+    pair = a * ng + b
+    key = links[:, 2]
     msg = links[:, 3]
     on_a = comp[msg] == a
-    sides = []
-    for col, keep in ((links[:, 2], slice(None)), (msg, on_a), (msg, ~on_a)):
-        trip = np.unique(np.stack([a[keep], b[keep], col[keep]], axis=1), axis=0)
-        pairs, n = np.unique(trip[:, :2], axis=0, return_counts=True)
-        sides.append(dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True)))
+    codes, n_keys = _distinct_per_pair(pair, key)
+    side_a = _distinct_per_pair(pair[on_a], msg[on_a])
+    side_b = _distinct_per_pair(pair[~on_a], msg[~on_a])
     # keys carried by two messages or more on each side: one message cannot make a key count
-    per_key = np.unique(np.stack([a, b, links[:, 2], on_a, msg], axis=1), axis=0)
-    sided, carriers = np.unique(per_key[:, :4], axis=0, return_counts=True)
+    per_key = _unique_rows(np.stack([pair, key, on_a, msg], axis=1))
+    sided, carriers = _unique_rows(per_key[:, :3], counts=True)
     sided = sided[carriers >= 2]
-    ab_key, twice = np.unique(sided[:, :3], axis=0, return_counts=True)
-    pairs, n = np.unique(ab_key[twice == 2, :2], axis=0, return_counts=True)
-    held = dict(zip(map(tuple, pairs.tolist()), n.tolist(), strict=True))
-    return {p: min(n, sides[1].get(p, 0), sides[2].get(p, 0), held.get(p, 0)) for p, n in sides[0].items()}, sides[0]
+    pair_key, twice = _unique_rows(sided[:, :2], counts=True)
+    held = np.unique(pair_key[twice == 2, 0], return_counts=True)
+    support = np.minimum.reduce([n_keys, _lookup(*side_a, codes), _lookup(*side_b, codes), _lookup(*held, codes)])
+    return (codes, support), (codes, n_keys)
 
 
 def _components(n: int, edges: np.ndarray) -> np.ndarray:

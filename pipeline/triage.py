@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pipeline.archive import ArchiveReport
 from pipeline.models import (
@@ -27,9 +28,13 @@ from pipeline.verdicts import (
     resolve_origin,
 )
 
+if TYPE_CHECKING:
+    from pipeline.campaigns import Grouping
+
 Progress = Callable[[str, int, int | None], None]
 _PARALLEL_BYTES = 2 << 20  # a snapshot this big (a thousand messages or so) is parsed on every core
 _CHUNK = 256
+_T = TypeVar("_T")
 
 
 def _noop(stage: str, done: int, total: int | None) -> None:
@@ -39,6 +44,38 @@ def _noop(stage: str, done: int, total: int | None) -> None:
 def _parse_chunk(args: tuple[list[Found], SitePolicy]) -> list[ParsedRecord]:
     chunk, policy = args
     return [parse_found(f, policy) for f in chunk]
+
+
+class Batch(NamedTuple):
+    """One chunk parsed, as the triage route takes it back from a parse worker: the records without
+    their sketches, and what grouping reads of them packed into bytes (per record, its
+    `feature_digest` and its sketch as SKETCH_PERM uint32, zeros when it has none): a sketch as a list
+    of 64 Python ints cost more to unpickle than the rest of its record, and the digest is the one
+    grouping input that needs the text, so the main process (the one serial stage) never computes it."""
+
+    records: list[ParsedRecord]
+    digest: bytes
+    sketch: bytes
+    has_sketch: bytes
+
+
+def _parse_batch(args: tuple[list[Found], SitePolicy]) -> Batch:
+    import numpy as np
+
+    from pipeline.campaigns import feature_digest
+    from pipeline.features import SKETCH_PERM
+
+    records = _parse_chunk(args)
+    sketch = np.zeros((len(records), SKETCH_PERM), dtype=np.uint32)
+    has = np.zeros(len(records), dtype=bool)
+    digests = []
+    for i, r in enumerate(records):
+        digests.append(feature_digest(r.text, r.keys, r.shape, r.sketch))
+        if len(r.sketch) == SKETCH_PERM:
+            sketch[i] = r.sketch
+            has[i] = True
+        r.sketch = []
+    return Batch(records, b"".join(digests), sketch.tobytes(), has.tobytes())
 
 
 def _chunks(it: Iterable[Found], n: int) -> Iterator[list[Found]]:
@@ -58,39 +95,97 @@ def parse_all(found: Iterable[Found], policy: SitePolicy, progress: Progress = _
 
     `pool`: worker processes started before the snapshot was opened (see `parse_pool`); without
     one, they are started once the first chunk shows the queue is big enough."""
-    workers = workers if workers is not None else (os.cpu_count() or 1)
     out: list[ParsedRecord] = []
-    chunks = _chunks(found, _CHUNK)
-    if pool is not None:
-        _parse_in(pool, chunks, policy, out, progress, workers)
-        return out
-    first = next(chunks, [])
-    out.extend(_parse_chunk((first, policy)))
-    progress("parse", len(out), None)
-    if len(first) < _CHUNK:
-        return out
-    if workers <= 1:
-        for ch in chunks:
-            out.extend(_parse_chunk((ch, policy)))
-            progress("parse", len(out), None)
-        return out
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        _parse_in(ex, chunks, policy, out, progress, workers)
+
+    def take(records: list[ParsedRecord]) -> int:
+        out.extend(records)
+        return len(out)
+
+    _parse_chunks(found, policy, progress, workers, pool, _parse_chunk, take)
     return out
 
 
-def _parse_in(ex: ProcessPoolExecutor, chunks: Iterator[list[Found]], policy: SitePolicy, out: list[ParsedRecord],
-              progress: Progress, workers: int) -> None:
+class Parsed:
+    """Every record parsed (`parse_grouped`), with what grouping reads of them, chunk by chunk as packed
+    by the workers (`Batch`)."""
+
+    def __init__(self) -> None:
+        self.records: list[ParsedRecord] = []
+        self.batches: list[tuple[int, bytes, bytes, bytes]] = []  # (first record, digest, sketch, has_sketch)
+
+    def take(self, b: Batch) -> int:
+        self.batches.append((len(self.records), b.digest, b.sketch, b.has_sketch))
+        self.records.extend(b.records)
+        return len(self.records)
+
+    def grouping(self, order: Sequence[int]) -> Grouping:
+        """The clusterer's input with the records in `order` (which `prepare` put them in: self.records
+        is that list); the packed chunks are let go as they are copied."""
+        import numpy as np
+
+        from pipeline.campaigns import Grouping
+        from pipeline.features import SKETCH_PERM
+
+        n = len(self.records)
+        at = np.empty(n, dtype=np.int64)  # where each record read went
+        at[np.asarray(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+        digest = np.empty(n, dtype="S16")
+        sketch = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
+        has = np.zeros(n, dtype=bool)
+        while self.batches:
+            lo, d, sk, h = self.batches.pop(0)
+            to = at[lo:lo + len(d) // 16]
+            digest[to] = np.frombuffer(d, dtype="S16")
+            sketch[to] = np.frombuffer(sk, dtype=np.uint32).reshape(-1, SKETCH_PERM)
+            has[to] = np.frombuffer(h, dtype=bool)
+        return Grouping.assemble(digest, sketch, has, [r.shape for r in self.records], [r.keys for r in self.records])
+
+
+def parse_grouped(found: Iterable[Found], policy: SitePolicy, progress: Progress = _noop,
+                  workers: int | None = None, pool: ProcessPoolExecutor | None = None) -> Parsed:
+    """`parse_all` for the triage route: the records come back without their sketches, and grouping's
+    input, packed, beside them (`Batch`)."""
+    out = Parsed()
+    _parse_chunks(found, policy, progress, workers, pool, _parse_batch, out.take)
+    return out
+
+
+def _parse_chunks(found: Iterable[Found], policy: SitePolicy, progress: Progress, workers: int | None,
+                  pool: ProcessPoolExecutor | None, work: Callable[[tuple[list[Found], SitePolicy]], _T],
+                  take: Callable[[_T], int]) -> None:
+    """Every chunk through `work`, in a worker process once the queue is big enough; `take` is given
+    each result in order and says how many records it holds by then."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+
+    def put(result: _T) -> None:
+        progress("parse", take(result), None)
+
+    chunks = _chunks(found, _CHUNK)
+    if pool is not None:
+        _parse_in(pool, chunks, policy, work, put, workers)
+        return
+    first = next(chunks, [])
+    put(work((first, policy)))
+    if len(first) < _CHUNK:
+        return
+    if workers <= 1:
+        for ch in chunks:
+            put(work((ch, policy)))
+        return
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        _parse_in(ex, chunks, policy, work, put, workers)
+
+
+def _parse_in(ex: ProcessPoolExecutor, chunks: Iterator[list[Found]], policy: SitePolicy,
+              work: Callable[[tuple[list[Found], SitePolicy]], _T], put: Callable[[_T], None], workers: int) -> None:
     # a bounded window of chunks in flight keeps memory flat however large the queue is
-    window: deque[Future[list[ParsedRecord]]] = deque()
+    window: deque[Future[_T]] = deque()
     for ch in chunks:
-        window.append(ex.submit(_parse_chunk, (ch, policy)))
+        window.append(ex.submit(work, (ch, policy)))
         if len(window) >= 4 * workers:
-            out.extend(window.popleft().result())
-            progress("parse", len(out), None)
+            put(window.popleft().result())
     while window:
-        out.extend(window.popleft().result())
-        progress("parse", len(out), None)
+        put(window.popleft().result())
 
 
 def _ready() -> None:
@@ -119,17 +214,20 @@ def parse_pool(source: str | Path, workers: int | None) -> Iterator[ProcessPoolE
 DUPLICATE = "duplicate member name in archive"
 
 
-def prepare(records: list[ParsedRecord]) -> None:
+def prepare(records: list[ParsedRecord]) -> list[int]:
     """Put records in one order whatever order the archive stored them in (path, then digest), so the
     verdicts cannot depend on member order; flag every copy of a name stored more than once (the
-    archive walk can only flag the later ones); give each a unique id."""
-    records.sort(key=lambda r: (r.path, r.sha256))
+    archive walk can only flag the later ones); give each a unique id. Returns where each record now
+    first was (a stable sort, as list.sort)."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].path, records[i].sha256))
+    records[:] = [records[i] for i in order]
     names = Counter(r.path for r in records)
     for r in records:
         if names[r.path] > 1:
             r.defects = [d for d in r.defects if d != DUPLICATE]
             r.defects.append(f"{DUPLICATE}: {names[r.path]} members are named {r.path!r}")
     assign_ids(records)
+    return order
 
 
 def assign_ids(records: Sequence[ParsedRecord]) -> None:
@@ -143,16 +241,19 @@ def assign_ids(records: Sequence[ParsedRecord]) -> None:
 
 def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
            archive_defects: Sequence[str] = (), progress: Progress = _noop,
-           policy_info: PolicyInfo | None = None, consume: bool = False) -> Manifest:
+           policy_info: PolicyInfo | None = None, consume: bool = False, grouping: Grouping | None = None
+           ) -> Manifest:
     """Group and decide: the pure heart of triage, records and policy in, manifest out; the records are in
     their global order, with their ids. It runs the steps of pipeline.staged over one in-memory shard,
     the same functions the functions and the CLI run over many.
 
     The records are left as they were, unless `consume`: then they are the caller's to give up, and
     what grouping alone needed (texts, sketches) is dropped from them as soon as the campaigns are
-    known."""
+    known. `grouping`: the clusterer's input for the records as they are (`Parsed.grouping`), else it is
+    read from them (their texts and sketches)."""
     import numpy as np
 
+    from pipeline.campaigns import CampaignClusterer
     from pipeline.staged import LABEL_SAMPLE, plan_records, run_in_memory
 
     n = len(records)
@@ -160,7 +261,13 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
         for r in records:
             resolve_origin(r, policy)
     progress("campaigns", 0, n)
-    plan = plan_records(records, policy, policy_info)
+    labels = None
+    if grouping is not None:
+        if len(grouping.digest) != n:
+            raise ValueError(f"a grouping of {len(grouping.digest)} messages for {n} records")
+        labels = CampaignClusterer(threshold=policy.thresholds.campaign_similarity).fit_grouping(grouping).labels_
+        labels = np.asarray(labels, dtype=np.int64)
+    plan = plan_records(records, policy, policy_info, labels=labels)
     if consume:
         # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
         labels = plan.shards["0"].label
@@ -210,6 +317,19 @@ def read_and_parse(source: str | Path, policy: SitePolicy, fmt: str | None = Non
     return name, records, report
 
 
+def _read_grouped(source: str | Path, policy: SitePolicy, fmt: str | None, progress: Progress,
+                  workers: int | None) -> tuple[str, list[ParsedRecord], ArchiveReport, Grouping]:
+    """`read_and_parse`, with the clusterer's input packed by the workers; the records keep no sketch."""
+    report = ArchiveReport()
+    with parse_pool(source, workers) as pool:
+        name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
+        parsed = parse_grouped(found, policy, progress=progress, workers=workers, pool=pool)
+    records = parsed.records
+    check_read(name, fmt, records, report)
+    order = prepare(records)
+    return name, records, report, parsed.grouping(order)
+
+
 def check_read(name: str, fmt: str | None, records: Sized, report: ArchiveReport) -> None:
     """A format named with --format that finds no message among the members is the wrong format: an
     empty manifest would tell the admin the queue was empty."""
@@ -222,9 +342,9 @@ def check_read(name: str, fmt: str | None, records: Sized, report: ArchiveReport
 
 def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
             progress: Progress, workers: int | None, policy_source: str | None) -> Manifest:
-    name, records, report = read_and_parse(source, policy, fmt, progress, workers)
+    name, records, report, grouping = _read_grouped(source, policy, fmt, progress, workers)
     used, pinfo = effective_policy(policy, policy_source, site_of(report.meta), records)
     info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
                         skipped=report.skipped, hosts=[str(report.meta["host"])] if report.meta.get("host") else [])
     return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
-                  policy_info=pinfo, consume=True)
+                  policy_info=pinfo, consume=True, grouping=grouping)

@@ -257,3 +257,49 @@ def test_a_run_rotating_its_hosts_keeps_its_paths() -> None:
     b = url_keys(["http://bridge.other.example/cover/zz9q1"])
     assert "p:cover" in a and "p:cover" in b and "p:images/nav.gif" in a
     assert not [k for k in url_keys(["http://a.example/ http://b.example/q1w2e3r4"]) if k.startswith("p:")]
+
+
+def test_rows_made_unique_as_numpy_does_it() -> None:
+    from pipeline.campaigns import _bucket_heads, _unique_rows
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        m, k = int(rng.integers(0, 200)), int(rng.integers(1, 6))
+        # small spans (packed into one integer), negatives, and spans too wide to pack (a lexsort)
+        hi = [3, 40, 2**40][trial % 3]
+        a = rng.integers(-2 if trial % 2 else 0, hi, size=(m, k))
+        for inverse, counts in itertools.product((False, True), repeat=2):
+            want = np.unique(a, axis=0, return_inverse=inverse, return_counts=counts)
+            got = _unique_rows(a, inverse=inverse, counts=counts)
+            for w, g in zip(*((want, got) if inverse or counts else ((want,), (got,))), strict=True):
+                assert np.array_equal(np.reshape(w, g.shape), g)
+        if m:
+            cols = rng.integers(0, 3, size=(m, 3)).astype(np.uint32)
+            bucket = np.unique(cols, axis=0, return_inverse=True)[1].ravel()
+            first = {b: i for i, b in reversed(list(enumerate(bucket.tolist())))}
+            assert _bucket_heads(cols).tolist() == [first[b] for b in bucket.tolist()]
+
+
+def test_the_triage_routes_grouping_is_the_one_its_records_give(corpus) -> None:
+    """The parse workers hand grouping's input back packed beside the records (pipeline.triage.Batch):
+    in the order `prepare` puts the records in, it is what the records themselves give."""
+    from pipeline.campaigns import Grouping
+    from pipeline.triage import parse_all, parse_grouped, prepare
+
+    hams, spam = corpus
+    texts = [t for t in map(spam_text, spam[:40]) if len(t[1].split()) >= 120][:2]
+    camps = [Campaign(body, subject, seed=k) for k, (subject, body) in enumerate(texts)]
+    data = [c.copy(f"u{j}@far{j % 3}.example", image_only=j < 2) for c in camps for j in range(15)] + hams[:10]
+    found = [Found(RawMessage(path=f"q/{len(data) - i:04d}.eml", envelope=Envelope()), d, f"{i:064x}", len(d))
+             for i, d in enumerate(data)]
+    whole = parse_all(found, POLICY, workers=1)
+    prepare(whole)
+    parsed = parse_grouped(found, POLICY, workers=1)
+    order = prepare(parsed.records)
+    assert order != sorted(order)  # the records were put in another order
+    got, want = parsed.grouping(order), Grouping.of([_feat(r) for r in whole])
+    for name, g, w in zip(Grouping._fields, got, want, strict=True):
+        assert np.array_equal(g, w), name
+    assert [r.path for r in parsed.records] == [r.path for r in whole]
+    assert all(r.sketch == [] for r in parsed.records) and any(r.sketch for r in whole)
+    assert np.array_equal(CampaignClusterer().fit_grouping(got).labels_, CampaignClusterer().fit_grouping(want).labels_)
