@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
@@ -219,7 +220,22 @@ def digest_key(kind: str, payload: bytes) -> str:
 def tokens(text: str) -> set[str]:
     """The words a sketch is made of, stop words and placeholders left out. Single words, not
     pairs or shingles: spintax and shuffled sentences change pairs far more than words."""
-    return set((_TOKEN_ASCII if text.isascii() else _TOKEN).findall(text)) - _STOP
+    if text.isascii():
+        # what _TOKEN_ASCII finds, at a third of its cost: every character but a letter made a space,
+        # the runs of letters split apart, and the runs of one letter dropped with the stop words
+        return set(text.encode().translate(_LETTERS_ONLY).decode().split()) - _STOP_OR_LETTER
+    return set(_TOKEN.findall(text)) - _STOP
+
+
+_LETTERS_ONLY = bytes(c if chr(c).isalpha() and c < 128 else ord(" ") for c in range(256))
+_STOP_OR_LETTER = _STOP | {chr(c) for c in range(128) if chr(c).isalpha()}
+
+
+@lru_cache(maxsize=1)
+def _minhash() -> Any:
+    from rensa import RMinHash  # imported when first needed, once (not a lookup a message)
+
+    return RMinHash
 
 
 def sketch(text: str) -> list[int]:
@@ -227,9 +243,7 @@ def sketch(text: str) -> list[int]:
     toks = tokens(text)
     if len(toks) < MIN_TOKENS:
         return []
-    from rensa import RMinHash
-
-    m = RMinHash(num_perm=SKETCH_PERM, seed=SKETCH_SEED)
+    m = _minhash()(num_perm=SKETCH_PERM, seed=SKETCH_SEED)
     m.update(list(toks))  # MinHash does not depend on the order
     digest: list[int] = m.digest()  # a list of ints already
     return digest
