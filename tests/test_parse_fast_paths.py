@@ -2,7 +2,8 @@
 
 Each fast path (hidden text found tag first, URLs found by literal-led patterns, URL keys without
 urlsplit, ASCII patterns on ASCII text, normalise word by word with each word's result kept, the header
-shape in one pass, sketch tokens by translation, whether a tag's attributes hide kept) is checked
+shape in one pass and its mailer by literals, sketch tokens by translation, whether a tag's attributes
+hide kept) is checked
 against the one-pattern or library form it replaced, on real mail, on spamware copies and on generated
 hostile strings.
 """
@@ -186,3 +187,24 @@ def test_hidden_text_tags_inside_attributes_and_kept_attributes() -> None:
              '<SPAN STYLE="VISIBILITY:HIDDEN">gone</SPAN> <span \u0130 style="d\u0130splay:none">k</span>']
     for c in cases * 2:
         assert normalise._drop_hidden(c) == HIDDEN.sub(" ", c)
+
+
+HEADER_PIECES = [b"X-Mailer: a1.2", b"x-mailer:", b"USER-AGENT: Moz 5", b"User-Agent:x", b"\r", b"\n", b"\r\n",
+                 b"Subject: x", b" ", b"\t", b"From:", b"Received: y", b"X-Mailer\n", b"x-mailer :x", b"\n\n",
+                 b"\r\n\r\n", b"a", b":", b"\x1c", b"\x0b", b"\xc4X-MAILER:k", b"ax-mailer:q", b"\ruser-agent:\r"]
+
+
+def header_block_by_slicing(data: bytes) -> bytes:
+    head = data[:16384]
+    ends = [i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0]
+    return head[: min(ends, default=len(head))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(HEADER_PIECES), max_size=30).map(b"".join), st.sampled_from([0, 3, 16370, 16384]))
+def test_header_block_mailer_and_names_agree_with_their_patterns(data: bytes, pad: int) -> None:
+    m = features._MAILER.search(data)
+    assert features._mailer(data) == (m.group(1).decode("latin-1") if m else "")
+    assert features._HEADER_NAME_NL.findall(b"\n" + data) == features._HEADER_NAME.findall(data)
+    for d in (data, b"x" * pad + data, b"y" * pad + b"\r\n\r\n" + data, data + b"z" * pad + b"\n\n"):
+        assert features.header_block(d) == header_block_by_slicing(d)
