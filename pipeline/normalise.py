@@ -17,7 +17,8 @@ _COMMENT = re.compile(r"(?s)<!--.*?-->")
 # tag whose attributes hide it, up to its closing tag within 4,000 characters. Found in steps (the tag,
 # then each way of hiding in its attributes, each a literal to look for first), which is what one pattern
 # matched, without trying the four ways at every character of every tag (a tenth of parsing a message).
-_HIDING_TAG = re.compile(r"(?i)<(span|div|font|p|td|small|b|i)\b([^>]*)>")
+# (attributes required: a tag without any hides nothing, and the engine passes over it without a stop in Python)
+_HIDING_TAG = re.compile(r"(?i)<(span|div|font|p|td|small|b|i)\b([^>]+)>")
 _HIDING_WAYS = (r"display\s*:\s*none", r"visibility\s*:\s*hidden",
                 r"font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*[;\"']",
                 r"color\s*[:=]\s*[\"']?\s*(?:#fff(?:fff)?\b|white\b)")
@@ -75,17 +76,38 @@ def _drop_hidden(s: str) -> str:
     """Each hidden element (see _HIDING_TAG) replaced by a space, scanning as a single pattern would."""
     out: list[str] = []
     last = pos = 0
-    while (m := _HIDING_TAG.search(s, pos)) is not None:
-        if _hides(m.group(2)) and (end := _HIDDEN_END[m.group(1).lower()].match(s, m.end())):
-            out.append(s[last:m.start()])
-            out.append(" ")
-            last = pos = end.end()
+    hides = _HIDES.get
+    while True:
+        for m in _HIDING_TAG.finditer(s, pos):
+            attrs = m.group(2)
+            if (h := hides(attrs)) is None:
+                h = _hides(attrs)
+                if len(attrs) <= _HIDES_CACHED:
+                    if len(_HIDES) >= _HIDES_MAX:
+                        _HIDES.clear()
+                    _HIDES[attrs] = h
+            if h and (end := _HIDDEN_END[m.group(1).lower()].match(s, m.end())):
+                out.append(s[last:m.start()])
+                out.append(" ")
+                last = pos = end.end()
+                break
+            if "<" in attrs:
+                # a tag may start inside this one's attributes: a single pattern would try it, and
+                # finditer would not (it goes on from this one's end)
+                pos = m.start() + 1
+                break
         else:
-            pos = m.start() + 1
+            break
     if not out:
         return s
     out.append(s[last:])
     return "".join(out)
+
+
+# A template repeats its tags' attributes from copy to copy: whether they hide is kept (as _WORDS)
+_HIDES: dict[str, bool] = {}
+_HIDES_MAX = 1 << 14
+_HIDES_CACHED = 200
 
 
 def _hides(attrs: str) -> bool:

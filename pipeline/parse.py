@@ -317,7 +317,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     grouping = _Grouping(shape(data), [*text_plain[:2], *text_html[:2]], first("reply-to"),
                          [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
-        grouping = _fast_bounced_original(rec, mail, body) or grouping
+        grouping = _fast_bounced_original(rec, attachments, body) or grouping
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
@@ -327,8 +327,8 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
 
 
-def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping | None:
-    orig = next((a for a in mail.attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
+def _fast_bounced_original(rec: ParsedRecord, attachments: list[Any], body: str) -> _Grouping | None:
+    orig = next((a for a in attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
     if orig is None:
         if m := _ORIG_MARK.search(body):
             rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
@@ -339,14 +339,15 @@ def _fast_bounced_original(rec: ParsedRecord, mail: Any, body: str) -> _Grouping
         inner = _fast(raw)
     except Exception:  # the quoted spam is often broken; the standard library reads it
         return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
-    ofrom = getaddresses([(inner.headers.get("From") or [""])[0]])
+    # each read of the parser's attributes converts its data again: read once
+    heads, text_html, text_plain, subject = inner.headers, inner.text_html, inner.text_plain, inner.subject or ""
+    ofrom = getaddresses([(heads.get("From") or [""])[0]])
     rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
-    rec.bounced_original_received = [parse_received(v) for v in (inner.headers.get("Received") or [])[:_MAX_HOPS]]
-    obody = html_to_text(inner.text_html[0]) if inner.text_html else inner.text_plain[0] if inner.text_plain else ""
-    rec.bounced_original_text = normalise(inner.subject or "", obody, SKETCH_TEXT)
-    return _Grouping(shape(raw), [*inner.text_plain[:2], *inner.text_html[:2]],
-                     (inner.headers.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments],
-                     inner.subject or "")
+    rec.bounced_original_received = [parse_received(v) for v in (heads.get("Received") or [])[:_MAX_HOPS]]
+    obody = html_to_text(text_html[0]) if text_html else text_plain[0] if text_plain else ""
+    rec.bounced_original_text = normalise(subject, obody, SKETCH_TEXT)
+    return _Grouping(shape(raw), [*text_plain[:2], *text_html[:2]],
+                     (heads.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments], subject)
 
 
 _MAX_HOPS = 4  # ours is the topmost, or below a content filter's one or two: enough, and records stay small

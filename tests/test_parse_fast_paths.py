@@ -2,8 +2,10 @@
 
 Each fast path (hidden text found tag first, URLs found by literal-led patterns, URL keys without
 urlsplit, ASCII patterns on ASCII text, normalise word by word with each word's result kept, the header
-shape in one pass) is checked against the one-pattern or library form it replaced, on real mail, on
-spamware copies and on generated hostile strings.
+shape in one pass and its mailer by literals, sketch tokens by translation, whether a tag's attributes
+hide kept) is checked
+against the one-pattern or library form it replaced, on real mail, on spamware copies and on generated
+hostile strings.
 """
 
 from __future__ import annotations
@@ -166,3 +168,43 @@ def test_url_spans_are_the_alternations_matches(s: str) -> None:
 def test_header_end_is_the_first_blank_line_of_either_kind(data: bytes) -> None:
     either = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
     assert parse.header_end(data) == min(either, default=-1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200) | texts)
+def test_sketch_tokens_by_translation_agree_with_the_pattern(text: str) -> None:
+    token = re.compile(r"[^\W\d_]{2,}")
+    assert features.tokens(text) == set(token.findall(text)) - features._STOP
+
+
+def test_hidden_text_tags_inside_attributes_and_kept_attributes() -> None:
+    # a candidate tag starting inside another's attributes, tags without attributes, the same
+    # attributes hiding twice (the second time from what was kept), one out of its closing tag's reach
+    cases = ['<span title="<b style=\'display:none\'>">x</b> y</span>z',
+             '<p><b>V</b>iagra <span style="color:#fff">salad</span> and <span style="color:#fff">more</span>',
+             '<div a="<div b=\'<span style=display:none>\'>">q</span></div></div>',
+             '<b><i><td><small><font >t</font>', "<span style='display:none'>" + "y" * 4100 + "</span>x",
+             '<SPAN STYLE="VISIBILITY:HIDDEN">gone</SPAN> <span \u0130 style="d\u0130splay:none">k</span>']
+    for c in cases * 2:
+        assert normalise._drop_hidden(c) == HIDDEN.sub(" ", c)
+
+
+HEADER_PIECES = [b"X-Mailer: a1.2", b"x-mailer:", b"USER-AGENT: Moz 5", b"User-Agent:x", b"\r", b"\n", b"\r\n",
+                 b"Subject: x", b" ", b"\t", b"From:", b"Received: y", b"X-Mailer\n", b"x-mailer :x", b"\n\n",
+                 b"\r\n\r\n", b"a", b":", b"\x1c", b"\x0b", b"\xc4X-MAILER:k", b"ax-mailer:q", b"\ruser-agent:\r"]
+
+
+def header_block_by_slicing(data: bytes) -> bytes:
+    head = data[:16384]
+    ends = [i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0]
+    return head[: min(ends, default=len(head))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(HEADER_PIECES), max_size=30).map(b"".join), st.sampled_from([0, 3, 16370, 16384]))
+def test_header_block_mailer_and_names_agree_with_their_patterns(data: bytes, pad: int) -> None:
+    m = features._MAILER.search(data)
+    assert features._mailer(data) == (m.group(1).decode("latin-1") if m else "")
+    assert features._HEADER_NAME_NL.findall(b"\n" + data) == features._HEADER_NAME.findall(data)
+    for d in (data, b"x" * pad + data, b"y" * pad + b"\r\n\r\n" + data, data + b"z" * pad + b"\n\n"):
+        assert features.header_block(d) == header_block_by_slicing(d)
