@@ -134,11 +134,32 @@ def table_of(records: Sequence[ParsedRecord], columns: Sequence[str] | None = No
 
 def shard_bytes(records: Sequence[ParsedRecord]) -> bytes:
     """One shard's records as a Parquet file (zstd, one row group): the bytes depend on the records only."""
+    return parquet_bytes(table_of(records))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A shard's table (SCHEMA, in any number of chunks) as its Parquet file: the same bytes as
+    `shard_bytes` of its records, however the rows were cut into chunks (they are combined first:
+    the writer's pages follow its input's chunks)."""
     sink = io.BytesIO()
     # statistics of texts and JSON would only weigh the footer: no reader filters on them
-    pq.write_table(table_of(records), sink, compression="zstd", compression_level=3,
-                   write_statistics=["path", "sha256", "shape"], row_group_size=max(1, len(records)))
+    pq.write_table(table.combine_chunks(), sink, compression="zstd", compression_level=3,
+                   write_statistics=["path", "sha256", "shape"], row_group_size=max(1, len(table)))
     return sink.getvalue()
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as an Arrow IPC stream: what crosses between processes (pickling it is a copy of its buffers)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def of_ipc(data: bytes) -> pa.Table:
+    """A table from `ipc_bytes` (its buffers are views of `data`, not copies)."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def is_parquet(data: bytes) -> bool:
