@@ -26,7 +26,6 @@ here as well: `read_records` reads them as they are, the column readers build th
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 
@@ -198,23 +197,29 @@ def num_rows(data: bytes) -> int:
     return len(_legacy(data))
 
 
+# what `read_records` validates in place of the fields kept in columns: set afterwards, as they were written
+_PLACEHOLDER = '{"path":"","sha256":"","text":"","keys":[],"shape":"",'
+
+
 def read_records(data: bytes, rows: Sequence[int] | np.ndarray | None = None) -> list[ParsedRecord]:
     """A shard's records, exactly as they were written, all or the rows given (in that order)."""
     if not is_parquet(data):
         recs = _legacy(data)
         return recs if rows is None else [recs[int(i)] for i in rows]
     t = read_columns(data, ["path", "sha256", "text", "keys", "shape", "sketch", "record"], rows)
+    # only `record` is validated (the columns' own fields are plain values: no validator changes them)
+    sketches, has = sketch_matrix(t.column("sketch"))
+    validate = ParsedRecord.model_validate_json
     out: list[ParsedRecord] = []
-    dumps = json.dumps
-    sketches = t.column("sketch")
-    valid = sketches.is_valid().to_numpy(zero_copy_only=False)
     for i, (path, sha, text, keys, shape, rec) in enumerate(zip(
             *(t.column(c).to_pylist() for c in ("path", "sha256", "text", "keys", "shape", "record")), strict=True)):
-        head = (f'{{"path":{dumps(path)},"sha256":{dumps(sha)},"text":{dumps(text)},"keys":{dumps(keys)},'
-                f'"shape":{dumps(shape)},')
-        if valid[i]:
-            head += '"sketch":[' + ",".join(map(str, np.frombuffer(sketches[i].as_py(), dtype="<u4").tolist())) + "],"
-        out.append(ParsedRecord.model_validate_json(head + rec[1:]))
+        r = validate(_PLACEHOLDER + rec[1:])
+        d = r.__dict__
+        d["path"], d["sha256"], d["text"], d["keys"], d["shape"] = path, sha, text, keys, shape
+        if has[i]:
+            d["sketch"] = sketches[i].tolist()
+            r.__pydantic_fields_set__.add("sketch")
+        out.append(r)
     return out
 
 
