@@ -263,6 +263,7 @@ class StepRun:
     seconds: float
     peak_rss_mb: float | None
     resumed: bool = False
+    cpu_seconds: float | None = None  # the worker's CPU time during the step (user + system)
 
 
 @dataclass
@@ -319,9 +320,10 @@ def call_step(step: str, settings: Mapping[str, object], payload: dict, worker: 
         _WORKER_HANDLERS[cache] = handler
     if worker:
         _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = handler(payload, LocalContext(function_name=names.triage_step_function(step), memory_limit_in_mb=3008))
-    return out, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}
+    return out, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+                 "cpu_seconds": time.process_time() - c0}
 
 
 def call_run_step(root: str, step: str, payload: dict, policy: Any, policy_source: str | None,
@@ -332,10 +334,10 @@ def call_run_step(root: str, step: str, payload: dict, policy: Any, policy_sourc
 
     if worker:
         _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run_step(step, LocalStore(root), payload["incident"], payload.get("shard"), policy, policy_source)
     return out.model_dump(mode="json"), {"pid": os.getpid(), "seconds": time.perf_counter() - t0,
-                                         "peak_rss_mb": _peak_rss_mb()}
+                                         "peak_rss_mb": _peak_rss_mb(), "cpu_seconds": time.process_time() - c0}
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -384,7 +386,8 @@ def run_locally(store: Store, incident: str, settings: Mapping[str, object] | No
                 fut: Future = ex.submit(*args)
                 done, stats = fut.result()
             store.put(key, json.dumps(done, sort_keys=True).encode())
-            run = StepRun(step, shard, stats["pid"], stats["seconds"], stats["peak_rss_mb"])
+            run = StepRun(step, shard, stats["pid"], stats["seconds"], stats["peak_rss_mb"],
+                          cpu_seconds=stats.get("cpu_seconds"))
         runs.append(run)
         if on_step:
             on_step(run)

@@ -114,8 +114,23 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
         times["triage workflow"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         size = len(store.get(queues.manifest_key("bench")))
+        digests = _manifest_digests(store)
     assert total == n, total
-    return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size}
+    return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
+            "manifest_sha256": digests}
+
+
+def _manifest_digests(store: object) -> dict[str, str]:
+    """The SHA-256 of manifest.json and of every part: two runs (two versions) wrote the same manifest
+    exactly when these are equal."""
+    import hashlib
+
+    from pipeline import queues
+
+    key = queues.manifest_key("bench")
+    base = key.rsplit("/", 1)[0] + "/"
+    return {k[len(base):]: hashlib.sha256(store.get(k)).hexdigest()  # type: ignore[attr-defined]
+            for k in sorted(store.list(base))}  # type: ignore[attr-defined]
 
 
 def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
@@ -184,6 +199,8 @@ def report(route: str, n: int, r: dict) -> dict:
         print(f"    pid {pid:<8} {mb:8,.0f} MB  {what}")
     peak = max([r["self_peak_rss_mb"]] + [mb for mb, _ in procs.values()])
     print(f"  largest process {peak:,.0f} MB; manifest {r['manifest_bytes'] / 2**20:,.1f} MiB")
+    for name, digest in r.get("manifest_sha256", {}).items():
+        print(f"    sha256 {digest[:16]}  {name}")
     return {"route": route, "messages": n, "times": r["times"], "steps": r["steps"],
             "process_peaks_mb": {str(k): v[0] for k, v in procs.items()}, "self_peak_rss_mb": r["self_peak_rss_mb"],
             "largest_process_mb": peak}
