@@ -1,7 +1,9 @@
 """Parsed shards as columns: one Parquet file a shard, so a reduce reads only the columns it needs.
 
-A shard's records are written by the parse step (`shard_bytes`) and read back whole by the map
-steps (`read_records`, which gives back exactly the records written: `model_dump()` is equal). The
+A shard's records are written by the parse step (`shard_bytes`; the parser processes send their
+chunks' tables as IPC streams, `ipc_bytes`, and `parquet_bytes` writes the same file of them) and read
+back whole by the map steps (`read_records`, which gives back exactly the records written:
+`model_dump()` is equal; only `record` is validated, the other columns are set as they are). The
 plan step reads small columns only (`read_columns`, `grouping`, `queue_evidence`, `ids`); the
 campaign labels read `text` for a sample of rows.
 
