@@ -263,6 +263,7 @@ class StepRun:
     seconds: float
     peak_rss_mb: float | None
     resumed: bool = False
+    cpu_seconds: float | None = None  # the worker's CPU time during the step (user + system)
 
 
 @dataclass
@@ -319,9 +320,10 @@ def call_step(step: str, settings: Mapping[str, object], payload: dict, worker: 
         _WORKER_HANDLERS[cache] = handler
     if worker:
         _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = handler(payload, LocalContext(function_name=names.triage_step_function(step), memory_limit_in_mb=3008))
-    return out, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}
+    return out, {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+                 "cpu_seconds": time.process_time() - c0}
 
 
 def call_run_step(root: str, step: str, payload: dict, policy: Any, policy_source: str | None,
@@ -332,10 +334,10 @@ def call_run_step(root: str, step: str, payload: dict, policy: Any, policy_sourc
 
     if worker:
         _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run_step(step, LocalStore(root), payload["incident"], payload.get("shard"), policy, policy_source)
     return out.model_dump(mode="json"), {"pid": os.getpid(), "seconds": time.perf_counter() - t0,
-                                         "peak_rss_mb": _peak_rss_mb()}
+                                         "peak_rss_mb": _peak_rss_mb(), "cpu_seconds": time.process_time() - c0}
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -384,7 +386,8 @@ def run_locally(store: Store, incident: str, settings: Mapping[str, object] | No
                 fut: Future = ex.submit(*args)
                 done, stats = fut.result()
             store.put(key, json.dumps(done, sort_keys=True).encode())
-            run = StepRun(step, shard, stats["pid"], stats["seconds"], stats["peak_rss_mb"])
+            run = StepRun(step, shard, stats["pid"], stats["seconds"], stats["peak_rss_mb"],
+                          cpu_seconds=stats.get("cpu_seconds"))
         runs.append(run)
         if on_step:
             on_step(run)
@@ -408,45 +411,37 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
                    workers: int | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> int:
     """Parse a snapshot into parsed shards of at most shard_size messages in the store; how many messages.
 
-    One shard's records are in memory at a time. Every shard's metadata names the snapshot itself (its
-    file name, format and digest), as if it had been uploaded whole, so the manifest says what was read.
+    The parser processes parse chunks and write the shards' Parquet files (pipeline.service.parse.
+    parse_into_shards): this process only reads the snapshot and hands them out. Every shard's metadata
+    names the snapshot itself (its file name, format and digest), as if it had been uploaded whole, so
+    the manifest says what was read.
     """
-    import itertools
     import re
     import tempfile
     from pathlib import Path
 
     from pipeline.archive import ArchiveReport
-    from pipeline.columnar import shard_bytes
     from pipeline.readers import read_snapshot
+    from pipeline.service.parse import parse_into_shards, write_shard
     from pipeline.shards import ShardMeta
     from pipeline.sitepolicy import site_of
-    from pipeline.triage import check_read, parse_all, parse_pool
+    from pipeline.triage import check_read, parse_pool
 
     progress = progress or (lambda stage, done, total: None)
     report = ArchiveReport()
-    total = 0
     with tempfile.TemporaryDirectory(prefix="spoolsweep-spill-") as tmp:
-        parts: list[tuple[Path, int]] = []
         with parse_pool(source, workers) as pool:
             name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
-            it = iter(found)
-            while chunk := list(itertools.islice(it, shard_size)):
-                records = parse_all(chunk, policy, workers=workers, pool=pool)
-                del chunk
-                path = Path(tmp) / f"{len(parts)}.parquet"
-                path.write_bytes(shard_bytes(records))
-                parts.append((path, len(records)))
-                total += len(records)
-                del records
-                progress("parse", total, None)
+            parts = parse_into_shards(found, policy, shard_size, Path(tmp), pool,
+                                      workers if workers is not None else (os.cpu_count() or 1), progress)
+        total = sum(count for _, count in parts)
         check_read(name, fmt, range(total), report)
         host = str(report.meta.get("host") or "local")
         base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).name).lstrip("._-") or "snapshot"
         n = max(1, len(parts))
         if not parts:
             empty = Path(tmp) / "empty.parquet"
-            empty.write_bytes(shard_bytes([]))
+            write_shard(([], str(empty)))
             parts.append((empty, 0))
         for i, (path, count) in enumerate(parts, 1):
             shard = queues.check_name("shard", f"{host}.{base}"[:100] + f".part-{i:04d}-of-{n:04d}")

@@ -88,7 +88,14 @@ class Sampler:
 
 def _steps(runs: list) -> list[dict]:
     return [{"step": r.step, "shard": r.shard, "pid": r.pid, "seconds": round(r.seconds, 2),
+             "cpu_seconds": round(getattr(r, "cpu_seconds", None) or 0, 2),
              "peak_rss_mb": round(r.peak_rss_mb or 0, 1), "resumed": r.resumed} for r in runs]
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and of its children waited for (the parse pool)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
@@ -105,17 +112,33 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
     runs: list[StepRun] = []
     with tempfile.TemporaryDirectory(prefix="spoolsweep-scale-") as tmp, Sampler() as sampler:
         store = LocalStore(tmp)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         total = spill_snapshot(store, snap, policy, None, "bench", shard_size, workers)
         times["parse (into shards)"] = time.perf_counter() - t0
+        cpu = {"parse (route + parse pool)": _cpu() - c0}
         t = time.perf_counter()
         run_locally(store, "bench", None, workers=workers, isolate=True, direct=(policy, "bench"),
                     on_step=runs.append)
         times["triage workflow"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         size = len(store.get(queues.manifest_key("bench")))
+        digests = _manifest_digests(store)
     assert total == n, total
-    return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size}
+    return {"times": times, "cpu": cpu, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
+            "manifest_sha256": digests}
+
+
+def _manifest_digests(store: object) -> dict[str, str]:
+    """The SHA-256 of manifest.json and of every part: two runs (two versions) wrote the same manifest
+    exactly when these are equal."""
+    import hashlib
+
+    from pipeline import queues
+
+    key = queues.manifest_key("bench")
+    base = key.rsplit("/", 1)[0] + "/"
+    return {k[len(base):]: hashlib.sha256(store.get(k)).hexdigest()  # type: ignore[attr-defined]
+            for k in sorted(store.list(base))}  # type: ignore[attr-defined]
 
 
 def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
@@ -168,13 +191,17 @@ def report(route: str, n: int, r: dict) -> dict:
     for stage, s in r["times"].items():
         print(f"  {stage:<28} {s:8.1f} s")
     print(f"  {'throughput':<28} {n / r['times']['total']:8,.0f} messages/s")
+    # what a shared machine's load changes least
+    for stage, s in r.get("cpu", {}).items():
+        print(f"  CPU {stage:<24} {s:8.1f} s")
     by_step: dict[str, list[dict]] = defaultdict(list)
     for s in r["steps"]:
         by_step[s["step"]].append(s)
-    print(f"  {'step':<10} {'runs':>5} {'sum s':>8} {'max s':>7} {'max peak RSS MB':>16}")
+    print(f"  {'step':<10} {'runs':>5} {'sum s':>8} {'max s':>7} {'CPU s':>8} {'max peak RSS MB':>16}")
     for step, rows in by_step.items():
         print(f"  {step:<10} {len(rows):>5} {sum(x['seconds'] for x in rows):8.1f} "
-              f"{max(x['seconds'] for x in rows):7.1f} {max(x['peak_rss_mb'] for x in rows):16,.0f}")
+              f"{max(x['seconds'] for x in rows):7.1f} {sum(x.get('cpu_seconds', 0) for x in rows):8.1f} "
+              f"{max(x['peak_rss_mb'] for x in rows):16,.0f}")
     procs: dict[int, tuple[float, str]] = {int(k): tuple(v) for k, v in r["children"].items()}  # type: ignore[misc]
     for s in r["steps"]:
         old = procs.get(s["pid"], (0.0, "workflow step worker"))
@@ -184,6 +211,8 @@ def report(route: str, n: int, r: dict) -> dict:
         print(f"    pid {pid:<8} {mb:8,.0f} MB  {what}")
     peak = max([r["self_peak_rss_mb"]] + [mb for mb, _ in procs.values()])
     print(f"  largest process {peak:,.0f} MB; manifest {r['manifest_bytes'] / 2**20:,.1f} MiB")
+    for name, digest in r.get("manifest_sha256", {}).items():
+        print(f"    sha256 {digest[:16]}  {name}")
     return {"route": route, "messages": n, "times": r["times"], "steps": r["steps"],
             "process_peaks_mb": {str(k): v[0] for k, v in procs.items()}, "self_peak_rss_mb": r["self_peak_rss_mb"],
             "largest_process_mb": peak}

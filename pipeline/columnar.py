@@ -1,7 +1,9 @@
 """Parsed shards as columns: one Parquet file a shard, so a reduce reads only the columns it needs.
 
-A shard's records are written by the parse step (`shard_bytes`) and read back whole by the map
-steps (`read_records`, which gives back exactly the records written: `model_dump()` is equal). The
+A shard's records are written by the parse step (`shard_bytes`; the parser processes send their
+chunks' tables as IPC streams, `ipc_bytes`, and `parquet_bytes` writes the same file of them) and read
+back whole by the map steps (`read_records`, which gives back exactly the records written:
+`model_dump()` is equal; only `record` is validated, the other columns are set as they are). The
 plan step reads small columns only (`read_columns`, `grouping`, `queue_evidence`, `ids`); the
 campaign labels read `text` for a sample of rows.
 
@@ -26,7 +28,6 @@ here as well: `read_records` reads them as they are, the column readers build th
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 
@@ -134,11 +135,32 @@ def table_of(records: Sequence[ParsedRecord], columns: Sequence[str] | None = No
 
 def shard_bytes(records: Sequence[ParsedRecord]) -> bytes:
     """One shard's records as a Parquet file (zstd, one row group): the bytes depend on the records only."""
+    return parquet_bytes(table_of(records))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A shard's table (SCHEMA, in any number of chunks) as its Parquet file: the same bytes as
+    `shard_bytes` of its records, however the rows were cut into chunks (they are combined first:
+    the writer's pages follow its input's chunks)."""
     sink = io.BytesIO()
     # statistics of texts and JSON would only weigh the footer: no reader filters on them
-    pq.write_table(table_of(records), sink, compression="zstd", compression_level=3,
-                   write_statistics=["path", "sha256", "shape"], row_group_size=max(1, len(records)))
+    pq.write_table(table.combine_chunks(), sink, compression="zstd", compression_level=3,
+                   write_statistics=["path", "sha256", "shape"], row_group_size=max(1, len(table)))
     return sink.getvalue()
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as an Arrow IPC stream: what crosses between processes (pickling it is a copy of its buffers)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def of_ipc(data: bytes) -> pa.Table:
+    """A table from `ipc_bytes` (its buffers are views of `data`, not copies)."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def is_parquet(data: bytes) -> bool:
@@ -177,23 +199,29 @@ def num_rows(data: bytes) -> int:
     return len(_legacy(data))
 
 
+# what `read_records` validates in place of the fields kept in columns: set afterwards, as they were written
+_PLACEHOLDER = '{"path":"","sha256":"","text":"","keys":[],"shape":"",'
+
+
 def read_records(data: bytes, rows: Sequence[int] | np.ndarray | None = None) -> list[ParsedRecord]:
     """A shard's records, exactly as they were written, all or the rows given (in that order)."""
     if not is_parquet(data):
         recs = _legacy(data)
         return recs if rows is None else [recs[int(i)] for i in rows]
     t = read_columns(data, ["path", "sha256", "text", "keys", "shape", "sketch", "record"], rows)
+    # only `record` is validated (the columns' own fields are plain values: no validator changes them)
+    sketches, has = sketch_matrix(t.column("sketch"))
+    validate = ParsedRecord.model_validate_json
     out: list[ParsedRecord] = []
-    dumps = json.dumps
-    sketches = t.column("sketch")
-    valid = sketches.is_valid().to_numpy(zero_copy_only=False)
     for i, (path, sha, text, keys, shape, rec) in enumerate(zip(
             *(t.column(c).to_pylist() for c in ("path", "sha256", "text", "keys", "shape", "record")), strict=True)):
-        head = (f'{{"path":{dumps(path)},"sha256":{dumps(sha)},"text":{dumps(text)},"keys":{dumps(keys)},'
-                f'"shape":{dumps(shape)},')
-        if valid[i]:
-            head += '"sketch":[' + ",".join(map(str, np.frombuffer(sketches[i].as_py(), dtype="<u4").tolist())) + "],"
-        out.append(ParsedRecord.model_validate_json(head + rec[1:]))
+        r = validate(_PLACEHOLDER + rec[1:])
+        d = r.__dict__
+        d["path"], d["sha256"], d["text"], d["keys"], d["shape"] = path, sha, text, keys, shape
+        if has[i]:
+            d["sketch"] = sketches[i].tolist()
+            r.__pydantic_fields_set__.add("sketch")
+        out.append(r)
     return out
 
 

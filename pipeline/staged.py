@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 
 from pipeline.campaign_labels import describe as describe_campaign
 from pipeline.campaigns import CampaignClusterer, Features, top_terms
+from pipeline.manifest_io import part_row, rows_table
 from pipeline.models import (
     AccountReport,
     Campaign,
@@ -720,16 +721,35 @@ class Verdicts:
     needs: int = 0  # messages whose queue stores no client address and that have Received lines
     missed: int = 0  # ... in which no hop is ours
     hop_names: Tally = field(default_factory=Tally)  # topmost `by` names of those missed
-    blob: bytes = b""  # the messages as zstd-compressed JSON lines
+    # the messages as the manifest parts' rows (pipeline.manifest_io.part_row): an Arrow IPC stream of
+    # zstd-compressed batches, read a batch at a time; or, written before, zstd-compressed JSON lines
+    blob: bytes = b""
+
+    def _rows_in_blob(self) -> bool:
+        return self.blob[:4] == _IPC_CONTINUATION
 
     def iter_messages(self) -> Iterator[ManifestMessage]:
         """The shard's messages in order, parsed one at a time when read from bytes."""
         if self.messages or not self.blob:
             yield from self.messages
             return
+        if self._rows_in_blob():
+            for row in self.iter_rows():
+                yield ManifestMessage.model_validate_json(row[-1])
+            return
         reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(self.blob)))
         for line in reader:
             yield ManifestMessage.model_validate_json(line)
+
+    def iter_rows(self) -> Iterator[tuple[Any, ...]]:
+        """The shard's messages in order as the manifest parts' rows, without parsing a message."""
+        if self.messages or not self._rows_in_blob():
+            yield from map(part_row, self.iter_messages())
+            return
+        import pyarrow as pa
+
+        for batch in pa.ipc.open_stream(pa.py_buffer(self.blob)):
+            yield from zip(*(c.to_pylist() for c in batch.columns), strict=True)
 
     def to_bytes(self) -> bytes:
         ser = ManifestMessage.__pydantic_serializer__.to_json
@@ -739,8 +759,7 @@ class Verdicts:
                 "sources": {ip: [a, b, sorted(c)] for ip, (a, b, c) in self.sources.items()},
                 "needs": self.needs, "missed": self.missed, "hop_names": self.hop_names.to_json()}
         head = _pack(meta, {"pos": np.asarray(self.pos, dtype=np.int64)})
-        blob = self.blob if not self.messages else zstandard.ZstdCompressor(level=3).compress(
-            b"".join(ser(m) + b"\n" for m in self.messages))
+        blob = self.blob if not self.messages else _rows_blob(self.messages)
         return len(head).to_bytes(8, "little") + head + blob
 
     @classmethod
@@ -752,6 +771,22 @@ class Verdicts:
                    {int(c): CampaignPart.of_json(v) for c, v in m["campaigns"].items()}, Counter(m["account_spam"]),
                    {ip: [x, y, set(z)] for ip, (x, y, z) in m["sources"].items()}, m["needs"], m["missed"],
                    Tally.of_json(m["hop_names"]), data[8 + k:])
+
+
+_IPC_CONTINUATION = b"\xff\xff\xff\xff"  # how an Arrow IPC stream starts (a zstd frame: 28 b5 2f fd)
+ROWS_BATCH = 1024  # rows a batch: the summary holds one batch of every shard while it merges them
+
+
+def _rows_blob(messages: Sequence[ManifestMessage]) -> bytes:
+    """Messages as their part rows, an Arrow IPC stream of zstd-compressed batches."""
+    import pyarrow as pa
+
+    table = rows_table([part_row(m) for m in messages])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table, max_chunksize=ROWS_BATCH)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decisions) -> Verdicts:
@@ -942,6 +977,19 @@ def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: s
         archive_defects=list(archive_defects),
     )
     return Summary(manifest, groups)
+
+
+def rows_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[tuple[Any, ...]]:
+    """The manifest parts' rows in global order (what `messages_of` gives, as pipeline.manifest_io.part_row
+    rows): only a review message given a group is parsed again, to carry it."""
+    merged = heapq.merge(*(zip(map(int, v.pos), v.iter_rows(), strict=True) for v in parts), key=lambda pr: pr[0])
+    for at, row in merged:
+        g = summary.review_group.get(at)
+        if g is not None and row[3] != g:
+            m = ManifestMessage.model_validate_json(row[-1])
+            m.review_group = g
+            row = part_row(m)
+        yield row
 
 
 def messages_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[ManifestMessage]:

@@ -202,3 +202,34 @@ def test_a_plan_over_an_empty_shard_and_one_written_before(corpus_records, polic
     for s in new:
         assert rows_bytes(a.rows[s]) == rows_bytes(b.rows[s])
     assert plan_step("inc", [], {}.__getitem__, policy).total == 0
+
+
+def test_parser_processes_write_the_shards_records_would(corpus, policy, tmp_path, monkeypatch) -> None:
+    """The spill's route (pipeline.service.parse.parse_into_shards): parser processes return chunks as
+    columns and write the shards' files themselves, the window full across shard ends; each shard is the
+    bytes `shard_bytes` makes of the same messages' records, whether on a pool or here."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.service import parse
+    from pipeline.service.parse import parse_into_shards
+
+    monkeypatch.setattr(parse, "CHUNK", 16)
+    ham, spam = corpus
+
+    def found() -> list[Found]:  # afresh for each route: parse_found fills in an inferred envelope in place
+        return [Found(RawMessage(path=f"m/{i:04d}.eml"), d, hashlib.sha256(d).hexdigest(), len(d))
+                for i, d in enumerate((ham + spam)[::6])]
+
+    size = 40  # shards end inside a chunk, and the last one is short
+    records = [parse_found(f, policy) for f in found()]
+    expect = [columnar.shard_bytes(records[i:i + size]) for i in range(0, len(records), size)]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        (tmp_path / "pool").mkdir()
+        on_pool = parse_into_shards(iter(found()), policy, size, tmp_path / "pool", pool, workers=2)
+    (tmp_path / "here").mkdir()
+    here = parse_into_shards(iter(found()), policy, size, tmp_path / "here")
+    for written in (on_pool, here):
+        assert [n for _, n in written] == [40, 40, 20]
+        assert [p.read_bytes() for p, _ in written] == expect
+    (tmp_path / "none").mkdir()
+    assert parse_into_shards(iter([]), policy, size, tmp_path / "none") == []

@@ -6,8 +6,10 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipeline import staged
 from pipeline.generator import SAMPLE_CORPUS, generate, without_account, write_canonical
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
@@ -147,3 +149,34 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
         run_step("facts", store, "inc", None, policy)
     with pytest.raises(ValueError, match="not a triage step"):
         run_step("bogus", store, "inc", None, policy)
+
+
+def test_a_shards_verdicts_give_the_parts_rows_from_bytes_of_either_form(monkeypatch) -> None:
+    """The verdicts step stores its messages as the parts' rows; a partial written before (JSON lines)
+    gives the same rows, and the summary's merge gives a review message its group, parsing only it."""
+    import zstandard
+
+    from pipeline.manifest_io import part_row
+    from pipeline.models import Envelope, ManifestMessage, Verdict
+
+    def msg(i: int, verdict: Verdict) -> ManifestMessage:
+        return ManifestMessage(id=f"m{i}", path=f"q/{i}", sha256=f"{i:064x}", size=100 + i, format="canonical",
+                               envelope=Envelope(mail_from=f"a{i}@x.example", rcpt_to=[f"b{i}@y.example"]),
+                               subject=f"subject {i}", verdict=verdict, confidence=0.5, reasons=[])
+
+    monkeypatch.setattr(staged, "ROWS_BATCH", 100)
+    msgs = [msg(i, Verdict.review if i % 3 == 0 else Verdict.spam) for i in range(250)]  # three batches
+    v = staged.Verdicts(np.arange(0, 500, 2, dtype=np.int64), msgs, [])
+    stored = staged.Verdicts.from_bytes(v.to_bytes())
+    rows = [part_row(m) for m in msgs]
+    assert not stored.messages and list(stored.iter_rows()) == rows
+    assert [m.model_dump() for m in stored.iter_messages()] == [m.model_dump() for m in msgs]
+    legacy = staged.Verdicts(v.pos, [], [], blob=zstandard.ZstdCompressor().compress(
+        b"".join(ManifestMessage.__pydantic_serializer__.to_json(m) + b"\n" for m in msgs)))
+    assert list(legacy.iter_rows()) == rows
+    other = staged.Verdicts(np.asarray([1, 3], dtype=np.int64), msgs[:2], [])
+    summary = staged.Summary(None, {0: 7, 3: 8})  # type: ignore[arg-type]
+    merged = list(staged.rows_of([stored, other], summary))
+    assert [r[0] for r in merged[:4]] == ["m0", "m0", "m1", "m1"]
+    assert merged[0][3] == 7 and '"review_group":7' in merged[0][-1]
+    assert merged[3][3] == 8 and merged[1][3] is None and merged[2][3] is None

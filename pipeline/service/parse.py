@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
 
 from pipeline import queues
 from pipeline.archive import ArchiveReport
-from pipeline.columnar import shard_bytes
+from pipeline.columnar import ipc_bytes, of_ipc, parquet_bytes, table_of
 from pipeline.errors import PoisonEvent, SnapshotError
-from pipeline.models import ParsedRecord
+from pipeline.parse import parse_found
 from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
+from pipeline.readers.base import Found
 from pipeline.service import StepResult
 from pipeline.shards import ShardMeta, shard_of, split_snapshot
 from pipeline.sitepolicy import site_of
 from pipeline.store import Store
-from pipeline.triage import parse_all
+from pipeline.triage import parse_pool
+
+CHUNK = 256  # messages a parser process is handed at once
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,88 @@ class Incoming:
         except ValueError as e:
             raise PoisonEvent(str(e)) from None
         return incident, host, filename
+
+
+# ---- messages into parsed shards, on every core ---------------------------------------------------------
+# A parser process parses a chunk AND turns it into columns: what crosses back is an Arrow IPC stream
+# (a copy of a few buffers to pickle), not a list of pydantic records. A shard's Parquet file is written
+# by a parser process too, from its chunks' streams, while the others go on parsing the next shard's
+# chunks: the window of chunks in flight stays full across shard boundaries.
+
+def parse_chunk(args: tuple[list[Found], SitePolicy]) -> bytes:
+    """A parser process's task: a chunk's records as columns (pipeline.columnar.SCHEMA), an IPC stream."""
+    chunk, policy = args
+    return ipc_bytes(table_of([parse_found(f, policy) for f in chunk]))
+
+
+def write_shard(args: tuple[list[bytes], str]) -> int:
+    """A parser process's task: a shard's chunks (IPC streams, in order) as its Parquet file; its rows."""
+    parts, path = args
+    table = pa.concat_tables([of_ipc(b) for b in parts]) if parts else table_of([])
+    Path(path).write_bytes(parquet_bytes(table))
+    return len(table)
+
+
+def _now(fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
+    f: Future[Any] = Future()
+    f.set_result(fn(arg))
+    return f
+
+
+def _cut(found: Iterable[Found], shard_size: int) -> Iterator[tuple[list[Found], bool]]:
+    """Chunks of at most CHUNK messages, none across a shard's end; each says whether it ends its shard
+    (the last one may be empty: the shard ended with the chunk before)."""
+    buf: list[Found] = []
+    in_shard = 0
+    for f in found:
+        buf.append(f)
+        in_shard += 1
+        if in_shard >= shard_size:
+            yield buf, True
+            buf, in_shard = [], 0
+        elif len(buf) >= CHUNK:
+            yield buf, False
+            buf = []
+    if in_shard:
+        yield buf, True
+
+
+def parse_into_shards(found: Iterable[Found], policy: SitePolicy, shard_size: int, out_dir: Path,
+                      pool: Executor | None = None, workers: int = 1,
+                      progress: Progress | None = None) -> list[tuple[Path, int]]:
+    """Parse messages into Parquet shards of at most shard_size messages (out_dir/<i>.parquet): the files
+    and their messages, in order; none for no message. On the pool's processes when there is one (a
+    window of 4 chunks a worker in flight, so memory stays flat however big the queue), else here."""
+    run: Callable[[Callable[[Any], Any], Any], Future[Any]] = pool.submit if pool is not None else _now
+    window: deque[tuple[Future[Any] | None, int, bool]] = deque()
+    shard: list[bytes] = []
+    writes: list[tuple[Path, Future[Any]]] = []
+    parsed = 0
+
+    def take() -> None:
+        nonlocal shard, parsed
+        fut, size, last = window.popleft()
+        if fut is not None:
+            shard.append(fut.result())
+            parsed += size
+            if progress:
+                progress("parse", parsed, None)
+        if last:
+            path = out_dir / f"{len(writes)}.parquet"
+            writes.append((path, run(write_shard, (shard, str(path)))))
+            shard = []
+            # at most two shards' chunks wait to be written
+            if len(writes) > 2:
+                writes[-3][1].result()
+
+    for chunk, last in _cut(found, shard_size):
+        window.append((run(parse_chunk, (chunk, policy)) if chunk else None, len(chunk), last))
+        del chunk
+        if len(window) >= 4 * max(1, workers):
+            take()
+    while window:
+        take()
+    return [(path, fut.result()) for path, fut in writes]
 
 
 def local_copy(store: Store, key: str, tmp: Path) -> Path:
@@ -96,23 +188,30 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
     where = {"incident": incident, "host": host, "source": obj.key, "shard": name.shard, "part": name.part,
              "parts": name.parts}
     report = ArchiveReport()
-    records: list[ParsedRecord]
     with tempfile.TemporaryDirectory(prefix="spoolsweep-parse-") as tmp:
         path = local_copy(store, obj.key, Path(tmp))
+        shard = Path(tmp) / "shard"
+        shard.mkdir()
+        written: list[tuple[Path, int]]
         try:
-            fmt, found, report = read_snapshot(path, policy.limits, report=report)
-            records = parse_all(found, policy, workers=options.workers)
+            with parse_pool(path, options.workers) as pool:
+                fmt, found, report = read_snapshot(path, policy.limits, report=report)
+                written = parse_into_shards(found, policy, 1 << 62, shard, pool, options.workers)
         except SnapshotError as e:
             # the snapshot stays in incoming/ as evidence; triage goes on and names the loss
-            fmt, records = "unreadable", []
+            fmt, written = "unreadable", []
             report.defects.append(f"{obj.key}: {e}")
             store.put(queues.corrupt_key(incident, name.shard), json.dumps({**where, "error": str(e)}).encode())
-    meta = ShardMeta(incident=incident, host=host, source=obj.key, shard=name.shard, part=name.part,
-                     parts=name.parts, format=fmt, sha256=report.sha256, members_read=report.members,
-                     messages=len(records), skipped=report.skipped, defects=report.defects,
-                     # the MTA's own configuration the agent recorded: triage derives the policy from it
-                     site=site_of(report.meta))
-    store.put(queues.shard_meta_key(incident, name.shard), meta.model_dump_json().encode())
-    # written last: its presence (and its S3 event) means the shard is complete
-    store.put(out, shard_bytes(records))
-    return StepResult(f"{len(records)} messages -> {out}", len(records))
+        if not written:
+            write_shard(([], str(shard / "empty.parquet")))
+            written = [(shard / "empty.parquet", 0)]
+        [(parquet, count)] = written
+        meta = ShardMeta(incident=incident, host=host, source=obj.key, shard=name.shard, part=name.part,
+                         parts=name.parts, format=fmt, sha256=report.sha256, members_read=report.members,
+                         messages=count, skipped=report.skipped, defects=report.defects,
+                         # the MTA's own configuration the agent recorded: triage derives the policy from it
+                         site=site_of(report.meta))
+        store.put(queues.shard_meta_key(incident, name.shard), meta.model_dump_json().encode())
+        # written last: its presence (and its S3 event) means the shard is complete
+        store.put(out, parquet.read_bytes())
+    return StepResult(f"{count} messages -> {out}", count)
