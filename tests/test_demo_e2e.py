@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,7 +100,7 @@ def test_demo_pickup_fallback_with_outside_approval(tmp_path, mail_corpus):
     proc = subprocess.Popen([sys.executable, "-m", "spoolsweep", "demo", "-n", str(N), "--seed", str(SEED),
                              "--workdir", str(wd), "--no-console", "--spool", "pickup", "--wait-approval", "120"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "160"})
+                            env={**os.environ, "COLUMNS": "160"}, start_new_session=True)
     try:
         end = time.monotonic() + 120
         while not (wd / "awaiting-approval").exists():
@@ -109,8 +110,8 @@ def test_demo_pickup_fallback_with_outside_approval(tmp_path, mail_corpus):
         browser_approve(wd)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the whole group: a demo killed alone leaves its console running
+            os.killpg(proc.pid, signal.SIGKILL)
     print(out[-4000:])
     assert proc.returncode == 0
     assert "approval found" in out and "PASS" in out
@@ -171,7 +172,7 @@ def test_demo_browser_approval(tmp_path, mail_corpus):
     wd = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "spoolsweep", "demo", "-n", str(N), "--seed", str(SEED),
                              "--workdir", str(wd), "--console", "--spool", "postfix", "--wait-approval", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         end = time.monotonic() + 120
         while not (wd / "awaiting-approval").exists():
@@ -181,7 +182,7 @@ def test_demo_browser_approval(tmp_path, mail_corpus):
         browser_approve(wd)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the whole group: a demo killed alone leaves its console running
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-4000:]
     check_ground_truth(wd, mail_corpus)
