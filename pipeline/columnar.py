@@ -149,11 +149,12 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def ipc_bytes(table: pa.Table) -> bytes:
-    """A table as an Arrow IPC stream: what crosses between processes (pickling it is a copy of its buffers)."""
+def ipc_bytes(table: pa.Table, compression: str | None = None, batch_rows: int | None = None) -> bytes:
+    """A table as an Arrow IPC stream: what crosses between processes (pickling it is a copy of its buffers);
+    its batches compressed and at most `batch_rows` long when asked (a reader then holds one batch at a time)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table, max_chunksize=batch_rows)
     data: bytes = sink.getvalue().to_pybytes()
     return data
 

@@ -83,10 +83,6 @@ def _place(target: Store | str | Path, incident: str | None) -> tuple[Store, str
 def part_row(m: ManifestMessage) -> tuple[Any, ...]:
     """A message as a row of a part (COLUMNS): what the verdicts step computes beside its message, so the
     summary step, which writes the parts, need not parse and serialise every message again."""
-    return _row(m)
-
-
-def _row(m: ManifestMessage) -> tuple[Any, ...]:
     e = m.envelope
     search = " ".join((m.subject, m.from_header, e.mail_from or "", " ".join(e.rcpt_to), e.client_address or "",
                        m.id)).lower()
@@ -106,10 +102,6 @@ def _schema() -> pa.Schema:
 
 def rows_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     """Part rows (`part_row`) as an Arrow table of COLUMNS."""
-    return _table(rows)
-
-
-def _table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     import pyarrow as pa
 
     cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in COLUMNS]
@@ -123,7 +115,7 @@ def _part_bytes(rows: Sequence[tuple[Any, ...]]) -> bytes:
 
     sink = pa.BufferOutputStream()
     # dictionary encoding for the repetitive columns only; no per-write metadata: the same rows, the same bytes
-    pq.write_table(_table(rows), sink, row_group_size=ROW_GROUP, compression="zstd",
+    pq.write_table(rows_table(rows), sink, row_group_size=ROW_GROUP, compression="zstd",
                    use_dictionary=["verdict", "client", "mail_from"], write_statistics=["campaign", "review_group"])
     data: bytes = sink.getvalue().to_pybytes()
     return data
@@ -147,7 +139,7 @@ def write_manifest_parts(target: Store | str | Path, summary: Manifest, messages
 
     `target` is a store (keys under manifests/<incident>/) or a folder; the summary's own `messages` must be
     empty. The key (or file name) of the summary written. The same input writes the same bytes."""
-    return write_manifest_rows(target, summary, map(_row, messages), per_part)
+    return write_manifest_rows(target, summary, map(part_row, messages), per_part)
 
 
 def write_manifest_rows(target: Store | str | Path, summary: Manifest, rows_in: Iterable[tuple[Any, ...]],
@@ -295,7 +287,7 @@ class ManifestReader:
     def _inline_tables(self, per: int = ROW_GROUP * 10) -> Iterator[pa.Table]:
         assert self._inline is not None
         for s in range(0, len(self._inline), per):
-            yield _table([_row(m) for m in self._inline[s:s + per]])
+            yield rows_table([part_row(m) for m in self._inline[s:s + per]])
 
     def columns(self, names: Sequence[str] = tuple(SMALL)) -> Iterator[pa.Table]:
         """The named columns, a table per part in order (never the whole manifest at once)."""

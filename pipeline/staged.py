@@ -31,7 +31,7 @@ from pydantic import TypeAdapter
 
 from pipeline.campaign_labels import describe as describe_campaign
 from pipeline.campaigns import CampaignClusterer, Features, top_terms
-from pipeline.manifest_io import part_row, rows_table
+from pipeline.manifest_io import COLUMNS, part_row, rows_table
 from pipeline.models import (
     AccountReport,
     Campaign,
@@ -774,19 +774,15 @@ class Verdicts:
 
 
 _IPC_CONTINUATION = b"\xff\xff\xff\xff"  # how an Arrow IPC stream starts (a zstd frame: 28 b5 2f fd)
+_REVIEW_GROUP = COLUMNS.index("review_group")  # where a part row holds it
 ROWS_BATCH = 1024  # rows a batch: the summary holds one batch of every shard while it merges them
 
 
 def _rows_blob(messages: Sequence[ManifestMessage]) -> bytes:
     """Messages as their part rows, an Arrow IPC stream of zstd-compressed batches."""
-    import pyarrow as pa
+    from pipeline.columnar import ipc_bytes
 
-    table = rows_table([part_row(m) for m in messages])
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
-        w.write_table(table, max_chunksize=ROWS_BATCH)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
+    return ipc_bytes(rows_table([part_row(m) for m in messages]), compression="zstd", batch_rows=ROWS_BATCH)
 
 
 def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decisions) -> Verdicts:
@@ -985,7 +981,7 @@ def rows_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[tuple[Any, 
     merged = heapq.merge(*(zip(map(int, v.pos), v.iter_rows(), strict=True) for v in parts), key=lambda pr: pr[0])
     for at, row in merged:
         g = summary.review_group.get(at)
-        if g is not None and row[3] != g:
+        if g is not None and row[_REVIEW_GROUP] != g:
             m = ManifestMessage.model_validate_json(row[-1])
             m.review_group = g
             row = part_row(m)

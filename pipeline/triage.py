@@ -111,7 +111,7 @@ class Parsed:
 
     def __init__(self) -> None:
         self.records: list[ParsedRecord] = []
-        self.batches: list[tuple[int, bytes, bytes, bytes]] = []  # (first record, digest, sketch, has_sketch)
+        self.batches: deque[tuple[int, bytes, bytes, bytes]] = deque()  # (first record, digest, sketch, has)
 
     def take(self, b: Batch) -> int:
         self.batches.append((len(self.records), b.digest, b.sketch, b.has_sketch))
@@ -133,7 +133,7 @@ class Parsed:
         sketch = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
         has = np.zeros(n, dtype=bool)
         while self.batches:
-            lo, d, sk, h = self.batches.pop(0)
+            lo, d, sk, h = self.batches.popleft()
             to = at[lo:lo + len(d) // 16]
             digest[to] = np.frombuffer(d, dtype="S16")
             sketch[to] = np.frombuffer(sk, dtype=np.uint32).reshape(-1, SKETCH_PERM)
