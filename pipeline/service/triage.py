@@ -12,6 +12,8 @@ that made it: when that same event is retried after a crash, it may finish the w
 
 from __future__ import annotations
 
+import gc
+
 from pydantic import BaseModel, Field
 
 from pipeline import plan as plans
@@ -68,7 +70,22 @@ def _shard_records(store: Store, incident: str, shard: str, stored: plans.Plan) 
 def run_step(step: str, store: Store, incident: str, shard: str | None, policy: SitePolicy,
              policy_source: str | None = None) -> StepOutput:
     """Run one triage step of an incident: `plan`, `facts` (per shard), `decide`, `verdicts` (per shard),
-    `summary` (writes the manifest, last). Each reads what the steps before it wrote."""
+    `summary` (writes the manifest, last). Each reads what the steps before it wrote.
+
+    The cyclic collector is off meanwhile: a map step holds a shard's records (tens of objects each, none
+    in a cycle), and the collector walked them again and again for nothing (half a map step's CPU). It is
+    on again once the step's frame, and all it held, is gone: the step leaves nothing for it to walk."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_step(step, store, incident, shard, policy, policy_source)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _run_step(step: str, store: Store, incident: str, shard: str | None, policy: SitePolicy,
+              policy_source: str | None) -> StepOutput:
     if step not in queues.TRIAGE_STEPS:
         raise ValueError(f"{step!r} is not a triage step ({', '.join(queues.TRIAGE_STEPS)})")
     if (shard is None) == (step in ("facts", "verdicts")):
