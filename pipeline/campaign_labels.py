@@ -41,9 +41,15 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     if not texts:
         return ""
     runs: list[list[str]] = []
-    words_of = _Words()  # the members of a run share most of their tokens: each is read once
+    words_of = _WORDS  # the members of a run share most of their tokens, and runs share words: each is read once
+    if len(words_of) > _WORDS_KEPT:
+        words_of.clear()
+    normalised: dict[str, str] = {}  # a run's members share a few subjects
     for k, t in enumerate(texts):
-        subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
+        subject = ""
+        if k < len(subjects):
+            subject = normalised.get(subjects[k]) or normalised.setdefault(
+                subjects[k], normalise(subjects[k], "").strip())
         body = t[len(subject):] if subject and t.startswith(subject) else t
         runs.append(list(map(words_of.__getitem__, body.split())))  # __missing__ still applies
     n = min(PHRASE_WORDS, 4)
@@ -51,13 +57,28 @@ def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:
     # the earliest shared 4-word run of the first member that at least half hold (else the most held one)
     need = max(2, len(runs) // 2) if len(runs) > 1 else 1
     grams = list(zip(*(first[j:] for j in range(n)), strict=False))
-    # only the first member's runs can be that one: count those alone (each once per member) first
+    # only the first member's runs can be that one: in a campaign, the earliest usually is. So the first
+    # few are looked for in every member by themselves (a member holds a run when its words joined by \x01
+    # hold the run's: no word holds \x01, none is empty); failing those, every run is counted (each once per
+    # member) as a set's intersection with each member's runs.
     wanted = {g for g in grams if all(g) and len(" ".join(g)) > 12}
-    held: Counter[tuple[str, ...]] = Counter()
+    start = None
     if wanted:
-        for words in runs:
-            held.update(wanted.intersection(zip(*(words[j:] for j in range(n)), strict=False)))
-    start = next((i for i, g in enumerate(grams) if g in wanted and held[g] >= need), None)
+        joined = ["\x01" + "\x01".join(words) + "\x01" for words in runs]
+        tried = 0
+        for i, g in enumerate(grams):
+            if g in wanted:
+                if sum(("\x01" + "\x01".join(g) + "\x01") in j for j in joined) >= need:
+                    start = i
+                    break
+                tried += 1
+                if tried == _TRIED_ALONE:
+                    break
+        if start is None and tried == _TRIED_ALONE:
+            held: Counter[tuple[str, ...]] = Counter()
+            for words in runs:
+                held.update(wanted.intersection(zip(*(words[j:] for j in range(n)), strict=False)))
+            start = next((i for i, g in enumerate(grams) if g in wanted and held[g] >= need), None)
     if start is None:
         df: Counter[tuple[str, ...]] = Counter()
         for words in runs:
@@ -85,6 +106,11 @@ class _Words(dict[str, str]):
             word = m.group(0) if m else ""
         self[tok] = word
         return word
+
+
+_WORDS = _Words()
+_TRIED_ALONE = 3  # a campaign's first runs looked for by themselves before every run is counted
+_WORDS_KEPT = 200_000  # tokens remembered across campaigns (spamware's per-copy tokens would grow it unbounded)
 
 
 def describe(subjects: Sequence[str], texts: Sequence[str]) -> tuple[str, str]:
