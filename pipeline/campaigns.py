@@ -8,6 +8,7 @@ the reduce half. The result depends on the messages, not on the order they come 
 from __future__ import annotations
 
 import hashlib
+import struct
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -50,8 +51,22 @@ def feature_digest(text: str, keys: Sequence[str], shape: str, sketch: Sequence[
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     h.update(len(keys).to_bytes(8, "little"))
-    h.update(np.asarray(sketch, dtype="<u8").tobytes())
+    h.update(_u8_bytes(sketch))
     return h.digest()
+
+
+_U8_SKETCH = struct.Struct(f"<{SKETCH_PERM}Q")
+
+
+def _u8_bytes(sketch: Sequence[int]) -> bytes:
+    """The sketch as little-endian uint64s: struct packs a standard one of ints in a third of numpy's time;
+    anything struct refuses (floats, values out of range) goes through numpy, as it always did."""
+    if len(sketch) == SKETCH_PERM:
+        try:
+            return _U8_SKETCH.pack(*sketch)
+        except struct.error:
+            pass
+    return np.asarray(sketch, dtype="<u8").tobytes()
 
 
 class Grouping(NamedTuple):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -86,9 +87,19 @@ POLICY = ("top_by", "account", "domain", "hop_by", "hop_user")
 ORDER = ("path", "sha256")
 
 
+_U4_SKETCH = struct.Struct(f"<{SKETCH_PERM}I")
+
+
 def _packed_sketch(sketch: Sequence[int]) -> bytes | None:
     """A standard sketch as its column's bytes; None for any other (kept in `record`, exact)."""
-    if len(sketch) != SKETCH_PERM or not all(isinstance(x, int) and 0 <= x < 1 << 32 for x in sketch):
+    if len(sketch) != SKETCH_PERM:
+        return None
+    if set(map(type, sketch)) == {int}:  # what the parser makes: struct checks the range as it packs
+        try:
+            return _U4_SKETCH.pack(*sketch)
+        except struct.error:
+            return None
+    if not all(isinstance(x, int) and 0 <= x < 1 << 32 for x in sketch):
         return None
     return np.asarray(sketch, dtype="<u4").tobytes()
 
