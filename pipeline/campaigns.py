@@ -490,17 +490,11 @@ def _components(n: int, edges: np.ndarray) -> np.ndarray:
 
 def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
     """Words that at least half the members of a group share, commonest first."""
-    df: Counter[str] = Counter()
     sample = list(texts)[:200]
-    # members share most of their words: each distinct word is judged once, then sets do the counting
-    seen: set[str] = set()
-    good: set[str] = set()
-    for t in sample:
-        words = set(t.split())
-        good.update(w for w in words - seen if len(w) > 2 and w not in ENGLISH_STOP_WORDS
-                    and w not in _PLACEHOLDERS and not w.isdigit())
-        seen |= words
-        df.update(words & good)
+    # every distinct word of each member counted at once (in C), then each distinct word judged once
+    df = Counter(chain.from_iterable(set(t.split()) for t in sample))
+    good = [(w, c) for w, c in df.items() if len(w) > 2 and w not in ENGLISH_STOP_WORDS
+            and w not in _PLACEHOLDERS and not w.isdigit()]
     # ties broken by the word itself: set order changes with the process's hash seed
-    ranked = sorted(df.items(), key=lambda wc: (-wc[1], wc[0]))[:k]
+    ranked = sorted(good, key=lambda wc: (-wc[1], wc[0]))[:k]
     return [w for w, c in ranked if c * 2 >= len(sample)]
