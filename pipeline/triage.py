@@ -219,9 +219,13 @@ def prepare(records: list[ParsedRecord]) -> list[int]:
     verdicts cannot depend on member order; flag every copy of a name stored more than once (the
     archive walk can only flag the later ones); give each a unique id. Returns where each record now
     first was (a stable sort, as list.sort)."""
-    order = sorted(range(len(records)), key=lambda i: (records[i].path, records[i].sha256))
+    keys = [(r.path, r.sha256) for r in records]  # a list's lookup costs less than a lambda's two attributes
+    order = sorted(range(len(records)), key=keys.__getitem__)
     records[:] = [records[i] for i in order]
     names = Counter(r.path for r in records)
+    if len(names) == len(records):  # no name stored twice: nothing to flag
+        assign_ids(records)
+        return order
     for r in records:
         if names[r.path] > 1:
             r.defects = [d for d in r.defects if d != DUPLICATE]
