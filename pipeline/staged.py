@@ -286,15 +286,17 @@ class Facts:
 Resolved = tuple[list[int], list[ParsedRecord], list[Context]]
 
 
-def resolved_rows(records: Sequence[ParsedRecord], plan: Plan, shard: str) -> Resolved:
+def resolved_rows(records: Sequence[ParsedRecord], plan: Plan, shard: str, settled: bool = False) -> Resolved:
     """The shard's rows in global order: positions, records with their origin settled, contexts. Both map
     steps start from them; one process running both passes them on (`run_in_memory`) rather than work
-    them out twice (a context is a fifth of the verdicts step)."""
+    them out twice (a context is a fifth of the verdicts step). `settled`: the records' origins are
+    settled already, under the plan's policy (pipeline.verdicts.resolve_origin: settling again changes
+    nothing)."""
     policy = plan.policy
     sp = plan.shards[shard]
     order = np.argsort(sp.pos, kind="stable")
     pos = sp.pos[order].tolist()
-    recs = [resolved(records[i], policy) for i in order.tolist()]
+    recs = [records[i] for i in order.tolist()] if settled else [resolved(records[i], policy) for i in order.tolist()]
     return pos, recs, [context(r, policy) for r in recs]
 
 
@@ -1010,15 +1012,16 @@ def messages_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[Manifes
 
 def run_in_memory(shards: Mapping[str, Sequence[ParsedRecord]], plan: Plan, incident: str, snapshot: SnapshotInfo,
                   archive_defects: Sequence[str] = (), progress: Progress = _noop,
-                  through_bytes: bool = False) -> Manifest:
+                  through_bytes: bool = False, settled: bool = False) -> Manifest:
     """The five steps over in-memory shards, in order; `through_bytes`: every partial goes to bytes and
-    back between steps, as between functions."""
+    back between steps, as between functions; `settled`: the records' origins are settled already
+    (`resolved_rows`)."""
     def hop(x: Any) -> Any:
         return type(x).from_bytes(x.to_bytes()) if through_bytes else x
 
     n = plan.n
     progress("campaigns", 0, n)
-    rows = {name: resolved_rows(recs, plan, name) for name, recs in shards.items()}
+    rows = {name: resolved_rows(recs, plan, name, settled) for name, recs in shards.items()}
     fs = [hop(facts(recs, plan, name, rows[name])) for name, recs in shards.items()]
     dec = hop(decide_campaigns(fs, plan))
     del fs

@@ -282,7 +282,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
             if i not in keep:
                 r.text = ""
             r.sketch = []
-    return run_in_memory({"0": records}, plan, incident, snapshot, archive_defects, progress=progress)
+    return run_in_memory({"0": records}, plan, incident, snapshot, archive_defects, progress=progress, settled=consume)
 
 
 @contextmanager
