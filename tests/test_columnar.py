@@ -233,3 +233,33 @@ def test_parser_processes_write_the_shards_records_would(corpus, policy, tmp_pat
         assert [p.read_bytes() for p, _ in written] == expect
     (tmp_path / "none").mkdir()
     assert parse_into_shards(iter([]), policy, size, tmp_path / "none") == []
+
+
+def test_a_sketch_is_packed_only_when_standard() -> None:
+    """struct packs what the parser makes; anything else goes the slow way, with its old answer."""
+    std = [(k * 2654435761) % 2**32 for k in range(64)]
+    assert columnar._packed_sketch(std) == np.asarray(std, dtype="<u4").tobytes()
+    assert columnar._packed_sketch([True] + std[1:]) == np.asarray([1] + std[1:], dtype="<u4").tobytes()
+    for odd in ([-1] + std[1:], [2**32] + std[1:], [2**70] + std[1:], [1.0] + std[1:], [np.uint32(1)] * 64,
+                std[:63], []):
+        assert columnar._packed_sketch(odd) is None
+
+
+def test_a_feature_digest_packs_its_sketch_as_before() -> None:
+    import hashlib
+
+    from pipeline.campaigns import feature_digest
+
+    def before(text: str, keys: list[str], shape: str, sketch: list) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for part in (text, shape, *keys):
+            b = part.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+        h.update(len(keys).to_bytes(8, "little"))
+        h.update(np.asarray(sketch, dtype="<u8").tobytes())
+        return h.digest()
+
+    std = [(k * 2654435761) % 2**32 for k in range(64)]
+    for sk in (std, [], std[:5], [True] + std[1:], [np.int64(7)] * 64, [2**64 - 1] * 64, [1.5] * 64):
+        assert feature_digest("t\u00e9xt", ["u:a", "k"], "s", sk) == before("t\u00e9xt", ["u:a", "k"], "s", sk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from pipeline.campaign_labels import describe, shared_phrase, typical_subject
@@ -183,3 +184,52 @@ def test_recipient_domains_tie_in_the_order_the_messages_list_them() -> None:
     (group,) = group_review([m])
     assert group.recipient_domains.distinct == 8
     assert [d for d, _ in group.recipient_domains.top] == domains[:5]
+
+
+def _phrase_by_counting(texts: list[str], subjects: list[str]) -> str:
+    """shared_phrase as it was first written: every run of the first member counted in every member."""
+    from pipeline.campaign_labels import PHRASE_WORDS, _Words
+
+    texts = [t for t in texts if t]
+    words_of = _Words()
+    runs = []
+    for k, t in enumerate(texts):
+        subject = normalise(subjects[k], "").strip() if k < len(subjects) else ""
+        body = t[len(subject):] if subject and t.startswith(subject) else t
+        runs.append([words_of[w] for w in body.split()])
+    n = min(PHRASE_WORDS, 4)
+    first = runs[0]
+    need = max(2, len(runs) // 2) if len(runs) > 1 else 1
+    grams = list(zip(*(first[j:] for j in range(n)), strict=False))
+    wanted = {g for g in grams if all(g) and len(" ".join(g)) > 12}
+    held: Counter[tuple[str, ...]] = Counter()
+    for words in runs:
+        held.update(wanted.intersection(zip(*(words[j:] for j in range(n)), strict=False)))
+    start = next((i for i, g in enumerate(grams) if g in wanted and held[g] >= need), None)
+    if start is None:
+        return "(none)"
+    end = start + n
+    while end < len(first) and end - start < PHRASE_WORDS and first[end]:
+        end += 1
+    return " ".join(first[start:end])
+
+
+def test_phrase_found_by_looking_is_the_one_counting_finds() -> None:
+    # the shared run comes first, fourth (past the runs looked for alone) or nowhere; members that hold a
+    # run's words apart, or only across a number (which breaks a run), do not hold it
+    rng = random.Random(5)
+    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+             "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]
+    for case in range(300):
+        shared = rng.sample(vocab, 6)
+        texts, subjects = [], []
+        for k in range(rng.randint(1, 12)):
+            noise = rng.sample(vocab, rng.randint(0, 10))
+            head = rng.sample(vocab, rng.choice([0, 0, 3, 9]))
+            body = head + (shared if rng.random() < 0.7 else shared[:2] + ["123"] + shared[2:]) + noise
+            subjects.append(f"subject {case % 3}")
+            texts.append(normalise(subjects[-1], " ".join(body)))
+        phrase = shared_phrase(texts, subjects)
+        want = _phrase_by_counting(texts, subjects)
+        if want != "(none)":
+            assert phrase == want, (case, texts)

@@ -149,6 +149,9 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
         run_step("facts", store, "inc", None, policy)
     with pytest.raises(ValueError, match="not a triage step"):
         run_step("bogus", store, "inc", None, policy)
+    import gc
+
+    assert gc.isenabled()  # a step runs with the cyclic collector off, and turns it on again, even failing
 
 
 def test_a_shards_verdicts_give_the_parts_rows_from_bytes_of_either_form(monkeypatch) -> None:
