@@ -8,8 +8,8 @@ the reduce half. The result depends on the messages, not on the order they come 
 from __future__ import annotations
 
 import hashlib
-import struct
 import math
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain

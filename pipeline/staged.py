@@ -799,7 +799,6 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
     """The map step `verdicts`: each message's verdict and manifest entry, and the shard's share of the
     reports (campaign spreads and samples, per account and per client counts, review inputs). `rows`:
     `resolved_rows` of the records when already known."""
-    policy = plan.policy
     sp = plan.shards[shard]
     order = np.argsort(sp.pos, kind="stable")
     labels = sp.label[order].tolist()
