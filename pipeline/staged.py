@@ -608,6 +608,16 @@ class Tally:
             self.counts[value] = 1
             self.first[value] = at
 
+    def add_next(self, value: str, at: tuple[int, int]) -> None:
+        """`add`, for a caller whose positions only grow (the verdicts step, over a shard's messages in
+        global order): a value's first position is the one it was first added with."""
+        counts = self.counts
+        if value in counts:
+            counts[value] += 1
+        else:
+            counts[value] = 1
+            self.first[value] = at
+
     def merge(self, other: Tally) -> None:
         for v, c in other.counts.items():
             at = other.first[v]
@@ -849,14 +859,17 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
 
 
 def _campaign_part(p: CampaignPart, at: int, r: ParsedRecord, verdict: Verdict) -> None:
+    # the verdicts step calls this in ascending position (`at`): each tally's first position is its first add
     e = r.envelope
     p.size += 1
-    p.senders.add(addr_domain(e.mail_from) or "<>", (at, 0))
+    here = (at, 0)
+    p.senders.add_next(addr_domain(e.mail_from) or "<>", here)
+    rcpts = p.rcpt_domains
     for j, a in enumerate(e.rcpt_to or e.done_rcpt_to):
-        p.rcpt_domains.add(addr_domain(a), (at, j))
-    p.ips.add(e.client_address or "", (at, 0))
-    p.accounts.add(e.sasl_username or "", (at, 0))
-    p.verdicts.add(verdict.value, (at, 0))
+        rcpts.add_next(addr_domain(a), (at, j))
+    p.ips.add_next(e.client_address or "", here)
+    p.accounts.add_next(e.sasl_username or "", here)
+    p.verdicts.add_next(verdict.value, here)
     if (t := e.arrival_time or r.date) is not None:
         p.times.add(t, at)
     # each shard keeps its first members; the merge keeps the incident's first
