@@ -59,6 +59,23 @@ SKETCH_TEXT = 3000
 
 def html_to_text(s: str) -> str:
     s = s[: SKETCH_TEXT * 6]
+    if (kept := _HTML_TEXTS.get(len(s))) is not None and kept[0] == s:
+        return kept[1]
+    text = _html_to_text(s)
+    if len(_HTML_TEXTS) >= _HTML_TEXTS_MAX:
+        _HTML_TEXTS.clear()
+    _HTML_TEXTS[len(s)] = (s, text)
+    return text
+
+
+# The copies of a run that varies outside its HTML (in its subject, its plain part) carry the same HTML:
+# the latest few are kept by their length, and a text of that length compared whole. (Keyed by the text,
+# each would be hashed; spamware varies every copy's HTML, and those lengths mostly differ.)
+_HTML_TEXTS: dict[int, tuple[str, str]] = {}
+_HTML_TEXTS_MAX = 32
+
+
+def _html_to_text(s: str) -> str:
     if "<!--" in s:
         s = _COMMENT.sub("", s)
     s = _HTML_DROP.sub(" ", s)

@@ -208,3 +208,11 @@ def test_header_block_mailer_and_names_agree_with_their_patterns(data: bytes, pa
     assert features._HEADER_NAME_NL.findall(b"\n" + data) == features._HEADER_NAME.findall(data)
     for d in (data, b"x" * pad + data, b"y" * pad + b"\r\n\r\n" + data, data + b"z" * pad + b"\n\n"):
         assert features.header_block(d) == header_block_by_slicing(d)
+
+
+def test_html_texts_kept_are_the_texts_of_those_very_strings() -> None:
+    # kept by length: another text of the same length is compared whole, not taken for the one kept
+    same_length = ["<p>one <b>x</b></p>", "<p>two <i>y</i></p>", "<p>one <b>x</b></p>", "<p>one &amp; xy</p>"]
+    assert len({len(t) for t in same_length}) == 1
+    for t in same_length * 2:
+        assert normalise.html_to_text(t) == normalise._html_to_text(t)
