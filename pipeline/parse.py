@@ -14,6 +14,7 @@ from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
@@ -61,7 +62,7 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     if g.reply_to and (addr := getaddresses([g.reply_to])) and addr[0][1]:
         keys.append("r:" + addr[0][1].lower())
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
-    if sk := subject_key(normalise(subject_core(g.subject), "")):
+    if sk := _subject_key(g.subject):
         keys.append(sk)
     rec.keys = keys
     rec.shape = g.shape
@@ -69,6 +70,18 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     rec.sketch = sketch(rec.text)
     rec.text = rec.text[:MAX_TEXT]
     rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
+
+
+@lru_cache(maxsize=1 << 14)
+def _subject_key(subject: str) -> str:
+    # a run repeats its subjects (a quarter of spamware copies' exactly): each one's key is kept
+    return _core_key(subject_core(subject))
+
+
+@lru_cache(maxsize=1 << 12)
+def _core_key(core: str) -> str:
+    # and the copies' subjects share their core, hash-busters and greetings cut (nine in ten)
+    return subject_key(normalise(core, ""))
 
 
 def _unescape_8bit(s: str) -> str:
