@@ -86,7 +86,33 @@ def _html_to_text(s: str) -> str:
     s = _TAG.sub(" ", s)
     if (i := s.rfind("<")) >= 0 and (m := _OPEN_TAG.match(s, i)):
         s = s[:i]
-    return html.unescape(s)
+    return unescape(s)
+
+
+# html.unescape's pattern for a character reference: what one stands for depends on its own text only
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+
+
+class _Refs(dict[str, str]):
+    """Each reference's text (after its &) and what it stands for, worked out by html.unescape once."""
+
+    def __missing__(self, ref: str) -> str:
+        if len(self) >= 4096:  # numeric references are as many as there are characters
+            self.clear()
+        out = self[ref] = html.unescape("&" + ref)
+        return out
+
+
+_REFS = _Refs()
+
+
+def unescape(s: str) -> str:
+    """html.unescape(s), its references replaced from a table instead of by a Python call each."""
+    if "&" not in s:
+        return s
+    parts = _CHARREF.split(s)  # the text between references, and each reference's text after its &
+    parts[1::2] = map(_REFS.__getitem__, parts[1::2])
+    return "".join(parts)
 
 
 def _drop_hidden(s: str) -> str:
@@ -154,7 +180,7 @@ def plain(s: str) -> str:
         if not unicodedata.is_normalized("NFKC", s):
             s = unicodedata.normalize("NFKC", s)
     if "&" in s and ";" in s:
-        s = html.unescape(s)
+        s = unescape(s)
     return s
 
 

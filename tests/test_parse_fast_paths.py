@@ -216,3 +216,16 @@ def test_html_texts_kept_are_the_texts_of_those_very_strings() -> None:
     assert len({len(t) for t in same_length}) == 1
     for t in same_length * 2:
         assert normalise.html_to_text(t) == normalise._html_to_text(t)
+
+
+REF_PIECES = ["&", "#", "x", "X", ";", "1", "0", "9", "a", "F", " ", "\n", "\t", "<", "&#", "&#x", "&#X", "&amp",
+              "&ampx", "&notin", "&notit;", "&AElig", "&lt;", "&#128;", "&#0;", "&#x110000;", "&#55296;", "é", "y" * 33]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(REF_PIECES), max_size=20).map("".join) | texts)
+def test_unescape_by_table_is_html_unescape(s: str) -> None:
+    import html
+
+    assert normalise.unescape(s) == html.unescape(s)
+    assert normalise.unescape(s) == html.unescape(s)  # the second time from what was kept
