@@ -229,3 +229,23 @@ def test_unescape_by_table_is_html_unescape(s: str) -> None:
 
     assert normalise.unescape(s) == html.unescape(s)
     assert normalise.unescape(s) == html.unescape(s)  # the second time from what was kept
+
+
+# the markup patterns as written before their first letters were looked ahead for
+MARKUP_DEFINITIONS = {
+    "_HTML_DROP": re.compile(r"(?is)<(script|style|head|title)\b.*?</\1\s*>"),
+    "_INLINE": re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b"
+                          r"[^>]{0,2000}>"),
+    "_OPEN": re.compile(r"(?i)<!--|<(?:script|style|title)\b"),
+}
+MARKUP_PIECES = ["<", "</", "<!--", "-->", ">", "script", "SCRIPT", "ſcript", "style", "title", "head", "HEAD", "b",
+                 "B", "i", "İ", "ı", "u", "s", "ſ", "em", "strong", "span", "font", "a", "small", "big", "sup", "sub",
+                 "wbr", "abbr", "mar\u212a", "ins", "del", "div", "td", "x", " ", "\n", "-", "/", "1", "é", "_"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(MARKUP_PIECES), max_size=30).map("".join) | texts)
+def test_markup_patterns_match_as_written_without_the_look_ahead(s: str) -> None:
+    for name, definition in MARKUP_DEFINITIONS.items():
+        ours = getattr(normalise, name)
+        assert [m.span() for m in ours.finditer(s)] == [m.span() for m in definition.finditer(s)], name
