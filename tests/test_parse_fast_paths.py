@@ -237,10 +237,12 @@ MARKUP_DEFINITIONS = {
     "_INLINE": re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b"
                           r"[^>]{0,2000}>"),
     "_OPEN": re.compile(r"(?i)<!--|<(?:script|style|title)\b"),
+    "_HIDING_TAG": re.compile(r"(?i)<(span|div|font|p|td|small|b|i)\b([^>]+)>"),
 }
 MARKUP_PIECES = ["<", "</", "<!--", "-->", ">", "script", "SCRIPT", "ſcript", "style", "title", "head", "HEAD", "b",
                  "B", "i", "İ", "ı", "u", "s", "ſ", "em", "strong", "span", "font", "a", "small", "big", "sup", "sub",
-                 "wbr", "abbr", "mar\u212a", "ins", "del", "div", "td", "x", " ", "\n", "-", "/", "1", "é", "_"]
+                 "wbr", "abbr", "mar\u212a", "ins", "del", "div", "td", "p", "x", " ", "\n", "-", "/", "1", "é", "_",
+                 "=", "style=display:none"]
 
 
 @settings(max_examples=300, deadline=None)
