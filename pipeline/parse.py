@@ -26,6 +26,10 @@ from pipeline.readers.base import Found
 _RCVD_FROM = re.compile(r"(?is)^\s*from\s+(\S+)(?:\s+\(([^)]*)\))?")
 _RCVD_BY = re.compile(r"(?is)\bby\s+([\w.-]+)")
 _RCVD_WITH = re.compile(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)")
+# the same two on an ASCII hop lower-cased, where they match as (?i) does, each led by its literal (which the
+# engine skips to; \b first is tried at every character): the look-behind is the \b before it
+_RCVD_BY_LOW = re.compile(r"by(?<!\wby)\s+([\w.-]+)")
+_RCVD_WITH_LOW = re.compile(r"with(?<!\wwith)\s+(e?smtps?a?|lmtps?a?|https?|local|utf8e?smtps?a?|\w+)")
 _RCVD_IP = re.compile(r"\[(?:IPv6:)?([0-9a-fA-F:.]+)\]")
 _RCVD_AUTH = re.compile(r"(?i)\(Authenticated sender:\s*([^)\s]+)\)|\bauth(?:enticated)?[ =](?:as\s+)?([\w.@+-]+)")
 _BOUNCE_SUBJECT = re.compile(
@@ -134,12 +138,14 @@ def parse_received(value: str) -> ReceivedHop:
             from_ip = ip.group(1)
     if from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
         from_ip = ip.group(1)
-    if m := _RCVD_BY.search(value):
+    low = value.lower()
+    ascii_ = value.isascii()
+    if m := (_RCVD_BY_LOW.search(low) if ascii_ else _RCVD_BY.search(value)):
         by = m.group(1).lower()
-    if m := _RCVD_WITH.search(value):
+    if m := (_RCVD_WITH_LOW.search(low) if ascii_ else _RCVD_WITH.search(value)):
         protocol = m.group(1).upper()
     # both ways of naming the account say "auth"; (?i) over a hop without it costs a third of reading the hop
-    if ("auth" in value.lower() or not value.isascii()) and (m := _RCVD_AUTH.search(value)):
+    if ("auth" in low or not ascii_) and (m := _RCVD_AUTH.search(value)):
         authenticated = True
         auth_user = m.group(1) or m.group(2)
     elif protocol and protocol.endswith("A"):

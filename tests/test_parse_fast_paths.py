@@ -251,3 +251,20 @@ def test_markup_patterns_match_as_written_without_the_look_ahead(s: str) -> None
     for name, definition in MARKUP_DEFINITIONS.items():
         ours = getattr(normalise, name)
         assert [m.span() for m in ours.finditer(s)] == [m.span() for m in definition.finditer(s)], name
+
+
+HOP_PIECES = ["from", "FROM ", " by ", "BY", "By", "bY", "by\t", "aby ", "_by ", "1by ", "-by ", " with ", "WITH",
+              "With ", "xwith ", " esmtpsa", "ESMTPSA", "LMTPS", "https", "Local", "utf8esmtpsa", "smtp", "(", ")", "[",
+              "]", "1.2.3.4", "mx.Example.ORG", " ", "\n\t", ";", "id 1AbC", "auth", "(Authenticated sender: x@y)",
+              "é", "\u0130", "k"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(HOP_PIECES), max_size=25).map("".join))
+def test_received_hop_read_as_its_case_insensitive_patterns_read_it(value: str) -> None:
+    hop = parse.parse_received(value)
+    v = " ".join(value.split())
+    by = re.search(r"(?is)\bby\s+([\w.-]+)", v)
+    with_ = re.search(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)", v)
+    assert hop.by == (by.group(1).lower() if by else None)
+    assert hop.protocol == (with_.group(1).upper() if with_ else None)
