@@ -76,8 +76,19 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
 
 
-@lru_cache(maxsize=1 << 14)
+# the caches below keep values up to this long; a longer one (a hostile header) is worked out each time,
+# by the cached function's __wrapped__ (the function itself)
+_KEPT_CHARS = 500
+
+
 def _subject_key(subject: str) -> str:
+    if len(subject) > _KEPT_CHARS:
+        return _core_key.__wrapped__(subject_core(subject))
+    return _kept_subject_key(subject)
+
+
+@lru_cache(maxsize=1 << 14)
+def _kept_subject_key(subject: str) -> str:
     # a run repeats its subjects (a quarter of spamware copies' exactly): each one's key is kept
     return _core_key(subject_core(subject))
 
@@ -88,10 +99,14 @@ def _core_key(core: str) -> str:
     return subject_key(normalise(core, ""))
 
 
-@lru_cache(maxsize=1 << 12)
 def _first_address(value: str) -> str:
     """The address of a header's first (name, address), or "": a run repeats its Reply-To and From, and
-    getaddresses takes 20 us over one."""
+    getaddresses takes 20 us over one, so each value's is kept."""
+    return _kept_first_address(value) if len(value) <= _KEPT_CHARS else _kept_first_address.__wrapped__(value)
+
+
+@lru_cache(maxsize=1 << 12)
+def _kept_first_address(value: str) -> str:
     addr = getaddresses([value])
     return addr[0][1] if addr else ""
 

@@ -268,3 +268,17 @@ def test_received_hop_read_as_its_case_insensitive_patterns_read_it(value: str) 
     with_ = re.search(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)", v)
     assert hop.by == (by.group(1).lower() if by else None)
     assert hop.protocol == (with_.group(1).upper() if with_ else None)
+
+
+def test_kept_subject_keys_and_addresses_are_those_worked_out() -> None:
+    from email.utils import getaddresses
+
+    from pipeline.features import subject_core, subject_key
+
+    subjects = ["Re: Cheap meds for Ken", "Cheap meds #123", "Ken, cheap meds [a3f0]", "x" * 600 + " meds (12)", ""]
+    for s in subjects * 2:
+        assert parse._subject_key(s) == subject_key(normalise.normalise(subject_core(s), ""))
+    values = ['"Ann" <Ann@Example.org>', "bob@example.net, carol@example.com", "", "<>", "x" * 600 + " <y@z.org>"]
+    for v in values * 2:
+        addr = getaddresses([v])
+        assert parse._first_address(v) == (addr[0][1] if addr else "")
