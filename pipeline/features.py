@@ -78,23 +78,34 @@ def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]
         upper = "HTTP" in t or "WWW." in t or "Http" in t
         if not upper and "http" not in t and "www." not in t:
             continue
-        for a, b in url_spans(t, upper):
-            u = t[a:b].rstrip(".,;:!?")
+        # the matched strings at once where one literal-led pattern finds them all (most texts)
+        urls = (_URL_HTTP.findall(t) if not upper and "www." not in t
+                else [t[a:b] for a, b in url_spans(t, upper)])
+        for u in urls:
+            u = u.rstrip(".,;:!?")
             if u in seen:  # the plain and the HTML part carry the same links
                 continue
             seen.add(u)
             if len(seen) > scan:
                 return list(out)
-            key = _url_key(u)
-            if key is None:
-                continue
-            out.setdefault(key, None)
-            # the fixed part of the path alone: a run rotating its hosts per copy keeps its paths
-            if fixed := [s for s in key.split("/")[1:] if s != "*"]:
-                out.setdefault("p:" + "/".join(fixed), None)
+            for key in _keys_of(u):
+                out[key] = None  # (a key already there keeps its place, as setdefault)
             if len(out) >= limit:
                 return list(out)
     return list(out)
+
+
+@lru_cache(maxsize=65536)
+def _keys_of(u: str) -> tuple[str, ...]:
+    """The URL's key and, where its path has fixed segments, the `p:` key of those alone (a run rotating
+    its hosts per copy keeps its paths); none without a host. A run's fixed links repeat from copy to
+    copy, hence the cache."""
+    key = _url_key(u)
+    if key is None:
+        return ()
+    if fixed := [s for s in key.split("/")[1:] if s != "*"]:
+        return key, "p:" + "/".join(fixed)
+    return (key,)
 
 
 def url_spans(t: str, any_case: bool) -> Iterator[tuple[int, int]]:
@@ -121,10 +132,8 @@ def url_spans(t: str, any_case: bool) -> Iterator[tuple[int, int]]:
             w = _URL_WWW.search(t, end)
 
 
-@lru_cache(maxsize=65536)
 def _url_key(u: str) -> str | None:
-    """The key of one URL as matched by _URL (None: no host with a dot); a run's fixed links repeat
-    from copy to copy, hence the cache."""
+    """The key of one URL as matched by _URL (None: no host with a dot)."""
     if not u.lower().startswith("http"):
         u = "http://" + u
     if u.isascii():

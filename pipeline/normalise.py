@@ -10,15 +10,18 @@ import unicodedata
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]++")
 # the look-behind lets only the start of a word try to be an address, which keeps this linear
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]++@[\w-]+(?:\.[\w-]+)+")
-_HTML_DROP = re.compile(r"(?is)<(script|style|head|title)\b.*?</\1\s*>")
+# (each pattern led by `<` has its names' first letters looked ahead for: a tag that cannot be one of
+# them, most tags, is passed over without the engine trying every name on it, a third of the cost)
+_HTML_DROP = re.compile(r"(?is)<(?=[sth])(script|style|head|title)\b.*?</\1\s*>")
 # A comment inside a word (vi<!-- x -->agra) must vanish without a trace, or it splits the word.
 _COMMENT = re.compile(r"(?s)<!--.*?-->")
 # Text no reader sees (hidden, 0-1px, white) is where spamware puts its per-copy word salad: an opening
 # tag whose attributes hide it, up to its closing tag within 4,000 characters. Found in steps (the tag,
 # then each way of hiding in its attributes, each a literal to look for first), which is what one pattern
 # matched, without trying the four ways at every character of every tag (a tenth of parsing a message).
-# (attributes required: a tag without any hides nothing, and the engine passes over it without a stop in Python)
-_HIDING_TAG = re.compile(r"(?i)<(span|div|font|p|td|small|b|i)\b([^>]+)>")
+# (attributes required: a tag without any hides nothing, and the engine passes over it without a stop in Python;
+# the names' first letters looked ahead for, as in _HTML_DROP)
+_HIDING_TAG = re.compile(r"(?i)<(?=[sdfptbi])(span|div|font|p|td|small|b|i)\b([^>]+)>")
 _HIDING_WAYS = (r"display\s*:\s*none", r"visibility\s*:\s*hidden",
                 r"font-size\s*:\s*[01](?:\.\d+)?\s*(?:px|pt)?\s*[;\"']",
                 r"color\s*[:=]\s*[\"']?\s*(?:#fff(?:fff)?\b|white\b)")
@@ -28,11 +31,12 @@ _HIDING_ASCII = tuple((w.split("\\", 1)[0], re.compile("(?s)" + w)) for w in _HI
 _HIDDEN_END = {t: re.compile(rf"(?is).{{0,4000}}?</{t}\s*>")
                for t in ("span", "div", "font", "p", "td", "small", "b", "i")}
 # Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
-_INLINE = re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
+_INLINE = re.compile(r"(?i)</?(?=[abdefimsuw])"
+                     r"(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
 # A copy cut short (a bounce quotes the first few KB) can end inside a comment, a style or script
 # block or a tag: from where that opens, the rest is markup, not text. (Not <head>: its end tag is optional.)
-_OPEN = re.compile(r"(?i)<!--|<(?:script|style|title)\b")
+_OPEN = re.compile(r"(?i)<(?=[!st])(?:!--|(?:script|style|title)\b)")
 _OPEN_TAG = re.compile(r"<[a-zA-Z/!][^>]*$")
 # Characters that render as nothing: zero-width spaces and joiners, soft hyphens, BOMs, bidi marks.
 # (one at a time: a class with + after it is not skipped to, and costs 2-3 times more over a text without any)
@@ -59,6 +63,23 @@ SKETCH_TEXT = 3000
 
 def html_to_text(s: str) -> str:
     s = s[: SKETCH_TEXT * 6]
+    if (kept := _HTML_TEXTS.get(len(s))) is not None and kept[0] == s:
+        return kept[1]
+    text = _html_to_text(s)
+    if len(_HTML_TEXTS) >= _HTML_TEXTS_MAX:
+        _HTML_TEXTS.clear()
+    _HTML_TEXTS[len(s)] = (s, text)
+    return text
+
+
+# The copies of a run that varies outside its HTML (in its subject, its plain part) carry the same HTML:
+# the latest few are kept by their length, and a text of that length compared whole. (Keyed by the text,
+# each would be hashed; spamware varies every copy's HTML, and those lengths mostly differ.)
+_HTML_TEXTS: dict[int, tuple[str, str]] = {}
+_HTML_TEXTS_MAX = 32
+
+
+def _html_to_text(s: str) -> str:
     if "<!--" in s:
         s = _COMMENT.sub("", s)
     s = _HTML_DROP.sub(" ", s)
@@ -69,7 +90,33 @@ def html_to_text(s: str) -> str:
     s = _TAG.sub(" ", s)
     if (i := s.rfind("<")) >= 0 and (m := _OPEN_TAG.match(s, i)):
         s = s[:i]
-    return html.unescape(s)
+    return unescape(s)
+
+
+# html.unescape's pattern for a character reference: what one stands for depends on its own text only
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+
+
+class _Refs(dict[str, str]):
+    """Each reference's text (after its &) and what it stands for, worked out by html.unescape once."""
+
+    def __missing__(self, ref: str) -> str:
+        if len(self) >= 4096:  # numeric references are as many as there are characters
+            self.clear()
+        out = self[ref] = html.unescape("&" + ref)
+        return out
+
+
+_REFS = _Refs()
+
+
+def unescape(s: str) -> str:
+    """html.unescape(s), its references replaced from a table instead of by a Python call each."""
+    if "&" not in s:
+        return s
+    parts = _CHARREF.split(s)  # the text between references, and each reference's text after its &
+    parts[1::2] = map(_REFS.__getitem__, parts[1::2])
+    return "".join(parts)
 
 
 def _drop_hidden(s: str) -> str:
@@ -137,7 +184,7 @@ def plain(s: str) -> str:
         if not unicodedata.is_normalized("NFKC", s):
             s = unicodedata.normalize("NFKC", s)
     if "&" in s and ";" in s:
-        s = html.unescape(s)
+        s = unescape(s)
     return s
 
 

@@ -14,6 +14,7 @@ from email import policy as email_policy
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
@@ -25,6 +26,10 @@ from pipeline.readers.base import Found
 _RCVD_FROM = re.compile(r"(?is)^\s*from\s+(\S+)(?:\s+\(([^)]*)\))?")
 _RCVD_BY = re.compile(r"(?is)\bby\s+([\w.-]+)")
 _RCVD_WITH = re.compile(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)")
+# the same two on an ASCII hop lower-cased, where they match as (?i) does, each led by its literal (which the
+# engine skips to; \b first is tried at every character): the look-behind is the \b before it
+_RCVD_BY_LOW = re.compile(r"by(?<!\wby)\s+([\w.-]+)")
+_RCVD_WITH_LOW = re.compile(r"with(?<!\wwith)\s+(e?smtps?a?|lmtps?a?|https?|local|utf8e?smtps?a?|\w+)")
 _RCVD_IP = re.compile(r"\[(?:IPv6:)?([0-9a-fA-F:.]+)\]")
 _RCVD_AUTH = re.compile(r"(?i)\(Authenticated sender:\s*([^)\s]+)\)|\bauth(?:enticated)?[ =](?:as\s+)?([\w.@+-]+)")
 _BOUNCE_SUBJECT = re.compile(
@@ -58,10 +63,10 @@ class _Grouping:
 
 def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     keys = url_keys(t[:_MAX_URL_TEXT] for t in g.texts)
-    if g.reply_to and (addr := getaddresses([g.reply_to])) and addr[0][1]:
-        keys.append("r:" + addr[0][1].lower())
+    if g.reply_to and (addr := _first_address(g.reply_to)):
+        keys.append("r:" + addr.lower())
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
-    if sk := subject_key(normalise(subject_core(g.subject), "")):
+    if sk := _subject_key(g.subject):
         keys.append(sk)
     rec.keys = keys
     rec.shape = g.shape
@@ -69,6 +74,41 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     rec.sketch = sketch(rec.text)
     rec.text = rec.text[:MAX_TEXT]
     rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
+
+
+# the caches below keep values up to this long; a longer one (a hostile header) is worked out each time,
+# by the cached function's __wrapped__ (the function itself)
+_KEPT_CHARS = 500
+
+
+def _subject_key(subject: str) -> str:
+    if len(subject) > _KEPT_CHARS:
+        return _core_key.__wrapped__(subject_core(subject))
+    return _kept_subject_key(subject)
+
+
+@lru_cache(maxsize=1 << 14)
+def _kept_subject_key(subject: str) -> str:
+    # a run repeats its subjects (a quarter of spamware copies' exactly): each one's key is kept
+    return _core_key(subject_core(subject))
+
+
+@lru_cache(maxsize=1 << 12)
+def _core_key(core: str) -> str:
+    # and the copies' subjects share their core, hash-busters and greetings cut (nine in ten)
+    return subject_key(normalise(core, ""))
+
+
+def _first_address(value: str) -> str:
+    """The address of a header's first (name, address), or "": a run repeats its Reply-To and From, and
+    getaddresses takes 20 us over one, so each value's is kept."""
+    return _kept_first_address(value) if len(value) <= _KEPT_CHARS else _kept_first_address.__wrapped__(value)
+
+
+@lru_cache(maxsize=1 << 12)
+def _kept_first_address(value: str) -> str:
+    addr = getaddresses([value])
+    return addr[0][1] if addr else ""
 
 
 def _unescape_8bit(s: str) -> str:
@@ -121,12 +161,14 @@ def parse_received(value: str) -> ReceivedHop:
             from_ip = ip.group(1)
     if from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
         from_ip = ip.group(1)
-    if m := _RCVD_BY.search(value):
+    low = value.lower()
+    ascii_ = value.isascii()
+    if m := (_RCVD_BY_LOW.search(low) if ascii_ else _RCVD_BY.search(value)):
         by = m.group(1).lower()
-    if m := _RCVD_WITH.search(value):
+    if m := (_RCVD_WITH_LOW.search(low) if ascii_ else _RCVD_WITH.search(value)):
         protocol = m.group(1).upper()
     # both ways of naming the account say "auth"; (?i) over a hop without it costs a third of reading the hop
-    if ("auth" in value.lower() or not value.isascii()) and (m := _RCVD_AUTH.search(value)):
+    if ("auth" in low or not ascii_) and (m := _RCVD_AUTH.search(value)):
         authenticated = True
         auth_user = m.group(1) or m.group(2)
     elif protocol and protocol.endswith("A"):
@@ -341,8 +383,7 @@ def _fast_bounced_original(rec: ParsedRecord, attachments: list[Any], body: str)
         return _bounced_from_message(rec, email.message_from_bytes(raw, policy=email_policy.compat32))
     # each read of the parser's attributes converts its data again: read once
     heads, text_html, text_plain, subject = inner.headers, inner.text_html, inner.text_plain, inner.subject or ""
-    ofrom = getaddresses([(heads.get("From") or [""])[0]])
-    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    rec.bounced_original_sender = _first_address((heads.get("From") or [""])[0]).lower() or None
     rec.bounced_original_received = [parse_received(v) for v in (heads.get("Received") or [])[:_MAX_HOPS]]
     obody = html_to_text(text_html[0]) if text_html else text_plain[0] if text_plain else ""
     rec.bounced_original_text = normalise(subject, obody, SKETCH_TEXT)
@@ -458,8 +499,7 @@ def _infer_envelope(rec: ParsedRecord, get_all: Callable[[str], list[str]]) -> N
 def _bounced_from_message(rec: ParsedRecord, original: Message) -> _Grouping:
     """Subject, sender and text of the message a bounce quotes, read with the standard library."""
     osub = _header(original, "Subject")
-    ofrom = getaddresses([str(original.get("From") or "")])
-    rec.bounced_original_sender = ofrom[0][1].lower() if ofrom and ofrom[0][1] else None
+    rec.bounced_original_sender = _first_address(str(original.get("From") or "")).lower() or None
     rec.bounced_original_received = [parse_received(str(v)) for v in (original.get_all("Received") or [])[:_MAX_HOPS]]
     obody = ""
     texts: list[str] = []
@@ -500,7 +540,8 @@ def _payload(part: Message) -> bytes | None:
 
 
 def _clean(s: str) -> str:
-    return "".join(ch for ch in s if ch.isprintable())[:200]
+    # (a name is printable as a rule: then it is its own, without a step in Python per character)
+    return (s if s.isprintable() else "".join(ch for ch in s if ch.isprintable()))[:200]
 
 
 def addr_domain(addr: str | None) -> str:

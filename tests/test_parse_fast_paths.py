@@ -208,3 +208,77 @@ def test_header_block_mailer_and_names_agree_with_their_patterns(data: bytes, pa
     assert features._HEADER_NAME_NL.findall(b"\n" + data) == features._HEADER_NAME.findall(data)
     for d in (data, b"x" * pad + data, b"y" * pad + b"\r\n\r\n" + data, data + b"z" * pad + b"\n\n"):
         assert features.header_block(d) == header_block_by_slicing(d)
+
+
+def test_html_texts_kept_are_the_texts_of_those_very_strings() -> None:
+    # kept by length: another text of the same length is compared whole, not taken for the one kept
+    same_length = ["<p>one <b>x</b></p>", "<p>two <i>y</i></p>", "<p>one <b>x</b></p>", "<p>one &amp; xy</p>"]
+    assert len({len(t) for t in same_length}) == 1
+    for t in same_length * 2:
+        assert normalise.html_to_text(t) == normalise._html_to_text(t)
+
+
+REF_PIECES = ["&", "#", "x", "X", ";", "1", "0", "9", "a", "F", " ", "\n", "\t", "<", "&#", "&#x", "&#X", "&amp",
+              "&ampx", "&notin", "&notit;", "&AElig", "&lt;", "&#128;", "&#0;", "&#x110000;", "&#55296;", "é", "y" * 33]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(REF_PIECES), max_size=20).map("".join) | texts)
+def test_unescape_by_table_is_html_unescape(s: str) -> None:
+    import html
+
+    assert normalise.unescape(s) == html.unescape(s)
+    assert normalise.unescape(s) == html.unescape(s)  # the second time from what was kept
+
+
+# the markup patterns as written before their first letters were looked ahead for
+MARKUP_DEFINITIONS = {
+    "_HTML_DROP": re.compile(r"(?is)<(script|style|head|title)\b.*?</\1\s*>"),
+    "_INLINE": re.compile(r"(?i)</?(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b"
+                          r"[^>]{0,2000}>"),
+    "_OPEN": re.compile(r"(?i)<!--|<(?:script|style|title)\b"),
+    "_HIDING_TAG": re.compile(r"(?i)<(span|div|font|p|td|small|b|i)\b([^>]+)>"),
+}
+MARKUP_PIECES = ["<", "</", "<!--", "-->", ">", "script", "SCRIPT", "ſcript", "style", "title", "head", "HEAD", "b",
+                 "B", "i", "İ", "ı", "u", "s", "ſ", "em", "strong", "span", "font", "a", "small", "big", "sup", "sub",
+                 "wbr", "abbr", "mar\u212a", "ins", "del", "div", "td", "p", "x", " ", "\n", "-", "/", "1", "é", "_",
+                 "=", "style=display:none"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(MARKUP_PIECES), max_size=30).map("".join) | texts)
+def test_markup_patterns_match_as_written_without_the_look_ahead(s: str) -> None:
+    for name, definition in MARKUP_DEFINITIONS.items():
+        ours = getattr(normalise, name)
+        assert [m.span() for m in ours.finditer(s)] == [m.span() for m in definition.finditer(s)], name
+
+
+HOP_PIECES = ["from", "FROM ", " by ", "BY", "By", "bY", "by\t", "aby ", "_by ", "1by ", "-by ", " with ", "WITH",
+              "With ", "xwith ", " esmtpsa", "ESMTPSA", "LMTPS", "https", "Local", "utf8esmtpsa", "smtp", "(", ")", "[",
+              "]", "1.2.3.4", "mx.Example.ORG", " ", "\n\t", ";", "id 1AbC", "auth", "(Authenticated sender: x@y)",
+              "é", "\u0130", "k"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(HOP_PIECES), max_size=25).map("".join))
+def test_received_hop_read_as_its_case_insensitive_patterns_read_it(value: str) -> None:
+    hop = parse.parse_received(value)
+    v = " ".join(value.split())
+    by = re.search(r"(?is)\bby\s+([\w.-]+)", v)
+    with_ = re.search(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?SMTPS?A?|\w+)", v)
+    assert hop.by == (by.group(1).lower() if by else None)
+    assert hop.protocol == (with_.group(1).upper() if with_ else None)
+
+
+def test_kept_subject_keys_and_addresses_are_those_worked_out() -> None:
+    from email.utils import getaddresses
+
+    from pipeline.features import subject_core, subject_key
+
+    subjects = ["Re: Cheap meds for Ken", "Cheap meds #123", "Ken, cheap meds [a3f0]", "x" * 600 + " meds (12)", ""]
+    for s in subjects * 2:
+        assert parse._subject_key(s) == subject_key(normalise.normalise(subject_core(s), ""))
+    values = ['"Ann" <Ann@Example.org>', "bob@example.net, carol@example.com", "", "<>", "x" * 600 + " <y@z.org>"]
+    for v in values * 2:
+        addr = getaddresses([v])
+        assert parse._first_address(v) == (addr[0][1] if addr else "")
