@@ -57,16 +57,18 @@ def _exponent() -> tuple[float, str]:
 
 
 def model(n: int, measured: dict[str, float], measured_n: int, shard_size: int, concurrency: int,
-          exponent: float, snapshot_mb_per_msg: float, steps: dict[str, dict[str, float]]) -> dict[str, object]:
+          exponent: float, snapshot_mb_per_msg: float, steps: dict[str, dict[str, float]],
+          handlers_n: int | None = None) -> dict[str, object]:
     """One incident of n messages on the stack: shards, waves, every step's time and memory, dollars.
 
-    `steps`: per step kind, its measured seconds and peak RSS (per shard for the maps) at measured_n.
+    `steps`: per step kind, its measured seconds and peak RSS (per shard for the maps) at measured_n;
+    `measured`: the handlers' times at handlers_n messages (measured_n when not given), dispatch scaled from it.
     """
     shards = math.ceil(n / shard_size)
     t_shard = measured["parse_per_shard"]
     waves = math.ceil(shards / concurrency)
     scale = (n / measured_n) ** exponent
-    t_dispatch = measured["dispatch"] * (n / measured_n)
+    t_dispatch = measured["dispatch"] * (n / (handlers_n or measured_n))
     t_blocklist = measured["blocklist"]
     step_rows, sfn_wall, step_gb_s, fits = {}, 0.0, 0.0, True
     # an idle worker's size (interpreter, libraries): what a step holds beyond it grows with the incident
@@ -142,7 +144,8 @@ def main() -> None:
         times = run(a.messages, a.shard_size, 1, load_corpus(find_corpus()))
         shards = math.ceil(a.messages / a.shard_size)
         measured = {"parse_per_shard": times["parse"] / shards, "triage": times["triage"],
-                    "blocklist": times.get("blocklist", 0.0), "dispatch": times["approve+dispatch"]}
+                    "blocklist": times.get("blocklist", 0.0), "dispatch": times["approve+dispatch"],
+                    "messages": a.messages}
     steps, steps_n, steps_why = _steps(a.scale, measured["triage"])
     ref = ROOT / "bench-out" / "incident100000.tar.gz"  # MB per message of a snapshot (stored thrice: in, parsed, out)
     snap_mb = ref.stat().st_size / 2**20 / 100_000 if ref.exists() else 0.002
@@ -153,7 +156,8 @@ def main() -> None:
     for step, m in steps.items():
         print(f"  {step:<9} {m['seconds']:7.1f} s{' per shard' if step in ('facts', 'verdicts') else ''}, "
               f"peak RSS {m['peak_rss_mb']:,.0f} MB")
-    rows = [model(n, measured, steps_n or a.messages, a.shard_size, a.concurrency, e, snap_mb, steps)
+    handlers_n = measured.get("messages", a.messages)  # the handlers' run (a --reuse file's own size)
+    rows = [model(n, measured, steps_n or handlers_n, a.shard_size, a.concurrency, e, snap_mb, steps, handlers_n)
             for n in (100_000, 1_000_000, 10_000_000)]
     heads = " | ".join(f"{r['messages']:,} messages" for r in rows)
     print(f"\n| | {heads} |\n|---|---|---|---|")
