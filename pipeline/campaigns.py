@@ -382,8 +382,9 @@ def _unique_rows(a: np.ndarray, inverse: bool = False, counts: bool = False) -> 
         return (np.empty((0, k), dtype=a.dtype), *[none for x in (inverse, counts) if x]) if inverse or counts \
             else np.empty((0, k), dtype=a.dtype)
     low = a.min(axis=0)
-    span = [int(x) + 1 for x in a.max(axis=0) - low]
-    if math.prod(span) < 2**63:
+    # each column's range in Python ints: max - min in the array's own type wraps past 2**63
+    span = [int(hi) - int(lo) + 1 for hi, lo in zip(a.max(axis=0).tolist(), low.tolist(), strict=True)]
+    if a.dtype.kind == "i" and math.prod(span) < 2**63:
         key = np.zeros(m, dtype=np.int64)
         for j in range(k):
             key = key * span[j] + (a[:, j] - low[j])

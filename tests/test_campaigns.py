@@ -303,3 +303,22 @@ def test_the_triage_routes_grouping_is_the_one_its_records_give(corpus) -> None:
     assert [r.path for r in parsed.records] == [r.path for r in whole]
     assert all(r.sketch == [] for r in parsed.records) and any(r.sketch for r in whole)
     assert np.array_equal(CampaignClusterer().fit_grouping(got).labels_, CampaignClusterer().fit_grouping(want).labels_)
+
+
+def test_unique_rows_is_numpys_for_columns_of_any_range() -> None:
+    """Rows whose columns span more than an int64 can count (the packed key would wrap) take the lexsort,
+    and agree with numpy's unique, inverse and counts alike."""
+    import numpy as np
+
+    from pipeline.campaigns import _unique_rows
+
+    big = np.iinfo(np.int64)
+    rng = np.random.default_rng(5)
+    for a in (np.array([[big.min, 1], [big.max, 0], [big.min, 1], [0, 2], [big.max, 0]], dtype=np.int64),
+              np.array([[-3, big.max], [-3, big.min], [7, 0], [-3, big.max]], dtype=np.int64),
+              rng.integers(-5, 5, size=(200, 3)).astype(np.int64)):
+        want, inv, cnt = np.unique(a, axis=0, return_inverse=True, return_counts=True)
+        rows, my_inv = _unique_rows(a, inverse=True)
+        assert (rows == want).all() and (my_inv == inv.reshape(-1)).all()
+        assert (_unique_rows(a) == want).all()
+        assert (_unique_rows(a, counts=True)[1] == cnt).all()
