@@ -286,18 +286,21 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
 
 
 @contextmanager
-def paused_gc() -> Iterator[None]:
+def paused_gc(freeze: bool = True) -> Iterator[None]:
     """Triage allocates millions of small acyclic objects; the cyclic collector would walk them all
-    again and again for nothing (a fifth of the run). It is off meanwhile, and afterwards what
-    triage made is frozen (gc.freeze): refcounting still frees it, but the collector no longer walks
-    it, which would otherwise cost a second or two at the next allocations after a 100k triage."""
+    again and again for nothing (a fifth of the run). It is off meanwhile, and afterwards, with
+    `freeze`, what triage made is frozen (gc.freeze): refcounting still frees it, but the collector no
+    longer walks it, which would otherwise cost a second or two at the next allocations after a 100k
+    triage. Without it (a step in a long-lived worker, which keeps nothing it made) the collector is
+    simply on again."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
-            gc.freeze()
+            if freeze:
+                gc.freeze()
             gc.enable()
 
 

@@ -12,8 +12,6 @@ that made it: when that same event is retried after a crash, it may finish the w
 
 from __future__ import annotations
 
-import gc
-
 from pydantic import BaseModel, Field
 
 from pipeline import plan as plans
@@ -28,6 +26,7 @@ from pipeline.service.plan import first_site, parsed_shards, plan_incident, shar
 from pipeline.shards import ShardMeta, missing
 from pipeline.staged import Decisions, Facts, Verdicts
 from pipeline.store import Store
+from pipeline.triage import paused_gc
 
 __all__ = ["StepOutput", "load_records", "parsed_shards", "run_step", "snapshot_info", "triage_incident"]
 
@@ -75,13 +74,8 @@ def run_step(step: str, store: Store, incident: str, shard: str | None, policy: 
     The cyclic collector is off meanwhile: a map step holds a shard's records (tens of objects each, none
     in a cycle), and the collector walked them again and again for nothing (half a map step's CPU). It is
     on again once the step's frame, and all it held, is gone: the step leaves nothing for it to walk."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc(freeze=False):
         return _run_step(step, store, incident, shard, policy, policy_source)
-    finally:
-        if was:
-            gc.enable()
 
 
 def _run_step(step: str, store: Store, incident: str, shard: str | None, policy: SitePolicy,
