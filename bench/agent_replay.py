@@ -22,6 +22,7 @@ from agent.journal import Journal  # noqa: E402
 from agent.mta.pickup import PickupQueue  # noqa: E402
 from agent.take import take  # noqa: E402
 from agent.upload import parse_destination  # noqa: E402
+from bench.rss import peak_rss_mb  # noqa: E402
 from pipeline.instructions import Receipt, generate_keypair  # noqa: E402
 from pipeline.queues import receipt_key  # noqa: E402
 from pipeline.store import LocalChannel, LocalStore  # noqa: E402
@@ -37,17 +38,6 @@ def synthetic(n: int, tag: str) -> list[tuple[str, list[str], bytes]]:
              % (i, i, i, tag.encode(), i) + body) for i in range(n)]
 
 
-def _hwm(pid: int) -> float:
-    """The process's peak RSS so far in MiB (VmHWM starts afresh at exec, unlike ru_maxrss after a fork)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def agent_cli(*args: str) -> tuple[float, float]:
     """(seconds, peak MiB) of one `spoolsweep agent ...` in a child process."""
     with tempfile.TemporaryFile() as errf:
@@ -56,7 +46,7 @@ def agent_cli(*args: str) -> tuple[float, float]:
                              stdout=subprocess.DEVNULL, stderr=errf)
         peak = 0.0
         while p.poll() is None:
-            peak = max(peak, _hwm(p.pid))
+            peak = max(peak, peak_rss_mb(p.pid))
             time.sleep(0.05)
         secs = time.perf_counter() - t
         if p.returncode != 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.rss import peak_rss_mb  # noqa: E402
 
 INC, HOST = "big", "mx1"
 
@@ -115,7 +116,7 @@ def stage(name: str, root: Path, n: int, per_part: int) -> dict:
             assert r.status_code == 200, (path, r.text[:300])
             out[path.split(INC)[1] or "/"] = round(time.perf_counter() - t1, 2)
     out["seconds"] = time.perf_counter() - t
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 

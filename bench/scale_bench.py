@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rss import peak_rss_mb  # noqa: E402
+
 
 def _descendants(pid: int) -> list[int]:
     """Every process under pid, from /proc/<pid>/stat's parent ids."""
@@ -181,7 +183,7 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
 def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None:
     fn = route_cli if route == "cli" else route_functions
     out = fn(snap, n, shard_size, workers)
-    out["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["self_peak_rss_mb"] = peak_rss_mb()  # (bench/rss.py: not ru_maxrss, which a big parent inflates)
     out["self_pid"] = os.getpid()
     print("RESULT " + json.dumps(out, default=str))
 

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rss import peak_rss_mb  # noqa: E402
+
 
 def _child(kind: str, snap: str, policy: str, workers: int) -> None:
     import os
@@ -72,7 +74,7 @@ def _child(kind: str, snap: str, policy: str, workers: int) -> None:
         s = score(m.messages, truth)
         s.pop("by_kind")
         out.update({"messages": m.totals.messages, "quality": s, "stages": stages})
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     out["children_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(out))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -22,18 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.rss import peak_rss_mb  # noqa: E402
+
 INCIDENT = "bench"
-
-
-def _rss_mb() -> float:
-    """This process's own peak RSS: VmHWM, which exec resets (ru_maxrss keeps the forking parent's)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _prepare(args: argparse.Namespace, out: Path) -> Path:
@@ -104,7 +95,7 @@ def _child(step: str, root: str, shard: str | None, policy_path: str | None) -> 
 
         msg = run_step(step, store, INCIDENT, shard, policy, None).message
     print(json.dumps({"step": step, "shard": shard, "seconds": round(time.perf_counter() - t0, 2),
-                      "peak_rss_mb": round(_rss_mb()), "message": msg}))
+                      "peak_rss_mb": round(peak_rss_mb()), "message": msg}))
 
 
 def _run(step: str, root: Path, shard: str | None, policy: str | None) -> dict:
