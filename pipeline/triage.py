@@ -298,8 +298,9 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     known. `grouping`: the clusterer's input for the records as they are (`Parsed.grouping`), else it is
     read from them (their texts and sketches). `pool`: worker processes (the parse's, idle by now): with
     a grouping, the labels are worked out in one of them while this process settles the records'
-    origins, contexts and facts, which do not need them (the same functions, the same results). `labels`:
-    gives the records' grouping labels, worked out elsewhere (asked for once those facts are known)."""
+    origins, contexts and facts, which do not need them; the campaigns' words, while it decides and
+    writes the verdicts (the same functions, the same results). `labels`: gives the records' grouping
+    labels, worked out elsewhere (asked for once those facts are known)."""
     import numpy as np
 
     from pipeline.staged import LABEL_SAMPLE, Words, plan_records, rows_and_facts, run_in_memory, words_of_samples
