@@ -300,6 +300,18 @@ def resolved_rows(records: Sequence[ParsedRecord], plan: Plan, shard: str, settl
     return pos, recs, [context(r, policy) for r in recs]
 
 
+def rows_and_facts(records: Sequence[ParsedRecord], policy: SitePolicy, settled: bool = False
+                   ) -> tuple[Resolved, Facts]:
+    """`resolved_rows` and `facts` of one shard holding every record, the records in global order, before
+    the plan's labels are known (neither step reads them): what a process can work out while the labels
+    are computed elsewhere (`run_in_memory`'s `ready`)."""
+    n = len(records)
+    pos = np.arange(n, dtype=np.int64)
+    plan = Plan(n, policy, None, [], {"0": ShardPlan(pos, np.zeros(n, dtype=np.int64))}, ["0"])
+    rows = resolved_rows(records, plan, "0", settled)
+    return rows, facts(records, plan, "0", rows)
+
+
 def facts(records: Sequence[ParsedRecord], plan: Plan, shard: str, rows: Resolved | None = None) -> Facts:
     """The map step `facts`: what the campaign rules and the account profiles read, per message. `rows`:
     `resolved_rows` of the records when already known."""
@@ -918,18 +930,31 @@ def _warnings(v: Verdicts, n: int, policy: SitePolicy) -> list[str]:
     return out
 
 
-def _campaign(cid: int, p: CampaignPart, d: Decision) -> Campaign:
+Words = tuple[str, str, str]  # a campaign's label, typical subject and shared phrase
+
+
+def campaign_words(subjects: Sequence[str], texts: Sequence[str]) -> Words:
+    """A campaign's words, from its first members' subjects and texts (`CampaignPart.sample`)."""
+    subject, phrase = describe_campaign(subjects, texts)
+    return " ".join(top_terms(texts)), subject, phrase
+
+
+def words_of_samples(samples: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Words]:
+    return [campaign_words(subs, texts) for subs, texts in samples]
+
+
+def _campaign(cid: int, p: CampaignPart, d: Decision, words: Words | None = None) -> Campaign:
     first, last = p.times.bounds()
     subjects = list(dict.fromkeys(s for _, s in p.subjects if s))[:5]
     counts = Counter({Verdict(v): c for v, c in p.verdicts.counter().items()})
     if counts and len(counts) > 1:
         d.reasons.append(R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
                                                                      counts.most_common()), "info"))
-    subs = [s for _, s, _ in p.sample]
-    texts = [x for _, _, x in p.sample]
-    subject, phrase = describe_campaign(subs, texts)
+    if words is None:
+        words = campaign_words([s for _, s, _ in p.sample], [x for _, _, x in p.sample])
+    label, subject, phrase = words
     return Campaign(
-        id=cid, size=p.size, label=" ".join(top_terms(texts)), subject=subject, phrase=phrase,
+        id=cid, size=p.size, label=label, subject=subject, phrase=phrase,
         sample_subjects=[s[:200] for s in subjects],
         sender_domains=p.senders.spread(), recipient_domains=p.rcpt_domains.spread(), client_ips=p.ips.spread(),
         accounts=p.accounts.spread(),
@@ -972,8 +997,10 @@ class Summary:
 
 
 def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: str, snapshot: SnapshotInfo,
-              archive_defects: Sequence[str] = ()) -> Summary:
-    """The reduce step `summary`: campaigns, accounts, sources, totals, review groups and warnings."""
+              archive_defects: Sequence[str] = (), words: Sequence[Words] | None = None) -> Summary:
+    """The reduce step `summary`: campaigns, accounts, sources, totals, review groups and warnings.
+    `words`: campaign id c's words at c - 1 when already worked out (`campaign_words` of its sample),
+    else they are worked out from the merged samples."""
     v = merge_verdicts(parts)
     policy = plan.policy
     # the review messages only, in global order: what the review groups are made of
@@ -982,7 +1009,8 @@ def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: s
     review_groups = group_review([m for _, m, _ in review], quoted=[q for _, _, q in review],
                                  spam_ips={s.client_ip for s in sources})
     groups = {at: m.review_group for at, m, _ in review if m.review_group is not None}
-    campaigns = [_campaign(c, v.campaigns[c], dec.campaigns[c]) for c in range(1, len(plan.campaign_labels) + 1)]
+    campaigns = [_campaign(c, v.campaigns[c], dec.campaigns[c], words[c - 1] if words is not None else None)
+                 for c in range(1, len(plan.campaign_labels) + 1)]
     manifest = Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
         policy=plan.info or describe(policy), warnings=_warnings(v, plan.n, policy),
@@ -1024,23 +1052,29 @@ def messages_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[Manifes
 
 def run_in_memory(shards: Mapping[str, Sequence[ParsedRecord]], plan: Plan, incident: str, snapshot: SnapshotInfo,
                   archive_defects: Sequence[str] = (), progress: Progress = _noop,
-                  through_bytes: bool = False, settled: bool = False) -> Manifest:
+                  through_bytes: bool = False, settled: bool = False,
+                  ready: Mapping[str, tuple[Resolved, Facts]] | None = None,
+                  words: Callable[[], Sequence[Words]] | None = None) -> Manifest:
     """The five steps over in-memory shards, in order; `through_bytes`: every partial goes to bytes and
     back between steps, as between functions; `settled`: the records' origins are settled already
-    (`resolved_rows`)."""
+    (`resolved_rows`); `ready`: a shard's rows and facts already worked out (`rows_and_facts`); `words`:
+    gives the campaigns' words (`summarize`) once the verdicts are in, when worked out elsewhere."""
     def hop(x: Any) -> Any:
         return type(x).from_bytes(x.to_bytes()) if through_bytes else x
 
     n = plan.n
     progress("campaigns", 0, n)
-    rows = {name: resolved_rows(recs, plan, name, settled) for name, recs in shards.items()}
-    fs = [hop(facts(recs, plan, name, rows[name])) for name, recs in shards.items()]
+    ready = ready or {}
+    rows = {name: ready[name][0] if name in ready else resolved_rows(recs, plan, name, settled)
+            for name, recs in shards.items()}
+    fs = [hop(ready[name][1] if name in ready else facts(recs, plan, name, rows[name]))
+          for name, recs in shards.items()]
     dec = hop(decide_campaigns(fs, plan))
     del fs
     progress("campaigns", n, n)
     vs = [hop(verdicts(recs, plan, name, dec, rows.pop(name))) for name, recs in shards.items()]
     progress("verdicts", n, n)
-    s = summarize(vs, dec, plan, incident, snapshot, archive_defects)
+    s = summarize(vs, dec, plan, incident, snapshot, archive_defects, words() if words is not None else None)
     s.manifest.messages = list(messages_of(vs, s))
     return s.manifest
 

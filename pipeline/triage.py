@@ -29,6 +29,8 @@ from pipeline.verdicts import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pipeline.campaigns import Grouping
 
 Progress = Callable[[str, int, int | None], None]
@@ -105,6 +107,29 @@ def parse_all(found: Iterable[Found], policy: SitePolicy, progress: Progress = _
     return out
 
 
+class Unsorted(NamedTuple):
+    """Grouping's input with the records in the order they were read (`Parsed.unsorted`): what a worker is
+    sent to label them while this process sorts them (the labels do not depend on the messages' order:
+    pipeline.campaigns)."""
+
+    digest: bytes
+    sketch: bytes
+    has_sketch: bytes
+    shapes: list[str]
+    keys: list[list[str]]
+
+    def grouping(self) -> Grouping:
+        import numpy as np
+
+        from pipeline.campaigns import Grouping
+        from pipeline.features import SKETCH_PERM
+
+        n = len(self.shapes)
+        return Grouping.assemble(np.frombuffer(self.digest, dtype="S16"),
+                                 np.frombuffer(self.sketch, dtype=np.uint32).reshape(n, SKETCH_PERM),
+                                 np.frombuffer(self.has_sketch, dtype=bool), self.shapes, self.keys)
+
+
 class Parsed:
     """Every record parsed (`parse_grouped`), with what grouping reads of them, chunk by chunk as packed
     by the workers (`Batch`)."""
@@ -139,6 +164,13 @@ class Parsed:
             sketch[to] = np.frombuffer(sk, dtype=np.uint32).reshape(-1, SKETCH_PERM)
             has[to] = np.frombuffer(h, dtype=bool)
         return Grouping.assemble(digest, sketch, has, [r.shape for r in self.records], [r.keys for r in self.records])
+
+    def unsorted(self) -> Unsorted:
+        """The clusterer's input with the records as read (before `prepare`); the packed chunks are let go."""
+        parts = list(self.batches)
+        self.batches.clear()
+        return Unsorted(b"".join(p[1] for p in parts), b"".join(p[2] for p in parts), b"".join(p[3] for p in parts),
+                        [r.shape for r in self.records], [r.keys for r in self.records])
 
 
 def parse_grouped(found: Iterable[Found], policy: SitePolicy, progress: Progress = _noop,
@@ -243,10 +275,20 @@ def assign_ids(records: Sequence[ParsedRecord]) -> None:
         r.id = base if seen[base] == 1 else message_id(f"{r.path}#{seen[base]}", r.sha256)
 
 
+def _labels(args: tuple[Grouping | Unsorted, float]) -> np.ndarray:
+    from pipeline.campaigns import CampaignClusterer
+
+    grouping, threshold = args
+    if isinstance(grouping, Unsorted):
+        grouping = grouping.grouping()
+    labels: np.ndarray = CampaignClusterer(threshold=threshold).fit_grouping(grouping).labels_
+    return labels
+
+
 def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, snapshot: SnapshotInfo,
            archive_defects: Sequence[str] = (), progress: Progress = _noop,
-           policy_info: PolicyInfo | None = None, consume: bool = False, grouping: Grouping | None = None
-           ) -> Manifest:
+           policy_info: PolicyInfo | None = None, consume: bool = False, grouping: Grouping | None = None,
+           pool: ProcessPoolExecutor | None = None, labels: Callable[[], np.ndarray] | None = None) -> Manifest:
     """Group and decide: the pure heart of triage, records and policy in, manifest out; the records are in
     their global order, with their ids. It runs the steps of pipeline.staged over one in-memory shard,
     the same functions the functions and the CLI run over many.
@@ -254,35 +296,48 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     The records are left as they were, unless `consume`: then they are the caller's to give up, and
     what grouping alone needed (texts, sketches) is dropped from them as soon as the campaigns are
     known. `grouping`: the clusterer's input for the records as they are (`Parsed.grouping`), else it is
-    read from them (their texts and sketches)."""
+    read from them (their texts and sketches). `pool`: worker processes (the parse's, idle by now): with
+    a grouping, the labels are worked out in one of them while this process settles the records'
+    origins, contexts and facts, which do not need them; the campaigns' words, while it decides and
+    writes the verdicts (the same functions, the same results). `labels`: gives the records' grouping
+    labels, worked out elsewhere (asked for once those facts are known)."""
     import numpy as np
 
-    from pipeline.campaigns import CampaignClusterer
-    from pipeline.staged import LABEL_SAMPLE, plan_records, run_in_memory
+    from pipeline.staged import LABEL_SAMPLE, Words, plan_records, rows_and_facts, run_in_memory, words_of_samples
 
     n = len(records)
+    threshold = policy.thresholds.campaign_similarity
+    if grouping is not None:
+        if len(grouping.digest) != n:
+            raise ValueError(f"a grouping of {len(grouping.digest)} messages for {n} records")
+        if pool is not None and labels is None:
+            labels = pool.submit(_labels, (grouping, threshold)).result
     if consume:
         for r in records:
             resolve_origin(r, policy)
     progress("campaigns", 0, n)
-    labels = None
-    if grouping is not None:
-        if len(grouping.digest) != n:
-            raise ValueError(f"a grouping of {len(grouping.digest)} messages for {n} records")
-        labels = CampaignClusterer(threshold=policy.thresholds.campaign_similarity).fit_grouping(grouping).labels_
-        labels = np.asarray(labels, dtype=np.int64)
-    plan = plan_records(records, policy, policy_info, labels=labels)
-    if consume:
-        # Texts were only needed for grouping; a campaign's label needs a sample of its members' texts.
-        labels = plan.shards["0"].label
-        keep: set[int] = set()
-        for lab in plan.campaign_labels:
-            keep.update(np.flatnonzero(labels == lab)[:LABEL_SAMPLE].tolist())
-        for i, r in enumerate(records):
-            if i not in keep:
-                r.text = ""
-            r.sketch = []
-    return run_in_memory({"0": records}, plan, incident, snapshot, archive_defects, progress=progress, settled=consume)
+    ready = {"0": rows_and_facts(records, policy, settled=consume)} if labels is not None else None
+    given = labels() if labels is not None else _labels((grouping, threshold)) if grouping is not None else None
+    plan = plan_records(records, policy, policy_info,
+                        labels=np.asarray(given, dtype=np.int64) if given is not None else None)
+    words: Future[list[Words]] | None = None
+    if consume or pool is not None:
+        # A campaign's words are read from its first members (the verdicts step's sample of it): worked
+        # out in a worker, if there is one, while this process decides. Texts were only needed for
+        # grouping and those words: the other members' are dropped.
+        label = plan.shards["0"].label
+        first = [np.flatnonzero(label == lab)[:LABEL_SAMPLE].tolist() for lab in plan.campaign_labels]
+        if pool is not None:
+            words = pool.submit(words_of_samples, [([records[i].subject for i in m], [records[i].text for i in m])
+                                                   for m in first])
+        if consume:
+            keep = set().union(*first)
+            for i, r in enumerate(records):
+                if i not in keep:
+                    r.text = ""
+                r.sketch = []
+    return run_in_memory({"0": records}, plan, incident, snapshot, archive_defects, progress=progress, settled=consume,
+                         ready=ready, words=words.result if words is not None else None)
 
 
 @contextmanager
@@ -325,16 +380,24 @@ def read_and_parse(source: str | Path, policy: SitePolicy, fmt: str | None = Non
 
 
 def _read_grouped(source: str | Path, policy: SitePolicy, fmt: str | None, progress: Progress,
-                  workers: int | None) -> tuple[str, list[ParsedRecord], ArchiveReport, Grouping]:
-    """`read_and_parse`, with the clusterer's input packed by the workers; the records keep no sketch."""
+                  workers: int | None, pool: ProcessPoolExecutor | None
+                  ) -> tuple[str, list[ParsedRecord], ArchiveReport, Grouping | None, Callable[[], np.ndarray] | None]:
+    """`read_and_parse`, with the clusterer's input packed by the workers; the records keep no sketch.
+    With a pool, the records are labelled in one of its workers while they are sorted here: the labels
+    are given by the last callable (in the records' order; policy.thresholds is the effective policy's,
+    pipeline.sitepolicy.KEYS); else the clusterer's input is given, in their order."""
+    import numpy as np
+
     report = ArchiveReport()
-    with parse_pool(source, workers) as pool:
-        name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
-        parsed = parse_grouped(found, policy, progress=progress, workers=workers, pool=pool)
+    name, found, report = read_snapshot(source, policy.limits, fmt=fmt, report=report)
+    parsed = parse_grouped(found, policy, progress=progress, workers=workers, pool=pool)
     records = parsed.records
     check_read(name, fmt, records, report)
-    order = prepare(records)
-    return name, records, report, parsed.grouping(order)
+    if pool is None:
+        return name, records, report, parsed.grouping(prepare(records)), None
+    job = pool.submit(_labels, (parsed.unsorted(), policy.thresholds.campaign_similarity))
+    order = np.asarray(prepare(records), dtype=np.int64)
+    return name, records, report, None, lambda: job.result()[order]
 
 
 def check_read(name: str, fmt: str | None, records: Sized, report: ArchiveReport) -> None:
@@ -349,9 +412,14 @@ def check_read(name: str, fmt: str | None, records: Sized, report: ArchiveReport
 
 def _triage(source: str | Path, policy: SitePolicy, fmt: str | None, incident: str | None,
             progress: Progress, workers: int | None, policy_source: str | None) -> Manifest:
-    name, records, report, grouping = _read_grouped(source, policy, fmt, progress, workers)
-    used, pinfo = effective_policy(policy, policy_source, site_of(report.meta), records)
-    info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256, members_read=report.members,
-                        skipped=report.skipped, hosts=[str(report.meta["host"])] if report.meta.get("host") else [])
-    return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
-                  policy_info=pinfo, consume=True, grouping=grouping)
+    # the pool outlives the parse: one of its workers works out the campaign labels (`decide`)
+    with parse_pool(source, workers) as pool:
+        name, records, report, grouping, labels = _read_grouped(source, policy, fmt, progress, workers, pool)
+        used, pinfo = effective_policy(policy, policy_source, site_of(report.meta), records)
+        if used.thresholds != policy.thresholds:  # the labels under way used the policy given's
+            raise RuntimeError("the effective policy changed the thresholds (pipeline.sitepolicy.KEYS)")
+        info = SnapshotInfo(source=Path(source).name, format=name, sha256=report.sha256,
+                            members_read=report.members, skipped=report.skipped,
+                            hosts=[str(report.meta["host"])] if report.meta.get("host") else [])
+        return decide(records, used, incident or Path(source).name, info, report.defects, progress=progress,
+                      policy_info=pinfo, consume=True, grouping=grouping, pool=pool, labels=labels)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import staged
+from pipeline.campaigns import Features, Grouping
 from pipeline.generator import SAMPLE_CORPUS, generate, without_account, write_canonical
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
@@ -83,12 +87,41 @@ def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, 
     got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
                                 consume=True))
     assert got == want
+    # the triage route's: grouping's input given, the labels and the campaigns' words worked out in a worker
+    grouping = Grouping.of([Features(r.text, r.sketch, r.keys, r.shape) for r in records])
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
+                                    consume=True, grouping=grouping, pool=pool))
+    assert got == want, f"{name}: the labels and words from a worker differ"
     rng = random.Random(len(records))
     labels = group_labels(records, used)  # the plan's, once: the steps are what is compared
     for n in SHARDS:
         got = manifest_bytes(decide_in_shards(_copy(records), used, "inc", snap, ["an archive defect"], shards=n,
                                               policy_info=pinfo, shuffle=rng, labels=labels))
         assert got == want, f"{name}: {n} shard(s) differ"
+
+
+@pytest.mark.slow
+def test_triage_on_a_pool_writes_the_manifest_of_triage_in_one_process(corpus, policy: SitePolicy,
+                                                                        tmp_path: Path) -> None:
+    """A snapshot big enough for the parse pool: its workers also label the messages (in the order they were
+    read, the labels put in the records' order after) and word the campaigns; the manifest is the one
+    process's, byte for byte."""
+    from pipeline.triage import _PARALLEL_BYTES, triage
+
+    ham, spam = corpus
+    members = [(f"q/{i:05d}.eml", m.data) for i, m in
+               enumerate(generate(ham, spam, n=700, seed=8, style="spamware", shop=20).messages)]
+    random.Random(8).shuffle(members)  # read in an order far from the sorted one
+    snap = tmp_path / "sw.tar"
+    with tarfile.open(snap, "w") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert snap.stat().st_size >= _PARALLEL_BYTES
+    alone = manifest_bytes(triage(snap, policy, workers=1))
+    assert manifest_bytes(triage(snap, policy, workers=2)) == alone
 
 
 @pytest.mark.slow
