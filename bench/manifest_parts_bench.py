@@ -5,7 +5,7 @@
 The messages are synthetic: a few template ManifestMessages (valid, spam in campaigns, review in groups, with
 envelopes, reasons and subjects of a real manifest's size) repeated with distinct ids, paths and digests, streamed
 into the writer (never a list). Each stage runs in a process of its own and reports its own peak RSS
-(ru_maxrss), so a figure is that stage's, not the largest so far.
+(VmHWM, bench/rss.py), so a figure is that stage's, not the largest so far.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Each route runs in a process of its own (so one route's memory is not the other'
              triage workflow (adapters/workflow.py) with its steps on a pool of --workers processes;
   functions  the embedded default: upload (cut into shards) -> the parse handler per shard -> the triage
              handler (fan-in) running the same workflow on the pool -> the blocklist handler.
-Peak RSS per process: the route's own process from getrusage; each triage step's from its worker's
+Peak RSS per process: the route's own process from its VmHWM (bench/rss.py); each triage step's from its worker's
 /proc/self/status VmHWM, counted again from zero before every step (/proc/self/clear_refs), so a step's
 figure is its own; every other child (the parse pools) sampled from /proc/<pid>/status every 0.1 s
 (VmHWM only grows, so a sample is at most 0.1 s behind the peak). The machine is shared: times are noisy,
