@@ -16,7 +16,7 @@ from pipeline.generator import find_corpus, load_corpus
 from pipeline.manifest_io import manifest_bytes, read_manifest
 from pipeline.policy import Limits
 from pipeline.readers import read_snapshot
-from tests.support.postfix import PostfixInstance, available, free_port, private_postfix
+from tests.support.postfix import PostfixInstance, available, free_port, main_cf, private_postfix
 
 pytestmark = pytest.mark.postfix
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,3 +219,26 @@ def test_maildrop_and_unsorted_tar(tmp_path: Path) -> None:
     assert (maildrop.mail_from, maildrop.rcpt_to, maildrop.client_address) == (
         "local@example.org", ["r@partner.example"], None)
     assert got["maildrop"].raw.defects == [] and got["maildrop"].data == b"Subject: via sendmail\n\nhello\n"
+
+
+def test_lab_settings_replace_defaults_and_no_process_warns_at_start(tmp_path: Path) -> None:
+    """A setting given to the lab replaces the default in place: a parameter twice in main.cf makes every
+    Postfix process warn as it starts, postlogd too, which logs that through its own socket and, with the
+    datagram queue full, waits on itself while every process that logs waits on it (CI saw MAIL FROM
+    and `postfix stop` hang). No process may log a warning, and a configuration that would is refused."""
+    if why := available():
+        pytest.skip(why)
+    extra = {"mydestination": "$myhostname, localhost", "mynetworks": "127.0.0.0/8 192.0.2.0/24"}
+    cf = main_cf(tmp_path, 2525, 2526, None, extra=extra)
+    keys = [line.split("=", 1)[0].strip() for line in cf.splitlines()]
+    assert len(keys) == len(set(keys)) and "mynetworks = 127.0.0.0/8 192.0.2.0/24" in cf.splitlines()
+    with private_postfix(users={}, extra=extra) as pf:
+        pf.send("a@example.org", ["b@far.example"], b"Subject: q\r\n\r\nquiet\r\n")
+        pf.wait_queued(1)
+        warned = [x for x in pf.log().splitlines() if "warning:" in x]
+        assert not warned
+        quiet = (pf.etc / "main.cf").read_text()
+        (pf.etc / "main.cf").write_text(quiet + "mynetworks = 127.0.0.0/8\n")
+        with pytest.raises(RuntimeError, match="not quiet: .*overriding earlier entry: mynetworks"):
+            pf.check_quiet()
+        (pf.etc / "main.cf").write_text(quiet)

@@ -129,8 +129,14 @@ def main_cf(root: Path, port: int, relay_port: int, auth_socket: Path | None, op
             "smtpd_tls_auth_only = no",
             "broken_sasl_auth_clients = no",
         ]
-    lines += [f"{k} = {v}" for k, v in (extra or {}).items()]
-    return "\n".join(lines) + "\n"
+    # one line per parameter: `extra` replaces a setting in place. A parameter given twice makes every
+    # Postfix process warn ("overriding earlier entry") as it starts, and postlogd sends its own start-up
+    # warnings to its own socket: with the kernel's datagram queue full (net.unix.max_dgram_qlen may be
+    # 10) it waits on itself, and every process that logs waits with it (seen in CI: MAIL FROM and
+    # `postfix stop` hung)
+    settings = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in lines)}
+    settings.update(extra or {})
+    return "".join(f"{k} = {v}".rstrip() + "\n" for k, v in settings.items())
 
 
 class DovecotAuth:
@@ -245,6 +251,16 @@ class PostfixInstance:
         (self.etc / "main.cf").write_text(cf)
         (self.etc / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
         self.maillog.touch()
+        self.check_quiet()
+
+    def check_quiet(self) -> None:
+        """RuntimeError naming the first warning Postfix prints reading this configuration: each process
+        would log it at start-up, postlogd included, which logs it through its own socket (see main_cf)."""
+        cp = self.run("/usr/sbin/postconf", "-c", str(self.etc), "-n", check=False)
+        warns = [x for x in cp.stderr.decode(errors="replace").splitlines() if "warning:" in x]
+        if warns or cp.returncode != 0:
+            first = warns[0] if warns else cp.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"private postfix configuration is not quiet: {first}")
 
     def start(self) -> None:
         self.setup()
@@ -255,12 +271,27 @@ class PostfixInstance:
         self._wait_listening()
 
     def stop(self) -> None:
+        """`postfix stop`; if that hangs, the master's whole process group is killed (as postfix-script's
+        own last resort does) and RuntimeError says so with the maillog, after the instance is gone."""
+        hung = None
         if self.started:
-            self.run(POSTFIX, "-c", str(self.etc), "stop", check=False)
+            try:
+                self.run(POSTFIX, "-c", str(self.etc), "stop", check=False, timeout=30)
+            except subprocess.TimeoutExpired:
+                hung = ("`postfix stop` did not finish in 30 s; killed the master's process group; "
+                        f"maillog:\n{self.log()}")
+                self._kill_master()
             self._wait_master_gone()
             self.started = False
         if self.auth:
             self.auth.stop()
+        if hung:
+            raise RuntimeError(hung)
+
+    def _kill_master(self) -> None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.spool / "pid" / "master.pid").read_text().split()[0])
+            os.killpg(pid, 9)
 
     @classmethod
     @contextlib.contextmanager
@@ -293,9 +324,10 @@ class PostfixInstance:
             time.sleep(0.1)
 
     # -- tools ------------------------------------------------------------------------------------
-    def run(self, *argv: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run(self, *argv: str, check: bool = True, input: bytes | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         env = {**os.environ, "MAIL_CONFIG": str(self.etc)}
-        cp = subprocess.run(argv, capture_output=True, env=env, input=input, timeout=60, check=False)
+        cp = subprocess.run(argv, capture_output=True, env=env, input=input, timeout=timeout, check=False)
         if check and cp.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.decode(errors='replace')}"
                                f"\nmaillog:\n{self.log()}")
@@ -361,7 +393,10 @@ class PostfixInstance:
                 s.ehlo(helo)
             if login:
                 s.login(*login)
-            msg = daemon.transaction(s, mail_from, rcpt_to, data, mail_options)
+            try:
+                msg = daemon.transaction(s, mail_from, rcpt_to, data, mail_options)
+            except (smtplib.SMTPServerDisconnected, TimeoutError) as e:
+                raise RuntimeError(f"private postfix stopped answering: {e}; maillog:\n{self.log()}") from e
         # "2.0.0 Ok: queued as 4Xyz..."
         return msg.decode().rsplit(" ", 1)[-1]
 
