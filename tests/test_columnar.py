@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -233,6 +234,36 @@ def test_parser_processes_write_the_shards_records_would(corpus, policy, tmp_pat
         assert [p.read_bytes() for p, _ in written] == expect
     (tmp_path / "none").mkdir()
     assert parse_into_shards(iter([]), policy, size, tmp_path / "none") == []
+
+
+def test_the_spill_parses_and_writes_with_the_collector_paused(corpus, policy, tmp_path, monkeypatch) -> None:
+    """A parser process's tasks (a chunk parsed, a shard written) and the reading loop that hands them out
+    run with the cyclic collector paused, as the in-memory triage's parser processes do, and leave it as
+    they found it."""
+    import gc
+
+    from pipeline.service import parse
+
+    seen: list[bool] = []
+    real_parse, real_bytes = parse.parse_found, parse.parquet_bytes
+    monkeypatch.setattr(parse, "parse_found", lambda f, p: (seen.append(gc.isenabled()), real_parse(f, p))[1])
+    monkeypatch.setattr(parse, "parquet_bytes", lambda t: (seen.append(gc.isenabled()), real_bytes(t))[1])
+    ham, _ = corpus
+    found = [Found(RawMessage(path=f"m/{i:04d}.eml"), d, hashlib.sha256(d).hexdigest(), len(d))
+             for i, d in enumerate(ham[:3])]
+
+    def reading() -> Iterator[Found]:  # the snapshot's reader, as the loop pulls it
+        for f in found:
+            seen.append(gc.isenabled())
+            yield f
+
+    assert gc.isenabled()
+    ipc = parse.parse_chunk((found, policy))
+    assert parse.write_shard(([ipc], str(tmp_path / "a.parquet"))) == 3
+    (tmp_path / "b").mkdir()
+    assert [n for _, n in parse.parse_into_shards(reading(), policy, 2, tmp_path / "b")] == [2, 1]
+    assert gc.isenabled()
+    assert len(seen) == 3 + 1 + 3 + 3 + 2 and not any(seen)
 
 
 def test_a_sketch_is_packed_only_when_standard() -> None:
