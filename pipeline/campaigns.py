@@ -169,9 +169,15 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
+        # a group of one distinct message (its copies folded) and the keys it carries: one message,
+        # however many copies, is one piece of evidence (`_merge`)
+        one = np.bincount(comp, minlength=ncomp) == 1
+        carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
+            if len(kmsg) else np.zeros(ncomp, dtype=np.int64)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
         merged, support = self._merge(_text_support(comp, weak, ncomp),
-                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size)
+                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size,
+                                      np.where(one, carried, 0))
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -270,7 +276,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         return np.concatenate(rows).astype(np.int64)
 
     def _merge(self, text: tuple[np.ndarray, np.ndarray], key: tuple[np.ndarray, np.ndarray],
-               keys: tuple[np.ndarray, np.ndarray], size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               keys: tuple[np.ndarray, np.ndarray], size: np.ndarray,
+               alone: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
@@ -281,12 +288,23 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         key it shares (`keys`): one group cannot chain two, so a key many runs of one kit carry (a
         common link path) is outweighed by the keys only its own run shares.
 
+        A group of one distinct message (`alone`: how many keys its message carries, for such a group
+        of more than `small` copies, else 0) is one message however many copies were folded into it
+        (a big run's bounces quoting only its headers are often alike to the byte): toward a group
+        that shares every key it carries it is a small group too, and joins that one partner even
+        when both are `large` (`_guarded`), since it links nothing else.
+
         Each evidence is (pair codes, value): pairs of groups x < y as x * len(size) + y, sorted."""
         ng = len(size)
         codes = _unique(np.concatenate([text[0], key[0], keys[0]]))
         s_text, s_key, n_keys = (_lookup(c, v, codes) for c, v in (text, key, keys))
         x, y = codes // ng, codes % ng
-        small_x, small_y = size[x] <= self.small, size[y] <= self.small
+        if alone is None:
+            alone = np.zeros(ng, dtype=np.int64)
+        # one message whose every key the other group shares: what any copy of that group would show
+        held_x = (alone[x] > 0) & (n_keys >= alone[x])
+        held_y = (alone[y] > 0) & (n_keys >= alone[y])
+        small_x, small_y = (size[x] <= self.small) | held_x, (size[y] <= self.small) | held_y
         big = ~small_x & ~small_y & ((s_text >= 2) | (s_key >= 2))
         # shared invariants already passed their own guard (two keys, two carriers a side)
         big_strength = np.maximum(s_text, np.where(s_key >= 2, s_key + self.strong, 0))[big]
@@ -296,6 +314,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         other = np.r_[y[small_x], x[small_y]]
         evidence = np.r_[(s_text + n_keys)[small_x], (s_text + n_keys)[small_y]]
         strength = np.r_[(s_text + s_key)[small_x], (s_text + s_key)[small_y]]
+        strength = np.where(np.r_[held_x[small_x], held_y[small_y]], np.maximum(strength, self.strong), strength)
         o = np.lexsort((other, -size[other], -evidence, size[other] <= self.small, me))
         first = o[np.r_[True, me[o][1:] != me[o][:-1]]] if len(o) else o
         edges = np.concatenate([np.stack([x[big], y[big]], axis=1), np.stack([me[first], other[first]], axis=1)])

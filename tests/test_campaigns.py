@@ -154,6 +154,27 @@ def test_backscatter_follows_its_campaign(runs) -> None:
     assert len(set(labels[80:])) == 1 and labels[80] not in set(labels[:80])
 
 
+def test_a_big_runs_bounces_alike_to_the_byte_follow_it(runs) -> None:
+    """A big run bounces often, and bounces quoting only its headers (or cut short in them) are alike to
+    the byte: folded into one message of many copies, they are one message still and join the run whose
+    every key they carry, even when both are large; a group sharing only part of their keys does not."""
+    camps, data, truth, records = runs
+    original = next(d for d, t in zip(data, truth, strict=True) if t == 2)
+    quoted = bounce(original, "x@far.example", truncate=original.index(b"\n\n"))
+    bounced = [_parse(quoted.replace(b"x@far", f"b{i}@far".encode()), mail_from="") for i in range(25)]
+    assert len({(b.text, tuple(b.keys), b.shape) for b in bounced}) == 1 and bounced[0].keys
+    labels = CampaignClusterer().fit([*map(_feat, records), *map(_feat, bounced)]).labels_
+    run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
+    assert {int(x) for x in labels[len(records):]} == {run2}
+    assert _partition(labels[:len(records)]) == _partition(
+        CampaignClusterer().fit(list(map(_feat, records))).labels_)
+    # the same bounces with one key no copy of the run carries stay apart from it
+    other = [Features(b.text, b.sketch, [*b.keys, "r:someone@else.example"], b.shape) for b in bounced]
+    labels = CampaignClusterer().fit([*map(_feat, records), *other]).labels_
+    run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
+    assert run2 not in {int(x) for x in labels[len(records):]}
+
+
 def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
     """A real message that links to a run's domain and names its Reply-To (another template) is not pulled in."""
     camps, data, truth, records = runs
