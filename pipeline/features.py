@@ -273,6 +273,19 @@ def _minhash() -> Any:
 
 def sketch(text: str) -> list[int]:
     """MinHash of the text's words; empty when it has too few words to say anything."""
+    # a run's copies often normalise to the same text: the latest few texts' sketches are kept
+    if (kept := _SKETCHES.get(text)) is None:
+        if len(_SKETCHES) >= _SKETCHES_MAX:
+            _SKETCHES.clear()
+        kept = _SKETCHES[text] = tuple(_sketch(text))
+    return list(kept)
+
+
+_SKETCHES: dict[str, tuple[int, ...]] = {}
+_SKETCHES_MAX = 1024
+
+
+def _sketch(text: str) -> list[int]:
     toks = tokens(text)
     if len(toks) < MIN_TOKENS:
         return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from typing import Any
 
 # no leading \b: a literal start lets the engine skip ahead instead of trying every position
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]++")
@@ -179,20 +180,67 @@ def _unleet(m: re.Match[str]) -> str:
 
 def plain(s: str) -> str:
     """What a reader sees: invisible characters dropped, compatibility forms and entities resolved."""
-    if not s.isascii():
-        s = _INVISIBLE.sub("", s)
-        if not unicodedata.is_normalized("NFKC", s):
-            s = unicodedata.normalize("NFKC", s)
+    s = _seen(s)
     if "&" in s and ";" in s:
         s = unescape(s)
     return s
 
 
+def _seen(s: str) -> str:
+    """plain() but for the entities: invisible characters dropped, compatibility forms resolved."""
+    if not s.isascii():
+        s = _INVISIBLE.sub("", s)
+        if not unicodedata.is_normalized("NFKC", s):
+            s = unicodedata.normalize("NFKC", s)
+    return s
+
+
 def normalise(subject: str, body: str, limit: int = MAX_TEXT) -> str:
     """Lower-case subject + body with obfuscations erased and URLs, addresses, numbers, hash-busters replaced."""
-    s = plain(f"{subject}\n{body[:limit * 2]}")
+    b = body[:limit * 2]
+    if len(b) < _BODY_KEPT_MIN:
+        return _joined(plain(f"{subject}\n{b}"), limit)
+    # The same, subject and body apart: plain() works character by character but for two things a line
+    # break stops (a character reference, an NFKC composition), except whether entities are resolved at
+    # all, which asks whether the whole text has an "&" and a ";"; and the words of the text are the
+    # subject's and then the body's. A run's copies repeat their body (the greeting and tokens go in the
+    # subject and headers, or in a multipart's preamble): its words' results are kept, by the body.
+    kept = _BODIES.get(b)
+    pb = None
+    if kept is None or kept[0] != limit:
+        pb = _seen(b)
+        kept = [limit, "&" in pb, ";" in pb, None, None]
+        if len(_BODIES) >= _BODIES_MAX:
+            _BODIES.clear()
+        _BODIES[b] = kept
+    ps = _seen(subject)
+    refs = ("&" in ps or kept[1]) and (";" in ps or kept[2])
+    words = kept[4 if refs else 3]
+    if words is None:
+        pb = _seen(b) if pb is None else pb
+        words = kept[4 if refs else 3] = _joined(unescape(pb) if refs else pb, limit)
+    head = _joined(unescape(ps) if refs else ps, limit)
+    return (f"{head} {words}" if head and words else head or words)[:limit]
+
+
+def _joined(s: str, limit: int) -> str:
+    """The results of the words of s (white space already where plain() puts it), joined, to `limit`
+    characters: the words past the first `limit` characters of s only when those fall short."""
     get = _WORDS.get
+    if len(s) > limit + limit // 8 and (cut := s.find(" ", limit + limit // 16)) >= 0:
+        # (a space ends a word: the words before it are words of s)
+        head = [get(w) or _word(w) for w in s[:cut].split()]
+        out = " ".join(head)
+        if len(out) >= limit:
+            return out[:limit]
+        return " ".join([*head, *[get(w) or _word(w) for w in s[cut:].split()]])[:limit]
     return " ".join([get(w) or _word(w) for w in s.split()])[:limit]
+
+
+# the words' results of the latest bodies, by the body (a body this short is not worth keeping)
+_BODIES: dict[str, list[Any]] = {}  # body: [limit, has "&", has ";", words, words with entities resolved]
+_BODIES_MAX = 512
+_BODY_KEPT_MIN = 200
 
 
 # normalise reads the text word by word (a word: what str.split() separates). No pattern above matches

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
-from pipeline.models import ParsedRecord, ReceivedHop, mime_defect
+from pipeline.models import ParsedRecord, ReceivedHop, construct_all, mime_defect
 from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
@@ -62,7 +62,7 @@ class _Grouping:
 
 
 def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
-    keys = url_keys(t[:_MAX_URL_TEXT] for t in g.texts)
+    keys = _url_keys(tuple(t[:_MAX_URL_TEXT] for t in g.texts))
     if g.reply_to and (addr := _first_address(g.reply_to)):
         keys.append("r:" + addr.lower())
     keys.extend(dict.fromkeys(digest_key("d", p) for p in g.payloads[:_MAX_DIGESTS] if p))
@@ -74,6 +74,23 @@ def _set_grouping(rec: ParsedRecord, g: _Grouping) -> None:
     rec.sketch = sketch(rec.text)
     rec.text = rec.text[:MAX_TEXT]
     rec.bounced_original_text = rec.bounced_original_text[:MAX_TEXT]
+
+
+def _url_keys(texts: tuple[str, ...]) -> list[str]:
+    """url_keys of the texts: a run's copies repeat their body parts, so the keys of the latest few are
+    kept, by the texts (those short enough that keeping them costs little memory)."""
+    if sum(map(len, texts)) > _URL_TEXTS_KEPT:
+        return url_keys(texts)
+    if (keys := _URL_KEYS.get(texts)) is None:
+        if len(_URL_KEYS) >= _URL_KEYS_MAX:
+            _URL_KEYS.clear()
+        keys = _URL_KEYS[texts] = tuple(url_keys(texts))
+    return list(keys)
+
+
+_URL_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_URL_KEYS_MAX = 512
+_URL_TEXTS_KEPT = 16000
 
 
 # the caches below keep values up to this long; a longer one (a hostile header) is worked out each time,
@@ -173,8 +190,9 @@ def parse_received(value: str) -> ReceivedHop:
         auth_user = m.group(1) or m.group(2)
     elif protocol and protocol.endswith("A"):
         authenticated = True
-    return ReceivedHop(from_name=from_name, from_ip=from_ip, by=by, protocol=protocol, authenticated=authenticated,
-                       auth_user=auth_user)
+    # (every field given, each a str, None or a bool already: validating them would only cost)
+    return construct_all(ReceivedHop, from_name=from_name, from_ip=from_ip, by=by, protocol=protocol,
+                         authenticated=authenticated, auth_user=auth_user)
 
 
 def _walk(msg: Message) -> list[Message]:
@@ -252,11 +270,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
     """The fast parser for clean messages; the standard library and mail-parser where it matters."""
-    raw = found.raw
-    env = raw.envelope
-    defects = list(raw.defects)
-    rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
-                       envelope=env, defects=defects, mta=raw.mta)
+    rec = _record(found)
     if found.data is None:
         return rec
     heavy = over_budget(found.data)
@@ -269,9 +283,31 @@ def parse_found(found: Found, policy: SitePolicy) -> ParsedRecord:
         except Exception:  # noqa: S110 - whatever the fast parser refuses, the careful path reads
             pass
         # (the envelope is untouched: _infer_envelope, the fast path's last step, changes it all at once)
-        rec = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
-                           envelope=env, defects=list(raw.defects), mta=raw.mta)
+        rec = _record(found)
     return _careful(rec, found, policy)
+
+
+# the fields a record starts with (the rest: their defaults), as ParsedRecord(...) would set them
+_GIVEN = ("path", "sha256", "size", "format", "envelope", "mta", "defects")
+
+
+def _record(found: Found) -> ParsedRecord:
+    """ParsedRecord(path=..., sha256=..., size=..., format=..., envelope=..., defects=..., mta=...) as
+    validation makes it (the envelope itself, a copy of the defects, every other field its default, the
+    same fields set), without validating values a reader made valid (a quarter of a record's cost)."""
+    raw = found.raw
+    rec = ParsedRecord.__new__(ParsedRecord)
+    object.__setattr__(rec, "__dict__", {
+        "path": raw.path, "sha256": found.sha256, "size": found.size, "format": raw.format,
+        "envelope": raw.envelope, "mta": raw.mta, "message_id": None, "subject": "", "from_header": "",
+        "to_header": "", "date": None, "content_type": "", "text": "", "sketch": [], "keys": [], "shape": "",
+        "attachments": [], "received": [], "our_hop": None, "list_unsubscribe": False, "precedence_bulk": False,
+        "auto_submitted": False, "bounce": False, "bounced_original_text": "", "bounced_original_sender": None,
+        "bounced_original_received": [], "defects": list(raw.defects), "envelope_inferred": [], "id": ""})
+    object.__setattr__(rec, "__pydantic_fields_set__", set(_GIVEN))
+    object.__setattr__(rec, "__pydantic_extra__", None)
+    object.__setattr__(rec, "__pydantic_private__", None)
+    return rec
 
 
 def _careful_in_time(rec: ParsedRecord, found: Found, policy: SitePolicy, why: str) -> ParsedRecord:

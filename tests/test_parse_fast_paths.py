@@ -282,3 +282,60 @@ def test_kept_subject_keys_and_addresses_are_those_worked_out() -> None:
     for v in values * 2:
         addr = getaddresses([v])
         assert parse._first_address(v) == (addr[0][1] if addr else "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts, texts, texts, st.integers(1, 120), st.sampled_from([normalise.MAX_TEXT, normalise.SKETCH_TEXT, 120]))
+def test_normalise_of_a_kept_body_is_the_whole_texts(subject: str, other: str, body: str, times: int,
+                                                      limit: int) -> None:
+    # long enough for the body's words to be kept, and past the limit, where the words after it are
+    # read only when the first ones fall short; a kept body under another subject (with or without
+    # the "&" or ";" that decides for the whole text whether entities are resolved)
+    body = (body + " ") * times + "x" * 200
+    for s in (subject, other, subject + ";", "&amp" + other):
+        assert normalise.normalise(s, body, limit) == normalise_unicode(s, body, limit)
+    assert body[:limit * 2] in normalise._BODIES
+
+
+def test_a_kept_body_follows_the_subject_on_entities() -> None:
+    body = "fish &amp chips, " * 20  # a reference without its ";": resolved only when the text has a ";"
+    assert normalise.normalise("menu", body) == normalise_unicode("menu", body)
+    assert normalise.normalise("menu;", body) == normalise_unicode("menu;", body)
+    assert "&" in normalise.normalise("menu", body) and "&" not in normalise.normalise("menu;", body).replace(
+        "& chips", "")
+    assert normalise.normalise("menu", body + ";") == normalise_unicode("menu", body + ";")
+    assert body in normalise._BODIES  # (the body's words were kept: the second call read them)
+
+
+def test_kept_sketches_and_url_keys_are_fresh_lists_of_those_worked_out() -> None:
+    text = "cheap meds online today best price pharmacy delivery worldwide discreet order now"
+    first = features.sketch(text)
+    assert first == features._sketch(text) and len(first) == features.SKETCH_PERM
+    assert text in features._SKETCHES
+    first.append(1)  # the record's list, not the one kept
+    assert features.sketch(text) == features._sketch(text)
+    texts = ("see http://a.example.com/x/1 and www.b.example.org/p", "<a href='http://a.example.com/x/2'>")
+    keys = parse._url_keys(texts)
+    assert keys == features.url_keys(texts) and texts in parse._URL_KEYS
+    keys.append("r:x@y")
+    assert parse._url_keys(texts) == features.url_keys(texts)
+    long = ("http://c.example.net/ " * 2000,)  # too long to keep: worked out each time
+    assert parse._url_keys(long) == features.url_keys(long) and long not in parse._URL_KEYS
+
+
+def test_records_start_as_validation_makes_them() -> None:
+    from pipeline.models import Envelope, ParsedRecord, RawMessage
+    from pipeline.readers.base import Found
+
+    raw = RawMessage(path="q/1", envelope=Envelope(mail_from="a@b.c"), defects=["x"], format="postfix", mta="postfix")
+    found = Found(raw=raw, data=b"Subject: x\n\nhello\n", sha256="0" * 64, size=18)
+    want = ParsedRecord(path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
+                        envelope=raw.envelope, defects=list(raw.defects), mta=raw.mta)
+    rec = parse._record(found)
+    assert list(rec.__dict__.items()) == list(want.__dict__.items())
+    assert rec.model_fields_set == want.model_fields_set
+    assert rec.envelope is raw.envelope and rec.defects is not raw.defects
+    assert rec.sketch is not parse._record(found).sketch  # each its own lists
+    hop = parse.parse_received("from a (b [1.2.3.4]) by mx.example.org with ESMTPSA id 1")
+    assert list(hop.__dict__.items()) == list(type(hop)(**hop.__dict__).__dict__.items())
+    assert hop.model_fields_set == type(hop)(**hop.__dict__).model_fields_set
