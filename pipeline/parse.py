@@ -296,17 +296,14 @@ def _record(found: Found) -> ParsedRecord:
     validation makes it (the envelope itself, a copy of the defects, every other field its default, the
     same fields set), without validating values a reader made valid (a quarter of a record's cost)."""
     raw = found.raw
-    rec = ParsedRecord.__new__(ParsedRecord)
-    object.__setattr__(rec, "__dict__", {
-        "path": raw.path, "sha256": found.sha256, "size": found.size, "format": raw.format,
-        "envelope": raw.envelope, "mta": raw.mta, "message_id": None, "subject": "", "from_header": "",
-        "to_header": "", "date": None, "content_type": "", "text": "", "sketch": [], "keys": [], "shape": "",
-        "attachments": [], "received": [], "our_hop": None, "list_unsubscribe": False, "precedence_bulk": False,
-        "auto_submitted": False, "bounce": False, "bounced_original_text": "", "bounced_original_sender": None,
-        "bounced_original_received": [], "defects": list(raw.defects), "envelope_inferred": [], "id": ""})
-    object.__setattr__(rec, "__pydantic_fields_set__", set(_GIVEN))
-    object.__setattr__(rec, "__pydantic_extra__", None)
-    object.__setattr__(rec, "__pydantic_private__", None)
+    rec = construct_all(
+        ParsedRecord, path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
+        envelope=raw.envelope, mta=raw.mta, message_id=None, subject="", from_header="", to_header="", date=None,
+        content_type="", text="", sketch=[], keys=[], shape="", attachments=[], received=[], our_hop=None,
+        list_unsubscribe=False, precedence_bulk=False, auto_submitted=False, bounce=False, bounced_original_text="",
+        bounced_original_sender=None, bounced_original_received=[], defects=list(raw.defects), envelope_inferred=[],
+        id="")
+    object.__setattr__(rec, "__pydantic_fields_set__", set(_GIVEN))  # what ParsedRecord(...) of _GIVEN sets
     return rec
 
 
