@@ -169,15 +169,17 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
-        # a group of one distinct message (its copies folded) and the keys it carries: one message,
-        # however many copies, is one piece of evidence (`_merge`)
+        # a group of one distinct message (its copies folded) and the keys it carries: one message, however
+        # many copies, is one piece of evidence (`_merge`); whether it has a text to compare (a sketch: a
+        # bounce quoting only headers has too few words for one)
         one = np.bincount(comp, minlength=ncomp) == 1
+        mute = np.bincount(comp, weights=has, minlength=ncomp) == 0
         carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
             if len(kmsg) else np.zeros(ncomp, dtype=np.int64)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
         merged, support = self._merge(_text_support(comp, weak, ncomp),
                                       *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size,
-                                      np.where(one, carried, 0))
+                                      np.where(one, carried, 0), mute)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -277,7 +279,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
 
     def _merge(self, text: tuple[np.ndarray, np.ndarray], key: tuple[np.ndarray, np.ndarray],
                keys: tuple[np.ndarray, np.ndarray], size: np.ndarray,
-               alone: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               alone: np.ndarray | None = None, mute: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
@@ -292,7 +294,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         of more than `small` copies, else 0) is one message however many copies were folded into it
         (a big run's bounces quoting only its headers are often alike to the byte): toward a group
         that shares every key it carries it is a small group too, and joins that one partner even
-        when both are `large` (`_guarded`), since it links nothing else.
+        when both are `large` (`_guarded`), since it links nothing else; if it has a text (not
+        `mute`: words enough for a sketch), only when that text is alike to the other group's too.
+        Identical copies whose text is not the run's (a valid mailing in a run's template, sharing
+        its link) are judged as any large group.
 
         Each evidence is (pair codes, value): pairs of groups x < y as x * len(size) + y, sorted."""
         ng = len(size)
@@ -301,9 +306,12 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         x, y = codes // ng, codes % ng
         if alone is None:
             alone = np.zeros(ng, dtype=np.int64)
-        # one message whose every key the other group shares: what any copy of that group would show
-        held_x = (alone[x] > 0) & (n_keys >= alone[x])
-        held_y = (alone[y] > 0) & (n_keys >= alone[y])
+        if mute is None:
+            mute = np.ones(ng, dtype=bool)
+        # one message whose every key the other group shares (what any copy of that group would show),
+        # and whose text, if it has one, is alike to that group's
+        held_x = (alone[x] > 0) & (n_keys >= alone[x]) & (mute[x] | (s_text >= 1))
+        held_y = (alone[y] > 0) & (n_keys >= alone[y]) & (mute[y] | (s_text >= 1))
         small_x, small_y = (size[x] <= self.small) | held_x, (size[y] <= self.small) | held_y
         big = ~small_x & ~small_y & ((s_text >= 2) | (s_key >= 2))
         # shared invariants already passed their own guard (two keys, two carriers a side)

@@ -175,6 +175,22 @@ def test_a_big_runs_bounces_alike_to_the_byte_follow_it(runs) -> None:
     assert run2 not in {int(x) for x in labels[len(records):]}
 
 
+def test_a_valid_mailing_of_identical_copies_stays_apart_from_a_run_sharing_its_template_and_link(runs, corpus) -> None:
+    """A valid mailing's copies are alike to the byte (folded into one message of many copies), as a big
+    run's headers-only bounces are; but a mailing has a text of its own, unlike the run's: sharing the
+    run's template shape and a link (or every key it carries) does not make it the run's."""
+    camps, data, truth, records = runs
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 3 and len(r.keys) >= 2)
+    for raw in corpus[0][100:102]:
+        r = _parse(raw)
+        for keys in (copy.keys[:1], copy.keys[:2], copy.keys):
+            mailing = [r.model_copy(update={"keys": list(keys), "shape": copy.shape}) for _ in range(30)]
+            assert mailing[0].sketch
+            labels = CampaignClusterer().fit([*map(_feat, records), *map(_feat, mailing)]).labels_
+            run3 = {int(lab) for lab, t in zip(labels, truth, strict=False) if t == 3}
+            assert not run3 & {int(x) for x in labels[len(records):]}, keys
+
+
 def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
     """A real message that links to a run's domain and names its Reply-To (another template) is not pulled in."""
     camps, data, truth, records = runs
