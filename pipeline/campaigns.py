@@ -294,8 +294,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         of more than `small` copies, else 0) is one message however many copies were folded into it
         (a big run's bounces quoting only its headers are often alike to the byte): toward a group
         that shares every key it carries it is a small group too, and joins that one partner even
-        when both are `large` (`_guarded`), since it links nothing else; if it has a text (not
-        `mute`: words enough for a sketch), only when that text is alike to the other group's too.
+        when both are `large` (`_guarded`), since it links nothing else. If it has a text (not
+        `mute`: words enough for a sketch), that text decides instead: alike to the other group's
+        (a weak link) and one key shared are what a small group shows (a copy quoted whole by its
+        bounces, with a link host the run rotated to for it alone, carries keys no other copy has).
         Identical copies whose text is not the run's (a valid mailing in a run's template, sharing
         its link) are judged as any large group.
 
@@ -308,10 +310,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
             alone = np.zeros(ng, dtype=np.int64)
         if mute is None:
             mute = np.ones(ng, dtype=bool)
-        # one message whose every key the other group shares (what any copy of that group would show),
-        # and whose text, if it has one, is alike to that group's
-        held_x = (alone[x] > 0) & (n_keys >= alone[x]) & (mute[x] | (s_text >= 1))
-        held_y = (alone[y] > 0) & (n_keys >= alone[y]) & (mute[y] | (s_text >= 1))
+        # one message: without a text, every key it carries shared by the other group (what any copy of
+        # that group would show); with one, that text alike to the group's and a key shared
+        held_x = (alone[x] > 0) & np.where(mute[x], n_keys >= alone[x], (s_text >= 1) & (n_keys >= 1))
+        held_y = (alone[y] > 0) & np.where(mute[y], n_keys >= alone[y], (s_text >= 1) & (n_keys >= 1))
         small_x, small_y = (size[x] <= self.small) | held_x, (size[y] <= self.small) | held_y
         big = ~small_x & ~small_y & ((s_text >= 2) | (s_key >= 2))
         # shared invariants already passed their own guard (two keys, two carriers a side)

@@ -191,6 +191,24 @@ def test_a_valid_mailing_of_identical_copies_stays_apart_from_a_run_sharing_its_
             assert not run3 & {int(x) for x in labels[len(records):]}, keys
 
 
+def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_alike_to(runs) -> None:
+    """A copy still in the queue and the bounces quoting it whole are one message of many copies (folded).
+    When that copy's text is alike to its run's only weakly (per-copy salad) and it carries a link host
+    the run rotated to for it alone, it still joins the run: its text and a shared key say so."""
+    camps, data, truth, records = runs
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and len(r.keys) >= 2 and r.sketch)
+    rng = random.Random(3)
+    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(60))
+    text = f"{copy.text} {salad}"
+    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
+    alike = max(float((np.array(sketch(text)) == o).mean()) for o in others)
+    assert 0.3 <= alike < 0.5, alike  # weakly alike to the run: no tier-1 link
+    fold = [Features(text, sketch(text), [*copy.keys, "u:rotated-for-one.example/*"], copy.shape)] * 3
+    labels = CampaignClusterer().fit([*map(_feat, records), *fold]).labels_
+    run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
+    assert {int(x) for x in labels[len(records):]} == {run2}
+
+
 def test_valid_mail_sharing_a_runs_links_stays_apart(runs, corpus) -> None:
     """A real message that links to a run's domain and names its Reply-To (another template) is not pulled in."""
     camps, data, truth, records = runs
