@@ -11,11 +11,12 @@ import pytest
 
 from pipeline.campaigns import CampaignClusterer, Features
 from pipeline.features import shape, sketch, url_keys
-from pipeline.models import Envelope, RawMessage
+from pipeline.models import Envelope, RawMessage, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
 from pipeline.parse import parse_found
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
+from pipeline.triage import decide, prepare
 from tests.support.spamware import KIT, Campaign, bounce, spam_text
 
 POLICY = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"])
@@ -189,6 +190,31 @@ def test_a_valid_mailing_of_identical_copies_stays_apart_from_a_run_sharing_its_
             labels = CampaignClusterer().fit([*map(_feat, records), *map(_feat, mailing)]).labels_
             run3 = {int(lab) for lab, t in zip(labels, truth, strict=False) if t == 3}
             assert not run3 & {int(x) for x in labels[len(records):]}, keys
+
+
+def test_an_inbound_mailing_in_a_runs_template_sharing_its_link_is_not_purged_with_the_run(runs, corpus) -> None:
+    """The same, through the verdicts: 30 identical copies of a newsletter to local users, in the template
+    of a relayed run and linking where it links, stay valid; they once joined the run and took its
+    `spam` (relayed campaign) verdict."""
+    camps, data, truth, records = runs
+    link = next(r for r, t in zip(records, truth, strict=True) if t == 3 and r.keys)
+    recs = []
+    for i, (r, t) in enumerate(zip(records, truth, strict=True)):
+        if t < 0:  # the corpus's ham, inbound
+            env = Envelope(mail_from=f"h{i}@ham.example", rcpt_to=[f"u{i}@example.org"], client_address="198.51.100.9")
+        else:  # the runs, relayed
+            env = Envelope(mail_from=f"s{i}@spam{i % 5}.example", rcpt_to=[f"v{i}@far{i % 9}.example"],
+                           client_address=f"203.0.113.{1 + i % 50}")
+        recs.append(r.model_copy(update={"envelope": env, "path": f"{'ham' if t < 0 else 'run'}/{i:04d}.eml"}))
+    news = _parse(corpus[0][100])
+    for j in range(30):
+        env = Envelope(mail_from="news@vendor.example", rcpt_to=[f"user{j}@example.org"], client_address="198.51.100.7")
+        recs.append(news.model_copy(update={"envelope": env, "path": f"news/{j:04d}.eml", "keys": link.keys[:1],
+                                            "shape": link.shape}))
+    prepare(recs)
+    m = decide(recs, POLICY, "mailing", SnapshotInfo(source="mailing", format="canonical"), [])
+    verdicts = Counter((x.path.split("/")[0], x.verdict) for x in m.messages)
+    assert verdicts == {("run", Verdict.spam): 200, ("ham", Verdict.valid): 60, ("news", Verdict.valid): 30}
 
 
 def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_alike_to(runs) -> None:
