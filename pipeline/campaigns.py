@@ -173,14 +173,15 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # a group of one distinct message (its copies folded) and the keys it carries: one message, however
         # many copies, is one piece of evidence (`_merge`); whether it has a text to compare (a sketch: a
         # bounce quoting only headers has too few words for one)
-        one = np.bincount(comp, minlength=ncomp) == 1
+        distinct = np.bincount(comp, minlength=ncomp)
+        one = distinct == 1
         mute = np.bincount(comp, weights=has, minlength=ncomp) == 0
         carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
             if len(kmsg) else np.zeros(ncomp, dtype=np.int64)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
         merged, support = self._merge(_text_support(comp, weak, ncomp),
                                       *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size,
-                                      np.where(one, carried, 0), mute, np.bincount(comp, minlength=ncomp))
+                                      np.where(one, carried, 0), mute, distinct)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
@@ -279,9 +280,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         return np.concatenate(rows).astype(np.int64)
 
     def _merge(self, text: tuple[np.ndarray, np.ndarray], key: tuple[np.ndarray, np.ndarray],
-               keys: tuple[np.ndarray, np.ndarray], size: np.ndarray,
-               alone: np.ndarray | None = None, mute: np.ndarray | None = None,
-               distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               keys: tuple[np.ndarray, np.ndarray], size: np.ndarray, alone: np.ndarray, mute: np.ndarray,
+               distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
         Two groups of more than `small` copies merge when at least two distinct messages are alike
@@ -309,10 +309,6 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         codes = _unique(np.concatenate([text[0], key[0], keys[0]]))
         s_text, s_key, n_keys = (_lookup(c, v, codes) for c, v in (text, key, keys))
         x, y = codes // ng, codes % ng
-        if alone is None:
-            alone = np.zeros(ng, dtype=np.int64)
-        if mute is None:
-            mute = np.ones(ng, dtype=bool)
         # one message: without a text, every key it carries shared by the other group (what any copy of
         # that group would show); with one, that text alike to the group's and a key shared
         held_x = (alone[x] > 0) & np.where(mute[x], n_keys >= alone[x], (s_text >= 1) & (n_keys >= 1))
@@ -321,9 +317,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # texts alike across two bigger groups: two distinct messages a side, and a share of the smaller
         # group's distinct messages (weak links between two runs' texts come by chance, more of them the
         # bigger the runs: at 100k, 20 of 92 between two unrelated runs of 177 and 96 copies)
-        text_ok = s_text >= 2
-        if distinct is not None:
-            text_ok &= s_text >= self.text_share * np.minimum(distinct[x], distinct[y])
+        text_ok = (s_text >= 2) & (s_text >= self.text_share * np.minimum(distinct[x], distinct[y]))
         big = ~small_x & ~small_y & (text_ok | (s_key >= 2))
         # shared invariants already passed their own guard (two keys, two carriers a side)
         big_strength = np.maximum(np.where(text_ok, s_text, 0), np.where(s_key >= 2, s_key + self.strong, 0))[big]
