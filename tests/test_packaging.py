@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,11 +22,29 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900) -> str:
     return p.stdout + p.stderr
 
 
+def tracked_copy(dest: Path) -> Path:
+    """The checkout's tracked files (what a clean clone holds) copied to `dest`.
+
+    The build runs there, not in the checkout: setuptools writes its egg-info and the sdist's release tree
+    (`spoolsweep-0.1.0/`, hard links removed after taring) beside the sources, so a build in the checkout
+    shares that tree with whatever else runs there (a CI run once lost `spoolsweep-0.1.0/tests/...`
+    between linking and taring), and a stale `*.egg-info/SOURCES.txt` there would list files a clone lacks.
+    """
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        src = ROOT / name
+        if src.is_file():  # a tracked file deleted in the work tree is not in a clone made from it either
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name, follow_symlinks=False)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """The sdist and the wheel built from it (as `python -m build` does), and what the build printed."""
     out = tmp_path_factory.mktemp("dist")
-    log = run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=out)
+    src = tracked_copy(tmp_path_factory.mktemp("src"))
+    log = run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], cwd=out)
     (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
     return sdist, wheel, log
 
