@@ -208,6 +208,7 @@ BULK = 128  # List-Unsubscribe or Precedence: bulk
 NONLOCAL = 256  # the envelope sender is not a local address
 UNTRUSTED_IP = 512  # a client address outside trusted networks
 TRUSTED = 1024
+EXTERNAL = 2048  # an external recipient
 
 
 def _flags(rec: ParsedRecord, c: Context, policy: SitePolicy) -> int:
@@ -235,6 +236,8 @@ def _flags(rec: ParsedRecord, c: Context, policy: SitePolicy) -> int:
         f |= UNTRUSTED_IP
     if c.trusted:
         f |= TRUSTED
+    if ext:
+        f |= EXTERNAL
     return f
 
 
@@ -465,6 +468,7 @@ class Decisions:
     external: dict[str, int]  # per account: distinct external recipients
     abusive_ips: set[str]
     spam_labels: set[int]
+    outbound_ips: set[str]  # clients that sent a spam campaign's copies out (see decide_campaigns)
 
     def to_bytes(self) -> bytes:
         return _pack({
@@ -474,7 +478,7 @@ class Decisions:
                           "compromised": p.compromised, "attacker_ips": sorted(p.attacker_ips)}
                          for p in self.profiles.values()],
             "external": self.external, "abusive_ips": sorted(self.abusive_ips),
-            "spam_labels": sorted(self.spam_labels)}, {})
+            "spam_labels": sorted(self.spam_labels), "outbound_ips": sorted(self.outbound_ips)}, {})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Decisions:
@@ -485,7 +489,7 @@ class Decisions:
                                                     set(p["normal_ips"]), set(p["campaigns"]), p["compromised"],
                                                     set(p["attacker_ips"]))
         return cls({int(c): _decision_of(d) for c, d in m["campaigns"].items()}, profiles, m["external"],
-                   set(m["abusive_ips"]), set(m["spam_labels"]))
+                   set(m["abusive_ips"]), set(m["spam_labels"]), set(m["outbound_ips"]))
 
 
 def _table(parts: Sequence[Facts], plan: Plan) -> tuple[Table, np.ndarray, np.ndarray]:
@@ -596,7 +600,12 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan) -> Decisions:
     ipc, nd = np.unique(pair[:, 0], return_counts=True)
     forging = ipc[nd > 2]
     abusive = {t.ips[int(i)] for i in np.union1d(fed, forging.astype(np.int64)).tolist()}
-    return Decisions(decisions, profiles, external, abusive, spam_labels)
+    # clients that sent a spam campaign's copies out: every copy from outside but one only inbound to our
+    # users (a client sending only those may be a mailing the run imitates: verdicts' contradiction_inbound)
+    inbound_only = ((t.flags & INBOUND) != 0) & ((t.flags & EXTERNAL) == 0)
+    out = np.unique(t.ip[client & np.isin(t.cid, spam) & ~inbound_only])
+    outbound = {t.ips[int(i)] for i in out.tolist()}
+    return Decisions(decisions, profiles, external, abusive, spam_labels, outbound)
 
 
 # ---- verdicts (map) -------------------------------------------------------------------------------------
@@ -828,12 +837,14 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
     pos, recs, ctxs = rows if rows is not None else resolved_rows(records, plan, shard)
     # the abusive clients this shard can ask about (the set may be large; a lookup needs only these)
     abusive = {c.client_ip for c in ctxs if c.client_ip in dec.abusive_ips}
+    outbound = {c.client_ip for c in ctxs if c.client_ip in dec.outbound_ips}
     out = Verdicts(np.asarray(pos, dtype=np.int64), [], [])
     for k, (r, c) in enumerate(zip(recs, ctxs, strict=True)):
         at = pos[k]
         camp = cids[k] or None
         hit = bool(r.bounce and r.bounced_original_text and labels[k] in dec.spam_labels)
-        d = message_decision(k, recs, ctxs, dec.campaigns[camp] if camp else None, hit, dec.profiles, abusive)
+        d = message_decision(k, recs, ctxs, dec.campaigns[camp] if camp else None, hit, dec.profiles, abusive,
+                             outbound)
         if r.defects and d.verdict is not Verdict.review:
             d.reasons.append(R(ReasonCode.mime_defects, "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
         if r.envelope_inferred:

@@ -372,8 +372,9 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
     Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused, _relayed_campaign,
          "at least 10% of the copies relayed (unauthenticated, client outside trusted networks, no local "
          "recipient) for a sender not ours, or forging a local sender the queue never shows sending from our "
-         "side: the whole run, inbound copies included; an account that sent copies of the same run from many "
-         "addresses is named as stolen"),
+         "side: the whole run, inbound copies included (but those from a client that sent none out: "
+         "contradiction_inbound); an account that sent copies of the same run from many addresses is named as "
+         "stolen"),
     Rule(ReasonCode.backscatter_campaign, Verdict.spam,
          lambda f: f.bounces_out >= max(2, 0.5 * f.n),
          lambda f: Outcome(0.95, f"{f.bounces_out} of {f.n} are our bounces to external addresses quoting the same "
@@ -435,14 +436,16 @@ def campaign_decision(members: Sequence[int], recs: Sequence[ParsedRecord], ctxs
 class MessageFacts:
     """What the message rules read about one message; the conditions several rules share, worked out once."""
 
-    __slots__ = ("rec", "c", "campaign", "backscatter_hit", "profiles", "abusive_ips", "in_spam_campaign",
-                 "bounce_to_local", "our_bounce_out", "relayed_out")
+    __slots__ = ("rec", "c", "campaign", "backscatter_hit", "profiles", "abusive_ips", "outbound_ips",
+                 "in_spam_campaign", "bounce_to_local", "our_bounce_out", "relayed_out")
 
     def __init__(self, rec: ParsedRecord, c: Context, campaign: Decision | None, backscatter_hit: bool,
-                 profiles: Mapping[str, AccountProfile], abusive_ips: set[str] | None) -> None:
+                 profiles: Mapping[str, AccountProfile], abusive_ips: set[str] | None,
+                 outbound_ips: set[str] | None = None) -> None:
         self.rec, self.c, self.campaign, self.profiles = rec, c, campaign, profiles
         self.backscatter_hit = backscatter_hit  # a bounce grouped with a spam campaign's message
         self.abusive_ips = abusive_ips  # None: not known
+        self.outbound_ips = outbound_ips  # None: not known
         self.in_spam_campaign = campaign is not None and campaign.verdict is Verdict.spam
         bounce = rec.bounce
         self.bounce_to_local = bounce and bool(c.local_rcpts) and not c.external_rcpts
@@ -470,6 +473,12 @@ def _account_not_abused(f: MessageFacts) -> bool:
     c = f.c
     return (c.authenticated and c.account is not None and c.account in f.profiles
             and not f.profiles[c.account].compromised and not c.relayed)
+
+
+def _inbound_apart(f: MessageFacts) -> bool:
+    c = f.c
+    return (f.in_spam_campaign and c.inbound and not c.external_rcpts and not f.rec.bounce
+            and f.outbound_ips is not None and c.client_ip not in f.outbound_ips)
 
 
 def _authenticated(f: MessageFacts) -> Outcome:
@@ -525,6 +534,17 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
          lambda f: Outcome(0.4, "in a spam campaign but submitted locally by a local sender"),
          "in a spam campaign, but submitted from a trusted network or on the host by a local sender",
          after_campaign=True, alias="contradiction_local"),
+    # A spam run is spam by what it sent out (relayed, forged, through a stolen account). A copy that only
+    # came in for our own users, from a client that sent none of it out, shares the run's text, links and
+    # template and nothing of how it was abused: a mailing our users receive that the run imitates (a
+    # phishing run copies its brand's notice and links) looks the same. Purging it is the worst outcome.
+    Rule(ReasonCode.contradiction, Verdict.review, _inbound_apart,
+         lambda f: Outcome(0.4, f"in a spam campaign, but inbound to local recipients only from "
+                           f"{f.c.client_ip or 'an unknown client'}, which sent none of the spam campaigns' copies "
+                           "out: a mailing for our users that the run imitates, or the run's own copy to us"),
+         "in a spam campaign, but inbound to local recipients only (unauthenticated, not a bounce) from a client "
+         "that sent no copy of a spam campaign out (to an external recipient, or through an account)",
+         after_campaign=True, alias="contradiction_inbound"),
     Rule(None, None, lambda f: f.campaign is not None and f.campaign.verdict is not Verdict.review, None,
          "in a campaign decided `spam` or `valid`: the campaign's verdict and reasons", alias="campaign"),
     # From here on, a message in a campaign left to review carries the campaign's reasons first.
@@ -585,8 +605,10 @@ _MESSAGE_WHEN = tuple((r.when, r) for r in MESSAGE_RULES)
 
 def message_decision(i: int, recs: Sequence[ParsedRecord], ctxs: Sequence[Context], campaign: Decision | None,
                      backscatter_hit: bool, profiles: Mapping[str, AccountProfile],
-                     abusive_ips: set[str] | None = None) -> Decision:
+                     abusive_ips: set[str] | None = None, outbound_ips: set[str] | None = None) -> Decision:
     """The verdict for one message. abusive_ips: clients that fed a spam campaign or forged several sender
-    domains; a relayed message from any other client may be an application of ours (review, not spam)."""
-    facts = MessageFacts(recs[i], ctxs[i], campaign, backscatter_hit, profiles, abusive_ips)
+    domains; a relayed message from any other client may be an application of ours (review, not spam).
+    outbound_ips: clients that sent a spam campaign's copies out; an inbound copy from any other client
+    is held for review (None: not known, and no copy is)."""
+    facts = MessageFacts(recs[i], ctxs[i], campaign, backscatter_hit, profiles, abusive_ips, outbound_ips)
     return _decision(_first(_MESSAGE_WHEN, facts), facts, campaign)

@@ -110,11 +110,12 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     hits = {i for i, r in enumerate(records) if r.bounce and r.bounced_original_text and int(labels[i]) in spam_labels}
 
     abusive_ips = _abusive_ips(records, ctxs, campaign_of, decisions)
+    outbound_ips = _outbound_ips(ctxs, campaign_of, decisions)
     messages: list[ManifestMessage] = []
     for i, r in enumerate(records):
         camp = campaign_of.get(i)
         d = message_decision(i, records, ctxs, decisions.get(camp) if camp else None, i in hits, profiles,
-                             abusive_ips)
+                             abusive_ips, outbound_ips)
         if r.defects and d.verdict is not Verdict.review:
             d.reasons.append(R(ReasonCode.mime_defects, "MIME defects (not blocking): " + ", ".join(r.defects), "info"))
         if r.envelope_inferred:
@@ -162,6 +163,18 @@ def _abusive_ips(records: Sequence[ParsedRecord], ctxs: Sequence[Context], campa
         if c.relayed:
             domains[c.client_ip].add(addr_domain(records[i].envelope.mail_from))
     return fed | {ip for ip, d in domains.items() if len(d) > 2}
+
+
+def _outbound_ips(ctxs: Sequence[Context], campaign_of: dict[int, int], decisions: dict[int, Decision]) -> set[str]:
+    """Clients outside trusted networks with a copy of a spam campaign that is not only inbound to our users."""
+    out: set[str] = set()
+    for i, c in enumerate(ctxs):
+        cid = campaign_of.get(i)
+        if not c.client_ip or c.trusted or cid is None or decisions[cid].verdict is not Verdict.spam:
+            continue
+        if not (c.inbound and not c.external_rcpts):
+            out.add(c.client_ip)
+    return out
 
 
 def _profiles(ctxs: Sequence[Context], campaign_of: dict[int, int]) -> dict[str, AccountProfile]:

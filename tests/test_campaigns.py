@@ -198,6 +198,16 @@ def test_an_inbound_mailing_in_a_runs_template_sharing_its_link_is_not_purged_wi
     `spam` (relayed campaign) verdict."""
     camps, data, truth, records = runs
     link = next(r for r, t in zip(records, truth, strict=True) if t == 3 and r.keys)
+    news = _parse(corpus[0][100])
+    verdicts, _ = _relayed_runs_and(records, truth, [news.model_copy(update={
+        "envelope": Envelope(mail_from="news@vendor.example", rcpt_to=[f"user{j}@example.org"],
+                             client_address="198.51.100.7"),
+        "path": f"news/{j:04d}.eml", "keys": link.keys[:1], "shape": link.shape}) for j in range(30)])
+    assert verdicts == {("run", Verdict.spam): 200, ("ham", Verdict.valid): 60, ("news", Verdict.valid): 30}
+
+
+def _relayed_runs_and(records, truth, extra):
+    """The runs' copies relayed (from 203.0.113.1-50), the corpus's ham inbound, then `extra` as given."""
     recs = []
     for i, (r, t) in enumerate(zip(records, truth, strict=True)):
         if t < 0:  # the corpus's ham, inbound
@@ -206,15 +216,39 @@ def test_an_inbound_mailing_in_a_runs_template_sharing_its_link_is_not_purged_wi
             env = Envelope(mail_from=f"s{i}@spam{i % 5}.example", rcpt_to=[f"v{i}@far{i % 9}.example"],
                            client_address=f"203.0.113.{1 + i % 50}")
         recs.append(r.model_copy(update={"envelope": env, "path": f"{'ham' if t < 0 else 'run'}/{i:04d}.eml"}))
-    news = _parse(corpus[0][100])
-    for j in range(30):
-        env = Envelope(mail_from="news@vendor.example", rcpt_to=[f"user{j}@example.org"], client_address="198.51.100.7")
-        recs.append(news.model_copy(update={"envelope": env, "path": f"news/{j:04d}.eml", "keys": link.keys[:1],
-                                            "shape": link.shape}))
+    recs.extend(extra)
     prepare(recs)
     m = decide(recs, POLICY, "mailing", SnapshotInfo(source="mailing", format="canonical"), [])
-    verdicts = Counter((x.path.split("/")[0], x.verdict) for x in m.messages)
-    assert verdicts == {("run", Verdict.spam): 200, ("ham", Verdict.valid): 60, ("news", Verdict.valid): 30}
+    return Counter((x.path.split("/")[0], x.verdict) for x in m.messages), m
+
+
+def test_an_inbound_mailing_the_run_imitates_is_held_for_review_not_purged(runs) -> None:
+    """A run that imitates a mailing our users receive (a phishing run copying a brand's notice, its
+    template and one of its links) takes that mailing into its group: its text is weakly alike to the
+    run's and a key is shared, as a copy of the run shows. The run is spam by what it relayed; the
+    mailing's copies only came in, for our users, from a client that relayed none of the run. They are
+    held for review, not purged with it (before the contradiction_inbound rule: all 30 spam). The run's
+    own copy to one of our users, from a client that relayed the run, is still spam."""
+    camps, data, truth, records = runs
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and r.keys and r.sketch)
+    rng = random.Random(11)
+    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(60))
+    text = f"{copy.text} {salad}"
+    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
+    assert 0.3 <= max(float((np.array(sketch(text)) == o).mean()) for o in others) < 0.5  # weakly alike
+    news = [copy.model_copy(update={
+        "text": text, "sketch": sketch(text), "keys": [copy.keys[0]], "path": f"news/{j:04d}.eml",
+        "envelope": Envelope(mail_from="notice@brand.example", rcpt_to=[f"user{j}@example.org"],
+                             client_address="198.51.100.7")}) for j in range(30)]
+    own = copy.model_copy(update={"path": "own/0000.eml", "envelope": Envelope(
+        mail_from="s1@spam1.example", rcpt_to=["victim@example.org"], client_address="203.0.113.3")})
+    verdicts, m = _relayed_runs_and(records, truth, [*news, own])
+    run_campaign = {x.campaign for x in m.messages if x.path.startswith("run/") and x.verdict is Verdict.spam}
+    assert {x.campaign for x in m.messages if x.path.startswith("news/")} <= run_campaign  # grouped with the run
+    assert verdicts == {("run", Verdict.spam): 200, ("ham", Verdict.valid): 60, ("news", Verdict.review): 30,
+                        ("own", Verdict.spam): 1}
+    reasons = next(x for x in m.messages if x.path.startswith("news/")).reasons
+    assert any("inbound to local recipients only from 198.51.100.7" in r.text for r in reasons), reasons
 
 
 def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_alike_to(runs) -> None:
