@@ -13,7 +13,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,11 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from pipeline.features import SKETCH_PERM, sketch
+from pipeline.features import MIN_TOKENS, SKETCH_PERM, sketch, tokens
+
+if TYPE_CHECKING:
+    from pipeline.models import ParsedRecord
+    from pipeline.policy import SitePolicy
 
 _PLACEHOLDERS = {"zurlz", "ztokz"}
 
@@ -531,3 +535,90 @@ def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
     # ties broken by the word itself: set order changes with the process's hash seed
     ranked = sorted(good, key=lambda wc: (-wc[1], wc[0]))[:k]
     return [w for w, c in ranked if c * 2 >= len(sample)]
+
+
+# -- backscatter by the client it quotes ------------------------------------------------------------------
+# A bounce quoting a copy cut inside its headers (or its headers alone) has no text to compare and, its
+# header list cut short, not the run's template either: nothing above links it. Our own Received hop in
+# the quoted copy still names the client that handed that copy to us, and a spamware client sends one
+# run: where every message in the queue from that client is in one group, the bounce joins it.
+
+ATTACH_LEAST = 2  # messages of that client in the queue, all in one group
+
+
+def client_evidence(r: ParsedRecord) -> tuple[str | None, list[str] | None, list[str] | None]:
+    """What `client_codes` reads of one message, as strings (columns of a parsed shard, so the plan step
+    resolves them under the effective policy): the client the queue stored for a message, else its
+    Received hops ("by<TAB>ip") to find ours in; for a bounce whose quoted copy has too few words for a
+    sketch, the quoted copy's hops ("by<TAB>ip<TAB>1 if authenticated"). A bounce has no client here:
+    the tally is of the messages a client sent, not of bounces sent back."""
+    if r.bounce:
+        if not r.bounced_original_received or len(tokens(r.bounced_original_text)) >= MIN_TOKENS:
+            return None, None, None
+        return None, None, [f"{h.by or ''}\t{h.from_ip or ''}\t{int(h.authenticated)}"
+                            for h in r.bounced_original_received]
+    ip = r.envelope.client_address
+    if ip and ip != "unknown":
+        return ip, None, None
+    return None, ([f"{h.by or ''}\t{h.from_ip or ''}" for h in r.received] or None), None
+
+
+def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | None],
+                 quoted: Sequence[Sequence[str] | None], policy: SitePolicy) -> tuple[np.ndarray, np.ndarray]:
+    """(client, quoted) of each message as numbers (-1: none; equal addresses, equal numbers): its client,
+    the queue's or the one our topmost Received hop names (pipeline.verdicts.resolve_origin's), and for a
+    bounce of `client_evidence` the client in our hop of the copy it quotes, when that copy came from
+    outside, unauthenticated (what relaying spam looks like; a copy from our own side is our users' mail)."""
+    n = len(clients)
+    codes: dict[str, int] = {}
+    ours: dict[str, bool] = {}
+
+    def our(by: str) -> bool:
+        if (v := ours.get(by)) is None:
+            v = ours[by] = policy.is_our_host(by)
+        return v
+
+    client = np.full(n, -1, dtype=np.int64)
+    quote = np.full(n, -1, dtype=np.int64)
+    for i, (c, hs, qs) in enumerate(zip(clients, hops, quoted, strict=True)):
+        if c is None and hs:
+            for h in hs:
+                by, _, ip = h.partition("\t")
+                if our(by):
+                    c = ip or None
+                    break
+        if c:
+            client[i] = codes.setdefault(c, len(codes))
+        if qs:
+            for h in qs:
+                by, ip, auth = h.split("\t")
+                if our(by):
+                    if ip and auth == "0" and not policy.is_trusted(ip):
+                        quote[i] = codes.setdefault(ip, len(codes))
+                    break
+    return client, quote
+
+
+def attach_quoted(labels: np.ndarray, client: np.ndarray, quoted: np.ndarray,
+                  least: int = ATTACH_LEAST) -> np.ndarray:
+    """Labels with each bounce of `quoted` (a client number, else -1) moved to the group holding every
+    message of that client, when it has at least `least` in the queue and all in one group; unchanged
+    otherwise (a client whose messages are in two groups, or one message, says nothing). The labels
+    still depend on the messages only: no order is read."""
+    q = np.flatnonzero(quoted >= 0)
+    has = np.flatnonzero(client >= 0)
+    if not q.size or not has.size:
+        return labels
+    width = int(max(client.max(), quoted.max())) + 1
+    count = np.bincount(client[has], minlength=width)
+    pairs = _unique_rows(np.stack([client[has], labels[has]], axis=1))
+    groups = np.bincount(pairs[:, 0], minlength=width)
+    label_of = np.full(width, -1, dtype=np.int64)
+    label_of[pairs[:, 0]] = pairs[:, 1]
+    c = quoted[q]
+    ok = (count[c] >= least) & (groups[c] == 1)
+    if not ok.any():
+        return labels
+    out = labels.copy()
+    out[q[ok]] = label_of[c[ok]]
+    return out

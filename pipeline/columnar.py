@@ -18,6 +18,9 @@ Columns (one row per message, in the order the parse step wrote them):
     top_by             string: the topmost Received hop's `by` ('' none), null without Received lines
     account, domain    string: what pipeline.sitepolicy.message_evidence gives (the queue's policy
     hop_by, hop_user   list<string>: evidence), hop_* only for a message whose queue stored no account
+    client             string: the client the queue stored (pipeline.campaigns.client_evidence)
+    client_hops        list<string>: without one, the Received hops ("by<TAB>ip") to find ours in
+    quoted_hops        list<string>: for a bounce quoting too few words, the quoted copy's hops
     record             string: the ParsedRecord's JSON without path, sha256, text, keys, shape and
                        (when it is in its column) sketch
 
@@ -38,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.campaigns import Grouping, feature_digest
+from pipeline.campaigns import Grouping, client_evidence, feature_digest
 from pipeline.errors import ShardError
 from pipeline.features import SKETCH_PERM
 from pipeline.models import ParsedRecord, message_id
@@ -79,11 +82,15 @@ SCHEMA = pa.schema([
     ("domain", pa.string()),
     ("hop_by", pa.list_(pa.string())),
     ("hop_user", pa.list_(pa.string())),
+    ("client", pa.string()),
+    ("client_hops", pa.list_(pa.string())),
+    ("quoted_hops", pa.list_(pa.string())),
     ("record", pa.string()),
 ], metadata={b"format": FORMAT.encode(), b"version": VERSION.encode()})
 
 GROUPING = ("digest", "sketch", "keys", "shape")
 POLICY = ("top_by", "account", "domain", "hop_by", "hop_user")
+CLIENTS = ("client", "client_hops", "quoted_hops")  # pipeline.campaigns.client_evidence
 ORDER = ("path", "sha256")
 
 
@@ -108,6 +115,7 @@ def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str,
     cols: dict[str, list[object]] = {name: [] for name in names}
     want = set(names)
     policy = want & set(POLICY)
+    clients = want & set(CLIENTS)
     for r in records:
         packed = _packed_sketch(r.sketch) if want & {"sketch", "record"} else None
         if "path" in want:
@@ -131,6 +139,10 @@ def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str,
                                 ("hop_user", [u for _, u in hops] if hops else None)):
                 if name in want:
                     cols[name].append(value)
+        if clients:
+            for name, evidence in zip(CLIENTS, client_evidence(r), strict=True):
+                if name in want:
+                    cols[name].append(evidence)
         if "record" in want:
             cols["record"].append(r.model_dump_json(exclude=set(_OWN) if packed is not None else set(_OWN[:-1])))
     return cols

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import queues
-from pipeline.campaigns import CampaignClusterer
-from pipeline.columnar import GROUPING, ORDER, POLICY, grouping, ids, queue_evidence, read_columns
+from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes
+from pipeline.columnar import CLIENTS, GROUPING, ORDER, POLICY, grouping, ids, queue_evidence, read_columns
 from pipeline.errors import NotReady
 from pipeline.models import ParsedRecord, PolicyInfo, message_id
 from pipeline.policy import SitePolicy
@@ -39,7 +39,7 @@ from pipeline.sitepolicy import QueueEvidence, effective_policy
 from pipeline.store import Store
 
 DUPLICATE = "duplicate member name in archive"
-COLUMNS = ORDER + GROUPING + POLICY  # all the plan reads of a shard
+COLUMNS = ORDER + GROUPING + POLICY + CLIENTS  # all the plan reads of a shard
 VERSION = 1
 
 ROWS_SCHEMA = pa.schema([
@@ -113,12 +113,14 @@ def plan_step(incident: str, shards: Sequence[str], read: Reader, policy: SitePo
     orders: list[pa.Table] = []
     groups: list[pa.Table] = []
     policies: list[pa.Table] = []
+    clients: list[pa.Table] = []
     base: list[np.ndarray] = []
     for s in shards:
         t = _columns(read(s))
         orders.append(t.select(list(ORDER)))
         groups.append(t.select(list(GROUPING)))
         policies.append(t.select(list(POLICY)))
+        clients.append(t.select(list(CLIENTS)))
         base.append(np.array(ids(t.column("path").to_pylist(), t.column("sha256").to_pylist()), dtype="S24"))
         del t
     sizes = [len(t) for t in orders]
@@ -166,6 +168,14 @@ def plan_step(incident: str, shards: Sequence[str], read: Reader, policy: SitePo
     th = used.thresholds
     labels = CampaignClusterer(threshold=th.campaign_similarity).fit_grouping(grouping(groups)).labels_
     del groups
+    # bounces quoting too few words follow the client they quote (pipeline.campaigns.attach_quoted)
+    if n:
+        both = pa.concat_tables(clients)
+        labels = attach_quoted(labels, *client_codes(both.column("client").to_pylist(),
+                                                     both.column("client_hops").to_pylist(),
+                                                     both.column("quoted_hops").to_pylist(), used))
+        del both
+    del clients
     counts = np.bincount(labels) if n else np.zeros(0, dtype=np.int64)
     big = np.flatnonzero(counts >= th.campaign_min_size)
     big = big[np.lexsort((big, -counts[big]))]  # by size, then label

@@ -30,7 +30,7 @@ import zstandard
 from pydantic import TypeAdapter
 
 from pipeline.campaign_labels import describe as describe_campaign
-from pipeline.campaigns import CampaignClusterer, Features, top_terms
+from pipeline.campaigns import CampaignClusterer, Features, attach_quoted, client_codes, client_evidence, top_terms
 from pipeline.manifest_io import COLUMNS, part_row, rows_table
 from pipeline.models import (
     AccountReport,
@@ -188,6 +188,10 @@ def plan_records(records: Sequence[ParsedRecord], policy: SitePolicy, info: Poli
     cuts them into shards (name, global positions of its rows), else one shard "0". `labels`: the
     records' grouping labels when already known."""
     labels = group_labels(records, policy) if labels is None else labels
+    # bounces quoting too few words follow the client they quote, as the plan step has them
+    if records:
+        clients, hops, quoted = zip(*map(client_evidence, records), strict=True)
+        labels = attach_quoted(labels, *client_codes(clients, hops, quoted, policy))
     n = len(records)
     if parts is None:
         parts = [("0", np.arange(n, dtype=np.int64))]

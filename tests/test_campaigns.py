@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from pipeline.campaigns import CampaignClusterer, Features, Grouping
+from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
@@ -155,6 +155,60 @@ def test_backscatter_follows_its_campaign(runs) -> None:
     assert len(set(labels[80:])) == 1 and labels[80] not in set(labels[:80])
 
 
+def _client_cases(runs, corpus, *, ham_from_bot: bool = False, authenticated: bool = False):
+    """Run 2's copies relayed from three clients that send nothing else, the other runs and the ham as
+    `_relayed_runs_and` has them, and our bounce quoting one more copy of run 2 cut inside its headers,
+    our Received hop in it naming one of those clients (`authenticated`: as a SMTP AUTH account);
+    `ham_from_bot`: that client also sent a real message. The manifest of all of it."""
+    camps, data, truth, records = runs
+    bots = ["198.18.0.5", "198.18.0.6", "198.18.0.7"]
+    hop = (f"Received: from bot ([{bots[0]}]) by mx1.example.org with "
+           f"{'ESMTPA id X (Authenticated sender: ann)' if authenticated else 'ESMTP id X'}\n").encode()
+    copy = hop + camps[2].copy("victim@far9.example")
+    cut = copy.index(b"Subject:") if b"Subject:" in copy[:400] else 300  # before the subject: no text, no key
+    b = _parse(bounce(copy, "forged@far.example", truncate=cut), mail_from="")
+    assert b.bounce and not b.sketch and not b.keys[1:] and b.bounced_original_received[0].from_ip == bots[0]
+    b = b.model_copy(update={"path": "bounce/0000.eml", "envelope": Envelope(
+        mail_from="", rcpt_to=["forged@far.example"], client_address="127.0.0.1")})
+    extra = [b]
+    if ham_from_bot:
+        extra.append(_parse(corpus[0][120]).model_copy(update={"path": "ham2/0000.eml", "envelope": Envelope(
+            mail_from="h@ham.example", rcpt_to=["u@example.org"], client_address=bots[0])}))
+    _, m = _relayed_runs_and(records, truth, extra, pools={2: bots})
+    of_run2 = [x.campaign for x in m.messages if x.path.startswith("run/") and truth[int(x.path[4:8])] == 2]
+    run2 = Counter(of_run2).most_common(1)[0][0]
+    return m, run2, next(x for x in m.messages if x.path.startswith("bounce/"))
+
+
+def test_a_bounce_quoting_a_copy_cut_in_its_headers_follows_the_client_that_sent_it(runs, corpus) -> None:
+    """Our bounce quotes a copy cut before its Subject: no text, no key, and a header list cut short (so
+    not the run's template). Our Received hop in it names the client that sent the copy, and every
+    message from that client is in run 2: the bounce joins run 2 and is spam with it (before: apart)."""
+    m, run2, b = _client_cases(runs, corpus)
+    assert run2 is not None and b.campaign == run2 and b.verdict is Verdict.spam
+
+
+@pytest.mark.parametrize("case", ["ham_from_bot", "authenticated"])
+def test_a_bounce_follows_a_client_only_where_that_client_is_one_runs(runs, corpus, case: str) -> None:
+    """The same bounce stays apart when that client also sent a message outside run 2, or when our hop
+    shows it authenticated (our users' mail comes that way; a stolen account is judged by its copies)."""
+    m, run2, b = _client_cases(runs, corpus, **{case: True})
+    assert b.campaign != run2
+    assert {x.verdict for x in m.messages if x.path.startswith("ham2/")} <= {Verdict.valid}
+
+
+def test_attach_quoted_reads_the_clients_messages_not_their_order() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 3, 4, 4, 5, 6])
+    # client numbers: 0 sent two messages, both in group 0; 1 sent one in 1 and one in 2; 2 sent one (group 3)
+    client = np.array([0, 0, 1, -1, 1, 2, -1, -1, -1, -1])
+    quoted = np.array([-1, -1, -1, -1, -1, -1, 0, 1, 2, 0])
+    out = attach_quoted(labels, client, quoted)
+    assert out.tolist() == [0, 0, 1, 1, 2, 3, 0, 4, 5, 0]
+    order = np.random.default_rng(1).permutation(len(labels))
+    assert attach_quoted(labels[order], client[order], quoted[order]).tolist() == out[order].tolist()
+    assert attach_quoted(labels, client, quoted, least=3).tolist() == labels.tolist()
+
+
 def test_a_big_runs_bounces_alike_to_the_byte_follow_it(runs) -> None:
     """A big run bounces often, and bounces quoting only its headers (or cut short in them) are alike to
     the byte: folded into one message of many copies, they are one message still and join the run whose
@@ -206,15 +260,17 @@ def test_an_inbound_mailing_in_a_runs_template_sharing_its_link_is_not_purged_wi
     assert verdicts == {("run", Verdict.spam): 200, ("ham", Verdict.valid): 60, ("news", Verdict.valid): 30}
 
 
-def _relayed_runs_and(records, truth, extra):
-    """The runs' copies relayed (from 203.0.113.1-50), the corpus's ham inbound, then `extra` as given."""
+def _relayed_runs_and(records, truth, extra, pools=None):
+    """The runs' copies relayed (from 203.0.113.1-50, or for run t from the clients `pools[t]`), the
+    corpus's ham inbound, then `extra` as given: their manifest, and a count of (folder, verdict)."""
     recs = []
     for i, (r, t) in enumerate(zip(records, truth, strict=True)):
         if t < 0:  # the corpus's ham, inbound
             env = Envelope(mail_from=f"h{i}@ham.example", rcpt_to=[f"u{i}@example.org"], client_address="198.51.100.9")
         else:  # the runs, relayed
+            pool = (pools or {}).get(t)
             env = Envelope(mail_from=f"s{i}@spam{i % 5}.example", rcpt_to=[f"v{i}@far{i % 9}.example"],
-                           client_address=f"203.0.113.{1 + i % 50}")
+                           client_address=pool[i % len(pool)] if pool else f"203.0.113.{1 + i % 50}")
         recs.append(r.model_copy(update={"envelope": env, "path": f"{'ham' if t < 0 else 'run'}/{i:04d}.eml"}))
     recs.extend(extra)
     prepare(recs)

@@ -13,7 +13,7 @@ import zstandard
 
 from pipeline import columnar
 from pipeline.archive import ArchiveReport
-from pipeline.campaigns import CampaignClusterer, Features
+from pipeline.campaigns import CampaignClusterer, Features, attach_quoted, client_codes, client_evidence
 from pipeline.errors import ShardError
 from pipeline.generator import generate, write_canonical
 from pipeline.models import Envelope, ParsedRecord, RawMessage, ReceivedHop
@@ -152,6 +152,11 @@ def test_plan_is_prepare_and_the_clusterer_however_cut(spamware, policy) -> None
     assert plan1.policy == used and plan1.policy_info == info
     labels = CampaignClusterer(threshold=used.thresholds.campaign_similarity).fit(
         [Features(r.text, r.sketch, r.keys, r.shape) for r in ref]).labels_
+    # then the bounces quoting too few words follow the client they quote
+    clients, hops, quoted = zip(*map(client_evidence, ref), strict=True)
+    moved = attach_quoted(labels, *client_codes(clients, hops, quoted, used))
+    assert (moved != labels).any()  # this incident has such bounces
+    labels = moved
     assert {r.id: one[r.id][1] for r in ref} == {r.id: int(lab) for r, lab in zip(ref, labels, strict=True)}
     # campaigns: the groups of at least campaign_min_size, numbered by size
     sizes = np.bincount(labels)
