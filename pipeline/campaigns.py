@@ -541,9 +541,10 @@ def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
 # A bounce quoting a copy cut inside its headers (or its headers alone) has no text to compare and, its
 # header list cut short, not the run's template either: nothing above links it. Our own Received hop in
 # the quoted copy still names the client that handed that copy to us, and a spamware client sends one
-# run: where every message in the queue from that client is in one group, the bounce joins it.
+# run: where every message in the queue from that client is in one group, the bounce joins it. (Where the
+# quoted copy is still queued, it is one of those messages; one message from the client is enough.)
 
-ATTACH_LEAST = 2  # messages of that client in the queue, all in one group
+ATTACH_LEAST = 1  # messages of that client in the queue, all in one group
 
 
 def client_evidence(r: ParsedRecord) -> tuple[str | None, list[str] | None, list[str] | None]:

@@ -197,15 +197,38 @@ def test_a_bounce_follows_a_client_only_where_that_client_is_one_runs(runs, corp
     assert {x.verdict for x in m.messages if x.path.startswith("ham2/")} <= {Verdict.valid}
 
 
+def test_bounces_following_a_client_never_make_its_real_mail_spam(runs, corpus) -> None:
+    """A client that delivers a newsletter to our users also relayed mail that bounced, cut in its headers:
+    the bounces follow that client into the newsletter's group, and there outnumber it (the group is then
+    a backscatter campaign, spam). The newsletter's copies only came in, from a client that sent no spam
+    campaign out: they are held for review (contradiction_inbound), never purged; the bounces are spam."""
+    camps, data, truth, records = runs
+    partner = "198.18.0.9"
+    news = _parse(corpus[0][110]).model_copy(update={"envelope": Envelope(
+        mail_from="news@partner.example", rcpt_to=["ann@example.org"], client_address=partner)})
+    extra = [news.model_copy(update={"path": f"news/{j:04d}.eml"}) for j in range(5)]
+    for j in range(6):
+        hop = f"Received: from partner ([{partner}]) by mx1.example.org with ESMTP id Q{j}\n".encode()
+        copy = hop + f"From: <x{j}@partner.example>\nTo: <far{j}@far.example>\nDate: now\n".encode()
+        b = _parse(bounce(copy, f"x{j}@partner.example", truncate=len(copy) - 10), mail_from="")
+        assert not b.sketch and b.bounced_original_received[0].from_ip == partner
+        extra.append(b.model_copy(update={"path": f"bounce/{j:04d}.eml", "envelope": Envelope(
+            mail_from="", rcpt_to=[f"x{j}@partner.example"], client_address="127.0.0.1")}))
+    verdicts, m = _relayed_runs_and(records, truth, extra)
+    assert len({x.campaign for x in m.messages if x.path.startswith(("news/", "bounce/"))}) == 1  # one group
+    assert verdicts[("news", Verdict.review)] == 5 and verdicts[("bounce", Verdict.spam)] == 6
+
+
 def test_attach_quoted_reads_the_clients_messages_not_their_order() -> None:
     labels = np.array([0, 0, 1, 1, 2, 3, 4, 4, 5, 6])
     # client numbers: 0 sent two messages, both in group 0; 1 sent one in 1 and one in 2; 2 sent one (group 3)
     client = np.array([0, 0, 1, -1, 1, 2, -1, -1, -1, -1])
     quoted = np.array([-1, -1, -1, -1, -1, -1, 0, 1, 2, 0])
     out = attach_quoted(labels, client, quoted)
-    assert out.tolist() == [0, 0, 1, 1, 2, 3, 0, 4, 5, 0]
+    assert out.tolist() == [0, 0, 1, 1, 2, 3, 0, 4, 3, 0]  # client 2's one message says where it went too
     order = np.random.default_rng(1).permutation(len(labels))
     assert attach_quoted(labels[order], client[order], quoted[order]).tolist() == out[order].tolist()
+    assert attach_quoted(labels, client, quoted, least=2).tolist() == [0, 0, 1, 1, 2, 3, 0, 4, 5, 0]
     assert attach_quoted(labels, client, quoted, least=3).tolist() == labels.tolist()
 
 
