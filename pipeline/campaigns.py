@@ -565,13 +565,15 @@ def client_evidence(r: ParsedRecord) -> tuple[str | None, list[str] | None, list
 
 
 def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | None],
-                 quoted: Sequence[Sequence[str] | None], policy: SitePolicy) -> tuple[np.ndarray, np.ndarray]:
+                 quoted: Sequence[Sequence[str] | None], policy: SitePolicy,
+                 codes: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(client, quoted) of each message as numbers (-1: none; equal addresses, equal numbers): its client,
     the queue's or the one our topmost Received hop names (pipeline.verdicts.resolve_origin's), and for a
     bounce of `client_evidence` the client in our hop of the copy it quotes, when that copy came from
-    outside, unauthenticated (what relaying spam looks like; a copy from our own side is our users' mail)."""
+    outside, unauthenticated (what relaying spam looks like; a copy from our own side is our users' mail).
+    `codes`: the numbers given so far, for messages given a shard at a time (added to)."""
     n = len(clients)
-    codes: dict[str, int] = {}
+    codes = {} if codes is None else codes
     ours: dict[str, bool] = {}
 
     def our(by: str) -> bool:

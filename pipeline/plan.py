@@ -169,12 +169,12 @@ def plan_step(incident: str, shards: Sequence[str], read: Reader, policy: SitePo
     labels = CampaignClusterer(threshold=th.campaign_similarity).fit_grouping(grouping(groups)).labels_
     del groups
     # bounces quoting too few words follow the client they quote (pipeline.campaigns.attach_quoted)
-    if n:
-        both = pa.concat_tables(clients)
-        labels = attach_quoted(labels, *client_codes(both.column("client").to_pylist(),
-                                                     both.column("client_hops").to_pylist(),
-                                                     both.column("quoted_hops").to_pylist(), used))
-        del both
+    if n:  # a shard at a time: Python strings for one shard's rows only
+        codes: dict[str, int] = {}
+        client, quoted = zip(*(client_codes(t.column("client").to_pylist(), t.column("client_hops").to_pylist(),
+                                            t.column("quoted_hops").to_pylist(), used, codes)
+                               for t in clients), strict=True)
+        labels = attach_quoted(labels, np.concatenate(client), np.concatenate(quoted))
     del clients
     counts = np.bincount(labels) if n else np.zeros(0, dtype=np.int64)
     big = np.flatnonzero(counts >= th.campaign_min_size)
