@@ -586,7 +586,7 @@ def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | N
     for i, (c, hs, qs) in enumerate(zip(clients, hops, quoted, strict=True)):
         if c is None and hs:
             for h in hs:
-                by, _, ip = h.partition("\t")
+                by, _, ip = h.rpartition("\t")  # (an address holds no tab)
                 if our(by):
                     c = ip or None
                     break
@@ -594,7 +594,7 @@ def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | N
             client[i] = codes.setdefault(c, len(codes))
         if qs:
             for h in qs:
-                by, ip, auth = h.split("\t")
+                by, ip, auth = h.rsplit("\t", 2)
                 if our(by):
                     if ip and auth == "0" and not policy.is_trusted(ip):
                         quote[i] = codes.setdefault(ip, len(codes))
@@ -606,8 +606,8 @@ def attach_quoted(labels: np.ndarray, client: np.ndarray, quoted: np.ndarray,
                   least: int = ATTACH_LEAST) -> np.ndarray:
     """Labels with each bounce of `quoted` (a client number, else -1) moved to the group holding every
     message of that client, when it has at least `least` in the queue and all in one group; unchanged
-    otherwise (a client whose messages are in two groups, or one message, says nothing). The labels
-    still depend on the messages only: no order is read."""
+    otherwise (a client whose messages are in two groups, or fewer than `least`, says nothing). The
+    labels still depend on the messages only: no order is read."""
     q = np.flatnonzero(quoted >= 0)
     has = np.flatnonzero(client >= 0)
     if not q.size or not has.size:

@@ -1,16 +1,18 @@
 """The plan step: the incident's order, ids, policy and campaign labels, from small columns of every shard.
 
 The first reduce of triage (see pipeline.service.triage), run once every shard is parsed. It reads
-only the columns pipeline.columnar names ORDER, GROUPING and POLICY, never a record, and holds
-numpy/Arrow arrays of a few hundred bytes a message, no Python object per message. It gives:
+only the columns pipeline.columnar names ORDER, GROUPING, POLICY and CLIENTS, never a record, and holds
+numpy/Arrow arrays of a few hundred bytes a message, no Python object per message (but the clients'
+addresses, one shard's at a time, and a number per distinct address). It gives:
 
 - each message's position in the global (path, sha256) order (`pipeline.triage.prepare`'s, which
   the manifest keeps whatever way the snapshot was cut), its id, and how many members share its
   name (more than one: the duplicate-name defect, added by `apply`);
 - the effective policy and its PolicyInfo (pipeline.sitepolicy.effective_policy, over the queue's
   evidence gathered from columns);
-- each message's grouping label (pipeline.campaigns) and campaign number: campaigns are the labels
-  with at least `campaign_min_size` members, numbered by size, then label.
+- each message's grouping label (pipeline.campaigns: the clusterer's, then bounces quoting too few words
+  moved to the group of the client they quote, `attach_quoted`) and campaign number: campaigns are the
+  labels with at least `campaign_min_size` members, numbered by size, then label.
 
 Labels depend on the messages only, not on their order or on how they were cut into shards. The
 plan is stored as one Parquet file of rows per shard and a JSON summary written last.
