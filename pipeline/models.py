@@ -163,6 +163,7 @@ class ReasonCode(StrEnum):
     backscatter = "backscatter"
     bounce_external = "bounce_external"
     contradiction = "contradiction"
+    inbound_in_spam_campaign = "inbound_in_spam_campaign"
     relayed_unknown_source = "relayed_unknown_source"
     relayed = "relayed"
     stolen_account_source = "stolen_account_source"

@@ -35,6 +35,7 @@ ORDER: dict[ReasonCode, tuple[str, ...]] = {
     ReasonCode.compromised_account: ("account", "client"),
     ReasonCode.authenticated_bulk_unclear: ("account", "campaign"),
     ReasonCode.contradiction: ("account", "campaign", "client"),
+    ReasonCode.inbound_in_spam_campaign: ("campaign", "network", "client"),
     ReasonCode.campaign_unclear: ("campaign", "client"),
     ReasonCode.origin_unknown: ("sender_domain", "campaign"),
     ReasonCode.mixed: (),  # MIXED: already the coarsest
@@ -282,6 +283,10 @@ def _describe(gid: int, rule: ReasonCode, key: dict[str, str], ms: list[Manifest
                "by a local sender submitting locally")
         spam_camps = f"spam campaign #{camp}" if camp is not None else f"{len(camps):,} spam campaigns"
         text = f"{msgs} in {spam_camps} but sent {who}, {_from(clients, no_client, net)}"
+    elif rule == ReasonCode.inbound_in_spam_campaign:
+        text = (f"{msgs} of spam {camp_s} that only came in, for our users, {_from(clients, no_client, net)}, "
+                "which sent none of its copies out — a mailing your users receive that the run imitates, or "
+                "the run's own copies to them")
     elif rule == ReasonCode.campaign_unclear:
         text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client, net)}"
     elif rule == ReasonCode.origin_unknown:
@@ -323,6 +328,9 @@ def _suggest(rule: ReasonCode, ms: list[ManifestMessage], clients: Spread, accou
     if rule == ReasonCode.compromised_account:
         acct = _one(accounts) or "the account"
         return Verdict.review, f"ask the owner of {acct} whether they sent these"
+    if rule == ReasonCode.inbound_in_spam_campaign:
+        return Verdict.review, ("open one: valid if it is mail your users receive from that sender (its links go "
+                                "to the sender's own site), spam if it is the run's")
     if rule == ReasonCode.bounce_external:
         return Verdict.review, "open one: spam if the bounced mail was spam (backscatter), valid if it was your users'"
     return Verdict.review, "no evidence either way: open a sample, then decide the group"

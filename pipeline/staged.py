@@ -605,7 +605,7 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan) -> Decisions:
     forging = ipc[nd > 2]
     abusive = {t.ips[int(i)] for i in np.union1d(fed, forging.astype(np.int64)).tolist()}
     # clients that sent a spam campaign's copies out: every copy from outside but one only inbound to our
-    # users (a client sending only those may be a mailing the run imitates: verdicts' contradiction_inbound)
+    # users (a client sending only those may be a mailing the run imitates: verdicts' inbound_in_spam_campaign)
     inbound_only = ((t.flags & INBOUND) != 0) & ((t.flags & EXTERNAL) == 0)
     out = np.unique(t.ip[client & np.isin(t.cid, spam) & ~inbound_only])
     outbound = {t.ips[int(i)] for i in out.tolist()}

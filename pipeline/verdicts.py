@@ -373,7 +373,7 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
          "at least 10% of the copies relayed (unauthenticated, client outside trusted networks, no local "
          "recipient) for a sender not ours, or forging a local sender the queue never shows sending from our "
          "side: the whole run, inbound copies included (but those from a client that sent none out: "
-         "contradiction_inbound); an account that sent copies of the same run from many addresses is named as "
+         "inbound_in_spam_campaign); an account that sent copies of the same run from many addresses is named as "
          "stolen"),
     Rule(ReasonCode.backscatter_campaign, Verdict.spam,
          lambda f: f.bounces_out >= max(2, 0.5 * f.n),
@@ -538,13 +538,13 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     # came in for our own users, from a client that sent none of it out, shares the run's text, links and
     # template and nothing of how it was abused: a mailing our users receive that the run imitates (a
     # phishing run copies its brand's notice and links) looks the same. Purging it is the worst outcome.
-    Rule(ReasonCode.contradiction, Verdict.review, _inbound_apart,
+    Rule(ReasonCode.inbound_in_spam_campaign, Verdict.review, _inbound_apart,
          lambda f: Outcome(0.4, f"in a spam campaign, but inbound to local recipients only from "
                            f"{f.c.client_ip or 'an unknown client'}, which sent none of the spam campaigns' copies "
                            "out: a mailing for our users that the run imitates, or the run's own copy to us"),
          "in a spam campaign, but inbound to local recipients only (unauthenticated, not a bounce) from a client "
          "that sent no copy of a spam campaign out (to an external recipient, or through an account)",
-         after_campaign=True, alias="contradiction_inbound"),
+         after_campaign=True),
     Rule(None, None, lambda f: f.campaign is not None and f.campaign.verdict is not Verdict.review, None,
          "in a campaign decided `spam` or `valid`: the campaign's verdict and reasons", alias="campaign"),
     # From here on, a message in a campaign left to review carries the campaign's reasons first.

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
-from pipeline.models import Envelope, RawMessage, SnapshotInfo, Verdict
+from pipeline.models import Envelope, RawMessage, ReasonCode, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
 from pipeline.parse import parse_found
 from pipeline.policy import SitePolicy
@@ -201,7 +201,7 @@ def test_bounces_following_a_client_never_make_its_real_mail_spam(runs, corpus) 
     """A client that delivers a newsletter to our users also relayed mail that bounced, cut in its headers:
     the bounces follow that client into the newsletter's group, and there outnumber it (the group is then
     a backscatter campaign, spam). The newsletter's copies only came in, from a client that sent no spam
-    campaign out: they are held for review (contradiction_inbound), never purged; the bounces are spam."""
+    campaign out: they are held for review (inbound_in_spam_campaign), never purged; the bounces are spam."""
     camps, data, truth, records = runs
     partner = "198.18.0.9"
     news = _parse(corpus[0][110]).model_copy(update={"envelope": Envelope(
@@ -306,7 +306,7 @@ def test_an_inbound_mailing_the_run_imitates_is_held_for_review_not_purged(runs)
     template and one of its links) takes that mailing into its group: its text is weakly alike to the
     run's and a key is shared, as a copy of the run shows. The run is spam by what it relayed; the
     mailing's copies only came in, for our users, from a client that relayed none of the run. They are
-    held for review, not purged with it (before the contradiction_inbound rule: all 30 spam). The run's
+    held for review, not purged with it (before the inbound_in_spam_campaign rule: all 30 spam). The run's
     own copy to one of our users, from a client that relayed the run, is still spam."""
     camps, data, truth, records = runs
     copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and r.keys and r.sketch)
@@ -328,6 +328,9 @@ def test_an_inbound_mailing_the_run_imitates_is_held_for_review_not_purged(runs)
                         ("own", Verdict.spam): 1}
     reasons = next(x for x in m.messages if x.path.startswith("news/")).reasons
     assert any("inbound to local recipients only from 198.51.100.7" in r.text for r in reasons), reasons
+    # the admin sees them as one group, in words that say what they may be
+    held = [g for g in m.review_groups if g.rule == ReasonCode.inbound_in_spam_campaign]
+    assert [g.messages for g in held] == [30] and "only came in, for our users, from 198.51.100.7" in held[0].summary
 
 
 def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_alike_to(runs) -> None:
