@@ -12,7 +12,9 @@ counted as one (the truth records each run's source: past the corpus's distinct 
 reuse a text, and two runs of one text and link paths are one run to any reader, the truth's split of
 them none the grouping could find), completeness over the true campaigns of >= 20 copies,
 the share of campaign copies left ungrouped, the share of backscatter put in the campaign its
-quoted copy's siblings went to (and the share called spam), the triage outcome (valid lost, junk
+quoted copy's siblings went to (and, as for homogeneity, in that of any run of the same source text:
+a bounce quoting a few lines of one text cannot say which run of it sent them), and the share called
+spam, the triage outcome (valid lost, junk
 replayed, review) and the time of each stage. The JSON adds, per technique, the ungrouped share of
 the copies that used it, and per way of quoting, the share of bounces with their campaign.
 
@@ -87,6 +89,7 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
     true_l: list[str] = []
     pred_l: list[str] = []
     text_l: list[str] = []  # the run's source text where the truth records it (else the run)
+    source_of: dict[str, str] = {}  # a true campaign -> its source text (else itself)
     big_true: list[str] = []
     big_pred: list[str] = []
     ungrouped = copies = 0
@@ -109,11 +112,14 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
             by_tech[x][1] += m.campaign is None
         true_l.append(cid)
         pred_l.append(p)
-        text_l.append(t.get("source") or cid)
+        text_l.append(source_of.setdefault(cid, t.get("source") or cid))
         if sizes[cid] >= BIG:
             big_true.append(cid)
             big_pred.append(p)
-    bs = with_campaign = bs_spam = 0
+    bs = with_campaign = with_text = bs_spam = 0
+    homes_of_text: dict[str, set] = defaultdict(set)  # a source text -> where its runs' copies mostly went
+    for cid, found in found_as.items():
+        homes_of_text[source_of[cid]].add(found.most_common(1)[0][0])
     by_way: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # way of quoting -> [bounces, with campaign]
     for path, t in truth.items():
         m = pred_of.get(path)
@@ -124,6 +130,8 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
         home = found_as.get(t["campaign"])
         hit = bool(home) and m.campaign is not None and m.campaign == home.most_common(1)[0][0]
         with_campaign += hit
+        with_text += hit or (m.campaign is not None
+                             and m.campaign in homes_of_text.get(source_of.get(t["campaign"], ""), ()))
         for x in t.get("techniques") or ["(plain)"]:
             by_way[x][0] += 1
             by_way[x][1] += hit
@@ -136,6 +144,7 @@ def grouping_figures(manifest_messages: list, truth: dict[str, dict]) -> dict:
             "completeness_big": completeness_score(big_true, big_pred) if big_true else 1.0,
             "ungrouped_share": ungrouped / max(1, copies),
             "backscatter": bs, "backscatter_with_campaign_share": with_campaign / bs if bs else 1.0,
+            "backscatter_with_text_share": with_text / bs if bs else 1.0,
             "backscatter_spam_share": bs_spam / bs if bs else 1.0,
             "ungrouped_by_technique": {k: {"copies": n, "ungrouped_share": u / n} for k, (n, u) in
                                        sorted(by_tech.items())},
@@ -237,7 +246,8 @@ def table(rows: list[dict]) -> str:
         groups[(r["techniques"], r["size"])].append(r)
     head = ("| techniques | messages | seeds | homogeneity | homogeneity, runs of one text as one | "
             "runs sharing a text | completeness | completeness ≥20 | ungrouped | "
-            "valid lost | junk replayed | review | backscatter with campaign / spam | triage s | floor s | × floor | "
+            "valid lost | junk replayed | review | backscatter with campaign / with a run of its text / spam | "
+            "triage s | floor s | × floor | "
             "stages (s) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for (tech, size), rs in groups.items():
@@ -257,7 +267,8 @@ def table(rows: list[dict]) -> str:
             f"{sum(r['valid_lost'] for r in rs)} | "
             f"{_fmt_share([r['junk_replayed_share'] for r in rs], max(r['junk_replayed_share'] for r in rs))} | "
             f"{_fmt_share([r['review_share'] for r in rs], max(r['review_share'] for r in rs))} | "
-            f"{_share(rs, 'backscatter_with_campaign_share')} / {_share(rs, 'backscatter_spam_share')}"
+            f"{_share(rs, 'backscatter_with_campaign_share')} / {_share(rs, 'backscatter_with_text_share')} / "
+            f"{_share(rs, 'backscatter_spam_share')}"
             f" | {mean(r['triage_seconds'] for r in rs):.1f} | {mean(r['floor_seconds'] for r in rs):.2f} | "
             f"{mean(r['ratio_to_floor'] for r in rs):.0f}× ({max(r['ratio_to_floor'] for r in rs):.0f}×) | "
             + ", ".join(f"{k} {mean(v):.1f}" for k, v in stages.items()) + " |")

@@ -65,6 +65,24 @@ def test_runs_of_one_text_merged():
     assert h["homogeneity_text"] == pytest.approx(h["homogeneity"]) and h["runs_sharing_text"] == 0
 
 
+def test_a_bounce_in_the_group_of_another_run_of_its_text():
+    """Two runs of one source text grouped apart: a bounce quoting the first, placed with the second, is not
+    with its campaign, but is with a run of its text; placed with a run of another text, it is neither."""
+    truth = {p: dict(t, source="s1") for p, t in TRUTH.items() if t["campaign"] in ("c1", "c2")}
+    truth["x"] = TRUTH["x"]
+    truth.update({f"d{i}": {"path": f"d{i}", "label": "spam", "kind": "relayed_spam", "campaign": "c3",
+                            "source": "s2"} for i in range(5)})
+    pred = {p: {"c1": 1, "c2": 2, "c3": 3}.get(t["campaign"]) for p, t in truth.items()}
+    pred["bs"] = 2
+    f = grouping_figures(_manifest(pred), truth)
+    assert f["backscatter_with_campaign_share"] == 0 and f["backscatter_with_text_share"] == 1
+    pred["bs"] = 3
+    g = grouping_figures(_manifest(pred), truth)
+    assert g["backscatter_with_campaign_share"] == 0 and g["backscatter_with_text_share"] == 0
+    # without sources in the truth, the two shares agree
+    assert grouping_figures(_manifest({**pred, "bs": 2}), TRUTH)["backscatter_with_text_share"] == 0
+
+
 def test_detail_by_technique_and_way_of_quoting():
     truth = {p: dict(t, techniques=["leet"] if t["campaign"] == "c2" else ["greeting"]) for p, t in TRUTH.items()}
     truth["bs"]["techniques"] = ["quoted_gone", "truncated"]
