@@ -25,7 +25,8 @@ Columns (one row per message, in the order the parse step wrote them):
                        (when it is in its column) sketch
 
 Shards written before (`<shard>.jsonl.zst`, ParsedRecord JSON lines) are read by every function
-here as well: `read_records` reads them as they are, the column readers build the same columns.
+here as well: `read_records` reads them as they are, the column readers build the same columns; so are
+Parquet shards written before the client columns, which are then built from the records.
 """
 
 from __future__ import annotations
@@ -206,9 +207,15 @@ def read_columns(data: bytes, columns: Sequence[str], rows: Sequence[int] | np.n
         raise ValueError(f"no column {', '.join(unknown)} in a parsed shard")
     if is_parquet(data):
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=list(columns))
+            stored = set(pq.read_schema(pa.BufferReader(data)).names)
+            # a shard written before the CLIENTS columns were: they are worked out from its records
+            later = [c for c in columns if c not in stored and c in CLIENTS]
+            table = pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c not in later])
         except (pa.ArrowException, OSError) as e:
             raise ShardError(str(e).splitlines()[0][:200]) from None
+        if later:
+            made = table_of(read_records(data), later)
+            table = pa.table({c: table.column(c) if c in table.column_names else made.column(c) for c in columns})
     else:
         table = table_of(_legacy(data)).select(list(columns))
     if rows is not None:

@@ -8,6 +8,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 
@@ -86,6 +88,22 @@ def test_shards_written_before_are_read(corpus_records) -> None:
     _same(columnar.read_records(legacy), corpus_records[:50])
     new = columnar.read_columns(columnar.shard_bytes(corpus_records[:50]), columnar.SCHEMA.names)
     assert columnar.read_columns(legacy, columnar.SCHEMA.names).equals(new)
+
+
+def test_shards_written_before_the_client_columns_are_read(spamware, policy) -> None:
+    """A Parquet shard written before the client columns (an upgrade while an incident is triaged): they are
+    worked out from its records, the same as a new shard stores them, and the plan is the same."""
+    def without_clients(data: bytes) -> bytes:
+        t = pq.read_table(pa.BufferReader(data))
+        return columnar.parquet_bytes(t.drop_columns(list(columnar.CLIENTS)))
+
+    fresh = _cut(spamware, 3)
+    old = {s: without_clients(d) for s, d in fresh.items()}
+    some = next(iter(fresh))
+    assert "client" not in pq.read_schema(pa.BufferReader(old[some])).names
+    for cols, rows in ((columnar.CLIENTS, None), (["path", "quoted_hops", "client"], [5, 1, 2])):
+        assert columnar.read_columns(old[some], cols, rows).equals(columnar.read_columns(fresh[some], cols, rows))
+    assert _plan_per_id(old, policy)[1] == _plan_per_id(fresh, policy)[1]
 
 
 def test_a_bad_shard_is_named() -> None:
