@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted
+from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted, client_codes
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage, ReasonCode, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
@@ -217,6 +217,30 @@ def test_bounces_following_a_client_never_make_its_real_mail_spam(runs, corpus) 
     verdicts, m = _relayed_runs_and(records, truth, extra)
     assert len({x.campaign for x in m.messages if x.path.startswith(("news/", "bounce/"))}) == 1  # one group
     assert verdicts[("news", Verdict.review)] == 5 and verdicts[("bounce", Verdict.spam)] == 6
+
+
+def test_client_codes_read_our_own_hop_only() -> None:
+    """A message's client: the queue's, else the one our Received hop names (not a hop below it, anyone
+    writes those). A bounce's quoted client: from our hop in the quote, below the hop of the server that
+    bounced it back to us; none when our hop shows SMTP AUTH or a trusted network, or is missing."""
+    policy = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"],
+                        trusted_networks=["192.0.2.0/24"])
+    clients = ["203.0.113.5", None, None, None, None, None, None]
+    hops = [None, ["mx1.example.org\t198.51.100.7", "bot\t203.0.113.99"], ["relay.far.example\t203.0.113.99"],
+            None, None, None, None]
+    quoted = [None, None, None,
+              ["mx.far.example\t192.0.2.25\t0", "mx1.example.org\t198.51.100.7\t0"],  # bounced back to us
+              ["mx1.example.org\t198.51.100.8\t1"],  # our user, authenticated
+              ["mx1.example.org\t192.0.2.9\t0"],  # from our trusted network
+              ["relay.far.example\t203.0.113.5\t0"]]  # no hop of ours: nothing to go by
+    client, quote = client_codes(clients, hops, quoted, policy)
+    assert (client >= 0).tolist() == [True, True, False, False, False, False, False]
+    assert quote.tolist()[:3] == [-1, -1, -1] and quote[3] == client[1] and quote.tolist()[4:] == [-1, -1, -1]
+    # numbers shared across calls (a shard at a time) when the same dict is given
+    codes: dict[str, int] = {}
+    a, _ = client_codes(clients[:2], hops[:2], quoted[:2], policy, codes)
+    _, b = client_codes(clients[2:], hops[2:], quoted[2:], policy, codes)
+    assert b[1] == a[1] == client[1]
 
 
 def test_attach_quoted_reads_the_clients_messages_not_their_order() -> None:
