@@ -207,9 +207,12 @@ def read_columns(data: bytes, columns: Sequence[str], rows: Sequence[int] | np.n
         raise ValueError(f"no column {', '.join(unknown)} in a parsed shard")
     if is_parquet(data):
         try:
-            stored = set(pq.read_schema(pa.BufferReader(data)).names)
-            # a shard written before the CLIENTS columns were: they are worked out from its records
-            later = [c for c in columns if c not in stored and c in CLIENTS]
+            # a shard written before the CLIENTS columns were: they are worked out from its records (the
+            # footer is read for that only when one is asked for: read_records never asks)
+            later = [c for c in columns if c in CLIENTS]
+            if later:
+                stored = set(pq.read_schema(pa.BufferReader(data)).names)
+                later = [c for c in later if c not in stored]
             table = pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c not in later])
         except (pa.ArrowException, OSError) as e:
             raise ShardError(str(e).splitlines()[0][:200]) from None

@@ -597,7 +597,8 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan) -> Decisions:
     spam_labels = {plan.campaign_labels[c - 1] for c in spam}
     # clients that fed a spam campaign, or relayed under more than two sender domains
     client = (t.ip >= 0) & ((t.flags & TRUSTED) == 0)
-    fed = np.unique(t.ip[client & np.isin(t.cid, spam)])
+    in_spam = client & np.isin(t.cid, spam)
+    fed = np.unique(t.ip[in_spam])
     rel = np.flatnonzero(client & ((t.flags & RELAYED) != 0))
     pair = np.unique(np.stack([t.ip[rel].astype(np.uint64), t.sender_domain[rel]]).T, axis=0) if len(rel) else (
         np.zeros((0, 2), dtype=np.uint64))
@@ -607,7 +608,7 @@ def decide_campaigns(parts: Sequence[Facts], plan: Plan) -> Decisions:
     # clients that sent a spam campaign's copies out: every copy from outside but one only inbound to our
     # users (a client sending only those may be a mailing the run imitates: verdicts' inbound_in_spam_campaign)
     inbound_only = ((t.flags & INBOUND) != 0) & ((t.flags & EXTERNAL) == 0)
-    out = np.unique(t.ip[client & np.isin(t.cid, spam) & ~inbound_only])
+    out = np.unique(t.ip[in_spam & ~inbound_only])
     outbound = {t.ips[int(i)] for i in out.tolist()}
     return Decisions(decisions, profiles, external, abusive, spam_labels, outbound)
 

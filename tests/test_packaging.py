@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tree import tracked
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -30,8 +32,7 @@ def tracked_copy(dest: Path) -> Path:
     shares that tree with whatever else runs there (a CI run once lost `spoolsweep-0.1.0/tests/...`
     between linking and taring), and a stale `*.egg-info/SOURCES.txt` there would list files a clone lacks.
     """
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
+    for name in tracked(ROOT):
         src = ROOT / name
         if src.is_file():  # a tracked file deleted in the work tree is not in a clone made from it either
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
