@@ -39,6 +39,7 @@ class Features(NamedTuple):
     sketch: Sequence[int] = ()
     keys: Sequence[str] = ()
     shape: str = ""
+    bounce: bool = False  # a bounce: its features are those of the copy it quotes
 
 
 def as_features(x: Features | str) -> Features:
@@ -79,7 +80,8 @@ class Grouping(NamedTuple):
     digest: (n,) bytes16 (`feature_digest`); sketch: (n, SKETCH_PERM) uint32, rows without a sketch
     anything; has_sketch: (n,) bool; shape: (n,) int template ids; key_msg, key_id: one entry per
     invariant key a message carries (key_msg the message's index, key_id the key's number), key ids
-    and shape ids numbered in any way that is the same for equal strings."""
+    and shape ids numbered in any way that is the same for equal strings; bounce: (n,) bool, which
+    messages are bounces (None: none is)."""
 
     digest: np.ndarray
     sketch: np.ndarray
@@ -87,6 +89,7 @@ class Grouping(NamedTuple):
     shape: np.ndarray
     key_msg: np.ndarray
     key_id: np.ndarray
+    bounce: np.ndarray | None = None
 
     @classmethod
     def of(cls, feats: Sequence[Features]) -> Grouping:
@@ -98,18 +101,20 @@ class Grouping(NamedTuple):
                 sketches[i] = f.sketch
                 has[i] = True
         return cls.assemble(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
-                            sketches, has, [f.shape for f in feats], [f.keys for f in feats])
+                            sketches, has, [f.shape for f in feats], [f.keys for f in feats],
+                            np.fromiter((f.bounce for f in feats), dtype=bool, count=n))
 
     @classmethod
     def assemble(cls, digest: np.ndarray, sketch: np.ndarray, has_sketch: np.ndarray, shapes: Sequence[str],
-                 keys: Sequence[Sequence[str]]) -> Grouping:
-        """The arrays, given each message's digest and sketch, and its template shape and keys as strings."""
+                 keys: Sequence[Sequence[str]], bounce: np.ndarray | None = None) -> Grouping:
+        """The arrays, given each message's digest and sketch, its template shape and keys as strings, and
+        which messages are bounces."""
         # strings numbered in the order first met, by Arrow's dictionary encoding: a Python loop over
         # every key of every message was a tenth of the serial part of a triage
         flat = pa.array(list(chain.from_iterable(keys)), pa.string())
         per = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
         return cls(digest, sketch, has_sketch, _first_met(pa.array(shapes, pa.string())),
-                   np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat))
+                   np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat), bounce)
 
 
 def _first_met(strings: pa.Array) -> np.ndarray:
@@ -179,12 +184,19 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # bounce quoting only headers has too few words for one)
         distinct = np.bincount(comp, minlength=ncomp)
         one = distinct == 1
+        # how big such a group is, to the merges: its copies that are not bounces, where it has any (a copy
+        # that two bounces quote whole folds with them into three copies of one message, and is one copy of
+        # its run still); any other group, all its copies (counting every group so moved other merges too:
+        # at 20k, four copies of a run left their campaign for review, and valid mail joined valid groups)
+        sent = size if g.bounce is None else np.bincount(
+            comp, weights=np.bincount(inverse, weights=~g.bounce, minlength=n), minlength=ncomp)
+        weight = np.where(one & (sent > 0), sent, size)
         mute = np.bincount(comp, weights=has, minlength=ncomp) == 0
         carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
             if len(kmsg) else np.zeros(ncomp, dtype=np.int64)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
         merged, support = self._merge(_text_support(comp, weak, ncomp),
-                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), size,
+                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), weight,
                                       np.where(one, carried, 0), mute, distinct)
         final = self._guarded(ncomp, merged, support, size)[comp]
         # number the campaigns by their first member in canonical order
@@ -288,14 +300,15 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
                distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tier-2 merges the bridge guard allows, as (group, group) edges.
 
-        Two groups of more than `small` copies merge when at least two distinct messages are alike
-        across them, and at least `text_share` of the smaller group's distinct messages, or when they
-        share at least two distinct keys carried by at least two messages on each side: one bridging
-        message, a few texts alike by chance between two big runs, or one URL that every run of a
-        spamware kit carries, does not chain two runs. A smaller group
-        joins only one partner: a big one if it has any, the best supported, counting every distinct
-        key it shares (`keys`): one group cannot chain two, so a key many runs of one kit carry (a
-        common link path) is outweighed by the keys only its own run shares.
+        `size`: each group's copies; for a group of one distinct message, not counting bounces where it
+        has any other copy (a copy and the bounces quoting it whole are one copy of its run). Two groups
+        of more than `small` copies merge when at least two distinct messages are alike across them, and
+        at least `text_share` of the smaller group's distinct messages, or when they share at least two
+        distinct keys carried by at least two messages on each side: one bridging message, a few texts
+        alike by chance between two big runs, or one URL that every run of a spamware kit carries, does
+        not chain two runs. A smaller group joins only one partner: a big one if it has any, the best
+        supported, counting every distinct key it shares (`keys`): one group cannot chain two, so a key
+        many runs of one kit carry (a common link path) is outweighed by the keys only its own run shares.
 
         A group of one distinct message (`alone`: how many keys its message carries, for such a group
         of more than `small` copies, else 0) is one message however many copies were folded into it

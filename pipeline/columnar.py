@@ -14,6 +14,7 @@ Columns (one row per message, in the order the parse step wrote them):
     sketch             binary(256): 64 little-endian uint32, null without a sketch
     keys               list<string>: invariant keys, in the record's order
     shape              string: template fingerprint
+    bounce             bool: a bounce (grouping counts a copy and the bounces quoting it as one copy)
     text               string: normalised text (read for a label's sample only)
     top_by             string: the topmost Received hop's `by` ('' none), null without Received lines
     account, domain    string: what pipeline.sitepolicy.message_evidence gives (the queue's policy
@@ -26,7 +27,7 @@ Columns (one row per message, in the order the parse step wrote them):
 
 Shards written before (`<shard>.jsonl.zst`, ParsedRecord JSON lines) are read by every function
 here as well: `read_records` reads them as they are, the column readers build the same columns; so are
-Parquet shards written before the client columns, which are then built from the records.
+Parquet shards written before the client columns or `bounce`, which are then built from the records.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ SCHEMA = pa.schema([
     ("sketch", pa.binary(_SKETCH_BYTES)),
     ("keys", pa.list_(pa.string())),
     ("shape", pa.string()),
+    ("bounce", pa.bool_()),
     ("text", pa.string()),
     ("top_by", pa.string()),
     ("account", pa.string()),
@@ -89,9 +91,10 @@ SCHEMA = pa.schema([
     ("record", pa.string()),
 ], metadata={b"format": FORMAT.encode(), b"version": VERSION.encode()})
 
-GROUPING = ("digest", "sketch", "keys", "shape")
+GROUPING = ("digest", "sketch", "keys", "shape", "bounce")
 POLICY = ("top_by", "account", "domain", "hop_by", "hop_user")
 CLIENTS = ("client", "client_hops", "quoted_hops")  # pipeline.campaigns.client_evidence
+LATER = (*CLIENTS, "bounce")  # columns a shard written before them lacks: built from its records
 ORDER = ("path", "sha256")
 
 
@@ -131,6 +134,8 @@ def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str,
             cols["keys"].append(list(r.keys))
         if "shape" in want:
             cols["shape"].append(r.shape)
+        if "bounce" in want:
+            cols["bounce"].append(r.bounce)
         if "text" in want:
             cols["text"].append(r.text)
         if policy:
@@ -207,9 +212,9 @@ def read_columns(data: bytes, columns: Sequence[str], rows: Sequence[int] | np.n
         raise ValueError(f"no column {', '.join(unknown)} in a parsed shard")
     if is_parquet(data):
         try:
-            # a shard written before the CLIENTS columns were: they are worked out from its records (the
+            # a shard written before the LATER columns were: they are worked out from its records (the
             # footer is read for that only when one is asked for: read_records never asks)
-            later = [c for c in columns if c in CLIENTS]
+            later = [c for c in columns if c in LATER]
             if later:
                 stored = set(pq.read_schema(pa.BufferReader(data)).names)
                 later = [c for c in later if c not in stored]
@@ -297,6 +302,7 @@ def grouping(tables: list[pa.Table]) -> Grouping:
     digest = np.empty(n, dtype="S16")
     sketch = np.zeros((n, SKETCH_PERM), dtype=np.uint32)
     has_sketch = np.zeros(n, dtype=bool)
+    bounce = np.zeros(n, dtype=bool)
     shapes: list[pa.Array] = []
     keys: list[pa.Array] = []
     at = 0
@@ -305,6 +311,7 @@ def grouping(tables: list[pa.Table]) -> Grouping:
         m = len(t)
         digest[at:at + m] = digests(t.column("digest"))
         _sketch_into(t.column("sketch"), sketch[at:at + m], has_sketch[at:at + m])
+        bounce[at:at + m] = t.column("bounce").to_numpy(zero_copy_only=False)
         shapes.append(t.column("shape").combine_chunks())
         keys.append(t.column("keys").combine_chunks())
         at += m
@@ -320,7 +327,7 @@ def grouping(tables: list[pa.Table]) -> Grouping:
         parents.append(pc.list_parent_indices(chunk).to_numpy().astype(np.int64) + base)
         base += len(chunk)
     key_msg = np.concatenate(parents) if parents else np.empty(0, np.int64)
-    return Grouping(digest, sketch, has_sketch, shape_ids, key_msg, key_ids)
+    return Grouping(digest, sketch, has_sketch, shape_ids, key_msg, key_ids, bounce)
 
 
 def queue_evidence(table: pa.Table, positions: np.ndarray) -> QueueEvidence:

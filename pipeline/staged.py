@@ -178,7 +178,7 @@ def campaign_labels(labels: np.ndarray, min_size: int) -> list[int]:
 def group_labels(records: Sequence[ParsedRecord], policy: SitePolicy) -> np.ndarray:
     """Every record's grouping label, the records in global order (today's plan: one clusterer over all)."""
     clusterer = CampaignClusterer(threshold=policy.thresholds.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape) for r in records])
+        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in records])
     return np.asarray(clusterer.labels_, dtype=np.int64)
 
 

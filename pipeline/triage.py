@@ -117,6 +117,7 @@ class Unsorted(NamedTuple):
     has_sketch: bytes
     shapes: list[str]
     keys: list[list[str]]
+    bounce: bytes
 
     def grouping(self) -> Grouping:
         import numpy as np
@@ -127,7 +128,8 @@ class Unsorted(NamedTuple):
         n = len(self.shapes)
         return Grouping.assemble(np.frombuffer(self.digest, dtype="S16"),
                                  np.frombuffer(self.sketch, dtype=np.uint32).reshape(n, SKETCH_PERM),
-                                 np.frombuffer(self.has_sketch, dtype=bool), self.shapes, self.keys)
+                                 np.frombuffer(self.has_sketch, dtype=bool), self.shapes, self.keys,
+                                 np.frombuffer(self.bounce, dtype=bool))
 
 
 class Parsed:
@@ -163,14 +165,16 @@ class Parsed:
             digest[to] = np.frombuffer(d, dtype="S16")
             sketch[to] = np.frombuffer(sk, dtype=np.uint32).reshape(-1, SKETCH_PERM)
             has[to] = np.frombuffer(h, dtype=bool)
-        return Grouping.assemble(digest, sketch, has, [r.shape for r in self.records], [r.keys for r in self.records])
+        return Grouping.assemble(digest, sketch, has, [r.shape for r in self.records], [r.keys for r in self.records],
+                                 np.fromiter((r.bounce for r in self.records), dtype=bool, count=n))
 
     def unsorted(self) -> Unsorted:
         """The clusterer's input with the records as read (before `prepare`); the packed chunks are let go."""
         parts = list(self.batches)
         self.batches.clear()
         return Unsorted(b"".join(p[1] for p in parts), b"".join(p[2] for p in parts), b"".join(p[3] for p in parts),
-                        [r.shape for r in self.records], [r.keys for r in self.records])
+                        [r.shape for r in self.records], [r.keys for r in self.records],
+                        bytes(r.bounce for r in self.records))
 
 
 def parse_grouped(found: Iterable[Found], policy: SitePolicy, progress: Progress = _noop,

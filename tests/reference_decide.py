@@ -71,7 +71,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     th = policy.thresholds
     progress("campaigns", 0, n)
     clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape) for r in records])
+        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in records])
     labels = clusterer.labels_
     if records:  # bounces quoting too few words follow the client they quote
         clients, hops, quoted = zip(*map(client_evidence, records), strict=True)

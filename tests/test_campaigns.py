@@ -29,7 +29,7 @@ def _parse(data: bytes, mail_from: str | None = None):
 
 
 def _feat(r) -> Features:
-    return Features(r.text, r.sketch, r.keys, r.shape)
+    return Features(r.text, r.sketch, r.keys, r.shape, r.bounce)
 
 
 def _partition(labels) -> set[frozenset[int]]:
@@ -375,6 +375,34 @@ def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_a
     assert {int(x) for x in labels[len(records):]} == {run2}
 
 
+def test_a_copy_quoted_whole_by_its_bounces_is_one_copy_of_its_run(runs) -> None:
+    """A copy whose text is not alike to its run's (per-copy salad) joins the run by the keys it shares, as
+    any copy alone does; the bounces quoting it whole fold with it into three copies of one message, which
+    still joins (a bounce is evidence about the copy it quotes, not one more copy of the run: it stayed
+    apart, and the copy and its bounces were held for review). Three identical copies that are not
+    bounces are judged as a group of three, as before."""
+    camps, data, truth, records = runs
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and len(r.keys) >= 2 and r.sketch)
+    rng = random.Random(5)
+    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(400))
+    text = f"{copy.text} {salad}"
+    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
+    assert max(float((np.array(sketch(text)) == o).mean()) for o in others) < 0.3  # no text link at all
+    alone = Features(text, sketch(text), copy.keys, copy.shape)
+    quoted = [alone, alone._replace(bounce=True), alone._replace(bounce=True)]
+
+    def run2_and_rest(extra: list[Features]) -> tuple[int, set[int]]:
+        labels = CampaignClusterer().fit([*map(_feat, records), *extra]).labels_
+        run2 = Counter(lab for lab, t in zip(labels, truth, strict=False) if t == 2).most_common(1)[0][0]
+        return int(run2), {int(x) for x in labels[len(records):]}
+
+    for extra in ([alone], quoted, quoted[::-1]):
+        run2, rest = run2_and_rest(extra)
+        assert rest == {run2}, len(extra)
+    run2, rest = run2_and_rest([alone] * 3)
+    assert run2 not in rest
+
+
 @pytest.mark.parametrize(("alike", "one"), [(20, False), (30, True)])
 def test_two_big_runs_merge_on_texts_alike_only_for_a_share_of_them(monkeypatch, alike: int, one: bool) -> None:
     """Two runs of 168 and 92 distinct copies (no keys), each one tier-1 group, with `alike` copies of the
@@ -531,6 +559,7 @@ def test_the_triage_routes_grouping_is_the_one_its_records_give(corpus) -> None:
     texts = [t for t in map(spam_text, spam[:40]) if len(t[1].split()) >= 120][:2]
     camps = [Campaign(body, subject, seed=k) for k, (subject, body) in enumerate(texts)]
     data = [c.copy(f"u{j}@far{j % 3}.example", image_only=j < 2) for c in camps for j in range(15)] + hams[:10]
+    data += [bounce(data[k], f"b{k}@far.example") for k in (3, 20)]
     found = [Found(RawMessage(path=f"q/{len(data) - i:04d}.eml", envelope=Envelope()), d, f"{i:064x}", len(d))
              for i, d in enumerate(data)]
     whole = parse_all(found, POLICY, workers=1)
@@ -541,6 +570,11 @@ def test_the_triage_routes_grouping_is_the_one_its_records_give(corpus) -> None:
     got, want = parsed.grouping(order), Grouping.of([_feat(r) for r in whole])
     for name, g, w in zip(Grouping._fields, got, want, strict=True):
         assert np.array_equal(g, w), name
+    assert got.bounce is not None and got.bounce.sum() == 2
+    # the pool's route: the input as read, labelled in a worker (pipeline.triage.Unsorted)
+    again = parse_grouped(found, POLICY, workers=1)
+    unsorted = again.unsorted().grouping()
+    assert np.array_equal(unsorted.bounce[np.asarray(order)], got.bounce)
     assert [r.path for r in parsed.records] == [r.path for r in whole]
     assert all(r.sketch == [] for r in parsed.records) and any(r.sketch for r in whole)
     assert np.array_equal(CampaignClusterer().fit_grouping(got).labels_, CampaignClusterer().fit_grouping(want).labels_)

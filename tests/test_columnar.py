@@ -91,19 +91,29 @@ def test_shards_written_before_are_read(corpus_records) -> None:
 
 
 def test_shards_written_before_the_client_columns_are_read(spamware, policy) -> None:
-    """A Parquet shard written before the client columns (an upgrade while an incident is triaged): they are
-    worked out from its records, the same as a new shard stores them, and the plan is the same."""
+    """A Parquet shard written before the client columns and `bounce` (an upgrade while an incident is
+    triaged): they are worked out from its records, the same as a new shard stores them, and the plan is the
+    same."""
     def without_clients(data: bytes) -> bytes:
         t = pq.read_table(pa.BufferReader(data))
-        return columnar.parquet_bytes(t.drop_columns(list(columnar.CLIENTS)))
+        return columnar.parquet_bytes(t.drop_columns(list(columnar.LATER)))
 
     fresh = _cut(spamware, 3)
     old = {s: without_clients(d) for s, d in fresh.items()}
     some = next(iter(fresh))
     assert "client" not in pq.read_schema(pa.BufferReader(old[some])).names
-    for cols, rows in ((columnar.CLIENTS, None), (["path", "quoted_hops", "client"], [5, 1, 2])):
+    for cols, rows in ((columnar.LATER, None), (["path", "quoted_hops", "client", "bounce"], [5, 1, 2])):
         assert columnar.read_columns(old[some], cols, rows).equals(columnar.read_columns(fresh[some], cols, rows))
     assert _plan_per_id(old, policy)[1] == _plan_per_id(fresh, policy)[1]
+
+
+def test_the_plans_grouping_knows_the_bounces(spamware) -> None:
+    """The clusterer counts a copy and the bounces quoting it as one copy: the plan's grouping, read from
+    the shards' columns, says which messages are bounces, as the records do."""
+    tables = [columnar.read_columns(columnar.shard_bytes(spamware[a:b]), columnar.GROUPING)
+              for a, b in ((0, 700), (700, len(spamware)))]
+    g = columnar.grouping(tables)
+    assert g.bounce is not None and g.bounce.tolist() == [r.bounce for r in spamware] and g.bounce.any()
 
 
 def test_a_bad_shard_is_named() -> None:
@@ -169,7 +179,7 @@ def test_plan_is_prepare_and_the_clusterer_however_cut(spamware, policy) -> None
     used, info = effective_policy(policy, None, None, ref)
     assert plan1.policy == used and plan1.policy_info == info
     labels = CampaignClusterer(threshold=used.thresholds.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape) for r in ref]).labels_
+        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in ref]).labels_
     # then the bounces quoting too few words follow the client they quote
     clients, hops, quoted = zip(*map(client_evidence, ref), strict=True)
     moved = attach_quoted(labels, *client_codes(clients, hops, quoted, used))

@@ -88,7 +88,7 @@ def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, 
                                 consume=True))
     assert got == want
     # the triage route's: grouping's input given, the labels and the campaigns' words worked out in a worker
-    grouping = Grouping.of([Features(r.text, r.sketch, r.keys, r.shape) for r in records])
+    grouping = Grouping.of([Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in records])
     with ProcessPoolExecutor(max_workers=1) as pool:
         got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
                                     consume=True, grouping=grouping, pool=pool))
