@@ -357,17 +357,24 @@ def test_an_inbound_mailing_the_run_imitates_is_held_for_review_not_purged(runs)
     assert [g.messages for g in held] == [30] and "only came in, for our users, from 198.51.100.7" in held[0].summary
 
 
+def _salted_copy(runs, seed: int, words: int):
+    """A copy of run 2 that carries keys, its text with `words` words of per-copy salad after it, and how alike
+    that text is to the run's most alike copy."""
+    camps, data, truth, records = runs
+    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and len(r.keys) >= 2 and r.sketch)
+    rng = random.Random(seed)
+    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(words))
+    text = f"{copy.text} {salad}"
+    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
+    return copy, text, max(float((np.array(sketch(text)) == o).mean()) for o in others)
+
+
 def test_a_copy_and_its_bounces_alike_to_the_byte_follow_the_run_their_text_is_alike_to(runs) -> None:
     """A copy still in the queue and the bounces quoting it whole are one message of many copies (folded).
     When that copy's text is alike to its run's only weakly (per-copy salad) and it carries a link host
     the run rotated to for it alone, it still joins the run: its text and a shared key say so."""
     camps, data, truth, records = runs
-    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and len(r.keys) >= 2 and r.sketch)
-    rng = random.Random(3)
-    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(60))
-    text = f"{copy.text} {salad}"
-    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
-    alike = max(float((np.array(sketch(text)) == o).mean()) for o in others)
+    copy, text, alike = _salted_copy(runs, 3, 60)
     assert 0.3 <= alike < 0.5, alike  # weakly alike to the run: no tier-1 link
     fold = [Features(text, sketch(text), [*copy.keys, "u:rotated-for-one.example/*"], copy.shape)] * 3
     labels = CampaignClusterer().fit([*map(_feat, records), *fold]).labels_
@@ -382,12 +389,8 @@ def test_a_copy_quoted_whole_by_its_bounces_is_one_copy_of_its_run(runs) -> None
     apart, and the copy and its bounces were held for review). Three identical copies that are not
     bounces are judged as a group of three, as before."""
     camps, data, truth, records = runs
-    copy = next(r for r, t in zip(records, truth, strict=True) if t == 2 and len(r.keys) >= 2 and r.sketch)
-    rng = random.Random(5)
-    salad = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(400))
-    text = f"{copy.text} {salad}"
-    others = [np.array(r.sketch) for r, t in zip(records, truth, strict=True) if t == 2 and r.sketch]
-    assert max(float((np.array(sketch(text)) == o).mean()) for o in others) < 0.3  # no text link at all
+    copy, text, alike = _salted_copy(runs, 5, 400)
+    assert alike < 0.3, alike  # no text link at all
     alone = Features(text, sketch(text), copy.keys, copy.shape)
     quoted = [alone, alone._replace(bounce=True), alone._replace(bounce=True)]
 
