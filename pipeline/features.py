@@ -221,16 +221,22 @@ def shape_of(names: Iterable[str], mailer: str) -> str:
 
 def subject_core(subject: str) -> str:
     """A subject without what spamware writes per copy around the run's own: reply and forward
-    prefixes, a greeting name before it (`Ken, ` `Ken: `) or after it (` for Ken`), and one trailing
-    hash-buster (`#123`, `[a3f0]`, `(12)`, `- word`, a hex token)."""
+    prefixes, a greeting name before it (`Ken, ` `Ken: `) or after it (` for Ken`), and trailing
+    hash-busters (`#123`, `[a3f0]`, `(12)`, `- word`, a hex token), up to three: a suffix stacked on a
+    subject that already ends in a number (`Century!17441 (12)`) must not leave that number to make
+    the copy's key differ from those of the copies without one."""
     s = " ".join(subject.split())
     for _ in range(4):
         s2 = _SUBJ_LEAD.sub("", s)
         if s2 == s:
             break
         s = s2
-    s = _SUBJ_FOR.sub("", s)
-    return _SUBJ_TAIL.sub("", s).strip()
+    for _ in range(3):
+        s2 = _SUBJ_TAIL.sub("", _SUBJ_FOR.sub("", s)).strip()
+        if s2 == s:
+            break
+        s = s2
+    return s
 
 
 def subject_key(subject: str) -> str:

@@ -522,6 +522,21 @@ def test_a_short_subject_keys_a_headers_only_bounce_to_its_run() -> None:
     assert "t:memory loss" not in other.keys and "t:memory gain" in other.keys
 
 
+def test_a_suffix_stacked_on_a_subject_ending_in_a_number_keys_as_the_rest() -> None:
+    """A run's subject that ends in a number of its own (`Century!17441`, from the corpus) with a per-copy
+    suffix after it: every hash-buster at the end is cut, so the copies with a suffix key as those without
+    (the number left behind was read as leetspeak, `centuryiitaai`, and their headers-only bounces matched
+    no copy); the words before the suffixes stay."""
+    from pipeline.features import subject_core, subject_key
+
+    run = "your own fountain of youth! HGH human growth hormone from 21st Century!17441"
+    keys = {subject_key(normalise(subject_core(s), "")) for s in
+            [run, f"Ahmed, get {run} (4451)", f"Fwd: buy {run} 8812", f"{run} for Eva", f"{run} #12 [a3f0]"]}
+    assert keys == {"s:century fountain hormone"}
+    assert subject_core("Quarterly report 2026 - draft (2)") == "Quarterly report"
+    assert subject_core("Re: Memory loss? [31ff02a5] for Ken") == "Memory loss?"
+
+
 def test_a_run_rotating_its_hosts_keeps_its_paths() -> None:
     """Copies whose link hosts change per copy still share the path's fixed segments as a key;
     per-copy segments and a bare host give none."""
