@@ -29,7 +29,10 @@ def create_app(data: str | Path | Store, token: str, raw_limit: int = RAW_LIMIT,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if warm:
             threading.Thread(target=review.warm, args=(console.inc,), daemon=True).start()
-        yield
+        try:
+            yield
+        finally:
+            console.inc.close()  # the snapshots downloaded for drill-down hold customers' mail
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.console = console

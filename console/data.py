@@ -137,7 +137,9 @@ class Incidents:
         self._cache: dict[str, Loaded] = {}
         self._lock = threading.RLock()
         self._fetch_lock = threading.Lock()
-        self._scratch: Path | None = None  # downloaded snapshots (remote stores only)
+        # downloaded snapshots (remote stores only): copies of customers' mail, so the folder goes with this object
+        # (close(), the app's shutdown, garbage collection, or the interpreter's exit), never left behind in /tmp
+        self._scratch_dir: tempfile.TemporaryDirectory[str] | None = None
         self._kept: OrderedDict[Path, int] = OrderedDict()  # those downloads, least recently used first
         self._where: dict[tuple[str, str], str] = {}  # (incident, member path) -> the snapshot key it is in
 
@@ -373,9 +375,7 @@ class Incidents:
         if version is None:
             return None
         with self._fetch_lock:
-            if self._scratch is None:
-                self._scratch = Path(tempfile.mkdtemp(prefix="spoolsweep-console-"))
-            path = self._scratch / hashlib.sha256(f"{key}\n{version}".encode()).hexdigest()[:32]
+            path = self._scratch() / hashlib.sha256(f"{key}\n{version}".encode()).hexdigest()[:32]
             if path.is_file():
                 self._kept.move_to_end(path)
                 return path
@@ -390,6 +390,19 @@ class Incidents:
                 path.write_bytes(data)
             self._kept[path] = path.stat().st_size
             return path
+
+    def _scratch(self) -> Path:
+        if self._scratch_dir is None:
+            self._scratch_dir = tempfile.TemporaryDirectory(prefix="spoolsweep-console-")
+        return Path(self._scratch_dir.name)
+
+    def close(self) -> None:
+        """Remove the downloaded snapshots; a later drill-down downloads again."""
+        with self._fetch_lock:
+            if self._scratch_dir is not None:
+                self._scratch_dir.cleanup()
+                self._scratch_dir = None
+            self._kept.clear()
 
     def _evict(self, room: int) -> None:
         """Drop the least recently used downloads until `room` more bytes fit (a Lambda's /tmp is small)."""

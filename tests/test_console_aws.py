@@ -461,10 +461,20 @@ def test_split_snapshot_drill_down_downloads_little_and_keeps_within_budget(buck
     for x in picks:
         raw = inc.raw(INCIDENT, x)
         assert raw is not None and __import__("hashlib").sha256(raw).hexdigest() == x.sha256
-        kept = list(inc._scratch.iterdir())
+        kept = list(inc._scratch().iterdir())
         assert sum(p.stat().st_size for p in kept) <= CACHE_FACTOR * biggest and len(kept) <= CACHE_FACTOR
     # 0 fetches part 1; 150 part 2; 299 part 3 (part 1 evicted); 151 and 250 are known to be in the parts kept,
     # so nothing is scanned or fetched (scanning in order would fetch 1 and 2 again, and 3); 1 fetches part 1 again
     assert fetched == [*parts, parts[0]], fetched
     smallest = min(store.size(k) for k in parts)
     assert Incidents(store, raw_limit=smallest - 1).raw(INCIDENT, m.messages[0]) is None  # every part over the limit
+    # the downloads are copies of customers' mail: they go with the console, never left in /tmp
+    scratch = inc._scratch()
+    assert any(scratch.iterdir())
+    inc.close()
+    assert not scratch.exists()
+    assert inc.raw(INCIDENT, m.messages[0]) is not None  # after close a drill-down downloads again
+    again = inc._scratch()
+    del inc
+    __import__("gc").collect()
+    assert not again.exists()

@@ -78,3 +78,12 @@ def test_by_must_be_one_plain_line(root, by):
     assert r.status_code == 422, r.text
     r = _post(c, f"/api/incidents/{INC}/approve", json.dumps({"digest": "0" * 64, "by": by}).encode())
     assert r.status_code == 422, r.text
+
+
+def test_the_consoles_shutdown_removes_its_downloaded_snapshots(root):
+    """Snapshots downloaded for drill-down are customers' mail: the app's shutdown removes them."""
+    app = create_app(root, TOKEN, warm=False)
+    with TestClient(app):
+        scratch = app.state.console.inc._scratch()
+        (scratch / "snapshot").write_bytes(b"From: a@example.org\n\nmail\n")
+    assert not scratch.exists()
