@@ -125,10 +125,12 @@ def test_fault_campaign(tmp_path, mail_corpus):
     want = verdicts(ref)
 
     # 1. a function killed mid-step (SIGKILL of `spoolsweep up`), again and again, then left to finish
+    # a killed step cannot remove its temporary folder: keep those in the test's own folder, not the machine's /tmp
+    (tmp_path / "tmp").mkdir()
     for _ in range(3):
         p = subprocess.Popen([sys.executable, "-m", "spoolsweep", "up", "--store", str(store), "--policy",
                               str(tmp_path / "site.toml"), "--once"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
         time.sleep(rng.uniform(1.0, 3.0))
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
