@@ -195,10 +195,10 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
             if len(kmsg) else np.zeros(ncomp, dtype=np.int64)
         # tier 2 evidence: texts alike across two groups, keys shared by two groups
-        merged, support = self._merge(_text_support(comp, weak, ncomp),
-                                      *_key_support(self._key_links(bucket, kmsg, comp), comp, ncomp), weight,
-                                      np.where(one, carried, 0), mute, distinct)
-        final = self._guarded(ncomp, merged, support, size)[comp]
+        text = _text_support(comp, weak, ncomp)
+        key, keys = _key_support(self._key_links(bucket, kmsg, comp), comp, ncomp)
+        merged, support = self._merge(text, key, keys, weight, np.where(one, carried, 0), mute, distinct)
+        final = self._islands(self._guarded(ncomp, merged, support, size), weight, text, keys)[comp]
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels.ravel()[inverse].astype(np.int64)
@@ -349,6 +349,48 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         first = o[np.r_[True, me[o][1:] != me[o][:-1]]] if len(o) else o
         edges = np.concatenate([np.stack([x[big], y[big]], axis=1), np.stack([me[first], other[first]], axis=1)])
         return edges.astype(np.int64), np.r_[big_strength, strength[first]].astype(np.int64)
+
+    def _islands(self, final: np.ndarray, size: np.ndarray, text: tuple[np.ndarray, np.ndarray],
+                 keys: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The merged groups, each island joined to one partner. A small group joins one partner only, the
+        one it shares most with (`_merge`): a few copies of a run sharing a link host it rotated to for them
+        alone pick one another, and being all small they are left an island apart from their run, whose
+        link paths they carry too (below a campaign's least size, held for review; with their bounces, a
+        campaign apart from their run's). An island (a merged group of two small groups or more and no
+        other, of fewer than `large` copies in all) joins, as one group, the one partner it shares most
+        with through one of its members: two distinct keys, or a text alike and a key, what a small group
+        shows. A partner that is not an island comes first (islands picking one another would stay apart
+        from their run again), then the most evidence, the biggest, the lowest number. A group of one
+        message with more than `small` copies (identical copies of a mailing) is no part of an island.
+        Deterministic: the groups are numbered in canonical order."""
+        ng = len(size)
+        codes = _unique(np.concatenate([text[0], keys[0]]))
+        if not codes.size:
+            return final
+        s_text, n_keys = _lookup(*text, codes), _lookup(*keys, codes)
+        x, y = codes // ng, codes % ng
+        fx, fy = final[x], final[y]
+        ok = (fx != fy) & ((n_keys >= 2) | ((s_text >= 1) & (n_keys >= 1)))
+        if not ok.any():
+            return final
+        nf = int(final.max()) + 1
+        mass = np.bincount(final, weights=size, minlength=nf)
+        parts = np.bincount(final, minlength=nf)
+        big_part = np.bincount(final, weights=size > self.small, minlength=nf) > 0
+        island = (mass < self.large) & (parts >= 2) & ~big_part
+        fx, fy, ev = fx[ok], fy[ok], (s_text + n_keys)[ok]
+        me = np.r_[fx, fy]
+        other = np.r_[fy, fx]
+        ev = np.r_[ev, ev]
+        keep = island[me]
+        me, other, ev = me[keep], other[keep], ev[keep]
+        if not me.size:
+            return final
+        # one partner per island: the most evidence from one pair of members, then the biggest, the lowest
+        o = np.lexsort((other, -mass[other], -ev, island[other], me))
+        first = o[np.r_[True, me[o][1:] != me[o][:-1]]]
+        joined = _components(nf, np.stack([me[first], other[first]], axis=1))
+        return joined[final]
 
     def _guarded(self, n: int, edges: np.ndarray, support: np.ndarray, size: np.ndarray) -> np.ndarray:
         """Components of the tier-2 merges, strongest first, where a weak link (less than `strong`)

@@ -615,3 +615,41 @@ def test_unique_rows_is_numpys_for_columns_of_any_range() -> None:
         assert (rows == want).all() and (my_inv == inv.reshape(-1)).all()
         assert (_unique_rows(a) == want).all()
         assert (_unique_rows(a, counts=True)[1] == cnt).all()
+
+
+def _island_run(n: int = 12, island: int = 3) -> tuple[list[Features], set[int]]:
+    """A run of n copies whose texts are alike to none other (no text links), all carrying the run's two link
+    paths; `island` of them also share a link host the run rotated to for them alone (three keys), the
+    others a host each. The copy first in canonical order (the owner of the paths' keys, every copy's
+    partner) is not one of the island's."""
+    from pipeline.campaigns import feature_digest
+
+    def copy(k: int, host: str, salt: str = "") -> Features:
+        text = " ".join(f"w{k}x{j}{salt}" for j in range(30))
+        keys = [f"u:{host}/*", f"u:{host}/offer/c.asp", f"u:{host}/images/a.gif", "p:offer/c.asp", "p:images/a.gif"]
+        if host != "island.example":
+            keys = [keys[0], *keys[3:]]
+        return Features(text, sketch(text), keys, "S")
+
+    feats = [copy(k, "island.example" if k < island else f"host{k}.example") for k in range(n)]
+    salt = ""
+    while min(range(n), key=lambda k: feature_digest(feats[k].text, feats[k].keys, feats[k].shape,
+                                                        feats[k].sketch)) < island:
+        salt += "y"
+        feats[:island] = [copy(k, "island.example", salt) for k in range(island)]
+    return feats, set(range(island))
+
+
+def test_copies_that_picked_one_another_join_their_run() -> None:
+    """Three copies of a run share a link host no other copy has: each, a small group joining one partner,
+    picks another of the three (three keys shared against the two link paths every copy carries), and the
+    three were left a group apart (below a campaign's least size: held for review). As an island of small
+    groups they now join the run they share its link paths with, in any order of the input."""
+    feats, island = _island_run()
+    labels = CampaignClusterer().fit(feats).labels_
+    assert len(set(labels.tolist())) == 1
+    for seed in (1, 2, 3):
+        order = list(range(len(feats)))
+        random.Random(seed).shuffle(order)
+        shuffled = CampaignClusterer().fit([feats[i] for i in order]).labels_
+        assert len(set(shuffled.tolist())) == 1
