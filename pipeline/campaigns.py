@@ -389,8 +389,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # one partner per island: the most evidence from one pair of members, then the biggest, the lowest
         o = np.lexsort((other, -mass[other], -ev, island[other], me))
         first = o[np.r_[True, me[o][1:] != me[o][:-1]]]
-        joined = _components(nf, np.stack([me[first], other[first]], axis=1))
-        return joined[final]
+        out: np.ndarray = _components(nf, np.stack([me[first], other[first]], axis=1))[final]
+        return out
 
     def _guarded(self, n: int, edges: np.ndarray, support: np.ndarray, size: np.ndarray) -> np.ndarray:
         """Components of the tier-2 merges, strongest first, where a weak link (less than `strong`)
