@@ -117,6 +117,22 @@ class Grouping(NamedTuple):
                    np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat), bounce)
 
 
+def _bounces_apart(g: Grouping, first: np.ndarray, strong: np.ndarray,
+                   weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tier 1 between bounces: two bounces whose quoted copies have two template shapes and texts alike are
+    weak evidence, not a link. Runs built from one spam text (a kit's templates, links and subjects apart)
+    bounce with quotes of a subject line and a few words that are alike across the runs; linked, such bounces
+    went to one run together (at 100k, 4 to 26 an incident sat with another run of their text). As weak
+    evidence each joins one group through `_merge`, where the keys it shares within its own shape choose."""
+    if g.bounce is None or not len(strong):
+        return strong, weak
+    bounce, shape = g.bounce[first], g.shape[first]
+    apart = bounce[strong].all(axis=1) & (shape[strong[:, 0]] != shape[strong[:, 1]])
+    if not apart.any():
+        return strong, weak
+    return strong[~apart], np.concatenate([weak, strong[apart]])
+
+
 def _first_met(strings: pa.Array) -> np.ndarray:
     """Each string's number, equal strings alike, numbered in the order first met."""
     out: np.ndarray = pc.dictionary_encode(strings).indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -176,6 +192,7 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # sketches are read where they are (g.sketch[first[i]] is distinct message i's): no copy of them
         strong, weak = self._text_edges(g.sketch, first, has)
         strong, weak = self._unbridge(g.sketch, first, strong, weak)
+        strong, weak = _bounces_apart(g, first, strong, weak)
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)

@@ -653,3 +653,35 @@ def test_copies_that_picked_one_another_join_their_run() -> None:
         random.Random(seed).shuffle(order)
         shuffled = CampaignClusterer().fit([feats[i] for i in order]).labels_
         assert len(set(shuffled.tolist())) == 1
+
+
+def test_bounces_of_two_runs_of_one_text_follow_their_own_runs() -> None:
+    """Two runs built from one spam text (different templates, links and subject templates) and a bounce of
+    each quoting only the subject line and a few words: the two short quotes are alike to each other, and
+    were one tier-1 group that went to one run, so one bounce sat with the other run. Bounces of two
+    template shapes alike in text are weak evidence only; each joins its own run by the keys of its shape."""
+    rng = random.Random(7)
+    words = [f"w{k}" for k in range(400)]
+
+    def run(shape_: str, host: str, subject_key: str, n: int = 12) -> list[Features]:
+        out = []
+        for _ in range(n):
+            text = " ".join(rng.sample(words, 60))  # per-copy salad: no text link within the run
+            out.append(Features(text, sketch(text), [f"u:{host}/offer/go.asp", "p:offer/go.asp", subject_key],
+                                shape_))
+        return out
+
+    a = run("SA", "alpha.example", "s:auto extended warranties")
+    b = run("SB", "beta.example", "s:auto extended warranties")
+    quote = "fw adv extended auto warranties below dhzbj cells protect financial future olga"
+    bounce_a = Features(quote, sketch(quote), ["s:auto extended warranties"], "SA", True)
+    quote_b = "re adv extended auto warranties below dhzbj cells protect financial future kim"
+    bounce_b = Features(quote_b, sketch(quote_b), ["s:auto extended warranties"], "SB", True)
+    assert (np.array(bounce_a.sketch) == np.array(bounce_b.sketch)).mean() >= 0.5  # a tier-1 pair by text
+    feats = [*a, *b, bounce_a, bounce_b]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        labels = CampaignClusterer().fit([feats[i] for i in order]).labels_
+        at = {i: int(labels[k]) for k, i in enumerate(order)}
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 24)}) == 1
+        assert at[0] != at[12]
+        assert at[24] == at[0] and at[25] == at[12]
