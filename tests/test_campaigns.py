@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted, client_codes
+from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted, client_codes, feature_digest
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage, ReasonCode, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
@@ -617,12 +617,11 @@ def test_unique_rows_is_numpys_for_columns_of_any_range() -> None:
         assert (_unique_rows(a, counts=True)[1] == cnt).all()
 
 
-def _island_run(n: int = 12, island: int = 3) -> tuple[list[Features], set[int]]:
+def _island_run(n: int = 12, island: int = 3) -> list[Features]:
     """A run of n copies whose texts are alike to none other (no text links), all carrying the run's two link
     paths; `island` of them also share a link host the run rotated to for them alone (three keys), the
     others a host each. The copy first in canonical order (the owner of the paths' keys, every copy's
     partner) is not one of the island's."""
-    from pipeline.campaigns import feature_digest
 
     def copy(k: int, host: str, salt: str = "") -> Features:
         text = " ".join(f"w{k}x{j}{salt}" for j in range(30))
@@ -637,7 +636,7 @@ def _island_run(n: int = 12, island: int = 3) -> tuple[list[Features], set[int]]
                                                         feats[k].sketch)) < island:
         salt += "y"
         feats[:island] = [copy(k, "island.example", salt) for k in range(island)]
-    return feats, set(range(island))
+    return feats
 
 
 def test_copies_that_picked_one_another_join_their_run() -> None:
@@ -645,7 +644,7 @@ def test_copies_that_picked_one_another_join_their_run() -> None:
     picks another of the three (three keys shared against the two link paths every copy carries), and the
     three were left a group apart (below a campaign's least size: held for review). As an island of small
     groups they now join the run they share its link paths with, in any order of the input."""
-    feats, island = _island_run()
+    feats = _island_run()
     labels = CampaignClusterer().fit(feats).labels_
     assert len(set(labels.tolist())) == 1
     for seed in (1, 2, 3):
