@@ -81,7 +81,8 @@ class Grouping(NamedTuple):
     anything; has_sketch: (n,) bool; shape: (n,) int template ids; key_msg, key_id: one entry per
     invariant key a message carries (key_msg the message's index, key_id the key's number), key ids
     and shape ids numbered in any way that is the same for equal strings; bounce: (n,) bool, which
-    messages are bounces (None: none is)."""
+    messages are bounces (None: none is); follow: one per key entry, whether a bounce follows that key to its
+    run (`followed_keys`; None: none is followed)."""
 
     digest: np.ndarray
     sketch: np.ndarray
@@ -90,6 +91,7 @@ class Grouping(NamedTuple):
     key_msg: np.ndarray
     key_id: np.ndarray
     bounce: np.ndarray | None = None
+    follow: np.ndarray | None = None
 
     @classmethod
     def of(cls, feats: Sequence[Features]) -> Grouping:
@@ -114,7 +116,7 @@ class Grouping(NamedTuple):
         flat = pa.array(list(chain.from_iterable(keys)), pa.string())
         per = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
         return cls(digest, sketch, has_sketch, _first_met(pa.array(shapes, pa.string())),
-                   np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat), bounce)
+                   np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat), bounce, followed_keys(flat))
 
 
 def _bounces_apart(g: Grouping, first: np.ndarray, strong: np.ndarray,
@@ -133,6 +135,68 @@ def _bounces_apart(g: Grouping, first: np.ndarray, strong: np.ndarray,
     return strong[~apart], np.concatenate([weak, strong[apart]])
 
 
+def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket: np.ndarray, kid: np.ndarray,
+                  follow: np.ndarray | None) -> np.ndarray:
+    """Each bounce whose group has no copy carrying a key it carries, moved to the run its subject or Reply-To
+    names.
+
+    A bounce's text is a quote of a subject line and a few words, and runs built from one spam text are
+    alike there: by its text a bounce went with another run (at 100k, 2 to 20 an incident), or stayed alone
+    beside its own. The subject and the Reply-To address of the copy it quotes name its own run; a link path
+    or an image may be a whole kit's. So a bounce none of whose keys any copy in its group carries (`lab`:
+    each distinct message's group) goes to the one group holding every copy (two at least) that carries its
+    subject key within its template shape, or its Reply-To in any shape (`follow`: 1 and 2; a bounce cut
+    inside its quoted headers has another shape than its run). A key that copies of two groups carry (runs
+    of one text through one kit, a run split in two) says nothing. Ties: the most such keys, then the lowest
+    group. `bounce`: distinct messages that are all bounces. Copies decide and only bounces move, so no
+    move depends on another."""
+    if not len(kmsg) or follow is None or not bounce.any():
+        return lab
+    ng = int(lab.max()) + 1
+    # a scope per (template shape, key), and one per Reply-To in any shape
+    anywhere = follow == 2
+    scope = np.r_[bucket, int(bucket.max()) + 1 + kid[anywhere]]
+    msg = np.r_[kmsg, kmsg[anywhere]]
+    named = np.r_[follow >= 1, np.ones(int(anywhere.sum()), dtype=bool)]
+    copy = ~bounce[msg]
+    if not copy.any():
+        return lab
+    ns = int(scope.max()) + 1
+    # the copies carrying each scope, per group; the group holding most (then the lowest), and whether all
+    sg, held = _unique_rows(np.stack([scope[copy], lab[msg[copy]]], axis=1), counts=True)
+    o = np.lexsort((sg[:, 1], -held, sg[:, 0]))
+    firsts = o[np.r_[True, sg[o[1:], 0] != sg[o[:-1], 0]]]
+    owner = np.full(ns, -1, dtype=np.int64)
+    owner[sg[firsts, 0]] = sg[firsts, 1]
+    most = np.zeros(ns, dtype=np.int64)
+    most[sg[firsts, 0]] = held[firsts]
+    sole = most == np.bincount(scope[copy], minlength=ns)
+    b = bounce[msg]
+    m, sc, named = msg[b], scope[b], named[b]
+    # a bounce whose own group has a copy carrying any of its keys stays
+    stays = np.zeros(len(lab), dtype=bool)
+    stays[m[_lookup(sg[:, 0] * ng + sg[:, 1], held, sc * ng + lab[m]) > 0]] = True
+    ok = named & ~stays[m] & (most[sc] >= 2) & sole[sc]
+    if not ok.any():
+        return lab
+    rows, n = _unique_rows(np.stack([m[ok], owner[sc[ok]]], axis=1), counts=True)
+    o = np.lexsort((rows[:, 1], -n, rows[:, 0]))
+    first = o[np.r_[True, rows[o[1:], 0] != rows[o[:-1], 0]]]
+    out = lab.copy()
+    out[rows[first, 0]] = rows[first, 1]
+    return out
+
+
+def followed_keys(flat: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """For each key, whether a bounce follows it to its run (`_bounces_home`): 1 a subject key, within its
+    template shape; 2 a Reply-To address, in any shape; 0 any other (a link, an image: maybe a kit's)."""
+    subject = pc.or_(pc.starts_with(flat, "s:"), pc.starts_with(flat, "t:"))
+    reply = pc.starts_with(flat, "r:")
+    out: np.ndarray = (np.asarray(subject.to_numpy(zero_copy_only=False), dtype=np.int8)
+                       + 2 * np.asarray(reply.to_numpy(zero_copy_only=False), dtype=np.int8))
+    return out
+
+
 def _first_met(strings: pa.Array) -> np.ndarray:
     """Each string's number, equal strings alike, numbered in the order first met."""
     out: np.ndarray = pc.dictionary_encode(strings).indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -146,7 +210,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
     least `threshold`. Tier 2 merges tier-1 groups through weaker evidence: texts at least
     `weak_threshold` alike, or invariant keys (a URL's registered domain and path, Reply-To, an
     attachment or image digest) shared within one template shape, under the guard of `_merge`; a
-    weak link never joins two groups that are `large` already (`_guarded`).
+    weak link never joins two groups that are `large` already (`_guarded`). Last, a bounce its group
+    has no copy to show for follows its run's subject or Reply-To (`_bounces_home`).
 
     Exact duplicates are folded first and the rest is put in a canonical order (by the digest of its
     features, `feature_digest`), so the labels do not depend on the input order or on how the
@@ -216,6 +281,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         key, keys = _key_support(self._key_links(bucket, kmsg, comp), comp, ncomp)
         merged, support = self._merge(text, key, keys, weight, np.where(one, carried, 0), mute, distinct)
         final = self._islands(self._guarded(ncomp, merged, support, size), weight, text, keys)[comp]
+        if g.bounce is not None:  # distinct messages that are bounces only
+            final = _bounces_home(final, np.bincount(inverse, weights=~g.bounce, minlength=n) == 0, kmsg, bucket,
+                                  kid, None if g.follow is None else g.follow[keep])
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels.ravel()[inverse].astype(np.int64)

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.campaigns import Grouping, client_evidence, feature_digest
+from pipeline.campaigns import Grouping, client_evidence, feature_digest, followed_keys
 from pipeline.errors import ShardError
 from pipeline.features import SKETCH_PERM
 from pipeline.models import ParsedRecord, message_id
@@ -327,7 +327,7 @@ def grouping(tables: list[pa.Table]) -> Grouping:
         parents.append(pc.list_parent_indices(chunk).to_numpy().astype(np.int64) + base)
         base += len(chunk)
     key_msg = np.concatenate(parents) if parents else np.empty(0, np.int64)
-    return Grouping(digest, sketch, has_sketch, shape_ids, key_msg, key_ids, bounce)
+    return Grouping(digest, sketch, has_sketch, shape_ids, key_msg, key_ids, bounce, followed_keys(flat))
 
 
 def queue_evidence(table: pa.Table, positions: np.ndarray) -> QueueEvidence:

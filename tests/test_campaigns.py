@@ -684,3 +684,105 @@ def test_bounces_of_two_runs_of_one_text_follow_their_own_runs() -> None:
         assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 24)}) == 1
         assert at[0] != at[12]
         assert at[24] == at[0] and at[25] == at[12]
+
+
+def _salad_run(rng: random.Random, shape_: str, keys: list[str], n: int = 12, body: str = "") -> list[Features]:
+    """A run whose copies are word salad (no text link between them), grouped by the keys of its template;
+    with a `body`, each copy is that body and ten words of salad (copies alike to one another)."""
+    words = _WORDS
+    texts = (f"{body} {' '.join(rng.sample(words, 10))}" if body else " ".join(rng.sample(words, 60)) for _ in range(n))
+    return [Features(t, sketch(t), keys, shape_) for t in texts]
+
+
+_QUOTE = "fw adv extended auto warranties below dhzbj cells protect financial future"
+# words of letters only (the sketch reads nothing else), 400 for salad and 50 for a run's own text after
+# its subject line: a bounce quoting the subject line is not alike to that run's copies
+_LETTERS = random.Random(10)
+_WORDS = sorted({"".join(_LETTERS.choices("abcdefghijklmnopqrstuvwxyz", k=7)) for _ in range(450)})
+_BODY = _QUOTE + " " + " ".join(_WORDS[400:450])
+_WORDS = _WORDS[:400]
+
+
+def _at(feats: list[Features], order: list[int]) -> dict[int, int]:
+    labels = CampaignClusterer().fit([feats[i] for i in order]).labels_
+    return {i: int(labels[k]) for k, i in enumerate(order)}
+
+
+def test_a_bounce_alike_to_another_run_of_its_text_follows_the_keys_of_its_template() -> None:
+    """Two runs built from one spam text: one varies its copies with word salad, the other sends the text
+    almost as it is. A bounce of the first quotes the subject line and a few words, alike to every copy of
+    the second (a tier-1 link), and went with the second run. Its template shape and subject key are the
+    first run's, which no copy of the second carries: it goes to its own run."""
+    rng = random.Random(11)
+    quote = _QUOTE
+    a = _salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties"],
+                   body=_BODY)
+    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
+         for t in (f"{quote} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    bounce_a = Features(f"{quote} olga", sketch(f"{quote} olga"), ["s:auto extended warranties"], "SA", True)
+    assert (np.array(bounce_a.sketch) == np.array(b[0].sketch)).mean() >= 0.5  # alike to the second run
+    feats = [*a, *b, bounce_a]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
+        assert at[0] != at[12]
+        assert at[20] == at[0]
+
+
+def test_a_bounce_cut_inside_its_quoted_headers_follows_its_runs_reply_to() -> None:
+    """A bounce that quotes its copy's headers only up to a cut has another template shape than its run, so
+    no key of its shape links it, and it stayed alone (held for review). The run's Reply-To address is its
+    run's in any shape: it joins the run that holds every copy carrying it. A Reply-To two groups carry, or a
+    subject key outside its shape, leaves it alone."""
+    rng = random.Random(12)
+    reply = "r:drop77@mail.example"
+    a = _salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties",
+                               reply])
+    cut = Features("undelivered mail returned to sender", (), [reply], "SA-cut", True)
+    by_subject = Features("undelivered mail returned to sender", (), ["s:auto extended warranties"], "SX", True)
+    feats = [*a, cut, by_subject]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1
+        assert at[12] == at[0]
+        assert at[13] != at[0] and at[13] != at[12]
+    # the same Reply-To on the copies of another run: which run the bounce came from is not known
+    c = _salad_run(rng, "SC", ["u:gamma.example/x/y.asp", "p:x/y.asp", "s:lowest rates mortgage", reply])
+    feats = [*a, *c, cut]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 24)}) == 1
+        assert at[0] != at[12]
+        assert at[24] not in (at[0], at[12])
+
+
+def test_a_bounce_stays_with_copies_that_carry_its_keys() -> None:
+    """A bounce whose group holds a copy carrying one of its keys stays, even when another group holds more
+    copies carrying its other keys: the move is for a bounce its group gives no evidence for."""
+    rng = random.Random(13)
+    a = _salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties"],
+                   body=_BODY)
+    quote = _QUOTE
+    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php"], "SA")
+         for t in (f"{quote} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    bounce_ = Features(f"{quote} olga", sketch(f"{quote} olga"), ["p:w.php", "s:auto extended warranties"], "SA",
+                       True)
+    feats = [*a, *b, bounce_]
+    at = _at(feats, list(range(len(feats))))
+    assert at[0] != at[12] and at[20] == at[12]
+
+
+def test_bounces_whose_run_has_left_the_queue_do_not_follow_a_key_of_its_kit(runs) -> None:
+    """Bounces of a run whose copies have all left the queue, beside one other run of the same kit: one
+    template shape and one link path for both runs. They carry the kit's link path, which only the other
+    run's copies carry now; a link path may be a whole kit's, so they stay apart (their own run's subject
+    and Reply-To are on no copy)."""
+    camps, data, truth, records = runs
+    originals = [d for d, t in zip(data, truth, strict=True) if t == 2][10:16]
+    alone = [_parse(bounce(d, f"u{i}@far.example", truncate=2500 if i % 2 else None), mail_from="")
+             for i, d in enumerate(originals)]
+    kit = {k for r in records[:40] for k in r.keys} & {k for b in alone for k in b.keys}
+    assert kit and all(k.startswith("p:") for k in kit)  # the kit's link path, and nothing of run 2's own
+    assert {r.shape for r in records[:40]} == {b.shape for b in alone}
+    labels = CampaignClusterer().fit([*map(_feat, records[:40]), *map(_feat, alone)]).labels_
+    assert len(set(labels[40:])) == 1 and labels[40] not in set(labels[:40])
