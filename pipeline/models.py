@@ -190,6 +190,7 @@ class ReasonCode(StrEnum):
     bounce_external = "bounce_external"
     contradiction = "contradiction"
     inbound_in_spam_campaign = "inbound_in_spam_campaign"
+    own_bounce_in_spam_campaign = "own_bounce_in_spam_campaign"
     relayed_unknown_source = "relayed_unknown_source"
     relayed = "relayed"
     stolen_account_source = "stolen_account_source"

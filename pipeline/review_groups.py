@@ -36,6 +36,7 @@ ORDER: dict[ReasonCode, tuple[str, ...]] = {
     ReasonCode.authenticated_bulk_unclear: ("account", "campaign"),
     ReasonCode.contradiction: ("account", "campaign", "client"),
     ReasonCode.inbound_in_spam_campaign: ("campaign", "network", "client"),
+    ReasonCode.own_bounce_in_spam_campaign: ("campaign", "quoted"),
     ReasonCode.campaign_unclear: ("campaign", "client"),
     ReasonCode.origin_unknown: ("sender_domain", "campaign"),
     ReasonCode.mixed: (),  # MIXED: already the coarsest
@@ -287,6 +288,9 @@ def _describe(gid: int, rule: ReasonCode, key: dict[str, str], ms: list[Manifest
         text = (f"{msgs} of spam {camp_s} that only came in, for our users, {_from(clients, no_client, net)}, "
                 "which sent none of its copies out — a mailing your users receive that the run imitates, or "
                 "the run's own copies to them")
+    elif rule == ReasonCode.own_bounce_in_spam_campaign:
+        text = (f"{msgs} of bounces to our users in spam {camp_s}, quoting mail our own side sent — their own "
+                "mail that the run looks like, or spam sent through their account or network")
     elif rule == ReasonCode.campaign_unclear:
         text = f"{msgs} of {camp_s} with no clear origin, {_from(clients, no_client, net)}"
     elif rule == ReasonCode.origin_unknown:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
 
-from pipeline.models import ParsedRecord, Reason, ReasonCode, Verdict, integrity_defects
+from pipeline.models import ParsedRecord, Reason, ReasonCode, ReceivedHop, Verdict, integrity_defects
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
@@ -35,6 +35,8 @@ class Context:
     forwarded: bool
     # for a bounce: how the message it quotes reached us from our own side (None: no evidence that it did)
     bounced_ours: str | None = None
+    # and the SMTP AUTH account that hop names ("" when it shows authentication without a name)
+    bounced_account: str | None = None
     # derived once here: the campaign rules read them for every member, twice
     relayed: bool = field(init=False)
     forged_local: bool = field(init=False)
@@ -140,14 +142,26 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         external_rcpts=external,
         forwarded=forwarded,
         bounced_ours=bounced_from_our_side(rec, policy) if rec.bounce else None,
+        bounced_account=_our_hop_account(rec, policy) if rec.bounce else None,
     )
+
+
+def _our_hop(rec: ParsedRecord, policy: SitePolicy) -> ReceivedHop | None:
+    """Our Received hop in a bounce's quoted copy: the topmost one by one of our servers (a spammer can
+    write hops below it, not it)."""
+    return next((h for h in rec.bounced_original_received if policy.is_our_host(h.by)), None)
+
+
+def _our_hop_account(rec: ParsedRecord, policy: SitePolicy) -> str | None:
+    hop = _our_hop(rec, policy)
+    return (hop.auth_user or "") if hop is not None and hop.authenticated else None
 
 
 def bounced_from_our_side(rec: ParsedRecord, policy: SitePolicy) -> str | None:
     """How the message a bounce quotes was handed to us by our own side, read from our Received hop
-    in the quoted copy (the topmost one by one of our servers: a spammer can write hops below it, not
-    it): an authenticated account, a trusted network, or a submission on the host. None otherwise."""
-    hop = next((h for h in rec.bounced_original_received if policy.is_our_host(h.by)), None)
+    in the quoted copy (`_our_hop`): an authenticated account, a trusted network, or a submission on the
+    host. None otherwise."""
+    hop = _our_hop(rec, policy)
     if hop is None:
         return None
     if hop.authenticated:
@@ -486,6 +500,12 @@ def _authenticated(f: MessageFacts) -> Outcome:
     return Outcome(0.9, f"authenticated as {f.c.account!r}" + (" (from Received header)" if from_header else ""))
 
 
+def _through_stolen(f: MessageFacts) -> bool:
+    """A bounce's quoted copy went out through an account its campaign names stolen."""
+    account = f.c.bounced_account
+    return bool(account) and f.campaign is not None and account in f.campaign.accounts
+
+
 MessageRule = Rule[MessageFacts]
 MESSAGE_RULES: tuple[MessageRule, ...] = (
     Rule(ReasonCode.defect, Verdict.review, lambda f: bool(integrity_defects(f.rec.defects)),
@@ -495,6 +515,17 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     Rule(ReasonCode.no_recipients, Verdict.review,
          lambda f: not (f.rec.envelope.rcpt_to or f.rec.envelope.done_rcpt_to),
          lambda f: Outcome(0.3, "no recipient known"), "no recipient known"),
+    # A bounce to a user of ours about mail our own side sent, grouped with spam (its quoted copy alike to a
+    # run's, or carrying a run's subject or Reply-To), has two stories: a run copied the user's mail, or the
+    # run went out through the user's account or network. Only the campaign naming that account stolen
+    # settles it; else, purged, the user would never learn their own mail was not delivered.
+    Rule(ReasonCode.own_bounce_in_spam_campaign, Verdict.review,
+         lambda f: (f.bounce_to_local and bool(f.c.bounced_ours) and (f.backscatter_hit or f.in_spam_campaign)
+                    and not _through_stolen(f)),
+         lambda f: Outcome(0.4, "a bounce to a local user grouped with spam, but the mail it quotes reached us "
+                           f"{f.c.bounced_ours}: the user's own mail, or spam sent through their account or network"),
+         "a bounce to local addresses grouped with spam, whose quoted copy reached us from our own side (as for "
+         "bounce_to_local) and not through an account the campaign names stolen", after_campaign=True),
     Rule(ReasonCode.backscatter_local, Verdict.spam,
          lambda f: f.bounce_to_local and (f.backscatter_hit or f.in_spam_campaign),
          lambda f: Outcome(0.9, "a bounce to a local address quoting campaign spam that forged our domain as its "

@@ -84,20 +84,28 @@ def _bounce_quoting(received: list[str]) -> bytes:
             f"--b1\nContent-Type: message/rfc822\n\n{original}\n--b1--\n").encode()
 
 
-def test_bounce_to_local_address_is_valid_only_when_the_quoted_mail_came_from_our_side() -> None:
+def _bounce_record(received: list[str]) -> ParsedRecord:
+    """Our bounce to alice@example.org quoting her mail with these Received lines, parsed."""
     from pipeline.models import RawMessage
     from pipeline.parse import parse_found
     from pipeline.readers.base import Found
 
-    def bounce_decision(received: list[str]) -> tuple[Verdict, str]:
-        data = _bounce_quoting(received)
-        r = parse_found(Found(RawMessage(path="b.eml", envelope=Envelope(mail_from="", rcpt_to=["alice@example.org"],
-                                                                         client_address="127.0.0.1")),
-                              data, "0" * 64, len(data)), POLICY)
-        assert r.bounce and len(r.bounced_original_received) == len(received)
-        return decide(r)
+    data = _bounce_quoting(received)
+    r = parse_found(Found(RawMessage(path="b.eml", envelope=Envelope(mail_from="", rcpt_to=["alice@example.org"],
+                                                                     client_address="127.0.0.1")),
+                          data, "0" * 64, len(data)), POLICY)
+    assert r.bounce and len(r.bounced_original_received) == len(received)
+    return r
 
-    ours = "by mx1.example.org (Postfix) with ESMTP id 1; Tue, 1 Dec 2026 10:00:00 +0000"
+
+_OURS = "by mx1.example.org (Postfix) with ESMTP id 1; Tue, 1 Dec 2026 10:00:00 +0000"
+
+
+def test_bounce_to_local_address_is_valid_only_when_the_quoted_mail_came_from_our_side() -> None:
+    def bounce_decision(received: list[str]) -> tuple[Verdict, str]:
+        return decide(_bounce_record(received))
+
+    ours = _OURS
     assert bounce_decision([f"from pc.example.org (pc.example.org [192.0.2.40]) {ours}"]) == (
         Verdict.valid, "bounce_to_local")
     assert bounce_decision([f"from laptop (laptop [198.51.100.7]) (Authenticated sender: alice) {ours}"]) == (
@@ -158,3 +166,28 @@ def test_a_campaign_of_our_users_mail_with_no_account_recorded_is_review_not_spa
     ctxs2 = [context(r, POLICY) for r in recs2]
     d = campaign_decision(range(8), recs2, ctxs2, POLICY, {}, senders_seen_ours(recs2, ctxs2))
     assert (d.verdict, d.reasons[0].code) == (Verdict.spam, "relayed_campaign")
+
+
+def test_a_bounce_about_our_users_own_mail_grouped_with_spam_is_review_unless_the_run_went_through_its_account(
+) -> None:
+    """A bounce to alice about mail our own side sent (our hop in the quote: her account, or a trusted
+    network), grouped with a spam campaign: the run may have copied her mail (its subject, its Reply-To) or
+    gone out through her account or network. Held for review, not purged, unless the campaign names the
+    account in our hop stolen. A quote our hop got from a botnet client stays backscatter."""
+    from pipeline.models import ReasonCode
+    from pipeline.verdicts import Decision, R
+
+    def in_spam(received: list[str], stolen: frozenset[str] = frozenset()) -> tuple[Verdict, list[str]]:
+        r = _bounce_record(received)
+        run = Decision(Verdict.spam, 0.95, [R(ReasonCode.relayed_campaign, "a relayed run", "spam")],
+                       accounts=set(stolen))
+        d = message_decision(0, [r], [context(r, POLICY)], run, True, {})
+        return d.verdict, [x.code for x in d.reasons]
+
+    authed = f"from laptop (laptop [198.51.100.7]) (Authenticated sender: alice) {_OURS}"
+    trusted = f"from pc.example.org (pc.example.org [192.0.2.40]) {_OURS}"
+    assert in_spam([authed]) == (Verdict.review, ["relayed_campaign", "own_bounce_in_spam_campaign"])
+    assert in_spam([trusted]) == (Verdict.review, ["relayed_campaign", "own_bounce_in_spam_campaign"])
+    assert in_spam([authed], stolen=frozenset({"alice"})) == (Verdict.spam, ["backscatter_local"])
+    assert in_spam([authed], stolen=frozenset({"bob"}))[0] is Verdict.review
+    assert in_spam([f"from bot (bot [203.0.113.9]) {_OURS}"]) == (Verdict.spam, ["backscatter_local"])
