@@ -191,7 +191,12 @@ def _seen(s: str) -> str:
     if not s.isascii():
         s = _INVISIBLE.sub("", s)
         if not unicodedata.is_normalized("NFKC", s):
-            s = unicodedata.normalize("NFKC", s)
+            # Most texts that are not are so for a no-break space or an ellipsis alone: each replaced by
+            # what NFKC makes of it (starters that compose with nothing, so NFKC of the result is NFKC of
+            # s), the text is then mostly found normalised, without normalize's pass over all of it.
+            s = s.replace("\xa0", " ").replace("\u2026", "...")
+            if not unicodedata.is_normalized("NFKC", s):
+                s = unicodedata.normalize("NFKC", s)
     return s
 
 
