@@ -32,8 +32,10 @@ _HIDING_ASCII = tuple((w.split("\\", 1)[0], re.compile("(?s)" + w)) for w in _HI
 _HIDDEN_END = {t: re.compile(rf"(?is).{{0,4000}}?</{t}\s*>")
                for t in ("span", "div", "font", "p", "td", "small", "b", "i")}
 # Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
+# (the names as a tree of their letters: under (?i) the engine enters each alternative in turn, and \b
+# after the name lets only the whole name match, whichever order they are tried in)
 _INLINE = re.compile(r"(?i)</?(?=[abdefimsuw])"
-                     r"(?:b|i|u|s|em|strong|span|font|a|small|big|sup|sub|wbr|abbr|mark|ins|del)\b[^>]{0,2000}>")
+                     r"(?:a(?:bbr)?|b(?:ig)?|del|em|font|i(?:ns)?|mark|s(?:mall|pan|trong|u[bp])?|u|wbr)\b[^>]{0,2000}>")
 _TAG = re.compile(r"(?s)<[^>]{0,2000}>")
 # A copy cut short (a bounce quotes the first few KB) can end inside a comment, a style or script
 # block or a tag: from where that opens, the rest is markup, not text. (Not <head>: its end tag is optional.)
