@@ -52,6 +52,7 @@ def main() -> int:
         found = list(found_iter)
         if a.fresh:
             normalise._WORDS.clear()
+            normalise._LINES.clear()
             normalise._HIDES.clear()
             features._keys_of.cache_clear()
             features.registered_domain.cache_clear()
@@ -70,7 +71,8 @@ def main() -> int:
         rest = min(times[1:]) if len(times) > 1 else times[0]
         print(f"{snap.name}: {n} messages, first pass {times[0] * 1000 / n:.3f} ms/msg, "
               f"best of the rest {rest * 1000 / n:.3f} ms/msg ({' '.join(f'{x:.2f}' for x in times)} s)")
-        print(f"  caches: _WORDS {len(normalise._WORDS)}, _HIDES {len(normalise._HIDES)}, "
+        print(f"  caches: _WORDS {len(normalise._WORDS)}, _LINES {len(normalise._LINES)}, "
+              f"_HIDES {len(normalise._HIDES)}, "
               f"_keys_of {features._keys_of.cache_info()}, registered_domain {features.registered_domain.cache_info()}")
         if a.profile:
             pr = cProfile.Profile()

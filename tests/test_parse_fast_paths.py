@@ -297,6 +297,20 @@ def test_normalise_of_a_kept_body_is_the_whole_texts(subject: str, other: str, b
     assert body[:limit * 2] in normalise._BODIES
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(texts, min_size=1, max_size=6), st.lists(st.integers(0, 5), max_size=60),
+       st.sampled_from([normalise.MAX_TEXT, normalise.SKETCH_TEXT, 120]))
+def test_normalise_of_kept_lines_is_the_whole_texts(lines: list[str], picks: list[int], limit: int) -> None:
+    # lines repeated from text to text (kept, read again from the cache), lines without words or of white
+    # space only, one over the length kept, texts past the limit, where the line holding the cut is read
+    # in two parts
+    pool = [*lines, "", " \t ", "w" * (normalise._LINE_CACHED + 1)]
+    body = "\n".join(pool[i % len(pool)] for i in picks)
+    for b in (body, body + "\n" + body, "\n" + body * 3):
+        assert normalise.normalise("", b, limit) == normalise_unicode("", b, limit)
+        assert normalise.normalise("subject\nline", b, limit) == normalise_unicode("subject\nline", b, limit)
+
+
 def test_a_kept_body_follows_the_subject_on_entities() -> None:
     body = "fish &amp chips, " * 20  # a reference without its ";": resolved only when the text has a ";"
     assert normalise.normalise("menu", body) == normalise_unicode("menu", body)
