@@ -162,21 +162,17 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     if not copy.any():
         return lab
     ns = int(scope.max()) + 1
-    # the copies carrying each scope, per group; the group holding most (then the lowest), and whether all
+    # the copies carrying each scope, per group; a scope's owner: the one group whose copies carry it, two at least
     sg, held = _unique_rows(np.stack([scope[copy], lab[msg[copy]]], axis=1), counts=True)
-    o = np.lexsort((sg[:, 1], -held, sg[:, 0]))
-    firsts = o[np.r_[True, sg[o[1:], 0] != sg[o[:-1], 0]]]
+    mine = (np.bincount(sg[:, 0], minlength=ns)[sg[:, 0]] == 1) & (held >= 2)
     owner = np.full(ns, -1, dtype=np.int64)
-    owner[sg[firsts, 0]] = sg[firsts, 1]
-    most = np.zeros(ns, dtype=np.int64)
-    most[sg[firsts, 0]] = held[firsts]
-    sole = most == np.bincount(scope[copy], minlength=ns)
+    owner[sg[mine, 0]] = sg[mine, 1]
     b = bounce[msg]
     m, sc, named = msg[b], scope[b], named[b]
     # a bounce whose own group has a copy carrying any of its keys stays
     stays = np.zeros(len(lab), dtype=bool)
     stays[m[_lookup(sg[:, 0] * ng + sg[:, 1], held, sc * ng + lab[m]) > 0]] = True
-    ok = named & ~stays[m] & (most[sc] >= 2) & sole[sc]
+    ok = named & ~stays[m] & (owner[sc] >= 0)
     if not ok.any():
         return lab
     rows, n = _unique_rows(np.stack([m[ok], owner[sc[ok]]], axis=1), counts=True)
@@ -270,8 +266,8 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # that two bounces quote whole folds with them into three copies of one message, and is one copy of
         # its run still); any other group, all its copies (counting every group so moved other merges too:
         # at 20k, four copies of a run left their campaign for review, and valid mail joined valid groups)
-        sent = size if g.bounce is None else np.bincount(
-            comp, weights=np.bincount(inverse, weights=~g.bounce, minlength=n), minlength=ncomp)
+        unbounced = None if g.bounce is None else np.bincount(inverse, weights=~g.bounce, minlength=n)
+        sent = size if unbounced is None else np.bincount(comp, weights=unbounced, minlength=ncomp)
         weight = np.where(one & (sent > 0), sent, size)
         mute = np.bincount(comp, weights=has, minlength=ncomp) == 0
         carried = np.bincount(_unique_rows(np.stack([comp[kmsg], bucket], axis=1))[:, 0], minlength=ncomp) \
@@ -281,9 +277,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         key, keys = _key_support(self._key_links(bucket, kmsg, comp), comp, ncomp)
         merged, support = self._merge(text, key, keys, weight, np.where(one, carried, 0), mute, distinct)
         final = self._islands(self._guarded(ncomp, merged, support, size), weight, text, keys)[comp]
-        if g.bounce is not None:  # distinct messages that are bounces only
-            final = _bounces_home(final, np.bincount(inverse, weights=~g.bounce, minlength=n) == 0, kmsg, bucket,
-                                  kid, None if g.follow is None else g.follow[keep])
+        if unbounced is not None:  # distinct messages that are bounces only
+            final = _bounces_home(final, unbounced == 0, kmsg, bucket, kid,
+                                  None if g.follow is None else g.follow[keep])
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels.ravel()[inverse].astype(np.int64)

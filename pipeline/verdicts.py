@@ -129,6 +129,7 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         elif not is_relay:
             external.append(r)
     forwarded = forwarded or any(policy.is_local_address(r) for r in env.orig_rcpt_to)
+    hop = _our_hop(rec, policy) if rec.bounce else None
     return Context(
         client_ip=ip,
         trusted=trusted,
@@ -141,8 +142,8 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         local_rcpts=local,
         external_rcpts=external,
         forwarded=forwarded,
-        bounced_ours=bounced_from_our_side(rec, policy) if rec.bounce else None,
-        bounced_account=_our_hop_account(rec, policy) if rec.bounce else None,
+        bounced_ours=bounced_from_our_side(hop, policy),
+        bounced_account=(hop.auth_user or "") if hop is not None and hop.authenticated else None,
     )
 
 
@@ -152,16 +153,10 @@ def _our_hop(rec: ParsedRecord, policy: SitePolicy) -> ReceivedHop | None:
     return next((h for h in rec.bounced_original_received if policy.is_our_host(h.by)), None)
 
 
-def _our_hop_account(rec: ParsedRecord, policy: SitePolicy) -> str | None:
-    hop = _our_hop(rec, policy)
-    return (hop.auth_user or "") if hop is not None and hop.authenticated else None
-
-
-def bounced_from_our_side(rec: ParsedRecord, policy: SitePolicy) -> str | None:
+def bounced_from_our_side(hop: ReceivedHop | None, policy: SitePolicy) -> str | None:
     """How the message a bounce quotes was handed to us by our own side, read from our Received hop
     in the quoted copy (`_our_hop`): an authenticated account, a trusted network, or a submission on the
     host. None otherwise."""
-    hop = _our_hop(rec, policy)
     if hop is None:
         return None
     if hop.authenticated:
