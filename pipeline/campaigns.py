@@ -153,11 +153,7 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     if not len(kmsg) or follow is None or not bounce.any():
         return lab
     ng = int(lab.max()) + 1
-    # a scope per (template shape, key), and one per Reply-To in any shape
-    anywhere = follow == 2
-    scope = np.r_[bucket, int(bucket.max()) + 1 + kid[anywhere]]
-    msg = np.r_[kmsg, kmsg[anywhere]]
-    named = np.r_[follow >= 1, np.ones(int(anywhere.sum()), dtype=bool)]
+    scope, msg, named = _follow_scopes(bucket, kmsg, kid, follow)
     copy = ~bounce[msg]
     if not copy.any():
         return lab
@@ -176,6 +172,65 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     if not ok.any():
         return lab
     rows, n = _unique_rows(np.stack([m[ok], owner[sc[ok]]], axis=1), counts=True)
+    o = np.lexsort((rows[:, 1], -n, rows[:, 0]))
+    first = o[np.r_[True, rows[o[1:], 0] != rows[o[:-1], 0]]]
+    out = lab.copy()
+    out[rows[first, 0]] = rows[first, 1]
+    return out
+
+
+def _follow_scopes(bucket: np.ndarray, kmsg: np.ndarray, kid: np.ndarray,
+                   follow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scopes keys are followed in (`_bounces_home`, `_copies_home`): one per (template shape, key), and one
+    per Reply-To in any shape; per entry, its message and whether it is followed (a subject key or a Reply-To:
+    `followed_keys`)."""
+    anywhere = follow == 2
+    scope = np.r_[bucket, int(bucket.max()) + 1 + kid[anywhere]]
+    msg = np.r_[kmsg, kmsg[anywhere]]
+    named = np.r_[follow >= 1, np.ones(int(anywhere.sum()), dtype=bool)]
+    return scope, msg, named
+
+
+def _copies_home(lab: np.ndarray, sent: np.ndarray, small: int, kmsg: np.ndarray, bucket: np.ndarray, kid: np.ndarray,
+                 follow: np.ndarray | None) -> np.ndarray:
+    """Each copy its group does not back (no other copy there carries a key it carries, within its template
+    shape), moved to the run its subject or Reply-To names.
+
+    Runs built from one spam text are alike in text: a copy sent with little salad is alike to another run of
+    its text (a tier-1 link), or one weak link takes it, a small group, to that run (a big partner first,
+    `_merge`), while no copy there carries a key of its template; the bounces quoting it stay with it
+    (`_bounces_home`). Such a copy goes to the one other group whose copies, two at least, carry its subject key
+    within its template shape or its Reply-To in any shape (the keys a bounce follows: a link path or an image
+    may be a whole kit's), where no third group's copies carry it. `sent`: each distinct message's copies that
+    are not bounces; one of more than `small` identical copies is a mailing, judged as a group in the merges,
+    and stays. Ties: the most such keys, then the lowest group. Copies decide from the groups as the merges left
+    them, so no move depends on another."""
+    copy = sent > 0
+    movable = copy & (sent <= small)
+    if not len(kmsg) or follow is None or not movable.any():
+        return lab
+    scope, msg, named = _follow_scopes(bucket, kmsg, kid, follow)
+    on = copy[msg]
+    if not on.any():
+        return lab
+    ng, ns = int(lab.max()) + 1, int(scope.max()) + 1
+    followed = np.zeros(ns, dtype=bool)
+    followed[scope[named]] = True
+    # each scope's copies, one entry per distinct message; per scope and group, how many
+    sm = _unique_rows(np.stack([scope[on], msg[on]], axis=1))
+    sc, m = sm[:, 0], sm[:, 1]
+    sg, held = _unique_rows(np.stack([sc, lab[m]], axis=1), counts=True)
+    groups = np.bincount(sg[:, 0], minlength=ns)
+    total = np.bincount(sg[:, 0], weights=held, minlength=ns).astype(np.int64)
+    gsum = np.bincount(sg[:, 0], weights=sg[:, 1], minlength=ns).astype(np.int64)
+    own = _lookup(sg[:, 0] * ng + sg[:, 1], held, sc * ng + lab[m])
+    backed = np.zeros(len(lab), dtype=bool)
+    backed[m[own >= 2]] = True
+    # not backed, the copy is its group's one carrier of each of its scopes: the other group holds the rest
+    ok = movable[m] & ~backed[m] & followed[sc] & (groups[sc] == 2) & (total[sc] - 1 >= 2)
+    if not ok.any():
+        return lab
+    rows, n = _unique_rows(np.stack([m[ok], gsum[sc[ok]] - lab[m[ok]]], axis=1), counts=True)
     o = np.lexsort((rows[:, 1], -n, rows[:, 0]))
     first = o[np.r_[True, rows[o[1:], 0] != rows[o[:-1], 0]]]
     out = lab.copy()
@@ -206,8 +261,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
     least `threshold`. Tier 2 merges tier-1 groups through weaker evidence: texts at least
     `weak_threshold` alike, or invariant keys (a URL's registered domain and path, Reply-To, an
     attachment or image digest) shared within one template shape, under the guard of `_merge`; a
-    weak link never joins two groups that are `large` already (`_guarded`). Last, a bounce its group
-    has no copy to show for follows its run's subject or Reply-To (`_bounces_home`).
+    weak link never joins two groups that are `large` already (`_guarded`). Last, a copy its group does
+    not back (`_copies_home`), then a bounce its group has no copy to show for (`_bounces_home`), follows
+    its run's subject or Reply-To.
 
     Exact duplicates are folded first and the rest is put in a canonical order (by the digest of its
     features, `feature_digest`), so the labels do not depend on the input order or on how the
@@ -277,9 +333,11 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         key, keys = _key_support(self._key_links(bucket, kmsg, comp), comp, ncomp)
         merged, support = self._merge(text, key, keys, weight, np.where(one, carried, 0), mute, distinct)
         final = self._islands(self._guarded(ncomp, merged, support, size), weight, text, keys)[comp]
+        follow = None if g.follow is None else g.follow[keep]
+        # copies their group does not back, then bounces (which may follow a copy moved), to their runs
+        final = _copies_home(final, copies if unbounced is None else unbounced, self.small, kmsg, bucket, kid, follow)
         if unbounced is not None:  # distinct messages that are bounces only
-            final = _bounces_home(final, unbounced == 0, kmsg, bucket, kid,
-                                  None if g.follow is None else g.follow[keep])
+            final = _bounces_home(final, unbounced == 0, kmsg, bucket, kid, follow)
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels.ravel()[inverse].astype(np.int64)

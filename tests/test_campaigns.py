@@ -729,6 +729,35 @@ def test_a_bounce_alike_to_another_run_of_its_text_follows_the_keys_of_its_templ
         assert at[20] == at[0]
 
 
+def test_a_copy_alike_to_another_run_of_its_text_follows_the_keys_of_its_template() -> None:
+    """Two runs built from one spam text, as above. A copy of the first sent with little salad is alike to every
+    copy of the second (a tier-1 link) and went with the second run, and the bounce quoting it whole with it. No
+    copy there carries a key of its template, and its run's copies carry its subject key: it goes to its run, the
+    bounce with it. It stays where a copy of its group carries a key of its (here a kit's link path), and so do
+    three identical copies of it (a mailing, judged as a group in the merges)."""
+    rng = random.Random(14)
+    keys_a = ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties"]
+    a = _salad_run(rng, "SA", keys_a, body=_BODY)
+    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
+         for t in (f"{_QUOTE} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    stray = Features(f"{_QUOTE} olga", sketch(f"{_QUOTE} olga"), keys_a, "SA")
+    quoted = stray._replace(bounce=True)  # a bounce quoting it whole: the same features
+    assert (np.array(stray.sketch) == np.array(b[0].sketch)).mean() >= 0.5  # alike to the second run
+    feats = [*a, *b, stray, quoted]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
+        assert at[0] != at[12]
+        assert at[20] == at[0] and at[21] == at[0]
+    kit = Features(f"{_QUOTE} ivy", sketch(f"{_QUOTE} ivy"), ["u:beta.example/w.php", "p:offer/go.asp"], "SA")
+    for extra in ([kit, stray], [stray, stray, stray]):
+        feats = [*a, *b, *extra]
+        for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+            at = _at(feats, order)
+            assert at[0] != at[12]
+            assert all(at[i] == at[12] for i in range(20, len(feats)))
+
+
 def test_a_bounce_cut_inside_its_quoted_headers_follows_its_runs_reply_to() -> None:
     """A bounce that quotes its copy's headers only up to a cut has another template shape than its run, so
     no key of its shape links it, and it stayed alone (held for review). The run's Reply-To address is its
