@@ -144,10 +144,12 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     alike there: by its text a bounce went with another run (at 100k, 2 to 20 an incident), or stayed alone
     beside its own. The subject and the Reply-To address of the copy it quotes name its own run; a link path
     or an image may be a whole kit's. So a bounce none of whose keys any copy in its group carries (`lab`:
-    each distinct message's group) goes to the one group holding every copy (two at least) that carries its
-    subject key within its template shape, or its Reply-To in any shape (`follow`: 1 and 2; a bounce cut
-    inside its quoted headers has another shape than its run). A key that copies of two groups carry (runs
-    of one text through one kit, a run split in two) says nothing. Ties: the most such keys, then the lowest
+    each distinct message's group) goes to the one group holding every copy that carries its subject key
+    within its template shape, or its Reply-To in any shape (`follow`: 1 and 2; a bounce cut inside its quoted
+    headers has another shape than its run). One copy is enough: a run that varies its subjects may have left
+    only the copy the bounce quotes carrying its subject (at 100k seed 3, a bounce with another run of its text
+    beside one such copy of its own run). A key that copies of two groups carry (runs of one text through one
+    kit, a run split in two) says nothing. Ties: the most such keys, then the lowest
     group. `bounce`: distinct messages that are all bounces. Copies decide and only bounces move, so no
     move depends on another."""
     if not len(kmsg) or follow is None or not bounce.any():
@@ -158,9 +160,9 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     if not copy.any():
         return lab
     ns = int(scope.max()) + 1
-    # the copies carrying each scope, per group; a scope's owner: the one group whose copies carry it, two at least
+    # the copies carrying each scope, per group; a scope's owner: the one group whose copies carry it
     sg, held = _unique_rows(np.stack([scope[copy], lab[msg[copy]]], axis=1), counts=True)
-    mine = (np.bincount(sg[:, 0], minlength=ns)[sg[:, 0]] == 1) & (held >= 2)
+    mine = np.bincount(sg[:, 0], minlength=ns)[sg[:, 0]] == 1
     owner = np.full(ns, -1, dtype=np.int64)
     owner[sg[mine, 0]] = sg[mine, 1]
     b = bounce[msg]

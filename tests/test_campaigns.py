@@ -729,6 +729,28 @@ def test_a_bounce_alike_to_another_run_of_its_text_follows_the_keys_of_its_templ
         assert at[20] == at[0]
 
 
+def test_a_bounce_follows_the_one_copy_carrying_its_subject_key() -> None:
+    """A run that varies its subject: each copy has a subject key of its own. A bounce alike in text to another
+    run of its text went with that run; the one copy carrying its subject key, in its template shape, is in its
+    own run: it goes there. Not when a copy of the other run carries that key too."""
+    rng = random.Random(15)
+    a = [f._replace(keys=[*f.keys, f"s:offer number{k}"])
+         for k, f in enumerate(_salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp"], body=_BODY))]
+    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
+         for t in (f"{_QUOTE} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    bounce_a = Features(f"{_QUOTE} olga", sketch(f"{_QUOTE} olga"), ["s:offer number3"], "SA", True)
+    feats = [*a, *b, bounce_a]
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
+        assert at[0] != at[12]
+        assert at[20] == at[0]
+    b[0] = b[0]._replace(keys=[*b[0].keys, "s:offer number3"], shape="SA")
+    feats = [*a, *b, bounce_a]
+    at = _at(feats, list(range(len(feats))))
+    assert at[0] != at[12] and at[20] == at[12]
+
+
 def test_a_copy_alike_to_another_run_of_its_text_follows_the_keys_of_its_template() -> None:
     """Two runs built from one spam text, as above. A copy of the first sent with little salad is alike to every
     copy of the second (a tier-1 link) and went with the second run, and the bounce quoting it whole with it. No
