@@ -119,16 +119,17 @@ class Grouping(NamedTuple):
                    np.repeat(np.arange(len(keys), dtype=np.int64), per), _first_met(flat), bounce, followed_keys(flat))
 
 
-def _bounces_apart(g: Grouping, first: np.ndarray, strong: np.ndarray,
+def _bounces_apart(bounce: np.ndarray | None, shape: np.ndarray, strong: np.ndarray,
                    weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tier 1 between bounces: two bounces whose quoted copies have two template shapes and texts alike are
     weak evidence, not a link. Runs built from one spam text (a kit's templates, links and subjects apart)
     bounce with quotes of a subject line and a few words that are alike across the runs; linked, such bounces
     went to one run together (at 100k, 4 to 26 an incident sat with another run of their text). As weak
-    evidence each joins one group through `_merge`, where the keys it shares within its own shape choose."""
-    if g.bounce is None or not len(strong):
+    evidence each joins one group through `_merge`, where the keys it shares within its own shape choose.
+    `bounce`: the distinct messages all of whose copies are bounces (a copy and the bounces quoting it whole
+    fold into one message, which is a copy whichever of them comes first); `shape`: each one's template."""
+    if bounce is None or not len(strong):
         return strong, weak
-    bounce, shape = g.bounce[first], g.shape[first]
     apart = bounce[strong].all(axis=1) & (shape[strong[:, 0]] != shape[strong[:, 1]])
     if not apart.any():
         return strong, weak
@@ -311,7 +312,9 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # sketches are read where they are (g.sketch[first[i]] is distinct message i's): no copy of them
         strong, weak = self._text_edges(g.sketch, first, has)
         strong, weak = self._unbridge(g.sketch, first, strong, weak)
-        strong, weak = _bounces_apart(g, first, strong, weak)
+        # how many of each distinct message's copies are not bounces (None: no message is a bounce)
+        unbounced = None if g.bounce is None else np.bincount(inverse, weights=~g.bounce, minlength=n)
+        strong, weak = _bounces_apart(None if unbounced is None else unbounced == 0, g.shape[first], strong, weak)
         comp = _components(n, strong)
         ncomp = int(comp.max()) + 1
         size = np.bincount(comp, weights=copies, minlength=ncomp)
@@ -324,7 +327,6 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         # that two bounces quote whole folds with them into three copies of one message, and is one copy of
         # its run still); any other group, all its copies (counting every group so moved other merges too:
         # at 20k, four copies of a run left their campaign for review, and valid mail joined valid groups)
-        unbounced = None if g.bounce is None else np.bincount(inverse, weights=~g.bounce, minlength=n)
         sent = size if unbounced is None else np.bincount(comp, weights=unbounced, minlength=ncomp)
         weight = np.where(one & (sent > 0), sent, size)
         mute = np.bincount(comp, weights=has, minlength=ncomp) == 0
