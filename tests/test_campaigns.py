@@ -728,25 +728,34 @@ def _at(feats: list[Features], order: list[int]) -> dict[int, int]:
     return {i: int(labels[k]) for k, i in enumerate(order)}
 
 
+def _second_run() -> list[Features]:
+    """Eight copies of a second run of the quoted text, with little salad: alike to a short quote of it."""
+    return [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
+            for t in (f"{_QUOTE} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+
+
+def _bounce_goes_home(feats: list[Features]) -> None:
+    """Both input orders: the first run (0-11) and the second (12-19) apart, the bounce (20) with the first."""
+    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
+        at = _at(feats, order)
+        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
+        assert at[0] != at[12]
+        assert at[20] == at[0]
+
+
 def test_a_bounce_alike_to_another_run_of_its_text_follows_the_keys_of_its_template() -> None:
     """Two runs built from one spam text: one varies its copies with word salad, the other sends the text
     almost as it is. A bounce of the first quotes the subject line and a few words, alike to every copy of
     the second (a tier-1 link), and went with the second run. Its template shape and subject key are the
     first run's, which no copy of the second carries: it goes to its own run."""
     rng = random.Random(11)
-    quote = _QUOTE
     a = _salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties"],
                    body=_BODY)
-    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
-         for t in (f"{quote} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
-    bounce_a = Features(f"{quote} olga", sketch(f"{quote} olga"), ["s:auto extended warranties"], "SA", True)
+    b = _second_run()
+    bounce_a = Features(f"{_QUOTE} olga", sketch(f"{_QUOTE} olga"), ["s:auto extended warranties"], "SA", True)
     assert (np.array(bounce_a.sketch) == np.array(b[0].sketch)).mean() >= 0.5  # alike to the second run
     feats = [*a, *b, bounce_a]
-    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
-        at = _at(feats, order)
-        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
-        assert at[0] != at[12]
-        assert at[20] == at[0]
+    _bounce_goes_home(feats)
 
 
 def test_a_bounce_follows_the_one_copy_carrying_its_subject_key() -> None:
@@ -756,15 +765,10 @@ def test_a_bounce_follows_the_one_copy_carrying_its_subject_key() -> None:
     rng = random.Random(15)
     a = [f._replace(keys=[*f.keys, f"s:offer number{k}"])
          for k, f in enumerate(_salad_run(rng, "SA", ["u:alpha.example/offer/go.asp", "p:offer/go.asp"], body=_BODY))]
-    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
-         for t in (f"{_QUOTE} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    b = _second_run()
     bounce_a = Features(f"{_QUOTE} olga", sketch(f"{_QUOTE} olga"), ["s:offer number3"], "SA", True)
     feats = [*a, *b, bounce_a]
-    for order in (list(range(len(feats))), list(range(len(feats)))[::-1]):
-        at = _at(feats, order)
-        assert len({at[i] for i in range(12)}) == 1 and len({at[i] for i in range(12, 20)}) == 1
-        assert at[0] != at[12]
-        assert at[20] == at[0]
+    _bounce_goes_home(feats)
     b[0] = b[0]._replace(keys=[*b[0].keys, "s:offer number3"], shape="SA")
     feats = [*a, *b, bounce_a]
     at = _at(feats, list(range(len(feats))))
@@ -780,8 +784,7 @@ def test_a_copy_alike_to_another_run_of_its_text_follows_the_keys_of_its_templat
     rng = random.Random(14)
     keys_a = ["u:alpha.example/offer/go.asp", "p:offer/go.asp", "s:auto extended warranties"]
     a = _salad_run(rng, "SA", keys_a, body=_BODY)
-    b = [Features(t, sketch(t), ["u:beta.example/w.php", "p:w.php", "s:extended warranty today"], "SB")
-         for t in (f"{_QUOTE} {name}" for name in ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal"))]
+    b = _second_run()
     stray = Features(f"{_QUOTE} olga", sketch(f"{_QUOTE} olga"), keys_a, "SA")
     quoted = stray._replace(bounce=True)  # a bounce quoting it whole: the same features
     assert (np.array(stray.sketch) == np.array(b[0].sketch)).mean() >= 0.5  # alike to the second run
