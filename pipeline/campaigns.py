@@ -136,8 +136,7 @@ def _bounces_apart(bounce: np.ndarray | None, shape: np.ndarray, strong: np.ndar
     return strong[~apart], np.concatenate([weak, strong[apart]])
 
 
-def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket: np.ndarray, kid: np.ndarray,
-                  follow: np.ndarray | None) -> np.ndarray:
+def _bounces_home(lab: np.ndarray, bounce: np.ndarray, scopes: _Scopes | None) -> np.ndarray:
     """Each bounce whose group has no copy carrying a key it carries, moved to the run its subject or Reply-To
     names.
 
@@ -146,17 +145,17 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     beside its own. The subject and the Reply-To address of the copy it quotes name its own run; a link path
     or an image may be a whole kit's. So a bounce none of whose keys any copy in its group carries (`lab`:
     each distinct message's group) goes to the one group holding every copy that carries its subject key
-    within its template shape, or its Reply-To in any shape (`follow`: 1 and 2; a bounce cut inside its quoted
-    headers has another shape than its run). One copy is enough: a run that varies its subjects may have left
+    within its template shape, or its Reply-To in any shape (`scopes`; a bounce cut inside its quoted headers has
+    another shape than its run). One copy is enough: a run that varies its subjects may have left
     only the copy the bounce quotes carrying its subject (at 100k seed 3, a bounce with another run of its text
     beside one such copy of its own run). A key that copies of two groups carry (runs of one text through one
     kit, a run split in two) says nothing. Ties: the most such keys, then the lowest
     group. `bounce`: distinct messages that are all bounces. Copies decide and only bounces move, so no
     move depends on another."""
-    if not len(kmsg) or follow is None or not bounce.any():
+    if scopes is None or not bounce.any():
         return lab
     ng = int(lab.max()) + 1
-    scope, msg, named = _follow_scopes(bucket, kmsg, kid, follow)
+    scope, msg, named = scopes
     copy = ~bounce[msg]
     if not copy.any():
         return lab
@@ -182,20 +181,28 @@ def _bounces_home(lab: np.ndarray, bounce: np.ndarray, kmsg: np.ndarray, bucket:
     return out
 
 
-def _follow_scopes(bucket: np.ndarray, kmsg: np.ndarray, kid: np.ndarray,
-                   follow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The scopes keys are followed in (`_bounces_home`, `_copies_home`): one per (template shape, key), and one
+class _Scopes(NamedTuple):
+    """The scopes keys are followed in (`_copies_home`, `_bounces_home`): one per (template shape, key), and one
     per Reply-To in any shape; per entry, its message and whether it is followed (a subject key or a Reply-To:
-    `followed_keys`)."""
+    `followed_keys`). They do not depend on the groups: worked out once for both moves."""
+
+    scope: np.ndarray
+    msg: np.ndarray
+    named: np.ndarray
+
+
+def _follow_scopes(bucket: np.ndarray, kmsg: np.ndarray, kid: np.ndarray, follow: np.ndarray | None) -> _Scopes | None:
+    """`_Scopes` of the key entries (None: no key, or no `followed_keys`)."""
+    if not len(kmsg) or follow is None:
+        return None
     anywhere = follow == 2
     scope = np.r_[bucket, int(bucket.max()) + 1 + kid[anywhere]]
     msg = np.r_[kmsg, kmsg[anywhere]]
     named = np.r_[follow >= 1, np.ones(int(anywhere.sum()), dtype=bool)]
-    return scope, msg, named
+    return _Scopes(scope, msg, named)
 
 
-def _copies_home(lab: np.ndarray, sent: np.ndarray, small: int, kmsg: np.ndarray, bucket: np.ndarray, kid: np.ndarray,
-                 follow: np.ndarray | None) -> np.ndarray:
+def _copies_home(lab: np.ndarray, sent: np.ndarray, small: int, scopes: _Scopes | None) -> np.ndarray:
     """Each copy its group does not back (no other copy there carries a key it carries, within its template
     shape), moved to the run its subject or Reply-To names.
 
@@ -210,9 +217,9 @@ def _copies_home(lab: np.ndarray, sent: np.ndarray, small: int, kmsg: np.ndarray
     them, so no move depends on another."""
     copy = sent > 0
     movable = copy & (sent <= small)
-    if not len(kmsg) or follow is None or not movable.any():
+    if scopes is None or not movable.any():
         return lab
-    scope, msg, named = _follow_scopes(bucket, kmsg, kid, follow)
+    scope, msg, named = scopes
     on = copy[msg]
     if not on.any():
         return lab
@@ -337,11 +344,11 @@ class CampaignClusterer(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # s
         key, keys = _key_support(self._key_links(bucket, kmsg, comp), comp, ncomp)
         merged, support = self._merge(text, key, keys, weight, np.where(one, carried, 0), mute, distinct)
         final = self._islands(self._guarded(ncomp, merged, support, size), weight, text, keys)[comp]
-        follow = None if g.follow is None else g.follow[keep]
+        scopes = _follow_scopes(bucket, kmsg, kid, None if g.follow is None else g.follow[keep])
         # copies their group does not back, then bounces (which may follow a copy moved), to their runs
-        final = _copies_home(final, copies if unbounced is None else unbounced, self.small, kmsg, bucket, kid, follow)
+        final = _copies_home(final, copies if unbounced is None else unbounced, self.small, scopes)
         if unbounced is not None:  # distinct messages that are bounces only
-            final = _bounces_home(final, unbounced == 0, kmsg, bucket, kid, follow)
+            final = _bounces_home(final, unbounced == 0, scopes)
         # number the campaigns by their first member in canonical order
         _, labels = np.unique(final, return_inverse=True)
         self.labels_ = labels.ravel()[inverse].astype(np.int64)
