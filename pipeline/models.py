@@ -139,6 +139,8 @@ class ParsedRecord(Model):
     precedence_bulk: bool = False
     auto_submitted: bool = False
     bounce: bool = False
+    evasion: list[str] = Field(default_factory=list, description="ways its own words are broken to slip past "
+                               "content filters (pipeline.normalise.evasion); none for a bounce")
     bounced_original_text: str = ""
     bounced_original_sender: str | None = None
     bounced_original_received: list[ReceivedHop] = Field(

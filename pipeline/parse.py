@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
 from pipeline.models import ParsedRecord, ReceivedHop, construct_all, mime_defect
-from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, html_to_text, normalise
+from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, evasion, html_to_text, normalise
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
 
@@ -300,7 +300,8 @@ def _record(found: Found) -> ParsedRecord:
         ParsedRecord, path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
         envelope=raw.envelope, mta=raw.mta, message_id=None, subject="", from_header="", to_header="", date=None,
         content_type="", text="", sketch=[], keys=[], shape="", attachments=[], received=[], our_hop=None,
-        list_unsubscribe=False, precedence_bulk=False, auto_submitted=False, bounce=False, bounced_original_text="",
+        list_unsubscribe=False, precedence_bulk=False, auto_submitted=False, bounce=False, evasion=[],
+        bounced_original_text="",
         bounced_original_sender=None, bounced_original_received=[], defects=list(raw.defects), envelope_inferred=[],
         id="")
     object.__setattr__(rec, "__pydantic_fields_set__", set(_GIVEN))  # what ParsedRecord(...) of _GIVEN sets
@@ -393,6 +394,8 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
                          [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
         grouping = _fast_bounced_original(rec, attachments, body) or grouping
+    else:
+        rec.evasion = evasion(text_html[0] if text_html else "", seen, *text_plain[:1])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
@@ -498,6 +501,8 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
             grouping = _bounced_from_message(rec, original)
         elif m := _ORIG_MARK.search(body):
             rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
+    else:
+        rec.evasion = evasion(rawhtml, htmltext, plain)
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)

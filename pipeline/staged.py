@@ -213,6 +213,7 @@ NONLOCAL = 256  # the envelope sender is not a local address
 UNTRUSTED_IP = 512  # a client address outside trusted networks
 TRUSTED = 1024
 EXTERNAL = 2048  # an external recipient
+EVASIVE = 4096  # words broken to slip past content filters (ParsedRecord.evasion)
 
 
 def _flags(rec: ParsedRecord, c: Context, policy: SitePolicy) -> int:
@@ -242,6 +243,8 @@ def _flags(rec: ParsedRecord, c: Context, policy: SitePolicy) -> int:
         f |= TRUSTED
     if ext:
         f |= EXTERNAL
+    if rec.evasion:
+        f |= EVASIVE
     return f
 
 
@@ -428,6 +431,10 @@ class ColumnFacts(CampaignFacts):
     def one_source(self) -> bool:
         ab = np.asarray(self.abusers)
         return len(np.unique(self.t.ip[ab])) == 1 and len(np.unique(self.t.sender_domain[ab])) == 1
+
+    @cached_property
+    def evasive(self) -> int:
+        return int(((self.t.flags[np.asarray(self.abusers)] & EVASIVE) != 0).sum())
 
     @cached_property
     def stolen(self) -> dict[str, str]:

@@ -303,6 +303,16 @@ class CampaignFacts:
                 and len({addr_domain(self.recs[i].envelope.mail_from) for i in ab}) == 1)
 
     @cached_property
+    def evasive(self) -> int:
+        """How many of the relayed or forged copies break their words to slip past content filters."""
+        return sum(1 for i in self.abusers if self.recs[i].evasion)
+
+    @property
+    def evading(self) -> bool:
+        """A third of the relayed or forged copies (two at least) break words as no application writes."""
+        return self.evasive >= max(2, len(self.abusers) / 3)
+
+    @cached_property
     def stolen(self) -> dict[str, str]:
         """Accounts whose own copies (at least campaign_min_size) come from many client IPs outside
         trusted networks, or mostly carry a non-local envelope sender: why, per account."""
@@ -366,8 +376,20 @@ def _authenticated_bulk(f: CampaignFacts) -> Outcome:
                    + (", with List-Unsubscribe/Precedence: a newsletter" if f.bulk_marks else ""))
 
 
+def _evasive_single_source(f: CampaignFacts) -> Outcome:
+    o = _relayed_campaign(f)
+    return Outcome(o.confidence, f"all from {f.ctxs[f.abusers[0]].client_ip} with one sender domain, as an "
+                   f"application of ours would be, but {f.evasive} of the {len(f.abusers)} break words with comments "
+                   f"or zero-width characters to slip past content filters, which no application writes; " + o.text,
+                   o.more, o.accounts)
+
+
 CampaignRule = Rule[CampaignFacts]
 CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
+    Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused and f.one_source and f.evading,
+         _evasive_single_source,
+         "as relayed_single_source below, but a third of those copies (two at least) break words with a comment "
+         "or a zero-width character (vi<!--x-->agra), which only filter evasion writes", alias="relayed_evasive"),
     # One client, one sender domain: a botnet run uses many; this is as likely our own web shop or CRM on
     # an address missing from trusted_networks as one abused server. A human decides.
     Rule(ReasonCode.relayed_single_source, Verdict.review,

@@ -71,3 +71,34 @@ def test_received_chain_and_auth(careful: None) -> None:
     resolve_origin(r, POLICY)
     assert r.envelope.sasl_username == "alice" and r.envelope.client_address == "198.51.100.7"
     assert r.envelope.rcpt_to == ["bob@far.example"]
+
+
+_EVASIVE = (b"From: a@far.example\nSubject: hi\nMIME-Version: 1.0\nContent-Type: multipart/alternative; "
+            b"boundary=\"A\"\n\n--A\nContent-Type: text/plain; charset=utf-8\n\nCheap pills now\n--A\n"
+            b"Content-Type: text/html; charset=utf-8\n\n<p>Cheap vi<!--k3j9-->agra now</p>\n--A--\n")
+
+
+@pytest.mark.parametrize("path", ["fast", "careful"])
+def test_words_broken_to_evade_filters_are_recorded_on_both_paths(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "careful":
+        monkeypatch.setattr(parse, "_fast", None)
+    assert parse.parse_found(_found(_EVASIVE), POLICY).evasion == ["comment_in_word"]
+    zero_width = _EVASIVE.replace(b"vi<!--k3j9-->agra", "vi\u200bagra".encode())
+    assert parse.parse_found(_found(zero_width), POLICY).evasion == ["zero_width_in_word"]
+    # React's empty separator between two text nodes is a renderer's, not an evasion
+    assert parse.parse_found(_found(_EVASIVE.replace(b"<!--k3j9-->", b"<!-- -->")), POLICY).evasion == []
+    # a bounce's words are the notice's; what it quotes is not its own writing
+    bounce = BOUNCE.replace(b"Buy cheap pills", b"Buy che\xe2\x80\x8bap pills")
+    assert parse.parse_found(_found(bounce, mail_from=""), POLICY).evasion == []
+
+
+def test_only_words_broken_as_no_writer_but_an_evader_breaks_them_count() -> None:
+    from pipeline.normalise import evasion
+
+    assert evasion("<p>vi<!-- x -->agra</p>") == ["comment_in_word"]
+    assert evasion("<!--x-->agra and vi<!--x-->") == []  # no letter on one side
+    assert evasion("<p>Hello <!-- name -->Ann</p><!--[if mso]><table><![endif]-->") == []
+    assert evasion("", "vi\u200dagra") == ["zero_width_in_word"]
+    assert evasion("", "\u0e2a\u0e27\u200b\u0e31\u0e2a\u0e14\u0e35") == []  # Thai separates words so
+    assert evasion("", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == []  # Persian needs its joiners
+    assert evasion("", "Versicherungs\u00adunternehmen") == []  # a soft hyphen is typography

@@ -191,3 +191,32 @@ def test_a_bounce_about_our_users_own_mail_grouped_with_spam_is_review_unless_th
     assert in_spam([authed], stolen=frozenset({"alice"})) == (Verdict.spam, ["backscatter_local"])
     assert in_spam([authed], stolen=frozenset({"bob"}))[0] is Verdict.review
     assert in_spam([f"from bot (bot [203.0.113.9]) {_OURS}"]) == (Verdict.spam, ["backscatter_local"])
+
+
+def test_a_one_client_run_that_breaks_its_words_to_evade_filters_is_spam_on_both_routes() -> None:
+    """Our own shop relaying from an address missing from trusted_networks and a phish relayed by one hijacked
+    server look alike by where they come from; only the phish breaks its words (vi<!--x-->agra) to slip past
+    filters. A third of the relayed copies doing so is evidence; fewer is not (a shop may relay a customer's
+    text). The same decision from the records and from the columns of the map-reduce route."""
+    import numpy as np
+
+    from pipeline.staged import decide_campaigns, facts, plan_records
+    from pipeline.verdicts import campaign_decision
+
+    def run(evasive: int) -> list[tuple[Verdict, str, str]]:
+        copies = [rec(mail_from="orders@shop.example", rcpt_to=[f"buyer{i}@far{i}.example"],
+                      client_address="198.51.100.80") for i in range(9)]
+        for i, r in enumerate(copies):
+            r.id = f"m{i}"
+            r.evasion = ["comment_in_word"] if i < evasive else []
+        d = campaign_decision(range(9), copies, [context(r, POLICY) for r in copies], POLICY, {})
+        plan = plan_records(copies, POLICY, None, labels=np.ones(9, dtype=np.int64))
+        c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
+        return [(x.verdict, x.reasons[0].code, x.reasons[0].text) for x in (d, c)]
+
+    held = (Verdict.review, "relayed_single_source")
+    for evasive, want in ((0, held), (2, held), (3, (Verdict.spam, "relayed_campaign"))):
+        got = run(evasive)
+        assert got[0] == got[1], f"{evasive} evasive: the routes differ: {got}"
+        assert got[0][:2] == want, f"{evasive} evasive: {got[0]}"
+    assert "3 of the 9 break words" in run(3)[0][2]
