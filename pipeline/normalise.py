@@ -100,8 +100,9 @@ def _html_to_text(s: str) -> str:
 # Words broken by a comment with something in it (vi<!--k3j-->agra) or by a zero-width character between
 # two Latin letters (vi\u200bagra) are written to slip past content filters: no template engine, shop or
 # CRM writes them. (React's renderers put an empty comment between two text nodes, `<!-- -->`: not
-# counted. Thai and other scripts without spaces break words with zero-width spaces, and Indic and Arabic
-# scripts need joiners between their letters: only Latin letters count. Soft hyphens are typography.)
+# counted, nor Outlook's conditional comments, <!--[if mso]>...<![endif]-->. Thai and other scripts without
+# spaces break words with zero-width spaces, and Indic and Arabic scripts need joiners between their
+# letters: only Latin letters count. Soft hyphens are typography.)
 _ZERO_WIDTH = re.compile("[\u200b-\u200d\u2060\ufeff]")
 _ZERO_WIDTH_IN_WORD = re.compile("[A-Za-z][\u200b-\u200d\u2060\ufeff]+[A-Za-z]")
 COMMENT_IN_WORD = "comment_in_word"
@@ -118,7 +119,8 @@ def evasion(rawhtml: str, *texts: str) -> list[str]:
         j = s.find("-->", i + 4)
         if j < 0:
             break
-        if i and s[i - 1].isalpha() and s[j + 3: j + 4].isalpha() and s[i + 4: j].strip():
+        if (i and s[i - 1].isalpha() and s[j + 3: j + 4].isalpha() and (inner := s[i + 4: j].strip())
+                and not inner.startswith("[if")):
             out.append(COMMENT_IN_WORD)
             break
         i = s.find("<!--", j + 3)

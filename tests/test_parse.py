@@ -98,6 +98,7 @@ def test_only_words_broken_as_no_writer_but_an_evader_breaks_them_count() -> Non
     assert evasion("<p>vi<!-- x -->agra</p>") == ["comment_in_word"]
     assert evasion("<!--x-->agra and vi<!--x-->") == []  # no letter on one side
     assert evasion("<p>Hello <!-- name -->Ann</p><!--[if mso]><table><![endif]-->") == []
+    assert evasion("<p>Dear Ann<!--[if mso]>&nbsp;<![endif]-->Smith</p>") == []  # Outlook's, not an evader's
     assert evasion("", "vi\u200dagra") == ["zero_width_in_word"]
     assert evasion("", "\u0e2a\u0e27\u200b\u0e31\u0e2a\u0e14\u0e35") == []  # Thai separates words so
     assert evasion("", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == []  # Persian needs its joiners
