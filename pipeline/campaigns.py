@@ -40,16 +40,19 @@ class Features(NamedTuple):
     keys: Sequence[str] = ()
     shape: str = ""
     bounce: bool = False  # a bounce: its features are those of the copy it quotes
+    own: str = ""  # a bounce's own content digest (see feature_digest)
 
 
 def as_features(x: Features | str) -> Features:
     return x if isinstance(x, Features) else Features(x, sketch(x))
 
 
-def feature_digest(text: str, keys: Sequence[str], shape: str, sketch: Sequence[int]) -> bytes:
+def feature_digest(text: str, keys: Sequence[str], shape: str, sketch: Sequence[int], own: str = "") -> bytes:
     """16 bytes that are equal exactly when two messages' grouping features are (the exact-duplicate
     fold), computed where a message is parsed so the reduce never holds the texts. Every part is
-    length-prefixed: no two different feature sets write the same bytes."""
+    length-prefixed: no two different feature sets write the same bytes. `own`: a bounce's own content
+    digest (its sha256), which a bounce quoting nothing to compare (no text, no keys) folds by: else
+    every such bounce of one server, their features all empty, would fold into one run."""
     h = hashlib.blake2b(digest_size=16)
     for part in (text, shape, *keys):
         b = part.encode("utf-8", "surrogatepass")
@@ -57,7 +60,14 @@ def feature_digest(text: str, keys: Sequence[str], shape: str, sketch: Sequence[
         h.update(b)
     h.update(len(keys).to_bytes(8, "little"))
     h.update(_u8_bytes(sketch))
+    if own and not text and not keys:
+        h.update(b"own" + own.encode())
     return h.digest()
+
+
+def own_digest(r: ParsedRecord) -> str:
+    """What `feature_digest` takes as `own` for a parsed message."""
+    return r.sha256 if r.bounce else ""
 
 
 _U8_SKETCH = struct.Struct(f"<{SKETCH_PERM}Q")
@@ -102,7 +112,8 @@ class Grouping(NamedTuple):
             if len(f.sketch) == SKETCH_PERM:
                 sketches[i] = f.sketch
                 has[i] = True
-        return cls.assemble(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch) for f in feats], dtype="S16"),
+        return cls.assemble(np.array([feature_digest(f.text, f.keys, f.shape, f.sketch, f.own) for f in feats],
+                                     dtype="S16"),
                             sketches, has, [f.shape for f in feats], [f.keys for f in feats],
                             np.fromiter((f.bounce for f in feats), dtype=bool, count=n))
 

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.campaigns import Grouping, client_evidence, feature_digest, followed_keys
+from pipeline.campaigns import Grouping, client_evidence, feature_digest, followed_keys, own_digest
 from pipeline.errors import ShardError
 from pipeline.features import SKETCH_PERM
 from pipeline.models import ParsedRecord, message_id
@@ -127,7 +127,7 @@ def _columns(records: Sequence[ParsedRecord], names: Sequence[str]) -> dict[str,
         if "sha256" in want:
             cols["sha256"].append(r.sha256)
         if "digest" in want:
-            cols["digest"].append(feature_digest(r.text, r.keys, r.shape, r.sketch))
+            cols["digest"].append(feature_digest(r.text, r.keys, r.shape, r.sketch, own_digest(r)))
         if "sketch" in want:
             cols["sketch"].append(packed)
         if "keys" in want:

@@ -393,11 +393,11 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     grouping = _Grouping(shape(data), [*text_plain[:2], *text_html[:2]], first("reply-to"),
                          [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
     if rec.bounce:
-        grouping = _fast_bounced_original(rec, attachments, body) or grouping
+        grouping = _fast_bounced_original(rec, attachments, body, grouping.shape)
     else:
         rec.evasion = evasion(text_html[0] if text_html else "", seen, *text_plain[:1])
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, seen or body, SKETCH_TEXT)
+    rec.text = rec.bounced_original_text if rec.bounce else normalise(rec.subject, seen or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
     if mail.warnings:
         # the parser repaired something (its warnings name the stdlib's defects): say what
@@ -405,12 +405,20 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     _infer_envelope(rec, lambda name: heads.get(name.lower(), []))
 
 
-def _fast_bounced_original(rec: ParsedRecord, attachments: list[Any], body: str) -> _Grouping | None:
+def _quoted_inline(rec: ParsedRecord, body: str, own_shape: str) -> _Grouping:
+    """A bounce quoting no message part: what follows its notice's "original message" line, if any. Its
+    notice is the bouncing server's words, the same for every bounce it writes: never grouping input
+    (nor, for a bounce quoting nothing, the links in it)."""
+    quote = body[m.end():] if (m := _ORIG_MARK.search(body)) else ""
+    if quote:
+        rec.bounced_original_text = normalise("", quote, SKETCH_TEXT)
+    return _Grouping(own_shape, [quote] if quote else [], "", [], "")
+
+
+def _fast_bounced_original(rec: ParsedRecord, attachments: list[Any], body: str, own_shape: str) -> _Grouping:
     orig = next((a for a in attachments if a.mimetype in _ORIGINAL_TYPES[:3]), None)
     if orig is None:
-        if m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
-        return None
+        return _quoted_inline(rec, body, own_shape)
     assert _fast is not None
     raw = bytes(orig.content)
     try:
@@ -499,12 +507,12 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
     if rec.bounce:
         if original is not None:
             grouping = _bounced_from_message(rec, original)
-        elif m := _ORIG_MARK.search(body):
-            rec.bounced_original_text = normalise("", body[m.end():], SKETCH_TEXT)
+        else:
+            grouping = _quoted_inline(rec, body, grouping.shape)
     else:
         rec.evasion = evasion(rawhtml, htmltext, plain)
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
-    rec.text = rec.bounced_original_text or normalise(rec.subject, htmltext or body, SKETCH_TEXT)
+    rec.text = rec.bounced_original_text if rec.bounce else normalise(rec.subject, htmltext or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
     _infer_envelope(rec, lambda name: [str(v) for v in (msg.get_all(name) or [])])
 

@@ -64,7 +64,7 @@ class Batch(NamedTuple):
 def _parse_batch(args: tuple[list[Found], SitePolicy]) -> Batch:
     import numpy as np
 
-    from pipeline.campaigns import feature_digest
+    from pipeline.campaigns import feature_digest, own_digest
     from pipeline.features import SKETCH_PERM
 
     records = _parse_chunk(args)
@@ -72,7 +72,7 @@ def _parse_batch(args: tuple[list[Found], SitePolicy]) -> Batch:
     has = np.zeros(len(records), dtype=bool)
     digests = []
     for i, r in enumerate(records):
-        digests.append(feature_digest(r.text, r.keys, r.shape, r.sketch))
+        digests.append(feature_digest(r.text, r.keys, r.shape, r.sketch, own_digest(r)))
         if len(r.sketch) == SKETCH_PERM:
             sketch[i] = r.sketch
             has[i] = True

@@ -103,3 +103,45 @@ def test_only_words_broken_as_no_writer_but_an_evader_breaks_them_count() -> Non
     assert evasion("", "\u0e2a\u0e27\u200b\u0e31\u0e2a\u0e14\u0e35") == []  # Thai separates words so
     assert evasion("", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == []  # Persian needs its joiners
     assert evasion("", "Versicherungs\u00adunternehmen") == []  # a soft hyphen is typography
+
+
+def _cut_bounce(i: int, quote: bytes) -> bytes:
+    return (b"From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\nSubject: Undelivered Mail Returned to Sender\n"
+            b"To: user%d@example.org\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; "
+            b"boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nThis is the mail system at host mx1.example.org.\n\n"
+            b"I'm sorry to have to inform you that your message could not\nbe delivered to one or more recipients. "
+            b"See https://help.example.org/bounces for help.\n\n<victim%d@far%d.example>: host mx.far%d.example said: "
+            b"550 5.1.1 user unknown\n--B\nContent-Type: message/rfc822\n\n%s--B--\n") % (i, i, i, i, quote)
+
+
+@pytest.mark.parametrize("path", ["fast", "careful"])
+def test_a_bounce_quoting_nothing_to_compare_is_not_grouped_by_its_notice(path: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounces of unrelated runs, each quoting a copy cut inside its headers, share only our own notice: its
+    words and its links are the same in every bounce this server writes, so they must not group them."""
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.staged import group_labels
+
+    if path == "careful":
+        monkeypatch.setattr(parse, "_fast", None)
+    def found(data: bytes, mail_from: str | None = None) -> Found:
+        return Found(RawMessage(path="m.eml", envelope=Envelope(mail_from=mail_from)), data,
+                     hashlib.sha256(data).hexdigest(), len(data))
+
+    bounces = [parse.parse_found(found(_cut_bounce(i, b"Received: from bot%d.far.example (bot%d.far.example "
+                                                      b"[203.0.113.%d])\n\tby mx1.example.org (Postfix) with ESMTP id "
+                                                      b"A%d\nFrom: \"Someone %d\" <x%d@far.example>\n"
+                                                      % ((i,) * 6)), mail_from=""), POLICY)
+               for i in range(8)]
+    assert all(r.bounce and r.text == "" and r.keys == [] for r in bounces), [(r.text, r.keys) for r in bounces[:1]]
+    labels = group_labels(bounces, POLICY)
+    assert len(np.unique(labels)) == len(bounces), labels
+    # the same bounce twice in the queue is still one message twice
+    assert len(np.unique(group_labels([*bounces, bounces[0]], POLICY))) == len(bounces)
+    # quoting nothing at all: no words, no links of the notice either
+    bare = parse.parse_found(_found(_cut_bounce(9, b"").replace(b"--B\nContent-Type: message/rfc822\n\n--B--",
+                                                                 b"--B--")), POLICY)
+    assert bare.bounce and (bare.text, bare.keys) == ("", [])
