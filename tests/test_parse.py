@@ -21,6 +21,13 @@ def careful(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parse, "_fast", None)
 
 
+@pytest.fixture(params=["fast", "careful"])
+def either_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs twice: with the fast parser, and with the standard library's (the careful path)."""
+    if request.param == "careful":
+        monkeypatch.setattr(parse, "_fast", None)
+
+
 @pytest.mark.slow
 def test_paths_agree_on_real_mail(corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     ham, spam = corpus
@@ -42,10 +49,7 @@ BOUNCE = (b"From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\nSubject:
           b"now at our pharmacy\n--B--\n")
 
 
-@pytest.mark.parametrize("path", ["fast", "careful"])
-def test_bounce_quotes_original(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if path == "careful":
-        monkeypatch.setattr(parse, "_fast", None)
+def test_bounce_quotes_original(either_path: None) -> None:
     r = parse.parse_found(_found(BOUNCE, mail_from=""), POLICY)
     assert r.bounce
     assert r.bounced_original_sender == "forged@far.example"
@@ -78,10 +82,7 @@ _EVASIVE = (b"From: a@far.example\nSubject: hi\nMIME-Version: 1.0\nContent-Type:
             b"Content-Type: text/html; charset=utf-8\n\n<p>Cheap vi<!--k3j9-->agra now</p>\n--A--\n")
 
 
-@pytest.mark.parametrize("path", ["fast", "careful"])
-def test_words_broken_to_evade_filters_are_recorded_on_both_paths(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if path == "careful":
-        monkeypatch.setattr(parse, "_fast", None)
+def test_words_broken_to_evade_filters_are_recorded_on_both_paths(either_path: None) -> None:
     assert parse.parse_found(_found(_EVASIVE), POLICY).evasion == ["comment_in_word"]
     zero_width = _EVASIVE.replace(b"vi<!--k3j9-->agra", "vi\u200bagra".encode())
     assert parse.parse_found(_found(zero_width), POLICY).evasion == ["zero_width_in_word"]
@@ -106,17 +107,16 @@ def test_only_words_broken_as_no_writer_but_an_evader_breaks_them_count() -> Non
 
 
 def _cut_bounce(i: int, quote: bytes) -> bytes:
-    return (b"From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\nSubject: Undelivered Mail Returned to Sender\n"
-            b"To: user%d@example.org\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; "
+    return (b"From: MAILER-DAEMON@mx1.example.org (Mail Delivery System)\n"
+            b"Subject: Undelivered Mail Returned to Sender\nTo: user%d@example.org\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; "
             b"boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nThis is the mail system at host mx1.example.org.\n\n"
             b"I'm sorry to have to inform you that your message could not\nbe delivered to one or more recipients. "
             b"See https://help.example.org/bounces for help.\n\n<victim%d@far%d.example>: host mx.far%d.example said: "
             b"550 5.1.1 user unknown\n--B\nContent-Type: message/rfc822\n\n%s--B--\n") % (i, i, i, i, quote)
 
 
-@pytest.mark.parametrize("path", ["fast", "careful"])
-def test_a_bounce_quoting_nothing_to_compare_is_not_grouped_by_its_notice(path: str,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bounce_quoting_nothing_to_compare_is_not_grouped_by_its_notice(either_path: None) -> None:
     """Bounces of unrelated runs, each quoting a copy cut inside its headers, share only our own notice: its
     words and its links are the same in every bounce this server writes, so they must not group them."""
     import hashlib
@@ -125,8 +125,6 @@ def test_a_bounce_quoting_nothing_to_compare_is_not_grouped_by_its_notice(path: 
 
     from pipeline.staged import group_labels
 
-    if path == "careful":
-        monkeypatch.setattr(parse, "_fast", None)
     def found(data: bytes, mail_from: str | None = None) -> Found:
         return Found(RawMessage(path="m.eml", envelope=Envelope(mail_from=mail_from)), data,
                      hashlib.sha256(data).hexdigest(), len(data))
