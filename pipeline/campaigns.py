@@ -70,6 +70,11 @@ def own_digest(r: ParsedRecord) -> str:
     return r.sha256 if r.bounce else ""
 
 
+def features_of(r: ParsedRecord) -> Features:
+    """The grouping's input of one parsed message."""
+    return Features(r.text, r.sketch, r.keys, r.shape, r.bounce, own_digest(r))
+
+
 _U8_SKETCH = struct.Struct(f"<{SKETCH_PERM}Q")
 
 

@@ -32,11 +32,10 @@ from pydantic import TypeAdapter
 from pipeline.campaign_labels import describe as describe_campaign
 from pipeline.campaigns import (
     CampaignClusterer,
-    Features,
     attach_quoted,
     client_codes,
     client_evidence,
-    own_digest,
+    features_of,
     top_terms,
 )
 from pipeline.manifest_io import COLUMNS, part_row, rows_table
@@ -186,7 +185,7 @@ def campaign_labels(labels: np.ndarray, min_size: int) -> list[int]:
 def group_labels(records: Sequence[ParsedRecord], policy: SitePolicy) -> np.ndarray:
     """Every record's grouping label, the records in global order (today's plan: one clusterer over all)."""
     clusterer = CampaignClusterer(threshold=policy.thresholds.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce, own_digest(r)) for r in records])
+        [features_of(r) for r in records])
     return np.asarray(clusterer.labels_, dtype=np.int64)
 
 

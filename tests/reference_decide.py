@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from pipeline.campaign_labels import describe as describe_campaign
-from pipeline.campaigns import CampaignClusterer, Features, attach_quoted, client_codes, client_evidence, top_terms
+from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes, client_evidence, features_of, top_terms
 from pipeline.models import (
     AccountReport,
     Campaign,
@@ -71,7 +71,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
     th = policy.thresholds
     progress("campaigns", 0, n)
     clusterer = CampaignClusterer(threshold=th.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in records])
+        [features_of(r) for r in records])
     labels = clusterer.labels_
     if records:  # bounces quoting too few words follow the client they quote
         clients, hops, quoted = zip(*map(client_evidence, records), strict=True)

@@ -9,7 +9,15 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from pipeline.campaigns import CampaignClusterer, Features, Grouping, attach_quoted, client_codes, feature_digest
+from pipeline.campaigns import (
+    CampaignClusterer,
+    Features,
+    Grouping,
+    attach_quoted,
+    client_codes,
+    feature_digest,
+    features_of,
+)
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage, ReasonCode, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
@@ -29,7 +37,7 @@ def _parse(data: bytes, mail_from: str | None = None):
 
 
 def _feat(r) -> Features:
-    return Features(r.text, r.sketch, r.keys, r.shape, r.bounce)
+    return features_of(r)
 
 
 def _partition(labels) -> set[frozenset[int]]:

@@ -15,7 +15,7 @@ import zstandard
 
 from pipeline import columnar
 from pipeline.archive import ArchiveReport
-from pipeline.campaigns import CampaignClusterer, Features, attach_quoted, client_codes, client_evidence
+from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes, client_evidence, features_of
 from pipeline.errors import ShardError
 from pipeline.generator import generate, write_canonical
 from pipeline.models import Envelope, ParsedRecord, RawMessage, ReceivedHop
@@ -179,7 +179,7 @@ def test_plan_is_prepare_and_the_clusterer_however_cut(spamware, policy) -> None
     used, info = effective_policy(policy, None, None, ref)
     assert plan1.policy == used and plan1.policy_info == info
     labels = CampaignClusterer(threshold=used.thresholds.campaign_similarity).fit(
-        [Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in ref]).labels_
+        [features_of(r) for r in ref]).labels_
     # then the bounces quoting too few words follow the client they quote
     clients, hops, quoted = zip(*map(client_evidence, ref), strict=True)
     moved = attach_quoted(labels, *client_codes(clients, hops, quoted, used))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import staged
-from pipeline.campaigns import Features, Grouping
+from pipeline.campaigns import Grouping, features_of
 from pipeline.generator import SAMPLE_CORPUS, generate, without_account, write_canonical
 from pipeline.manifest_io import manifest_bytes
 from pipeline.models import ParsedRecord, SnapshotInfo
@@ -88,7 +88,7 @@ def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, 
                                 consume=True))
     assert got == want
     # the triage route's: grouping's input given, the labels and the campaigns' words worked out in a worker
-    grouping = Grouping.of([Features(r.text, r.sketch, r.keys, r.shape, r.bounce) for r in records])
+    grouping = Grouping.of([features_of(r) for r in records])
     with ProcessPoolExecutor(max_workers=1) as pool:
         got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
                                     consume=True, grouping=grouping, pool=pool))
