@@ -395,7 +395,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     if rec.bounce:
         grouping = _fast_bounced_original(rec, attachments, body, grouping.shape)
     else:
-        rec.evasion = evasion(text_html[0] if text_html else "", seen, *text_plain[:1])
+        rec.evasion = evasion(text_html[0] if text_html else "")
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text if rec.bounce else normalise(rec.subject, seen or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)
@@ -510,7 +510,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
         else:
             grouping = _quoted_inline(rec, body, grouping.shape)
     else:
-        rec.evasion = evasion(rawhtml, htmltext, plain)
+        rec.evasion = evasion(rawhtml)
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text if rec.bounce else normalise(rec.subject, htmltext or body, SKETCH_TEXT)
     _set_grouping(rec, grouping)

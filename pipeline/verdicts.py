@@ -380,7 +380,7 @@ def _evasive_single_source(f: CampaignFacts) -> Outcome:
     o = _relayed_campaign(f)
     return Outcome(o.confidence, f"all from {f.ctxs[f.abusers[0]].client_ip} with one sender domain, as an "
                    f"application of ours would be, but {f.evasive} of the {len(f.abusers)} break words with comments "
-                   f"or zero-width characters to slip past content filters, which no application writes; " + o.text,
+                   f"to slip past content filters, which no application writes; " + o.text,
                    o.more, o.accounts)
 
 
@@ -389,7 +389,7 @@ CAMPAIGN_RULES: tuple[CampaignRule, ...] = (
     Rule(ReasonCode.relayed_campaign, Verdict.spam, lambda f: f.abused and f.one_source and f.evading,
          _evasive_single_source,
          "as relayed_single_source below, but a third of those copies (two at least) break words with a comment "
-         "or a zero-width character (vi<!--x-->agra), which only filter evasion writes", alias="relayed_evasive"),
+         "(vi<!--x-->agra), which only filter evasion writes", alias="relayed_evasive"),
     # One client, one sender domain: a botnet run uses many; this is as likely our own web shop or CRM on
     # an address missing from trusted_networks as one abused server. A human decides.
     Rule(ReasonCode.relayed_single_source, Verdict.review,

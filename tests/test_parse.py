@@ -84,12 +84,11 @@ _EVASIVE = (b"From: a@far.example\nSubject: hi\nMIME-Version: 1.0\nContent-Type:
 
 def test_words_broken_to_evade_filters_are_recorded_on_both_paths(either_path: None) -> None:
     assert parse.parse_found(_found(_EVASIVE), POLICY).evasion == ["comment_in_word"]
-    zero_width = _EVASIVE.replace(b"vi<!--k3j9-->agra", "vi\u200bagra".encode())
-    assert parse.parse_found(_found(zero_width), POLICY).evasion == ["zero_width_in_word"]
     # React's empty separator between two text nodes is a renderer's, not an evasion
     assert parse.parse_found(_found(_EVASIVE.replace(b"<!--k3j9-->", b"<!-- -->")), POLICY).evasion == []
     # a bounce's words are the notice's; what it quotes is not its own writing
-    bounce = BOUNCE.replace(b"Buy cheap pills", b"Buy che\xe2\x80\x8bap pills")
+    bounce = BOUNCE.replace(b"Buy cheap pills now", b"<p>Buy che<!--x-->ap pills now</p>").replace(
+        b"Content-Type: message/rfc822\n\n", b"Content-Type: message/rfc822\n\nContent-Type: text/html\n")
     assert parse.parse_found(_found(bounce, mail_from=""), POLICY).evasion == []
 
 
@@ -100,10 +99,8 @@ def test_only_words_broken_as_no_writer_but_an_evader_breaks_them_count() -> Non
     assert evasion("<!--x-->agra and vi<!--x-->") == []  # no letter on one side
     assert evasion("<p>Hello <!-- name -->Ann</p><!--[if mso]><table><![endif]-->") == []
     assert evasion("<p>Dear Ann<!--[if mso]>&nbsp;<![endif]-->Smith</p>") == []  # Outlook's, not an evader's
-    assert evasion("", "vi\u200dagra") == ["zero_width_in_word"]
-    assert evasion("", "\u0e2a\u0e27\u200b\u0e31\u0e2a\u0e14\u0e35") == []  # Thai separates words so
-    assert evasion("", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == []  # Persian needs its joiners
-    assert evasion("", "Versicherungs\u00adunternehmen") == []  # a soft hyphen is typography
+    # templates break addresses and dates with zero-width non-joiners so that mail apps do not link them
+    assert evasion("<p>123 Add&zwnj;ress line, St\u200cate, Coun\u200ctry</p>") == []
 
 
 def _cut_bounce(i: int, quote: bytes) -> bytes:
