@@ -379,8 +379,8 @@ def _authenticated_bulk(f: CampaignFacts) -> Outcome:
 def _evasive_single_source(f: CampaignFacts) -> Outcome:
     o = _relayed_campaign(f)
     return Outcome(o.confidence, f"all from {f.ctxs[f.abusers[0]].client_ip} with one sender domain, as an "
-                   f"application of ours would be, but {f.evasive} of the {len(f.abusers)} break words with comments "
-                   f"to slip past content filters, which no application writes; " + o.text,
+                   f"application of ours would be, but {f.evasive} of those {len(f.abusers)} copies break words with "
+                   f"comments to slip past content filters, which no application writes; " + o.text,
                    o.more, o.accounts)
 
 

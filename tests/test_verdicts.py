@@ -219,4 +219,4 @@ def test_a_one_client_run_that_breaks_its_words_to_evade_filters_is_spam_on_both
         got = run(evasive)
         assert got[0] == got[1], f"{evasive} evasive: the routes differ: {got}"
         assert got[0][:2] == want, f"{evasive} evasive: {got[0]}"
-    assert "3 of the 9 break words" in run(3)[0][2]
+    assert "3 of those 9 copies break words" in run(3)[0][2]
