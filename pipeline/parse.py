@@ -390,11 +390,12 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
     seen = html_to_text(text_html[0]) if text_html else ""
     body = text_plain[0] if text_plain else seen
-    grouping = _Grouping(shape(data), [*text_plain[:2], *text_html[:2]], first("reply-to"),
-                         [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
+    # a bounce's own parts (its notice, the quoted copy's bytes) are no grouping input: not read for it
     if rec.bounce:
-        grouping = _fast_bounced_original(rec, attachments, body, grouping.shape)
+        grouping = _fast_bounced_original(rec, attachments, body, shape(data))
     else:
+        grouping = _Grouping(shape(data), [*text_plain[:2], *text_html[:2]], first("reply-to"),
+                             [bytes(a.content) for a in attachments[:_MAX_DIGESTS]], subject)
         rec.evasion = evasion(text_html[0] if text_html else "")
     # a bounce is grouped by what it quotes, so backscatter lands with the spam it bounced
     rec.text = rec.bounced_original_text if rec.bounce else normalise(rec.subject, seen or body, SKETCH_TEXT)
