@@ -124,10 +124,10 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
         times["triage workflow"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
         size = len(store.get(queues.manifest_key("bench")))
-        digests = _manifest_digests(store)
+        digests, fields = _manifest_digests(store), _summary_fields(store)
     assert total == n, total
     return {"times": times, "cpu": cpu, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
-            "manifest_sha256": digests}
+            "manifest_sha256": digests, "summary_fields_sha256": fields}
 
 
 def _manifest_digests(store: object) -> dict[str, str]:
@@ -141,6 +141,17 @@ def _manifest_digests(store: object) -> dict[str, str]:
     base = key.rsplit("/", 1)[0] + "/"
     return {k[len(base):]: hashlib.sha256(store.get(k)).hexdigest()  # type: ignore[attr-defined]
             for k in sorted(store.list(base))}  # type: ignore[attr-defined]
+
+
+def _summary_fields(store: object) -> dict[str, str]:
+    """The SHA-256 of each top-level field of manifest.json (as canonical JSON): where two routes' summaries
+    differ, which fields do (the shards' names and the hosts they name, say, and not a verdict)."""
+    import hashlib
+
+    from pipeline import queues
+
+    doc = json.loads(store.get(queues.manifest_key("bench")))  # type: ignore[attr-defined]
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in doc.items()}
 
 
 def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
@@ -177,7 +188,9 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
         times["total"] = time.perf_counter() - t0
         assert not runner.dead(), runner.dead()
         size = len(store.get(queues.manifest_key("bench")))
-    return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size}
+        digests, fields = _manifest_digests(store), _summary_fields(store)
+    return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
+            "manifest_sha256": digests, "summary_fields_sha256": fields}
 
 
 def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None:
@@ -217,7 +230,23 @@ def report(route: str, n: int, r: dict) -> dict:
         print(f"    sha256 {digest[:16]}  {name}")
     return {"route": route, "messages": n, "times": r["times"], "steps": r["steps"],
             "process_peaks_mb": {str(k): v[0] for k, v in procs.items()}, "self_peak_rss_mb": r["self_peak_rss_mb"],
-            "largest_process_mb": peak}
+            "largest_process_mb": peak, "manifest_sha256": r.get("manifest_sha256", {}),
+            "summary_fields_sha256": r.get("summary_fields_sha256", {})}
+
+
+def compare_routes(rows: list[dict]) -> None:
+    """Whether the routes of one size wrote the same manifest: its message parts, and manifest.json field by field."""
+    first, *rest = rows
+    for other in rest:
+        a, b = first["manifest_sha256"], other["manifest_sha256"]
+        parts = sorted(k for k in a.keys() | b.keys() if k != "manifest.json")
+        same = [k for k in parts if a.get(k) == b.get(k)]
+        fa, fb = first["summary_fields_sha256"], other["summary_fields_sha256"]
+        differ = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+        print(f"\n{first['route']} and {other['route']}, {first['messages']:,} messages: "
+              f"{len(same)} of {len(parts)} message parts the same bytes; manifest.json "
+              + ("the same bytes" if a.get("manifest.json") == b.get("manifest.json")
+                 else f"differs in {', '.join(differ) or 'its layout only'}"))
 
 
 def main() -> None:
@@ -247,6 +276,7 @@ def main() -> None:
             write_canonical(iter_incident(*corpus, n=n, seed=1), snap)  # streamed: a million fit in no memory
             print(f"\n{n:,} messages generated in {time.perf_counter() - t:.0f} s (not counted), "
                   f"{snap.stat().st_size / 2**20:,.0f} MiB")
+            done = []
             for route in a.route or ["cli", "functions"]:
                 p = subprocess.run([sys.executable, __file__, "--child", route, str(snap), "--messages", str(n),
                                     "--shard-size", str(a.shard_size), "--workers", str(a.workers)],
@@ -256,9 +286,12 @@ def main() -> None:
                     print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
                     continue
                 rows.append(report(route, n, json.loads(line[7:])))
+                done.append(rows[-1])
                 if a.json:  # after every route: a long run cut short keeps what it measured
                     a.json.parent.mkdir(parents=True, exist_ok=True)
                     a.json.write_text(json.dumps(rows, indent=1))
+            if len(done) > 1:
+                compare_routes(done)
 
 
 if __name__ == "__main__":
