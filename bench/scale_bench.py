@@ -222,8 +222,16 @@ def report(route: str, n: int, r: dict) -> dict:
         old = procs.get(s["pid"], (0.0, "workflow step worker"))
         procs[s["pid"]] = (max(old[0], s["peak_rss_mb"]), "workflow step worker")
     print(f"  peak RSS of every process: route process {r['self_peak_rss_mb']:,.0f} MB (pid {r['self_pid']})")
-    for pid, (mb, what) in sorted(procs.items(), key=lambda kv: -kv[1][0]):
-        print(f"    pid {pid:<8} {mb:8,.0f} MB  {what}")
+    kinds: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for pid, (mb, what) in procs.items():
+        kinds[what].append((mb, pid))
+    for what, peaks in sorted(kinds.items(), key=lambda kv: -max(kv[1])[0]):
+        if len(peaks) > 4:  # the functions route's parse pools, two a shard: how many, and their range
+            (lo, _), (hi, top) = min(peaks), max(peaks)
+            print(f"    {len(peaks)} × {what}: {lo:,.0f}–{hi:,.0f} MB (the largest pid {top})")
+            continue
+        for mb, pid in sorted(peaks, reverse=True):
+            print(f"    pid {pid:<8} {mb:8,.0f} MB  {what}")
     peak = max([r["self_peak_rss_mb"]] + [mb for mb, _ in procs.values()])
     print(f"  largest process {peak:,.0f} MB; manifest {r['manifest_bytes'] / 2**20:,.1f} MiB")
     for name, digest in r.get("manifest_sha256", {}).items():
