@@ -12,7 +12,9 @@ Peak RSS per process: the route's own process from its VmHWM (bench/rss.py); eac
 /proc/self/status VmHWM, counted again from zero before every step (/proc/self/clear_refs), so a step's
 figure is its own; every other child (the parse pools) sampled from /proc/<pid>/status every 0.1 s
 (VmHWM only grows, so a sample is at most 0.1 s behind the peak). The machine is shared: times are noisy,
-compare ratios measured in the same run.
+compare ratios measured in the same run. Each route prints the SHA-256 of every file of its manifest; when
+both ran on one incident, the benchmark says how many message parts are the same bytes and which top-level
+fields of manifest.json differ (the summary names the files the shards came from and the policy's source).
 """
 
 from __future__ import annotations
