@@ -106,7 +106,6 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
     import tomllib
 
     from adapters.workflow import StepRun, run_locally, spill_snapshot
-    from pipeline import queues
     from pipeline.generator import POLICY_TOML
     from pipeline.policy import policy_from_dict
     from pipeline.store import LocalStore
@@ -125,42 +124,34 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
                     on_step=runs.append)
         times["triage workflow"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t0
-        size = len(store.get(queues.manifest_key("bench")))
-        digests, fields = _manifest_digests(store), _summary_fields(store)
+        digests, fields, size = _manifest_digests(store)
     assert total == n, total
     return {"times": times, "cpu": cpu, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
             "manifest_sha256": digests, "summary_fields_sha256": fields}
 
 
-def _manifest_digests(store: object) -> dict[str, str]:
-    """The SHA-256 of manifest.json and of every part: two runs (two versions) wrote the same manifest
-    exactly when these are equal."""
+def _manifest_digests(store: object) -> tuple[dict[str, str], dict[str, str], int]:
+    """The SHA-256 of manifest.json and of every part (two runs, two versions or two routes, wrote the same
+    manifest exactly when these are equal); of each top-level field of manifest.json, as canonical JSON (where
+    two routes' summaries differ, which fields do: the files the shards came from, say, and not a verdict);
+    and manifest.json's size. Each file is read once."""
     import hashlib
 
     from pipeline import queues
 
     key = queues.manifest_key("bench")
     base = key.rsplit("/", 1)[0] + "/"
-    return {k[len(base):]: hashlib.sha256(store.get(k)).hexdigest()  # type: ignore[attr-defined]
-            for k in sorted(store.list(base))}  # type: ignore[attr-defined]
-
-
-def _summary_fields(store: object) -> dict[str, str]:
-    """The SHA-256 of each top-level field of manifest.json (as canonical JSON): where two routes' summaries
-    differ, which fields do (the shards' names and the hosts they name, say, and not a verdict)."""
-    import hashlib
-
-    from pipeline import queues
-
-    doc = json.loads(store.get(queues.manifest_key("bench")))  # type: ignore[attr-defined]
-    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in doc.items()}
+    files = {k: store.get(k) for k in sorted(store.list(base))}  # type: ignore[attr-defined]
+    summary = files[key]
+    fields = {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()
+              for k, v in json.loads(summary).items()}
+    return {k[len(base):]: hashlib.sha256(data).hexdigest() for k, data in files.items()}, fields, len(summary)
 
 
 def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
     from adapters.bootstrap import embedded_settings
     from adapters.runtime import LocalRunner
     from adapters.workflow import StepRun
-    from pipeline import queues
     from pipeline.generator import POLICY_TOML
     from pipeline.service import incidents
     from pipeline.store import LocalStore
@@ -189,8 +180,7 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
         times |= {f"{s} handler(s)": runner.timings.get(s, 0.0) for s in ("parse", "triage", "blocklist")}
         times["total"] = time.perf_counter() - t0
         assert not runner.dead(), runner.dead()
-        size = len(store.get(queues.manifest_key("bench")))
-        digests, fields = _manifest_digests(store), _summary_fields(store)
+        digests, fields, size = _manifest_digests(store)
     return {"times": times, "steps": _steps(runs), "children": sampler.peaks, "manifest_bytes": size,
             "manifest_sha256": digests, "summary_fields_sha256": fields}
 
