@@ -31,6 +31,13 @@ _HIDING = re.compile("(?is)" + "|".join(_HIDING_WAYS))
 _HIDING_ASCII = tuple((w.split("\\", 1)[0], re.compile("(?s)" + w)) for w in _HIDING_WAYS)
 _HIDDEN_END = {t: re.compile(rf"(?is).{{0,4000}}?</{t}\s*>")
                for t in ("span", "div", "font", "p", "td", "small", "b", "i")}
+def _hidden_end(name: str) -> re.Pattern[str]:
+    """The end pattern of a hiding tag named `name` as _HIDING_TAG matched it: under (?i) a name may hold a
+    letter beyond ASCII that matches an ASCII one (the long s of <ſpan>, the dotted capital I of <İ>), which
+    lower() leaves as it is or makes two characters of."""
+    if (end := _HIDDEN_END.get(name.lower())) is not None:
+        return end
+    return next(end for t, end in _HIDDEN_END.items() if re.fullmatch(t, name, re.IGNORECASE))
 # Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
 # (the names as a tree of their letters: under (?i) the engine enters each alternative in turn, and \b
 # after the name lets only the whole name match, whichever order they are tried in)
@@ -162,7 +169,7 @@ def _drop_hidden(s: str) -> str:
                     if len(_HIDES) >= _HIDES_MAX:
                         _HIDES.clear()
                     _HIDES[attrs] = h
-            if h and (end := _HIDDEN_END[m.group(1).lower()].match(s, m.end())):
+            if h and (end := _hidden_end(m.group(1)).match(s, m.end())):
                 out.append(s[last:m.start()])
                 out.append(" ")
                 last = pos = end.end()

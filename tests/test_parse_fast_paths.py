@@ -10,6 +10,7 @@ hostile strings.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from urllib.parse import urlsplit
 
@@ -19,6 +20,9 @@ from hypothesis import strategies as st
 
 from pipeline import features, normalise, parse
 from pipeline.generator import iter_incident
+from pipeline.models import RawMessage
+from pipeline.policy import SitePolicy
+from pipeline.readers.base import Found
 
 # the definitions the fast paths must agree with
 HIDDEN = re.compile(
@@ -353,3 +357,19 @@ def test_records_start_as_validation_makes_them() -> None:
     hop = parse.parse_received("from a (b [1.2.3.4]) by mx.example.org with ESMTPSA id 1")
     assert list(hop.__dict__.items()) == list(type(hop)(**hop.__dict__).__dict__.items())
     assert hop.model_fields_set == type(hop)(**hop.__dict__).model_fields_set
+
+
+def test_a_hiding_tag_named_with_a_letter_beyond_ascii_is_hidden_text_not_a_parse_error() -> None:
+    # (?i) lets the long s and the dotted capital I stand for s and i in a tag's name: <ſpan>, <İ>. Such an
+    # element is hidden to a reader (display:none hides any element), to the end tag of the name it matched
+    # (HIDDEN's backreference would want `</ſpan>`: it compares lower-cased letters, and ſ is its own)
+    cases = ["<p>Buy <\u017fpan style='display:none'>salad words</span> now</p>",
+             "<p>Buy <\u0130 style=display:none>salad words</i> now</p>",
+             "<p>Buy <\u017fmall style='font-size:0px;'>salad</SMALL > now</p>"]
+    assert [normalise._drop_hidden(c) for c in cases] == ["<p>Buy   now</p>"] * 3
+    assert all("salad" not in normalise.html_to_text(c) for c in cases)
+    data = ("From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Transfer-Encoding: 8bit\r\n\r\n{cases[0]}\r\n").encode()
+    rec = parse.parse_found(Found(RawMessage(path="m.eml"), data, hashlib.sha256(data).hexdigest(), len(data)),
+                            SitePolicy())
+    assert rec.defects == [] and rec.text == "hi buy now"
