@@ -19,7 +19,15 @@ from typing import Any
 
 from pipeline.features import digest_key, shape, shape_of, sketch, subject_core, subject_key, url_keys
 from pipeline.models import ParsedRecord, ReceivedHop, construct_all, mime_defect
-from pipeline.normalise import MAX_TEXT, SKETCH_TEXT, evasion, html_to_text, normalise
+from pipeline.normalise import (
+    MAX_TEXT,
+    SKETCH_TEXT,
+    evasion,
+    html_head,
+    html_to_text,
+    normalise,
+    normalise_reads,
+)
 from pipeline.policy import SitePolicy
 from pipeline.readers.base import Found
 
@@ -387,8 +395,10 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     attachments, text_html, text_plain = mail.attachments, mail.text_html, mail.text_plain
     rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in attachments][:200]
     # grouping reads what a reader sees: the HTML part when there is one, its hidden text dropped
-    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
-    seen = html_to_text(text_html[0]) if text_html else ""
+    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain.
+    # Only as much of it as normalise reads, but for a bounce, whose notice is searched whole below.
+    seen = ("" if not text_html else html_to_text(text_html[0]) if rec.bounce and not text_plain
+            else html_head(text_html[0], normalise_reads(SKETCH_TEXT)))
     body = text_plain[0] if text_plain else seen
     # a bounce's own parts (its notice, the quoted copy's bytes) are no grouping input: not read for it
     if rec.bounce:
@@ -430,7 +440,8 @@ def _fast_bounced_original(rec: ParsedRecord, attachments: list[Any], body: str,
     heads, text_html, text_plain, subject = inner.headers, inner.text_html, inner.text_plain, inner.subject or ""
     rec.bounced_original_sender = _first_address((heads.get("From") or [""])[0]).lower() or None
     rec.bounced_original_received = [parse_received(v) for v in (heads.get("Received") or [])[:_MAX_HOPS]]
-    obody = html_to_text(text_html[0]) if text_html else text_plain[0] if text_plain else ""
+    obody = (html_head(text_html[0], normalise_reads(SKETCH_TEXT)) if text_html else text_plain[0] if text_plain
+             else "")
     rec.bounced_original_text = normalise(subject, obody, SKETCH_TEXT)
     return _Grouping(shape(raw), [*text_plain[:2], *text_html[:2]],
                      (heads.get("Reply-To") or [""])[0], [bytes(a.content) for a in inner.attachments], subject)

@@ -359,6 +359,50 @@ def test_records_start_as_validation_makes_them() -> None:
     assert hop.model_fields_set == type(hop)(**hop.__dict__).model_fields_set
 
 
+# what a piece of HTML may leave open at its end, and what may close it after
+CUT_PIECES = [*MARKUP_PIECES, "<!--", "-->", "<!-- x -->", "<style>", "</style>", "<script>", "</script >", "<head>",
+              "</head>", "<title>", "</title>", "<span style=display:none>", "<div style='color:#fff'>", "</div>",
+              "</span>", "<b>", "</b>", "<br>", "<p>", "&", "&amp", "&amp;", ";", "&#", "&#4", "9", "&#x", "4f",
+              "&nbsp", "\t", "\r", "\f", "text", " ", "\n", ">", "<"]
+cut_texts = st.lists(st.sampled_from(CUT_PIECES), max_size=30).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(cut_texts, cut_texts)
+def test_a_piece_of_html_closed_at_its_end_has_the_text_it_has_in_the_whole(piece: str, rest: str) -> None:
+    rest = "<" + rest
+    if (text := normalise._closed_text(piece)) is not None:
+        assert normalise._html_to_text(piece + rest) == text + normalise._html_to_text(rest)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(cut_texts | texts, max_size=12).map("".join), st.integers(1, 200), st.integers(1, 64))
+def test_the_head_of_an_html_text_is_the_start_of_its_text(s: str, need: int, step: int) -> None:
+    whole = normalise.html_to_text(s)
+    old, normalise._HEAD_PIECE = normalise._HEAD_PIECE, step  # pieces of a few characters: many cuts
+    try:
+        head = normalise.html_head(s, need)
+    finally:
+        normalise._HEAD_PIECE = old
+    assert whole.startswith(head)
+    assert len(head) >= need or head == whole
+
+
+def test_a_dense_html_part_is_read_only_as_far_as_normalise_reads(real_and_spamware: list[bytes]) -> None:
+    need = normalise.normalise_reads(normalise.SKETCH_TEXT)
+    parts = _html_parts(real_and_spamware)
+    heads = [normalise.html_head(p, need) for p in parts]
+    wholes = [normalise.html_to_text(p) for p in parts]
+    assert all(w.startswith(h) and (len(h) >= need or h == w) for h, w in zip(heads, wholes, strict=True))
+    assert [normalise.normalise("Subject", h, normalise.SKETCH_TEXT) for h in heads] == \
+        [normalise.normalise("Subject", w, normalise.SKETCH_TEXT) for w in wholes]
+    # a long newsletter-like part: its text well past what normalise reads, its head read in pieces
+    para = '<p style="margin:0">A paragraph of the newsletter, &amp; its words.</p>\n'
+    long = "<html><head><style>p {}</style></head><body>" + para * 400 + "</body></html>"
+    head, whole = normalise.html_head(long, need), normalise.html_to_text(long)
+    assert whole.startswith(head) and need <= len(head) < len(whole) - 4000
+
+
 def test_a_hiding_tag_named_with_a_letter_beyond_ascii_is_hidden_text_not_a_parse_error() -> None:
     # (?i) lets the long s and the dotted capital I stand for s and i in a tag's name: <ſpan>, <İ>. Such an
     # element is hidden to a reader (display:none hides any element), to the end tag of the name it matched
