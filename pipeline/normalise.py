@@ -108,25 +108,30 @@ def _html_to_text(s: str) -> str:
 def html_head(s: str, need: int) -> str:
     """A start of html_to_text(s) at least `need` characters long, or all of it: the HTML is read in pieces,
     each begun at a `<`, only as far as its text needs, where the text of a piece read alone is the text it
-    has in the whole (nothing it opened is still open at its end: see `_closed_text`); a piece that is not
-    read as the rest of the HTML, whole. (normalise reads a body's first 2 * limit characters; a dense HTML
-    part of 18 KB costs a third as much.)"""
+    has in the whole (nothing it opened is still open at its end: see `_closed_text`); where a piece is not,
+    or the text so far says the rest is needed anyway, the rest is read whole. (normalise reads a body's
+    first 2 * limit characters; a dense HTML part of 18 KB costs less than half as much.)"""
     s = s[: SKETCH_TEXT * 6]
+    if len(s) < 2 * need:  # the pieces would be most of it: read whole, as kept copies are
+        return html_to_text(s)
     out: list[str] = []
     got = start = 0
-    while got < need:
-        # a piece at least as long as the text still needed (HTML's text is never longer than the HTML)
-        cut = s.find("<", start + max(need - got, _HEAD_PIECE))
-        if cut < 0:
-            break
+    while (cut := s.find("<", start + max(need - got, _HEAD_PIECE))) >= 0:
+        if (c := s.rfind("<!--", start, cut)) > s.rfind("-->", start, cut):
+            # not inside a comment: past its end (the spamware's comments sit anywhere)
+            if (end := s.find("-->", c + 4)) < 0 or (cut := s.find("<", end)) < 0:
+                break
         piece = _closed_text(s[start:cut])
         if piece is None:
             break
         out.append(piece)
         got += len(piece)
         start = cut
-    else:
-        return "".join(out)
+        if got >= need:
+            return "".join(out)
+        # as dense as the text so far, the text still needed lies past the end: read the rest whole
+        if (need - got) * start > (len(s) - start) * got:
+            break
     out.append(_html_to_text(s[start:]) if start else html_to_text(s))
     return "".join(out)
 
@@ -159,8 +164,11 @@ def _closed_text(s: str) -> str | None:
     s = _TAG.sub(" ", s)
     if "<" in s:
         return None
-    # a reference runs to a white space at the latest: one after the last "&" ends every one in s
-    if (i := s.rfind("&")) >= 0 and not any(c in s[i:] for c in " \t\n\f"):
+    # a reference ends at the next "&" at the latest, so only the last one may run on into the rest: not
+    # when it ends before s does (each of its kinds stopped at a character it cannot hold), nor when a white
+    # space follows the "&" (no kind holds one)
+    if (i := s.rfind("&")) >= 0 and ((m := _CHARREF.match(s, i)) is None or m.end() == len(s)) \
+            and not any(c in s[i:] for c in " \t\n\f"):
         return None
     return unescape(s)
 
