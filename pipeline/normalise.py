@@ -93,7 +93,7 @@ _HTML_TEXTS_MAX = 32
 
 def _html_to_text(s: str) -> str:
     if "<!--" in s:
-        s = _COMMENT.sub("", s)
+        s = _without_comments(s)
     s = _HTML_DROP.sub(" ", s)
     if m := _OPEN.search(s):
         s = s[: m.start()]
@@ -150,7 +150,7 @@ def _closed_text(s: str) -> str | None:
     looked for where it would show (the truncations at an open block and at a tag cut short do not happen
     here: they would be such a construct)."""
     if "<!--" in s:
-        s = _COMMENT.sub("", s)
+        s = _without_comments(s)
         if "<!--" in s:  # one without its end (before the blocks go: a style block may hold it)
             return None
     s = _HTML_DROP.sub(" ", s)
@@ -171,6 +171,22 @@ def _closed_text(s: str) -> str | None:
             and not any(c in s[i:] for c in " \t\n\f"):
         return None
     return unescape(s)
+
+
+def _without_comments(s: str) -> str:
+    """s without its comments, and without those that taking them out makes: a comment inside a comment's
+    opening, lookin<<!--x-->!--y-->g, leaves <!--y--> behind, which read once more would cut the text
+    there as a comment left open (a tenth of the spamware copies' HTML lost most of its text that way).
+    A few rounds at most: what is left open after them is then cut as any open comment is."""
+    for _ in range(_COMMENT_ROUNDS):
+        t = _COMMENT.sub("", s)
+        if t == s or "<!--" not in t:
+            return t
+        s = t
+    return s
+
+
+_COMMENT_ROUNDS = 8
 
 
 # -- filter evasion -----------------------------------------------------------------------------------

@@ -83,6 +83,17 @@ def test_normalise_erases_obfuscations() -> None:
     assert normalise("", "call now! 2026 a8f3k2x") == "call now! ztokz ztokz"
 
 
+def test_a_comment_inside_a_comments_opening_does_not_cut_the_text() -> None:
+    # taking <!--x--> out of lookin<<!--x-->!--y-->g leaves <!--y--> behind: read once, the text was cut there,
+    # as at a comment left open (the spamware's comments in words made this of a tenth of its HTML copies)
+    clean = normalise("Cheap pills", html_to_text("<p>Buy viagra online from our pharmacy now</p>"))
+    for hostile in ("<p>Buy vi<<!--e751ed-->!--46bc-->agra online from our pharmacy now</p>",
+                    "<p>Buy vi<<<!--a-->!--b-->!--c-->agra online from our pharmacy now</p>"):
+        assert normalise("Cheap pills", html_to_text(hostile)) == clean, hostile
+    # a comment left open is still cut, however it came about
+    assert html_to_text("<p>Hello world</p><<!--x-->!-- p.x {font").split() == ["Hello", "world"]
+
+
 @pytest.mark.slow
 def test_hostile_copies_group_and_valid_mail_stays_apart(runs) -> None:
     camps, _, truth, records = runs
