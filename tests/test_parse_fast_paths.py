@@ -363,7 +363,7 @@ def test_records_start_as_validation_makes_them() -> None:
 CUT_PIECES = [*MARKUP_PIECES, "<!--", "-->", "<!-- x -->", "<style>", "</style>", "<script>", "</script >", "<head>",
               "</head>", "<title>", "</title>", "<span style=display:none>", "<div style='color:#fff'>", "</div>",
               "</span>", "<b>", "</b>", "<br>", "<p>", "&", "&amp", "&amp;", ";", "&#", "&#4", "9", "&#x", "4f",
-              "&nbsp", "\t", "\r", "\f", "text", " ", "\n", ">", "<"]
+              "&nbsp", "\t", "\r", "\f", "text", " ", "\n", ">", "<", "<<!--a-->!--", "!--b-->", "<<!--"]
 cut_texts = st.lists(st.sampled_from(CUT_PIECES), max_size=30).map("".join)
 
 
