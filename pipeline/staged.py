@@ -977,9 +977,7 @@ def _campaign(cid: int, p: CampaignPart, d: Decision, words: Words | None = None
     first, last = p.times.bounds()
     subjects = list(dict.fromkeys(s for _, s in p.subjects if s))[:5]
     counts = Counter({Verdict(v): c for v, c in p.verdicts.counter().items()})
-    if counts and len(counts) > 1:
-        d.reasons.append(R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
-                                                                     counts.most_common()), "info"))
+    verdict = members_verdict(d, counts)
     if words is None:
         words = campaign_words([s for _, s, _ in p.sample], [x for _, _, x in p.sample])
     label, subject, phrase = words
@@ -988,7 +986,24 @@ def _campaign(cid: int, p: CampaignPart, d: Decision, words: Words | None = None
         sample_subjects=[s[:200] for s in subjects],
         sender_domains=p.senders.spread(), recipient_domains=p.rcpt_domains.spread(), client_ips=p.ips.spread(),
         accounts=p.accounts.spread(),
-        first_seen=first, last_seen=last, verdict=d.verdict, confidence=round(d.confidence, 3), reasons=d.reasons)
+        first_seen=first, last_seen=last, verdict=verdict, confidence=round(d.confidence, 3), reasons=d.reasons)
+
+
+def members_verdict(d: Decision, counts: Counter[Verdict]) -> Verdict:
+    """The verdict a campaign's report shows, its reasons noted in `d`: the campaign rules' unless its members'
+    verdicts say otherwise. Members of several verdicts are named beside it. Members all of one other verdict
+    (rules that come before the campaign's decided each, or the campaign rules held it and each member was
+    decided by its own) make that the campaign's: a report of a campaign `review` whose every message is
+    `valid` sends the admin to review what nothing holds."""
+    if not counts or (len(counts) == 1 and d.verdict in counts):
+        return d.verdict
+    note = R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in counts.most_common()),
+             "info")
+    if len(counts) > 1:
+        d.reasons.append(note)
+        return d.verdict
+    d.reasons.insert(0, note)
+    return next(iter(counts))
 
 
 def _account_reports(dec: Decisions, spam: Counter[str]) -> list[AccountReport]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
@@ -70,12 +71,16 @@ def summary_table(manifest) -> None:
               f"campaigns {t.campaigns:,}")
     if manifest.campaigns:
         tab = Table(title="Biggest campaigns", show_lines=False)
-        for col in ("#", "size", "verdict", "label", "sample subject", "client IPs", "why"):
+        for col in ("#", "size", "verdict", "subject", "phrase", "client IPs", "why"):
             tab.add_column(col, overflow="fold")
         for c in manifest.campaigns[:10]:
-            tab.add_row(str(c.id), f"{c.size:,}", c.verdict.value, c.label[:40],
-                        (c.sample_subjects[0] if c.sample_subjects else "")[:50], str(c.client_ips.distinct),
-                        (c.reasons[0].text if c.reasons else "")[:80])
+            # what a person reads: the typical subject and a phrase the members share (the label is
+            # normalised terms, placeholders and all, kept for search); as text, not markup: a list's
+            # subject tag, "[zzzzteana] ...", is no style
+            tab.add_row(str(c.id), f"{c.size:,}", c.verdict.value,
+                        Text((c.subject or (c.sample_subjects[0] if c.sample_subjects else ""))[:50]),
+                        Text((c.phrase or c.label)[:50]), str(c.client_ips.distinct),
+                        Text((c.reasons[0].text if c.reasons else "")[:80]))
         out.print(tab)
     for a in manifest.accounts:
         if a.compromised:

@@ -237,9 +237,14 @@ def _campaign(cid: int, members: Sequence[int], records: Sequence[ParsedRecord],
     subjects = list(dict.fromkeys(r.subject for r in recs[:1000] if r.subject))[:5]
     counts = Counter([messages[i].verdict for i in members])
     verdict = d.verdict
-    if counts and len(counts) > 1:
-        d.reasons.append(R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
-                                                                     counts.most_common()), "info"))
+    if counts and (len(counts) > 1 or verdict not in counts):
+        note = R(ReasonCode.mixed, "members' verdicts: " + ", ".join(f"{v.value} {n}" for v, n in
+                                                                     counts.most_common()), "info")
+        if len(counts) > 1:
+            d.reasons.append(note)
+        else:  # every member of one other verdict: the campaign's, as its messages are
+            d.reasons.insert(0, note)
+            [verdict] = counts
     subject, phrase = describe_campaign([r.subject for r in recs[:LABEL_SAMPLE]], [r.text for r in recs[:LABEL_SAMPLE]])
     return Campaign(
         id=cid, size=len(members), label=" ".join(top_terms([r.text for r in recs[:LABEL_SAMPLE]])),

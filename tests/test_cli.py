@@ -57,3 +57,34 @@ def test_damaged_archive_exit_2(incident_tar: Path, policy_file: Path, tmp_path:
     assert m["totals"]["messages"] == 1500
     missing = [x for x in m["messages"] if any("missing" in d for d in x["defects"])]
     assert missing and all(x["verdict"] == "review" for x in missing)
+
+
+@pytest.mark.slow
+def test_the_campaign_table_reads_as_its_messages_do(incident_tar: Path, policy_file: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from collections import Counter, defaultdict
+
+    from spoolsweep import console_out
+
+    r = run("triage", str(incident_tar), "--policy", str(policy_file), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(tmp_path / "o")
+    by: dict[int | None, Counter] = defaultdict(Counter)
+    for x in m.messages:
+        by[x.campaign][x.verdict] += 1
+    uniform = [c for c in m.campaigns if len(by[c.id]) == 1]
+    # a campaign whose messages all have one verdict shows that one, not `review` for a campaign nothing holds
+    assert all(c.verdict == next(iter(by[c.id])) for c in uniform)
+    assert any(c.reasons[0].code == "mixed" and c.reasons[0].text.startswith("members' verdicts: valid")
+               for c in uniform)  # the case is here: held by the campaign rules, each message valid by its own
+    # the table shows what a person reads (subjects, phrases), not the search label's placeholders
+    assert "ztokz" not in r.stdout and "zurlz" not in r.stdout
+    # and a subject as text: a list's tag in brackets is no markup
+    m.campaigns[0].subject = "[zzzzteana] Which Muppet Are You?"
+    capsys.readouterr()
+    width, console_out.out.width = console_out.out.width, 200
+    try:
+        console_out.summary_table(m)
+    finally:
+        console_out.out.width = width
+    assert "[zzzzteana] Which Muppet Are You?" in capsys.readouterr().out
