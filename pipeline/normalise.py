@@ -40,6 +40,8 @@ def _hidden_end(name: str) -> re.Pattern[str]:
     if (end := _HIDDEN_END.get(name.lower())) is not None:
         return end
     return next(end for t, end in _HIDDEN_END.items() if re.fullmatch(t, name, re.IGNORECASE))
+
+
 # Inline tags sit inside words as freely as comments do (<b>V</b>iagra); block tags end a word.
 # (the names as a tree of their letters: under (?i) the engine enters each alternative in turn, and \b
 # after the name lets only the whole name match, whichever order they are tried in)
