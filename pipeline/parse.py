@@ -395,10 +395,13 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
     attachments, text_html, text_plain = mail.attachments, mail.text_html, mail.text_plain
     rec.attachments = [f"{_clean(a.filename or '(unnamed)')} ({a.mimetype})" for a in attachments][:200]
     # grouping reads what a reader sees: the HTML part when there is one, its hidden text dropped
-    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain.
-    # Only as much of it as normalise reads, but for a bounce, whose notice is searched whole below.
-    seen = ("" if not text_html else html_to_text(text_html[0]) if rec.bounce and not text_plain
-            else html_head(text_html[0], normalise_reads(SKETCH_TEXT)))
+    # (spamware fills the plain alternative and hidden blocks with word salad); bounces read plain
+    if not text_html:
+        seen = ""
+    elif rec.bounce and not text_plain:
+        seen = html_to_text(text_html[0])  # the notice is searched whole for the quoted copy below
+    else:
+        seen = html_head(text_html[0], normalise_reads(SKETCH_TEXT))  # as far as normalise reads it
     body = text_plain[0] if text_plain else seen
     # a bounce's own parts (its notice, the quoted copy's bytes) are no grouping input: not read for it
     if rec.bounce:
