@@ -417,3 +417,6 @@ class IndexEntry(Model):
     sha256: str
     size: int
     envelope: Envelope = Field(default_factory=Envelope)
+    defects: list[str] | None = Field(None, description=(
+        "what was found wrong with the message in the snapshot a part was cut from (pipeline.shards): "
+        "the part carries it on, so its reader says it again (left out when there is none)"))

@@ -118,6 +118,94 @@ def _settings(root: Path) -> dict[str, object]:
     return {"store": str(root), "log_level": "WARNING", "metrics": False}
 
 
+def _tampered(small_tar: Path, out: Path) -> tuple[str, str]:
+    """small_tar with what a reader must tell: a message whose bytes are not those its index line names, one
+    the index does not list, and a line of the index that is no entry. The two messages are valid ones."""
+    import io
+    import tarfile
+
+    with tarfile.open(small_tar) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]  # type: ignore[union-attr]
+    lines = next(data for m, data in members if m.name == "index.jsonl").decode().splitlines()
+    valid = [json.loads(ln)["path"] for ln in lines if b"Subject: Re:" in next(
+        data for m, data in members if m.name == json.loads(ln)["path"])][:2]
+    assert len(valid) == 2
+    index = []
+    for ln in lines:
+        e = json.loads(ln)
+        if e["path"] == valid[1]:
+            continue
+        if e["path"] == valid[0]:
+            e["sha256"] = "0" * 64
+        index.append(json.dumps(e))
+    index.insert(3, '{"path": 12}')
+    with tarfile.open(out, "w:gz") as tf:
+        for m, data in members:
+            if m.name == "index.jsonl":
+                data = ("\n".join(index) + "\n").encode()
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return valid[0], valid[1]
+
+
+def test_a_snapshot_cut_into_parts_triages_as_it_would_whole(tmp_path, small_tar, policy, policy_file):
+    # The upload cuts a big snapshot into parts (as the parse function does with one too big to parse
+    # whole). The parts kept each message's bytes and envelope but not what the reader had found wrong
+    # with it: a message whose bytes differ from the index, or that the index does not list, came out
+    # `valid` from the parts, `review` from the whole; the index's bad line was not told at all, and the
+    # manifest named the parts, not the snapshot uploaded.
+    snap = tmp_path / "tampered.tar.gz"
+    altered, unlisted = _tampered(small_tar, snap)
+    stores = {}
+    for how, size in (("whole", 0), ("cut", PER_SHARD)):
+        store = stores[how] = LocalStore(tmp_path / how)
+        embedded.put_policy(store, policy_file.read_bytes())
+        keys = _parsed(store, snap, policy, "cut1", size)
+        assert len(keys) == (1 if size == 0 else 3)
+        triage_incident(store, "cut1", embedded.load_site_policy(store), "test", queues.POLICY_KEY)
+    reader = ManifestReader(stores["cut"], "cut1")
+    told = {m.path: (m.verdict.value, m.defects) for m in reader.iter_messages() if m.path in (altered, unlisted)}
+    assert told[altered][0] == "review" and told[altered][1][0].startswith("sha256 differs from index.jsonl")
+    assert told[unlisted] == ("review", ["not listed in index.jsonl: envelope unknown"])
+    summary = reader.summary
+    assert [d for d in summary.archive_defects if "bad index entry" in d] and summary.snapshot.source == snap.name
+    # the same manifest, byte for byte, message parts and summary alike
+    base = queues.manifest_key("cut1").rsplit("/", 1)[0] + "/"
+    whole, cut = ({k[len(base):]: s.get(k) for k in s.list(base)} for s in (stores["whole"], stores["cut"]))
+    assert whole.keys() == cut.keys() and whole == cut
+
+
+def test_a_part_whose_cut_cannot_be_read_is_described_as_itself(tmp_path, small_tar, policy):
+    import io
+    import tarfile
+
+    import zstandard
+
+    from pipeline.shards import ShardMeta, shard_of
+
+    store = LocalStore(tmp_path / "store")
+    key = embedded.upload(store, small_tar, "cut2", HOST, shard_size=PER_SHARD, policy=policy)[0]
+    with tarfile.open(fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompress(store.get(key), 1 << 28))) as tf:
+        members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
+    meta = json.loads(members[0][1])
+    assert members[0][0] == "spoolsweep-snapshot.json" and meta["cut"]["source"] == small_tar.name
+    # a hand-made part: its "cut" names no file, and claims a format its `mta` does not
+    meta["cut"], meta["mta"] = {"source": 5, "format": "postfix"}, "exim"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in [("spoolsweep-snapshot.json", json.dumps(meta).encode()), *members[1:]]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    store.put(key, zstandard.ZstdCompressor().compress(buf.getvalue()))
+    parse_object(store, Incoming(key), policy, ParseOptions())
+    shard = shard_of(HOST, key.rsplit("/", 1)[-1]).shard
+    m = ShardMeta.model_validate_json(store.get(queues.shard_meta_key("cut2", shard)))
+    assert m.snapshot is None and m.source == key and m.format == "canonical"
+    assert [d for d in m.defects if d.startswith('spoolsweep-snapshot.json: its "cut" is not readable')]
+
+
 @pytest.mark.slow
 def test_embedded_runs_the_workflow_once_and_resumes_after_a_crash(tmp_path, small_tar, policy, policy_file):
     root = tmp_path / "store"

@@ -5,7 +5,9 @@ Layout (optionally under one top folder):
     index.jsonl                {"path": "messages/0001.eml", "sha256": ..., "size": ..., "envelope": {...}}
     messages/...               the raw RFC 822 bytes, exactly as the MTA would deliver them
 Writers put the two JSON files first so a reader can stream; a reader that meets messages before
-the index holds them until the index arrives.
+the index holds them until the index arrives. An index line may carry `defects`: a part cut from
+another snapshot (pipeline.shards) carries on what was found wrong with each message there, and
+its spoolsweep-snapshot.json names that snapshot under "cut".
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pydantic import ValidationError
 
 from pipeline.archive import ArchiveReport, Member
-from pipeline.models import IndexEntry
+from pipeline.models import IndexEntry, integrity_defects
 from pipeline.readers.base import Found, Reader, found_from_member
 
 INDEX = "index.jsonl"
@@ -50,32 +52,37 @@ class CanonicalReader(Reader):
         root = ""
         pending: list[Member] = []
         mta: str | None = None
+        fmt = self.name
         for m in members:
             if _root_of(m.path, META) is not None:
                 report.skipped.append(m.path)
                 mta = self._meta(m, report)
+                fmt = self._format(report.meta, mta)
                 continue
             r = _root_of(m.path, INDEX)
             if r is not None and index is None:
                 root = r
                 index = _Index.load(m, root, report)
                 for p in pending:
-                    yield self._one(p, index, mta)
+                    yield self._one(p, index, mta, fmt)
                 pending.clear()
                 continue
             if index is None:
                 pending.append(m)
             else:
-                yield self._one(m, index, mta)
+                yield self._one(m, index, mta, fmt)
         if index is None:
             report.defects.append(f"{INDEX} missing: envelopes unknown for {len(pending)} messages")
             index = _Index()
         for p in pending:
-            yield self._one(p, index, mta)
+            yield self._one(p, index, mta, fmt)
         for entry in index.unseen():
+            # a part cut from a snapshot lists a message it holds no bytes of (too large to read there, or
+            # missing there) with the defects that said so: they say it again, and alone
+            carried = entry.defects or []
             m = Member(entry.path, None, entry.size, 0.0, entry.sha256,
-                       ["listed in index.jsonl but missing from the snapshot"])
-            f = found_from_member(m, self.name, envelope=entry.envelope)
+                       [] if integrity_defects(carried) else ["listed in index.jsonl but missing from the snapshot"])
+            f = found_from_member(m, fmt, envelope=entry.envelope, defects=carried)
             f.raw.mta = mta
             yield f
 
@@ -94,13 +101,23 @@ class CanonicalReader(Reader):
         mta = meta.get("mta")
         return mta if isinstance(mta, str) else None
 
-    def _one(self, m: Member, index: _Index, mta: str | None) -> Found:
+    def _format(self, meta: dict[str, object], mta: str | None) -> str:
+        """The format its messages were read as: a part cut from a queue of another format (pipeline.shards)
+        names that format, as its `mta` does (so which queue a message came from, and what its envelope can
+        be trusted to hold, read the same either way: pipeline.verdicts.queue_kind)."""
+        cut = meta.get("cut")
+        fmt = cut.get("format") if isinstance(cut, dict) else None
+        return fmt if isinstance(fmt, str) and fmt == mta and fmt != self.name else self.name
+
+    def _one(self, m: Member, index: _Index, mta: str | None, fmt: str) -> Found:
         entry = index.take(posixpath.normpath(m.path))
         if entry is None:
-            f = found_from_member(m, self.name, defects=["not listed in index.jsonl: envelope unknown"])
+            f = found_from_member(m, fmt, defects=["not listed in index.jsonl: envelope unknown"])
             f.raw.mta = mta
             return f
-        f = found_from_member(m, self.name, envelope=entry.envelope)
+        # (a defect the part's own read finds again, an unsafe name say, is told once)
+        carried = [d for d in entry.defects or () if d not in m.defects]
+        f = found_from_member(m, fmt, envelope=entry.envelope, defects=carried)
         f.raw.mta = mta
         if m.sha256 and entry.sha256 != m.sha256:
             f.raw.defects.append(f"sha256 differs from index.jsonl ({entry.sha256[:12]}…)")

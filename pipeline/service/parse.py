@@ -27,7 +27,7 @@ from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
 from pipeline.service import StepResult
-from pipeline.shards import ShardMeta, shard_of, split_snapshot
+from pipeline.shards import ShardMeta, cut_of, shard_of, split_snapshot
 from pipeline.sitepolicy import site_of
 from pipeline.store import Store
 from pipeline.triage import parse_pool, paused_gc
@@ -217,9 +217,18 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
             write_shard(([], str(shard / "empty.parquet")))
             written = [(shard / "empty.parquet", 0)]
         [(parquet, count)] = written
+        # a part cut from a snapshot is described as that snapshot (its name, format and digest; what its read
+        # found besides messages, told by its last part); what reading the part itself found is told too
+        cut, bad = cut_of(report.meta)
+        if cut is None:
+            seen = {"format": fmt, "sha256": report.sha256, "members_read": report.members, "skipped": report.skipped,
+                    "defects": [*report.defects, *bad]}
+        else:
+            seen = {"snapshot": cut.source, "format": cut.format, "sha256": cut.sha256,
+                    "members_read": cut.members_read, "skipped": cut.skipped,
+                    "defects": [*report.defects, *cut.defects]}
         meta = ShardMeta(incident=incident, host=host, source=obj.key, shard=name.shard, part=name.part,
-                         parts=name.parts, format=fmt, sha256=report.sha256, members_read=report.members,
-                         messages=count, skipped=report.skipped, defects=report.defects,
+                         parts=name.parts, messages=count, **seen,
                          # the MTA's own configuration the agent recorded: triage derives the policy from it
                          site=site_of(report.meta))
         store.put(queues.shard_meta_key(incident, name.shard), meta.model_dump_json().encode())

@@ -40,10 +40,11 @@ def load_records(store: Store, incident: str, shards: list[str]) -> list[ParsedR
 
 def snapshot_info(metas: list[ShardMeta]) -> SnapshotInfo:
     """The manifest's account of the snapshot, over all its shards: its digest when every shard names the
-    same one (the parts of one snapshot file the CLI cut), none when they are files of their own."""
+    same one (the parts of one snapshot file cut by the CLI or the upload), none when they are files of
+    their own; a part cut from a file is named by that file."""
     digests = {m.sha256 for m in metas}
     return SnapshotInfo(
-        source=", ".join(sorted({m.source.rsplit("/", 1)[-1] for m in metas}))[:500],
+        source=", ".join(sorted({m.snapshot or m.source.rsplit("/", 1)[-1] for m in metas}))[:500],
         format=", ".join(sorted({m.format for m in metas})),
         sha256=digests.pop() if len(digests) == 1 else None,
         hosts=sorted({m.host for m in metas}),
