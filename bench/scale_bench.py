@@ -133,8 +133,8 @@ def route_cli(snap: Path, n: int, shard_size: int, workers: int) -> dict:
 def _manifest_digests(store: object) -> tuple[dict[str, str], dict[str, str], int]:
     """The SHA-256 of manifest.json and of every part (two runs, two versions or two routes, wrote the same
     manifest exactly when these are equal); of each top-level field of manifest.json, as canonical JSON (where
-    two routes' summaries differ, which fields do: the files the shards came from, say, and not a verdict);
-    and manifest.json's size. Each file is read once."""
+    two routes' summaries differ, which fields do: where the policy came from, say, and not a verdict), and of
+    the policy's values alone ("policy values"); and manifest.json's size. Each file is read once."""
     import hashlib
 
     from pipeline import queues
@@ -143,8 +143,10 @@ def _manifest_digests(store: object) -> tuple[dict[str, str], dict[str, str], in
     base = key.rsplit("/", 1)[0] + "/"
     files = {k: store.get(k) for k in sorted(store.list(base))}  # type: ignore[attr-defined]
     summary = files[key]
-    fields = {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()
-              for k, v in json.loads(summary).items()}
+    top = json.loads(summary)
+    # the policy's values apart from where it came from (a file on the CLI, the store's on the functions route)
+    top["policy values"] = {k: v for k, v in top.get("policy", {}).items() if k not in ("source", "origins")}
+    fields = {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() for k, v in top.items()}
     return {k[len(base):]: hashlib.sha256(data).hexdigest() for k, data in files.items()}, fields, len(summary)
 
 
@@ -152,7 +154,7 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
     from adapters.bootstrap import embedded_settings
     from adapters.runtime import LocalRunner
     from adapters.workflow import StepRun
-    from pipeline.generator import POLICY_TOML
+    from pipeline.generator import POLICY_TOML, SERVER_NAME
     from pipeline.service import incidents
     from pipeline.store import LocalStore
 
@@ -173,7 +175,8 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
         store = LocalStore(root)
         incidents.put_policy(store, POLICY_TOML.encode())
         t0 = time.perf_counter()
-        incidents.upload(store, snap, "bench", "mx1", shard_size=shard_size)
+        # uploaded under the host the snapshot names, as its agent would name itself
+        incidents.upload(store, snap, "bench", SERVER_NAME, shard_size=shard_size)
         times["upload (cut into shards)"] = time.perf_counter() - t0
         runner = LocalRunner(root, settle=0, settings=embedded_settings(root, workers))
         runner.run_until_idle(timeout=7200)
@@ -243,6 +246,8 @@ def compare_routes(rows: list[dict]) -> None:
         same = [k for k in parts if a.get(k) == b.get(k)]
         fa, fb = first["summary_fields_sha256"], other["summary_fields_sha256"]
         differ = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+        if "policy" in differ and "policy values" not in differ:
+            differ[differ.index("policy")] = "policy (where it came from; its values are the same)"
         print(f"\n{first['route']} and {other['route']}, {first['messages']:,} messages: "
               f"{len(same)} of {len(parts)} message parts the same bytes; manifest.json "
               + ("the same bytes" if a.get("manifest.json") == b.get("manifest.json")
