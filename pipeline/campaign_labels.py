@@ -16,11 +16,16 @@ PHRASE_WORDS = 8
 _PLACEHOLDER = re.compile(r"ztokz|zurlz")
 _WORD = re.compile(r"[a-z][a-z'’-]*[a-z]|[a-z]")
 _ASCII_DIGIT = re.compile("[0-9]")  # what str.isdigit finds in an ASCII token
+_MARKS = ":;,.!?-–—*()[]<>\"'#"
+_JOINING = frozenset("fwd the and for you your our with from this that are was not but all any can has have will"
+                     .split())
 
 
 def typical_subject(subjects: Sequence[str]) -> str:
     """The subject whose words the members share most, with the words fewer than half of them have dropped
-    (a spamware run appends per-copy tokens to one subject: those go, the subject stays)."""
+    (a spamware run appends per-copy tokens to one subject: those go, the subject stays); whole when no
+    word that says anything would be left (members with subjects of their own, a list's issues say, share
+    a "to", a "Re:" or the list's tag, which name none of them)."""
     subs = [s.strip() for s in subjects[:SAMPLE] if s and s.strip()]
     if not subs:
         return ""
@@ -31,7 +36,14 @@ def typical_subject(subjects: Sequence[str]) -> str:
     best = min(range(len(subs)), key=lambda k: (-sum(df[w] for w in set(subs[k].split())), len(subs[k]), k))
     words = subs[best].split()
     kept = [w for w in words if df[w] * 2 >= len(subs)]
-    return " ".join(kept or words)[:200]
+    return " ".join(kept if any(map(_says_something, kept)) else words)[:200]
+
+
+def _says_something(word: str) -> bool:
+    """A subject's word that names something: not a list's [tag], a reply or forward mark, or a word that
+    only joins others."""
+    w = word.lower().strip(_MARKS)
+    return len(w) >= 3 and not word.startswith("[") and w not in _JOINING
 
 
 def shared_phrase(texts: Sequence[str], subjects: Sequence[str] = ()) -> str:

@@ -123,6 +123,16 @@ def test_typical_subject_drops_per_copy_tokens() -> None:
     assert typical_subject([]) == ""
 
 
+def test_typical_subject_of_members_with_subjects_of_their_own_is_one_of_them() -> None:
+    # a list's messages share a "to" and nothing else: the subject shown was "to"
+    subjects = ["Welcome to the list", "Invitation to lunch", "Reply to your order", "Weekly report"]
+    assert typical_subject(subjects) == "Welcome to the list"
+    # two tokens of six dropped is a run's subject with its per-copy tokens gone
+    tokens = (("x1", "q9"), ("z4", "k2"), ("r7", "p3"), ("m5", "t8"))
+    assert typical_subject([f"Your account {a} needs {b} attention" for a, b in tokens]) == \
+        "Your account needs attention"
+
+
 def test_phrase_is_drawn_from_the_shared_text() -> None:
     subjects, texts = [], []
     for k, name in enumerate(["john", "mary", "ann", "li"]):
