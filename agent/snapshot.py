@@ -67,7 +67,8 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
     with tempfile.TemporaryFile(dir=out.parent) as index:
         for qm in queue.list():
             env = qm.envelope.model_copy(update={"queue_id": qm.queue_id})
-            line = IndexEntry(path=member_name(qm), sha256=qm.sha256, size=qm.size, envelope=env)
+            line = IndexEntry(path=member_name(qm), sha256=qm.sha256, size=qm.size, envelope=env,
+                              defects=list(qm.defects) or None)
             index.write(line.model_dump_json(exclude_none=True).encode() + b"\n")
             total += qm.size
             qm.envelope = _EMPTY  # the index holds it now; keep memory flat

@@ -81,6 +81,30 @@ def test_snapshot_freezes_packs_and_refuses_a_second(frozen, tmp_path):
              Journal(tmp_path / "other.sqlite"), tmp_path / "state2")
 
 
+def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
+    # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
+    # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.
+    from agent.mta import exim, sendmail
+    from pipeline.archive import ArchiveReport, Member
+    from pipeline.readers.exim import EximReader
+
+    qid = "1xXOoH-0004xE-30"
+    spool = Path(__file__).resolve().parent / "data" / "queues" / "exim"
+    h, d = (spool / f"{qid}-H").read_bytes(), (spool / f"{qid}-D").read_bytes()
+    assert exim._read_pair(h, d, qid)[2] == []
+    longer = d + b"a line the -H file does not count\n"
+    data, env, defects = exim._read_pair(h, longer, qid)
+    assert defects == ["-H says the body has 1 lines, the -D file has 2"]
+    # what the spool's own reader gives for the same two files: the same bytes, envelope and defects
+    [found] = EximReader().read(iter([Member(f"input/{qid}-H", h, len(h), 0.0, None, []),
+                                      Member(f"input/{qid}-D", longer, len(longer), 0.0, None, [])]), ArchiveReport())
+    assert (found.data, found.raw.envelope, found.raw.defects) == (data, env, defects)
+
+    qf = b"V8\nT1795896853\nSfrank@example.org\nRPFD:rcpt@example.org\nHSubject: x\n.\n"
+    assert sendmail._read_pair(qf, b"body\n", "q1")[2] == []
+    assert sendmail._read_pair(qf[:-2], b"body\n", "q1")[2] == ["truncated: no '.' end line"]
+
+
 def test_journal_is_wal_and_full_sync(tmp_path):
     j = Journal(tmp_path / "j.sqlite")
     assert j.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -305,7 +329,8 @@ def test_exim_spool_pair_is_read_as_rfc822():
          b"-auth_id bob\n-frozen 1764000100\nXX\n2\nbob@example.org\ncarol@example.com 1,2#1\n\n"
          + b"".join(f"{len(t):03d}{flag} ".encode() + t for flag, t in hdrs))
     d = b"1tAbCd-000123-Ab-D\nline one\nline two\n"
-    data, env = _read_pair(h, d, "1tAbCd-000123-Ab")
+    data, env, defects = _read_pair(h, d, "1tAbCd-000123-Ab")
+    assert defects == []
     assert data == (b"Received: from client.example.net ([203.0.113.9])\n\tby mx1 with esmtp\n"
                     b"From: Alice <alice@example.net>\nSubject: hi\n\nline one\nline two\n")
     assert env.mail_from == "alice@example.net" and env.rcpt_to == ["bob@example.org", "carol@example.com"]

@@ -157,7 +157,7 @@ def test_postfix_hold_queue_link_is_not_read(tmp_path):
     class Parsed:
         def __init__(self, data: bytes) -> None:
             got.append(data)
-            self.content, self.envelope = data, Envelope()
+            self.content, self.envelope, self.defects = data, Envelope(), []
 
     q = PostfixQueue.__new__(PostfixQueue)
     q.queue_dir, q._parse = tmp_path / "spool", lambda data, queue: Parsed(data)

@@ -41,7 +41,10 @@ def test_exim_freeze_snapshot_release_purge(tmp_path, mail_corpus, keys, sink):
         qms = list(q.list())
         assert sorted(qm.envelope.rcpt_to[0] for qm in qms) == sorted(m[1][0] for m in msgs)
         _, found, _ = read_snapshot(tmp_path / "store/incoming" / INC / HOST / "snapshot.tar.zst", Limits())
+        found = list(found)
         assert {f.sha256 for f in found} == {qm.sha256 for qm in qms}
+        # Exim's own spool files, read as the spool reader reads them, carry no defect into the snapshot
+        assert [f.raw.defects for f in found] == [[]] * 8 and all(not qm.defects for qm in qms)
         for qm in qms:  # the digest is of the message as Exim would send it: -Mvh headers + -Mvb body
             assert hashlib.sha256(q.content(qm)).hexdigest() == qm.sha256
         by_mid = {support.Received("", [], q.content(qm)).message_id: qm for qm in qms}

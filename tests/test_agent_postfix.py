@@ -92,6 +92,7 @@ def test_postfix_freeze_snapshot_replay_purge(pf, tmp_path, mail_corpus, keys, s
         assert found[qm.queue_id].sha256 == qm.sha256
         assert hashlib.sha256(pf.postcat_bytes(qm.queue_id, "-bh")).hexdigest() == qm.sha256
         assert found[qm.queue_id].raw.envelope.rcpt_to == qm.envelope.rcpt_to != []
+        assert found[qm.queue_id].raw.defects == [] == qm.defects  # Postfix's own queue files: no defect
     by_mid = {support.Received("", [], q.content(qm)).message_id: qm for qm in qms}
     rep = [by_mid[f"<pf{deliver}-{i}@spoolsweep.test>"] for i in range(20)]
     pur = [by_mid[f"<pf{deliver}-{i}@spoolsweep.test>"] for i in range(20, 30)]
@@ -159,3 +160,22 @@ def test_postfix_dry_run_changes_nothing(pf, tmp_path, mail_corpus):
     assert not (tmp_path / "store").exists() and j.snapshot(INC, HOST) is None
 
 
+
+
+def test_a_damaged_queue_file_goes_into_the_snapshot_with_its_defects(pf, tmp_path, mail_corpus):
+    # The agent read its hold files with the pipeline's own Postfix reader and kept the bytes and envelope, not
+    # what the reader found wrong: a queue file cut short went into the snapshot as a whole, clean message,
+    # where the reader of a spool tarball holds it for review.
+    from agent.snapshot import pack
+
+    flood(pf, real_messages(mail_corpus, 2, tag="cut"))
+    q = PostfixQueue(pf.etc)
+    q.freeze()
+    damaged = next(q._hold_files())
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) - 40])  # the end of the queue file, its end record with it
+    packed = pack(q, tmp_path / "snap.tar.zst", HOST, INC, "postfix")
+    _fmt, found, _report = read_snapshot(packed.path, Limits())
+    defects = {f.raw.envelope.queue_id: f.raw.defects for f in found}
+    assert len(defects) == 2 and any(d.startswith("truncated") for d in defects[damaged.name])
+    assert all(not d for qid, d in defects.items() if qid != damaged.name)

@@ -82,7 +82,10 @@ def test_sendmail_quarantine_snapshot_release_purge(tmp_path, mail_corpus, keys,
     qms = list(q.list())
     assert sorted(qm.envelope.mail_from for qm in qms) == sorted(m[0] for m in msgs)
     _, found, _ = read_snapshot(tmp_path / "store/incoming" / INC / HOST / "snapshot.tar.zst", Limits())
+    found = list(found)
     assert {f.sha256 for f in found} == {qm.sha256 for qm in qms}
+    # sendmail's own queue files carry no defect into the snapshot
+    assert all(not f.raw.defects for f in found) and all(not qm.defects for qm in qms)
     for qm in qms:
         assert hashlib.sha256(q.content(qm)).hexdigest() == qm.sha256
     # mail that arrives after the freeze flows (it is not quarantined)

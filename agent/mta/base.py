@@ -33,6 +33,9 @@ class QueuedMessage:
     size: int
     source: Path | None = None
     extra: dict = field(default_factory=dict)
+    # what the queue's reader (pipeline/readers) found wrong with its files: the snapshot's index carries it
+    # (IndexEntry.defects), so triage holds the message for review as it would reading the spool itself
+    defects: list[str] = field(default_factory=list)
 
 
 @dataclass

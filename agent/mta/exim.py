@@ -13,16 +13,17 @@ from agent.errors import MtaError
 from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
 from pipeline.models import Envelope
-from pipeline.readers.exim import parse_h
+from pipeline.readers.exim import read_pair
 
 _ID = re.compile(r"^[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}\Z")
 _LIST = re.compile(r"^\s*\S+\s+\S+\s+([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s.*?(\*\*\* frozen \*\*\*)?$")
 
 
-def _read_pair(h: bytes, d: bytes, qid: str) -> tuple[bytes, Envelope]:
-    """RFC 822 bytes and envelope of a -H/-D pair, read by the pipeline's Exim reader so digests agree."""
-    env, head, _, _ = parse_h(h, qid)
-    return head + b"\n" + (d.split(b"\n", 1)[1] if b"\n" in d else b""), env
+def _read_pair(h: bytes, d: bytes, qid: str) -> tuple[bytes, Envelope, list[str]]:
+    """RFC 822 bytes, envelope and defects of a -H/-D pair, read by the pipeline's Exim reader (the bytes and
+    defects it gives reading the spool itself)."""
+    env, data, defects = read_pair(qid, h, d)
+    return data, env, defects
 
 
 class EximQueue(Queue):
@@ -78,8 +79,8 @@ class EximQueue(Queue):
         files = self._files(qid) if _ID.match(qid) else None
         if files is None:
             return None
-        data, env = _read_pair(files[0].read_bytes(), files[1].read_bytes(), qid)
-        return QueuedMessage(qid, qid, env, sha256_hex(data), len(data), source=files[0])
+        data, env, defects = _read_pair(files[0].read_bytes(), files[1].read_bytes(), qid)
+        return QueuedMessage(qid, qid, env, sha256_hex(data), len(data), source=files[0], defects=defects)
 
     def list(self) -> Iterator[QueuedMessage]:
         for qid, frozen in self._queue():

@@ -104,16 +104,18 @@ class PostfixQueue(Queue):
             return p
         return None
 
-    def _read(self, path: Path, envelope: bool = True) -> tuple[bytes, Envelope]:
+    def _read(self, path: Path, envelope: bool = True) -> tuple[bytes, Envelope, list[str]]:
+        """The message's bytes, envelope, and what the reader found wrong with its queue file (postcat reads
+        a file it can read, and says nothing of one it cannot: it fails)."""
         qid = path.name
         if self._parse is not None:
             qf = self._parse(self._bytes(path), "hold")
             env = qf.envelope
             env.queue_name, env.queue_id = "hold", qid
-            return qf.content, env
+            return qf.content, env, list(qf.defects)
         data = self._run("postcat", "-bh", "-q", qid)
         fields = self._envelope(qid) if envelope else {}
-        return data, Envelope(queue_name="hold", queue_id=qid, **fields)
+        return data, Envelope(queue_name="hold", queue_id=qid, **fields), []
 
     def _bytes(self, path: Path) -> bytes:
         """A hold file's bytes, opened from the hold folder without following a link: a symlink planted there
@@ -145,8 +147,8 @@ class PostfixQueue(Queue):
         return env
 
     def _message(self, path: Path, envelope: bool = True) -> QueuedMessage:
-        data, env = self._read(path, envelope)
-        return QueuedMessage(path.name, path.name, env, sha256_hex(data), len(data), source=path)
+        data, env, defects = self._read(path, envelope)
+        return QueuedMessage(path.name, path.name, env, sha256_hex(data), len(data), source=path, defects=defects)
 
     def list(self) -> Iterator[QueuedMessage]:
         for p in self._hold_files():

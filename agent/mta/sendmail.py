@@ -114,11 +114,12 @@ def _wait_unlocked(dir_path: Path, name: str, timeout: float = 300) -> None:
         os.close(fd)
 
 
-def _read_pair(control: bytes, data: bytes, qid: str) -> tuple[bytes, Envelope]:
-    """RFC 822 bytes and envelope of a control/data pair, read by the pipeline's Sendmail reader so digests agree."""
-    env, head, _ = parse_qf(_smtp_headers(control))
+def _read_pair(control: bytes, data: bytes, qid: str) -> tuple[bytes, Envelope, list[str]]:
+    """RFC 822 bytes, envelope and defects of a control/data pair, read by the pipeline's Sendmail reader so
+    digests agree."""
+    env, head, defects = parse_qf(_smtp_headers(control))
     env.queue_id, env.queue_name = qid, "mqueue"
-    return head + b"\n" + data, env
+    return head + b"\n" + data, env, defects
 
 
 class SendmailQueue(Queue):
@@ -227,8 +228,9 @@ class SendmailQueue(Queue):
         if pair is None:
             return None
         qdir, kind, control, data = pair
-        body, env = _read_pair(control, data, qid)
-        return QueuedMessage(qid, qid, env, sha256_hex(body), len(body), source=self._sub(qdir, kind) / f"{kind}{qid}")
+        body, env, defects = _read_pair(control, data, qid)
+        return QueuedMessage(qid, qid, env, sha256_hex(body), len(body), source=self._sub(qdir, kind) / f"{kind}{qid}",
+                             defects=defects)
 
     def list(self) -> Iterator[QueuedMessage]:
         for _, qid in self._controls("hf"):

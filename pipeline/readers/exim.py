@@ -160,6 +160,26 @@ def parse_h(data: bytes, msg_id: str) -> tuple[Envelope, bytes, int | None, list
     return env, b"".join(headers), linecount, defects
 
 
+def _body(msg_id: str, d: bytes, linecount: int | None, defects: list[str]) -> bytes:
+    """The body a -D file holds (after its id line), checked against the -H file's line count."""
+    first, nl, body = d.partition(b"\n")
+    if first.strip() != f"{msg_id}-D".encode():
+        defects.append(f"-D file's first line is {first[:40]!r}, not {msg_id}-D")
+        body = d if not nl else body
+    lines = body.count(b"\n")
+    if linecount is not None and lines != linecount:
+        defects.append(f"-H says the body has {linecount} lines, the -D file has {lines}")
+    return body
+
+
+def read_pair(msg_id: str, h: bytes, d: bytes) -> tuple[Envelope, bytes, list[str]]:
+    """A -H/-D pair's envelope, RFC 822 bytes and defects, both files read: what the reader gives for it (the
+    agent reads its spool's pairs so)."""
+    env, head, linecount, defects = parse_h(h, msg_id)
+    body = _body(msg_id, d, linecount, defects)
+    return env, head + b"\n" + body, defects
+
+
 class EximReader(Reader):
     name = "exim"
     description = "Exim spool (input/ -H and -D pairs, split_spool_directory or not)"
@@ -254,13 +274,7 @@ class EximReader(Reader):
         elif d.data is None:
             defects.append("-D file too big to read")
         else:
-            first, nl, body = d.data.partition(b"\n")
-            if first.strip() != f"{msg_id}-D".encode():
-                defects.append(f"-D file's first line is {first[:40]!r}, not {msg_id}-D")
-                body = d.data if not nl else body
-            lines = body.count(b"\n")
-            if linecount is not None and lines != linecount:
-                defects.append(f"-H says the body has {linecount} lines, the -D file has {lines}")
+            body = _body(msg_id, d.data, linecount, defects)
         env.deferred_reason = env.deferred_reason or reasons.get(msg_id)
         anchor = h or d
         if anchor is None:
