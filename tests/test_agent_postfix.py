@@ -179,3 +179,21 @@ def test_a_damaged_queue_file_goes_into_the_snapshot_with_its_defects(pf, tmp_pa
     defects = {f.raw.envelope.queue_id: f.raw.defects for f in found}
     assert len(defects) == 2 and any(d.startswith("truncated") for d in defects[damaged.name])
     assert all(not d for qid, d in defects.items() if qid != damaged.name)
+
+
+def test_a_frozen_message_left_out_of_the_snapshot_is_said(pf, tmp_path, mail_corpus):
+    # A message gone from the hold queue between the freeze and the pack (deleted by the admin meanwhile, say):
+    # the summary said "froze 3" and "packed 2" with nothing between them.
+    flood(pf, real_messages(mail_corpus, 3, tag="gap"))
+    q = PostfixQueue(pf.etc)
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+
+    def say(line: str) -> None:
+        if line.startswith("froze"):
+            next(q._hold_files()).unlink()
+
+    s = take(q, "postfix", parse_destination(None, tmp_path / "store", INC, HOST), journal, tmp_path / "state",
+             say=say)
+    assert s.messages == 2
+    assert s.notes == ["1 of the 3 messages frozen are not in the snapshot: released or deleted since, or refused "
+                       "by the queue's reader (the log names those); triage never sees them"]
