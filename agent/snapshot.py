@@ -33,6 +33,7 @@ class Packed:
     sha256: str
     messages: int
     bytes: int
+    damaged: int = 0  # messages whose queue files the reader found defects in (their index lines say which)
 
 
 def file_sha256(path: Path) -> str:
@@ -63,7 +64,7 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
     progress = progress or (lambda stage, done, total: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     keep: list[QueuedMessage] = []
-    total = 0
+    total = damaged = 0
     with tempfile.TemporaryFile(dir=out.parent) as index:
         for qm in queue.list():
             env = qm.envelope.model_copy(update={"queue_id": qm.queue_id})
@@ -71,6 +72,7 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
                               defects=list(qm.defects) or None)
             index.write(line.model_dump_json(exclude_none=True).encode() + b"\n")
             total += qm.size
+            damaged += bool(qm.defects)
             qm.envelope = _EMPTY  # the index holds it now; keep memory flat
             keep.append(qm)
             progress("indexing", len(keep), None)
@@ -97,4 +99,4 @@ def pack(queue: Queue, out: Path, host: str, incident: str, mta: str,
             raw.flush()
             os.fsync(raw.fileno())
     os.replace(part, out)
-    return Packed(out, file_sha256(out), len(keep), total)
+    return Packed(out, file_sha256(out), len(keep), total, damaged)

@@ -82,6 +82,9 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
         journal.set_snapshot(inc, host, state="packed", archive=str(archive), archive_sha256=sha,
                              messages=n, bytes=size)
         say(f"packed {n:,} messages into {archive} (sha256 {sha})")
+        if packed.damaged:
+            summary.notes.append(f"{packed.damaged:,} of the {n:,} messages packed come from queue files the reader "
+                                 "found damaged: their defects go with them, and triage holds them for review")
         if n < frozen:
             # a message released or deleted since the freeze, or a file the queue's reader refused (a link
             # planted in the queue: the log names it), is not in the snapshot: said here, where it is read

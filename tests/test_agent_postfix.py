@@ -166,19 +166,26 @@ def test_a_damaged_queue_file_goes_into_the_snapshot_with_its_defects(pf, tmp_pa
     # The agent read its hold files with the pipeline's own Postfix reader and kept the bytes and envelope, not
     # what the reader found wrong: a queue file cut short went into the snapshot as a whole, clean message,
     # where the reader of a spool tarball holds it for review.
-    from agent.snapshot import pack
-
     flood(pf, real_messages(mail_corpus, 2, tag="cut"))
     q = PostfixQueue(pf.etc)
-    q.freeze()
-    damaged = next(q._hold_files())
-    data = damaged.read_bytes()
-    damaged.write_bytes(data[: len(data) - 40])  # the end of the queue file, its end record with it
-    packed = pack(q, tmp_path / "snap.tar.zst", HOST, INC, "postfix")
-    _fmt, found, _report = read_snapshot(packed.path, Limits())
+    damaged: list[str] = []
+
+    def say(line: str) -> None:  # once frozen, before the pack: a hold file loses its end
+        if line.startswith("froze"):
+            path = next(q._hold_files())
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) - 40])  # the end record with it
+            damaged.append(path.name)
+
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    s = take(q, "postfix", parse_destination(None, tmp_path / "store", INC, HOST), journal, tmp_path / "state",
+             say=say)
+    assert s.messages == 2 and s.notes == ["1 of the 2 messages packed come from queue files the reader found "
+                                           "damaged: their defects go with them, and triage holds them for review"]
+    _fmt, found, _report = read_snapshot(tmp_path / "store/incoming" / INC / HOST / "snapshot.tar.zst", Limits())
     defects = {f.raw.envelope.queue_id: f.raw.defects for f in found}
-    assert len(defects) == 2 and any(d.startswith("truncated") for d in defects[damaged.name])
-    assert all(not d for qid, d in defects.items() if qid != damaged.name)
+    assert len(defects) == 2 and any(d.startswith("truncated") for d in defects[damaged[0]])
+    assert all(not d for qid, d in defects.items() if qid != damaged[0])
 
 
 def test_a_frozen_message_left_out_of_the_snapshot_is_said(pf, tmp_path, mail_corpus):
