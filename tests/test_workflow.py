@@ -176,6 +176,32 @@ def test_a_snapshot_cut_into_parts_triages_as_it_would_whole(tmp_path, small_tar
     assert whole.keys() == cut.keys() and whole == cut
 
 
+def test_a_second_snapshot_of_the_same_name_is_refused_not_ignored(tmp_path, small_tar, corpus, policy):
+    # Uploaded into an incident that already held a snapshot of that name, another snapshot overwrote its objects
+    # under incoming/; the parse found them parsed already and went on, so the manifest still described the first
+    # one and nothing said so (and parts of another count would have been triaged beside the first's).
+    from pipeline.errors import StoreError
+    from pipeline.generator import generate, write_canonical
+
+    store = LocalStore(tmp_path / "store")
+    keys = embedded.upload(store, small_tar, "re1", HOST, shard_size=PER_SHARD, policy=policy)
+    # the same snapshot again (an upload retried): the same objects
+    assert embedded.upload(store, small_tar, "re1", HOST, shard_size=PER_SHARD, policy=policy) == keys
+    other = write_canonical(generate(*corpus, n=50, seed=12), tmp_path / "other" / small_tar.name)
+    before = {k: store.get(k) for k in store.list("incoming/")}
+    for size in (PER_SHARD, 30, 0):
+        with pytest.raises(StoreError, match="already holds a snapshot of that name from mx1"):
+            embedded.upload(store, other, "re1", HOST, shard_size=size, policy=policy)
+    assert {k: store.get(k) for k in store.list("incoming/")} == before
+    assert len(embedded.upload(store, other, "re2", HOST, shard_size=PER_SHARD, policy=policy)) == 1
+    # a whole snapshot the parse cut into parts beside it, uploaded again: put again, not refused
+    [whole] = embedded.upload(store, small_tar, "re3", HOST, shard_size=0, policy=policy)
+    parse_object(store, Incoming(whole, size=small_tar.stat().st_size), policy,
+                 ParseOptions(split_bytes=1, shard_size=PER_SHARD))
+    assert len(list(store.list("incoming/re3/"))) == 4
+    assert embedded.upload(store, small_tar, "re3", HOST, shard_size=0, policy=policy) == [whole]
+
+
 def test_a_part_whose_cut_cannot_be_read_is_described_as_itself(tmp_path, small_tar, policy):
     import io
     import tarfile

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from pipeline.instructions import Approval, approval_id, effective_verdicts, gen
 from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, Verdict
 from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
-from pipeline.shards import split_snapshot
+from pipeline.shards import shard_of, split_snapshot
 from pipeline.store import Store
 
 
@@ -71,15 +72,41 @@ def upload(store: Store, source: Path, incident: str, host: str, shard_size: int
         if not source.is_file():
             raise StoreError(f"{source}: only a file can be uploaded whole; give a shard size for a folder")
         key = queues.incoming_key(incident, host, source.name)
-        store.put(key, source.read_bytes())
+        data = source.read_bytes()
+        _not_another(store, incident, host, source.name, {key: lambda: data})
+        store.put(key, data)
         return [key]
-    keys = []
     with tempfile.TemporaryDirectory(prefix="spoolsweep-upload-") as tmp:
-        for part in split_snapshot(source, Path(tmp), host, shard_size, (policy or SitePolicy()).limits):
-            key = queues.incoming_key(incident, host, part.name)
-            store.put(key, part.read_bytes())
-            keys.append(key)
-    return keys
+        parts = split_snapshot(source, Path(tmp), host, shard_size, (policy or SitePolicy()).limits)
+        new = {queues.incoming_key(incident, host, p.name): p.read_bytes for p in parts}
+        _not_another(store, incident, host, source.name, new)
+        for key, read in new.items():
+            store.put(key, read())
+    return list(new)
+
+
+def _not_another(store: Store, incident: str, host: str, name: str, new: dict[str, Callable[[], bytes]]) -> None:
+    """Refuse a snapshot whose objects would land where another one of the same name already is: the parse
+    finds those already parsed and goes on, so the manifest would go on describing the first one, with no word
+    said (and parts of a different count would be triaged beside the first's). The same snapshot again (an
+    upload retried, whole or cut as before; beside the parts the parse cut a whole one into) is put again."""
+    prefix = queues.incoming_key(incident, host, "x")[:-1]
+    group = shard_of(host, next(iter(new)).rsplit("/", 1)[-1]).group
+    there = [k for k in store.list(prefix) if "/" not in k[len(prefix):]
+             and not k[len(prefix):].startswith(".") and _group_of(host, k[len(prefix):]) == group]
+    same = [k for k in there if k in new]
+    if not there or (same and all(store.get(k) == new[k]() for k in same)):
+        return
+    raise StoreError(f"{name}: incident {incident} already holds a snapshot of that name from {host} "
+                     f"({len(there)} object(s) under {prefix}) other than this upload's; upload this one as "
+                     "another incident")
+
+
+def _group_of(host: str, filename: str) -> str | None:
+    try:
+        return shard_of(host, filename).group
+    except ValueError:
+        return None
 
 
 def approve(store: Store, incident: str, by: str, host: str | None = None, now: datetime | None = None,
