@@ -51,6 +51,8 @@ class ShardMeta(BaseModel):
     source: str = Field(description="the incoming/ key the shard was parsed from")
     snapshot: str | None = Field(None, description="the snapshot file it was cut from, when it is a part of one "
                                  "(the manifest names that file, as if it had been read whole)")
+    object_sha256: str | None = Field(None, description="the digest of the incoming object as it was parsed: an event "
+                                      "for that key after the object changed is refused, not taken as done")
     shard: str
     part: int
     parts: int
@@ -86,6 +88,23 @@ def parse_shard(shard: str) -> ShardName:
     if not m or not 1 <= int(m["i"]) <= int(m["n"]):
         return ShardName(shard, shard, 1, 1)
     return ShardName(shard, m["base"], int(m["i"]), int(m["n"]))
+
+
+def of_one_name(keys: Iterable[str], prefix: str, host: str, filename: str) -> list[str]:
+    """The keys, of files directly under prefix (a host's incoming/ folder), that are the snapshot `filename`
+    names or parts of one of that name: what a snapshot of that name would be parsed and triaged with."""
+    group = shard_of(host, filename).group
+    out = []
+    for k in keys:
+        name = k[len(prefix):]
+        if not k.startswith(prefix) or "/" in name or name.startswith("."):
+            continue
+        try:
+            if shard_of(host, name).group == group:
+                out.append(k)
+        except ValueError:
+            continue
+    return out
 
 
 def missing(shards: Iterable[str]) -> list[str]:

@@ -202,6 +202,30 @@ def test_a_second_snapshot_of_the_same_name_is_refused_not_ignored(tmp_path, sma
     assert embedded.upload(store, small_tar, "re3", HOST, shard_size=0, policy=policy) == [whole]
 
 
+def test_an_event_for_an_object_changed_since_it_was_parsed_is_refused(tmp_path, small_tar, corpus, policy):
+    # Written over by hand (an `aws s3 cp` past the upload's check), an object already parsed was taken as done:
+    # its event found the shard parsed, and triage went on with the old object, nothing said.
+    from pipeline.errors import PoisonEvent
+    from pipeline.generator import generate, write_canonical
+
+    store = LocalStore(tmp_path / "store")
+    other = write_canonical(generate(*corpus, n=50, seed=12), tmp_path / "other" / small_tar.name).read_bytes()
+    [key] = embedded.upload(store, small_tar, "ch1", HOST, shard_size=0, policy=policy)
+    parse_object(store, Incoming(key), policy, ParseOptions())
+    assert parse_object(store, Incoming(key), policy, ParseOptions()).summary.startswith("already parsed")
+    store.put(key, other)
+    with pytest.raises(PoisonEvent, match="changed after it was parsed"):
+        parse_object(store, Incoming(key), policy, ParseOptions())
+    # a whole snapshot the parse cuts into parts: the same, once its parts are there
+    [key] = embedded.upload(store, small_tar, "ch2", HOST, shard_size=0, policy=policy)
+    split = ParseOptions(split_bytes=1, shard_size=PER_SHARD)
+    parse_object(store, Incoming(key, size=small_tar.stat().st_size), policy, split)
+    parse_object(store, Incoming(key, size=small_tar.stat().st_size), policy, split)  # a duplicate event: done
+    store.put(key, other)
+    with pytest.raises(PoisonEvent, match="changed after it was cut into parts"):
+        parse_object(store, Incoming(key, size=len(other)), policy, split)
+
+
 def test_a_part_whose_cut_cannot_be_read_is_described_as_itself(tmp_path, small_tar, policy):
     import io
     import tarfile

@@ -17,7 +17,7 @@ from pipeline.instructions import Approval, approval_id, effective_verdicts, gen
 from pipeline.manifest_io import ManifestReader
 from pipeline.models import Manifest, Verdict
 from pipeline.policy import SitePolicy, policy_from_dict, policy_from_toml
-from pipeline.shards import shard_of, split_snapshot
+from pipeline.shards import of_one_name, split_snapshot
 from pipeline.store import Store
 
 
@@ -91,22 +91,13 @@ def _not_another(store: Store, incident: str, host: str, name: str, new: dict[st
     said (and parts of a different count would be triaged beside the first's). The same snapshot again (an
     upload retried, whole or cut as before; beside the parts the parse cut a whole one into) is put again."""
     prefix = queues.incoming_key(incident, host, "x")[:-1]
-    group = shard_of(host, next(iter(new)).rsplit("/", 1)[-1]).group
-    there = [k for k in store.list(prefix) if "/" not in k[len(prefix):]
-             and not k[len(prefix):].startswith(".") and _group_of(host, k[len(prefix):]) == group]
+    there = of_one_name(store.list(prefix), prefix, host, next(iter(new)).rsplit("/", 1)[-1])
     same = [k for k in there if k in new]
     if not there or (same and all(store.get(k) == new[k]() for k in same)):
         return
     raise StoreError(f"{name}: incident {incident} already holds a snapshot of that name from {host} "
                      f"({len(there)} object(s) under {prefix}) other than this upload's; upload this one as "
                      "another incident")
-
-
-def _group_of(host: str, filename: str) -> str | None:
-    try:
-        return shard_of(host, filename).group
-    except ValueError:
-        return None
 
 
 def approve(store: Store, incident: str, by: str, host: str | None = None, now: datetime | None = None,

@@ -7,6 +7,7 @@ file stays as evidence and never becomes a parsed shard itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections import deque
@@ -27,7 +28,7 @@ from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
 from pipeline.service import StepResult
-from pipeline.shards import ShardMeta, cut_of, shard_of, split_snapshot
+from pipeline.shards import ShardMeta, cut_of, of_one_name, shard_of, split_snapshot
 from pipeline.sitepolicy import site_of
 from pipeline.store import Store
 from pipeline.triage import parse_pool, paused_gc
@@ -172,13 +173,39 @@ def split_object(store: Store, obj: Incoming, policy: SitePolicy, shard_size: in
     with tempfile.TemporaryDirectory(prefix="spoolsweep-split-") as tmp:
         parts = split_snapshot(local_copy(store, obj.key, Path(tmp)), Path(tmp) / "parts", host, shard_size,
                                policy.limits)
+        new = {queues.incoming_key(incident, host, p.name): p for p in parts}
+        # parts already there are this snapshot's, cut before (a duplicate event): a part's bytes depend on the
+        # snapshot's alone. Others of its name mean it changed since it was cut.
+        prefix = obj.key[: -len(filename)]
+        there = [k for k in of_one_name(store.list(prefix), prefix, host, filename) if k != obj.key]
+        if any(k not in new or store.get(k) != new[k].read_bytes() for k in there):
+            raise PoisonEvent(f"{obj.key} changed after it was cut into parts (the parts under {prefix} are of the "
+                              "snapshot as it was): triage goes on with those; upload the new snapshot as another "
+                              "incident")
         written = 0
-        for p in parts:
-            pkey = queues.incoming_key(incident, host, p.name)
-            if not store.exists(pkey):
+        for pkey, p in new.items():
+            if pkey not in there:
                 store.put(pkey, p.read_bytes())
                 written += 1
     return StepResult(f"split into {len(parts)} part(s) ({written} new) beside {filename}")
+
+
+def _unchanged_since_parsed(store: Store, obj: Incoming, incident: str, shard: str) -> None:
+    """An event for an object already parsed (a duplicate, or a retry) is done; for one that changed since, it is
+    refused: the shard, and any manifest, hold the object as it was, and taking the event as done would say
+    nothing of the new one."""
+    mkey = queues.shard_meta_key(incident, shard)
+    if not store.exists(mkey) or not store.exists(obj.key):
+        return
+    then = ShardMeta.model_validate_json(store.get(mkey)).object_sha256
+    if then is None:  # parsed before the digest was kept
+        return
+    with tempfile.TemporaryDirectory(prefix="spoolsweep-parse-") as tmp:
+        with open(local_copy(store, obj.key, Path(tmp)), "rb") as fh:
+            now = hashlib.file_digest(fh, "sha256").hexdigest()
+    if now != then:
+        raise PoisonEvent(f"{obj.key} changed after it was parsed (sha256 {then[:12]}… then, {now[:12]}… now): "
+                          "triage goes on with the object parsed; upload the new snapshot as another incident")
 
 
 def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: ParseOptions = ParseOptions()) -> StepResult:
@@ -195,6 +222,7 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
     out = queues.parsed_key(incident, name.shard)
     for done in (out, queues.legacy_parsed_key(incident, name.shard)):
         if store.exists(done):
+            _unchanged_since_parsed(store, obj, incident, name.shard)
             return StepResult(f"already parsed: {done}", done=False)
     where = {"incident": incident, "host": host, "source": obj.key, "shard": name.shard, "part": name.part,
              "parts": name.parts}
@@ -228,7 +256,7 @@ def parse_object(store: Store, obj: Incoming, policy: SitePolicy, options: Parse
                     "members_read": cut.members_read, "skipped": cut.skipped,
                     "defects": [*report.defects, *cut.defects]}
         meta = ShardMeta(incident=incident, host=host, source=obj.key, shard=name.shard, part=name.part,
-                         parts=name.parts, messages=count, **seen,
+                         parts=name.parts, messages=count, object_sha256=report.sha256, **seen,
                          # the MTA's own configuration the agent recorded: triage derives the policy from it
                          site=site_of(report.meta))
         store.put(queues.shard_meta_key(incident, name.shard), meta.model_dump_json().encode())
