@@ -81,6 +81,22 @@ def test_snapshot_freezes_packs_and_refuses_a_second(frozen, tmp_path):
              Journal(tmp_path / "other.sqlite"), tmp_path / "state2")
 
 
+def test_a_pickup_file_that_is_no_message_goes_into_the_snapshot_with_its_defect(tmp_path, mail_corpus):
+    # The spool reader says of a pickup file with no header at its top "maybe not a message"; the agent's pickup
+    # adapter said nothing, and the snapshot held it as a clean message.
+    out = tmp_path / "Out"
+    write_pickup(out, real_messages(mail_corpus, 2))
+    (out / "NTFS_0000000F.EML").write_bytes(b"x-sender: a@example.net\r\nx-receiver: b@example.org\r\n\x00\x01junk")
+    s = take(PickupQueue(out), "pickup-dir", parse_destination(None, tmp_path / "store", INC, HOST),
+             Journal(tmp_path / "state" / "journal.sqlite"), tmp_path / "state")
+    assert s.messages == 3 and s.notes == ["1 of the 3 messages packed come from queue files the reader found "
+                                           "damaged: their defects go with them, and triage holds them for review"]
+    _fmt, found, _report = read_snapshot(Path(s.destination), Limits())
+    defects = {f.raw.path: f.raw.defects for f in found}
+    assert defects.pop("messages/NTFS_0000000F.EML") == ["does not start with a header; maybe not a message"]
+    assert list(defects.values()) == [[], []]
+
+
 def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
     # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
     # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.

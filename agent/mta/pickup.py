@@ -19,7 +19,7 @@ from agent.errors import FreezeError
 from agent.journal import Phase
 from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, fsync_dir, sha256_hex
 from pipeline.models import Envelope
-from pipeline.readers.eml import _NOT_MESSAGES, split_iis_envelope
+from pipeline.readers.eml import _NOT_MESSAGES, read_pickup_file, split_iis_envelope
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 log = logging.getLogger("spoolsweep.agent")
@@ -98,8 +98,9 @@ class PickupQueue(Queue):
         return n, size
 
     def _message(self, root_fd: int, rel: str) -> QueuedMessage:
-        env, body = split_iis_envelope(safefs.read_file(root_fd, rel))
-        return QueuedMessage(rel, rel, env or Envelope(), sha256_hex(body), len(body), source=self.aside / rel)
+        env, body, defects = read_pickup_file(safefs.read_file(root_fd, rel))
+        return QueuedMessage(rel, rel, env or Envelope(), sha256_hex(body), len(body), source=self.aside / rel,
+                             defects=defects)
 
     def list(self) -> Iterator[QueuedMessage]:
         with safefs.folder(self.aside) as fd:

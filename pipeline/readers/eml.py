@@ -36,6 +36,13 @@ def split_iis_envelope(data: bytes) -> tuple[Envelope | None, bytes]:
     return Envelope(mail_from=sender, rcpt_to=receivers), data[pos:]
 
 
+def read_pickup_file(data: bytes) -> tuple[Envelope | None, bytes, list[str]]:
+    """A pickup file's envelope (None without x-receiver lines), message bytes, and defects: what the reader
+    gives for it (the agent reads its pickup folder's files so)."""
+    env, body = split_iis_envelope(data)
+    return env, body, [] if looks_like_message(body) else ["does not start with a header; maybe not a message"]
+
+
 def looks_like_message(data: bytes) -> bool:
     head = data[:2048].lstrip(b"\r\n")
     return bool(_HEADER_START.match(head)) or head.startswith(b"From ")
@@ -71,8 +78,7 @@ class EmlReader(Reader):
             if m.data is None:
                 yield found_from_member(m, self.name)
                 continue
-            env, body = split_iis_envelope(m.data)
-            defects = [] if looks_like_message(body) else ["does not start with a header; maybe not a message"]
+            env, body, defects = read_pickup_file(m.data)
             if env is None:
                 yield found_from_member(m, self.name, defects=defects)
             else:
