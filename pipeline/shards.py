@@ -65,7 +65,7 @@ class ShardMeta(BaseModel):
     site: dict[str, Any] | None = Field(None, description="the MTA configuration the agent recorded, with its host")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -187,7 +187,7 @@ def split_snapshot(source: Path, out_dir: Path, host: str, per_shard: int, limit
     base = stem(source.name.rstrip("/")) or "snapshot"
     check_name("file", base)
     # the file's digest, as the read below computes it (it drains the file): every part names it
-    digest = _file_sha256(source) if source.is_file() else None
+    digest = file_sha256(source) if source.is_file() else None
     name, found, report = read_snapshot(source, limits, fmt=fmt, report=ArchiveReport())
     cut = Cut(source=source.name.rstrip("/")[:500], format=name, sha256=digest)
     written: list[Path] = []

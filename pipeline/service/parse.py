@@ -7,7 +7,6 @@ file stays as evidence and never becomes a parsed shard itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections import deque
@@ -28,7 +27,7 @@ from pipeline.policy import SitePolicy
 from pipeline.readers import read_snapshot
 from pipeline.readers.base import Found
 from pipeline.service import StepResult
-from pipeline.shards import ShardMeta, cut_of, of_one_name, shard_of, split_snapshot
+from pipeline.shards import ShardMeta, cut_of, file_sha256, of_one_name, shard_of, split_snapshot
 from pipeline.sitepolicy import site_of
 from pipeline.store import Store
 from pipeline.triage import parse_pool, paused_gc
@@ -175,10 +174,11 @@ def split_object(store: Store, obj: Incoming, policy: SitePolicy, shard_size: in
                                policy.limits)
         new = {queues.incoming_key(incident, host, p.name): p for p in parts}
         # parts already there are this snapshot's, cut before (a duplicate event): a part's bytes depend on the
-        # snapshot's alone. Others of its name mean it changed since it was cut.
+        # snapshot's alone. Others of its name mean it changed since it was cut; so does one part that differs
+        # (every part names the snapshot's sha256 in its "cut"), so one is read, not all of them again.
         prefix = obj.key[: -len(filename)]
         there = [k for k in of_one_name(store.list(prefix), prefix, host, filename) if k != obj.key]
-        if any(k not in new or store.get(k) != new[k].read_bytes() for k in there):
+        if any(k not in new for k in there) or (there and store.get(there[0]) != new[there[0]].read_bytes()):
             raise PoisonEvent(f"{obj.key} changed after it was cut into parts (the parts under {prefix} are of the "
                               "snapshot as it was): triage goes on with those; upload the new snapshot as another "
                               "incident")
@@ -201,8 +201,7 @@ def _unchanged_since_parsed(store: Store, obj: Incoming, incident: str, shard: s
     if then is None:  # parsed before the digest was kept
         return
     with tempfile.TemporaryDirectory(prefix="spoolsweep-parse-") as tmp:
-        with open(local_copy(store, obj.key, Path(tmp)), "rb") as fh:
-            now = hashlib.file_digest(fh, "sha256").hexdigest()
+        now = file_sha256(local_copy(store, obj.key, Path(tmp)))
     if now != then:
         raise PoisonEvent(f"{obj.key} changed after it was parsed (sha256 {then[:12]}… then, {now[:12]}… now): "
                           "triage goes on with the object parsed; upload the new snapshot as another incident")
