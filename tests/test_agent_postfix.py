@@ -4,6 +4,7 @@ aiosmtpd sink, purge; and exactly once when the agent is SIGKILLed during a rele
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 import time
 
@@ -204,3 +205,28 @@ def test_a_frozen_message_left_out_of_the_snapshot_is_said(pf, tmp_path, mail_co
     assert s.messages == 2
     assert s.notes == ["1 of the 3 messages frozen are not in the snapshot: released or deleted since, or refused "
                        "by the queue's reader (the log names those); triage never sees them"]
+
+
+def test_a_hold_file_postcat_cannot_read_is_named_not_skipped_silently(pf, tmp_path, mail_corpus, caplog):
+    # Without the native reader the agent reads hold files with postcat; a file postcat failed on was skipped
+    # as if the admin had released it meanwhile, with no line naming it.
+    flood(pf, real_messages(mail_corpus, 3, tag="postcat"))
+    q = PostfixQueue(pf.etc)
+    q._parse = None
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    spoiled: list[str] = []
+
+    def say(line: str) -> None:
+        if line.startswith("froze"):
+            path = next(q._hold_files())
+            path.write_bytes(b"\x00not a queue file\n" * 4)
+            spoiled.append(path.name)
+
+    with caplog.at_level(logging.WARNING, "spoolsweep.agent"):
+        s = take(q, "postfix", parse_destination(None, tmp_path / "store", INC, HOST), journal,
+                 tmp_path / "state", say=say)
+    assert s.messages == 2
+    named = [r.getMessage() for r in caplog.records if spoiled[0] in r.getMessage()]
+    assert len(named) == 1 and "\n" not in named[0]
+    assert named[0].startswith(f"skipped in the hold queue: {spoiled[0]}: The MTA command failed: postcat -bh")
+    assert any(n.startswith("1 of the 3 messages frozen are not in the snapshot") for n in s.notes)

@@ -46,6 +46,11 @@ class FreezeReport:
     notes: list[str] = field(default_factory=list)
 
 
+def said(stderr: bytes, limit: int = 300) -> str:
+    """What a tool wrote on stderr, as one line (an error names its cause on one line, however many it wrote)."""
+    return "; ".join(ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip())[:limit]
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.errors import MtaError
 from agent.journal import Phase
-from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
+from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, said, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.exim import read_pair
 
@@ -48,7 +48,7 @@ class EximQueue(Queue):
         if cp.returncode != 0 and done and lines and all(any(d in ln for d in done) for ln in lines):
             return cp.stdout
         if cp.returncode != 0:
-            raise MtaError(f"exim {' '.join(args[:3])}: {cp.stderr.decode(errors='replace').strip()[:300]}")
+            raise MtaError(f"exim {' '.join(args[:3])}: {said(cp.stderr)}")
         return cp.stdout
 
     def _queue(self) -> list[tuple[str, bool]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from agent import safefs
 from agent.errors import FreezeError, MtaError
 from agent.journal import Phase
-from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
+from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, said, sha256_hex
 from pipeline.models import Envelope
 
 SBIN = Path("/usr/sbin")
@@ -57,7 +57,7 @@ class PostfixQueue(Queue):
         except (OSError, subprocess.TimeoutExpired) as e:
             raise MtaError(f"{tool}: {e}") from None
         if check and cp.returncode != 0:
-            raise MtaError(f"{tool} {' '.join(args)}: {cp.stderr.decode(errors='replace').strip()[:300]}")
+            raise MtaError(f"{tool} {' '.join(args)}: {said(cp.stderr)}")
         return cp.stdout
 
     def queued(self) -> list[dict]:
@@ -154,8 +154,11 @@ class PostfixQueue(Queue):
         for p in self._hold_files():
             try:
                 yield self._message(p)
-            except (FileNotFoundError, MtaError):
+            except FileNotFoundError:
                 continue  # released or deleted by the admin meanwhile
+            except MtaError as e:  # postcat fails on a file gone meanwhile, and on one it cannot read
+                if p.exists():
+                    log.warning("skipped in the hold queue: %s: %s", p.name, e)
             except safefs.UnsafePath as e:
                 log.warning("skipped in the hold queue: %s", e.detail)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from agent import safefs
 from agent.errors import FreezeError, MtaError
 from agent.journal import Phase
-from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, sha256_hex
+from agent.mta.base import Commit, FreezeReport, Queue, QueuedMessage, said, sha256_hex
 from pipeline.models import Envelope
 from pipeline.readers.sendmail import parse_qf
 
@@ -141,7 +141,7 @@ class SendmailQueue(Queue):
         except (OSError, subprocess.TimeoutExpired) as e:
             raise MtaError(f"{self.command[0]}: {e}") from None
         if cp.returncode != 0:
-            raise MtaError(f"sendmail {' '.join(args[:3])}: {cp.stderr.decode(errors='replace').strip()[:300]}")
+            raise MtaError(f"sendmail {' '.join(args[:3])}: {said(cp.stderr)}")
         return cp.stdout
 
     def _queue_dirs(self) -> list[Path]:
