@@ -58,3 +58,30 @@ def test_iis_netbios_name_of_a_server_name_is_our_hop(tmp_path: Path) -> None:
     assert x.envelope_inferred[-1] == "client_address (our Received hop, by mx1)"
     # a lone relayed message from a client that sent nothing else: perhaps our own application
     assert x.verdict.value == "review" and x.reasons[0].code == "relayed_unknown_source"
+
+
+def test_envelope_lines_that_are_wrong_hold_the_message_with_what_is_wrong(tmp_path: Path) -> None:
+    # The x-sender/x-receiver lines were read without a word about what was wrong with them: an empty
+    # x-receiver became a recipient "", of two x-senders the last was taken, bytes not UTF-8 were replaced.
+    q = tmp_path / "Pickup"
+    q.mkdir()
+    (q / "empty.eml").write_bytes(b"x-sender: a@partner.example\r\nx-receiver: \r\n" + BODY)
+    (q / "two.eml").write_bytes(b"x-sender: a@partner.example\r\nx-sender: b@else.example\r\n"
+                                b"x-receiver: bob@example.org\r\n" + BODY)
+    (q / "latin.eml").write_bytes(b"x-sender: a\xe9@partner.example\r\nx-receiver: bob@example.org\r\n" + BODY)
+    (q / "bounce.eml").write_bytes(b"x-sender: <>\r\nx-receiver: bob@example.org\r\n" + BODY)
+    (q / "header.eml").write_bytes(b"X-Sender: a@partner.example\r\n" + BODY)
+    m = triage(q, SitePolicy(local_domains=["example.org"]))
+    by = {x.path: x for x in m.messages}
+    assert by["empty.eml"].defects == ["an x-receiver line names no address"]
+    assert by["empty.eml"].envelope.rcpt_to == ["bob@example.org"] and by["empty.eml"].envelope_inferred == ["rcpt_to"]
+    assert by["two.eml"].defects == ["2 x-sender lines that differ ('a@partner.example', 'b@else.example'): "
+                                     "the last is taken as the envelope sender"]
+    assert by["two.eml"].envelope.mail_from == "b@else.example"
+    assert by["latin.eml"].defects == ["x-sender line is not UTF-8: 'a\ufffd@partner.example'"]
+    for name in ("empty.eml", "two.eml", "latin.eml"):
+        assert by[name].verdict.value == "review" and by[name].reasons[0].code == "defect"
+    # a bounce's empty sender, and an X-Sender header of a message without envelope lines, are no defects
+    assert by["bounce.eml"].defects == [] and by["bounce.eml"].envelope.mail_from == ""
+    assert by["header.eml"].defects == [] and by["header.eml"].sha256 == hashlib.sha256(
+        b"X-Sender: a@partner.example\r\n" + BODY).hexdigest()

@@ -21,26 +21,52 @@ _HEADER_START = re.compile(rb"^[!-9;-~]+:")
 
 def split_iis_envelope(data: bytes) -> tuple[Envelope | None, bytes]:
     """Split IIS's `x-sender:`/`x-receiver:` lines from the top of a file; they are envelope, not message."""
+    env, body, _ = iis_envelope(data)
+    return env, body
+
+
+def iis_envelope(data: bytes) -> tuple[Envelope | None, bytes, list[str]]:
+    """The `x-sender:`/`x-receiver:` lines at the top of a file as an envelope (None without an x-receiver
+    line: an X-Sender alone is a header some mail programs write, and stays in the message), the message
+    after them, and what is wrong with the lines: two x-senders that differ (the last is taken), an
+    x-receiver with no address, bytes that are not UTF-8. An empty x-sender (`<>`) is a bounce's, not a
+    defect."""
     pos = 0
-    sender: str | None = None
+    senders: list[str] = []
     receivers: list[str] = []
+    defects: list[str] = []
+    lines = 0  # x-receiver lines, with an address or not
     while m := _ENVELOPE_LINE.match(data, pos):
-        value = m.group(2).decode("utf-8", "replace").strip().strip("<>")
+        try:
+            value = m.group(2).decode("utf-8")
+        except UnicodeDecodeError:
+            value = m.group(2).decode("utf-8", "replace")
+            defects.append(f"x-{m.group(1).lower().decode()} line is not UTF-8: {value[:80]!r}")
+        value = value.strip().strip("<>")
         if m.group(1).lower() == b"sender":
-            sender = value
+            senders.append(value)
         else:
-            receivers.append(value)
+            lines += 1
+            if value:
+                receivers.append(value)
+            else:
+                defects.append("an x-receiver line names no address")
         pos = m.end()
-    if not receivers:
-        return None, data
-    return Envelope(mail_from=sender, rcpt_to=receivers), data[pos:]
+    if not lines:
+        return None, data, []
+    if len(set(senders)) > 1:
+        defects.append(f"{len(senders)} x-sender lines that differ ({', '.join(repr(s[:80]) for s in senders[:3])}): "
+                       "the last is taken as the envelope sender")
+    return Envelope(mail_from=senders[-1] if senders else None, rcpt_to=receivers), data[pos:], defects
 
 
 def read_pickup_file(data: bytes) -> tuple[Envelope | None, bytes, list[str]]:
     """A pickup file's envelope (None without x-receiver lines), message bytes, and defects: what the reader
     gives for it (the agent reads its pickup folder's files so)."""
-    env, body = split_iis_envelope(data)
-    return env, body, [] if looks_like_message(body) else ["does not start with a header; maybe not a message"]
+    env, body, defects = iis_envelope(data)
+    if not looks_like_message(body):
+        defects.append("does not start with a header; maybe not a message")
+    return env, body, defects
 
 
 def looks_like_message(data: bytes) -> bool:
