@@ -88,6 +88,22 @@ def load_corpus(corpus: Path) -> tuple[list[bytes], list[bytes]]:
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus" / "spamassassin-sample.tar.gz"
 
 
+# More spam for the spamware generator's campaign texts: all 1,396 messages of the public corpus's spam_2
+# (data/corpus/NOTICE.md). The sample's 300 spams hold about 175 distinct runs, a 100k incident has 319 to 835
+# campaigns: without these, later runs reused a text, and two runs of one text are one run to any reader.
+SPAM_2 = Path(__file__).resolve().parent / "data" / "corpus" / "spamassassin-spam2.tar.xz"
+_SPAM_2: list[bytes] = []
+
+
+def spam_2() -> list[bytes]:
+    """The shipped spam_2 messages, in name order (read once)."""
+    if not _SPAM_2:
+        with tarfile.open(SPAM_2, "r:xz") as tf:
+            members = sorted((ti for ti in tf if ti.isfile() and ti.name.endswith(".eml")), key=lambda ti: ti.name)
+            _SPAM_2.extend(fh.read() for ti in members if (fh := tf.extractfile(ti)) is not None)
+    return _SPAM_2
+
+
 def find_corpus(given: Path | None = None) -> Path:
     """The corpus: `given` (--corpus), else $SPOOLSWEEP_CORPUS, else the sample shipped with the package."""
     env = os.environ.get("SPOOLSWEEP_CORPUS")
@@ -434,12 +450,16 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     # to any reader, and the truth could not say which copy belongs to which. The corpus holds
     # several versions of some runs (the sample's "Custom Websites for $399" comes with three
     # subjects and openings): a spam whose words (of 4+ letters) are 30 % the same as one already in
-    # use is passed over. The 300 spams of the sample hold about 175 runs, fewer than a 100k
-    # incident's campaigns (319 to 835 over seeds 1-5): later runs reuse a text.
+    # use is passed over. The texts are the corpus's spam and the shipped spam_2 (SPAM_2, those the
+    # corpus does not hold already): the sample's 300 spams alone hold about 175 runs, fewer than a
+    # 100k incident's campaigns (319 to 835 over seeds 1-5); with spam_2, 100k incidents of seeds 1-5
+    # reuse a text in 0 to 37 runs. Past that, later runs reuse a text.
     # Each run's text is recorded as its `source` (s1, s2, ... in order of first use; a reused spam,
     # or a version passed over, is the source it is most alike to), so the truth can say which runs
     # no reader could tell apart.
-    order = iter(r.sample(range(len(g.spam)), len(g.spam)))
+    have = set(spam)
+    texts = [*spam, *(m for m in spam_2() if m not in have)]
+    order = iter(r.sample(range(len(texts)), len(texts)))
     used: list[set[str]] = []
     templates: dict[int, tuple[Any, str]] = {}
 
@@ -448,16 +468,16 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
 
     def template() -> tuple[Any, str]:
         for i in order:
-            t = extract_template(g.spam[i])
+            t = extract_template(texts[i])
             vocab = vocabulary(t)
             if all(len(vocab & u) < 0.3 * len(vocab | u) for u in used):
                 used.append(vocab)
                 templates[i] = t, f"s{len(used)}"
                 return templates[i]
         # the corpus is used up: runs of one text again (a bigger corpus avoids it)
-        i = r.randrange(len(g.spam))
+        i = r.randrange(len(texts))
         if i not in templates:
-            t = extract_template(g.spam[i])
+            t = extract_template(texts[i])
             vocab = vocabulary(t)
             alike = max(range(len(used)), key=lambda k: len(vocab & used[k]) / max(1, len(vocab | used[k])))
             templates[i] = t, f"s{alike + 1}"

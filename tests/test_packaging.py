@@ -58,6 +58,7 @@ def test_build_is_clean_and_ships_the_corpus(dist: tuple[Path, Path, str]) -> No
     assert "Deprecat" not in log, log  # e.g. SetuptoolsDeprecationWarning about project.license
     names = zipfile.ZipFile(wheel).namelist()
     assert "pipeline/data/corpus/spamassassin-sample.tar.gz" in names
+    assert "pipeline/data/corpus/spamassassin-spam2.tar.xz" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert any(n.endswith("licenses/pipeline/data/corpus/NOTICE.md") for n in names), names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -65,6 +66,7 @@ def test_build_is_clean_and_ships_the_corpus(dist: tuple[Path, Path, str]) -> No
     assert not any(n.startswith("tests/") for n in names)
     with tarfile.open(sdist) as tf:
         assert any(n.endswith("/pipeline/data/corpus/spamassassin-sample.tar.gz") for n in tf.getnames())
+        assert any(n.endswith("/pipeline/data/corpus/spamassassin-spam2.tar.xz") for n in tf.getnames())
 
 
 def test_wheel_in_a_fresh_venv(dist: tuple[Path, Path, str], tmp_path: Path) -> None:

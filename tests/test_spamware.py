@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.generator import campaign_sizes, generate, iter_incident, write_canonical, write_eml_folder
+from pipeline import generator
+from pipeline.generator import campaign_sizes, generate, iter_incident, spam_2, write_canonical, write_eml_folder
 from pipeline.spamware import TECHNIQUES, SpamCampaign, dictionary, extract_template, parse_techniques, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,7 +396,7 @@ def test_no_two_campaigns_are_one_run(corpus):
     (seed 2 gave the stolen account and a relayed campaign the same "Custom Websites for $399")."""
     ham, spam = corpus
     first: dict[str, set[str]] = {}
-    for m in iter_incident(ham, spam, n=2000, seed=2, style="spamware", techniques=[]):
+    for m in iter_incident(ham, spam, n=3000, seed=2, style="spamware", techniques=[]):
         if m.kind in ("relayed_spam", "stolen_account_spam") and m.campaign not in first:
             msg = email.message_from_bytes(m.data, policy=email_policy.default)
             text = _visible(msg) + " " + msg["Subject"]
@@ -407,9 +408,11 @@ def test_no_two_campaigns_are_one_run(corpus):
             assert len(first[a] & first[b]) < 0.3 * len(first[a] | first[b]), (a, b)
 
 
-def test_runs_of_one_text_share_a_source(corpus):
+def test_runs_of_one_text_share_a_source(corpus, monkeypatch):
     """Past the corpus's distinct spams later runs reuse a text: the truth says which runs share one (a 100k
-    incident from the sample: 319 to 835 runs on 170 to 176 texts), and no two texts share a source."""
+    incident from the sample alone: 319 to 835 runs on 170 to 176 texts), and no two texts share a source.
+    Three spams and no spam_2 make it happen at 600 messages."""
+    monkeypatch.setattr(generator, "spam_2", list)
     ham, spam = corpus
     first: dict[str, set[str]] = {}
     source: dict[str, str] = {}
@@ -432,3 +435,17 @@ def test_runs_of_one_text_share_a_source(corpus):
     for i, a in enumerate(heads):
         for b in heads[i + 1:]:
             assert len(first[a] & first[b]) < 0.3 * len(first[a] | first[b]), (a, b)
+
+
+def test_spam_2_gives_every_run_a_text_of_its_own(corpus):
+    """The shipped spam_2 (1,396 messages) adds to the corpus's texts: three spams of the corpus and spam_2 give
+    the same 600 messages a source a run, where the three alone are reused (above)."""
+    ham, spam = corpus
+    texts = spam_2()
+    assert len(texts) == 1396 and len(set(texts)) == 1396
+    assert all(t[:9] in (b"Return-Pa", b"Received:", b"X-Status:") for t in texts)  # whole messages, no From_ line
+    source: dict[str, str] = {}
+    for m in iter_incident(ham, spam[:3], n=600, seed=4, style="spamware", techniques=[]):
+        if m.kind in ("relayed_spam", "stolen_account_spam"):
+            source.setdefault(m.campaign, m.source or "")
+    assert len(source) > 3 and len(set(source.values())) == len(source)
