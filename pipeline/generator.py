@@ -281,6 +281,10 @@ SHOP_IP, SHOP_SENDER = "198.51.100.80", "orders@example-shop.net"
 STYLES = ("plain", "spamware")
 
 
+# an incident's valid mail is at least this many messages (MIN_VALID), so it is the smallest incident
+MIN_VALID = 12
+
+
 def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int = 1, shop: int = 0,
                   style: str = "plain", techniques: Iterable[str] | None = None,
                   technique_rate: float | None = None) -> Iterator[GenMessage]:
@@ -294,16 +298,22 @@ def iter_incident(ham: list[bytes], spam: list[bytes], n: int = 2000, seed: int 
     `style`: "plain" varies a copy by subject and greeting tokens only (the original generator,
     kept so its figures stay comparable); "spamware" renders every copy the way bulk-mail tools do
     (see pipeline.spamware), with `techniques` (default all) used by campaigns at their usual rates
-    or, given `technique_rate`, at that rate.
+    or, given `technique_rate`, at that rate. ValueError, at once, for fewer than MIN_VALID messages (they
+    came out MIN_VALID, more than asked) or an unknown style.
     """
+    if n < MIN_VALID:
+        raise ValueError(f"an incident has at least {MIN_VALID} messages (its valid mail alone), not {n}")
     if style == "spamware":
-        yield from _iter_spamware(ham, spam, n, seed, shop, techniques, technique_rate)
-        return
+        return _iter_spamware(ham, spam, n, seed, shop, techniques, technique_rate)
     if style != "plain":
         raise ValueError(f"unknown style {style!r} (one of {', '.join(STYLES)})")
+    return _iter_plain(ham, spam, n, seed, shop)
+
+
+def _iter_plain(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop: int) -> Iterator[GenMessage]:
     g = _Gen(ham, spam, seed)
     r = g.rng
-    n_valid = max(12, int(n * 0.16))
+    n_valid = max(MIN_VALID, int(n * 0.16))
     n_backscatter = int(n * 0.07)
     n_stolen = int(n * 0.08)
     n_backscatter_local = int(n * 0.01)
@@ -440,7 +450,7 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
         _DICTIONARIES.clear()
         _DICTIONARIES[key] = dictionary(ham)
     words = _DICTIONARIES[key]
-    n_valid = max(12, int(n * 0.16))
+    n_valid = max(MIN_VALID, int(n * 0.16))
     n_backscatter = int(n * 0.07)
     n_stolen = int(n * 0.08)
     n_backscatter_local = int(n * 0.01)

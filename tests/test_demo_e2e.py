@@ -156,7 +156,7 @@ def test_demo_auto_falls_back_without_postfix(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(lab, "available", lambda: "a private Postfix instance needs root")
     monkeypatch.setattr(run, "run_story", lambda *a: seen.append(a[5]) or True)
-    demo(workdir=tmp_path, messages=10, seed=1, corpus=None, yes=True, spool="auto", console=False, wait_approval=0)
+    demo(workdir=tmp_path, messages=12, seed=1, corpus=None, yes=True, spool="auto", console=False, wait_approval=0)
     assert seen == ["pickup"]
 
 

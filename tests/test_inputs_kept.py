@@ -216,3 +216,33 @@ def test_pythons_own_email_test_messages_are_all_kept(tmp_path: Path) -> None:
     assert sorted([x.path for x in m.messages] + m.snapshot.skipped) == sorted(p.name for p in q.iterdir())
     assert m.snapshot.skipped == ["msg_19.txt"]  # "Send Ppp mailing list submissions to ...": no header at all
     assert m.totals.spam == 0 and m.totals.valid == 0
+
+
+def test_numbers_out_of_range_and_an_unwritable_incident_are_one_line_errors(tmp_path: Path) -> None:
+    # `generate -n 5` wrote 12 messages and said 5; --workers 0 and --shard-size -1 ran as if serial and never;
+    # `demo -n 5` and `generate` into a folder that cannot be made stopped with a traceback.
+    def invoke(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(app, list(args))
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        return r.exit_code, " ".join(r.output.replace("│", " ").split())
+
+    q = tmp_path / "q"
+    q.mkdir()
+    (q / "a.eml").write_bytes(msg(1))
+    cases = [
+        (("generate", str(tmp_path / "g.tar.zst"), "-n", "5"), 2,
+         "Invalid value for --messages: an incident has at least 12 messages (its valid mail alone), not 5"),
+        (("demo", "-n", "0", "--yes", "--workdir", str(tmp_path / "d")), 2, "an incident has at least 12 messages"),
+        (("triage", str(q), "--workers", "0", "--out", str(tmp_path / "o"), "-q"), 2,
+         "Invalid value for '--workers': Input should be greater than or equal to 1"),
+        (("triage", str(q), "--shard-size", "-1", "--out", str(tmp_path / "o"), "-q"), 2,
+         "Invalid value for '--shard-size': Input should be greater than or equal to 0"),
+        (("blocklist", "127.0.0.2", "--timeout", "0"), 2, "Invalid value for '--timeout'"),
+        (("console", "--port", "70000"), 2, "Invalid value for '--port'"),
+        (("generate", "/proc/no/such/g.tar.zst", "-n", "20"), 1,
+         "error: The incident cannot be written: /proc/no: No such file or directory"),
+    ]
+    for args, code, want in cases:
+        got, out = invoke(*args)
+        assert got == code and want in out, (args, got, out)
+    assert not (tmp_path / "g.tar.zst").exists() and not (tmp_path / "o").exists()

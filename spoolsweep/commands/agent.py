@@ -155,10 +155,11 @@ def run(
     quarantine: Annotated[Path | None, typer.Option(
         help="copy purged mail here first (default STATE_DIR/quarantine)")] = None,
     no_quarantine: Annotated[bool, typer.Option("--no-quarantine", help="purge without keeping a copy")] = False,
-    rate: Annotated[float, typer.Option(help="at most this many replays a second (0 = no limit)")] = 0,
-    batch: Annotated[int, typer.Option(help="native releases per MTA command (postsuper -H -)")] = 100,
-    wait: Annotated[float, typer.Option(help="long-poll seconds")] = 20,
-    visibility: Annotated[float, typer.Option(help="local channel: seconds a received instruction stays hidden")] = 60,
+    rate: Annotated[float, typer.Option(min=0, help="at most this many replays a second (0 = no limit)")] = 0,
+    batch: Annotated[int, typer.Option(min=1, help="native releases per MTA command (postsuper -H -)")] = 100,
+    wait: Annotated[float, typer.Option(min=0, help="long-poll seconds")] = 20,
+    visibility: Annotated[float, typer.Option(
+        min=0, help="local channel: seconds a received instruction stays hidden")] = 60,
     once: Annotated[bool, typer.Option("--once", help="stop when the channel is empty")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

@@ -46,7 +46,7 @@ def serve_in_thread(data: Any, port: int = 0, token: str | None = None) -> tuple
 def console(
     data: Annotated[Path, typer.Option(help="a local store root or a triage output folder")] = Path(
         "spoolsweep-store"),
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1; 0 picks a free one")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port on 127.0.0.1; 0 picks a free one")] = 8765,
     token: Annotated[str | None, typer.Option(envvar="SPOOLSWEEP_CONSOLE_TOKEN",
                                               help="access token (random unless given; with --aws: the stack's "
                                                    "ConsoleToken)")] = None,

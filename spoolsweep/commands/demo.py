@@ -27,18 +27,22 @@ def demo(
              "pickup | triage-only")] = "auto",
     mta: Annotated[str | None, typer.Option(help="the same as --spool: postfix | exim | sendmail")] = None,
     console: Annotated[bool, typer.Option(help="open the review console on 127.0.0.1 if it is installed")] = True,
-    wait_approval: Annotated[float, typer.Option(help="without --yes: seconds to wait for an approval made in the "
-                                                      "console or with `spoolsweep approve`")] = 0,
+    wait_approval: Annotated[float, typer.Option(
+        min=0, help="without --yes: seconds to wait for an approval made in the console or with "
+                    "`spoolsweep approve`")] = 0,
 ) -> None:
     """A real incident: flood a private open-relay Postfix (or Exim, or Sendmail), close it, snapshot, triage, approve,
     replay, tally."""
     from pipeline.errors import CorpusNotFound
-    from pipeline.generator import find_corpus
+    from pipeline.generator import MIN_VALID, find_corpus
     from spoolsweep.lab.postfix import available
 
     spool = mta or spool
     if spool not in ("auto", "postfix", "exim", "sendmail", "pickup", "triage-only"):
         raise typer.BadParameter("--spool/--mta must be auto, postfix, exim, sendmail, pickup or triage-only")
+    if messages < MIN_VALID:  # before anything starts (pipeline.generator.iter_incident refuses it there)
+        raise typer.BadParameter(f"an incident has at least {MIN_VALID} messages (its valid mail alone), "
+                                 f"not {messages}", param_hint="--messages")
     try:
         corpus = find_corpus(corpus)  # before anything starts: a wrong --corpus is a one-line error
     except CorpusNotFound as e:

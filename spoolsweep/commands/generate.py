@@ -72,14 +72,17 @@ def generate(
         ham, spam = load_corpus(find_corpus(corpus))
     except CorpusNotFound as e:
         fail(str(e))
-    inc = iter_incident(ham, spam, n=messages, seed=seed, style=style, techniques=techniques,
-                        technique_rate=technique_rate)
-    if fmt == "eml":
-        path = write_eml_folder(inc, out)
-    else:
-        path = write_canonical(inc, out)
-    policy = path.parent / "site.toml"
-    if not policy.exists():
-        policy.write_text(POLICY_TOML)
+    try:
+        inc = iter_incident(ham, spam, n=messages, seed=seed, style=style, techniques=techniques,
+                            technique_rate=technique_rate)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--messages") from None
+    try:
+        path = write_eml_folder(inc, out) if fmt == "eml" else write_canonical(inc, out)
+        policy = path.parent / "site.toml"
+        if not policy.exists():
+            policy.write_text(POLICY_TOML)
+    except OSError as e:  # a folder that cannot be made or written: one line naming it
+        fail(f"The incident cannot be written: {e.filename or out}: {e.strerror or e}")
     used = "" if style == "plain" else f", techniques: {', '.join(sorted(techniques)) or 'none'}"
     typer.echo(f"{messages:,} messages ({style}{used}) -> {path} (policy {policy})")

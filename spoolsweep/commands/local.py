@@ -46,14 +46,15 @@ def up(
     store: StoreOpt = _DEFAULT,
     policy: Annotated[Path | None, typer.Option(help="site policy (TOML), copied into the store")] = None,
     once: Annotated[bool, typer.Option("--once", help="handle what is pending, then exit")] = False,
-    workers: Annotated[int | None, typer.Option(help="parser processes, and the processes the triage workflow's "
+    workers: Annotated[int | None, typer.Option(min=1, help="parser processes, and the processes the triage workflow's "
                                                      "steps run on (default: one per core)")] = None,
-    interval: Annotated[float, typer.Option(help="seconds between looks at the store")] = 0.5,
+    interval: Annotated[float, typer.Option(min=0.01, help="seconds between looks at the store")] = 0.5,
     step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
                                                         "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
     console: Annotated[bool | None, typer.Option("--console/--no-console", help="serve the review console on "
                                                  "127.0.0.1 (default: on, off with --once)")] = None,
-    console_port: Annotated[int, typer.Option(help="the console's port; 0 or a taken one picks a free one")] = 8765,
+    console_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="the console's port; 0 or a taken one picks a free one")] = 8765,
 ) -> None:
     """Run the pipeline on this machine: watch STORE/incoming/ and drive every snapshot to a manifest.
 
@@ -161,7 +162,7 @@ def upload(
     incident: Annotated[str, typer.Option(help="incident name")],
     host: Annotated[str, typer.Option(help="the mail host the snapshot is from")],
     store: StoreOpt = _DEFAULT,
-    shard_size: Annotated[int, typer.Option(help="messages per shard; 0 uploads the file as it is")] = 20000,
+    shard_size: Annotated[int, typer.Option(min=0, help="messages per shard; 0 uploads the file as it is")] = 20000,
 ) -> None:
     """Put a snapshot into the store's incoming/ (cut into shards that parse in parallel)."""
     from pipeline.errors import SpoolsweepError

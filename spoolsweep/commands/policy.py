@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 def suggest(
     snapshot: Annotated[Path, typer.Argument(help="a snapshot (.tar, .tar.gz, .tar.zst or a folder)")],
     fmt: Annotated[str | None, typer.Option("--format", help="queue format; detected when omitted")] = None,
-    workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parser processes (default: one per core)")] = None,
 ) -> None:
     """Print a site.toml for SNAPSHOT: the MTA's own configuration when the agent recorded it, else what the
     queue shows (our server's name in the topmost Received lines, the domains our accounts send from)."""

@@ -30,9 +30,9 @@ def triage(
     out: Annotated[Path, typer.Option(help="folder for manifest.json and its parts")] = Path("triage-out"),
     fmt: Annotated[str | None, typer.Option("--format", help="queue format; detected when omitted")] = None,
     incident: Annotated[str | None, typer.Option(help="incident name (default: the snapshot's name)")] = None,
-    workers: Annotated[int | None, typer.Option(help="parser processes (default: one per core)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parser processes (default: one per core)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress, no summary")] = False,
-    shard_size: Annotated[int | None, typer.Option(help="parse into shards of this many messages in a temporary "
+    shard_size: Annotated[int | None, typer.Option(min=0, help="parse into shards of this many messages in a temporary "
                                                          "store and triage them as the functions do (default: "
                                                          f"{SHARD_SIZE:,} for a snapshot file over "
                                                          f"{SPILL_BYTES // 2**20} MiB; 0: never)")] = None,
