@@ -88,3 +88,28 @@ def test_the_campaign_table_reads_as_its_messages_do(incident_tar: Path, policy_
     finally:
         console_out.out.width = width
     assert "[zzzzteana] Which Muppet Are You?" in capsys.readouterr().out
+
+
+def test_relay_test_of_a_server_it_cannot_reach_is_not_an_open_relay(tmp_path: Path) -> None:
+    # A refused connection, or a server that hangs up at once, ended in a traceback with exit status 1,
+    # which relay-test's scripts read as "open relay".
+    import socket
+    import threading
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = closed.getsockname()[1]  # bound, never listening: refused
+        with socket.create_server(("127.0.0.1", 0)) as srv:
+            def hang_up() -> None:
+                conn, _ = srv.accept()
+                conn.close()
+
+            t = threading.Thread(target=hang_up, daemon=True)
+            t.start()
+            cases = ((refused, "Connection refused"), (srv.getsockname()[1], "Connection unexpectedly closed"))
+            for port, why in cases:
+                r = run("relay-test", f"127.0.0.1:{port}", "--local-domain", "example.org")
+                assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+                line = f"error: The relay test could not run: 127.0.0.1:{port}: {why}"
+                assert r.stderr.strip().splitlines()[-1].startswith(line), r.stderr
+            t.join(5)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from spoolsweep.console_out import err, out
+from spoolsweep.console_out import err, fail, out
 
 
 def register(app: typer.Typer) -> None:
@@ -22,14 +22,21 @@ def relay_test_cmd(
     spoofed and null senders, upper case, after a failed AUTH). Never sends DATA.
 
     Only point it at servers you run. It connects to exactly TARGET, nothing else.
-    Exit status: 0 closed, 1 open relay, 2 inconclusive (the server refused even local mail).
+    Exit status: 0 closed, 1 open relay, 2 inconclusive (the server refused even local mail), 3 not tested (the
+    server could not be reached, or broke off the session).
     """
+    import smtplib
+
     from pipeline.blocklist.check import split_host_port
     from pipeline.relaytest import relay_test
 
     host, port = split_host_port(target if (":" in target.replace("::", "") or "]:" in target) else f"{target}:25")
     err.print(f"[yellow]relay test of {host}:{port} only: run it against servers you operate.[/]")
-    report = relay_test(host, port, local_domain)
+    try:
+        report = relay_test(host, port, local_domain)
+    except (OSError, smtplib.SMTPException) as e:  # not 1: that says open relay
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        fail(f"The relay test could not run: {host}:{port}: {why}", code=3)
     if json_out:
         typer.echo(report.model_dump_json(indent=1))
     else:
