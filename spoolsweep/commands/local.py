@@ -36,6 +36,12 @@ def _cloud() -> Cloud:
     return cloud_from_env(region="us-east-1")  # as the functions' settings default
 
 
+def _said(e: OSError, what: str) -> str:
+    """An OSError as one line naming the file: "[Errno 2] No such file or directory: 'x'" named neither."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{what}: {where}{e.strerror or e}"
+
+
 def _store(store: str) -> Store:
     from adapters.bootstrap import build_store
 
@@ -170,8 +176,11 @@ def upload(
 
     try:
         keys = put(_store(store), file, incident, host, shard_size)
-    except (SpoolsweepError, ValueError, OSError) as e:
+    except (SpoolsweepError, ValueError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(_said(e, "The snapshot could not be uploaded"))
         return
     for k in keys:
         out.print(k, highlight=False)
@@ -192,6 +201,9 @@ def approve(
         done = write(_store(store), incident, by, host)
     except (SpoolsweepError, ValueError) as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(_said(e, "The approval could not be written"))
         return
     key, a = done.key, done.approval
     out.print(f"{'approved' if done.new else 'already approved'}: {key}", highlight=False)
