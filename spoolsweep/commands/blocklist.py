@@ -28,7 +28,7 @@ def blocklist(
     policy: Annotated[Path | None, typer.Option(help="site policy: server_ips, server_names, local_domains")] = None,
     nameserver: Annotated[str | None, typer.Option(help="HOST[:PORT] to ask instead of the system resolver")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-    watch: Annotated[float | None, typer.Option(min=1, help="re-check every SECONDS and print what changed")] = None,
+    watch: Annotated[float | None, typer.Option(min=0.1, help="re-check every SECONDS and print what changed")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per query (one retry)")] = 2.0,
     catalogue: Annotated[Path | None, typer.Option(help="a zone catalogue TOML instead of the built-in one")] = None,
     webhook: Annotated[str | None, typer.Option(help="with --watch: POST each change as JSON to this URL")] = None,
