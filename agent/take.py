@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import SnapshotExists
+from agent.errors import SnapshotExists, UploadError
 from agent.journal import Journal
 from agent.mta.base import FreezeReport, Queue
 from agent.snapshot import Progress, file_sha256, pack
@@ -53,7 +53,7 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
     summary = Summary(inc, host, mta, froze="", resumed_from=row["state"] if row else None, dry_run=dry_run)
 
     if dry_run:
-        would = queue.freeze(dry_run=True)
+        would = queue.freeze(dry_run=True, resume=row is not None)
         summary.froze, summary.messages, summary.bytes = would.what, would.messages, would.bytes
         summary.destination = str(dest)
         return summary
@@ -61,7 +61,7 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
     # 1. freeze (only once: freezing again later would also stop mail that arrived since)
     if not _reached(row, "frozen"):
         journal.set_snapshot(inc, host, state="freezing", mta=mta, destination=str(dest))
-        fr: FreezeReport = queue.freeze()
+        fr: FreezeReport = queue.freeze(resume=row is not None)  # a row: this snapshot's freeze was begun
         journal.set_snapshot(inc, host, state="frozen", messages=fr.messages, bytes=fr.bytes)
         summary.froze = fr.what
         summary.notes += fr.notes
@@ -95,7 +95,11 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
 
     # 3. upload and confirm
     if dest.kind == "dir":
-        where = to_dir(archive, dest, NAME, sha)
+        try:
+            where = to_dir(archive, dest, NAME, sha)
+        except OSError as e:  # a --to that cannot be made or written: said, the snapshot and journal kept
+            raise UploadError(f"{e.filename or dest.root}: {e.strerror or e}; the queue stays frozen, the copy is "
+                              f"{archive}: run the same command with a --to that can be written to go on") from None
     else:
         state = json.loads((journal.snapshot(inc, host) or {}).get("upload_state") or "{}")
         where = to_s3(archive, dest, NAME, sha, state,

@@ -97,6 +97,48 @@ def test_a_pickup_file_that_is_no_message_goes_into_the_snapshot_with_its_defect
     assert list(defects.values()) == [[], []]
 
 
+def test_an_aside_folder_left_by_an_earlier_snapshot_is_not_taken_for_this_ones(tmp_path, mail_corpus):
+    # The pickup folder is frozen by moving it to Out.old. An Out.old left by an earlier incident (emptied by its
+    # replay and purge) was taken for this snapshot's own, cut short: the snapshot packed it (0 messages, "already
+    # moved aside") while the queue in Out went on unfrozen and unread.
+    from agent.errors import FreezeError
+
+    out = tmp_path / "Out"
+    write_pickup(out, real_messages(mail_corpus, 3))
+    (tmp_path / "Out.old").mkdir()  # what a finished incident leaves
+    s = take(PickupQueue(out), "pickup-dir", parse_destination(None, tmp_path / "store", "inc-b", HOST),
+             Journal(tmp_path / "state" / "journal.sqlite"), tmp_path / "state")
+    assert s.messages == 3 and s.froze == f"moved {out} to {tmp_path / 'Out.old'}"
+    assert not any(out.iterdir()) and len(list((tmp_path / "Out.old").iterdir())) == 3
+    # an aside that still holds mail is nobody's to pack or remove: refused, the queue left where it is
+    out2 = tmp_path / "Out2"
+    write_pickup(out2, real_messages(mail_corpus, 2, tag="b"))
+    (tmp_path / "Out2.old").mkdir()
+    (tmp_path / "Out2.old" / "left.eml").write_bytes(b"From: a@example.net\r\n\r\nhi\r\n")
+    with pytest.raises(FreezeError, match="Out2.old exists already and is not an empty folder"):
+        take(PickupQueue(out2), "pickup-dir", parse_destination(None, tmp_path / "store", "inc-c", HOST),
+             Journal(tmp_path / "state2" / "journal.sqlite"), tmp_path / "state2")
+    assert len(list(out2.iterdir())) == 2 and [p.name for p in (tmp_path / "Out2.old").iterdir()] == ["left.eml"]
+    assert not (tmp_path / "store" / "incoming" / "inc-c").exists()
+
+
+def test_a_store_folder_that_cannot_be_written_is_said_and_the_snapshot_goes_on_to_another(tmp_path, mail_corpus):
+    # `agent snapshot --to` a folder that cannot be made ended in a traceback after the freeze and the pack.
+    from agent.errors import UploadError
+
+    out = tmp_path / "Out"
+    write_pickup(out, real_messages(mail_corpus, 3))
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    with pytest.raises(UploadError, match=r"^The snapshot upload failed; the local copy is kept: /proc/no: No such "
+                                          r"file or directory; the queue stays frozen, the copy is .*/mx1-snapshot"
+                                          r"\.tar\.zst: run the same command with a --to that can be written"):
+        take(PickupQueue(out), "pickup-dir", parse_destination(None, Path("/proc/no/store"), INC, HOST), journal,
+             tmp_path / "state")
+    s = take(PickupQueue(out), "pickup-dir", parse_destination(None, tmp_path / "store", INC, HOST), journal,
+             tmp_path / "state")
+    assert s.resumed_from == "packed" and s.messages == 3 and Path(s.destination).is_file()
+
+
 def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
     # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
     # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.

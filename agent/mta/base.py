@@ -62,8 +62,9 @@ class Queue(ABC):
     releases_natively: bool = False
 
     @abstractmethod
-    def freeze(self, dry_run: bool = False) -> FreezeReport:
-        """Stop delivery of what is queued now (new mail keeps flowing); report what was frozen."""
+    def freeze(self, dry_run: bool = False, resume: bool = False) -> FreezeReport:
+        """Stop delivery of what is queued now (new mail keeps flowing); report what was frozen. `resume`: this
+        snapshot's own freeze was begun before (the journal says so), and may have been cut short."""
 
     @abstractmethod
     def list(self) -> Iterator[QueuedMessage]:

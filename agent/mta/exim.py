@@ -58,7 +58,7 @@ class EximQueue(Queue):
                 out.append((m.group(1), m.group(2) is not None))
         return out
 
-    def freeze(self, dry_run: bool = False) -> FreezeReport:
+    def freeze(self, dry_run: bool = False, resume: bool = False) -> FreezeReport:
         live = [qid for qid, frozen in self._queue() if not frozen]
         if dry_run:
             return FreezeReport(f"would freeze {len(live)} messages (exim -Mf)", len(live), 0)

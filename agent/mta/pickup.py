@@ -43,12 +43,20 @@ class PickupQueue(Queue):
         self.pickup = Path(pickup) if pickup else self.folder
         self.staging = self.pickup.with_name(f".{self.pickup.name}.spoolsweep-staging")
 
-    def freeze(self, dry_run: bool = False) -> FreezeReport:
-        if os.path.lexists(self.aside):
+    def freeze(self, dry_run: bool = False, resume: bool = False) -> FreezeReport:
+        if os.path.lexists(self.aside) and resume:  # this snapshot's own rename, cut short after it
             if not dry_run:
                 safefs.make_private(self.aside)  # a crash between the rename and the chmod leaves it open
             n, size = self._count()
             return FreezeReport(f"{self.aside} (already moved aside)", n, size)
+        if os.path.lexists(self.aside):
+            # left by an earlier snapshot (emptied by its replay and purge) or by something else: taken for
+            # this one's, it was packed in place of the queue, which went on unfrozen and unread
+            if not self._empty_folder(self.aside):
+                raise FreezeError(f"{self.aside} exists already and is not an empty folder (left by an earlier "
+                                  f"snapshot?): {self.folder} was not moved; move {self.aside} away, or give --aside")
+            if not dry_run:
+                os.rmdir(self.aside)
         try:
             st = os.stat(self.folder, follow_symlinks=False)
         except FileNotFoundError:
@@ -72,6 +80,14 @@ class PickupQueue(Queue):
         fsync_dir(self.folder.parent)
         n, size = self._count()
         return FreezeReport(f"moved {self.folder} to {self.aside}", n, size)
+
+    @staticmethod
+    def _empty_folder(path: Path) -> bool:
+        """A real folder (not a link) with nothing in it."""
+        if os.path.islink(path) or not os.path.isdir(path):
+            return False
+        with os.scandir(path) as it:
+            return next(it, None) is None
 
     def _files(self, root_fd: int) -> Iterator[tuple[str, os.stat_result]]:
         """(relative name, fstat) of each message file; links, devices and strangers' files are skipped, said."""

@@ -64,7 +64,7 @@ class PostfixQueue(Queue):
         """`postqueue -j`: one dict per queued message, every queue."""
         return [json.loads(ln) for ln in self._run("postqueue", "-j").decode().splitlines() if ln.strip()]
 
-    def freeze(self, dry_run: bool = False) -> FreezeReport:
+    def freeze(self, dry_run: bool = False, resume: bool = False) -> FreezeReport:
         live = [m for m in self.queued() if m.get("queue_name") != "hold"]
         size = sum(int(m.get("message_size", 0)) for m in live)
         if dry_run:

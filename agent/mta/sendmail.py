@@ -190,7 +190,7 @@ class SendmailQueue(Queue):
             raise MtaError(f"queue id {clash[0]} is part of another queued id; `sendmail -qI` would match both")
         return ids
 
-    def freeze(self, dry_run: bool = False) -> FreezeReport:
+    def freeze(self, dry_run: bool = False, resume: bool = False) -> FreezeReport:
         live = [qid for _, qid in self._controls("qf")]
         if dry_run:
             return FreezeReport(f"would quarantine {len(live)} messages (sendmail -Q -qI)", len(live), 0)
