@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import JournalError
+from agent.errors import AgentError, JournalError
 from agent.journal import FINAL, ActionRow, Journal, Phase
 from agent.mta.base import Deliverer, Queue, QueuedMessage
 from agent.verify import Item, Lean, body_digest, check, parse_payload, signed_names
 from pipeline import queues
 from pipeline.errors import InstructionRefused, SpoolsweepError
-from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction
+from pipeline.instructions import Outcome, Receipt, ReceiptItem, SignedInstruction, public_key_problem
 from pipeline.manifest_io import atomic_write
 from pipeline.models import Envelope
 from pipeline.queues import receipt_key
@@ -59,6 +59,10 @@ class Agent:
     dead_letters: Path | None = None  # refused bodies; default: dead-letter/ beside the journal
     # `done` marks wait here and ride along with the next write: one fsync per message, not three
     _deferred: list[tuple[str, int, Phase, str]] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if why := public_key_problem(self.public_key_pem):
+            raise AgentError(f"the instruction key: {why}")
 
     def _set(self, row: ActionRow, phase: Phase, detail: str = "", defer: bool = False) -> None:
         """Record a phase. A deferred one may be lost in a crash only where its predecessor already on disk

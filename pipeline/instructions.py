@@ -244,6 +244,22 @@ def sign(instruction: Instruction, private_key_pem: bytes, key_id: str) -> Signe
     return SignedInstruction(payload=payload, signature=base64.b64encode(sig).decode(), key_id=key_id)
 
 
+def public_key_problem(public_key_pem: bytes) -> str | None:
+    """Why these bytes are not an Ed25519 public key in PEM form, or None when they are (said once at start:
+    a key read only when the first instruction came made every instruction fail, and nothing before)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(public_key_pem)
+    except (ValueError, TypeError):  # cryptography's words point to its FAQ: ours say what to give
+        return "not a public key in PEM form (give the signing.pub.pem that `spoolsweep keys init` wrote)"
+    if isinstance(key, Ed25519PublicKey):
+        return None
+    kind = type(key).__name__.lstrip("_").replace("PublicKey", "") or "another kind of"
+    return f"an {kind} public key, not an Ed25519 one (give the signing.pub.pem that `spoolsweep keys init` wrote)"
+
+
 def check_signature(signed: SignedInstruction, public_key_pem: bytes) -> None:
     """Raise InstructionRefused unless the payload carries a good Ed25519 signature of this key."""
     from cryptography.exceptions import InvalidSignature

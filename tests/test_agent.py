@@ -139,6 +139,32 @@ def test_a_store_folder_that_cannot_be_written_is_said_and_the_snapshot_goes_on_
     assert s.resumed_from == "packed" and s.messages == 3 and Path(s.destination).is_file()
 
 
+def test_an_instruction_key_that_is_no_ed25519_public_key_is_refused_at_start(tmp_path, keys):
+    # The key was read only when an instruction came: `agent run --once` with any file as --public-key exited 0,
+    # and a long-running agent would have refused every instruction it was ever sent.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from agent.errors import AgentError
+
+    rsa_pub = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    q, journal, store = PickupQueue(tmp_path / "Out"), Journal(tmp_path / "j.sqlite"), LocalStore(tmp_path / "s")
+    for pem, why in ((b"not a key", "not a public key in PEM form"), (keys.private, "not a public key in PEM form"),
+                     (rsa_pub, "an RSA public key, not an Ed25519 one")):
+        with pytest.raises(AgentError, match=f"the instruction key: {why}"):
+            Agent(host=HOST, queue=q, journal=journal, store=store, public_key_pem=pem)
+    Agent(host=HOST, queue=q, journal=journal, store=store, public_key_pem=keys.public)
+    (tmp_path / "Out").mkdir()
+    (tmp_path / "k.pem").write_bytes(rsa_pub)
+    r = subprocess.run([sys.executable, "-m", "spoolsweep", "agent", "run", "--mta", "pickup-dir", "--dir",
+                        str(tmp_path / "Out"), "--public-key", str(tmp_path / "k.pem"), "--store", str(tmp_path / "s"),
+                        "--host", HOST, "--state-dir", str(tmp_path / "st"), "--once"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"--public-key {tmp_path / 'k.pem'}: an RSA public key, not an Ed25519 one" in " ".join(r.stderr.split())
+
+
 def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
     # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
     # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.

@@ -166,19 +166,27 @@ def run(
     """Long-poll this host's instruction channel; verify each instruction, replay and purge, write receipts."""
     from rich.markup import escape
 
+    from agent.errors import AgentError
     from agent.journal import Journal
     from agent.mta import make_deliverer, make_queue
     from agent.runner import Agent, RateLimit
     from pipeline.errors import SpoolsweepError
+    from pipeline.instructions import public_key_problem
 
     try:
         h = _host(host)
+        try:
+            pem = public_key.read_bytes()
+        except OSError as e:
+            raise AgentError(f"--public-key {public_key}: {e.strerror or e}") from None
+        if why := public_key_problem(pem):  # said before the queue or the channel is touched
+            raise AgentError(f"--public-key {public_key}: {why}")
         _logging(state_dir, verbose)
         quarantine = None if no_quarantine else (quarantine or state_dir / "quarantine")
         st, ch = _store(store), _channel(channel or "", store, visibility)
         queue = make_queue(mta, dir, aside, pickup, postfix_config, exim, exim_config, sendmail, sendmail_config)
         agent = Agent(host=h, queue=queue, store=st,
-                      journal=Journal(state_dir / "journal.sqlite"), public_key_pem=public_key.read_bytes(),
+                      journal=Journal(state_dir / "journal.sqlite"), public_key_pem=pem,
                       deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
                       batch=max(1, batch))
         receipts = agent.run(ch, wait_seconds=wait, once=once)
