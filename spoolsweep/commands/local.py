@@ -225,4 +225,7 @@ def keys_init(
     except SpoolsweepError as e:
         fail(str(e))
         return
+    except OSError as e:
+        fail(_said(e, "The key could not be written"))
+        return
     out.print(f"key {kid}\npublic key: {pub}", highlight=False)
