@@ -89,8 +89,8 @@ SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus" / "spamassas
 
 
 # More spam for the spamware generator's campaign texts: all 1,396 messages of the public corpus's spam_2
-# (data/corpus/NOTICE.md). The sample's 300 spams hold about 175 distinct runs, a 100k incident has 319 to 835
-# campaigns: without these, later runs reused a text, and two runs of one text are one run to any reader.
+# (data/corpus/NOTICE.md). The sample's 300 spams hold about 175 distinct runs, a 100k incident has several
+# hundred campaigns: without these, later runs reused a text, and two runs of one text are one run to any reader.
 SPAM_2 = Path(__file__).resolve().parent / "data" / "corpus" / "spamassassin-spam2.tar.xz"
 _SPAM_2: list[bytes] = []
 
@@ -462,8 +462,8 @@ def _iter_spamware(ham: list[bytes], spam: list[bytes], n: int, seed: int, shop:
     # subjects and openings): a spam whose words (of 4+ letters) are 30 % the same as one already in
     # use is passed over. The texts are the corpus's spam and the shipped spam_2 (SPAM_2, those the
     # corpus does not hold already): the sample's 300 spams alone hold about 175 runs, fewer than a
-    # 100k incident's campaigns (319 to 835 over seeds 1-5); with spam_2, 100k incidents of seeds 1-5
-    # reuse a text in 0 to 37 runs. Past that, later runs reuse a text.
+    # 100k incident's campaigns (186 to 845 over seeds 1-5); with spam_2, those incidents reuse a text
+    # in 16, 0, 0, 0 and 0 runs. Past that, later runs reuse a text.
     # Each run's text is recorded as its `source` (s1, s2, ... in order of first use; a reused spam,
     # or a version passed over, is the source it is most alike to), so the truth can say which runs
     # no reader could tell apart.

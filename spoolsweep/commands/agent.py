@@ -188,7 +188,7 @@ def run(
         agent = Agent(host=h, queue=queue, store=st,
                       journal=Journal(state_dir / "journal.sqlite"), public_key_pem=pem,
                       deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
-                      batch=max(1, batch))
+                      batch=batch)
         receipts = agent.run(ch, wait_seconds=wait, once=once)
     except (SpoolsweepError, OSError) as e:
         fail(str(e))

@@ -52,8 +52,9 @@ def up(
     store: StoreOpt = _DEFAULT,
     policy: Annotated[Path | None, typer.Option(help="site policy (TOML), copied into the store")] = None,
     once: Annotated[bool, typer.Option("--once", help="handle what is pending, then exit")] = False,
-    workers: Annotated[int | None, typer.Option(min=1, help="parser processes, and the processes the triage workflow's "
-                                                     "steps run on (default: one per core)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="parser processes, and the processes the triage workflow's steps run on (default: one per "
+                    "core)")] = None,
     interval: Annotated[float, typer.Option(min=0.01, help="seconds between looks at the store")] = 0.5,
     step: Annotated[list[str] | None, typer.Option(help="with s3://: only these steps (parse, triage, "
                                                         "blocklist, dispatch), e.g. triage too big for Lambda")] = None,
