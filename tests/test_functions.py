@@ -156,6 +156,22 @@ def test_unreadable_snapshot_is_kept_and_named(home):
     assert store.exists(key) and store.exists("corrupt/broken/mx1.snap.json")
 
 
+def test_up_says_what_a_manifest_holds_and_what_could_not_be_read(tmp_path):
+    # `up --once` printed "ok" for each step of a snapshot that is no archive, and nothing else: the admin saw
+    # three ok lines for an incident whose manifest holds no message.
+    store = LocalStore(tmp_path / "data")
+    store.put(queues.incoming_key("broken", "mx1", "snap.tar.gz"), b"this is not a tarball")
+    r = subprocess.run([sys.executable, "-m", "spoolsweep", "up", "--once", "--store", str(tmp_path / "data")],
+                       cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+                                      "COLUMNS": "80"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln.strip() for ln in r.stdout.splitlines()]
+    at = lines.index("blocklist manifests/broken/manifest.json  ok")
+    assert lines[at + 1] == "broken: 0 messages, valid 0, spam 0, review 0"
+    assert lines[at + 2].startswith("archive: incoming/broken/mx1/snap.tar.gz: The snapshot cannot be read: ")
+    assert lines[at + 2].endswith("snap.tar.gz: not a tar archive (truncated header)")
+
+
 @pytest.mark.slow
 def test_sharded_duplicated_reordered_and_concurrent_events_give_one_manifest(home, small_incident, policy):
     from pipeline.triage import triage

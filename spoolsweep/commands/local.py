@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from spoolsweep.console_out import err, fail, out
 
@@ -105,6 +107,8 @@ def up(
 
     def show(step: str, key: str, result: str) -> None:
         out.print(f"{step:<9} {key}  [{'green' if result == 'ok' else 'red'}]{result}[/]", highlight=False)
+        if result == "ok" and key.startswith("manifests/") and key.endswith("/manifest.json"):
+            _tell_manifest(root / key)
 
     runner = LocalRunner(root, settle=0.0 if once else 2.0, on_result=show,
                          settings=embedded_settings(root, workers))
@@ -123,6 +127,23 @@ def up(
         err.print(f"[red]dead letter[/] {d['step']}: {d['reason']}")
     if server is not None:
         server.should_exit = True
+
+
+def _tell_manifest(path: Path) -> None:
+    """What a manifest just written holds, and what of the snapshot could not be read: a snapshot that is no
+    archive was handled ("ok") with nothing said but its manifest of 0 messages."""
+    try:
+        m = json.loads(path.read_bytes())
+        t = m["totals"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    out.print(f"{'':<9} {m.get('incident', path.parent.name)}: {t['messages']:,} messages, valid {t['valid']:,}, "
+              f"spam {t['spam']:,}, review {t['review']:,}", highlight=False)
+    defects = m.get("archive_defects") or []
+    for d in defects[:3]:
+        out.print(f"{'':<9} [yellow]archive:[/] {escape(str(d))}", highlight=False, soft_wrap=True)
+    if len(defects) > 3:
+        out.print(f"{'':<9} [yellow]archive:[/] {len(defects) - 3:,} more in the manifest", highlight=False)
 
 
 def _console(data: object, port: int):
