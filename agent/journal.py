@@ -218,6 +218,10 @@ class Journal:
             self.db.execute(f"UPDATE snapshots SET {sets} WHERE incident=? AND host=?",  # noqa: S608
                             (*fields.values(), incident, host))
 
+    def forget_snapshot(self, incident: str, host: str) -> None:
+        """No snapshot begun for this incident and host (its freeze was refused before anything moved)."""
+        self.db.execute("DELETE FROM snapshots WHERE incident=? AND host=?", (incident, host))
+
     def known_incident(self, incident: str) -> bool:
         return self.db.execute("SELECT 1 FROM snapshots WHERE incident=? AND state='uploaded'",
                                (incident,)).fetchone() is not None

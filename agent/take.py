@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import SnapshotExists, UploadError
+from agent.errors import FreezeError, SnapshotExists, UploadError
 from agent.journal import Journal
 from agent.mta.base import FreezeReport, Queue
 from agent.snapshot import Progress, file_sha256, pack
@@ -61,7 +61,12 @@ def take(queue: Queue, mta: str, dest: Destination, journal: Journal, state_dir:
     # 1. freeze (only once: freezing again later would also stop mail that arrived since)
     if not _reached(row, "frozen"):
         journal.set_snapshot(inc, host, state="freezing", mta=mta, destination=str(dest))
-        fr: FreezeReport = queue.freeze(resume=row is not None)  # a row: this snapshot's freeze was begun
+        try:
+            fr: FreezeReport = queue.freeze(resume=row is not None)  # a row: this snapshot's freeze was begun
+        except FreezeError:
+            if row is None:  # refused (nothing moved): run again, it is a new freeze, not one cut short
+                journal.forget_snapshot(inc, host)
+            raise
         journal.set_snapshot(inc, host, state="frozen", messages=fr.messages, bytes=fr.bytes)
         summary.froze = fr.what
         summary.notes += fr.notes

@@ -115,11 +115,12 @@ def test_an_aside_folder_left_by_an_earlier_snapshot_is_not_taken_for_this_ones(
     write_pickup(out2, real_messages(mail_corpus, 2, tag="b"))
     (tmp_path / "Out2.old").mkdir()
     (tmp_path / "Out2.old" / "left.eml").write_bytes(b"From: a@example.net\r\n\r\nhi\r\n")
-    with pytest.raises(FreezeError, match="Out2.old exists already and is not an empty folder"):
-        take(PickupQueue(out2), "pickup-dir", parse_destination(None, tmp_path / "store", "inc-c", HOST),
-             Journal(tmp_path / "state2" / "journal.sqlite"), tmp_path / "state2")
-    assert len(list(out2.iterdir())) == 2 and [p.name for p in (tmp_path / "Out2.old").iterdir()] == ["left.eml"]
-    assert not (tmp_path / "store" / "incoming" / "inc-c").exists()
+    for _attempt in (1, 2):  # the same again is refused again, not taken for the resume of a freeze begun
+        with pytest.raises(FreezeError, match="Out2.old exists already and is not an empty folder"):
+            take(PickupQueue(out2), "pickup-dir", parse_destination(None, tmp_path / "store", "inc-c", HOST),
+                 Journal(tmp_path / "state2" / "journal.sqlite"), tmp_path / "state2")
+        assert len(list(out2.iterdir())) == 2 and [p.name for p in (tmp_path / "Out2.old").iterdir()] == ["left.eml"]
+        assert not (tmp_path / "store" / "incoming" / "inc-c").exists()
 
 
 def test_a_store_folder_that_cannot_be_written_is_said_and_the_snapshot_goes_on_to_another(tmp_path, mail_corpus):
