@@ -8,13 +8,14 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from agent.errors import SnapshotExists, UploadError
+from agent.errors import AgentError, SnapshotExists, UploadError
 from agent.snapshot import file_sha256
 from pipeline.queues import INCOMING, check_name, incoming_key
 
@@ -66,13 +67,29 @@ def parse_destination(upload: str | None, to: Path | None, incident: str | None,
     return Destination("s3", u.netloc, check_name("incident", incident), check_name("host", host))
 
 
+@contextmanager
+def _s3_said(make: Callable[[str], AgentError]) -> Iterator[None]:
+    """What S3 or the way to it said (no credentials, no connection, access denied, no such bucket), as the
+    agent's error of one line: it was a traceback of botocore's and urllib3's frames."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        raise make(f"{err.get('Code', 'error')}: {err.get('Message') or e}") from None
+    except BotoCoreError as e:
+        raise make(str(e)) from None
+
+
 def existing(dest: Destination, client: Any = None) -> list[str]:
     """Objects already under the destination prefix (a second snapshot into one incident is refused)."""
     if dest.kind == "dir":
         base = Path(dest.root) / dest.prefix()
         return sorted(p.name for p in base.iterdir() if not p.name.startswith(".")) if base.is_dir() else []
-    s3 = client or _s3()
-    resp = s3.list_objects_v2(Bucket=dest.root, Prefix=dest.prefix(), MaxKeys=10)
+    with _s3_said(lambda why: AgentError(f"{dest} cannot be listed, so nothing was frozen: {why}")):
+        s3 = client or _s3()
+        resp = s3.list_objects_v2(Bucket=dest.root, Prefix=dest.prefix(), MaxKeys=10)
     return [o["Key"] for o in resp.get("Contents", [])]
 
 
@@ -112,6 +129,14 @@ def to_s3(archive: Path, dest: Destination, name: str, sha256: str, state: dict,
           save: Callable[[dict], None], progress: Callable[[str, int, int | None], None] | None = None,
           client: Any = None) -> str:
     """Multipart upload with a SHA-256 per part; `state` (saved after each part) lets it resume."""
+    with _s3_said(lambda why: UploadError(f"s3://{dest.root}/{dest.key(name)}: {why}; the queue stays frozen, the "
+                                          f"copy is {archive}: run the same command again to go on")):
+        return _to_s3(archive, dest, name, sha256, state, save, progress, client)
+
+
+def _to_s3(archive: Path, dest: Destination, name: str, sha256: str, state: dict,
+           save: Callable[[dict], None], progress: Callable[[str, int, int | None], None] | None,
+           client: Any) -> str:
     s3 = client or _s3()
     key = dest.key(name)
     size = archive.stat().st_size

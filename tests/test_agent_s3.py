@@ -79,3 +79,33 @@ def test_s3_multipart_upload_resumes_and_confirms(tmp_path, s3, monkeypatch):
     with pytest.raises(SnapshotExists):
         take(PickupQueue(out), "pickup-dir", dest, Journal(tmp_path / "other.sqlite"), tmp_path / "st2",
              s3_client=s3)
+
+
+def test_what_s3_says_is_one_line_and_the_upload_goes_on_after_it(tmp_path, s3):
+    # No bucket, no connection, no credentials: botocore's exception went up as a traceback, before the freeze
+    # (listing the destination) or after it (the upload).
+    from botocore.exceptions import EndpointConnectionError
+
+    from agent.errors import AgentError, UploadError
+
+    out = tmp_path / "Out"
+    write_pickup(out, [("s@example.net", ["r@example.org"], b"Subject: hi\r\n\r\nhello\r\n")])
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    missing = parse_destination("s3://no-such-bucket/incoming/inc-e/mx1/", None, None, "mx1")
+    with pytest.raises(AgentError, match=r"^The agent failed: s3://no-such-bucket/incoming/inc-e/mx1/ cannot be "
+                                         r"listed, so nothing was frozen: NoSuchBucket: "):
+        take(PickupQueue(out), "pickup-dir", missing, journal, tmp_path / "state", s3_client=s3)
+    assert len(list(out.iterdir())) == 1 and not (tmp_path / "Out.old").exists()
+
+    class Unreachable(FlakyClient):
+        def create_multipart_upload(self, **kw):
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/evidence")
+
+    dest = parse_destination("s3://evidence/incoming/inc-e/mx1/", None, None, "mx1")
+    with pytest.raises(UploadError, match=r"s3://evidence/incoming/inc-e/mx1/snapshot\.tar\.zst: Could not connect "
+                                          r"to the endpoint URL: \"http://127\.0\.0\.1:1/evidence\"; the queue stays "
+                                          r"frozen, the copy is .*mx1-snapshot\.tar\.zst: run the same command again"):
+        take(PickupQueue(out), "pickup-dir", dest, journal, tmp_path / "state", s3_client=Unreachable(s3))
+    assert (tmp_path / "Out.old").is_dir()
+    s = take(PickupQueue(out), "pickup-dir", dest, journal, tmp_path / "state", s3_client=s3)
+    assert s.messages == 1 and s.destination == "s3://evidence/incoming/inc-e/mx1/snapshot.tar.zst"
