@@ -29,5 +29,27 @@ def _register() -> None:
 _register()
 
 
+def _aws_said(e: BaseException) -> str | None:
+    """A botocore error as one line (no credentials, no connection, a refusal with its code), else None:
+    every command that reaches S3 or SQS raised these as tracebacks of botocore's and urllib3's frames."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return None
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        return f"AWS refused: {err.get('Code', 'error')}: {err.get('Message') or e}"
+    if isinstance(e, BotoCoreError):
+        return f"The AWS call failed: {e}"
+    return None
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as e:
+        if (why := _aws_said(e)) is None:
+            raise
+        from spoolsweep.console_out import fail
+
+        fail(why)

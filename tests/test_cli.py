@@ -113,3 +113,35 @@ def test_relay_test_of_a_server_it_cannot_reach_is_not_an_open_relay(tmp_path: P
                 line = f"error: The relay test could not run: 127.0.0.1:{port}: {why}"
                 assert r.stderr.strip().splitlines()[-1].startswith(line), r.stderr
             t.join(5)
+
+
+def test_what_aws_says_is_one_line(tmp_path: Path) -> None:
+    # Every command that reaches S3 or SQS ended a failed call in a traceback of botocore's and urllib3's frames.
+    import io
+    import os
+    import socket
+    import tarfile
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1", HOME=str(tmp_path),
+                   AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+        snap = tmp_path / "s.tar"
+        with tarfile.open(snap, "w") as tf:
+            body = b"From: a@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
+            ti = tarfile.TarInfo("a.eml")
+            ti.size = len(body)
+            tf.addfile(ti, io.BytesIO(body))
+        cases = [
+            ({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"},
+             ("upload", str(snap), "--incident", "i", "--host", "h", "--store", "s3://bkt"),
+             f'error: The AWS call failed: Could not connect to the endpoint URL: "{endpoint}/bkt?'),
+            ({}, ("approve", "i", "--store", "s3://bkt"), "error: The AWS call failed: Unable to locate credentials"),
+        ]
+        for extra, args, want in cases:
+            r = subprocess.run([sys.executable, "-m", "spoolsweep", *args], cwd=ROOT, capture_output=True, text=True,
+                               timeout=120, env={**env, **extra})
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+            assert r.stderr.strip().startswith(want) and len(r.stderr.strip().splitlines()) == 1, r.stderr
