@@ -240,6 +240,8 @@ def test_numbers_out_of_range_and_an_unwritable_incident_are_one_line_errors(tmp
          "Invalid value for '--shard-size': Input should be greater than or equal to 0"),
         (("blocklist", "127.0.0.2", "--timeout", "0"), 2, "Invalid value for '--timeout'"),
         (("console", "--port", "70000"), 2, "Invalid value for '--port'"),
+        (("console", "--data", "s3://bkt", "--port", "0"), 2,
+         "error: --data s3://bkt: the console reads a local store or triage output folder"),
         (("generate", "/proc/no/such/g.tar.zst", "-n", "20"), 1,
          "error: The incident cannot be written: /proc/no: No such file or directory"),
         (("upload", str(q), "--incident", "inc", "--host", "mx1", "--store", "/proc/no"), 1,

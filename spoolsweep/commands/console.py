@@ -66,6 +66,11 @@ def console(
         app = _aws_proxy(aws, token, region, profile)
         tok = token
     else:
+        if str(data).startswith("s3:"):  # a Path has folded s3://bucket into s3:/bucket: said as given
+            typer.echo(f"error: --data {str(data).replace('s3:/', 's3://', 1)}: the console reads a local store "
+                       "or triage output folder; for the deployed stack's store give --aws FUNCTION_URL, or run "
+                       "`spoolsweep up --store s3://...`, which serves it", err=True)
+            raise typer.Exit(2)
         if not data.is_dir():
             typer.echo(f"error: {data} is not a folder", err=True)
             raise typer.Exit(2)
