@@ -332,8 +332,20 @@ class Agent:
         """Long-poll the channel; with `once`, stop when it is empty."""
         receipts = self.resume()
         stop = stop or threading.Event()
+        transient = _channel_errors()
+        pause = 1.0
         while not stop.is_set():
-            msgs = channel.receive(self.host, max_messages=1, wait_seconds=0 if once else wait_seconds)
+            try:
+                msgs = channel.receive(self.host, max_messages=1, wait_seconds=0 if once else wait_seconds)
+            except transient as e:
+                # a network blip or a throttled queue ended the daemon; with --once it is the command's error
+                if once:
+                    raise
+                log.warning("the instruction channel failed (%s); trying again in %.0f s", _first_line(e), pause)
+                stop.wait(pause)
+                pause = min(pause * 2, 60.0)
+                continue
+            pause = 1.0
             if not msgs:
                 if once:
                     break
@@ -341,8 +353,22 @@ class Agent:
             for m in msgs:
                 receipts.append(self.handle(m.body))
                 # deleted only once its receipt is written: a crash before this means it comes back
-                channel.delete(self.host, m.receipt)
+                try:
+                    channel.delete(self.host, m.receipt)
+                except transient as e:
+                    log.warning("instruction message not deleted from the channel (%s): it comes back, and the "
+                                "journal keeps it from running twice", _first_line(e))
         return receipts
+
+
+def _channel_errors() -> tuple[type[BaseException], ...]:
+    """What a channel raises when the way to it fails for a while: OSError, and botocore's errors for SQS (an
+    agent that only uses a local channel has no botocore)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
 
 
 def _first_line(e: BaseException) -> str:

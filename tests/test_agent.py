@@ -166,6 +166,42 @@ def test_an_instruction_key_that_is_no_ed25519_public_key_is_refused_at_start(tm
     assert f"--public-key {tmp_path / 'k.pem'}: an RSA public key, not an Ed25519 one" in " ".join(r.stderr.split())
 
 
+def test_a_channel_that_fails_for_a_while_does_not_end_the_agent(tmp_path, keys, caplog, monkeypatch):
+    # The long-running agent died on the first error of its channel (a network blip, a throttled SQS queue):
+    # it now says so and tries again, waiting longer each time; with --once the error is the command's.
+    import threading
+
+    stop = threading.Event()
+    waits: list[float] = []
+    monkeypatch.setattr(stop, "wait", lambda t=None: waits.append(t) or False)
+
+    class Flaky:
+        def __init__(self, fail: int) -> None:
+            self.fail, self.calls = fail, 0
+
+        def receive(self, host, max_messages=1, wait_seconds=0.0):
+            self.calls += 1
+            if self.calls <= self.fail:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            stop.set()
+            return []
+
+        def delete(self, host, receipt):
+            raise AssertionError("nothing to delete")
+
+    agent = Agent(host=HOST, queue=PickupQueue(tmp_path / "Out"), journal=Journal(tmp_path / "j.sqlite"),
+                  store=LocalStore(tmp_path / "s"), public_key_pem=keys.public)
+    ch = Flaky(fail=3)
+    with caplog.at_level(logging.WARNING, "spoolsweep.agent"):
+        assert agent.run(ch, wait_seconds=0, stop=stop) == []
+    assert ch.calls == 4 and waits == [1.0, 2.0, 4.0]
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "the instruction channel failed ([Errno 104] Connection reset by peer); trying again in 1 s"
+    assert len(said) == 3
+    with pytest.raises(ConnectionResetError):
+        agent.run(Flaky(fail=1), wait_seconds=0, once=True)
+
+
 def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
     # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
     # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.
