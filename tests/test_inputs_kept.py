@@ -221,7 +221,8 @@ def test_pythons_own_email_test_messages_are_all_kept(tmp_path: Path) -> None:
 def test_numbers_out_of_range_and_an_unwritable_incident_are_one_line_errors(tmp_path: Path) -> None:
     # `generate -n 5` wrote 12 messages and said 5; --workers 0 and --shard-size -1 ran as if serial and never;
     # `demo -n 5` and `generate` into a folder that cannot be made stopped with a traceback; `upload` into a
-    # store that cannot be made said "[Errno 2] ...", and `approve` and `keys init` there were tracebacks.
+    # store that cannot be made said "[Errno 2] ...", and `approve`, `keys init` and `agent snapshot --state-dir`
+    # there were tracebacks.
     def invoke(*args: str) -> tuple[int, str]:
         r = CliRunner().invoke(app, list(args))
         assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
@@ -250,6 +251,9 @@ def test_numbers_out_of_range_and_an_unwritable_incident_are_one_line_errors(tmp
          "error: The approval could not be written: /proc/no: No such file or directory"),
         (("keys", "init", "--store", "/proc/no"), 1,
          "error: The key could not be written: /proc/no: No such file or directory"),
+        (("agent", "snapshot", "--mta", "pickup-dir", "--dir", str(q), "--to", str(tmp_path / "st"), "--incident",
+          "i", "--host", "h", "--state-dir", "/proc/no"), 1, "error: The agent failed: /proc/no: No such file or "
+                                                            "directory"),
     ]
     for args, code, want in cases:
         got, out = invoke(*args)

@@ -112,6 +112,9 @@ def snapshot(
     except (SpoolsweepError, ValueError) as e:
         fail(str(e))
         return
+    except OSError as e:  # a --state-dir or queue folder that cannot be made or read: the journal says how far
+        fail(_os_said(e))
+        return
     if s.dry_run:
         out.print(f"[bold]dry run[/]: {s.froze}; {s.messages:,} messages ({_size(s.bytes)}) would be snapshotted "
                   f"and uploaded to {s.destination}", highlight=False)
@@ -190,8 +193,11 @@ def run(
                       deliverer=make_deliverer(deliver, state_dir), quarantine=quarantine, rate=RateLimit(rate),
                       batch=batch)
         receipts = agent.run(ch, wait_seconds=wait, once=once)
-    except (SpoolsweepError, OSError) as e:
+    except SpoolsweepError as e:
         fail(str(e))
+        return
+    except OSError as e:
+        fail(_os_said(e))
         return
     except KeyboardInterrupt:
         err.print("stopped")
@@ -267,3 +273,9 @@ def audit(
     for f in findings:
         typer.echo(f"[{f.severity}] {f.setting} = {f.current}\n    {f.problem}\n    change to: {f.change_to}")
     raise typer.Exit(1 if any(f.severity == "open-relay" for f in findings) else 3)
+
+
+def _os_said(e: OSError) -> str:
+    """An OSError as the agent's one line, naming the file ("[Errno 2] ... 'x'" said it twice, or not at all)."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"The agent failed: {where}{e.strerror or e}"
