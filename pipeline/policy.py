@@ -29,6 +29,12 @@ class Thresholds(BaseModel):
     compromised_min_client_ips: int = Field(3, ge=2)
 
 
+# trusted_networks refuses a public network wider than this (0.0.0.0/0, the two halves of the Internet, ...):
+# a real organisation's own public allocation is narrower (pipeline.sitepolicy leaves out, from an MTA's
+# configuration, any public network wider than /24 or /48)
+_WIDEST_TRUSTED = {4: 8, 6: 16}
+
+
 class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,9 +57,15 @@ class SitePolicy(BaseModel):
     def _networks(cls, v: list[str]) -> list[str]:
         for n in v:
             try:
-                ipaddress.ip_network(n, strict=False)
+                net = ipaddress.ip_network(n, strict=False)
             except ValueError as e:
                 raise ValueError(f"{n!r} is not a network: {e}") from None
+            if not net.is_private and net.prefixlen < _WIDEST_TRUSTED[net.version]:
+                # mynetworks = 0.0.0.0/0 is the open relay under investigation: taken as the policy's trust, every
+                # relayed spam came from a trusted network and was called valid, to be replayed
+                raise ValueError(f"{n!r} is a public network of /{net.prefixlen}: trusting so much of the Internet "
+                                 "is how a relay is opened, not evidence that its clients are ours; list the "
+                                 "networks of your own hosts") from None
         return v
 
     @field_validator("server_ips")
