@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import tomllib
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,23 @@ class Thresholds(BaseModel):
     campaign_similarity: float = Field(0.6, gt=0, le=1)
     campaign_min_size: int = Field(5, ge=2)
     compromised_min_client_ips: int = Field(3, ge=2)
+
+
+def is_public_suffix(domain: str) -> bool:
+    """Whether a domain is one under which anyone registers names (com, co.uk: the ICANN part of the Public
+    Suffix List, which ships inside the publicsuffixlist package); False where that package is not installed
+    (an agent's light install: triage, which has it, checks the policy again)."""
+    psl = _icann_suffixes()
+    return psl is not None and bool(domain) and bool(psl.is_public(domain))
+
+
+@lru_cache(maxsize=1)
+def _icann_suffixes() -> Any:
+    try:
+        from publicsuffixlist import PublicSuffixList
+    except ImportError:
+        return None
+    return PublicSuffixList(only_icann=True)
 
 
 # trusted_networks refuses a public network wider than this (0.0.0.0/0, the two halves of the Internet, ...):
@@ -51,6 +68,17 @@ class SitePolicy(BaseModel):
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         return [d.strip().lower().rstrip(".") for d in v]
+
+    @field_validator("local_domains", "relay_domains")
+    @classmethod
+    def _not_public_suffixes(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if is_public_suffix(d):
+                # every domain under it counted as ours: relay_domains = ["com", ...] made 147 of a 3,000-message
+                # spamware queue's relayed spam valid
+                raise ValueError(f"{d!r} is a public suffix: every domain under it would count as ours; list "
+                                 "your own domains")
+        return v
 
     @field_validator("trusted_networks")
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models import ParsedRecord, PolicyInfo
-from pipeline.policy import SitePolicy, policy_from_dict
+from pipeline.policy import SitePolicy, is_public_suffix, policy_from_dict
 
 KEYS = ("local_domains", "server_names", "server_ips", "trusted_networks", "relay_domains")
 
@@ -86,6 +86,9 @@ def _domain(d: Derived, key: str, value: str, why: str, hostname: str = "") -> N
         return
     if any(c in v for c in ":;/$*!+") or "." not in v:
         d.notes.append(f"{key}: {value!r} ({why}) is a lookup, pattern or named list; not expanded, left out")
+        return
+    if key != "server_names" and is_public_suffix(v):
+        d.notes.append(f"{key}: {v} ({why}) left out: a public suffix; every domain under it would count as ours")
         return
     d.add(key, v, why)
 
