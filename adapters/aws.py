@@ -28,6 +28,20 @@ def _code(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
 
+def said(e: BaseException) -> str | None:
+    """What AWS, or the way to it, said in a botocore error, as one line ("NoSuchBucket: The specified bucket
+    does not exist", "Unable to locate credentials", "Could not connect to the endpoint URL: ..."); None for
+    any other error."""
+    from botocore.exceptions import BotoCoreError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        return f"{err.get('Code') or 'error'}: {err.get('Message') or e}"
+    if isinstance(e, BotoCoreError):
+        return str(e)
+    return None
+
+
 class S3Store:
     """Objects in one bucket; put_if_absent is S3's conditional write (If-None-Match: *)."""
 

@@ -71,15 +71,14 @@ def parse_destination(upload: str | None, to: Path | None, incident: str | None,
 def _s3_said(make: Callable[[str], AgentError]) -> Iterator[None]:
     """What S3 or the way to it said (no credentials, no connection, access denied, no such bucket), as the
     agent's error of one line: it was a traceback of botocore's and urllib3's frames."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from adapters.aws import said
 
     try:
         yield
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        raise make(f"{err.get('Code', 'error')}: {err.get('Message') or e}") from None
-    except BotoCoreError as e:
-        raise make(str(e)) from None
+    except Exception as e:
+        if (why := said(e)) is None:
+            raise
+        raise make(why) from None
 
 
 def existing(dest: Destination, client: Any = None) -> list[str]:

@@ -30,18 +30,14 @@ _register()
 
 
 def _aws_said(e: BaseException) -> str | None:
-    """A botocore error as one line (no credentials, no connection, a refusal with its code), else None:
-    every command that reaches S3 or SQS raised these as tracebacks of botocore's and urllib3's frames."""
+    """A botocore error as one line, else None: every command that reaches S3 or SQS raised these as
+    tracebacks of botocore's and urllib3's frames."""
     try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:
+        from adapters.aws import said
+    except ImportError:  # no boto3 here: no botocore error either
         return None
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        return f"AWS refused: {err.get('Code', 'error')}: {err.get('Message') or e}"
-    if isinstance(e, BotoCoreError):
-        return f"The AWS call failed: {e}"
-    return None
+    why = said(e)
+    return None if why is None else f"The AWS call failed: {why}"
 
 
 def main() -> None:
