@@ -7,7 +7,6 @@ because a newsletter is a big near-identical cluster too.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -77,54 +76,19 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     if hop is not rec.our_hop and hop != rec.our_hop:
         update["our_hop"] = hop
     env = rec.envelope
+    if hop is None or records_client(rec):
+        return update
     fill: dict[str, object] = {}
     inferred: list[str] = []
-    if records_client(rec):
-        # a local content filter (amavis, a milter that resubmits) hands every message back on loopback, so
-        # the queue's client is 127.0.0.1 for all of them: trusted, the whole relayed queue came out valid.
-        # The client that handed it to us is in our own hop below the re-injection.
-        real = _handed_over(rec.received, policy) if _loopback(env.client_address) else None
-        if real is None:
-            return update
-        fill.update(client_address=real.from_ip, client_name=real.from_name)
-        inferred.append(f"client_address (our Received hop below the re-injection from {env.client_address}, "
-                        f"by {real.by})")
-        src = real
-    else:
-        if hop is None:
-            return update
-        src = (_handed_over(rec.received, policy) or hop) if _loopback(hop.from_ip) else hop
-        if env.client_address is None and src.from_ip:
-            fill.update(client_address=src.from_ip, client_name=env.client_name or src.from_name)
-            inferred.append(f"client_address (our Received hop, by {src.by})")
-    if env.sasl_username is None and src.authenticated:
-        fill["sasl_username"] = src.auth_user or "(authenticated)"
-        inferred.append(f"sasl_username (our Received hop, by {src.by})")
+    if env.client_address is None and hop.from_ip:
+        fill.update(client_address=hop.from_ip, client_name=env.client_name or hop.from_name)
+        inferred.append(f"client_address (our Received hop, by {hop.by})")
+    if env.sasl_username is None and hop.authenticated:
+        fill["sasl_username"] = hop.auth_user or "(authenticated)"
+        inferred.append(f"sasl_username (our Received hop, by {hop.by})")
     if fill:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
-
-
-def _loopback(ip: str | None) -> bool:
-    try:
-        return ip is not None and ipaddress.ip_address(ip.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _handed_over(received: Sequence[ReceivedHop], policy: SitePolicy) -> ReceivedHop | None:
-    """Below a re-injection on loopback, the hop of ours that took the message from a client elsewhere: the
-    first hop of our topmost run of hops whose client is not loopback. The run ends at the first hop not
-    ours (anyone can write hops below that) or at a submission on the host (no client: that is the origin)."""
-    start = next((i for i, h in enumerate(received) if policy.is_our_host(h.by)), None)
-    if start is None:
-        return None
-    for h in received[start:]:
-        if not policy.is_our_host(h.by) or (h.from_ip is None and h.from_name is None):
-            return None
-        if h.from_ip and not _loopback(h.from_ip):
-            return h
-    return None
 
 
 def resolved(rec: ParsedRecord, policy: SitePolicy) -> ParsedRecord:
