@@ -23,6 +23,13 @@ def fail(msg: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def os_said(what: str, e: OSError, where: object = None) -> str:
+    """An OSError as one line that names the file: "[Errno 2] No such file or directory: 'x'" said the file
+    last or not at all. `where`: the path to name when the error carries none."""
+    name = e.filename or where
+    return f"{what}: {name}: {e.strerror or e}" if name else f"{what}: {e.strerror or e}"
+
+
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator:
     """A callback(stage, done, total) that drives a rich progress bar on stderr."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from spoolsweep.console_out import err, fail, out, progress_bar
+from spoolsweep.console_out import err, fail, os_said, out, progress_bar
 
 if TYPE_CHECKING:
     from pipeline.store import Channel, Store
@@ -113,7 +113,7 @@ def snapshot(
         fail(str(e))
         return
     except OSError as e:  # a --state-dir or queue folder that cannot be made or read: the journal says how far
-        fail(_os_said(e))
+        fail(os_said("The agent failed", e))
         return
     if s.dry_run:
         out.print(f"[bold]dry run[/]: {s.froze}; {s.messages:,} messages ({_size(s.bytes)}) would be snapshotted "
@@ -197,7 +197,7 @@ def run(
         fail(str(e))
         return
     except OSError as e:
-        fail(_os_said(e))
+        fail(os_said("The agent failed", e))
         return
     except KeyboardInterrupt:
         err.print("stopped")
@@ -273,9 +273,3 @@ def audit(
     for f in findings:
         typer.echo(f"[{f.severity}] {f.setting} = {f.current}\n    {f.problem}\n    change to: {f.change_to}")
     raise typer.Exit(1 if any(f.severity == "open-relay" for f in findings) else 3)
-
-
-def _os_said(e: OSError) -> str:
-    """An OSError as the agent's one line, naming the file ("[Errno 2] ... 'x'" said it twice, or not at all)."""
-    where = f"{e.filename}: " if e.filename else ""
-    return f"The agent failed: {where}{e.strerror or e}"

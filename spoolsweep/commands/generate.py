@@ -45,7 +45,7 @@ def generate(
         write_eml_folder,
     )
     from pipeline.spamware import RATES, TECHNIQUES, parse_techniques
-    from spoolsweep.console_out import fail
+    from spoolsweep.console_out import fail, os_said
 
     if list_techniques:
         for name, what in TECHNIQUES.items():
@@ -83,6 +83,6 @@ def generate(
         if not policy.exists():
             policy.write_text(POLICY_TOML)
     except OSError as e:  # a folder that cannot be made or written: one line naming it
-        fail(f"The incident cannot be written: {e.filename or out}: {e.strerror or e}")
+        fail(os_said("The incident cannot be written", e, out))
     used = "" if style == "plain" else f", techniques: {', '.join(sorted(techniques)) or 'none'}"
     typer.echo(f"{messages:,} messages ({style}{used}) -> {path} (policy {policy})")

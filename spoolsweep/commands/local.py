@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from spoolsweep.console_out import err, fail, out
+from spoolsweep.console_out import err, fail, os_said, out
 
 if TYPE_CHECKING:
     from adapters.bootstrap import Cloud
@@ -36,12 +36,6 @@ def _cloud() -> Cloud:
     from adapters.bootstrap import cloud_from_env
 
     return cloud_from_env(region="us-east-1")  # as the functions' settings default
-
-
-def _said(e: OSError, what: str) -> str:
-    """An OSError as one line naming the file: "[Errno 2] No such file or directory: 'x'" named neither."""
-    where = f"{e.filename}: " if e.filename else ""
-    return f"{what}: {where}{e.strerror or e}"
 
 
 def _store(store: str) -> Store:
@@ -202,7 +196,7 @@ def upload(
         fail(str(e))
         return
     except OSError as e:
-        fail(_said(e, "The snapshot could not be uploaded"))
+        fail(os_said("The snapshot could not be uploaded", e))
         return
     for k in keys:
         out.print(k, highlight=False)
@@ -225,7 +219,7 @@ def approve(
         fail(str(e))
         return
     except OSError as e:
-        fail(_said(e, "The approval could not be written"))
+        fail(os_said("The approval could not be written", e))
         return
     key, a = done.key, done.approval
     out.print(f"{'approved' if done.new else 'already approved'}: {key}", highlight=False)
@@ -248,6 +242,6 @@ def keys_init(
         fail(str(e))
         return
     except OSError as e:
-        fail(_said(e, "The key could not be written"))
+        fail(os_said("The key could not be written", e))
         return
     out.print(f"key {kid}\npublic key: {pub}", highlight=False)
