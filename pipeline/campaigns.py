@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from pipeline.features import MIN_TOKENS, SKETCH_PERM, sketch, tokens
+from pipeline.origin import client_of_evidence, filter_evidence, hop_of, hop_text, our_quoted_hop
 
 if TYPE_CHECKING:
     from pipeline.models import ParsedRecord
@@ -768,20 +769,29 @@ def top_terms(texts: Sequence[str], k: int = 6) -> list[str]:
 ATTACH_LEAST = 1  # messages of that client in the queue, all in one group
 
 
+FULL_HOPS = "\x00hops"  # client_evidence's hops of a message without a stored client, read as pipeline.origin's
+
+
 def client_evidence(r: ParsedRecord) -> tuple[str | None, list[str] | None, list[str] | None]:
     """What `client_codes` reads of one message, as strings (columns of a parsed shard, so the plan step
     resolves them under the effective policy): the client the queue stored for a message, else its
     Received hops ("by<TAB>ip") to find ours in; for a bounce whose quoted copy has too few words for a
-    sketch, the quoted copy's hops ("by<TAB>ip<TAB>1 if authenticated"). A bounce has no client here:
+    sketch, the quoted copy's hops (pipeline.origin.hop_text); for a client on loopback, what tells whether a
+    filter on the host stands between (pipeline.origin.filter_evidence). A bounce has no client here:
     the tally is of the messages a client sent, not of bounces sent back."""
     if r.bounce:
         if not r.bounced_original_received or len(tokens(r.bounced_original_text)) >= MIN_TOKENS:
             return None, None, None
-        return None, None, [f"{h.by or ''}\t{h.from_ip or ''}\t{int(h.authenticated)}"
-                            for h in r.bounced_original_received]
+        return None, None, [hop_text(h) for h in r.bounced_original_received]
     ip = r.envelope.client_address
     if ip and ip != "unknown":
-        return ip, None, None
+        if r.envelope.sasl_username:
+            return ip, None, None
+        return ip, filter_evidence(ip, r.received, r.envelope.mail_from if r.list_id else None), None
+    full = None if r.envelope.sasl_username else filter_evidence(None, r.received,
+                                                                  r.envelope.mail_from if r.list_id else None)
+    if full is not None:
+        return None, [FULL_HOPS, *full], None
     return None, ([f"{h.by or ''}\t{h.from_ip or ''}" for h in r.received] or None), None
 
 
@@ -789,8 +799,9 @@ def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | N
                  quoted: Sequence[Sequence[str] | None], policy: SitePolicy,
                  codes: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(client, quoted) of each message as numbers (-1: none; equal addresses, equal numbers): its client,
-    the queue's or the one our topmost Received hop names (pipeline.verdicts.resolve_origin's), and for a
-    bounce of `client_evidence` the client in our hop of the copy it quotes, when that copy came from
+    the queue's (or, behind a filter on the host, the one our hop below names) or the one our topmost Received
+    hop names (pipeline.verdicts.resolve_origin's), and for a bounce of `client_evidence` the client in our
+    hop of the copy it quotes (pipeline.origin.our_quoted_hop), when that copy came from
     outside, unauthenticated (what relaying spam looks like; a copy from our own side is our users' mail).
     `codes`: the numbers given so far, for messages given a shard at a time (added to)."""
     n = len(clients)
@@ -805,21 +816,22 @@ def client_codes(clients: Sequence[str | None], hops: Sequence[Sequence[str] | N
     client = np.full(n, -1, dtype=np.int64)
     quote = np.full(n, -1, dtype=np.int64)
     for i, (c, hs, qs) in enumerate(zip(clients, hops, quoted, strict=True)):
-        if c is None and hs:
+        if c is None and hs and hs[0] == FULL_HOPS:  # our hop takes it on loopback: a filter may stand between
+            c = client_of_evidence(None, hs[1:], policy)
+        elif c is None and hs:
             for h in hs:
                 by, _, ip = h.rpartition("\t")  # (an address holds no tab)
                 if our(by):
                     c = ip or None
                     break
+        elif c and hs:  # a loopback client: a filter on the host may stand between (pipeline.origin)
+            c = client_of_evidence(c, hs, policy)
         if c:
             client[i] = codes.setdefault(c, len(codes))
         if qs:
-            for h in qs:
-                by, ip, auth = h.rsplit("\t", 2)
-                if our(by):
-                    if ip and auth == "0" and not policy.is_trusted(ip):
-                        quote[i] = codes.setdefault(ip, len(codes))
-                    break
+            hop = our_quoted_hop([hop_of(h) for h in qs], policy)
+            if hop is not None and hop.from_ip and not hop.authenticated and not policy.is_trusted(hop.from_ip):
+                quote[i] = codes.setdefault(hop.from_ip, len(codes))
     return client, quote
 
 

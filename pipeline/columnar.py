@@ -20,7 +20,8 @@ Columns (one row per message, in the order the parse step wrote them):
     account, domain    string: what pipeline.sitepolicy.message_evidence gives (the queue's policy
     hop_by, hop_user   list<string>: evidence), hop_* only for a message whose queue stored no account
     client             string: the client the queue stored (pipeline.campaigns.client_evidence)
-    client_hops        list<string>: without one, the Received hops ("by<TAB>ip") to find ours in
+    client_hops        list<string>: without one, the Received hops ("by<TAB>ip") to find ours in; with a
+                       loopback client, what tells whether a filter stands between (pipeline.origin)
     quoted_hops        list<string>: for a bounce quoting too few words, the quoted copy's hops
     record             string: the ParsedRecord's JSON without path, sha256, text, keys, shape and
                        (when it is in its column) sketch

@@ -308,7 +308,7 @@ def _record(found: Found) -> ParsedRecord:
         ParsedRecord, path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
         envelope=raw.envelope, mta=raw.mta, message_id=None, subject="", from_header="", to_header="", date=None,
         content_type="", text="", sketch=[], keys=[], shape="", attachments=[], received=[], our_hop=None,
-        list_unsubscribe=False, precedence_bulk=False, auto_submitted=False, bounce=False, evasion=[],
+        list_unsubscribe=False, list_id=False, precedence_bulk=False, auto_submitted=False, bounce=False, evasion=[],
         bounced_original_text="",
         bounced_original_sender=None, bounced_original_received=[], defects=list(raw.defects), envelope_inferred=[],
         id="")
@@ -388,6 +388,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
             pass
     rec.content_type = ctype
     rec.list_unsubscribe = "list-unsubscribe" in heads
+    rec.list_id = "list-id" in heads
     rec.precedence_bulk = first("precedence").strip().lower() in ("bulk", "list", "junk")
     rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
     _fill_received(rec, heads.get("received", []), policy)
@@ -473,6 +474,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
             pass
     rec.content_type = msg.get_content_type()
     rec.list_unsubscribe = "List-Unsubscribe" in msg
+    rec.list_id = "List-Id" in msg
     prec = (msg.get("Precedence") or "").lower()
     rec.precedence_bulk = prec in ("bulk", "list", "junk")
     auto = (msg.get("Auto-Submitted") or "no").lower()

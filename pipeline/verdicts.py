@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Generic, TypeVar
 
 from pipeline.models import ParsedRecord, Reason, ReasonCode, ReceivedHop, Verdict, integrity_defects
+from pipeline.origin import behind_filter, our_quoted_hop
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
@@ -70,16 +71,30 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     """What settling a record's origin under the final policy changes: which Received hop is ours, and
     the client address and the SMTP AUTH account from that hop when the queue did not store them, saying
     so (`envelope_inferred`). A hop that is not ours never supplies them: anyone can write a Received
-    line below ours, and a foreign server's client is not the client that handed the message to us."""
+    line below ours, and a foreign server's client is not the client that handed the message to us. Behind a
+    content filter on the host, whatever the queue stored, the client is the one our hop below the re-injection
+    names (pipeline.origin.behind_filter)."""
     hop = next((h for h in rec.received if policy.is_our_host(h.by)), None) if rec.received else rec.our_hop
     update: dict[str, object] = {}
     if hop is not rec.our_hop and hop != rec.our_hop:
         update["our_hop"] = hop
     env = rec.envelope
-    if hop is None or records_client(rec):
+    if hop is None:
         return update
     fill: dict[str, object] = {}
     inferred: list[str] = []
+    client = env.client_address if records_client(rec) else env.client_address or hop.from_ip
+    if (real := _behind_filter(rec, client, policy)) is not None:
+        fill.update(client_address=real.from_ip, client_name=real.from_name)
+        inferred.append(f"client_address (our Received hop by {real.by}, below the re-injection from {client}: "
+                        "a content filter on the host hands every message back on loopback)")
+        if real.authenticated:
+            fill["sasl_username"] = real.auth_user
+            inferred.append(f"sasl_username (the same hop, by {real.by})")
+        update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
+        return update
+    if records_client(rec):
+        return update
     if env.client_address is None and hop.from_ip:
         fill.update(client_address=hop.from_ip, client_name=env.client_name or hop.from_name)
         inferred.append(f"client_address (our Received hop, by {hop.by})")
@@ -89,6 +104,15 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     if fill:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
+
+
+def _behind_filter(rec: ParsedRecord, client: str | None, policy: SitePolicy) -> ReceivedHop | None:
+    """pipeline.origin.behind_filter for a record: None for a message whose queue recorded an SMTP AUTH
+    account (that session was the client's own)."""
+    if rec.envelope.sasl_username:
+        return None
+    return behind_filter(client, rec.received, policy,
+                         list_sender=rec.envelope.mail_from if rec.list_id else None)
 
 
 def resolved(rec: ParsedRecord, policy: SitePolicy) -> ParsedRecord:
@@ -150,7 +174,7 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
 def _our_hop(rec: ParsedRecord, policy: SitePolicy) -> ReceivedHop | None:
     """Our Received hop in a bounce's quoted copy: the topmost one by one of our servers (a spammer can
     write hops below it, not it)."""
-    return next((h for h in rec.bounced_original_received if policy.is_our_host(h.by)), None)
+    return our_quoted_hop(rec.bounced_original_received, policy)
 
 
 def bounced_from_our_side(hop: ReceivedHop | None, policy: SitePolicy) -> str | None:

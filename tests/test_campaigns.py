@@ -15,6 +15,7 @@ from pipeline.campaigns import (
     Grouping,
     attach_quoted,
     client_codes,
+    client_evidence,
     feature_digest,
     features_of,
 )
@@ -264,14 +265,20 @@ def test_client_codes_read_our_own_hop_only() -> None:
     bounced it back to us; none when our hop shows SMTP AUTH or a trusted network, or is missing."""
     policy = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"],
                         trusted_networks=["192.0.2.0/24"])
+    from pipeline.models import ReceivedHop
+    from pipeline.origin import hop_of, hop_text
+
+    def q(by: str, ip: str, auth: bool = False) -> str:
+        return hop_text(ReceivedHop(by=by, from_ip=ip, from_name="h", authenticated=auth))
+
     clients = ["203.0.113.5", None, None, None, None, None, None]
     hops = [None, ["mx1.example.org\t198.51.100.7", "bot\t203.0.113.99"], ["relay.far.example\t203.0.113.99"],
             None, None, None, None]
     quoted = [None, None, None,
-              ["mx.far.example\t192.0.2.25\t0", "mx1.example.org\t198.51.100.7\t0"],  # bounced back to us
-              ["mx1.example.org\t198.51.100.8\t1"],  # our user, authenticated
-              ["mx1.example.org\t192.0.2.9\t0"],  # from our trusted network
-              ["relay.far.example\t203.0.113.5\t0"]]  # no hop of ours: nothing to go by
+              [q("mx.far.example", "192.0.2.25"), q("mx1.example.org", "198.51.100.7")],  # bounced back to us
+              [q("mx1.example.org", "198.51.100.8", auth=True)],  # our user, authenticated
+              [q("mx1.example.org", "192.0.2.9")],  # from our trusted network
+              [q("relay.far.example", "203.0.113.5")]]  # no hop of ours: nothing to go by
     client, quote = client_codes(clients, hops, quoted, policy)
     assert (client >= 0).tolist() == [True, True, False, False, False, False, False]
     assert quote.tolist()[:3] == [-1, -1, -1] and quote[3] == client[1] and quote.tolist()[4:] == [-1, -1, -1]
@@ -280,6 +287,23 @@ def test_client_codes_read_our_own_hop_only() -> None:
     a, _ = client_codes(clients[:2], hops[:2], quoted[:2], policy, codes)
     _, b = client_codes(clients[2:], hops[2:], quoted[2:], policy, codes)
     assert b[1] == a[1] == client[1]
+    # behind a content filter on the host (pipeline.origin): the client, and the quoted copy's, is the one our
+    # hop below the re-injection on loopback names, as the verdicts have it
+    behind = [q("mx1.example.org", "127.0.0.1"), q("localhost", "127.0.0.1"), q("mx1.example.org", "198.51.100.7")]
+    filtered = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"],
+                          trusted_networks=["192.0.2.0/24", "127.0.0.0/8"])
+    client, quote = client_codes(["198.51.100.7", "127.0.0.1", "127.0.0.1"], [None, behind, None],
+                                 [None, None, behind], filtered)
+    assert client[1] == client[0] != client[2] and quote[2] == client[0]
+    # a queue that stores no client (IIS, .eml): its client is the one our topmost hop names, and behind a
+    # filter the one below it, read the same way
+    from pipeline.models import Envelope, ParsedRecord
+
+    eml = ParsedRecord(path="m.eml", sha256="0" * 64, size=1, format="eml", envelope=Envelope(),
+                       received=[hop_of(h) for h in behind])
+    client, _ = client_codes(["198.51.100.7", *client_evidence(eml)[:1]], [None, client_evidence(eml)[1]],
+                             [None, None], filtered)
+    assert client[1] == client[0]
 
 
 def test_attach_quoted_reads_the_clients_messages_not_their_order() -> None:

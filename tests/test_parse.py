@@ -140,3 +140,11 @@ def test_a_bounce_quoting_nothing_to_compare_is_not_grouped_by_its_notice(either
     bare = parse.parse_found(_found(_cut_bounce(9, b"").replace(b"--B\nContent-Type: message/rfc822\n\n--B--",
                                                                  b"--B--")), POLICY)
     assert bare.bounce and (bare.text, bare.keys) == ("", [])
+
+
+def test_a_mailing_lists_copy_is_known_by_its_list_id_on_both_paths(either_path: None) -> None:
+    # what tells a list server's resend on loopback from a content filter's (pipeline.verdicts._behind_filter)
+    post = (b"From: poster@far.example\nTo: python-list@example.org\nSubject: a question\n"
+            b"List-Id: General discussion <python-list.example.org>\n\nHello list\n")
+    assert parse.parse_found(_found(post), POLICY).list_id is True
+    assert parse.parse_found(_found(post.replace(b"List-Id", b"X-List")), POLICY).list_id is False

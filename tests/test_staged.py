@@ -52,6 +52,24 @@ def _with_duplicates_and_defects(records: list[ParsedRecord]) -> list[ParsedReco
     return out
 
 
+def _behind_a_filter(records: list[ParsedRecord]) -> list[ParsedRecord]:
+    """The queue as a content filter on the host leaves it (pipeline.origin): every client 127.0.0.1, no SMTP AUTH
+    account recorded, our hop of the re-injection on top of each message and of every other copy a bounce quotes
+    (the rest left our side before the filter was there)."""
+    from pipeline.models import ReceivedHop
+
+    top = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
+    out = _copy(records)
+    for i, r in enumerate(out):
+        if r.envelope.client_address:
+            r.envelope = r.envelope.model_copy(update={"client_address": "127.0.0.1", "client_name": "localhost",
+                                                        "sasl_username": None, "sasl_method": None})
+        r.received, r.our_hop = [top, *r.received], top
+        if r.bounced_original_received and i % 2:
+            r.bounced_original_received = [top, *r.bounced_original_received]
+    return out
+
+
 @pytest.fixture(scope="module")
 def incidents(corpus, policy: SitePolicy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     ham, spam = corpus
@@ -64,6 +82,7 @@ def incidents(corpus, policy: SitePolicy, tmp_path_factory: pytest.TempPathFacto
                                                 tmp / "sw.tar.gz"), policy)
     recs, used, pinfo = out["plain2k"]
     out["defects"] = (_with_duplicates_and_defects(recs), used, pinfo)
+    out["filtered"] = (_behind_a_filter(out["spamware2k"][0]), *out["spamware2k"][1:])
     stripped = generate(ham, spam, n=1200, seed=6)
     stripped.messages = [without_account(m) for m in stripped.messages]
     out["stripped"] = _parsed(write_canonical(stripped, tmp / "stripped.tar.gz"), policy)
@@ -77,7 +96,7 @@ def _oracle(records: list[ParsedRecord], used: SitePolicy, pinfo) -> bytes:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped"])
+@pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped", "filtered"])
 def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, name: str) -> None:
     from pipeline.staged import decide_in_shards, group_labels
 
@@ -138,8 +157,9 @@ def test_a_campaigns_phrase_does_not_change_with_the_processs_hash_seed() -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "behind-a-filter"])
 def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_again(
-        corpus, policy: SitePolicy, tmp_path: Path) -> None:
+        corpus, policy: SitePolicy, tmp_path: Path, filtered: bool) -> None:
     from pipeline import queues
     from pipeline.columnar import shard_bytes
     from pipeline.manifest_io import read_manifest
@@ -148,8 +168,13 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
     from pipeline.store import LocalStore
 
     ham, spam = corpus
-    snap = write_canonical(generate(ham, spam, n=400, seed=11), tmp_path / "snap.tar.gz")
+    # behind a filter, a shard's columns hold the loopback client the queue stored; the plan step settles it as
+    # the verdicts do (pipeline.origin), so bounces follow the same clients' groups
+    snap = write_canonical(generate(ham, spam, n=3000 if filtered else 400, seed=5 if filtered else 11,
+                                    style="spamware" if filtered else "plain"), tmp_path / "snap.tar.gz")
     _, records, _ = read_and_parse(snap, policy)
+    if filtered:
+        records = _behind_a_filter(records)
     store = LocalStore(tmp_path / "store")
     rng = random.Random(2)
     raw = _copy(records)
@@ -168,6 +193,10 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
     oracle = reference_decide.decide(_copy(records), used, "inc", read_manifest(store, "inc").snapshot, [],
                                      policy_info=pinfo)
     assert manifest_bytes(read_manifest(store, "inc")) == manifest_bytes(oracle)
+    # and that of triage in one process, which settles each record's origin before grouping (consume)
+    whole = decide(_copy(records), used, "inc", read_manifest(store, "inc").snapshot, [], policy_info=pinfo,
+                   consume=True)
+    assert manifest_bytes(read_manifest(store, "inc")) == manifest_bytes(whole)
     # every step again: the same keys, the same bytes
     before = {k: store.get(k) for k in store.list("state/inc/triage/")}
     before.update({k: store.get(k) for k in store.list("manifests/inc/")})

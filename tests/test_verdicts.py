@@ -220,3 +220,79 @@ def test_a_one_client_run_that_breaks_its_words_to_evade_filters_is_spam_on_both
         assert got[0] == got[1], f"{evasive} evasive: the routes differ: {got}"
         assert got[0][:2] == want, f"{evasive} evasive: {got[0]}"
     assert "3 of those 9 copies break words" in run(3)[0][2]
+
+
+def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_handed_mail_to_us() -> None:
+    # Postfix with amavis (or a milter that resubmits) queues every message again from 127.0.0.1: the queue's
+    # client is loopback, trusted, and the relayed spam of a 3,000-message spamware queue came out valid
+    # (2,280 of 2,520, `trusted_bulk`). Our own hop below the re-injection names the real client.
+    from pipeline.verdicts import resolved
+
+    reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
+    amavis = ReceivedHop(from_name="mx1.example.org", from_ip="127.0.0.1", by="localhost", protocol="ESMTP")
+    spam_hop = ReceivedHop(from_name="bot.example", from_ip="203.0.113.9", by="mx1.example.org", protocol="ESMTP")
+    user_hop = ReceivedHop(from_name="laptop", from_ip="198.51.100.7", by="mx1.example.org", protocol="ESMTPSA",
+                           authenticated=True)
+    office = ReceivedHop(from_name="pc", from_ip="192.0.2.20", by="mx1.example.org", protocol="ESMTP")
+    forged = ReceivedHop(from_name="x", from_ip="198.51.100.1", by="mx1.example.org", protocol="ESMTP")
+    foreign = ReceivedHop(from_name="y", from_ip="192.0.2.200", by="relay.far.example", protocol="SMTP")
+
+    def via(received: list[ReceivedHop], fmt: str = "postfix", list_id: bool = False, **env: object) -> ParsedRecord:
+        client = {"client_address": "127.0.0.1", "client_name": "localhost"} if fmt == "postfix" else {}
+        r = rec(fmt, **client, **env)
+        r.received = received
+        if list_id:
+            r.list_id = True
+        return resolved(r, POLICY)
+
+    relayed = {"mail_from": "a@far.example", "rcpt_to": ["b@else.example"]}
+    spam = via([reinjected, spam_hop], **relayed)
+    assert spam.envelope.client_address == "203.0.113.9" and decide(spam) == (Verdict.spam, "relayed")
+    assert spam.envelope_inferred[0].startswith("client_address (our Received hop by mx1.example.org, below the "
+                                                "re-injection from 127.0.0.1")
+    # amavisd-new writes a hop of its own ("by localhost") between; an IIS or .eml queue reads the client from
+    # our hop alone, and the same filter stands between
+    assert decide(via([reinjected, amavis, spam_hop], **relayed)) == (Verdict.spam, "relayed")
+    assert decide(via([reinjected, amavis, spam_hop], fmt="eml", **relayed)) == (Verdict.spam, "relayed")
+    # our own users behind the filter: signed in (ESMTPSA), or from a trusted network
+    user = via([reinjected, user_hop], mail_from="alice@example.org", rcpt_to=["b@far.example"])
+    assert user.envelope.client_address == "127.0.0.1" and decide(user)[0] is Verdict.valid
+    # a hop that names the account hands its client and account on, for the account's analysis (a stolen
+    # password sends from everywhere); one that only says "ESMTPSA" cannot: every user would be one account
+    named = via([reinjected, user_hop.model_copy(update={"auth_user": "alice"})], mail_from="alice@example.org",
+                rcpt_to=["b@far.example"])
+    assert (named.envelope.client_address, named.envelope.sasl_username) == ("198.51.100.7", "alice")
+    assert decide(named) == (Verdict.valid, "authenticated")
+    assert decide(via([reinjected, office], mail_from="bob@example.org", rcpt_to=["b@far.example"]))[0] \
+        is Verdict.valid
+    # inbound mail behind the filter is still inbound
+    assert decide(via([reinjected, spam_hop], mail_from="a@far.example", rcpt_to=["alice@example.org"]))[0] \
+        is Verdict.valid
+    # a list server on the host (Mailman) resends each post on loopback from the list's local address: its own
+    # sending, not a forged local sender from the poster's server
+    post = {"mail_from": "python-list-bounces@example.org", "rcpt_to": ["b@far.example", "c@else.example"]}
+    assert decide(via([reinjected, forged], list_id=True, **post)) == (Verdict.valid, "trusted_origin")
+    # an application on the host that sends through SMTP on loopback: nothing below, still our own mail
+    app = via([reinjected], mail_from="shop@example.org", rcpt_to=["b@far.example"])
+    assert app.envelope.client_address == "127.0.0.1" and decide(app) == (Verdict.valid, "trusted_origin")
+    # a hop "by" us below a foreign one is anyone's to write: the walk ends at the foreign hop
+    written = via([reinjected, foreign, forged], **relayed)
+    assert written.envelope.client_address == "127.0.0.1"
+
+
+def test_a_bounce_quoting_a_filtered_relay_is_not_of_our_own_mail() -> None:
+
+    reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
+    spam_hop = ReceivedHop(from_name="bot.example", from_ip="203.0.113.9", by="mx1.example.org", protocol="ESMTP")
+    user_hop = ReceivedHop(from_name="laptop", from_ip="198.51.100.7", by="mx1.example.org", protocol="ESMTPA",
+                           authenticated=True)
+
+    def bounce(quoted: list[ReceivedHop]) -> str | None:
+        r = rec(mail_from="", rcpt_to=["alice@example.org"], client_address="198.51.100.50")
+        r.bounce, r.bounced_original_received = True, quoted
+        return context(r, POLICY).bounced_ours
+
+    assert bounce([reinjected, spam_hop]) is None
+    # a signed-in user's mail behind the filter, or an application's on the host, is ours as before
+    assert bounce([reinjected, user_hop]) == bounce([reinjected]) == "from 127.0.0.1 (a trusted network) to " \
+        "mx1.example.org"
