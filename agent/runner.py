@@ -338,8 +338,10 @@ class Agent:
             try:
                 msgs = channel.receive(self.host, max_messages=1, wait_seconds=0 if once else wait_seconds)
             except transient as e:
-                # a network blip or a throttled queue ended the daemon; with --once it is the command's error
-                if once:
+                # a network blip or a throttled queue ended the daemon; with --once it is the command's error.
+                # One that waiting does not mend (no credentials, access denied) is the command's error too:
+                # retried, it was a warning a minute for ever while no instruction could come
+                if once or _lasting(e):
                     raise
                 log.warning("the instruction channel failed (%s); trying again in %.0f s", _first_line(e), pause)
                 stop.wait(pause)
@@ -369,6 +371,36 @@ def _channel_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         return (OSError,)
     return (OSError, BotoCoreError, ClientError)
+
+
+# What AWS answers when the agent's credentials, permissions or settings are wrong: waiting mends none of them
+LASTING_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "AuthFailure", "IncompleteSignature", "InvalidAccessKeyId",
+    "InvalidClientTokenId", "InvalidSecurity", "MissingAuthenticationToken", "NotAuthorized", "OptInRequired",
+    "SignatureDoesNotMatch", "UnrecognizedClientException", "ExpiredToken", "ExpiredTokenException",
+    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "InvalidAddress", "KMS.AccessDeniedException",
+    "KMS.DisabledException", "KMS.NotFoundException"})
+
+
+def _lasting(e: BaseException) -> bool:
+    """Whether a channel error is one that waiting does not mend (`LASTING_CODES`; no credentials, no region, a
+    profile or parameter botocore refuses), rather than a network blip or a throttled queue."""
+    try:
+        from botocore.exceptions import (
+            ClientError,
+            NoCredentialsError,
+            NoRegionError,
+            ParamValidationError,
+            PartialCredentialsError,
+            ProfileNotFound,
+            UnknownServiceError,
+        )
+    except ImportError:
+        return False
+    if isinstance(e, ClientError):
+        return e.response.get("Error", {}).get("Code", "") in LASTING_CODES
+    return isinstance(e, (NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
+                          ProfileNotFound, UnknownServiceError))
 
 
 def _first_line(e: BaseException) -> str:

@@ -202,6 +202,43 @@ def test_a_channel_that_fails_for_a_while_does_not_end_the_agent(tmp_path, keys,
         agent.run(Flaky(fail=1), wait_seconds=0, once=True)
 
 
+def test_a_channel_error_that_waiting_does_not_mend_ends_the_agent(tmp_path, keys, monkeypatch):
+    # Access denied, bad or missing credentials: the agent logged a warning a minute for ever while no instruction
+    # could reach it. Now they end it, as the command's error (one line, spoolsweep.cli.main); a throttled queue
+    # is still waited out.
+    import threading
+
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    def client_error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": code}}, "ReceiveMessage")
+
+    class Failing:
+        def __init__(self, error: BaseException) -> None:
+            self.error, self.calls = error, 0
+
+        def receive(self, host, max_messages=1, wait_seconds=0.0):
+            self.calls += 1
+            if self.calls > 2:
+                stop.set()
+                return []
+            raise self.error
+
+    agent = Agent(host=HOST, queue=PickupQueue(tmp_path / "Out"), journal=Journal(tmp_path / "j.sqlite"),
+                  store=LocalStore(tmp_path / "s"), public_key_pem=keys.public)
+    for lasting in (client_error("AccessDenied"), client_error("InvalidClientTokenId"), NoCredentialsError()):
+        stop = threading.Event()
+        monkeypatch.setattr(stop, "wait", lambda t=None: False)
+        ch = Failing(lasting)
+        with pytest.raises(type(lasting)):
+            agent.run(ch, wait_seconds=0, stop=stop)
+        assert ch.calls == 1
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda t=None: False)
+    ch = Failing(client_error("ThrottlingException"))
+    assert agent.run(ch, wait_seconds=0, stop=stop) == [] and ch.calls == 3
+
+
 def test_the_agents_queue_readers_keep_what_the_spool_readers_find_wrong(tmp_path):
     # Exim's and Sendmail's adapters read their spool files with the pipeline's readers, then dropped the defects
     # those found (as Postfix's did: tests/test_agent_postfix.py): a damaged message went into the snapshot clean.
