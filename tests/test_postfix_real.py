@@ -265,7 +265,7 @@ class Refilter:
     """A content filter as amavisd-new runs one: Postfix hands it each message (content_filter), it hands the
     message back unchanged on loopback to a second smtpd, which queues it again from 127.0.0.1. For the list's
     address it is the list server instead (Mailman): the post goes out again to the members, from the list's
-    bounce address, with a List-Id."""
+    bounce address, with a List-Id; for alice's, her Sieve redirect to her own address elsewhere."""
 
     def __init__(self, port: int) -> None:
         self.port, self.done = port, 0
@@ -277,6 +277,8 @@ class Refilter:
         if rcpts == ["python-list@example.org"]:
             data = b"List-Id: Python list <python-list.example.org>\r\n" + data
             mail_from, rcpts = "python-list-bounces@example.org", ["m1@member.example", "m2@member.example"]
+        elif rcpts == ["alice@example.org"]:  # her Sieve script redirects her mail (Dovecot over SMTP)
+            rcpts = ["alice.home@gmail.example"]
         with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
             s.sendmail(mail_from, rcpts, data)
         self.done += 1
@@ -312,8 +314,11 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
             pf.send("poster@far.example", ["python-list@example.org"],
                     b"From: poster@far.example\r\nSubject: a question\r\n\r\nhello list\r\n",
                     xclient={"ADDR": "198.51.100.50", "NAME": "[UNAVAILABLE]"})
-            queue = pf.wait_queued(9)
-            assert refilter.done == 9
+            pf.send("news@shop.example", ["alice@example.org"],
+                    b"From: news@shop.example\r\nSubject: your order\r\n\r\nit has shipped\r\n",
+                    xclient={"ADDR": "198.51.100.60", "NAME": "[UNAVAILABLE]"})
+            queue = pf.wait_queued(10)
+            assert refilter.done == 10
             tar = pf.tar_spool(tmp_path / "spool.tar.gz")
     finally:
         flt.stop()
@@ -329,4 +334,6 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     got = {(m["envelope"]["mail_from"], m["envelope"]["client_address"], m["verdict"]) for m in msgs}
     assert got == {*{("deals@far.example", f"203.0.113.{10 + i}", "spam") for i in range(6)},
                    ("bob@example.org", "127.0.0.1", "valid"), ("carol@example.org", "127.0.0.1", "valid"),
-                   ("python-list-bounces@example.org", "127.0.0.1", "valid")}, got
+                   ("python-list-bounces@example.org", "127.0.0.1", "valid"),
+                   # a redirect looks relayed, from a client that sent no spam: held, never purged
+                   ("news@shop.example", "198.51.100.60", "review")}, got
