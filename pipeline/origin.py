@@ -26,17 +26,22 @@ def loopback(ip: str | None) -> bool:
         return False
 
 
+def on_host(h: ReceivedHop) -> bool:
+    """A hop of a submission on the host itself: no "from" part ("by mx1 (Postfix, from userid 0)")."""
+    return h.from_ip is None and h.from_name is None
+
+
 def handed_over(received: Sequence[ReceivedHop], policy: SitePolicy) -> ReceivedHop | None:
-    """Below our topmost hop, when that hop took the message on loopback: the hop of ours where a client elsewhere
-    handed it to us. A filter may write a hop of its own on the way (amavisd-new's "by localhost"); a hop below
-    one taken on loopback was written on this host, so the walk goes on through loopback hops whoever they name.
-    It stops at the first hop from elsewhere (ours: that one; another server's: anyone can write that, None)
-    or at a submission on the host (no client at all: that is the origin, None)."""
+    """Below our topmost hop, when that hop took the message on loopback or from a program on the host: the hop of
+    ours where a client elsewhere handed it to us. A filter may write a hop of its own on the way (amavisd-new's
+    "by localhost"); a hop below one taken on loopback was written on this host, so the walk goes on through
+    loopback hops whoever they name. It stops at the first hop from elsewhere (ours: that one; another server's:
+    anyone can write that, None) or at a submission on the host (no client at all: that is the origin, None)."""
     start = next((i for i, h in enumerate(received) if policy.is_our_host(h.by)), None)
-    if start is None or not loopback(received[start].from_ip):
+    if start is None or not (loopback(received[start].from_ip) or on_host(received[start])):
         return None
     for h in received[start + 1:]:
-        if h.from_ip is None and h.from_name is None:
+        if on_host(h):
             return None
         if h.from_ip and not loopback(h.from_ip):
             return h if policy.is_our_host(h.by) else None
@@ -55,12 +60,14 @@ def withdrawn(real: ReceivedHop | None, policy: SitePolicy) -> bool:
 
 def behind_filter(client: str | None, received: Sequence[ReceivedHop], policy: SitePolicy,
                   list_sender: str | None = None) -> ReceivedHop | None:
-    """Our hop naming the client a message really came from, when its client is a trusted loopback address only
-    because a filter on the host re-injected it (`handed_over`) and that client is not trusted (`withdrawn`):
-    else None, and the loopback client stands. `list_sender`: the envelope sender of a message with a List-Id;
-    from a local address, it is a list server on the host sending a post on (Mailman resends every post on
-    loopback; by its poster's client it would be a forged local sender), and the loopback client stands."""
-    if not loopback(client) or not policy.is_trusted(client):
+    """Our hop naming the client a message really came from, when its client is a trusted loopback address, or it
+    has none because a program on the host submitted it, only because a filter on the host re-injected it
+    (`handed_over`: amavis over SMTP, SpamAssassin's spamc piped to the MTA's sendmail), and that client is
+    not trusted (`withdrawn`): else None, and the loopback client or the submission on the host stands.
+    `list_sender`: the envelope sender of a message with a List-Id; from a local address, it is a list server
+    on the host sending a post on (Mailman resends every post; by its poster's client it would be a forged
+    local sender), and the message stays the host's own."""
+    if client is not None and not (loopback(client) and policy.is_trusted(client)):
         return None
     if list_sender is not None and policy.is_local_address(list_sender):
         return None
@@ -96,9 +103,10 @@ def hop_of(text: str) -> ReceivedHop:
 
 def filter_evidence(client: str | None, received: Sequence[ReceivedHop], list_sender: str | None) -> list[str] | None:
     """What `behind_filter` needs of a message whose client is a loopback address, as text (None for any other:
-    it reads nothing more of those). `client` None: a queue that stores none, when a hop names a loopback
-    client (the topmost of ours may be that one)."""
-    if not received or not (loopback(client) if client is not None else any(loopback(h.from_ip) for h in received)):
+    it reads nothing more of those). `client` None: a queue that stores none, or a submission on the host, when
+    a hop names a loopback client or none (the topmost of ours may be that one)."""
+    if not received or not (loopback(client) if client is not None
+                            else any(loopback(h.from_ip) or on_host(h) for h in received)):
         return None
     return ([f"{LIST_MARK}\t{list_sender}"] if list_sender is not None else []) + [hop_text(h) for h in received]
 

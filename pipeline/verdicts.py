@@ -138,9 +138,12 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
     # part ("by mx1 (Postfix, from userid 0)"), or a queue that stores every network client's address
     # stored none. Without one of these the origin is unknown, never local.
     hop = rec.our_hop
-    local_queue = (env.queue_name in ("maildrop",) or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
-                   or (ip is None and hop is not None and hop.from_ip is None and hop.from_name is None)
-                   or (ip is None and records_client(rec) and (hop is None or hop.from_ip is None)))
+    # (a client named all the same came from our hop below a filter that submitted it again on the host:
+    # pipeline.origin.behind_filter)
+    local_queue = ip is None and (env.queue_name in ("maildrop",)
+                                  or (env.protocol or "").upper() in ("LOCAL", "SENDMAIL")
+                                  or (hop is not None and hop.from_ip is None and hop.from_name is None)
+                                  or (records_client(rec) and (hop is None or hop.from_ip is None)))
     rcpts = env.rcpt_to or env.done_rcpt_to
     local: list[str] = []
     external: list[str] = []

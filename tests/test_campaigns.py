@@ -304,6 +304,11 @@ def test_client_codes_read_our_own_hop_only() -> None:
     client, _ = client_codes(["198.51.100.7", *client_evidence(eml)[:1]], [None, client_evidence(eml)[1]],
                              [None, None], filtered)
     assert client[1] == client[0]
+    # and a filter that submits each message again on the host (spamc piped to sendmail): no client at all
+    eml.received = [ReceivedHop(by="mx1.example.org"), hop_of(behind[-1])]
+    client, _ = client_codes(["198.51.100.7", *client_evidence(eml)[:1]], [None, client_evidence(eml)[1]],
+                             [None, None], filtered)
+    assert client[1] == client[0]
 
 
 def test_attach_quoted_reads_the_clients_messages_not_their_order() -> None:

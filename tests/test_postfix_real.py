@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -267,8 +268,8 @@ class Refilter:
     address it is the list server instead (Mailman): the post goes out again to the members, from the list's
     bounce address, with a List-Id; for alice's, her Sieve redirect to her own address elsewhere."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.done = port, 0
+    def __init__(self, port: int, pf: PostfixInstance | None = None) -> None:
+        self.port, self.pf, self.done = port, pf, 0
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd hook
         import smtplib
@@ -279,16 +280,21 @@ class Refilter:
             mail_from, rcpts = "python-list-bounces@example.org", ["m1@member.example", "m2@member.example"]
         elif rcpts == ["alice@example.org"]:  # her Sieve script redirects her mail (Dovecot over SMTP)
             rcpts = ["alice.home@gmail.example"]
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
-            s.sendmail(mail_from, rcpts, data)
+        if self.pf is not None:  # SpamAssassin's spamc piped to Postfix's sendmail: queued again through pickup
+            self.pf.submit_local(mail_from, rcpts, data)
+        else:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
+                s.sendmail(mail_from, rcpts, data)
         self.done += 1
         return "250 OK"
 
 
-def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("back_in", ["smtp", "sendmail"])
+def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message(tmp_path: Path,
+                                                                                 back_in: str) -> None:
     # Behind amavis without XFORWARD every queued message's client is 127.0.0.1, a trusted network, and the
-    # relayed spam of a 3,000-message queue came out valid (2,280 of 2,520). Our own hop below the
-    # re-injection names who handed it to us.
+    # relayed spam of a 3,000-message queue came out valid (2,280 of 2,520); behind spamc piped to sendmail every
+    # message was submitted on the host. Our own hop below the re-injection names who handed it to us.
     if why := available():
         pytest.skip(why)
     back, to_filter = free_port(), free_port()
@@ -298,11 +304,17 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     try:
         with private_postfix(users={"bob@example.org": "s3cret"},
                              extra={"content_filter": f"smtp:[127.0.0.1]:{to_filter}"}) as pf:
-            with (pf.etc / "master.cf").open("a") as f:
-                f.write(f"127.0.0.1:{back} inet n - n - - smtpd -o content_filter= "
-                        "-o smtpd_authorized_xclient_hosts=\n")
+            master = (pf.etc / "master.cf").read_text()
+            if back_in == "smtp":
+                master += (f"127.0.0.1:{back} inet n - n - - smtpd -o content_filter= "
+                           "-o smtpd_authorized_xclient_hosts=\n")
+            else:  # what pickup queues is not filtered again
+                refilter.pf = pf
+                master = re.sub(r"(?m)^(pickup .*pickup)$", r"\1 -o content_filter=", master)
+            (pf.etc / "master.cf").write_text(master)
             pf.run(POSTFIX, "-c", str(pf.etc), "reload")
-            _wait_listening(back)
+            if back_in == "smtp":
+                _wait_listening(back)
             spam = b"From: deals@far.example\r\nSubject: Cheap meds today\r\n\r\nBuy now http://pills.example/x\r\n"
             for i in range(6):
                 pf.send("deals@far.example", [f"v{i}@victim.example"], spam,
@@ -332,8 +344,9 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     msgs = json.loads(manifest_bytes(read_manifest(out)))["messages"]
     assert {m["queue_id"] for m in msgs} == {q["queue_id"] for q in queue}
     got = {(m["envelope"]["mail_from"], m["envelope"]["client_address"], m["verdict"]) for m in msgs}
+    ours = "127.0.0.1" if back_in == "smtp" else None
     assert got == {*{("deals@far.example", f"203.0.113.{10 + i}", "spam") for i in range(6)},
-                   ("bob@example.org", "127.0.0.1", "valid"), ("carol@example.org", "127.0.0.1", "valid"),
-                   ("python-list-bounces@example.org", "127.0.0.1", "valid"),
+                   ("bob@example.org", ours, "valid"), ("carol@example.org", ours, "valid"),
+                   ("python-list-bounces@example.org", ours, "valid"),
                    # a redirect looks relayed, from a client that sent no spam: held, never purged
                    ("news@shop.example", "198.51.100.60", "review")}, got

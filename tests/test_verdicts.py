@@ -278,6 +278,16 @@ def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_hand
     # a hop "by" us below a foreign one is anyone's to write: the walk ends at the foreign hop
     written = via([reinjected, foreign, forged], **relayed)
     assert written.envelope.client_address == "127.0.0.1"
+    # SpamAssassin's spamc piped to the MTA's sendmail submits every message again on the host: no client,
+    # our hop without a "from" part on top; still in maildrop/ when the queue was frozen before pickup read it
+    on_host = ReceivedHop(by="mx1.example.org")
+    for where in ({}, {"queue_name": "maildrop"}):
+        r = rec(mail_from="a@far.example", rcpt_to=["b@else.example"], **where)
+        r.received = [on_host, spam_hop]
+        assert decide(resolved(r, POLICY)) == (Verdict.spam, "relayed"), where
+    cron = rec(hop=on_host, mail_from="cron@example.org", rcpt_to=["ops@far.example"], queue_name="maildrop")
+    cron.received = [on_host]
+    assert decide(resolved(cron, POLICY)) == (Verdict.valid, "trusted_origin")
 
 
 def test_a_bounce_quoting_a_filtered_relay_is_not_of_our_own_mail() -> None:
