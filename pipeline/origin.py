@@ -50,12 +50,11 @@ def handed_over(received: Sequence[ReceivedHop], policy: SitePolicy) -> Received
 
 def withdrawn(real: ReceivedHop | None, policy: SitePolicy) -> bool:
     """Whether the hop below a loopback re-injection takes back the trust the loopback client gave: it names
-    a client that is not trusted, and either not signed in or signed in as a named account (whose mail is
-    then judged as any account's, by where it is sent from). A hop that says only that its client signed
-    in (Postfix names no account unless smtpd_sasl_authenticated_header is on) leaves the message ours as
-    before: "(authenticated)" would make every user one account sending from everywhere."""
-    return (real is not None and not policy.is_trusted(real.from_ip)
-            and (not real.authenticated or bool(real.auth_user)))
+    a client that is not trusted. Signed in or not, its mail is then judged by where it was sent from, as any
+    client's: with the account the hop names, or, where it says only that its client signed in (Postfix names
+    no account unless smtpd_sasl_authenticated_header is on), with none (pipeline.verdicts.SIGNED_IN_UNNAMED):
+    a stolen password's run from a botnet is never the host's own mail."""
+    return real is not None and not policy.is_trusted(real.from_ip)
 
 
 def behind_filter(client: str | None, received: Sequence[ReceivedHop], policy: SitePolicy,

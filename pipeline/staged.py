@@ -354,7 +354,7 @@ def facts(records: Sequence[ParsedRecord], plan: Plan, shard: str, rows: Resolve
             ext.update((a, digest64(x)) for x in c.external_rcpts)
         # senders_seen_ours, per message
         if c.sender_local or c.local_rcpts:
-            if c.sender_local and (c.authenticated or c.local_origin) and not r.bounce:
+            if c.sender_local and (c.authenticated or c.local_origin or c.signed_in) and not r.bounce:
                 ours.add(digest64((mail_from or "").lower()))
             if r.bounce and c.bounced_ours:
                 ours.update(digest64(x.lower()) for x in c.local_rcpts)

@@ -38,6 +38,8 @@ class Context:
     bounced_ours: str | None = None
     # and the SMTP AUTH account that hop names ("" when it shows authentication without a name)
     bounced_account: str | None = None
+    # our hop says the client signed in without saying as whom, and the queue recorded no account (SIGNED_IN_UNNAMED)
+    signed_in: bool = False
     # derived once here: the campaign rules read them for every member, twice
     relayed: bool = field(init=False)
     forged_local: bool = field(init=False)
@@ -56,6 +58,11 @@ class Context:
 # message was submitted on the host. An IIS pickup folder, mbox, Maildir or .eml folder stores none,
 # so there the same absence only means "not known".
 RECORDS_CLIENT = frozenset({"postfix", "exim", "sendmail", "generated"})
+# what envelope_inferred says of a message whose account the queue did not record and our Received hop says only
+# was signed in (Postfix names the account only with smtpd_sasl_authenticated_header = yes): no account is
+# recorded (one standing for all such logins would make five users forwarding one newsletter a stolen password's
+# run, and purge it), but its local sender is one of ours (senders_seen_ours)
+SIGNED_IN_UNNAMED = "sasl_username unknown"
 
 
 def queue_kind(rec: ParsedRecord) -> str:
@@ -88,9 +95,11 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
         fill.update(client_address=real.from_ip, client_name=real.from_name)
         inferred.append(f"client_address (our Received hop by {real.by}, below the re-injection from {client}: "
                         "a content filter on the host hands every message back on loopback)")
-        if real.authenticated:
+        if real.auth_user:
             fill["sasl_username"] = real.auth_user
             inferred.append(f"sasl_username (the same hop, by {real.by})")
+        elif real.authenticated:
+            inferred.append(f"{SIGNED_IN_UNNAMED} (the same hop, by {real.by}, says its client signed in, not as whom)")
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
         return update
     if records_client(rec):
@@ -98,9 +107,11 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     if env.client_address is None and hop.from_ip:
         fill.update(client_address=hop.from_ip, client_name=env.client_name or hop.from_name)
         inferred.append(f"client_address (our Received hop, by {hop.by})")
-    if env.sasl_username is None and hop.authenticated:
-        fill["sasl_username"] = hop.auth_user or "(authenticated)"
+    if env.sasl_username is None and hop.auth_user:
+        fill["sasl_username"] = hop.auth_user
         inferred.append(f"sasl_username (our Received hop, by {hop.by})")
+    elif env.sasl_username is None and hop.authenticated:
+        inferred.append(f"{SIGNED_IN_UNNAMED} (our Received hop, by {hop.by}, says its client signed in, not as whom)")
     if fill:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
@@ -171,6 +182,7 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         forwarded=forwarded,
         bounced_ours=bounced_from_our_side(hop, policy),
         bounced_account=(hop.auth_user or "") if hop is not None and hop.authenticated else None,
+        signed_in=any(f.startswith(SIGNED_IN_UNNAMED) for f in rec.envelope_inferred),
     )
 
 
@@ -197,14 +209,15 @@ def bounced_from_our_side(hop: ReceivedHop | None, policy: SitePolicy) -> str | 
 
 def senders_seen_ours(recs: Sequence[ParsedRecord], ctxs: Sequence[Context]) -> frozenset[str]:
     """Local envelope senders the queue itself shows to be our users: they sent a message with an SMTP AUTH
-    account, from a trusted network or on the host, or received a bounce of mail that reached us from our
-    side. Such a sender from outside with no account recorded may be the same user whose account the queue
-    does not record; a made-up local sender (what spam forging our domain uses) is seen nowhere else."""
+    account, from a trusted network or on the host, or signed in as an account our hop does not name
+    (Context.signed_in), or received a bounce of mail that reached us from our side. Such a
+    sender from outside with no account recorded may be the same user whose account the queue does not
+    record; a made-up local sender (what spam forging our domain uses) is seen nowhere else."""
     seen: set[str] = set()
     for rec, c in zip(recs, ctxs, strict=True):
         if not c.sender_local and not c.local_rcpts:
             continue
-        if c.sender_local and (c.authenticated or c.local_origin) and not rec.bounce:
+        if c.sender_local and (c.authenticated or c.local_origin or c.signed_in) and not rec.bounce:
             seen.add((rec.envelope.mail_from or "").lower())
         if rec.bounce and c.bounced_ours:
             seen.update(r.lower() for r in c.local_rcpts)

@@ -321,6 +321,16 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
                         xclient={"ADDR": f"203.0.113.{10 + i}", "NAME": "[UNAVAILABLE]", "HELO": "bot.example"})
             pf.send("bob@example.org", ["friend@partner.example"],
                     b"From: bob@example.org\r\nSubject: lunch\r\n\r\nsee you\r\n", login=("bob@example.org", "s3cret"))
+            # bob's password, stolen: a run from a botnet, signed in; Postfix's hop says "with ESMTPSA" and (without
+            # smtpd_sasl_authenticated_header) not as whom. And bob himself from home
+            stolen = (b"From: promo@bulk.example\r\nSubject: Rolex replicas\r\n\r\n"
+                      b"Best prices http://watch.example/r\r\n")
+            for i in range(6):
+                pf.send("promo@bulk.example", [f"w{i}@victim.example"], stolen, login=("bob@example.org", "s3cret"),
+                        xclient={"ADDR": f"203.0.113.{30 + i}", "NAME": "[UNAVAILABLE]", "HELO": "pc.example"})
+            pf.send("bob@example.org", ["mum@partner.example"],
+                    b"From: bob@example.org\r\nSubject: hi mum\r\n\r\nsee you sunday\r\n",
+                    login=("bob@example.org", "s3cret"), xclient={"ADDR": "198.51.100.70", "NAME": "[UNAVAILABLE]"})
             pf.send("carol@example.org", ["x@partner.example"],
                     b"From: carol@example.org\r\nSubject: report\r\n\r\nattached\r\n", xclient={"ADDR": "192.0.2.20"})
             pf.send("poster@far.example", ["python-list@example.org"],
@@ -329,8 +339,8 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
             pf.send("news@shop.example", ["alice@example.org"],
                     b"From: news@shop.example\r\nSubject: your order\r\n\r\nit has shipped\r\n",
                     xclient={"ADDR": "198.51.100.60", "NAME": "[UNAVAILABLE]"})
-            queue = pf.wait_queued(10)
-            assert refilter.done == 10
+            queue = pf.wait_queued(17)
+            assert refilter.done == 17
             tar = pf.tar_spool(tmp_path / "spool.tar.gz")
     finally:
         flt.stop()
@@ -346,6 +356,9 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     got = {(m["envelope"]["mail_from"], m["envelope"]["client_address"], m["verdict"]) for m in msgs}
     ours = "127.0.0.1" if back_in == "smtp" else None
     assert got == {*{("deals@far.example", f"203.0.113.{10 + i}", "spam") for i in range(6)},
+                   *{("promo@bulk.example", f"203.0.113.{30 + i}", "spam") for i in range(6)},
+                   # signed in from outside as an account no hop names: ours, or a thief's, held
+                   ("bob@example.org", "198.51.100.70", "review"),
                    ("bob@example.org", ours, "valid"), ("carol@example.org", ours, "valid"),
                    ("python-list-bounces@example.org", ours, "valid"),
                    # a redirect looks relayed, from a client that sent no spam: held, never purged

@@ -52,15 +52,20 @@ def _with_duplicates_and_defects(records: list[ParsedRecord]) -> list[ParsedReco
     return out
 
 
-def _behind_a_filter(records: list[ParsedRecord]) -> list[ParsedRecord]:
+def _behind_a_filter(records: list[ParsedRecord], unnamed: bool = False) -> list[ParsedRecord]:
     """The queue as a content filter on the host leaves it (pipeline.origin): every client 127.0.0.1, no SMTP AUTH
     account recorded, our hop of the re-injection on top of each message and of every other copy a bounce quotes
-    (the rest left our side before the filter was there)."""
+    (the rest left our side before the filter was there). `unnamed`: our hops say "ESMTPSA" and not as whom
+    (Postfix without smtpd_sasl_authenticated_header)."""
     from pipeline.models import ReceivedHop
 
     top = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
     out = _copy(records)
     for i, r in enumerate(out):
+        if unnamed:
+            r.received = [h.model_copy(update={"auth_user": None}) for h in r.received]
+            r.bounced_original_received = [h.model_copy(update={"auth_user": None})
+                                           for h in r.bounced_original_received]
         if r.envelope.client_address:
             r.envelope = r.envelope.model_copy(update={"client_address": "127.0.0.1", "client_name": "localhost",
                                                         "sasl_username": None, "sasl_method": None})
@@ -83,6 +88,7 @@ def incidents(corpus, policy: SitePolicy, tmp_path_factory: pytest.TempPathFacto
     recs, used, pinfo = out["plain2k"]
     out["defects"] = (_with_duplicates_and_defects(recs), used, pinfo)
     out["filtered"] = (_behind_a_filter(out["spamware2k"][0]), *out["spamware2k"][1:])
+    out["filtered_unnamed"] = (_behind_a_filter(out["spamware2k"][0], unnamed=True), *out["spamware2k"][1:])
     stripped = generate(ham, spam, n=1200, seed=6)
     stripped.messages = [without_account(m) for m in stripped.messages]
     out["stripped"] = _parsed(write_canonical(stripped, tmp / "stripped.tar.gz"), policy)
@@ -96,7 +102,8 @@ def _oracle(records: list[ParsedRecord], used: SitePolicy, pinfo) -> bytes:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped", "filtered"])
+@pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped", "filtered",
+                                  "filtered_unnamed"])
 def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, name: str) -> None:
     from pipeline.staged import decide_in_shards, group_labels
 
@@ -157,9 +164,9 @@ def test_a_campaigns_phrase_does_not_change_with_the_processs_hash_seed() -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "behind-a-filter"])
+@pytest.mark.parametrize("filtered", [0, 1, 2], ids=["plain", "behind-a-filter", "behind-a-filter-unnamed"])
 def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_again(
-        corpus, policy: SitePolicy, tmp_path: Path, filtered: bool) -> None:
+        corpus, policy: SitePolicy, tmp_path: Path, filtered: int) -> None:
     from pipeline import queues
     from pipeline.columnar import shard_bytes
     from pipeline.manifest_io import read_manifest
@@ -174,7 +181,7 @@ def test_run_step_over_stored_shards_writes_todays_manifest_and_the_same_bytes_a
                                     style="spamware" if filtered else "plain"), tmp_path / "snap.tar.gz")
     _, records, _ = read_and_parse(snap, policy)
     if filtered:
-        records = _behind_a_filter(records)
+        records = _behind_a_filter(records, unnamed=filtered == 2)
     store = LocalStore(tmp_path / "store")
     rng = random.Random(2)
     raw = _copy(records)

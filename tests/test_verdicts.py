@@ -254,15 +254,19 @@ def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_hand
     # our hop alone, and the same filter stands between
     assert decide(via([reinjected, amavis, spam_hop], **relayed)) == (Verdict.spam, "relayed")
     assert decide(via([reinjected, amavis, spam_hop], fmt="eml", **relayed)) == (Verdict.spam, "relayed")
-    # our own users behind the filter: signed in (ESMTPSA), or from a trusted network
-    user = via([reinjected, user_hop], mail_from="alice@example.org", rcpt_to=["b@far.example"])
-    assert user.envelope.client_address == "127.0.0.1" and decide(user)[0] is Verdict.valid
     # a hop that names the account hands its client and account on, for the account's analysis (a stolen
-    # password sends from everywhere); one that only says "ESMTPSA" cannot: every user would be one account
+    # password sends from everywhere)
     named = via([reinjected, user_hop.model_copy(update={"auth_user": "alice"})], mail_from="alice@example.org",
                 rcpt_to=["b@far.example"])
     assert (named.envelope.client_address, named.envelope.sasl_username) == ("198.51.100.7", "alice")
     assert decide(named) == (Verdict.valid, "authenticated")
+    # one that only says "ESMTPSA" (Postfix's default) hands on its client, and no account: a user of ours, or a
+    # stolen password's run from a botnet, which as the loopback client's was the host's own mail (trusted_bulk)
+    user = via([reinjected, user_hop], mail_from="alice@example.org", rcpt_to=["b@far.example"])
+    assert (user.envelope.client_address, user.envelope.sasl_username) == ("198.51.100.7", None)
+    assert user.envelope_inferred[1].startswith("sasl_username unknown (the same hop, by mx1.example.org, says")
+    assert decide(user) == (Verdict.review, "forged_local_sender")
+    assert decide(via([reinjected, user_hop], **relayed)) == (Verdict.spam, "relayed")
     assert decide(via([reinjected, office], mail_from="bob@example.org", rcpt_to=["b@far.example"]))[0] \
         is Verdict.valid
     # inbound mail behind the filter is still inbound
@@ -304,5 +308,71 @@ def test_a_bounce_quoting_a_filtered_relay_is_not_of_our_own_mail() -> None:
 
     assert bounce([reinjected, spam_hop]) is None
     # a signed-in user's mail behind the filter, or an application's on the host, is ours as before
-    assert bounce([reinjected, user_hop]) == bounce([reinjected]) == "from 127.0.0.1 (a trusted network) to " \
-        "mx1.example.org"
+    assert bounce([reinjected, user_hop]) == "authenticated as a local account on mx1.example.org"
+    assert bounce([reinjected]) == "from 127.0.0.1 (a trusted network) to mx1.example.org"
+
+
+def test_a_stolen_password_behind_a_filter_whose_hop_names_no_account_is_not_the_hosts_own_mail() -> None:
+    """Postfix names the account in its Received line only with smtpd_sasl_authenticated_header = yes; behind a
+    content filter that hands mail back on loopback, "with ESMTPSA" is all the queue keeps of a login. A stolen
+    password's run from a botnet then came out as the loopback client's: valid (`trusted_bulk`; 240 of a
+    3,000-message spamware queue). Its clients are the ones our hop names now, with no account: the run relayed
+    for senders not ours is spam, and our own users' run from their own local addresses is held, never purged
+    (one account for every such login would call a newsletter five users forward a stolen password's run). The
+    same on both routes: the records', and the columns' of the map-reduce."""
+    import numpy as np
+
+    from pipeline.staged import decide_campaigns, facts, plan_records
+    from pipeline.verdicts import campaign_decision, resolved, senders_seen_ours
+
+    reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
+
+    def run(senders: list[str]) -> list[tuple[Verdict, str]]:
+        copies = []
+        for i, sender in enumerate(senders):
+            r = rec(mail_from=sender, rcpt_to=[f"x{i}@far{i}.example"], client_address="127.0.0.1",
+                    client_name="localhost")
+            r.id = f"m{i}"
+            r.received = [reinjected, ReceivedHop(from_name="h", from_ip=f"198.51.100.{10 + i}", by="mx1.example.org",
+                                                  protocol="ESMTPSA", authenticated=True)]
+            copies.append(resolved(r, POLICY))
+        ctxs = [context(r, POLICY) for r in copies]
+        d = campaign_decision(range(len(copies)), copies, ctxs, POLICY, {}, senders_seen_ours(copies, ctxs))
+        plan = plan_records(copies, POLICY, None, labels=np.ones(len(copies), dtype=np.int64))
+        c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
+        return [(x.verdict, x.reasons[0].code) for x in (d, c)]
+
+    stolen = run([f"promo{i}@bulk{i % 3}.example" for i in range(12)])
+    assert stolen == [(Verdict.spam, "relayed_campaign")] * 2
+    ours = run([f"{u}@example.org" for u in ("alice", "bob", "carol", "dave", "erin")])
+    assert ours == [(Verdict.review, "relayed_unattributed")] * 2
+
+
+def test_a_login_our_hop_does_not_name_is_no_account_of_its_own() -> None:
+    """A queue that stores no client or account (an .eml folder, Maildir, mbox) takes them from our Received hop.
+    One that says only "with ESMTPSA" made every such login one account, "(authenticated)": five users forwarding
+    one newsletter from five addresses were then a stolen password's run, and purged (16 valid messages of a
+    3,000-message queue). No account now: our users' run from their own addresses is held, a run for senders not
+    ours is spam, on both routes."""
+    import numpy as np
+
+    from pipeline.staged import decide_campaigns, facts, plan_records
+    from pipeline.verdicts import campaign_decision, resolved, senders_seen_ours
+
+    def run(senders: list[str]) -> list[tuple[Verdict, str]]:
+        copies = []
+        for i, sender in enumerate(senders):
+            r = rec("eml", mail_from=sender, rcpt_to=[f"x{i}@far{i}.example"])
+            r.id = f"m{i}"
+            r.received = [ReceivedHop(from_name="h", from_ip=f"198.51.100.{10 + i}", by="mx1.example.org",
+                                      protocol="ESMTPSA", authenticated=True)]
+            copies.append(resolved(r, POLICY))
+        ctxs = [context(r, POLICY) for r in copies]
+        d = campaign_decision(range(len(copies)), copies, ctxs, POLICY, {}, senders_seen_ours(copies, ctxs))
+        plan = plan_records(copies, POLICY, None, labels=np.ones(len(copies), dtype=np.int64))
+        c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
+        return [(x.verdict, x.reasons[0].code) for x in (d, c)]
+
+    ours = run([f"{u}@example.org" for u in ("alice", "bob", "carol", "dave", "erin", "frank")])
+    assert ours == [(Verdict.review, "relayed_unattributed")] * 2
+    assert run([f"promo{i}@bulk{i % 3}.example" for i in range(12)]) == [(Verdict.spam, "relayed_campaign")] * 2
