@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from pipeline.features import MIN_TOKENS, SKETCH_PERM, sketch, tokens
-from pipeline.origin import client_of_evidence, filter_evidence, hop_of, hop_text, our_quoted_hop
+from pipeline.origin import client_of_evidence, filter_evidence, hop_of, hop_text, list_server_sender, our_quoted_hop
 
 if TYPE_CHECKING:
     from pipeline.models import ParsedRecord
@@ -787,9 +787,9 @@ def client_evidence(r: ParsedRecord) -> tuple[str | None, list[str] | None, list
     if ip and ip != "unknown":
         if r.envelope.sasl_username:
             return ip, None, None
-        return ip, filter_evidence(ip, r.received, r.envelope.mail_from if r.list_id else None), None
+        return ip, filter_evidence(ip, r.received, list_server_sender(r.list_id, r.envelope.mail_from)), None
     full = None if r.envelope.sasl_username else filter_evidence(None, r.received,
-                                                                  r.envelope.mail_from if r.list_id else None)
+                                                                  list_server_sender(r.list_id, r.envelope.mail_from))
     if full is not None:
         return None, [FULL_HOPS, *full], None
     return None, ([f"{h.by or ''}\t{h.from_ip or ''}" for h in r.received] or None), None

@@ -136,7 +136,8 @@ class ParsedRecord(Model):
     received: list[ReceivedHop] = Field(default_factory=list)
     our_hop: ReceivedHop | None = None
     list_unsubscribe: bool = False
-    list_id: bool = Field(False, description="carries a List-Id header (RFC 2919): a mailing list's copy")
+    list_id: str = Field("", description="the list identifier of its List-Id header (RFC 2919: between < and >), "
+                         "lower-cased; '' without one")
     precedence_bulk: bool = False
     auto_submitted: bool = False
     bounce: bool = False

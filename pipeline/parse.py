@@ -308,7 +308,7 @@ def _record(found: Found) -> ParsedRecord:
         ParsedRecord, path=raw.path, sha256=found.sha256, size=found.size, format=raw.format,
         envelope=raw.envelope, mta=raw.mta, message_id=None, subject="", from_header="", to_header="", date=None,
         content_type="", text="", sketch=[], keys=[], shape="", attachments=[], received=[], our_hop=None,
-        list_unsubscribe=False, list_id=False, precedence_bulk=False, auto_submitted=False, bounce=False, evasion=[],
+        list_unsubscribe=False, list_id="", precedence_bulk=False, auto_submitted=False, bounce=False, evasion=[],
         bounced_original_text="",
         bounced_original_sender=None, bounced_original_received=[], defects=list(raw.defects), envelope_inferred=[],
         id="")
@@ -388,7 +388,7 @@ def _fill_fast(rec: ParsedRecord, mail: Any, policy: SitePolicy, data: bytes) ->
             pass
     rec.content_type = ctype
     rec.list_unsubscribe = "list-unsubscribe" in heads
-    rec.list_id = "list-id" in heads
+    rec.list_id = list_identifier(first("list-id"))
     rec.precedence_bulk = first("precedence").strip().lower() in ("bulk", "list", "junk")
     rec.auto_submitted = (first("auto-submitted") or "no").strip().lower() != "no"
     _fill_received(rec, heads.get("received", []), policy)
@@ -474,7 +474,7 @@ def _fill(rec: ParsedRecord, msg: Message, policy: SitePolicy, data: bytes) -> N
             pass
     rec.content_type = msg.get_content_type()
     rec.list_unsubscribe = "List-Unsubscribe" in msg
-    rec.list_id = "List-Id" in msg
+    rec.list_id = list_identifier(str(msg.get("List-Id") or ""))
     prec = (msg.get("Precedence") or "").lower()
     rec.precedence_bulk = prec in ("bulk", "list", "junk")
     auto = (msg.get("Auto-Submitted") or "no").lower()
@@ -605,6 +605,17 @@ def _payload(part: Message) -> bytes | None:
 def _clean(s: str) -> str:
     # (a name is printable as a rule: then it is its own, without a step in Python per character)
     return (s if s.isprintable() else "".join(ch for ch in s if ch.isprintable()))[:200]
+
+
+_LIST_ID = re.compile(r"<\s*([^<>\s]{1,250})\s*>")
+_LIST_ID_BARE = re.compile(r"([^<>\s]{1,250})")
+
+
+def list_identifier(value: str) -> str:
+    """The list identifier of a List-Id header ("General discussion <python-list.example.org>"), lower-cased:
+    between < and >, or the whole value without them; '' for none."""
+    m = _LIST_ID.search(value) or _LIST_ID_BARE.fullmatch(value.strip())
+    return m.group(1).lower() if m else ""
 
 
 def addr_domain(addr: str | None) -> str:

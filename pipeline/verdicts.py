@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Generic, TypeVar
 
 from pipeline.models import ParsedRecord, Reason, ReasonCode, ReceivedHop, Verdict, integrity_defects
-from pipeline.origin import behind_filter, our_quoted_hop
+from pipeline.origin import behind_filter, list_server_sender, our_quoted_hop
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
@@ -123,7 +123,7 @@ def _behind_filter(rec: ParsedRecord, client: str | None, policy: SitePolicy) ->
     if rec.envelope.sasl_username:
         return None
     return behind_filter(client, rec.received, policy,
-                         list_sender=rec.envelope.mail_from if rec.list_id else None)
+                         list_sender=list_server_sender(rec.list_id, rec.envelope.mail_from))
 
 
 def resolved(rec: ParsedRecord, policy: SitePolicy) -> ParsedRecord:

@@ -146,5 +146,8 @@ def test_a_mailing_lists_copy_is_known_by_its_list_id_on_both_paths(either_path:
     # what tells a list server's resend on loopback from a content filter's (pipeline.verdicts._behind_filter)
     post = (b"From: poster@far.example\nTo: python-list@example.org\nSubject: a question\n"
             b"List-Id: General discussion <python-list.example.org>\n\nHello list\n")
-    assert parse.parse_found(_found(post), POLICY).list_id is True
-    assert parse.parse_found(_found(post.replace(b"List-Id", b"X-List")), POLICY).list_id is False
+    assert parse.parse_found(_found(post), POLICY).list_id == "python-list.example.org"
+    assert parse.parse_found(_found(post.replace(b"List-Id", b"X-List")), POLICY).list_id == ""
+    bare = post.replace(b"General discussion <python-list.example.org>", b"Python-List.Example.org")
+    assert parse.parse_found(_found(bare), POLICY).list_id == "python-list.example.org"
+    assert parse.parse_found(_found(post.replace(b"<python-list.example.org>", b"")), POLICY).list_id == ""

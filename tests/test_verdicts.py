@@ -237,12 +237,10 @@ def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_hand
     forged = ReceivedHop(from_name="x", from_ip="198.51.100.1", by="mx1.example.org", protocol="ESMTP")
     foreign = ReceivedHop(from_name="y", from_ip="192.0.2.200", by="relay.far.example", protocol="SMTP")
 
-    def via(received: list[ReceivedHop], fmt: str = "postfix", list_id: bool = False, **env: object) -> ParsedRecord:
+    def via(received: list[ReceivedHop], fmt: str = "postfix", list_id: str = "", **env: object) -> ParsedRecord:
         client = {"client_address": "127.0.0.1", "client_name": "localhost"} if fmt == "postfix" else {}
         r = rec(fmt, **client, **env)
-        r.received = received
-        if list_id:
-            r.list_id = True
+        r.received, r.list_id = received, list_id
         return resolved(r, POLICY)
 
     relayed = {"mail_from": "a@far.example", "rcpt_to": ["b@else.example"]}
@@ -275,7 +273,20 @@ def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_hand
     # a list server on the host (Mailman) resends each post on loopback from the list's local address: its own
     # sending, not a forged local sender from the poster's server
     post = {"mail_from": "python-list-bounces@example.org", "rcpt_to": ["b@far.example", "c@else.example"]}
-    assert decide(via([reinjected, forged], list_id=True, **post)) == (Verdict.valid, "trusted_origin")
+    assert decide(via([reinjected, forged], list_id="python-list.example.org", **post)) == (Verdict.valid,
+                                                                                             "trusted_origin")
+    # and so is one with VERP (a bounce address per member), or a list server naming its addresses otherwise
+    for sender in ("python-list-bounces+b=far.example@example.org", "bounce+b==far.example@example.org"):
+        assert decide(via([reinjected, forged], list_id="python-list.example.org", mail_from=sender,
+                          rcpt_to=["b@far.example"])) == (Verdict.valid, "trusted_origin")
+    # a relayed spam carrying some other list's List-Id (a tenth of the public corpus's spam_2 does) and forging
+    # a local sender is no post a list of ours sends on
+    for list_id, sender in (("offers.lists.bulk.example", "python-list-bounces@example.org"),
+                            ("python-list.example.org.far.example", "ceo@example.org"),
+                            ("example.org", "python-list-bounces@example.org")):
+        spam = via([reinjected, forged], list_id=list_id, mail_from=sender, rcpt_to=post["rcpt_to"])
+        assert spam.envelope.client_address == "198.51.100.1", list_id
+        assert decide(spam) == (Verdict.review, "forged_local_sender"), list_id
     # an application on the host that sends through SMTP on loopback: nothing below, still our own mail
     app = via([reinjected], mail_from="shop@example.org", rcpt_to=["b@far.example"])
     assert app.envelope.client_address == "127.0.0.1" and decide(app) == (Verdict.valid, "trusted_origin")
