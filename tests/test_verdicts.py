@@ -387,3 +387,46 @@ def test_a_login_our_hop_does_not_name_is_no_account_of_its_own() -> None:
     ours = run([f"{u}@example.org" for u in ("alice", "bob", "carol", "dave", "erin", "frank")])
     assert ours == [(Verdict.review, "relayed_unattributed")] * 2
     assert run([f"promo{i}@bulk{i % 3}.example" for i in range(12)]) == [(Verdict.spam, "relayed_campaign")] * 2
+
+
+def test_a_stolen_password_used_from_one_address_is_no_newsletter_for_that() -> None:
+    """A run through an account from one or two addresses was a newsletter (`authenticated_bulk`, valid): an
+    attacker with a stolen password needs one server, and a quarter of the public corpus's spam_2 carries the
+    List-Unsubscribe or Precedence: bulk that counted as a newsletter's too, as did a phish's several accounts.
+    Valid only where each account sends from a trusted network or from an address it also uses outside
+    campaigns; else held (`authenticated_bulk_unclear`). The same on both routes."""
+    import numpy as np
+
+    from pipeline.staged import decide_campaigns, facts, plan_records
+    from pipeline.verdicts import AccountProfile, campaign_decision
+
+    def run(ip: str, accounts: tuple[str, ...] = ("carol",), bulk: bool = False) -> list[tuple[Verdict, str]]:
+        copies = []
+        for i in range(12):
+            account = accounts[i % len(accounts)]
+            r = rec(mail_from=f"{account}@example.org", rcpt_to=[f"x{i}@far{i}.example"], client_address=ip,
+                    sasl_username=account)
+            r.id, r.list_unsubscribe = f"m{i}", bulk
+            copies.append(r)
+        # carol's own mail outside the run, from her home address
+        own = rec(mail_from="carol@example.org", rcpt_to=["mum@far.example"], client_address="198.51.100.7",
+                  sasl_username="carol")
+        own.id = "own"
+        recs = [*copies, own]
+        ctxs = [context(r, POLICY) for r in recs]
+        labels = np.asarray([1] * 12 + [-1], dtype=np.int64)
+        profiles = {a: AccountProfile(a, normal_ips={"198.51.100.7"} if a == "carol" else set()) for a in accounts}
+        d = campaign_decision(range(12), recs, ctxs, POLICY, profiles)
+        plan = plan_records(recs, POLICY, None, labels=labels)
+        c = decide_campaigns([facts(recs, plan, "0")], plan).campaigns[1]
+        # and each copy: signed in, which alone made it valid, it is held with its run
+        copy = message_decision(0, recs, ctxs, d, False, profiles)
+        return [(x.verdict, x.reasons[0].code) for x in (d, c, copy)]
+
+    held = [(Verdict.review, "authenticated_bulk_unclear")] * 3
+    newsletter = [(Verdict.valid, "authenticated_bulk")] * 3
+    assert run("203.0.113.50") == held
+    assert run("203.0.113.50", bulk=True) == held
+    assert run("203.0.113.50", accounts=("carol", "dave")) == held
+    assert run("198.51.100.7") == newsletter  # where carol sends her own mail from
+    assert run("192.0.2.30", bulk=True) == newsletter  # the office, a trusted network
