@@ -112,7 +112,7 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
         inferred.append(f"sasl_username (our Received hop, by {hop.by})")
     elif env.sasl_username is None and hop.authenticated:
         inferred.append(f"{SIGNED_IN_UNNAMED} (our Received hop, by {hop.by}, says its client signed in, not as whom)")
-    if fill:
+    if inferred:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
 

@@ -387,6 +387,12 @@ def test_a_login_our_hop_does_not_name_is_no_account_of_its_own() -> None:
     ours = run([f"{u}@example.org" for u in ("alice", "bob", "carol", "dave", "erin", "frank")])
     assert ours == [(Verdict.review, "relayed_unattributed")] * 2
     assert run([f"promo{i}@bulk{i % 3}.example" for i in range(12)]) == [(Verdict.spam, "relayed_campaign")] * 2
+    # with the client known already, the manifest still says what the hop said
+    r = rec("eml", client_address="198.51.100.7", mail_from="alice@example.org", rcpt_to=["b@far.example"])
+    r.received = [ReceivedHop(from_name="h", from_ip="198.51.100.7", by="mx1.example.org", authenticated=True)]
+    r = resolved(r, POLICY)
+    assert r.envelope_inferred[0].startswith("sasl_username unknown (our Received hop, by mx1.example.org")
+    assert context(r, POLICY).signed_in and decide(r) == (Verdict.review, "forged_local_sender")
 
 
 def test_a_stolen_password_used_from_one_address_is_no_newsletter_for_that() -> None:
