@@ -39,6 +39,10 @@ _RCVD_WITH = re.compile(r"(?is)\bwith\s+(E?SMTPS?A?|LMTPS?A?|HTTPS?|LOCAL|UTF8E?
 _RCVD_BY_LOW = re.compile(r"by(?<!\wby)\s+([\w.-]+)")
 _RCVD_WITH_LOW = re.compile(r"with(?<!\wwith)\s+(e?smtps?a?|lmtps?a?|https?|local|utf8e?smtps?a?|\w+)")
 _RCVD_IP = re.compile(r"\[(?:IPv6:)?([0-9a-fA-F:.]+)\]")
+# Exim writes "from <host> ([ip] ...)" for a client on the network, and "from <login> by" for a submission on the
+# host (exim -bm, -bS: cron, an application, or a content filter's pipe handing each message back, as
+# SpamAssassin's "exim -oMr spam-scanned -bS" recipe does): no address, the login of whoever ran exim
+_EXIM_IDENT = re.compile(r"from [^\s()\[\]]+ by \S+ (?:with \S+ )?\(Exim ")
 _RCVD_AUTH = re.compile(r"(?i)\(Authenticated sender:\s*([^)\s]+)\)|\bauth(?:enticated)?[ =](?:as\s+)?([\w.@+-]+)")
 _BOUNCE_SUBJECT = re.compile(
     r"(?i)undeliver|returned mail|delivery (status )?notification|delivery failure|mail delivery fail"
@@ -186,6 +190,8 @@ def parse_received(value: str) -> ReceivedHop:
             from_ip = ip.group(1)
     if from_ip is None and (ip := _RCVD_IP.search(value.split(" by ")[0])):
         from_ip = ip.group(1)
+    if from_ip is None and from_name and _EXIM_IDENT.match(value):
+        from_name = None  # Exim's submission on the host names the user who ran it, not a host (see _EXIM_IDENT)
     low = value.lower()
     ascii_ = value.isascii()
     if m := (_RCVD_BY_LOW.search(low) if ascii_ else _RCVD_BY.search(value)):

@@ -77,6 +77,23 @@ def test_received_chain_and_auth(careful: None) -> None:
     assert r.envelope.rcpt_to == ["bob@far.example"]
 
 
+def test_exims_hop_of_a_submission_on_the_host_names_no_host() -> None:
+    # Exim writes the login of whoever ran it ("from root by", "from Debian-exim by" for SpamAssassin's pipe
+    # handing each message back with -oMr spam-scanned -bS): a submission on the host, like Postfix's hop
+    # without a "from" part (pipeline.origin.on_host); a client on the network always comes with its address
+    from pipeline.origin import on_host
+
+    for login, proto in (("root", "local"), ("Debian-exim", "spam-scanned")):
+        hop = parse.parse_received(f"from {login}\n\tby mx1.example.org with {proto} (Exim 4.96)\n\t(envelope-from "
+                                   "<a@far.example>)\n\tid 1xZh4R-0000ee-0z; Sat, 05 Dec 2026 04:08:23 +0000")
+        assert (hop.from_name, hop.from_ip, hop.by) == (None, None, "mx1.example.org") and on_host(hop), login
+    net = parse.parse_received("from bot.example ([203.0.113.10] ident=root)\n\tby mx1.example.org with esmtp "
+                               "(Exim 4.96)\n\tid 1xZh4R-0000eS-0r")
+    assert (net.from_name, net.from_ip) == ("bot.example", "203.0.113.10") and not on_host(net)
+    # another MTA's "from x by y" is left as it reads
+    assert parse.parse_received("from x by y.example with SMTP id 1").from_name == "x"
+
+
 _EVASIVE = (b"From: a@far.example\nSubject: hi\nMIME-Version: 1.0\nContent-Type: multipart/alternative; "
             b"boundary=\"A\"\n\n--A\nContent-Type: text/plain; charset=utf-8\n\nCheap pills now\n--A\n"
             b"Content-Type: text/html; charset=utf-8\n\n<p>Cheap vi<!--k3j9-->agra now</p>\n--A--\n")

@@ -323,6 +323,20 @@ def test_a_bounce_quoting_a_filtered_relay_is_not_of_our_own_mail() -> None:
     assert bounce([reinjected]) == "from 127.0.0.1 (a trusted network) to mx1.example.org"
 
 
+def _one_campaign_on_both_routes(copies: list[ParsedRecord]) -> list[tuple[Verdict, str]]:
+    """The decision for copies that are one campaign: from the records, and from the columns of the map-reduce."""
+    import numpy as np
+
+    from pipeline.staged import decide_campaigns, facts, plan_records
+    from pipeline.verdicts import campaign_decision, senders_seen_ours
+
+    ctxs = [context(r, POLICY) for r in copies]
+    d = campaign_decision(range(len(copies)), copies, ctxs, POLICY, {}, senders_seen_ours(copies, ctxs))
+    plan = plan_records(copies, POLICY, None, labels=np.ones(len(copies), dtype=np.int64))
+    c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
+    return [(x.verdict, x.reasons[0].code) for x in (d, c)]
+
+
 def test_a_stolen_password_behind_a_filter_whose_hop_names_no_account_is_not_the_hosts_own_mail() -> None:
     """Postfix names the account in its Received line only with smtpd_sasl_authenticated_header = yes; behind a
     content filter that hands mail back on loopback, "with ESMTPSA" is all the queue keeps of a login. A stolen
@@ -331,10 +345,7 @@ def test_a_stolen_password_behind_a_filter_whose_hop_names_no_account_is_not_the
     for senders not ours is spam, and our own users' run from their own local addresses is held, never purged
     (one account for every such login would call a newsletter five users forward a stolen password's run). The
     same on both routes: the records', and the columns' of the map-reduce."""
-    import numpy as np
-
-    from pipeline.staged import decide_campaigns, facts, plan_records
-    from pipeline.verdicts import campaign_decision, resolved, senders_seen_ours
+    from pipeline.verdicts import resolved
 
     reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
 
@@ -347,11 +358,7 @@ def test_a_stolen_password_behind_a_filter_whose_hop_names_no_account_is_not_the
             r.received = [reinjected, ReceivedHop(from_name="h", from_ip=f"198.51.100.{10 + i}", by="mx1.example.org",
                                                   protocol="ESMTPSA", authenticated=True)]
             copies.append(resolved(r, POLICY))
-        ctxs = [context(r, POLICY) for r in copies]
-        d = campaign_decision(range(len(copies)), copies, ctxs, POLICY, {}, senders_seen_ours(copies, ctxs))
-        plan = plan_records(copies, POLICY, None, labels=np.ones(len(copies), dtype=np.int64))
-        c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
-        return [(x.verdict, x.reasons[0].code) for x in (d, c)]
+        return _one_campaign_on_both_routes(copies)
 
     stolen = run([f"promo{i}@bulk{i % 3}.example" for i in range(12)])
     assert stolen == [(Verdict.spam, "relayed_campaign")] * 2
@@ -365,10 +372,7 @@ def test_a_login_our_hop_does_not_name_is_no_account_of_its_own() -> None:
     one newsletter from five addresses were then a stolen password's run, and purged (16 valid messages of a
     3,000-message queue). No account now: our users' run from their own addresses is held, a run for senders not
     ours is spam, on both routes."""
-    import numpy as np
-
-    from pipeline.staged import decide_campaigns, facts, plan_records
-    from pipeline.verdicts import campaign_decision, resolved, senders_seen_ours
+    from pipeline.verdicts import resolved
 
     def run(senders: list[str]) -> list[tuple[Verdict, str]]:
         copies = []
@@ -378,11 +382,7 @@ def test_a_login_our_hop_does_not_name_is_no_account_of_its_own() -> None:
             r.received = [ReceivedHop(from_name="h", from_ip=f"198.51.100.{10 + i}", by="mx1.example.org",
                                       protocol="ESMTPSA", authenticated=True)]
             copies.append(resolved(r, POLICY))
-        ctxs = [context(r, POLICY) for r in copies]
-        d = campaign_decision(range(len(copies)), copies, ctxs, POLICY, {}, senders_seen_ours(copies, ctxs))
-        plan = plan_records(copies, POLICY, None, labels=np.ones(len(copies), dtype=np.int64))
-        c = decide_campaigns([facts(copies, plan, "0")], plan).campaigns[1]
-        return [(x.verdict, x.reasons[0].code) for x in (d, c)]
+        return _one_campaign_on_both_routes(copies)
 
     ours = run([f"{u}@example.org" for u in ("alice", "bob", "carol", "dave", "erin", "frank")])
     assert ours == [(Verdict.review, "relayed_unattributed")] * 2
