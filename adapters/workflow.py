@@ -436,7 +436,7 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
                                       workers if workers is not None else (os.cpu_count() or 1), progress)
         total = sum(count for _, count in parts)
         check_read(name, fmt, range(total), report)
-        host = str(report.meta.get("host") or "local")
+        host = str(report.meta.get("host") or "")  # a spool names none: the manifest names none, as read whole
         base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).name).lstrip("._-") or "snapshot"
         n = max(1, len(parts))
         if not parts:
@@ -444,7 +444,7 @@ def spill_snapshot(store: Store, source: Any, policy: Any, fmt: str | None, inci
             write_shard(([], str(empty)))
             parts.append((empty, 0))
         for i, (path, count) in enumerate(parts, 1):
-            shard = queues.check_name("shard", f"{host}.{base}"[:100] + f".part-{i:04d}-of-{n:04d}")
+            shard = queues.check_name("shard", f"{host or 'local'}.{base}"[:100] + f".part-{i:04d}-of-{n:04d}")
             last = i == n  # the snapshot's counts and defects are told once
             meta = ShardMeta(incident=incident, host=host, source=Path(source).name, shard=shard, part=i, parts=n,
                              format=name, sha256=report.sha256, members_read=report.members if last else 0,

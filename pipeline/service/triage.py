@@ -47,7 +47,7 @@ def snapshot_info(metas: list[ShardMeta]) -> SnapshotInfo:
         source=", ".join(sorted({m.snapshot or m.source.rsplit("/", 1)[-1] for m in metas}))[:500],
         format=", ".join(sorted({m.format for m in metas})),
         sha256=digests.pop() if len(digests) == 1 else None,
-        hosts=sorted({m.host for m in metas}),
+        hosts=sorted({m.host for m in metas if m.host}),
         members_read=sum(m.members_read for m in metas),
         skipped=[s for m in metas for s in m.skipped])
 
