@@ -108,7 +108,11 @@ def hop_text(h: ReceivedHop) -> str:
 
 
 def hop_of(text: str) -> ReceivedHop:
-    by, ip, name, auth, user = text.split("\t")
+    fields = text.split("\t")
+    if len(fields) == 3:  # a shard parsed before these lines: "by<TAB>ip<TAB>1 if authenticated, else 0"
+        by, ip, auth = fields
+        return ReceivedHop(by=by or None, from_ip=ip or None, from_name=ip or None, authenticated=auth == "1")
+    by, ip, name, auth, user = fields
     return ReceivedHop(by=by or None, from_ip=ip or None, from_name=name or None, authenticated=bool(auth),
                        auth_user=user or None)
 

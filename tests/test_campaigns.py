@@ -287,6 +287,11 @@ def test_client_codes_read_our_own_hop_only() -> None:
     a, _ = client_codes(clients[:2], hops[:2], quoted[:2], policy, codes)
     _, b = client_codes(clients[2:], hops[2:], quoted[2:], policy, codes)
     assert b[1] == a[1] == client[1]
+    # a shard parsed before the hops were written whole ("by<TAB>ip<TAB>1 if authenticated, else 0") reads the same
+    old = [[h.rsplit("\t", 3)[0] + ("\t1" if hop_of(h).authenticated else "\t0") for h in x] if x else None
+           for x in quoted]
+    assert old[4] == ["mx1.example.org\t198.51.100.8\t1"]
+    assert client_codes(clients, hops, old, policy)[1].tolist() == quote.tolist()
     # behind a content filter on the host (pipeline.origin): the client, and the quoted copy's, is the one our
     # hop below the re-injection on loopback names, as the verdicts have it
     behind = [q("mx1.example.org", "127.0.0.1"), q("localhost", "127.0.0.1"), q("mx1.example.org", "198.51.100.7")]
