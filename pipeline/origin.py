@@ -52,7 +52,7 @@ def withdrawn(real: ReceivedHop | None, policy: SitePolicy) -> bool:
     """Whether the hop below a loopback re-injection takes back the trust the loopback client gave: it names
     a client that is not trusted. Signed in or not, its mail is then judged by where it was sent from, as any
     client's: with the account the hop names, or, where it says only that its client signed in (Postfix names
-    no account unless smtpd_sasl_authenticated_header is on), with none (pipeline.verdicts.SIGNED_IN_UNNAMED):
+    no account unless smtpd_sasl_authenticated_header is on), with none (SIGNED_IN_UNNAMED):
     a stolen password's run from a botnet is never the host's own mail."""
     return real is not None and not policy.is_trusted(real.from_ip)
 
@@ -95,6 +95,17 @@ def our_quoted_hop(received: Sequence[ReceivedHop], policy: SitePolicy) -> Recei
     if hop is None or hop.authenticated:
         return hop
     return behind_filter(hop.from_ip, received, policy) or hop
+
+
+# What envelope_inferred says of a message whose account the queue did not record and our Received hop says only
+# was signed in (Postfix names the account only with smtpd_sasl_authenticated_header = yes): no account is
+# recorded (one standing for all such logins would make five users forwarding one newsletter a stolen password's
+# run, and purge it), but its local sender is one of ours (pipeline.verdicts.senders_seen_ours)
+SIGNED_IN_UNNAMED = "sasl_username unknown"
+
+
+def signed_in_unnamed(envelope_inferred: Sequence[str]) -> bool:
+    return any(f.startswith(SIGNED_IN_UNNAMED) for f in envelope_inferred)
 
 
 # A parsed shard keeps a message's hops as text for the plan step (pipeline.campaigns.client_evidence): one

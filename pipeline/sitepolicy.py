@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models import ParsedRecord, PolicyInfo
+from pipeline.origin import signed_in_unnamed
 from pipeline.policy import SitePolicy, is_public_suffix, policy_from_dict
 
 KEYS = ("local_domains", "server_names", "server_ips", "trusted_networks", "relay_domains")
@@ -353,7 +354,16 @@ def origin_warnings(records: Sequence[ParsedRecord], policy: SitePolicy) -> list
     if records and not policy.local_domains:
         out.append("no local_domains: every recipient counts as external, so mail for our own users cannot be told "
                    "from relayed mail; give --policy or snapshot with the agent so the MTA's own domains are recorded")
+    if unnamed := sum(1 for r in records if signed_in_unnamed(r.envelope_inferred)):
+        out.append(unnamed_login_warning(unnamed))
     return out
+
+
+def unnamed_login_warning(n: int) -> str:
+    return (f"{n:,} messages were signed in (SMTP AUTH) as an account that neither the queue nor our Received hop "
+            "names (Postfix writes it there only with smtpd_sasl_authenticated_header = yes, and a content filter "
+            "that hands mail back loses the queue's): they are judged as mail with no account, so our users' own "
+            "are held for review; turn the header on before the next incident")
 
 
 def site_of(meta: dict[str, Any]) -> dict[str, Any] | None:

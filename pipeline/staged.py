@@ -58,7 +58,7 @@ from pipeline.models import (
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 from pipeline.review_groups import group_review
-from pipeline.sitepolicy import describe
+from pipeline.sitepolicy import describe, unnamed_login_warning
 from pipeline.text import neutral
 from pipeline.verdicts import (
     _CAMPAIGN_WHEN,
@@ -780,6 +780,7 @@ class Verdicts:
     needs: int = 0  # messages whose queue stores no client address and that have Received lines
     missed: int = 0  # ... in which no hop is ours
     hop_names: Tally = field(default_factory=Tally)  # topmost `by` names of those missed
+    unnamed: int = 0  # messages signed in as an account no hop of ours names (sitepolicy.signed_in_unnamed)
     # the messages as the manifest parts' rows (pipeline.manifest_io.part_row): an Arrow IPC stream of
     # zstd-compressed batches, read a batch at a time; or, written before, zstd-compressed JSON lines
     blob: bytes = b""
@@ -816,7 +817,8 @@ class Verdicts:
                 "size": self.size, "campaigns": {str(c): p.to_json() for c, p in self.campaigns.items()},
                 "account_spam": dict(self.account_spam),
                 "sources": {ip: [a, b, sorted(c)] for ip, (a, b, c) in self.sources.items()},
-                "needs": self.needs, "missed": self.missed, "hop_names": self.hop_names.to_json()}
+                "needs": self.needs, "missed": self.missed, "hop_names": self.hop_names.to_json(),
+                "unnamed": self.unnamed}
         head = _pack(meta, {"pos": np.asarray(self.pos, dtype=np.int64)})
         blob = self.blob if not self.messages else _rows_blob(self.messages)
         return len(head).to_bytes(8, "little") + head + blob
@@ -829,7 +831,7 @@ class Verdicts:
         return cls(a["pos"], [], review, Counter(m["counts"]), m["size"],
                    {int(c): CampaignPart.of_json(v) for c, v in m["campaigns"].items()}, Counter(m["account_spam"]),
                    {ip: [x, y, set(z)] for ip, (x, y, z) in m["sources"].items()}, m["needs"], m["missed"],
-                   Tally.of_json(m["hop_names"]), data[8 + k:])
+                   Tally.of_json(m["hop_names"]), m.get("unnamed", 0), data[8 + k:])
 
 
 _IPC_CONTINUATION = b"\xff\xff\xff\xff"  # how an Arrow IPC stream starts (a zstd frame: 28 b5 2f fd)
@@ -897,6 +899,7 @@ def verdicts(records: Sequence[ParsedRecord], plan: Plan, shard: str, dec: Decis
                 out.missed += 1
                 if r.received[0].by:
                     out.hop_names.add(r.received[0].by, (at, 0))
+        out.unnamed += c.signed_in
     return out
 
 
@@ -938,6 +941,7 @@ def merge_verdicts(parts: Iterable[Verdicts]) -> Verdicts:
             s[1] += b
             s[2] |= accts
         out.needs += v.needs
+        out.unnamed += v.unnamed
         out.missed += v.missed
         out.hop_names.merge(v.hop_names)
     return out
@@ -957,6 +961,8 @@ def _warnings(v: Verdicts, n: int, policy: SitePolicy) -> list[str]:
     if n and not policy.local_domains:
         out.append("no local_domains: every recipient counts as external, so mail for our own users cannot be told "
                    "from relayed mail; give --policy or snapshot with the agent so the MTA's own domains are recorded")
+    if v.unnamed:
+        out.append(unnamed_login_warning(v.unnamed))
     return out
 
 

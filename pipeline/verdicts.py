@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Generic, TypeVar
 
 from pipeline.models import ParsedRecord, Reason, ReasonCode, ReceivedHop, Verdict, integrity_defects
-from pipeline.origin import behind_filter, list_server_sender, our_quoted_hop
+from pipeline.origin import SIGNED_IN_UNNAMED, behind_filter, list_server_sender, our_quoted_hop, signed_in_unnamed
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
@@ -58,11 +58,6 @@ class Context:
 # message was submitted on the host. An IIS pickup folder, mbox, Maildir or .eml folder stores none,
 # so there the same absence only means "not known".
 RECORDS_CLIENT = frozenset({"postfix", "exim", "sendmail", "generated"})
-# what envelope_inferred says of a message whose account the queue did not record and our Received hop says only
-# was signed in (Postfix names the account only with smtpd_sasl_authenticated_header = yes): no account is
-# recorded (one standing for all such logins would make five users forwarding one newsletter a stolen password's
-# run, and purge it), but its local sender is one of ours (senders_seen_ours)
-SIGNED_IN_UNNAMED = "sasl_username unknown"
 
 
 def queue_kind(rec: ParsedRecord) -> str:
@@ -182,7 +177,7 @@ def context(rec: ParsedRecord, policy: SitePolicy) -> Context:
         forwarded=forwarded,
         bounced_ours=bounced_from_our_side(hop, policy),
         bounced_account=(hop.auth_user or "") if hop is not None and hop.authenticated else None,
-        signed_in=any(f.startswith(SIGNED_IN_UNNAMED) for f in rec.envelope_inferred),
+        signed_in=signed_in_unnamed(rec.envelope_inferred),
     )
 
 

@@ -351,8 +351,11 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     cp = subprocess.run([sys.executable, "-m", "spoolsweep", "triage", str(tar), "--policy", str(policy),
                          "--out", str(out), "-q"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    msgs = json.loads(manifest_bytes(read_manifest(out)))["messages"]
+    manifest = json.loads(manifest_bytes(read_manifest(out)))
+    msgs = manifest["messages"]
     assert {m["queue_id"] for m in msgs} == {q["queue_id"] for q in queue}
+    # bob's own login from home and the 6 of the stolen run: the admin is told why they carry no account
+    assert "7 messages were signed in (SMTP AUTH) as an account that neither" in " ".join(manifest["warnings"])
     got = {(m["envelope"]["mail_from"], m["envelope"]["client_address"], m["verdict"]) for m in msgs}
     ours = "127.0.0.1" if back_in == "smtp" else None
     assert got == {*{("deals@far.example", f"203.0.113.{10 + i}", "spam") for i in range(6)},

@@ -109,6 +109,8 @@ def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, 
 
     records, used, pinfo = incidents[name]
     want = _oracle(records, used, pinfo)
+    # the admin is told before approving why signed-in mail is judged as mail with no account
+    assert (b"were signed in (SMTP AUTH) as an account that neither" in want) == (name == "filtered_unnamed")
     snap = SnapshotInfo(source="x", format="canonical")
     got = manifest_bytes(decide(_copy(records), used, "inc", snap, ["an archive defect"], policy_info=pinfo,
                                 consume=True))
