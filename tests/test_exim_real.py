@@ -213,19 +213,26 @@ def test_journal_marks_recipients_delivered(exim_queue, tmp_path: Path) -> None:
     assert not report.defects
 
 
-def test_a_queue_behind_spamassassins_pipe_is_judged_by_who_handed_us_each_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("back_in", ["pipe", "smtp"])
+def test_a_queue_behind_spamassassins_pipe_is_judged_by_who_handed_us_each_message(tmp_path: Path,
+                                                                                 back_in: str) -> None:
     """Exim's SpamAssassin recipe pipes each message through spamc back into `exim -oMr spam-scanned -bS`: every
     queued message is then a submission on the host, with no client, and our hop "from <login> by mx1 with
     spam-scanned", which read as a host named "root" (neither on the host nor from a client), so the relayed run
     was the host's own mail (trusted_bulk, valid). Our hop below names who handed it to us; cron's mail, with
-    nothing below, stays the host's own."""
+    nothing below, stays the host's own. The same behind amavis, which hands each message back over SMTP on
+    loopback (`smtp`: the queue's client is 127.0.0.1)."""
     if why := available():
         pytest.skip(why)
 
     def reinject(ex, qid: str, mail_from: str, rcpts: list[str]) -> None:
-        # what the spamcheck transport does: the message as delivered (our hop on top), back in as batched SMTP
+        # what the filter does: the message as delivered (our hop on top), back in as batched SMTP, or over SMTP
         whole = ex.run("-Mvc", qid).stdout.replace(b"\r\n", b"\n")
         ex.run("-Mrm", qid)
+        if back_in == "smtp":
+            ex.send_bs(mail_from, rcpts, whole, client_address="127.0.0.1", client_name="localhost",
+                       helo="localhost")
+            return
         bsmtp = (f"MAIL FROM:<{mail_from}>\n".encode() + b"".join(f"RCPT TO:<{r}>\n".encode() for r in rcpts)
                  + b"DATA\n" + whole.replace(b"\n.", b"\n..") + b".\nQUIT\n")
         ex.run("-oMr", "spam-scanned", "-bS", input=bsmtp)
