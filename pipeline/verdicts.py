@@ -15,7 +15,15 @@ from functools import cached_property
 from typing import Generic, TypeVar
 
 from pipeline.models import ParsedRecord, Reason, ReasonCode, ReceivedHop, Verdict, integrity_defects
-from pipeline.origin import SIGNED_IN_UNNAMED, behind_filter, list_server_sender, our_quoted_hop, signed_in_unnamed
+from pipeline.origin import (
+    SIGNED_IN_UNNAMED,
+    behind_filter,
+    handed_over,
+    list_server_sender,
+    loopback,
+    our_quoted_hop,
+    signed_in_unnamed,
+)
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 
@@ -97,6 +105,16 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
             inferred.append(f"{SIGNED_IN_UNNAMED} (the same hop, by {real.by}, says its client signed in, not as whom)")
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
         return update
+    if (login := _forwarded_login(rec, client, policy)) is not None:
+        if login.auth_user:
+            fill["sasl_username"] = login.auth_user
+            inferred.append(f"sasl_username (our Received hop by {login.by}, below the re-injection, from the client "
+                            "the filter forwarded with XFORWARD)")
+        else:
+            inferred.append(f"{SIGNED_IN_UNNAMED} (our Received hop by {login.by}, below the re-injection, from the "
+                            "client the filter forwarded with XFORWARD, says it signed in, not as whom)")
+        update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
+        return update
     if records_client(rec):
         return update
     if env.client_address is None and hop.from_ip:
@@ -110,6 +128,16 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     if inferred:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
+
+
+def _forwarded_login(rec: ParsedRecord, client: str | None, policy: SitePolicy) -> ReceivedHop | None:
+    """Behind a filter that forwards its client with XFORWARD (amavis as Debian sets it up), the queue stores
+    that client but not its SMTP AUTH login, and our topmost hop still says loopback: our hop below the
+    re-injection (pipeline.origin.handed_over) from that same client, when it says the client signed in."""
+    if rec.envelope.sasl_username or client is None or loopback(client):
+        return None
+    real = handed_over(rec.received, policy)
+    return real if real is not None and real.from_ip == client and real.authenticated else None
 
 
 def _behind_filter(rec: ParsedRecord, client: str | None, policy: SitePolicy) -> ReceivedHop | None:

@@ -268,13 +268,19 @@ class Refilter:
     address it is the list server instead (Mailman): the post goes out again to the members, from the list's
     bounce address, with a List-Id; for alice's, her Sieve redirect to her own address elsewhere."""
 
-    def __init__(self, port: int, pf: PostfixInstance | None = None) -> None:
-        self.port, self.pf, self.done = port, pf, 0
+    def __init__(self, port: int, pf: PostfixInstance | None = None, xforward: bool = False) -> None:
+        self.port, self.pf, self.done, self.xforward = port, pf, 0, xforward
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd hook
         import smtplib
 
         data, mail_from, rcpts = envelope.original_content, envelope.mail_from, envelope.rcpt_tos
+        # amavis forwards the client Postfix handed the message over from (XFORWARD): the one our topmost hop names;
+        # the list server and a Sieve redirect hand theirs over on loopback
+        m = re.search(rb"^Received: from \S+ \(\S+ \[([0-9a-fA-F:.]+)\]\)", data)
+        client = m.group(1).decode() if m else "127.0.0.1"
+        if rcpts == ["python-list@example.org"] or rcpts == ["alice@example.org"]:
+            client = "127.0.0.1"
         if rcpts == ["python-list@example.org"]:
             data = b"List-Id: Python list <python-list.example.org>\r\n" + data
             mail_from, rcpts = "python-list-bounces@example.org", ["m1@member.example", "m2@member.example"]
@@ -284,12 +290,15 @@ class Refilter:
             self.pf.submit_local(mail_from, rcpts, data)
         else:
             with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as s:
+                if self.xforward:
+                    s.ehlo("localhost")
+                    s.docmd("XFORWARD", f"ADDR={client} NAME=[UNAVAILABLE] PROTO=ESMTP")
                 s.sendmail(mail_from, rcpts, data)
         self.done += 1
         return "250 OK"
 
 
-@pytest.mark.parametrize("back_in", ["smtp", "sendmail"])
+@pytest.mark.parametrize("back_in", ["smtp", "sendmail", "xforward"])
 def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message(tmp_path: Path,
                                                                                  back_in: str) -> None:
     # Behind amavis without XFORWARD every queued message's client is 127.0.0.1, a trusted network, and the
@@ -298,22 +307,22 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     if why := available():
         pytest.skip(why)
     back, to_filter = free_port(), free_port()
-    refilter = Refilter(back)
+    refilter = Refilter(back, xforward=back_in == "xforward")
     flt = Controller(refilter, hostname="127.0.0.1", port=to_filter)
     flt.start()
     try:
         with private_postfix(users={"bob@example.org": "s3cret"},
                              extra={"content_filter": f"smtp:[127.0.0.1]:{to_filter}"}) as pf:
             master = (pf.etc / "master.cf").read_text()
-            if back_in == "smtp":
+            if back_in in ("smtp", "xforward"):
                 master += (f"127.0.0.1:{back} inet n - n - - smtpd -o content_filter= "
-                           "-o smtpd_authorized_xclient_hosts=\n")
+                           "-o smtpd_authorized_xclient_hosts= -o smtpd_authorized_xforward_hosts=127.0.0.0/8\n")
             else:  # what pickup queues is not filtered again
                 refilter.pf = pf
                 master = re.sub(r"(?m)^(pickup .*pickup)$", r"\1 -o content_filter=", master)
             (pf.etc / "master.cf").write_text(master)
             pf.run(POSTFIX, "-c", str(pf.etc), "reload")
-            if back_in == "smtp":
+            if back_in != "sendmail":
                 _wait_listening(back)
             spam = b"From: deals@far.example\r\nSubject: Cheap meds today\r\n\r\nBuy now http://pills.example/x\r\n"
             for i in range(6):
@@ -357,12 +366,14 @@ def test_a_queue_behind_a_content_filter_is_judged_by_who_handed_us_each_message
     # bob's own login from home and the 6 of the stolen run: the admin is told why they carry no account
     assert "7 messages were signed in (SMTP AUTH) as an account that neither" in " ".join(manifest["warnings"])
     got = {(m["envelope"]["mail_from"], m["envelope"]["client_address"], m["verdict"]) for m in msgs}
-    ours = "127.0.0.1" if back_in == "smtp" else None
+    ours = None if back_in == "sendmail" else "127.0.0.1"
+    # with XFORWARD the queue keeps the client amavis forwards, and a login our hop below shows from that client
     assert got == {*{("deals@far.example", f"203.0.113.{10 + i}", "spam") for i in range(6)},
                    *{("promo@bulk.example", f"203.0.113.{30 + i}", "spam") for i in range(6)},
                    # signed in from outside as an account no hop names: ours, or a thief's, held
                    ("bob@example.org", "198.51.100.70", "review"),
-                   ("bob@example.org", ours, "valid"), ("carol@example.org", ours, "valid"),
+                   ("bob@example.org", ours, "valid"),
+                   ("carol@example.org", "192.0.2.20" if back_in == "xforward" else ours, "valid"),
                    ("python-list-bounces@example.org", ours, "valid"),
                    # a redirect looks relayed, from a client that sent no spam: held, never purged
                    ("news@shop.example", "198.51.100.60", "review")}, got

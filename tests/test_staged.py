@@ -52,11 +52,12 @@ def _with_duplicates_and_defects(records: list[ParsedRecord]) -> list[ParsedReco
     return out
 
 
-def _behind_a_filter(records: list[ParsedRecord], unnamed: bool = False) -> list[ParsedRecord]:
+def _behind_a_filter(records: list[ParsedRecord], unnamed: bool = False, xforward: bool = False) -> list[ParsedRecord]:
     """The queue as a content filter on the host leaves it (pipeline.origin): every client 127.0.0.1, no SMTP AUTH
     account recorded, our hop of the re-injection on top of each message and of every other copy a bounce quotes
     (the rest left our side before the filter was there). `unnamed`: our hops say "ESMTPSA" and not as whom
-    (Postfix without smtpd_sasl_authenticated_header)."""
+    (Postfix without smtpd_sasl_authenticated_header). `xforward`: the filter forwards the client, so the queue
+    keeps it (and still loses the account)."""
     from pipeline.models import ReceivedHop
 
     top = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
@@ -67,8 +68,8 @@ def _behind_a_filter(records: list[ParsedRecord], unnamed: bool = False) -> list
             r.bounced_original_received = [h.model_copy(update={"auth_user": None})
                                            for h in r.bounced_original_received]
         if r.envelope.client_address:
-            r.envelope = r.envelope.model_copy(update={"client_address": "127.0.0.1", "client_name": "localhost",
-                                                        "sasl_username": None, "sasl_method": None})
+            keep = {} if xforward else {"client_address": "127.0.0.1", "client_name": "localhost"}
+            r.envelope = r.envelope.model_copy(update={**keep, "sasl_username": None, "sasl_method": None})
         r.received, r.our_hop = [top, *r.received], top
         if r.bounced_original_received and i % 2:
             r.bounced_original_received = [top, *r.bounced_original_received]
@@ -89,6 +90,7 @@ def incidents(corpus, policy: SitePolicy, tmp_path_factory: pytest.TempPathFacto
     out["defects"] = (_with_duplicates_and_defects(recs), used, pinfo)
     out["filtered"] = (_behind_a_filter(out["spamware2k"][0]), *out["spamware2k"][1:])
     out["filtered_unnamed"] = (_behind_a_filter(out["spamware2k"][0], unnamed=True), *out["spamware2k"][1:])
+    out["filtered_xforward"] = (_behind_a_filter(out["spamware2k"][0], xforward=True), *out["spamware2k"][1:])
     stripped = generate(ham, spam, n=1200, seed=6)
     stripped.messages = [without_account(m) for m in stripped.messages]
     out["stripped"] = _parsed(write_canonical(stripped, tmp / "stripped.tar.gz"), policy)
@@ -103,7 +105,7 @@ def _oracle(records: list[ParsedRecord], used: SitePolicy, pinfo) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["corpus600", "plain2k", "spamware2k", "defects", "stripped", "filtered",
-                                  "filtered_unnamed"])
+                                  "filtered_unnamed", "filtered_xforward"])
 def test_the_steps_write_the_manifest_of_todays_decide_byte_for_byte(incidents, name: str) -> None:
     from pipeline.staged import decide_in_shards, group_labels
 

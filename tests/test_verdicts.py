@@ -305,6 +305,34 @@ def test_a_queue_behind_a_local_content_filter_is_judged_by_the_client_that_hand
     assert decide(resolved(cron, POLICY)) == (Verdict.valid, "trusted_origin")
 
 
+def test_behind_a_filter_that_forwards_its_client_a_login_our_hop_shows_from_that_client_is_its_own() -> None:
+    # amavis with XFORWARD (as Debian sets it up): the queue keeps the client, loses its SMTP AUTH login, and our
+    # topmost hop still says loopback; our hop below from that same client says whether it signed in, and as whom
+    from pipeline.verdicts import resolved
+
+    reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
+    login = ReceivedHop(from_name="laptop", from_ip="198.51.100.7", by="mx1.example.org", protocol="ESMTPSA",
+                        authenticated=True)
+
+    def via(below: ReceivedHop, client: str = "198.51.100.7", **env: object) -> ParsedRecord:
+        r = rec(client_address=client, **env)
+        r.received = [reinjected, below]
+        return resolved(r, POLICY)
+
+    mail = {"mail_from": "alice@example.org", "rcpt_to": ["b@far.example"]}
+    named = via(login.model_copy(update={"auth_user": "alice"}), **mail)
+    assert named.envelope.sasl_username == "alice" and decide(named) == (Verdict.valid, "authenticated")
+    assert "forwarded with XFORWARD" in named.envelope_inferred[0]
+    unnamed = via(login, **mail)
+    assert unnamed.envelope.sasl_username is None and context(unnamed, POLICY).signed_in
+    assert decide(unnamed) == (Verdict.review, "forged_local_sender")
+    # the hop below from another client, or not signed in: nothing to add (a relay is judged as ever)
+    assert via(login, client="203.0.113.9", **mail).envelope_inferred == []
+    relay = via(ReceivedHop(from_name="bot", from_ip="203.0.113.9", by="mx1.example.org", protocol="ESMTP"),
+                client="203.0.113.9", mail_from="a@far.example", rcpt_to=["b@else.example"])
+    assert relay.envelope_inferred == [] and decide(relay) == (Verdict.spam, "relayed")
+
+
 def test_a_bounce_quoting_a_filtered_relay_is_not_of_our_own_mail() -> None:
 
     reinjected = ReceivedHop(from_name="localhost", from_ip="127.0.0.1", by="mx1.example.org", protocol="ESMTP")
