@@ -131,7 +131,7 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
 
 
 def _forwarded_login(rec: ParsedRecord, client: str | None, policy: SitePolicy) -> ReceivedHop | None:
-    """Behind a filter that forwards its client with XFORWARD (amavis as Debian sets it up), the queue stores
+    """Behind a filter that forwards its client with XFORWARD to the MTA it hands mail back to, the queue stores
     that client but not its SMTP AUTH login, and our topmost hop still says loopback: our hop below the
     re-injection (pipeline.origin.handed_over) from that same client, when it says the client signed in."""
     if rec.envelope.sasl_username or client is None or loopback(client):
