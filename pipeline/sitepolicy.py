@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.models import ParsedRecord, PolicyInfo
+from pipeline.models import Campaign, ParsedRecord, PolicyInfo, ReasonCode, Verdict
 from pipeline.origin import signed_in_unnamed
 from pipeline.policy import SitePolicy, is_public_suffix, policy_from_dict
 
@@ -357,6 +357,26 @@ def origin_warnings(records: Sequence[ParsedRecord], policy: SitePolicy) -> list
     if unnamed := sum(1 for r in records if signed_in_unnamed(r.envelope_inferred)):
         out.append(unnamed_login_warning(unnamed))
     return out
+
+
+TRUSTED_RUN_WARN = 100  # copies: a run this big that only trust makes valid is named before approval
+
+
+def trusted_run_warning(campaigns: Sequence[Campaign]) -> list[str]:
+    """Runs valid only because they were submitted on the host or from a trusted network (`trusted_bulk`), of
+    TRUSTED_RUN_WARN copies or more: an application's mailing, or a script on the host (a web form, a CMS
+    plugin) or a machine of a trusted network abused to send spam, which nothing in the queue tells apart."""
+    runs = sorted((c for c in campaigns if c.size >= TRUSTED_RUN_WARN and c.verdict is Verdict.valid and c.reasons
+                   and c.reasons[0].code is ReasonCode.trusted_bulk), key=lambda c: (-c.size, c.id))
+    if not runs:
+        return []
+    big = runs[0]
+    senders = ", ".join(d for d, _ in big.sender_domains.top[:3]) or "none"
+    return [f"{len(runs)} run(s), {sum(c.size for c in runs):,} messages, are valid only because they were submitted "
+            f"on the host or from a trusted network; the biggest, campaign {big.id}: {big.size:,} copies of "
+            f"{big.subject[:80]!r} from {senders} to {big.recipient_domains.distinct:,} recipient domains. If a "
+            "script on the host (a web form, a CMS plugin) or a machine of trusted_networks was abused to send spam, "
+            "they are its spam: look at them before approving"]
 
 
 def unnamed_login_warning(n: int) -> str:

@@ -58,7 +58,7 @@ from pipeline.models import (
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 from pipeline.review_groups import group_review
-from pipeline.sitepolicy import describe, unnamed_login_warning
+from pipeline.sitepolicy import describe, trusted_run_warning, unnamed_login_warning
 from pipeline.text import neutral
 from pipeline.verdicts import (
     _CAMPAIGN_WHEN,
@@ -1064,7 +1064,7 @@ def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: s
                  for c in range(1, len(plan.campaign_labels) + 1)]
     manifest = Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
-        policy=plan.info or describe(policy), warnings=_warnings(v, plan.n, policy),
+        policy=plan.info or describe(policy), warnings=[*_warnings(v, plan.n, policy), *trusted_run_warning(campaigns)],
         totals=Totals(messages=plan.n, valid=v.counts[Verdict.valid.value], spam=v.counts[Verdict.spam.value],
                       review=v.counts[Verdict.review.value], bytes=v.size, campaigns=len(campaigns)),
         campaigns=campaigns,

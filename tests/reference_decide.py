@@ -25,7 +25,7 @@ from pipeline.models import (
 from pipeline.parse import addr_domain
 from pipeline.policy import SitePolicy
 from pipeline.review_groups import group_review
-from pipeline.sitepolicy import describe, origin_warnings
+from pipeline.sitepolicy import describe, origin_warnings, trusted_run_warning
 from pipeline.text import neutral
 from pipeline.verdicts import (
     AccountProfile,
@@ -140,7 +140,7 @@ def decide(records: Sequence[ParsedRecord], policy: SitePolicy, incident: str, s
                           spam_ips={s.client_ip for s in sources})
     return Manifest(
         incident=incident, snapshot=snapshot, policy_sha256=policy.digest(),
-        policy=policy_info or describe(policy), warnings=warnings,
+        policy=policy_info or describe(policy), warnings=[*warnings, *trusted_run_warning(campaigns)],
         totals=Totals(messages=n, valid=counts[Verdict.valid], spam=counts[Verdict.spam],
                       review=counts[Verdict.review], bytes=sum(r.size for r in records), campaigns=len(campaigns)),
         campaigns=campaigns,

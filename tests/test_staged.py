@@ -256,3 +256,42 @@ def test_a_shards_verdicts_give_the_parts_rows_from_bytes_of_either_form(monkeyp
     assert [r[0] for r in merged[:4]] == ["m0", "m0", "m1", "m1"]
     assert merged[0][3] == 7 and '"review_group":7' in merged[0][-1]
     assert merged[3][3] == 8 and merged[1][3] is None and merged[2][3] is None
+
+
+def test_a_big_run_valid_only_by_trust_is_named_before_approval() -> None:
+    """A script on the host (a web form, a CMS plugin) or a machine of a trusted network abused to send spam
+    submits it as the host's own: its run is valid (trusted_bulk), as an application's mailing would be, and
+    nothing in the queue tells them apart. The manifest names it before anyone approves, as the oracle does."""
+    from pipeline.models import Envelope, RawMessage, Verdict
+    from pipeline.parse import parse_found
+    from pipeline.readers.base import Found
+    from pipeline.triage import assign_ids
+
+    policy = SitePolicy(local_domains=["example.org"], server_names=["mx1.example.org"],
+                        trusted_networks=["192.0.2.0/24"])
+
+    def run(n: int, client: str = "192.0.2.50") -> list[ParsedRecord]:
+        out = []
+        for i in range(n):
+            data = (f"From: Pharmacy <deals{i % 7}@far{i % 5}.example>\nSubject: Cheap meds today {i}\n\n"
+                    "Best prices on all meds, discreet shipping, no prescription needed, order now at "
+                    f"http://pills.example/order?id={i} before the offer ends.\n").encode()
+            env = Envelope(mail_from=f"deals{i % 7}@far{i % 5}.example", rcpt_to=[f"v{i}@victim{i % 40}.example"],
+                           client_address=client)
+            out.append(parse_found(Found(RawMessage(path=f"m{client}-{i}", envelope=env, format="generated"), data,
+                                         f"{i:064x}", len(data)), policy))
+        return out
+
+    snap = SnapshotInfo(source="x", format="generated")
+    for n, warned in ((120, True), (60, False)):
+        records = run(n)
+        assign_ids(records)
+        got = [decide(_copy(records), policy, "inc", snap, [], consume=True),
+               reference_decide.decide(_copy(records), policy, "inc", snap, [], consume=True)]
+        for m in got:
+            assert {x.verdict for x in m.messages} == {Verdict.valid}
+            said = [w for w in m.warnings if "valid only because they were submitted on the host" in w]
+            assert len(said) == warned, m.warnings
+            if warned:
+                assert said[0].startswith("1 run(s), 120 messages, are valid only") and "120 copies" in said[0]
+        assert manifest_bytes(got[0]) == manifest_bytes(got[1])
