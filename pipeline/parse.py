@@ -620,6 +620,8 @@ _LIST_ID_BARE = re.compile(r"([^<>\s]{1,250})")
 def list_identifier(value: str) -> str:
     """The list identifier of a List-Id header ("General discussion <python-list.example.org>"), lower-cased:
     between < and >, or the whole value without them; '' for none."""
+    if not value:  # nearly every message
+        return ""
     m = _LIST_ID.search(value) or _LIST_ID_BARE.fullmatch(value.strip())
     return m.group(1).lower() if m else ""
 

@@ -98,21 +98,12 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
         fill.update(client_address=real.from_ip, client_name=real.from_name)
         inferred.append(f"client_address (our Received hop by {real.by}, below the re-injection from {client}: "
                         "a content filter on the host hands every message back on loopback)")
-        if real.auth_user:
-            fill["sasl_username"] = real.auth_user
-            inferred.append(f"sasl_username (the same hop, by {real.by})")
-        elif real.authenticated:
-            inferred.append(f"{SIGNED_IN_UNNAMED} (the same hop, by {real.by}, says its client signed in, not as whom)")
+        _login(real, f"the same hop, by {real.by}", fill, inferred)
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
         return update
-    if (login := _forwarded_login(rec, client, policy)) is not None:
-        if login.auth_user:
-            fill["sasl_username"] = login.auth_user
-            inferred.append(f"sasl_username (our Received hop by {login.by}, below the re-injection, from the client "
-                            "the filter forwarded with XFORWARD)")
-        else:
-            inferred.append(f"{SIGNED_IN_UNNAMED} (our Received hop by {login.by}, below the re-injection, from the "
-                            "client the filter forwarded with XFORWARD, says it signed in, not as whom)")
+    if (login := _forwarded_login(rec, hop, client, policy)) is not None:
+        _login(login, f"our Received hop by {login.by}, below the re-injection, from the client the filter "
+               "forwarded with XFORWARD", fill, inferred)
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
         return update
     if records_client(rec):
@@ -120,22 +111,30 @@ def _origin_update(rec: ParsedRecord, policy: SitePolicy) -> dict[str, object]:
     if env.client_address is None and hop.from_ip:
         fill.update(client_address=hop.from_ip, client_name=env.client_name or hop.from_name)
         inferred.append(f"client_address (our Received hop, by {hop.by})")
-    if env.sasl_username is None and hop.auth_user:
-        fill["sasl_username"] = hop.auth_user
-        inferred.append(f"sasl_username (our Received hop, by {hop.by})")
-    elif env.sasl_username is None and hop.authenticated:
-        inferred.append(f"{SIGNED_IN_UNNAMED} (our Received hop, by {hop.by}, says its client signed in, not as whom)")
+    if env.sasl_username is None:
+        _login(hop, f"our Received hop, by {hop.by}", fill, inferred)
     if inferred:
         update.update(envelope=env.model_copy(update=fill), envelope_inferred=[*rec.envelope_inferred, *inferred])
     return update
 
 
-def _forwarded_login(rec: ParsedRecord, client: str | None, policy: SitePolicy) -> ReceivedHop | None:
+def _login(hop: ReceivedHop, where: str, fill: dict[str, object], inferred: list[str]) -> None:
+    """What a hop of ours says of its client's SMTP AUTH login, added to an envelope's update: the account it
+    names, or that the client signed in without saying as whom (no account: SIGNED_IN_UNNAMED)."""
+    if hop.auth_user:
+        fill["sasl_username"] = hop.auth_user
+        inferred.append(f"sasl_username ({where})")
+    elif hop.authenticated:
+        inferred.append(f"{SIGNED_IN_UNNAMED} ({where}, says its client signed in, not as whom)")
+
+
+def _forwarded_login(rec: ParsedRecord, ours: ReceivedHop, client: str | None,
+                     policy: SitePolicy) -> ReceivedHop | None:
     """Behind a filter that forwards its client with XFORWARD to the MTA it hands mail back to, the queue stores
-    that client but not its SMTP AUTH login, and our topmost hop still says loopback: our hop below the
+    that client but not its SMTP AUTH login, and our topmost hop (`ours`) still says loopback: our hop below the
     re-injection (pipeline.origin.handed_over) from that same client, when it says the client signed in."""
-    if rec.envelope.sasl_username or client is None or loopback(client):
-        return None
+    if rec.envelope.sasl_username or client is None or loopback(client) or not loopback(ours.from_ip):
+        return None  # (ours not on loopback: no re-injection, nothing below to walk, for nearly every message)
     real = handed_over(rec.received, policy)
     return real if real is not None and real.from_ip == client and real.authenticated else None
 
