@@ -10,10 +10,9 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 SKETCH_PERM = 64  # MinHash permutations: the estimate of a Jaccard similarity is within ~0.06
 SKETCH_SEED = 1405  # fixed: sketches from different shards and runs must compare
@@ -27,7 +26,17 @@ _URL_HTTP = re.compile(r"https?://[^\s<>\"'()\[\]{}]{1,2000}")
 _URL_WWW = re.compile(r"www\.[^\s<>\"'()\[\]{}]{1,2000}")
 _TOKEN = re.compile(r"[^\W\d_]{2,}")
 _TOKEN_ASCII = re.compile(r"[A-Za-z]{2,}")  # the same words in an ASCII text, at half the cost of the Unicode class
-_STOP = frozenset(ENGLISH_STOP_WORDS) | {"zurlz", "ztokz"}
+
+
+def _stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words (ENGLISH_STOP_WORDS), read from the copy this package ships:
+    importing scikit-learn costs a process about a second, and a parser needs nothing else of it."""
+    text = (Path(__file__).resolve().parent / "data" / "stop_words_en.txt").read_text(encoding="ascii")
+    return frozenset(w for w in text.split("\n") if w and not w.startswith("#"))
+
+
+ENGLISH_STOP_WORDS = _stop_words()
+_STOP = ENGLISH_STOP_WORDS | {"zurlz", "ztokz"}
 # a path segment that carries a per-copy token rather than the run's fixed path
 _VAR_SEGMENT = re.compile(r"\d|[bcdfghjklmnpqrstvwxz]{4}|^.{16}")
 # per-copy parts of a subject (see subject_core): leading Re:/Fwd: or a greeting name, trailing

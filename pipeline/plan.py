@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import queues
-from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes
+from pipeline.campaigns import attach_quoted, client_codes
 from pipeline.columnar import CLIENTS, GROUPING, ORDER, POLICY, grouping, ids, queue_evidence, read_columns
 from pipeline.errors import NotReady
 from pipeline.models import ParsedRecord, PolicyInfo, message_id
@@ -112,6 +112,8 @@ def plan_step(incident: str, shards: Sequence[str], read: Reader, policy: SitePo
               policy_source: str | None = None, site: dict[str, Any] | None = None) -> Plan:
     """The plan of an incident whose parsed shards are `shards` (in part order), each read once by
     `read` (its Parquet bytes, or an Arrow table with COLUMNS: pipeline.columnar.table_of)."""
+    from pipeline.clusterer import CampaignClusterer  # scikit-learn: the one step that fits it loads it
+
     orders: list[pa.Table] = []
     groups: list[pa.Table] = []
     policies: list[pa.Table] = []

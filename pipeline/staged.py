@@ -31,7 +31,6 @@ from pydantic import TypeAdapter
 
 from pipeline.campaign_labels import describe as describe_campaign
 from pipeline.campaigns import (
-    CampaignClusterer,
     attach_quoted,
     client_codes,
     client_evidence,
@@ -184,6 +183,8 @@ def campaign_labels(labels: np.ndarray, min_size: int) -> list[int]:
 
 def group_labels(records: Sequence[ParsedRecord], policy: SitePolicy) -> np.ndarray:
     """Every record's grouping label, the records in global order (today's plan: one clusterer over all)."""
+    from pipeline.clusterer import CampaignClusterer  # scikit-learn: loaded where a clusterer is fitted only
+
     clusterer = CampaignClusterer(threshold=policy.thresholds.campaign_similarity).fit(
         [features_of(r) for r in records])
     return np.asarray(clusterer.labels_, dtype=np.int64)

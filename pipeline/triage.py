@@ -280,7 +280,7 @@ def assign_ids(records: Sequence[ParsedRecord]) -> None:
 
 
 def _labels(args: tuple[Grouping | Unsorted, float]) -> np.ndarray:
-    from pipeline.campaigns import CampaignClusterer
+    from pipeline.clusterer import CampaignClusterer
 
     grouping, threshold = args
     if isinstance(grouping, Unsorted):

@@ -6,7 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 from pipeline.campaign_labels import describe as describe_campaign
-from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes, client_evidence, features_of, top_terms
+from pipeline.campaigns import attach_quoted, client_codes, client_evidence, features_of, top_terms
+from pipeline.clusterer import CampaignClusterer
 from pipeline.models import (
     AccountReport,
     Campaign,

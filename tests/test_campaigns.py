@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import random
+import subprocess
+import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.campaigns import (
-    CampaignClusterer,
     Features,
     Grouping,
     attach_quoted,
@@ -19,6 +21,7 @@ from pipeline.campaigns import (
     feature_digest,
     features_of,
 )
+from pipeline.clusterer import CampaignClusterer
 from pipeline.features import SKETCH_PERM, shape, sketch, url_keys
 from pipeline.models import Envelope, RawMessage, ReasonCode, SnapshotInfo, Verdict
 from pipeline.normalise import html_to_text, normalise
@@ -620,7 +623,8 @@ def test_a_run_rotating_its_hosts_keeps_its_paths() -> None:
 
 
 def test_rows_made_unique_as_numpy_does_it() -> None:
-    from pipeline.campaigns import _bucket_heads, _unique_rows
+    from pipeline.campaigns import _unique_rows
+    from pipeline.clusterer import _bucket_heads
 
     rng = np.random.default_rng(3)
     for trial in range(60):
@@ -913,3 +917,29 @@ def test_bounces_whose_run_has_left_the_queue_do_not_follow_a_key_of_its_kit(run
     assert {r.shape for r in records[:40]} == {b.shape for b in alone}
     labels = CampaignClusterer().fit([*map(_feat, records[:40]), *map(_feat, alone)]).labels_
     assert len(set(labels[40:])) == 1 and labels[40] not in set(labels[:40])
+
+
+def test_the_stop_words_shipped_are_scikit_learns():
+    """pipeline.features reads the stop words from its own copy (importing scikit-learn costs a process
+    about a second): the copy must be scikit-learn's list, or sketches and subject keys would change."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from pipeline import features
+
+    assert features.ENGLISH_STOP_WORDS == ENGLISH_STOP_WORDS
+
+
+def test_parsing_and_the_per_shard_steps_do_not_load_scikit_learn():
+    """Only what fits the clusterer (pipeline.clusterer) loads scikit-learn: a parser process, a Lambda
+    function's cold start and the per-shard steps import none of it (it took each about a second)."""
+    code = ("import sys\n"
+            "import pipeline.parse, pipeline.columnar, pipeline.triage, pipeline.staged, pipeline.service.triage\n"
+            "import pipeline.service.parse, pipeline.plan\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "[]"
+    code = "import sys\nimport pipeline.clusterer\nprint('sklearn' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "True"

@@ -15,7 +15,8 @@ import zstandard
 
 from pipeline import columnar
 from pipeline.archive import ArchiveReport
-from pipeline.campaigns import CampaignClusterer, attach_quoted, client_codes, client_evidence, features_of
+from pipeline.campaigns import attach_quoted, client_codes, client_evidence, features_of
+from pipeline.clusterer import CampaignClusterer
 from pipeline.errors import ShardError
 from pipeline.generator import generate, write_canonical
 from pipeline.models import Envelope, ParsedRecord, RawMessage, ReceivedHop
