@@ -110,12 +110,18 @@ def rows_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
 
 
 def _part_bytes(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    return _table_bytes(rows_table(rows))
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    """A part's Parquet file of its rows as a table (COLUMNS): the same bytes however the rows were cut into chunks
+    (the writer's pages follow its input's chunks: they are combined first)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
     # dictionary encoding for the repetitive columns only; no per-write metadata: the same rows, the same bytes
-    pq.write_table(rows_table(rows), sink, row_group_size=ROW_GROUP, compression="zstd",
+    pq.write_table(table.combine_chunks(), sink, row_group_size=ROW_GROUP, compression="zstd",
                    use_dictionary=["verdict", "client", "mail_from"], write_statistics=["campaign", "review_group"])
     data: bytes = sink.getvalue().to_pybytes()
     return data
@@ -145,29 +151,50 @@ def write_manifest_parts(target: Store | str | Path, summary: Manifest, messages
 def write_manifest_rows(target: Store | str | Path, summary: Manifest, rows_in: Iterable[tuple[Any, ...]],
                         per_part: int = PART_MESSAGES) -> str:
     """`write_manifest_parts` of the messages' rows (`part_row`), in manifest order: the same bytes."""
+    def tables() -> Iterator[pa.Table]:
+        rows: list[tuple[Any, ...]] = []
+        for row in rows_in:
+            rows.append(row)
+            if len(rows) >= per_part:
+                yield rows_table(rows)
+                rows = []
+        if rows:
+            yield rows_table(rows)
+
+    return write_manifest_tables(target, summary, tables(), per_part)
+
+
+def write_manifest_tables(target: Store | str | Path, summary: Manifest, tables: Iterable[pa.Table],
+                          per_part: int = PART_MESSAGES) -> str:
+    """`write_manifest_rows` of the rows as Arrow tables of COLUMNS, in manifest order, of any lengths: the same
+    bytes (at most one part's rows held)."""
+    import pyarrow as pa
+
     if summary.messages:
         raise ValueError("the summary's messages go in `messages`, not in the summary")
     store, base = _place(target, summary.incident)
     items: list[ManifestPart] = []
-    rows: list[tuple[Any, ...]] = []
-    first = 0
+    held: list[pa.Table] = []
+    count = first = 0
 
-    def flush() -> None:
-        nonlocal first, rows
-        data = _part_bytes(rows)
+    def flush(part: pa.Table) -> None:
+        nonlocal first
+        data = _table_bytes(part)
         key = f"messages-{len(items):05d}.parquet"
         store.put(base + key, data)
-        items.append(ManifestPart(key=key, first=first, messages=len(rows), bytes=len(data),
+        items.append(ManifestPart(key=key, first=first, messages=len(part), bytes=len(data),
                                   sha256=hashlib.sha256(data).hexdigest()))
-        first += len(rows)
-        rows = []
+        first += len(part)
 
-    for row in rows_in:
-        rows.append(row)
-        if len(rows) >= per_part:
-            flush()
-    if rows:
-        flush()
+    for t in tables:
+        held.append(t)
+        count += len(t)
+        while count >= per_part:
+            rows = pa.concat_tables(held)
+            flush(rows.slice(0, per_part))
+            held, count = [rows.slice(per_part)], count - per_part
+    if count:
+        flush(pa.concat_tables(held))
     if first != summary.totals.messages:
         raise ValueError(f"{first} messages written; the summary's totals say {summary.totals.messages}")
     parts = ManifestParts(per_part=per_part, columns=COLUMNS, items=items)

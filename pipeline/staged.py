@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +76,8 @@ from pipeline.verdicts import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipeline.plan import Plan as StoredPlan
 
 LABEL_SAMPLE = 100  # members whose words make a campaign's label
@@ -1089,6 +1092,82 @@ def rows_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[tuple[Any, 
             m.review_group = g
             row = part_row(m)
         yield row
+
+
+def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_BATCH) -> Iterator[pa.Table]:
+    """`rows_of` as Arrow tables of `span` rows, without a Python object per row (the summary step's merge took a
+    third of its time row by row). Each shard's rows are in the order of their positions, so the merged order is
+    a stable sort of all positions, and the rows of one span are a run of each shard's next rows, put in order by
+    one `take`."""
+    import pyarrow as pa
+
+    pos = np.concatenate([np.asarray(v.pos, dtype=np.int64) for v in parts]) if parts else np.empty(0, np.int64)
+    order = np.argsort(pos, kind="stable")  # ties in shard order, as heapq.merge gives them
+    shard_at = np.repeat(np.arange(len(parts)), [len(v.pos) for v in parts])[order]
+    at = pos[order]
+    grouped = np.asarray(sorted(summary.review_group), dtype=np.int64)
+    streams = [_RowStream(v) for v in parts]
+    for lo in range(0, len(order), span):
+        hi = min(len(order), lo + span)
+        here = shard_at[lo:hi]
+        counts = np.bincount(here, minlength=len(parts))
+        pieces = [streams[i].take(int(c)) for i, c in enumerate(counts) if c]
+        # the pieces hold each shard's rows in turn; row k of them is the span's row by_shard[k]
+        by_shard = np.argsort(here, kind="stable")
+        take = np.empty_like(by_shard)
+        take[by_shard] = np.arange(len(by_shard))
+        table = pa.concat_tables(pieces).take(pa.array(take))
+        # a review message given a group: its row again, with the group
+        patched: list[tuple[int, tuple[Any, ...]]] = []
+        for i in np.flatnonzero(np.isin(at[lo:hi], grouped)).tolist():
+            group = summary.review_group[int(at[lo + i])]
+            if table.column(_REVIEW_GROUP)[i].as_py() != group:
+                m = ManifestMessage.model_validate_json(table.column(len(COLUMNS) - 1)[i].as_py())
+                m.review_group = group
+                patched.append((i, part_row(m)))
+        if patched:
+            cuts, start = [], 0
+            for i, row in patched:
+                cuts += [table.slice(start, i - start), rows_table([row])]
+                start = i + 1
+            table = pa.concat_tables([*cuts, table.slice(start)])
+        yield table
+
+
+class _RowStream:
+    """One shard's part rows as tables, a batch at a time, taken from the front."""
+
+    def __init__(self, v: Verdicts) -> None:
+        self.batches = _row_tables(v)
+        self.held: list[pa.Table] = []
+        self.count = 0  # rows held
+
+    def take(self, k: int) -> pa.Table:
+        """The shard's next k rows."""
+        import pyarrow as pa
+
+        while self.count < k:
+            t = next(self.batches)
+            self.held.append(t)
+            self.count += len(t)
+        rows = pa.concat_tables(self.held)
+        rest = rows.slice(k)
+        self.held, self.count = ([rest] if len(rest) else []), self.count - k
+        return rows.slice(0, k)
+
+
+def _row_tables(v: Verdicts) -> Iterator[pa.Table]:
+    """A shard's part rows (`Verdicts.iter_rows`) as tables: its stored batches as they are, else ROWS_BATCH rows
+    a table."""
+    import pyarrow as pa
+
+    if v.messages or not v._rows_in_blob():
+        rows = v.iter_rows()
+        while chunk := list(islice(rows, ROWS_BATCH)):
+            yield rows_table(chunk)
+        return
+    for batch in pa.ipc.open_stream(pa.py_buffer(v.blob)):
+        yield pa.Table.from_batches([batch])
 
 
 def messages_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[ManifestMessage]:

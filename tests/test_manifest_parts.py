@@ -79,6 +79,26 @@ def test_summary_plus_parts_is_the_manifest_of_one_file(tmp_path) -> None:
     assert {k: store.get(k) for k in store.list("manifests/")} == before
 
 
+def test_parts_written_from_tables_of_any_lengths_are_the_same_bytes(tmp_path) -> None:
+    """The summary step hands the parts' rows over as Arrow tables of whatever lengths its merge cuts them into:
+    the parts are the same files as written row by row (the writer's pages follow its input's chunks)."""
+    import pyarrow as pa
+
+    from pipeline.manifest_io import part_row, rows_table, split_manifest, write_manifest_rows, write_manifest_tables
+
+    summary, messages = split_manifest(_manifest(23))
+    rows = [part_row(m) for m in messages]
+    a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    write_manifest_rows(a, summary, rows, per_part=5)
+    cuts = [0, 1, 4, 4, 11, 12, 23]  # an empty table, one row, a table across two parts, ...
+    tables = [rows_table(rows[i:j]) for i, j in zip(cuts, cuts[1:], strict=False)]
+    assert sum(map(len, tables)) == 23 and isinstance(tables[0], pa.Table)
+    write_manifest_tables(b, summary, tables, per_part=5)
+    keys = sorted(a.list("manifests/"))
+    assert len(keys) == 6 and keys == sorted(b.list("manifests/"))
+    assert all(a.get(k) == b.get(k) for k in keys)
+
+
 def test_a_summary_is_never_read_as_a_manifest_without_messages(tmp_path) -> None:
     store = LocalStore(tmp_path)
     put_manifest(store, _manifest(), per_part=4)

@@ -256,6 +256,19 @@ def test_a_shards_verdicts_give_the_parts_rows_from_bytes_of_either_form(monkeyp
     assert [r[0] for r in merged[:4]] == ["m0", "m0", "m1", "m1"]
     assert merged[0][3] == 7 and '"review_group":7' in merged[0][-1]
     assert merged[3][3] == 8 and merged[1][3] is None and merged[2][3] is None
+    # the summary step merges them as tables (tables_of), spans cut anywhere: the same rows in the same order
+    import pyarrow as pa
+
+    from pipeline.manifest_io import rows_table
+
+    want = rows_table(merged)
+    for span in (1, 7, 100, 1000):
+        got = list(staged.tables_of([stored, other], summary, span=span))
+        assert pa.concat_tables(got).equals(want)
+        assert all(len(t) == span for t in got[:-1])
+    tie = staged.Verdicts(np.asarray([0, 2], dtype=np.int64), msgs[:2], [])  # positions another shard holds too
+    assert pa.concat_tables(staged.tables_of([stored, tie], summary, span=3)).equals(
+        rows_table(list(staged.rows_of([stored, tie], summary))))
 
 
 def test_a_big_run_valid_only_by_trust_is_named_before_approval() -> None:

@@ -18,7 +18,7 @@ from pipeline import plan as plans
 from pipeline import queues, staged
 from pipeline.columnar import read_records
 from pipeline.errors import StoreError
-from pipeline.manifest_io import write_manifest_rows
+from pipeline.manifest_io import write_manifest_tables
 from pipeline.models import ParsedRecord, SnapshotInfo, Verdict
 from pipeline.policy import SitePolicy
 from pipeline.service import StepResult
@@ -115,7 +115,7 @@ def _run_step(step: str, store: Store, incident: str, shard: str | None, policy:
     defects = [d for m in metas for d in m.defects] + first_site(metas)[1]
     s = staged.summarize(vs, dec, plan, incident, snapshot_info(metas), defects)
     # the message parts streamed in global order, then manifest.json, last
-    out_key = write_manifest_rows(store, s.manifest, staged.rows_of(vs, s))
+    out_key = write_manifest_tables(store, s.manifest, staged.tables_of(vs, s))
     return StepOutput(message=f"{plan.n} messages from {len(shards)} shard(s) -> {out_key}", count=plan.n)
 
 
