@@ -1081,24 +1081,12 @@ def summarize(parts: Sequence[Verdicts], dec: Decisions, plan: Plan, incident: s
     return Summary(manifest, groups)
 
 
-def rows_of(parts: Sequence[Verdicts], summary: Summary) -> Iterator[tuple[Any, ...]]:
-    """The manifest parts' rows in global order (what `messages_of` gives, as pipeline.manifest_io.part_row
-    rows): only a review message given a group is parsed again, to carry it."""
-    merged = heapq.merge(*(zip(map(int, v.pos), v.iter_rows(), strict=True) for v in parts), key=lambda pr: pr[0])
-    for at, row in merged:
-        g = summary.review_group.get(at)
-        if g is not None and row[_REVIEW_GROUP] != g:
-            m = ManifestMessage.model_validate_json(row[-1])
-            m.review_group = g
-            row = part_row(m)
-        yield row
-
-
 def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_BATCH) -> Iterator[pa.Table]:
-    """`rows_of` as Arrow tables of `span` rows, without a Python object per row (the summary step's merge took a
-    third of its time row by row). Each shard's rows are in the order of their positions, so the merged order is
-    a stable sort of all positions, and the rows of one span are a run of each shard's next rows, put in order by
-    one `take`."""
+    """The manifest parts' rows in global order (what `messages_of` gives, as pipeline.manifest_io.part_row rows;
+    only a review message given a group is parsed again, to carry it), as Arrow tables of `span` rows: no Python
+    object per row (merged row by row, the summary step's merge took a third of its time). Each shard's rows are
+    in the order of their positions, so the merged order is a stable sort of all positions, and the rows of one
+    span are a run of each shard's next rows, put in order by one `take`."""
     import pyarrow as pa
 
     pos = np.concatenate([np.asarray(v.pos, dtype=np.int64) for v in parts]) if parts else np.empty(0, np.int64)
