@@ -1100,11 +1100,13 @@ def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_
         here = shard_at[lo:hi]
         counts = np.bincount(here, minlength=len(parts))
         pieces = [streams[i].take(int(c)) for i, c in enumerate(counts) if c]
-        # the pieces hold each shard's rows in turn; row k of them is the span's row by_shard[k]
-        by_shard = np.argsort(here, kind="stable")
-        take = np.empty_like(by_shard)
-        take[by_shard] = np.arange(len(by_shard))
-        table = pa.concat_tables(pieces).take(pa.array(take))
+        table = pa.concat_tables(pieces)
+        if len(pieces) > 1 and np.any(here[1:] < here[:-1]):  # shards interleaved here: put the rows in order
+            # the pieces hold each shard's rows in turn; row k of them is the span's row by_shard[k]
+            by_shard = np.argsort(here, kind="stable")
+            take = np.empty_like(by_shard)
+            take[by_shard] = np.arange(len(by_shard))
+            table = table.take(pa.array(take))
         # a review message given a group: its row again, with the group
         patched: list[tuple[int, tuple[Any, ...]]] = []
         for i in np.flatnonzero(np.isin(at[lo:hi], grouped)).tolist():
@@ -1113,13 +1115,13 @@ def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_
                 m = ManifestMessage.model_validate_json(table.column(len(COLUMNS) - 1)[i].as_py())
                 m.review_group = group
                 patched.append((i, part_row(m)))
-        if patched:
-            cuts, start = [], 0
-            for i, row in patched:
-                cuts += [table.slice(start, i - start), rows_table([row])]
-                start = i + 1
-            table = pa.concat_tables([*cuts, table.slice(start)])
+        if patched:  # one take of the span and the new rows, the new ones where theirs were
+            pick = np.arange(len(table))
+            pick[[i for i, _ in patched]] = np.arange(len(table), len(table) + len(patched))
+            table = pa.concat_tables([table, rows_table([row for _, row in patched])]).take(pa.array(pick))
         yield table
+    for sh in streams:
+        sh.done()
 
 
 class _RowStream:
@@ -1135,13 +1137,20 @@ class _RowStream:
         import pyarrow as pa
 
         while self.count < k:
-            t = next(self.batches)
+            t = next(self.batches, None)
+            if t is None:
+                raise ValueError("a shard's verdicts hold fewer messages than positions")
             self.held.append(t)
             self.count += len(t)
         rows = pa.concat_tables(self.held)
         rest = rows.slice(k)
         self.held, self.count = ([rest] if len(rest) else []), self.count - k
         return rows.slice(0, k)
+
+    def done(self) -> None:
+        """Every row was taken (as many messages as positions)."""
+        if self.count or any(len(t) for t in self.batches):
+            raise ValueError("a shard's verdicts hold more messages than positions")
 
 
 def _row_tables(v: Verdicts) -> Iterator[pa.Table]:

@@ -286,6 +286,9 @@ def test_a_shards_verdicts_give_the_parts_rows_from_bytes_of_either_form(monkeyp
         got = list(staged.tables_of([stored, other], summary, span=span))
         assert pa.concat_tables(got).equals(want)
         assert all(len(t) == span for t in got[:-1])
+    for short in (np.asarray([1, 3, 5], dtype=np.int64), np.asarray([1], dtype=np.int64)):  # positions != messages
+        with pytest.raises(ValueError, match="verdicts hold (fewer|more) messages than positions"):
+            list(staged.tables_of([stored, staged.Verdicts(short, msgs[:2], [])], summary))
     tie = staged.Verdicts(np.asarray([0, 2], dtype=np.int64), msgs[:2], [])  # positions another shard holds too
     assert pa.concat_tables(staged.tables_of([stored, tie], summary, span=3)).equals(
         rows_table(_rows_merged([stored, tie], summary)))
