@@ -172,6 +172,8 @@ def write_manifest_tables(target: Store | str | Path, summary: Manifest, tables:
 
     if summary.messages:
         raise ValueError("the summary's messages go in `messages`, not in the summary")
+    if per_part < 1:
+        raise ValueError(f"a part holds at least one message, not {per_part}")
     store, base = _place(target, summary.incident)
     items: list[ManifestPart] = []
     held: list[pa.Table] = []

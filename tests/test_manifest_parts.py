@@ -97,6 +97,8 @@ def test_parts_written_from_tables_of_any_lengths_are_the_same_bytes(tmp_path) -
     keys = sorted(a.list("manifests/"))
     assert len(keys) == 6 and keys == sorted(b.list("manifests/"))
     assert all(a.get(k) == b.get(k) for k in keys)
+    with pytest.raises(ValueError, match="at least one message"):
+        write_manifest_tables(b, summary, tables, per_part=0)
 
 
 def test_a_summary_is_never_read_as_a_manifest_without_messages(tmp_path) -> None:
