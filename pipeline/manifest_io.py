@@ -109,10 +109,6 @@ def rows_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
                                 schema=_schema())
 
 
-def _part_bytes(rows: Sequence[tuple[Any, ...]]) -> bytes:
-    return _table_bytes(rows_table(rows))
-
-
 def _table_bytes(table: pa.Table) -> bytes:
     """A part's Parquet file of its rows as a table (COLUMNS): the same bytes however the rows were cut into chunks
     (the writer's pages follow its input's chunks: they are combined first)."""
