@@ -38,7 +38,7 @@ from pipeline.campaigns import (
     features_of,
     top_terms,
 )
-from pipeline.manifest_io import COLUMNS, part_row, rows_table
+from pipeline.manifest_io import part_row, rows_table
 from pipeline.models import (
     AccountReport,
     Campaign,
@@ -839,7 +839,6 @@ class Verdicts:
 
 
 _IPC_CONTINUATION = b"\xff\xff\xff\xff"  # how an Arrow IPC stream starts (a zstd frame: 28 b5 2f fd)
-_REVIEW_GROUP = COLUMNS.index("review_group")  # where a part row holds it
 ROWS_BATCH = 1024  # rows a batch: the summary holds one batch of every shard while it merges them
 
 
@@ -1093,7 +1092,8 @@ def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_
     order = np.argsort(pos, kind="stable")  # ties in shard order, as heapq.merge gives them
     shard_at = np.repeat(np.arange(len(parts)), [len(v.pos) for v in parts])[order]
     at = pos[order]
-    grouped = np.asarray(sorted(summary.review_group), dtype=np.int64)
+    # the rows of review messages given a group, found once (not again a span)
+    regroup = np.isin(at, np.fromiter(summary.review_group, dtype=np.int64, count=len(summary.review_group)))
     streams = [_RowStream(v) for v in parts]
     for lo in range(0, len(order), span):
         hi = min(len(order), lo + span)
@@ -1109,10 +1109,10 @@ def tables_of(parts: Sequence[Verdicts], summary: Summary, span: int = 8 * ROWS_
             table = table.take(pa.array(take))
         # a review message given a group: its row again, with the group
         patched: list[tuple[int, tuple[Any, ...]]] = []
-        for i in np.flatnonzero(np.isin(at[lo:hi], grouped)).tolist():
+        for i in np.flatnonzero(regroup[lo:hi]).tolist():
             group = summary.review_group[int(at[lo + i])]
-            if table.column(_REVIEW_GROUP)[i].as_py() != group:
-                m = ManifestMessage.model_validate_json(table.column(len(COLUMNS) - 1)[i].as_py())
+            if table.column("review_group")[i].as_py() != group:
+                m = ManifestMessage.model_validate_json(table.column("message")[i].as_py())
                 m.review_group = group
                 patched.append((i, part_row(m)))
         if patched:  # one take of the span and the new rows, the new ones where theirs were
