@@ -138,7 +138,7 @@ def main() -> None:
         pol.write_text(POLICY_TOML)
         args.policy = str(pol)
     root = _prepare(args, args.out)
-    from pipeline import queues
+    from pipeline.service.plan import parsed_shards
     from pipeline.store import LocalStore
 
     store = LocalStore(root / "store")
@@ -146,7 +146,7 @@ def main() -> None:
         p = root / "store" / k
         p.unlink(missing_ok=True)
     results = [_run("plan", root, None, args.policy)]
-    shards = sorted(k.split("/")[-1].removesuffix(".jsonl.zst") for k in store.list(queues.parsed_prefix(INCIDENT)))
+    shards = parsed_shards(store, INCIDENT)
     results += [_run("facts", root, s, args.policy) for s in shards]
     results.append(_run("decide", root, None, args.policy))
     results += [_run("verdicts", root, s, args.policy) for s in shards]
