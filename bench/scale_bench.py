@@ -8,6 +8,9 @@ Each route runs in a process of its own (so one route's memory is not the other'
              triage workflow (adapters/workflow.py) with its steps on a pool of --workers processes;
   functions  the embedded default: upload (cut into shards) -> the parse handler per shard -> the triage
              handler (fan-in) running the same workflow on the pool -> the blocklist handler.
+Before the routes, the floor of the same snapshot (every member read with libarchive and hashed, one process,
+nothing parsed; --no-floor skips it); each route's time is printed over it too. The machine's speed changes from
+hour to hour (a third within minutes): that ratio compares across runs, messages/s alone does not.
 Peak RSS per process: the route's own process from its VmHWM (bench/rss.py); each triage step's from its worker's
 /proc/self/status VmHWM, counted again from zero before every step (/proc/self/clear_refs), so a step's
 figure is its own; every other child (the parse pools) sampled from /proc/<pid>/status every 0.1 s
@@ -188,7 +191,28 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
             "manifest_sha256": digests, "summary_fields_sha256": fields}
 
 
+def route_floor(snap: Path, n: int, shard_size: int, workers: int) -> dict:
+    """The floor of the same snapshot: every member read (libarchive, as triage reads it) and hashed with SHA-256,
+    in one process, nothing parsed. The machine is shared and its speed changes from hour to hour (a third
+    within minutes): a route's time over this floor, measured beside it, compares across runs; msg/s alone does not."""
+    import hashlib
+
+    from pipeline.archive import ArchiveReport, iter_members
+    from pipeline.policy import Limits
+
+    t0, c0 = time.perf_counter(), _cpu()
+    members = 0
+    for m in iter_members(snap, Limits(), ArchiveReport()):
+        if m.data is not None:
+            hashlib.sha256(m.data).digest()
+        members += 1
+    return {"times": {"total": time.perf_counter() - t0}, "cpu": {"read + sha256": _cpu() - c0}, "members": members}
+
+
 def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None:
+    if route == "floor":
+        print("RESULT " + json.dumps(route_floor(snap, n, shard_size, workers)))
+        return
     fn = route_cli if route == "cli" else route_functions
     out = fn(snap, n, shard_size, workers)
     out["self_peak_rss_mb"] = peak_rss_mb()  # (bench/rss.py: not ru_maxrss, which a big parent inflates)
@@ -254,6 +278,19 @@ def compare_routes(rows: list[dict]) -> None:
                  else f"differs in {', '.join(differ) or 'its layout only'}"))
 
 
+def _floor(snap: Path, n: int) -> float | None:
+    """route_floor in a process of its own: its seconds, printed."""
+    p = subprocess.run([sys.executable, __file__, "--child", "floor", str(snap), "--messages", str(n)],
+                       capture_output=True, text=True)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode or line is None:
+        print(f"floor failed ({p.returncode}): {p.stderr[-2000:]}")
+        return None
+    seconds: float = json.loads(line[7:])["times"]["total"]
+    print(f"  floor (read with libarchive + SHA-256, one process): {seconds:.1f} s, {n / seconds:,.0f} messages/s")
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, action="append", help="incident size (repeatable; default 100000)")
@@ -262,6 +299,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=20000)
     ap.add_argument("--corpus", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-floor", action="store_true", help="skip the read + SHA-256 floor of each snapshot")
     ap.add_argument("--child", nargs=2, metavar=("ROUTE", "SNAPSHOT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -282,6 +320,7 @@ def main() -> None:
             print(f"\n{n:,} messages generated in {time.perf_counter() - t:.0f} s (not counted), "
                   f"{snap.stat().st_size / 2**20:,.0f} MiB")
             done = []
+            floor = None if a.no_floor else _floor(snap, n)
             for route in a.route or ["cli", "functions"]:
                 p = subprocess.run([sys.executable, __file__, "--child", route, str(snap), "--messages", str(n),
                                     "--shard-size", str(a.shard_size), "--workers", str(a.workers)],
@@ -291,6 +330,9 @@ def main() -> None:
                     print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
                     continue
                 rows.append(report(route, n, json.loads(line[7:])))
+                if floor:
+                    rows[-1]["floor_seconds"] = floor
+                    print(f"  {'over the floor':<28} {rows[-1]['times']['total'] / floor:8.1f} ×")
                 done.append(rows[-1])
                 if a.json:  # after every route: a long run cut short keeps what it measured
                     a.json.parent.mkdir(parents=True, exist_ok=True)
