@@ -85,11 +85,12 @@ def url_keys(texts: Iterable[str], limit: int = 20, scan: int = 60) -> list[str]
     seen: set[str] = set()
     for t in texts:
         upper = "HTTP" in t or "WWW." in t or "Http" in t
-        if not upper and "http" not in t and "www." not in t:
+        www = "www." in t  # (each search of a text is a pass over it: each made once)
+        if not upper and not www and "http" not in t:
             continue
         # the matched strings at once where one literal-led pattern finds them all (most texts)
-        urls = (_URL_HTTP.findall(t) if not upper and "www." not in t
-                else [t[a:b] for a, b in url_spans(t, upper)])
+        urls = (_URL_HTTP.findall(t) if not upper and not www
+                else [t[a:b] for a, b in url_spans(t, upper, www)])
         for u in urls:
             u = u.rstrip(".,;:!?")
             if u in seen:  # the plain and the HTML part carry the same links
@@ -117,15 +118,17 @@ def _keys_of(u: str) -> tuple[str, ...]:
     return (key,)
 
 
-def url_spans(t: str, any_case: bool) -> Iterator[tuple[int, int]]:
+def url_spans(t: str, any_case: bool, www: bool | None = None) -> Iterator[tuple[int, int]]:
     """Where _URL_ANY_CASE (any_case) or _URL matches in t, one after the other, found by the literal-led
-    patterns: an alternation or (?i) is not skipped to, and tried at every character costs 4-10 times more."""
+    patterns: an alternation or (?i) is not skipped to, and tried at every character costs 4-10 times more.
+    `www`: whether t holds "www." (the caller's own search), when it knows."""
     if any_case:
         if not t.isascii():  # (?i) lets a few letters outside ASCII stand for s or k: the pattern itself
             yield from (m.span() for m in _URL_ANY_CASE.finditer(t))
             return
         t = t.lower()  # the same length: spans in it are spans in t
-    if "www." not in t:
+        www = None  # (the lower-cased text may hold one that t did not)
+    if not (www if www is not None else "www." in t):
         yield from (m.span() for m in _URL_HTTP.finditer(t))
         return
     # the leftmost match of either kind, then on from its end, as the alternation scans

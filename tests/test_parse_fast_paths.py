@@ -161,6 +161,10 @@ def test_sketch_tokens_agree_with_the_unicode_class() -> None:
 def test_url_spans_are_the_alternations_matches(s: str) -> None:
     assert list(features.url_spans(s, True)) == [m.span() for m in features._URL_ANY_CASE.finditer(s)]
     assert list(features.url_spans(s, False)) == [m.span() for m in features._URL.finditer(s)]
+    # told whether the text holds "www." (url_keys's own search), the same spans
+    www = "www." in s
+    assert list(features.url_spans(s, True, www)) == [m.span() for m in features._URL_ANY_CASE.finditer(s)]
+    assert list(features.url_spans(s, False, www)) == [m.span() for m in features._URL.finditer(s)]
     # a match cut at 2,000 characters, one of the other kind starting inside it and going on past its end
     for long in ("www." + "y" * 1990 + "http://" + "y" * 100 + s, "http://" + "y" * 1990 + "www." + "y" * 100 + s):
         assert list(features.url_spans(long, False)) == [m.span() for m in features._URL.finditer(long)]
