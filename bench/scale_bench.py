@@ -220,11 +220,13 @@ def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None
     print("RESULT " + json.dumps(out, default=str))
 
 
-def report(route: str, n: int, r: dict) -> dict:
+def report(route: str, n: int, r: dict, floor: float | None = None) -> dict:
     print(f"\n== {route}: {n:,} messages ==")
     for stage, s in r["times"].items():
         print(f"  {stage:<28} {s:8.1f} s")
     print(f"  {'throughput':<28} {n / r['times']['total']:8,.0f} messages/s")
+    if floor:
+        print(f"  {'over the floor':<28} {r['times']['total'] / floor:8.1f} ×")
     # what a shared machine's load changes least
     for stage, s in r.get("cpu", {}).items():
         print(f"  CPU {stage:<24} {s:8.1f} s")
@@ -255,7 +257,7 @@ def report(route: str, n: int, r: dict) -> dict:
     print(f"  largest process {peak:,.0f} MB; manifest {r['manifest_bytes'] / 2**20:,.1f} MiB")
     for name, digest in r.get("manifest_sha256", {}).items():
         print(f"    sha256 {digest[:16]}  {name}")
-    return {"route": route, "messages": n, "times": r["times"], "steps": r["steps"],
+    return {"route": route, "messages": n, "times": r["times"], "floor_seconds": floor, "steps": r["steps"],
             "process_peaks_mb": {str(k): v[0] for k, v in procs.items()}, "self_peak_rss_mb": r["self_peak_rss_mb"],
             "largest_process_mb": peak, "manifest_sha256": r.get("manifest_sha256", {}),
             "summary_fields_sha256": r.get("summary_fields_sha256", {})}
@@ -329,10 +331,7 @@ def main() -> None:
                 if p.returncode or line is None:
                     print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
                     continue
-                rows.append(report(route, n, json.loads(line[7:])))
-                if floor:
-                    rows[-1]["floor_seconds"] = floor
-                    print(f"  {'over the floor':<28} {rows[-1]['times']['total'] / floor:8.1f} ×")
+                rows.append(report(route, n, json.loads(line[7:]), floor))
                 done.append(rows[-1])
                 if a.json:  # after every route: a long run cut short keeps what it measured
                     a.json.parent.mkdir(parents=True, exist_ok=True)
