@@ -181,7 +181,7 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
         except StopIteration:
             return
         except broken as err:
-            report.defects.append(f"archive damaged after {report.members} members: {err}")
+            report.defects.append(f"archive damaged after {report.members} members: {_why(err, error)}")
             return
         if e.isdir:
             continue
@@ -205,8 +205,9 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
                 if kept is not None:
                     kept.append(block)
         except broken as err:
-            report.defects.append(f"archive damaged inside {name}: {err}")
-            yield Member(name, b"", size, float(e.mtime or 0), None, [*defects, f"member unreadable: {err}"])
+            why = _why(err, error)
+            report.defects.append(f"archive damaged inside {name}: {why}")
+            yield Member(name, b"", size, float(e.mtime or 0), None, [*defects, f"member unreadable: {why}"])
             return
         if kept is None:
             defects.append(f"message of {size} bytes exceeds limits.max_member_bytes; not parsed")
@@ -215,6 +216,16 @@ def _walk_libarchive(entries: Iterator[Any], limits: Limits, report: ArchiveRepo
         if got != size:
             defects.append(f"member truncated: {got} of {size} bytes")
         yield Member(name, b"".join(kept), size, float(e.mtime or 0), h.hexdigest(), defects)
+
+
+def _why(err: BaseException, error: type[Exception]) -> str:
+    """What went wrong reading the archive, as an admin reads it: libarchive's own message, without the
+    errno, return code and address of its handle that its exception appends (the address changes from run
+    to run: the same damaged archive gave a different manifest every time)."""
+    msg = getattr(err, "msg", None) if isinstance(err, error) else None
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "backslashreplace")
+    return str(msg) if msg else str(err)
 
 
 def _text(name: str | bytes) -> str:
