@@ -8,9 +8,10 @@ Each route runs in a process of its own (so one route's memory is not the other'
              triage workflow (adapters/workflow.py) with its steps on a pool of --workers processes;
   functions  the embedded default: upload (cut into shards) -> the parse handler per shard -> the triage
              handler (fan-in) running the same workflow on the pool -> the blocklist handler.
-Before the routes, the floor of the same snapshot (every member read with libarchive and hashed, one process,
-nothing parsed; --no-floor skips it); each route's time is printed over it too. The machine's speed changes from
-hour to hour (a third within minutes): that ratio compares across runs, messages/s alone does not.
+Before the routes, the floor of the same snapshot (bench/floor.py: every member read as triage reads it and
+hashed, one process, nothing parsed; --no-floor skips it); each route's time is printed over it too. The
+machine's speed changes from hour to hour (a third within minutes): that ratio compares across runs,
+messages/s alone does not.
 Peak RSS per process: the route's own process from its VmHWM (bench/rss.py); each triage step's from its worker's
 /proc/self/status VmHWM, counted again from zero before every step (/proc/self/clear_refs), so a step's
 figure is its own; every other child (the parse pools) sampled from /proc/<pid>/status every 0.1 s
@@ -191,27 +192,11 @@ def route_functions(snap: Path, n: int, shard_size: int, workers: int) -> dict:
             "manifest_sha256": digests, "summary_fields_sha256": fields}
 
 
-def route_floor(snap: Path, n: int, shard_size: int, workers: int) -> dict:
-    """The floor of the same snapshot: every member read (libarchive, as triage reads it) and hashed with SHA-256,
-    in one process, nothing parsed. The machine is shared and its speed changes from hour to hour (a third
-    within minutes): a route's time over this floor, measured beside it, compares across runs; msg/s alone does not."""
-    import hashlib
-
-    from pipeline.archive import ArchiveReport, iter_members
-    from pipeline.policy import Limits
-
-    t0, c0 = time.perf_counter(), _cpu()
-    members = 0
-    for m in iter_members(snap, Limits(), ArchiveReport()):
-        if m.data is not None:
-            hashlib.sha256(m.data).digest()
-        members += 1
-    return {"times": {"total": time.perf_counter() - t0}, "cpu": {"read + sha256": _cpu() - c0}, "members": members}
-
-
 def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None:
-    if route == "floor":
-        print("RESULT " + json.dumps(route_floor(snap, n, shard_size, workers)))
+    if route == "floor":  # bench/floor.py, in a process of its own as the routes are
+        from bench.floor import read_and_hash
+
+        print("RESULT " + json.dumps({"seconds": read_and_hash(snap)[1]}))
         return
     fn = route_cli if route == "cli" else route_functions
     out = fn(snap, n, shard_size, workers)
@@ -280,17 +265,16 @@ def compare_routes(rows: list[dict]) -> None:
                  else f"differs in {', '.join(differ) or 'its layout only'}"))
 
 
-def _floor(snap: Path, n: int) -> float | None:
-    """route_floor in a process of its own: its seconds, printed."""
-    p = subprocess.run([sys.executable, __file__, "--child", "floor", str(snap), "--messages", str(n)],
-                       capture_output=True, text=True)
+def _in_child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> dict | None:
+    """`child` run in a process of its own: what it printed after RESULT, or None (said why)."""
+    p = subprocess.run([sys.executable, __file__, "--child", route, str(snap), "--messages", str(n),
+                        "--shard-size", str(shard_size), "--workers", str(workers)], capture_output=True, text=True)
     line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
     if p.returncode or line is None:
-        print(f"floor failed ({p.returncode}): {p.stderr[-2000:]}")
+        print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
         return None
-    seconds: float = json.loads(line[7:])["times"]["total"]
-    print(f"  floor (read with libarchive + SHA-256, one process): {seconds:.1f} s, {n / seconds:,.0f} messages/s")
-    return seconds
+    out: dict = json.loads(line[7:])
+    return out
 
 
 def main() -> None:
@@ -322,16 +306,14 @@ def main() -> None:
             print(f"\n{n:,} messages generated in {time.perf_counter() - t:.0f} s (not counted), "
                   f"{snap.stat().st_size / 2**20:,.0f} MiB")
             done = []
-            floor = None if a.no_floor else _floor(snap, n)
+            floor = None if a.no_floor else (_in_child("floor", snap, n, a.shard_size, a.workers) or {}).get("seconds")
+            if floor:
+                print(f"  floor (read + SHA-256, one process: bench/floor.py): {floor:.1f} s, "
+                      f"{n / floor:,.0f} messages/s")
             for route in a.route or ["cli", "functions"]:
-                p = subprocess.run([sys.executable, __file__, "--child", route, str(snap), "--messages", str(n),
-                                    "--shard-size", str(a.shard_size), "--workers", str(a.workers)],
-                                   capture_output=True, text=True)
-                line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if p.returncode or line is None:
-                    print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
+                if (result := _in_child(route, snap, n, a.shard_size, a.workers)) is None:
                     continue
-                rows.append(report(route, n, json.loads(line[7:]), floor))
+                rows.append(report(route, n, result, floor))
                 done.append(rows[-1])
                 if a.json:  # after every route: a long run cut short keeps what it measured
                     a.json.parent.mkdir(parents=True, exist_ok=True)

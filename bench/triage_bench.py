@@ -11,7 +11,6 @@ when installed). Triage time is the archive in to manifest.json written; imports
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import subprocess
@@ -31,18 +30,13 @@ def _child(kind: str, snap: str, policy: str, workers: int) -> None:
     t_import = time.perf_counter()
     if kind == "floor-stdlib":
         os.environ["SPOOLSWEEP_TAR_READER"] = "tarfile"
-    from pipeline.archive import ArchiveReport, iter_members
-    from pipeline.policy import Limits, load_policy
+    from bench.floor import read_and_hash
+    from pipeline.policy import load_policy
 
     out: dict = {}
     if kind.startswith("floor"):
-        t0 = time.perf_counter()
-        n = 0
-        for m in iter_members(snap, Limits(), ArchiveReport()):
-            if m.data is not None:
-                hashlib.sha256(m.data).digest()
-            n += 1
-        out = {"messages": n, "seconds": time.perf_counter() - t0}
+        n, seconds = read_and_hash(snap)
+        out = {"messages": n, "seconds": seconds}
     else:
         import tempfile
 
