@@ -223,7 +223,7 @@ def report(route: str, n: int, r: dict, floor: float | None = None) -> dict:
         print(f"  {step:<10} {len(rows):>5} {sum(x['seconds'] for x in rows):8.1f} "
               f"{max(x['seconds'] for x in rows):7.1f} {sum(x.get('cpu_seconds', 0) for x in rows):8.1f} "
               f"{max(x['peak_rss_mb'] for x in rows):16,.0f}")
-    procs: dict[int, tuple[float, str]] = {int(k): tuple(v) for k, v in r["children"].items()}  # type: ignore[misc]
+    procs: dict[int, tuple[float, str]] = {int(k): tuple(v) for k, v in r["children"].items()}
     for s in r["steps"]:
         old = procs.get(s["pid"], (0.0, "workflow step worker"))
         procs[s["pid"]] = (max(old[0], s["peak_rss_mb"]), "workflow step worker")
