@@ -8,12 +8,14 @@ on a pool of `--workers` forked parse processes) runs in a fresh process, twice 
 - `as shipped`: the parse as triage runs it;
 - `no grouping features`: the same, with the link, Reply-To, digest and subject keys, the MinHash sketch
   and the template shape left out (pipeline.parse._set_grouping and pipeline.parse.shape replaced in
-  the route process before the pool forks, so its workers inherit the replacements). The texts are
+  the route process before the pool forks, so its workers inherit the replacements; only a bounce
+  that the careful parser reads still works out its quoted copy's shape, which is then not kept). The texts are
   still normalised and cut as before; what is left is what the parse cost before those features,
   plus what other issues added (the index checks, hidden-text detection, columns and Parquet).
 
-For each it prints the CPU of the route process (reading the archive, cutting chunks, handing them
-over) and of the workers together, each over the messages, and the throughput that CPU allows on
+For each it prints the CPU of the route process (its imports, reading the archive, cutting chunks,
+handing them over) and of the workers together (parsing, the columns, the Parquet files), each over the
+messages, and the throughput that CPU allows on
 as many cores as workers if every core were busy all the time. Issue 19's bar, 4,000 messages a
 second on 2 cores, is 500 CPU-microseconds a message for the whole triage; the map and reduce steps
 that follow the parse are not in these figures (bench/triage_steps_bench.py measures them).
