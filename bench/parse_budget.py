@@ -2,8 +2,9 @@
 
     python bench/parse_budget.py SNAPSHOT [--policy site.toml] [--workers 2] [--shard-size 20000] [--runs 2]
 
-The parse stage of the CLI's shard route (pipeline.service.parse.parse_into_shards over read_snapshot,
-on a pool of `--workers` forked parse processes) runs in a fresh process, twice a run and alternating:
+The parse stage of the CLI's shard route (adapters.workflow.spill_snapshot into a store in a temporary
+folder: read_snapshot, and parse_into_shards on a pool of `--workers` forked parse processes) runs in a
+fresh process, twice a run and alternating:
 
 - `as shipped`: the parse as triage runs it;
 - `no grouping features`: the same, with the link, Reply-To, digest and subject keys, the MinHash sketch
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.child import result, run_child  # noqa: E402
 
 BUDGET_US = 500.0  # issue 19: 4,000 msg/s on 2 cores, the whole triage
 
@@ -54,20 +55,16 @@ def _without_grouping_features() -> None:
 
 
 def _child(snap: Path, policy_path: Path | None, workers: int, shard_size: int, bare: bool) -> dict[str, float]:
-    from pipeline.archive import ArchiveReport
+    from adapters.workflow import spill_snapshot
     from pipeline.policy import SitePolicy, load_policy
-    from pipeline.readers import read_snapshot
-    from pipeline.service.parse import parse_into_shards
-    from pipeline.triage import parse_pool
+    from pipeline.store import LocalStore
 
     if bare:
         _without_grouping_features()
     policy = load_policy(policy_path) if policy_path else SitePolicy()
     t0 = time.perf_counter()
-    with parse_pool(snap, workers) as pool, tempfile.TemporaryDirectory() as d:
-        _f, found, _r = read_snapshot(snap, policy.limits, report=ArchiveReport())
-        out = parse_into_shards(found, policy, shard_size, Path(d), pool=pool, workers=workers)
-        n = sum(k for _, k in out)
+    with tempfile.TemporaryDirectory() as d:
+        n = spill_snapshot(LocalStore(d), snap, policy, None, "bench", shard_size, workers)
     wall = time.perf_counter() - t0
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool has been shut down: its workers reaped
@@ -86,24 +83,17 @@ def main() -> int:
     ap.add_argument("--child", choices=["shipped", "bare"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        r = _child(a.snapshot, a.policy, a.workers, a.shard_size, a.child == "bare")
-        print("RESULT " + json.dumps(r))
+        result(_child(a.snapshot, a.policy, a.workers, a.shard_size, a.child == "bare"))
         return 0
 
     rows = []
     for run in range(a.runs):
         for kind in ("shipped", "bare"):
-            cmd = [sys.executable, __file__, str(a.snapshot), "--workers", str(a.workers),
-                   "--shard-size", str(a.shard_size), "--child", kind]
-            if a.policy:
-                cmd += ["--policy", str(a.policy)]
-            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if p.returncode != 0 or line is None:
-                tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"run {run + 1} {kind}: failed (exit {p.returncode}): {tail}", file=sys.stderr)
+            args = [str(a.snapshot), "--workers", str(a.workers), "--shard-size", str(a.shard_size), "--child", kind]
+            r, why = run_child(__file__, args + (["--policy", str(a.policy)] if a.policy else []))
+            if r is None:
+                print(f"run {run + 1} {kind}: failed ({why})", file=sys.stderr)
                 return 1
-            r = json.loads(line[len("RESULT "):])
             r.update(run=run + 1, kind=kind)
             rows.append(r)
             n = r["messages"]

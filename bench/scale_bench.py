@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.child import result, run_child  # noqa: E402
 from bench.rss import peak_rss_mb  # noqa: E402
 
 
@@ -196,13 +196,13 @@ def child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> None
     if route == "floor":  # bench/floor.py, in a process of its own as the routes are
         from bench.floor import read_and_hash
 
-        print("RESULT " + json.dumps({"seconds": read_and_hash(snap)[1]}))
+        result({"seconds": read_and_hash(snap)[1]})
         return
     fn = route_cli if route == "cli" else route_functions
     out = fn(snap, n, shard_size, workers)
     out["self_peak_rss_mb"] = peak_rss_mb()  # (bench/rss.py: not ru_maxrss, which a big parent inflates)
     out["self_pid"] = os.getpid()
-    print("RESULT " + json.dumps(out, default=str))
+    result(out)
 
 
 def report(route: str, n: int, r: dict, floor: float | None = None) -> dict:
@@ -266,14 +266,11 @@ def compare_routes(rows: list[dict]) -> None:
 
 
 def _in_child(route: str, snap: Path, n: int, shard_size: int, workers: int) -> dict | None:
-    """`child` run in a process of its own: what it printed after RESULT, or None (said why)."""
-    p = subprocess.run([sys.executable, __file__, "--child", route, str(snap), "--messages", str(n),
-                        "--shard-size", str(shard_size), "--workers", str(workers)], capture_output=True, text=True)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if p.returncode or line is None:
-        print(f"{route} failed ({p.returncode}): {p.stderr[-2000:]}")
-        return None
-    out: dict = json.loads(line[7:])
+    """`child` run in a process of its own (bench/child.py): its result, or None (said why)."""
+    out, why = run_child(__file__, ["--child", route, str(snap), "--messages", str(n),
+                                    "--shard-size", str(shard_size), "--workers", str(workers)])
+    if out is None:
+        print(f"{route} failed ({why})")
     return out
 
 
